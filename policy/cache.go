@@ -1,0 +1,236 @@
+package policy
+
+import (
+	"fmt"
+	"hash/maphash"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// decisionCache memoises the L4 decisions of one bundle generation, keyed
+// by the input fields the policy can observe (a key holds only those; the
+// rest stay zero). It is replaced, never cleared in place, when the
+// generation or the mesh state changes, so an entry never outlives the
+// policy that produced it. A full shard drops an arbitrary entry.
+type decisionCache struct {
+	spec     cacheSpec
+	seed     maphash.Seed
+	perShard int
+	shards   [cacheShards]cacheShard
+}
+
+const cacheShards = 16
+
+type cacheShard struct {
+	mu      sync.RWMutex
+	entries map[uint64]*cacheEntry
+}
+
+// cacheEntry keeps the whole key: a hash collision is a miss, never a hit.
+type cacheEntry struct {
+	key l4Key
+	d   Decision
+}
+
+// l4Key holds every field an L4 input has, so equal keys are equal inputs
+// as far as the policy can tell.
+type l4Key struct {
+	principal, trustDomain, srcNamespace, srcServiceAccount, srcIP string
+	srcPort, dstPort                                               int
+	dstIP, dstNamespace, dstWorkload, dstServiceAccount, dstSvc    string
+	mtls                                                           bool
+	sni                                                            string
+	labels                                                         [maxKeyLabels]string
+	labelsPresent                                                  uint8
+	allLabels                                                      string // canonical form, when every label is observed
+}
+
+const maxKeyLabels = 7
+
+// cacheSpec says which fields go into a key.
+type cacheSpec struct {
+	fields      uint32   // bits: one per scalar field
+	labelKeys   []string // observed label keys (at most maxKeyLabels)
+	everyLabel  bool
+	everyScalar bool
+}
+
+var scalarBits = map[string]uint32{
+	"input.source.principal": 1 << 0, "input.source.trust_domain": 1 << 1,
+	"input.source.namespace": 1 << 2, "input.source.service_account": 1 << 3,
+	"input.source.ip": 1 << 4, "input.source.port": 1 << 5,
+	"input.destination.ip": 1 << 6, "input.destination.port": 1 << 7,
+	"input.destination.namespace": 1 << 8, "input.destination.workload": 1 << 9,
+	"input.destination.service_account": 1 << 10, "input.destination.service": 1 << 11,
+	"input.connection.mtls": 1 << 12, "input.connection.sni": 1 << 13,
+}
+
+// everything is the key of a policy whose reads are not known.
+var everything = cacheSpec{fields: 1<<14 - 1, everyLabel: true, everyScalar: true}
+
+// specFor derives the key from the paths the native rules read.
+func specFor(paths []string) cacheSpec {
+	var s cacheSpec
+	for _, p := range paths {
+		p = basePath(p)
+		if bit, ok := scalarBits[p]; ok {
+			s.fields |= bit
+			continue
+		}
+		if k, ok := strings.CutPrefix(p, "input.destination.labels."); ok && !strings.Contains(k, ".") {
+			s.labelKeys = append(s.labelKeys, k)
+			continue
+		}
+		if strings.HasPrefix(p, "input.request") || p == "input.layer" {
+			continue // absent or constant at L4
+		}
+		return everything // a whole object, or a path inside a label value
+	}
+	slices.Sort(s.labelKeys)
+	s.labelKeys = slices.Compact(s.labelKeys)
+	if len(s.labelKeys) > maxKeyLabels {
+		s.labelKeys, s.everyLabel = nil, true
+	}
+	return s
+}
+
+// basePath strips lower(...)/upper(...) from a derived field's path.
+func basePath(p string) string {
+	for {
+		open := strings.IndexByte(p, '(')
+		if open < 0 || !strings.HasSuffix(p, ")") {
+			return p
+		}
+		p = p[open+1 : len(p)-1]
+	}
+}
+
+func newDecisionCache(spec cacheSpec, size int) *decisionCache {
+	c := &decisionCache{spec: spec, seed: maphash.MakeSeed(), perShard: max(1, size/cacheShards)}
+	for i := range c.shards {
+		c.shards[i].entries = make(map[uint64]*cacheEntry)
+	}
+	return c
+}
+
+// fillKey sets k to the observed fields of in; k must be zero.
+func (c *decisionCache) fillKey(k *l4Key, in *Input) {
+	f := c.spec.fields
+	has := func(bit uint32) bool { return f&bit != 0 }
+	if has(1 << 0) {
+		k.principal = in.Source.Principal
+	}
+	if has(1 << 1) {
+		k.trustDomain = in.Source.TrustDomain
+	}
+	if has(1 << 2) {
+		k.srcNamespace = in.Source.Namespace
+	}
+	if has(1 << 3) {
+		k.srcServiceAccount = in.Source.ServiceAccount
+	}
+	if has(1 << 4) {
+		k.srcIP = in.Source.IP
+	}
+	if has(1 << 5) {
+		k.srcPort = in.Source.Port
+	}
+	if has(1 << 6) {
+		k.dstIP = in.Destination.IP
+	}
+	if has(1 << 7) {
+		k.dstPort = in.Destination.Port
+	}
+	if has(1 << 8) {
+		k.dstNamespace = in.Destination.Namespace
+	}
+	if has(1 << 9) {
+		k.dstWorkload = in.Destination.Workload
+	}
+	if has(1 << 10) {
+		k.dstServiceAccount = in.Destination.ServiceAccount
+	}
+	if has(1 << 11) {
+		k.dstSvc = in.Destination.Service
+	}
+	if has(1 << 12) {
+		k.mtls = in.Connection.MTLS
+	}
+	if has(1 << 13) {
+		k.sni = in.Connection.SNI
+	}
+	c.keyLabels(k, in.Destination.Labels)
+}
+
+func (c *decisionCache) keyLabels(k *l4Key, labels map[string]string) {
+	if c.spec.everyLabel {
+		k.allLabels = canonicalLabels(labels)
+		return
+	}
+	for i, name := range c.spec.labelKeys {
+		if v, ok := labels[name]; ok {
+			k.labels[i] = v
+			k.labelsPresent |= 1 << i
+		}
+	}
+}
+
+// canonicalLabels renders labels unambiguously: each key and value is
+// prefixed by its length.
+func canonicalLabels(labels map[string]string) string {
+	if len(labels) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		v := labels[k]
+		fmt.Fprintf(&b, "%d:%s%d:%s", len(k), k, len(v), v)
+	}
+	return b.String()
+}
+
+// hash covers every field of the key. Empty strings (fields the policy
+// does not observe) are skipped; mixing in each field's position keeps
+// equal values in different fields apart.
+func (c *decisionCache) hash(k *l4Key) uint64 {
+	h := uint64(k.srcPort)<<32 | uint64(k.dstPort)<<8 | uint64(k.labelsPresent)
+	if k.mtls {
+		h |= 1 << 63
+	}
+	strs := [...]string{k.principal, k.trustDomain, k.srcNamespace, k.srcServiceAccount, k.srcIP,
+		k.dstIP, k.dstNamespace, k.dstWorkload, k.dstServiceAccount, k.dstSvc, k.sni, k.allLabels,
+		k.labels[0], k.labels[1], k.labels[2], k.labels[3], k.labels[4], k.labels[5], k.labels[6]}
+	for i := range strs {
+		if strs[i] != "" {
+			h = (h ^ (maphash.String(c.seed, strs[i]) + uint64(i))) * 0x100000001b3
+		}
+	}
+	return h
+}
+
+func (c *decisionCache) get(k *l4Key) (Decision, uint64, bool) {
+	h := c.hash(k)
+	s := &c.shards[h%cacheShards]
+	s.mu.RLock()
+	e := s.entries[h]
+	s.mu.RUnlock()
+	if e == nil || e.key != *k {
+		return Decision{}, h, false
+	}
+	return e.d, h, true
+}
+
+func (c *decisionCache) put(h uint64, k *l4Key, d Decision) {
+	s := &c.shards[h%cacheShards]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.entries) >= c.perShard {
+		for old := range s.entries {
+			delete(s.entries, old)
+			break
+		}
+	}
+	s.entries[h] = &cacheEntry{key: *k, d: d}
+}

@@ -1,0 +1,222 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	meshrego "github.com/regomesh/regomesh/rego"
+)
+
+// Authorizer is what proxies ask: one decision per connection (L4) or
+// request (L7).
+type Authorizer interface {
+	Decide(ctx context.Context, in Input) (Decision, error)
+}
+
+var _ Authorizer = (*Engine)(nil)
+
+// Config configures an Engine. The zero value is usable.
+type Config struct {
+	// Metrics receives decision and bundle metrics; nil disables them.
+	Metrics *Metrics
+	// DecisionLog receives one event per decision; nil disables decision logs.
+	DecisionLog *DecisionLogger
+	// Logger is the engine's logger; nil means slog.Default().
+	Logger *slog.Logger
+	// CacheSize bounds the L4 decision cache, in entries. 0 means 65536;
+	// a negative value disables the cache.
+	CacheSize int
+	// Topdown evaluates every decision with OPA's topdown evaluator instead
+	// of the native program: the reference semantics, for comparison.
+	Topdown bool
+}
+
+const defaultCacheSize = 65536
+
+// Engine decides with the last good bundle set. Loads are serialised,
+// compiled off the decision path and swapped in atomically; a set that
+// fails to read, verify or compile is rejected and the previous one stays
+// in force. Before the first good set every decision is a deny with reason
+// "no policy loaded". Decide is safe for concurrent use.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	library map[string]*ast.Module
+
+	loadMu  sync.Mutex
+	current atomic.Pointer[generation]
+	shadow  atomic.Pointer[generation]
+	nextID  atomic.Uint64
+}
+
+// NewEngine returns an engine with no policy loaded.
+func NewEngine(cfg Config) (*Engine, error) {
+	library, err := meshrego.Modules()
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if cfg.CacheSize == 0 {
+		cfg.CacheSize = defaultCacheSize
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Engine{cfg: cfg, log: log.With("component", "policy"), library: library}, nil
+}
+
+// Load compiles bundles as one set and, if it compiles, makes it the set in
+// force. On error the previous set stays in force and the error (wrapping
+// ErrBundle) names the file and line at fault.
+func (e *Engine) Load(ctx context.Context, bundles ...*Bundle) error {
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
+	g, err := e.compile(ctx, bundles)
+	e.cfg.Metrics.bundleLoad(err == nil)
+	if err != nil {
+		e.log.Error("bundle set rejected; the previous policy stays in force", "bundles", bundleNames(bundles), "error", err)
+		return err
+	}
+	e.current.Store(g)
+	e.cfg.Metrics.setRevisions(g.revisions)
+	e.log.Info("policy loaded", "generation", g.id, "revisions", g.revisions, "native", g.prog != nil, "cache", g.cacheable)
+	return nil
+}
+
+// LoadShadow evaluates bundles beside the enforced set from now on: every
+// decision is also taken by the shadow set and disagreements are counted
+// and logged. The enforced decision is unaffected. No bundles: shadowing stops.
+func (e *Engine) LoadShadow(ctx context.Context, bundles ...*Bundle) error {
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
+	if len(bundles) == 0 {
+		e.shadow.Store(nil)
+		return nil
+	}
+	g, err := e.compile(ctx, bundles)
+	if err != nil {
+		return fmt.Errorf("policy: shadow set: %w", err)
+	}
+	e.shadow.Store(g)
+	return nil
+}
+
+// Invalidate drops cached decisions; callers invoke it when mesh state the
+// input is built from changes.
+func (e *Engine) Invalidate() {
+	for _, g := range []*generation{e.current.Load(), e.shadow.Load()} {
+		if g != nil {
+			g.resetCache(e.cfg.CacheSize)
+		}
+	}
+}
+
+// Generation identifies the set in force (0: none). It changes on every
+// successful Load, so holders of long-lived connections know to re-check.
+func (e *Engine) Generation() uint64 {
+	if g := e.current.Load(); g != nil {
+		return g.id
+	}
+	return 0
+}
+
+// Revisions maps each bundle in force to its manifest revision.
+func (e *Engine) Revisions() map[string]string {
+	if g := e.current.Load(); g != nil {
+		return g.revisions
+	}
+	return nil
+}
+
+// Decide answers one input. It never fails open: on error the decision is
+// a deny whose reason says why.
+func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
+	if in.Request != nil {
+		r := *in.Request // Prepare derives fields; leave the caller's request alone
+		in.Request = &r
+	}
+	if err := in.Prepare(); err != nil {
+		return deny(err.Error()), err
+	}
+	g := e.current.Load()
+	if g == nil {
+		d := deny(ReasonNoPolicy)
+		e.cfg.Metrics.observeDecision(in.Layer, d, 0)
+		return d, nil
+	}
+	s := scratchPool.Get().(*scratch)
+	defer s.release()
+	s.in = in
+	d, cached := g.lookup(s)
+	var start time.Time
+	var elapsed time.Duration
+	var err error
+	if cached {
+		e.cfg.Metrics.observeCacheHit(in.Layer, d)
+	} else {
+		timed := e.cfg.Metrics != nil || e.cfg.DecisionLog != nil
+		if timed {
+			start = time.Now()
+		}
+		d, err = g.evaluate(ctx, &s.in)
+		if timed {
+			elapsed = time.Since(start)
+		}
+		if err == nil {
+			s.store(d)
+		}
+		e.cfg.Metrics.observeDecision(in.Layer, d, elapsed.Seconds())
+	}
+	e.record(ctx, g, &s.in, d, start, elapsed, cached)
+	return d, err
+}
+
+// record hands the decision to the shadow comparison and the decision log.
+func (e *Engine) record(ctx context.Context, g *generation, in *Input, d Decision, start time.Time, elapsed time.Duration, cached bool) {
+	shadow := e.compareShadow(ctx, in, d)
+	if e.cfg.DecisionLog == nil {
+		return
+	}
+	if start.IsZero() {
+		start = time.Now()
+	}
+	e.cfg.DecisionLog.Log(DecisionEvent{
+		Input: in, Result: d, Bundles: g.revisions, Path: "mesh/authz/decision",
+		Timestamp: start, EvalNanos: elapsed.Nanoseconds(), Cached: cached, Shadow: shadow,
+	})
+}
+
+// compareShadow decides again with the shadow set, if any, and reports a
+// disagreement on allow.
+func (e *Engine) compareShadow(ctx context.Context, in *Input, enforced Decision) *Decision {
+	s := e.shadow.Load()
+	if s == nil {
+		return nil
+	}
+	sc := scratchPool.Get().(*scratch)
+	defer sc.release()
+	sc.in = *in
+	d, _, err := s.decide(ctx, sc)
+	if err != nil {
+		e.log.Warn("shadow policy failed to decide", "error", err)
+	}
+	if d.Allow != enforced.Allow {
+		e.cfg.Metrics.shadowDisagreement(in.Layer)
+		e.log.Info("shadow policy disagrees",
+			"layer", in.Layer, "source", in.Source.Principal, "destination", in.Destination.Workload,
+			"namespace", in.Destination.Namespace, "port", in.Destination.Port,
+			"enforced_allow", enforced.Allow, "enforced_policy", enforced.Policy, "enforced_rule", enforced.Rule,
+			"shadow_allow", d.Allow, "shadow_policy", d.Policy, "shadow_rule", d.Rule, "shadow_revisions", s.revisions)
+	}
+	return &d
+}
+
+// errorsIsBundle reports whether err already carries ErrBundle.
+func errorsIsBundle(err error) bool { return errors.Is(err, ErrBundle) }

@@ -1,0 +1,192 @@
+package policy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Layer says which proxy asks: ztunnel decides at L4, a waypoint at L7.
+type Layer string
+
+const (
+	// L4 decisions see identities, addresses and ports only (ztunnel).
+	L4 Layer = "l4"
+	// L7 decisions also see the HTTP request (waypoint).
+	L7 Layer = "l7"
+)
+
+// Input is the document every decision evaluates: the public contract for
+// Rego authors (DESIGN.md "The input document"). Empty strings and zero
+// ports are absent in the JSON form, so a plaintext connection has no
+// source.principal, as policies expect.
+type Input struct {
+	Layer       Layer       `json:"layer"`
+	Source      Source      `json:"source"`
+	Destination Destination `json:"destination"`
+	Connection  Connection  `json:"connection"`
+	// Request is nil at L4 and required at L7.
+	Request *Request `json:"request,omitempty"`
+}
+
+// Source is the peer that opened the connection.
+type Source struct {
+	// Principal is the peer's SPIFFE ID, absent for plaintext peers.
+	Principal      string `json:"principal,omitempty"`
+	TrustDomain    string `json:"trust_domain,omitempty"`
+	Namespace      string `json:"namespace,omitempty"`
+	ServiceAccount string `json:"service_account,omitempty"`
+	IP             string `json:"ip,omitempty"`
+	Port           int    `json:"port,omitempty"`
+}
+
+// Destination is the workload the connection or request is for.
+type Destination struct {
+	IP             string            `json:"ip,omitempty"`
+	Port           int               `json:"port,omitempty"`
+	Namespace      string            `json:"namespace,omitempty"`
+	Workload       string            `json:"workload,omitempty"`
+	ServiceAccount string            `json:"service_account,omitempty"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	Service        string            `json:"service,omitempty"`
+}
+
+// Connection describes the transport.
+type Connection struct {
+	MTLS bool   `json:"mtls"`
+	SNI  string `json:"sni,omitempty"`
+}
+
+// Request is the HTTP request seen by a waypoint.
+type Request struct {
+	Method string `json:"method,omitempty"`
+	// Path is the request target as received, query included.
+	Path string `json:"path,omitempty"`
+	// URLPath is derived by the engine from Path (normalized as Istio does,
+	// query removed); callers need not set it and policies match on it.
+	URLPath  string `json:"url_path,omitempty"`
+	Host     string `json:"host,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	// Headers are keyed by lower-case name; Prepare lower-cases them.
+	Headers map[string]string `json:"headers,omitempty"`
+	Auth    *Auth             `json:"auth,omitempty"`
+}
+
+// Auth is the validated request credential (JWT).
+type Auth struct {
+	// Principal is "<iss>/<sub>".
+	Principal string         `json:"principal,omitempty"`
+	Audiences []string       `json:"audiences,omitempty"`
+	Presenter string         `json:"presenter,omitempty"`
+	Claims    map[string]any `json:"claims,omitempty"`
+}
+
+// DecodeInput parses a JSON input document strictly: unknown fields and
+// wrong types are errors that name the JSON path, and the result is
+// validated and prepared as Decide would.
+func DecodeInput(data []byte) (Input, error) {
+	var in Input
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(&in); err != nil {
+		return Input{}, fmt.Errorf("%w: %s", ErrInvalidInput, describeJSONError(err))
+	}
+	if dec.More() {
+		return Input{}, fmt.Errorf("%w: trailing data after the input document", ErrInvalidInput)
+	}
+	if err := in.Prepare(); err != nil {
+		return Input{}, err
+	}
+	return in, nil
+}
+
+func describeJSONError(err error) string {
+	switch e := err.(type) {
+	case *json.UnmarshalTypeError:
+		return fmt.Sprintf("input.%s: expected %s, got JSON %s", e.Field, e.Type, e.Value)
+	case *json.SyntaxError:
+		return fmt.Sprintf("JSON syntax error at byte %d: %s", e.Offset, e.Error())
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return "unknown field " + msg + " (see DESIGN.md \"The input document\")"
+	}
+	return err.Error()
+}
+
+// Prepare validates the input and derives the fields the engine computes:
+// request.url_path from request.path, and lower-case header names. It is
+// idempotent; Decide calls it.
+func (in *Input) Prepare() error {
+	switch in.Layer {
+	case L4:
+		if in.Request != nil {
+			return fmt.Errorf("%w: input.request: must be absent at layer l4", ErrInvalidInput)
+		}
+	case L7:
+		if in.Request == nil {
+			return fmt.Errorf("%w: input.request: required at layer l7", ErrInvalidInput)
+		}
+	case "":
+		return fmt.Errorf("%w: input.layer: required, \"l4\" or \"l7\"", ErrInvalidInput)
+	default:
+		return fmt.Errorf("%w: input.layer: %q is not \"l4\" or \"l7\"", ErrInvalidInput, in.Layer)
+	}
+	if err := checkIP("input.source.ip", in.Source.IP); err != nil {
+		return err
+	}
+	if err := checkIP("input.destination.ip", in.Destination.IP); err != nil {
+		return err
+	}
+	if err := checkPort("input.source.port", in.Source.Port); err != nil {
+		return err
+	}
+	if err := checkPort("input.destination.port", in.Destination.Port); err != nil {
+		return err
+	}
+	if in.Source.Principal != "" && !strings.HasPrefix(in.Source.Principal, "spiffe://") {
+		return fmt.Errorf("%w: input.source.principal: %q is not a SPIFFE ID (spiffe://...)", ErrInvalidInput, in.Source.Principal)
+	}
+	if in.Request != nil {
+		in.Request.prepare()
+	}
+	return nil
+}
+
+func (r *Request) prepare() {
+	r.URLPath = NormalizePath(r.Path)
+	r.Headers = lowerKeys(r.Headers)
+}
+
+// lowerKeys returns h with lower-case keys, copying only when a key is not.
+func lowerKeys(h map[string]string) map[string]string {
+	for name := range h {
+		if strings.ToLower(name) == name {
+			continue
+		}
+		out := make(map[string]string, len(h))
+		for k, v := range h {
+			out[strings.ToLower(k)] = v
+		}
+		return out
+	}
+	return h
+}
+
+func checkIP(field, ip string) error {
+	if ip == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(ip); err != nil {
+		return fmt.Errorf("%w: %s: %q is not an IP address", ErrInvalidInput, field, ip)
+	}
+	return nil
+}
+
+func checkPort(field string, port int) error {
+	if port < 0 || port > 65535 {
+		return fmt.Errorf("%w: %s: %d is not a port (0-65535)", ErrInvalidInput, field, port)
+	}
+	return nil
+}

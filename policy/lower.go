@@ -1,0 +1,479 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// errUnsupported marks Rego the native program does not cover; the package
+// holding it is evaluated by topdown instead (same answers, slower).
+var errUnsupported = errors.New("not covered by the native program")
+
+// lowerer turns compiled rule bodies into matchers. It covers the fragment
+// translated AuthorizationPolicies and most hand-written mesh policies use:
+// comparisons and set membership of input fields against constants, string
+// prefix/suffix/contains, CIDR and regex tests, lower/upper, negation, and
+// references to boolean helper rules (inlined; several definitions are OR).
+// Everything else is refused with errUnsupported and a reason.
+type lowerer struct {
+	compiler *ast.Compiler
+	data     map[string]any // base documents of the bundle set
+	fields   map[string]*field
+	inlining map[string]bool // rule refs being inlined, against recursion
+}
+
+func newLowerer(c *ast.Compiler, data map[string]any) *lowerer {
+	return &lowerer{compiler: c, data: data, fields: map[string]*field{}, inlining: map[string]bool{}}
+}
+
+// operand is what a term of an expression resolved to.
+type operand struct {
+	field *field    // an input field, or
+	value ast.Value // a constant, or
+	undef bool      // a constant reference that is undefined
+}
+
+// scope maps a body's local variables to operands. Bindings made by
+// `x = input.a` require the field to exist; unconsumed ones stay as
+// `defined` conditions.
+type scope struct {
+	vars    map[ast.Var]operand
+	pending map[ast.Var]bool
+}
+
+func unsupported(e *ast.Expr, why string) error {
+	loc := ""
+	if e.Location != nil {
+		loc = fmt.Sprintf("%s:%d: ", e.Location.File, e.Location.Row)
+	}
+	return fmt.Errorf("%s%v: %s: %w", loc, e, why, errUnsupported)
+}
+
+// body lowers a rule body to the conjunction of its conditions.
+func (l *lowerer) body(b ast.Body) (allOf, error) {
+	s := &scope{vars: map[ast.Var]operand{}, pending: map[ast.Var]bool{}}
+	var out allOf
+	for _, e := range b {
+		m, err := l.expr(e, s)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	for v := range s.pending {
+		out = append(out, defined{s.vars[v].field})
+	}
+	return flatten(out), nil
+}
+
+func (l *lowerer) expr(e *ast.Expr, s *scope) (matcher, error) {
+	if len(e.With) > 0 {
+		return nil, unsupported(e, "with modifiers")
+	}
+	var m matcher
+	var err error
+	switch t := e.Terms.(type) {
+	case *ast.Term:
+		m, err = l.term(e, t, s)
+	case []*ast.Term:
+		m, err = l.call(e, t, s)
+	default:
+		return nil, unsupported(e, "expression form")
+	}
+	if err != nil || m == nil || !e.Negated {
+		return m, err
+	}
+	return not{m}, nil
+}
+
+// term lowers an expression that is a single term: truthiness.
+func (l *lowerer) term(e *ast.Expr, t *ast.Term, s *scope) (matcher, error) {
+	if v, ok := t.Value.(ast.Var); ok {
+		op, bound := s.vars[v]
+		if !bound {
+			return nil, unsupported(e, "unbound variable")
+		}
+		return l.truth(op, s, v), nil
+	}
+	if ref, ok := t.Value.(ast.Ref); ok && ref.HasPrefix(ast.DefaultRootRef) {
+		return l.ruleTruth(e, ref)
+	}
+	op, err := l.operand(e, t, s)
+	if err != nil {
+		return nil, err
+	}
+	return l.truth(op, s, ""), nil
+}
+
+func (l *lowerer) truth(op operand, s *scope, v ast.Var) matcher {
+	switch {
+	case op.undef:
+		return constant(false)
+	case op.field != nil:
+		delete(s.pending, v)
+		return truthy{op.field}
+	}
+	return constant(op.value.Compare(ast.Boolean(false)) != 0)
+}
+
+// call lowers a builtin call or unification.
+func (l *lowerer) call(e *ast.Expr, terms []*ast.Term, s *scope) (matcher, error) {
+	name := e.Operator().String()
+	args := terms[1:]
+	switch name {
+	case "eq":
+		return l.unify(e, args, s)
+	case "equal", "neq", "lt", "lte", "gt", "gte":
+		return l.comparison(e, name, args, s)
+	case "internal.member_2":
+		return l.membership(e, args, s)
+	case "startswith", "endswith", "contains":
+		return l.stringBuiltin(e, name, args, s)
+	case "net.cidr_contains":
+		return l.cidr(e, args, s)
+	case "regex.match":
+		return l.regex(e, args, s)
+	case "lower", "upper":
+		return nil, l.transform(e, name, args, s)
+	}
+	return nil, unsupported(e, "builtin "+name)
+}
+
+// resolve resolves every argument; an undefined constant makes the whole
+// expression fail, which the caller reports as constant(false).
+func (l *lowerer) resolve(e *ast.Expr, args []*ast.Term, s *scope) ([]operand, bool, error) {
+	ops := make([]operand, len(args))
+	for i, a := range args {
+		op, err := l.operand(e, a, s)
+		if err != nil {
+			return nil, false, err
+		}
+		if op.undef {
+			return nil, true, nil
+		}
+		ops[i] = op
+	}
+	return ops, false, nil
+}
+
+func (l *lowerer) operand(e *ast.Expr, t *ast.Term, s *scope) (operand, error) {
+	switch v := t.Value.(type) {
+	case ast.Var:
+		op, ok := s.vars[v]
+		if !ok {
+			return operand{}, unsupported(e, "unbound variable "+string(v))
+		}
+		return op, nil
+	case ast.Ref:
+		return l.refOperand(e, v)
+	}
+	if !t.IsGround() {
+		return operand{}, unsupported(e, "non-ground term "+t.String())
+	}
+	return operand{value: t.Value}, nil
+}
+
+func (l *lowerer) refOperand(e *ast.Expr, ref ast.Ref) (operand, error) {
+	if ref.HasPrefix(ast.InputRootRef) {
+		f, ok := fieldFor(ref)
+		if !ok {
+			return operand{}, unsupported(e, "input reference with variables "+ref.String())
+		}
+		return operand{field: l.intern(f)}, nil
+	}
+	if !ref.HasPrefix(ast.DefaultRootRef) || !ref.IsGround() {
+		return operand{}, unsupported(e, "reference "+ref.String())
+	}
+	if len(l.compiler.GetRules(ref)) > 0 {
+		return operand{}, unsupported(e, "value of rule "+ref.String())
+	}
+	doc, ok := l.baseDocument(ref)
+	if !ok {
+		return operand{undef: true}, nil
+	}
+	val, err := ast.InterfaceToValue(doc)
+	if err != nil {
+		return operand{}, unsupported(e, err.Error())
+	}
+	return operand{value: val}, nil
+}
+
+// intern shares one field per path so the cache key lists each once.
+func (l *lowerer) intern(f *field) *field {
+	if have, ok := l.fields[f.path]; ok {
+		return have
+	}
+	l.fields[f.path] = f
+	return f
+}
+
+func (l *lowerer) baseDocument(ref ast.Ref) (any, bool) {
+	keys, ok := refStrings(ref)
+	if !ok {
+		return nil, false
+	}
+	var doc any = l.data
+	for _, k := range keys[1:] {
+		m, ok := doc.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if doc, ok = m[k]; !ok {
+			return nil, false
+		}
+	}
+	return doc, true
+}
+
+// unify lowers `a = b`: a binding when one side is an unbound variable,
+// else an equality test.
+func (l *lowerer) unify(e *ast.Expr, args []*ast.Term, s *scope) (matcher, error) {
+	if len(args) != 2 {
+		return nil, unsupported(e, "unification arity")
+	}
+	for i, a := range args {
+		v, ok := a.Value.(ast.Var)
+		if _, bound := s.vars[v]; !ok || bound {
+			continue
+		}
+		if e.Negated {
+			return nil, unsupported(e, "binding under not")
+		}
+		return l.bind(e, v, args[1-i], s)
+	}
+	return l.comparison(e, "equal", args, s)
+}
+
+func (l *lowerer) bind(e *ast.Expr, v ast.Var, t *ast.Term, s *scope) (matcher, error) {
+	op, err := l.operand(e, t, s)
+	if err != nil {
+		return nil, err
+	}
+	if op.undef {
+		return constant(false), nil
+	}
+	s.vars[v] = op
+	if op.field != nil {
+		s.pending[v] = true
+	}
+	return nil, nil
+}
+
+var compareOps = map[string]compareOp{"equal": opEq, "neq": opNeq, "lt": opLt, "lte": opLte, "gt": opGt, "gte": opGte}
+
+func (l *lowerer) comparison(e *ast.Expr, name string, args []*ast.Term, s *scope) (matcher, error) {
+	ops, undef, err := l.resolve(e, args, s)
+	if err != nil || undef {
+		return constant(false), err
+	}
+	op := compareOps[name]
+	a, b := ops[0], ops[1]
+	if a.field == nil && b.field == nil {
+		return constant(op.holds(a.value.Compare(b.value))), nil
+	}
+	if a.field == nil {
+		a, b, op = b, a, op.flip()
+	}
+	want, ok := scalar(b)
+	if !ok {
+		return nil, unsupported(e, "comparison with a field or a composite value")
+	}
+	l.consume(s, args, e)
+	return compare{f: a.field, op: op, want: want}, nil
+}
+
+// consume marks variables used by a positive condition that itself
+// requires them to exist.
+func (l *lowerer) consume(s *scope, args []*ast.Term, e *ast.Expr) {
+	if e.Negated {
+		return
+	}
+	for _, a := range args {
+		if v, ok := a.Value.(ast.Var); ok {
+			delete(s.pending, v)
+		}
+	}
+}
+
+func (l *lowerer) membership(e *ast.Expr, args []*ast.Term, s *scope) (matcher, error) {
+	ops, undef, err := l.resolve(e, args, s)
+	if err != nil || undef {
+		return constant(false), err
+	}
+	elem, coll := ops[0], ops[1]
+	switch {
+	case elem.field != nil && coll.field == nil:
+		set, ok := scalarSet(coll.value)
+		if !ok {
+			return nil, unsupported(e, "membership in a collection of composite values")
+		}
+		l.consume(s, args, e)
+		return memberOf{f: elem.field, set: set}, nil
+	case elem.field == nil && coll.field != nil:
+		want, ok := scalar(elem)
+		if !ok {
+			return nil, unsupported(e, "membership of a composite value")
+		}
+		l.consume(s, args, e)
+		return holds{f: coll.field, want: want}, nil
+	}
+	return nil, unsupported(e, "membership between two fields or two constants")
+}
+
+func (l *lowerer) stringBuiltin(e *ast.Expr, name string, args []*ast.Term, s *scope) (matcher, error) {
+	f, arg, err := l.fieldAndString(e, args, 0, s)
+	if err != nil || f == nil {
+		return constant(false), err
+	}
+	test := map[string]func(string) bool{
+		"startswith": func(v string) bool { return strings.HasPrefix(v, arg) },
+		"endswith":   func(v string) bool { return strings.HasSuffix(v, arg) },
+		"contains":   func(v string) bool { return strings.Contains(v, arg) },
+	}[name]
+	return stringTest{f: f, test: test}, nil
+}
+
+func (l *lowerer) cidr(e *ast.Expr, args []*ast.Term, s *scope) (matcher, error) {
+	f, cidr, err := l.fieldAndString(e, args, 1, s)
+	if err != nil || f == nil {
+		return constant(false), err
+	}
+	prefix, perr := netip.ParsePrefix(cidr)
+	if perr != nil {
+		return nil, unsupported(e, "CIDR "+cidr+" does not parse")
+	}
+	return cidrContains{f: f, prefix: prefix.Masked()}, nil
+}
+
+func (l *lowerer) regex(e *ast.Expr, args []*ast.Term, s *scope) (matcher, error) {
+	f, pattern, err := l.fieldAndString(e, args, 1, s)
+	if err != nil || f == nil {
+		return constant(false), err
+	}
+	re, rerr := regexp.Compile(pattern)
+	if rerr != nil {
+		return nil, unsupported(e, "regex does not compile")
+	}
+	return regexMatch{f: f, re: re}, nil
+}
+
+// fieldAndString resolves a two-argument builtin whose argument fieldAt is
+// an input field and whose other argument is a constant string.
+func (l *lowerer) fieldAndString(e *ast.Expr, args []*ast.Term, fieldAt int, s *scope) (*field, string, error) {
+	if len(args) != 2 {
+		return nil, "", unsupported(e, "arity")
+	}
+	ops, undef, err := l.resolve(e, args, s)
+	if err != nil || undef {
+		return nil, "", err
+	}
+	f, c := ops[fieldAt], ops[1-fieldAt]
+	str, ok := c.value.(ast.String)
+	if f.field == nil || c.field != nil || !ok {
+		return nil, "", unsupported(e, "expects an input field and a constant string")
+	}
+	l.consume(s, args, e)
+	return f.field, string(str), nil
+}
+
+// transform binds the output of lower/upper on a field to a derived field.
+func (l *lowerer) transform(e *ast.Expr, name string, args []*ast.Term, s *scope) error {
+	if len(args) != 2 || e.Negated {
+		return unsupported(e, "transform form")
+	}
+	out, ok := args[1].Value.(ast.Var)
+	if _, bound := s.vars[out]; !ok || bound {
+		return unsupported(e, "transform output is not a fresh variable")
+	}
+	in, err := l.operand(e, args[0], s)
+	if err != nil {
+		return err
+	}
+	if in.field == nil {
+		return unsupported(e, "transform of a constant")
+	}
+	fn := strings.ToLower
+	if name == "upper" {
+		fn = strings.ToUpper
+	}
+	get := in.field.get
+	derived := &field{path: name + "(" + in.field.path + ")", get: func(x *Input) (value, bool) {
+		v, ok := get(x)
+		if !ok || v.kind != kindString {
+			return value{}, false
+		}
+		return stringValue(fn(v.s)), true
+	}}
+	s.vars[out] = operand{field: l.intern(derived)}
+	s.pending[out] = true
+	if v, ok := args[0].Value.(ast.Var); ok {
+		delete(s.pending, v)
+	}
+	return nil
+}
+
+func scalar(op operand) (value, bool) {
+	if op.field != nil {
+		return value{}, false
+	}
+	switch v := op.value.(type) {
+	case ast.Null:
+		return value{kind: kindNull}, true
+	case ast.Boolean:
+		return value{kind: kindBool, b: bool(v)}, true
+	case ast.Number:
+		f, ok := v.Float64()
+		return value{kind: kindNumber, n: f}, ok
+	case ast.String:
+		return stringValue(string(v)), true
+	}
+	return value{}, false
+}
+
+// scalarSet returns the elements (arrays, sets) or values (objects) of a
+// constant collection, all of which must be scalars.
+func scalarSet(coll ast.Value) (map[valueKey]struct{}, bool) {
+	set := map[valueKey]struct{}{}
+	ok := true
+	add := func(t *ast.Term) {
+		v, isScalar := scalar(operand{value: t.Value})
+		ok = ok && isScalar
+		set[v.key()] = struct{}{}
+	}
+	switch c := coll.(type) {
+	case *ast.Array:
+		c.Foreach(add)
+	case ast.Set:
+		c.Foreach(add)
+	case ast.Object:
+		c.Foreach(func(_, v *ast.Term) { add(v) })
+	default:
+		return nil, false
+	}
+	return set, ok
+}
+
+// flatten merges nested conjunctions and drops constant-true conditions.
+func flatten(m allOf) allOf {
+	var out allOf
+	for _, c := range m {
+		switch x := c.(type) {
+		case allOf:
+			out = append(out, flatten(x)...)
+		case constant:
+			if !x {
+				return allOf{constant(false)}
+			}
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
+}

@@ -1,0 +1,238 @@
+package policy
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// matcher is one lowered condition of a Rego rule body, evaluated on the
+// Go input with Rego's semantics: a condition over an absent field fails.
+type matcher interface {
+	match(in *Input) bool
+}
+
+type (
+	allOf    []matcher
+	anyOf    []matcher
+	not      struct{ m matcher }
+	constant bool
+	// defined holds when the field exists (a body's `x := input.a.b`).
+	defined struct{ f *field }
+	// truthy holds when the field exists and is not false (a bare `input.a`).
+	truthy struct{ f *field }
+	// compare holds when the field exists and `field op want` in Rego's order.
+	compare struct {
+		f    *field
+		op   compareOp
+		want value
+	}
+	// memberOf holds when the field's scalar value is in a constant collection.
+	memberOf struct {
+		f   *field
+		set map[valueKey]struct{}
+	}
+	// holds holds when the field is a collection containing want.
+	holds struct {
+		f    *field
+		want value
+	}
+	// stringTest applies a string builtin with a constant argument.
+	stringTest struct {
+		f    *field
+		test func(s string) bool
+	}
+	// cidrContains is net.cidr_contains(constant CIDR, field).
+	cidrContains struct {
+		f      *field
+		prefix netip.Prefix
+	}
+	regexMatch struct {
+		f  *field
+		re *regexp.Regexp
+	}
+)
+
+type compareOp uint8
+
+const (
+	opEq compareOp = iota
+	opNeq
+	opLt
+	opLte
+	opGt
+	opGte
+)
+
+func (m allOf) match(in *Input) bool {
+	for _, c := range m {
+		if !c.match(in) {
+			return false
+		}
+	}
+	return true
+}
+
+func (m anyOf) match(in *Input) bool {
+	for _, c := range m {
+		if c.match(in) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m not) match(in *Input) bool     { return !m.m.match(in) }
+func (m constant) match(*Input) bool   { return bool(m) }
+func (m defined) match(in *Input) bool { _, ok := m.f.get(in); return ok }
+func (m truthy) match(in *Input) bool  { v, ok := m.f.get(in); return ok && (v.kind != kindBool || v.b) }
+func (m compare) match(in *Input) bool {
+	v, ok := m.f.get(in)
+	return ok && m.op.holds(compareValues(v, m.want))
+}
+func (m holds) match(in *Input) bool { v, ok := m.f.get(in); return ok && collectionHas(v, m.want) }
+func (m regexMatch) match(in *Input) bool {
+	v, ok := m.f.get(in)
+	return ok && v.kind == kindString && m.re.MatchString(v.s)
+}
+
+func (m memberOf) match(in *Input) bool {
+	v, ok := m.f.get(in)
+	if !ok || v.kind == kindComposite {
+		return false
+	}
+	_, found := m.set[v.key()]
+	return found
+}
+
+func (m stringTest) match(in *Input) bool {
+	v, ok := m.f.get(in)
+	return ok && v.kind == kindString && m.test(v.s)
+}
+
+func (m cidrContains) match(in *Input) bool {
+	v, ok := m.f.get(in)
+	if !ok || v.kind != kindString {
+		return false
+	}
+	if addr, err := netip.ParseAddr(v.s); err == nil {
+		return m.prefix.Contains(addr.Unmap())
+	}
+	p, err := netip.ParsePrefix(v.s)
+	return err == nil && p.Bits() >= m.prefix.Bits() && m.prefix.Contains(p.Addr().Unmap())
+}
+
+func (op compareOp) holds(cmp int) bool {
+	switch op {
+	case opEq:
+		return cmp == 0
+	case opNeq:
+		return cmp != 0
+	case opLt:
+		return cmp < 0
+	case opLte:
+		return cmp <= 0
+	case opGt:
+		return cmp > 0
+	}
+	return cmp >= 0
+}
+
+// flip returns the operator for swapped operands (`3 < x` is `x > 3`).
+func (op compareOp) flip() compareOp {
+	switch op {
+	case opLt:
+		return opGt
+	case opLte:
+		return opGte
+	case opGt:
+		return opLt
+	case opGte:
+		return opLte
+	}
+	return op
+}
+
+// valueKey is the comparable form of a scalar value, for sets and indexes.
+type valueKey struct {
+	kind kind
+	b    bool
+	n    float64
+	s    string
+}
+
+func (v value) key() valueKey { return valueKey{kind: v.kind, b: v.b, n: v.n, s: v.s} }
+
+// compareValues orders two values as ast.Compare does. The lowering only
+// admits scalar constants, so at most one side is composite, and composites
+// order after every scalar.
+func compareValues(a, b value) int {
+	if a.kind != b.kind {
+		if a.kind < b.kind {
+			return -1
+		}
+		return 1
+	}
+	switch a.kind {
+	case kindBool:
+		switch {
+		case a.b == b.b:
+			return 0
+		case !a.b:
+			return -1
+		}
+		return 1
+	case kindNumber:
+		switch {
+		case a.n < b.n:
+			return -1
+		case a.n > b.n:
+			return 1
+		}
+		return 0
+	case kindString:
+		return strings.Compare(a.s, b.s)
+	}
+	return 0 // null, or two composites: the lowering never compares those
+}
+
+// collectionHas reports whether a composite value holds want among its
+// elements (arrays, sets) or values (objects), as Rego's `want in coll`.
+func collectionHas(coll value, want value) bool {
+	if coll.kind != kindComposite {
+		return false
+	}
+	switch c := coll.c.(type) {
+	case []string:
+		if want.kind != kindString {
+			return false
+		}
+		for _, s := range c {
+			if s == want.s {
+				return true
+			}
+		}
+	case map[string]string:
+		if want.kind != kindString {
+			return false
+		}
+		for _, s := range c {
+			if s == want.s {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range c {
+			if ev, ok := goValue(e); ok && ev.kind != kindComposite && compareValues(ev, want) == 0 {
+				return true
+			}
+		}
+	case map[string]any:
+		for _, e := range c {
+			if ev, ok := goValue(e); ok && ev.kind != kindComposite && compareValues(ev, want) == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}

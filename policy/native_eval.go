@@ -1,0 +1,208 @@
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+)
+
+// decide evaluates the program for a prepared input.
+func (p *program) decide(ctx context.Context, in *Input) (Decision, error) {
+	var acc accumulator
+	for pt, idx := range p.points {
+		idx.matches(in, func(e *entry) { acc.add(pt, e) })
+	}
+	if p.fallback != nil {
+		if err := p.fallback.eval(ctx, in, &acc); err != nil {
+			return deny(err.Error()), err
+		}
+	}
+	return acc.decision(), nil
+}
+
+// accumulator gathers matched entries the way the library reads them: the
+// smallest entry per point (enforced only, and all for the dry-run verdict),
+// the selecting ALLOW policies, and the AUDIT entries.
+type accumulator struct {
+	enforced  [pointAllowScope]*entry // smallest enforced custom_deny, deny, allow
+	all       [pointAllowScope]*entry // smallest including dry-run entries
+	scope     []*entry                // allow_scope, all
+	audit     []*entry                // enforced audit
+	hasDryRun bool
+}
+
+func (a *accumulator) add(pt int, e *entry) {
+	a.hasDryRun = a.hasDryRun || e.dryRun
+	switch pt {
+	case pointAllowScope:
+		a.scope = append(a.scope, e)
+	case pointAudit:
+		if e.enforced {
+			a.audit = append(a.audit, e)
+		}
+	default:
+		a.all[pt] = smaller(a.all[pt], e)
+		if e.enforced {
+			a.enforced[pt] = smaller(a.enforced[pt], e)
+		}
+	}
+}
+
+func smaller(have, e *entry) *entry {
+	if have == nil || e.value.Compare(have.value) < 0 {
+		return e
+	}
+	return have
+}
+
+func (a *accumulator) decision() Decision {
+	d := Decision{Verdict: verdict(a.enforced, a.scope, true), Audit: a.auditRules()}
+	if a.hasDryRun {
+		dry := verdict(a.all, a.scope, false)
+		d.DryRun = &dry
+	}
+	return d
+}
+
+// verdict mirrors the library's verdict(sets).
+func verdict(smallest [pointAllowScope]*entry, scope []*entry, enforcedOnly bool) Verdict {
+	switch {
+	case smallest[pointCustomDeny] != nil:
+		return decided(false, smallest[pointCustomDeny].value, "denied by CUSTOM policy")
+	case smallest[pointDeny] != nil:
+		return decided(false, smallest[pointDeny].value, "denied by DENY policy")
+	case smallest[pointAllow] != nil:
+		return decided(true, smallest[pointAllow].value, "allowed by ALLOW policy")
+	}
+	var names []string
+	for _, s := range scope {
+		if s.enforced || !enforcedOnly {
+			names = append(names, scopeName(s.value))
+		}
+	}
+	if len(names) == 0 {
+		return Verdict{Allow: true, Reason: "no ALLOW policy selects the destination"}
+	}
+	slices.Sort(names)
+	return Verdict{Reason: "no ALLOW policy matched; selecting the destination: " + joinUnique(names)}
+}
+
+func decided(allow bool, entry ast.Value, why string) Verdict {
+	return Verdict{
+		Allow:  allow,
+		Policy: text(entryField(entry, "policy", ast.String(""))),
+		Rule:   text(entryField(entry, "rule", ast.String(""))),
+		Reason: text(entryField(entry, "reason", ast.String(why))),
+	}
+}
+
+func entryField(entry ast.Value, key string, def ast.Value) ast.Value {
+	if obj, ok := entry.(ast.Object); ok {
+		if v := obj.Get(ast.StringTerm(key)); v != nil {
+			return v.Value
+		}
+	}
+	return def
+}
+
+// scopeName mirrors the library's name(entry).
+func scopeName(entry ast.Value) string {
+	if p, ok := entryField(entry, "policy", nil).(ast.String); ok {
+		return string(p)
+	}
+	return entry.String()
+}
+
+func joinUnique(sorted []string) string {
+	sorted = slices.Compact(sorted)
+	out := sorted[0]
+	for _, s := range sorted[1:] {
+		out += ", " + s
+	}
+	return out
+}
+
+func (a *accumulator) auditRules() []PolicyRule {
+	if len(a.audit) == 0 {
+		return []PolicyRule{}
+	}
+	slices.SortFunc(a.audit, func(x, y *entry) int { return x.value.Compare(y.value) })
+	a.audit = slices.CompactFunc(a.audit, func(x, y *entry) bool { return x.value.Compare(y.value) == 0 })
+	out := make([]PolicyRule, len(a.audit))
+	for i, e := range a.audit {
+		out[i] = PolicyRule{
+			Policy: text(entryField(e.value, "policy", ast.String(""))),
+			Rule:   text(entryField(e.value, "rule", ast.String(""))),
+		}
+	}
+	return out
+}
+
+// text renders a decision field: strings as they are, anything else as JSON.
+func text(v ast.Value) string {
+	switch x := v.(type) {
+	case ast.String:
+		return string(x)
+	case ast.Number:
+		return string(x)
+	}
+	b, err := json.Marshal(ast.MustJSON(v))
+	if err != nil {
+		return v.String()
+	}
+	return string(b)
+}
+
+// fallbackQuery evaluates, with topdown, the contributions of the packages
+// the lowering does not cover, in one query per decision.
+type fallbackQuery struct {
+	query rego.PreparedEvalQuery
+}
+
+func prepareFallback(ctx context.Context, act *activation, pkgs []ast.Ref) (*fallbackQuery, error) {
+	names := make([][2]string, len(pkgs))
+	for i, p := range pkgs {
+		o, _ := p[len(policiesRef)].Value.(ast.String)
+		n, _ := p[len(policiesRef)+1].Value.(ast.String)
+		names[i] = [2]string{string(o), string(n)}
+	}
+	list, _ := json.Marshal(names)
+	points, _ := json.Marshal(pointNames)
+	src := fmt.Sprintf("[[p, e] | some [o, n] in %s; some p in %s; some e in data.mesh.authz.package_entries(o, n, p)]", list, points)
+	q, err := rego.New(rego.Query(src), rego.Compiler(act.compiler), rego.Store(act.store)).PrepareForEval(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy: prepare topdown query for %s: %w", src, err)
+	}
+	return &fallbackQuery{query: q}, nil
+}
+
+func (f *fallbackQuery) eval(ctx context.Context, in *Input, acc *accumulator) error {
+	doc, err := inputValue(in)
+	if err != nil {
+		return err
+	}
+	rs, err := f.query.Eval(ctx, rego.EvalParsedInput(doc))
+	if err != nil {
+		return fmt.Errorf("policy: evaluate: %w", err)
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	pairs, _ := rs[0].Expressions[0].Value.([]any)
+	for _, pair := range pairs {
+		pe, _ := pair.([]any)
+		if len(pe) != 2 {
+			continue
+		}
+		v, err := ast.InterfaceToValue(pe[1])
+		if err != nil {
+			return fmt.Errorf("policy: contribution %v: %w", pe[1], err)
+		}
+		acc.add(slices.Index(pointNames[:], pe[0].(string)), newEntry(v))
+	}
+	return nil
+}

@@ -1,0 +1,104 @@
+package policy
+
+import "strings"
+
+// NormalizePath returns the path that policies match on, normalized as
+// Istio's default (BASE) normalization does: the query and fragment are
+// removed, percent-encoded unreserved characters are decoded (other escapes
+// keep an upper-case form), backslashes become slashes, and "." and ".."
+// segments are resolved (RFC 3986 section 5.2.4). Slashes are not merged.
+func NormalizePath(raw string) string {
+	if i := strings.IndexAny(raw, "?#"); i >= 0 {
+		raw = raw[:i]
+	}
+	if raw == "" || raw == "*" {
+		return raw
+	}
+	decoded := decodeUnreserved(raw)
+	decoded = strings.ReplaceAll(decoded, `\`, "/")
+	return removeDotSegments(decoded)
+}
+
+func decodeUnreserved(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' || i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+			b.WriteByte(s[i])
+			continue
+		}
+		c := unhex(s[i+1])<<4 | unhex(s[i+2])
+		if isUnreserved(c) {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(upperHex(s[i+1]))
+			b.WriteByte(upperHex(s[i+2]))
+		}
+		i += 2
+	}
+	return b.String()
+}
+
+// removeDotSegments resolves "." and ".." as RFC 3986 section 5.2.4 does; ".."
+// never climbs above the root.
+func removeDotSegments(p string) string {
+	if !strings.Contains(p, ".") {
+		return p
+	}
+	absolute := strings.HasPrefix(p, "/")
+	segments := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	out := make([]string, 0, len(segments))
+	for i, seg := range segments {
+		last := i == len(segments)-1
+		switch seg {
+		case ".":
+			if last {
+				out = append(out, "")
+			}
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+			if last {
+				out = append(out, "")
+			}
+		default:
+			out = append(out, seg)
+		}
+	}
+	joined := strings.Join(out, "/")
+	if absolute {
+		return "/" + joined
+	}
+	return joined
+}
+
+func isUnreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
+}

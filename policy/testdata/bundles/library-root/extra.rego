@@ -1,0 +1,3 @@
+package mesh.authz.extra
+
+x := 1

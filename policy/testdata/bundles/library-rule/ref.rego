@@ -1,0 +1,4 @@
+package mesh
+
+# A ref head in package mesh writes into the library's document.
+authz.extra := true

@@ -1,0 +1,3 @@
+package mesh.policies.y.stray
+
+allow contains {"policy": "y/stray", "rule": "0"} if true
