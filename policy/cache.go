@@ -37,14 +37,14 @@ type cacheEntry struct {
 // l4Key holds every field an L4 input has, so equal keys are equal inputs
 // as far as the policy can tell.
 type l4Key struct {
-	principal, trustDomain, srcNamespace, srcServiceAccount, srcIP string
-	srcPort, dstPort                                               int
-	dstIP, dstNamespace, dstWorkload, dstServiceAccount, dstSvc    string
-	mtls                                                           bool
-	sni                                                            string
-	labels                                                         [maxKeyLabels]string
-	labelsPresent                                                  uint8
-	allLabels                                                      string // canonical form, when every label is observed
+	principal, trustDomain, srcNamespace, srcServiceAccount, srcIP, remoteIP string
+	srcPort, dstPort                                                         int
+	dstIP, dstNamespace, dstWorkload, dstServiceAccount, dstSvc              string
+	mtls                                                                     bool
+	sni                                                                      string
+	labels                                                                   [maxKeyLabels]string
+	labelsPresent                                                            uint8
+	allLabels                                                                string // canonical form, when every label is observed
 }
 
 const maxKeyLabels = 7
@@ -65,10 +65,11 @@ var scalarBits = map[string]uint32{
 	"input.destination.namespace": 1 << 8, "input.destination.workload": 1 << 9,
 	"input.destination.service_account": 1 << 10, "input.destination.service": 1 << 11,
 	"input.connection.mtls": 1 << 12, "input.connection.sni": 1 << 13,
+	"input.source.remote_ip": 1 << 14,
 }
 
 // everything is the key of a policy whose reads are not known.
-var everything = cacheSpec{fields: 1<<14 - 1, everyLabel: true, everyScalar: true}
+var everything = cacheSpec{fields: 1<<15 - 1, everyLabel: true, everyScalar: true}
 
 // specFor derives the key from the paths the native rules read.
 func specFor(paths []string) cacheSpec {
@@ -161,6 +162,9 @@ func (c *decisionCache) fillKey(k *l4Key, in *Input) {
 	if has(1 << 13) {
 		k.sni = in.Connection.SNI
 	}
+	if has(1 << 14) {
+		k.remoteIP = in.Source.RemoteIP
+	}
 	c.keyLabels(k, in.Destination.Labels)
 }
 
@@ -199,7 +203,7 @@ func (c *decisionCache) hash(k *l4Key) uint64 {
 	if k.mtls {
 		h |= 1 << 63
 	}
-	strs := [...]string{k.principal, k.trustDomain, k.srcNamespace, k.srcServiceAccount, k.srcIP,
+	strs := [...]string{k.principal, k.trustDomain, k.srcNamespace, k.srcServiceAccount, k.srcIP, k.remoteIP,
 		k.dstIP, k.dstNamespace, k.dstWorkload, k.dstServiceAccount, k.dstSvc, k.sni, k.allLabels,
 		k.labels[0], k.labels[1], k.labels[2], k.labels[3], k.labels[4], k.labels[5], k.labels[6]}
 	for i := range strs {

@@ -81,6 +81,9 @@ func genCondition(r *rand.Rand) string {
 	case 21:
 		return fmt.Sprintf("regex.match(%q, input.destination.workload)", "^web-[0-9]+$")
 	case 22:
+		if r.IntN(2) == 0 {
+			return fmt.Sprintf("net.cidr_contains(%q, input.source.remote_ip)", "192.168.0.0/16")
+		}
 		return fmt.Sprintf("input.source.port > %d", 40000)
 	}
 	return fmt.Sprintf("x := input.source.service_account\n\tx == %q", pick(r, poolSA))
@@ -95,16 +98,27 @@ func genPackage(r *rand.Rand, owner string, n int) string {
 	fmt.Fprintf(&b, "applies if input.destination.namespace == %q\n", pick(r, poolNS))
 	fmt.Fprintf(&b, "applies if input.destination.service_account == %q\n\n", pick(r, poolSA))
 	id := owner + "/" + name
+	booleanForm := r.IntN(8) == 0 // `deny if ...`: one entry for the package
 	for i := range 1 + r.IntN(4) {
 		point := pick(r, []string{"deny", "deny", "allow", "allow", "custom_deny", "audit"})
 		extra := ""
-		if r.IntN(6) == 0 {
+		switch r.IntN(12) {
+		case 0, 1:
 			extra = `, "dry_run": true`
+		case 2:
+			extra = `, "dry_run": "false"` // not true: enforced
 		}
 		if r.IntN(4) == 0 {
 			extra += fmt.Sprintf(`, "reason": "rule %d says no"`, i)
 		}
-		fmt.Fprintf(&b, "%s contains {\"policy\": %q, \"rule\": %d%s} if {\n", point, id, i, extra)
+		switch {
+		case booleanForm:
+			fmt.Fprintf(&b, "%s if {\n", point)
+		case r.IntN(14) == 0:
+			fmt.Fprintf(&b, "%s contains \"not an object %d\" if {\n", point, i)
+		default:
+			fmt.Fprintf(&b, "%s contains {\"policy\": %q, \"rule\": %d%s} if {\n", point, id, i, extra)
+		}
 		for range 1 + r.IntN(3) {
 			fmt.Fprintf(&b, "\t%s\n", genCondition(r))
 		}
@@ -124,6 +138,9 @@ func genInput(r *rand.Rand) Input {
 		in.Connection.MTLS = true
 	}
 	in.Source.IP = pick(r, poolIP)
+	if r.IntN(3) == 0 {
+		in.Source.RemoteIP = pick(r, poolIP)
+	}
 	in.Source.Port = 30000 + r.IntN(20000)
 	in.Destination = Destination{
 		IP: pick(r, poolIP), Port: pick(r, poolPorts), Namespace: pick(r, poolNS),

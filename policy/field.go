@@ -119,6 +119,7 @@ func sourceGetter(path []string) getter {
 		"service_account": func(in *Input) (value, bool) { return str(in.Source.ServiceAccount) },
 		"ip":              func(in *Input) (value, bool) { return str(in.Source.IP) },
 		"port":            func(in *Input) (value, bool) { return port(in.Source.Port) },
+		"remote_ip":       func(in *Input) (value, bool) { return str(in.Source.RemoteIP) },
 	}
 	return scalarField(fields, path)
 }

@@ -2,9 +2,14 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"io"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Layer says which proxy asks: ztunnel decides at L4, a waypoint at L7.
@@ -33,12 +38,22 @@ type Input struct {
 // Source is the peer that opened the connection.
 type Source struct {
 	// Principal is the peer's SPIFFE ID, absent for plaintext peers.
-	Principal      string `json:"principal,omitempty"`
+	Principal string `json:"principal,omitempty"`
+	// TrustDomain, Namespace and ServiceAccount come from Principal
+	// (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>); the
+	// engine derives them, and refuses values that disagree with it or that
+	// are set without a principal, since only an authenticated identity
+	// can tell them.
 	TrustDomain    string `json:"trust_domain,omitempty"`
 	Namespace      string `json:"namespace,omitempty"`
 	ServiceAccount string `json:"service_account,omitempty"`
 	IP             string `json:"ip,omitempty"`
 	Port           int    `json:"port,omitempty"`
+	// RemoteIP is the original client's address when a proxy forwarded the
+	// connection (Forwarded / X-Forwarded-For, as trusted by the waypoint);
+	// the engine sets it to IP when absent. AuthorizationPolicy
+	// remoteIpBlocks and remote.ip match it.
+	RemoteIP string `json:"remote_ip,omitempty"`
 }
 
 // Destination is the workload the connection or request is for.
@@ -109,6 +124,9 @@ func describeJSONError(err error) string {
 	case *json.SyntaxError:
 		return fmt.Sprintf("JSON syntax error at byte %d: %s", e.Offset, e.Error())
 	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return "JSON syntax error: the document ends early"
+	}
 	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		return "unknown field " + msg + " (see DESIGN.md \"The input document\")"
 	}
@@ -145,13 +163,101 @@ func (in *Input) Prepare() error {
 	if err := checkPort("input.destination.port", in.Destination.Port); err != nil {
 		return err
 	}
-	if in.Source.Principal != "" && !strings.HasPrefix(in.Source.Principal, "spiffe://") {
-		return fmt.Errorf("%w: input.source.principal: %q is not a SPIFFE ID (spiffe://...)", ErrInvalidInput, in.Source.Principal)
+	if in.Source.RemoteIP != in.Source.IP {
+		if err := checkIP("input.source.remote_ip", in.Source.RemoteIP); err != nil {
+			return err
+		}
+	}
+	if err := in.Source.prepare(); err != nil {
+		return err
 	}
 	if in.Request != nil {
 		in.Request.prepare()
 	}
 	return nil
+}
+
+// prepare derives the identity fields from the principal.
+func (s *Source) prepare() error {
+	if s.RemoteIP == "" {
+		s.RemoteIP = s.IP
+	}
+	if s.Principal == "" {
+		return s.checkAnonymous()
+	}
+	id, err := parsePrincipal(s.Principal)
+	if err != nil {
+		return err
+	}
+	if err := derive("trust_domain", &s.TrustDomain, id.trustDomain, s.Principal); err != nil {
+		return err
+	}
+	if err := derive("namespace", &s.Namespace, id.namespace, s.Principal); err != nil {
+		return err
+	}
+	return derive("service_account", &s.ServiceAccount, id.serviceAccount, s.Principal)
+}
+
+// identity is what a principal tells.
+type identity struct{ trustDomain, namespace, serviceAccount string }
+
+// principals memoises parsed principals: a node sees few, on every
+// connection. Bounded: it starts over when full.
+var principals struct {
+	m     sync.Map // string -> identity
+	count atomic.Int64
+}
+
+const maxPrincipals = 4096
+
+func parsePrincipal(principal string) (identity, error) {
+	if id, ok := principals.m.Load(principal); ok {
+		return id.(identity), nil
+	}
+	sid, err := spiffeid.FromString(principal)
+	if err != nil {
+		return identity{}, fmt.Errorf("%w: input.source.principal: %q is not a SPIFFE ID: %w", ErrInvalidInput, principal, err)
+	}
+	ns, sa := namespaceAndServiceAccount(sid.Path())
+	id := identity{trustDomain: sid.TrustDomain().Name(), namespace: ns, serviceAccount: sa}
+	if principals.count.Add(1) > maxPrincipals {
+		principals.m.Clear()
+		principals.count.Store(1)
+	}
+	principals.m.Store(principal, id)
+	return id, nil
+}
+
+// derive sets *have to want, refusing a different value the caller gave.
+func derive(field string, have *string, want, principal string) error {
+	if *have != "" && *have != want {
+		return fmt.Errorf("%w: input.source.%s: %q disagrees with the principal %s", ErrInvalidInput, field, *have, principal)
+	}
+	*have = want
+	return nil
+}
+
+// checkAnonymous refuses identity fields without the identity.
+func (s *Source) checkAnonymous() error {
+	for _, f := range [...]struct{ name, value string }{
+		{"trust_domain", s.TrustDomain}, {"namespace", s.Namespace}, {"service_account", s.ServiceAccount},
+	} {
+		if f.value != "" {
+			return fmt.Errorf("%w: input.source.%s: set without input.source.principal; only an authenticated SPIFFE ID tells it", ErrInvalidInput, f.name)
+		}
+	}
+	return nil
+}
+
+// namespaceAndServiceAccount reads a Kubernetes-style SPIFFE path
+// "/ns/<namespace>/sa/<service-account>"; other paths have neither.
+func namespaceAndServiceAccount(path string) (string, string) {
+	rest, ok := strings.CutPrefix(path, "/ns/")
+	ns, sa, found := strings.Cut(rest, "/sa/")
+	if !ok || !found || ns == "" || sa == "" || strings.Contains(ns, "/") || strings.Contains(sa, "/") {
+		return "", ""
+	}
+	return ns, sa
 }
 
 func (r *Request) prepare() {

@@ -202,6 +202,9 @@ func checkBaseData(data map[string]any) error {
 // errUnsupported for the whole package.
 func lowerPackage(l *lowerer, pkg *contributingPackage) ([numPoints][]nativeRule, error) {
 	var out [numPoints][]nativeRule
+	if err := checkCompleteValues(pkg); err != nil {
+		return out, err
+	}
 	for _, r := range pkg.rules {
 		name, ok := r.Head.Ref()[0].Value.(ast.Var)
 		pt := slices.Index(pointNames[:], string(name))
@@ -222,6 +225,25 @@ func lowerPackage(l *lowerer, pkg *contributingPackage) ([numPoints][]nativeRule
 // lowerContribution lowers `point contains {...} if ...`, or a boolean
 // `point if ...`, which contributes {"policy": "<owner>/<name>", "rule": point}
 // as the library's package_entries does.
+// checkCompleteValues refuses boolean points (`deny if ...`) whose
+// definitions give different values: topdown reports a conflict when two
+// such bodies hold at once, which matchers cannot see.
+func checkCompleteValues(pkg *contributingPackage) error {
+	values := map[string]ast.Value{}
+	for _, r := range pkg.rules {
+		if r.Head.RuleKind() != ast.SingleValue || r.Default || r.Head.Value == nil || !isPoint(r.Head.Ref()[0].Value) {
+			continue
+		}
+		name := r.Head.Ref()[0].String()
+		if have, ok := values[name]; ok && have.Compare(r.Head.Value.Value) != 0 {
+			e := &ast.Expr{Location: r.Location, Terms: ast.NewTerm(r.Head.Ref())}
+			return unsupported(e, "definitions with different values can conflict")
+		}
+		values[name] = r.Head.Value.Value
+	}
+	return nil
+}
+
 func lowerContribution(l *lowerer, pkg *contributingPackage, r *ast.Rule) (*nativeRule, error) {
 	e := &ast.Expr{Location: r.Location, Terms: ast.NewTerm(r.Head.Ref())}
 	if len(r.Head.Ref()) != 1 || r.Else != nil || len(r.Head.Args) > 0 {

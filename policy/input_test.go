@@ -1,0 +1,120 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestNormalizePath(t *testing.T) {
+	cases := []struct{ name, in, want string }{
+		{"plain", "/api/v1", "/api/v1"},
+		{"query removed", "/api?x=1&y=2", "/api"},
+		{"fragment removed", "/api#top", "/api"},
+		{"dot segment", "/a/./b", "/a/b"},
+		{"dot dot", "/a/b/../c", "/a/c"},
+		{"dot dot above root", "/../../admin", "/admin"},
+		{"trailing dot dot", "/a/b/..", "/a/"},
+		{"trailing dot", "/a/.", "/a/"},
+		{"encoded dots resolve", "/catalog/%2e%2e/admin", "/admin"},
+		{"unreserved decoded", "/%61dmin/%7Euser", "/admin/~user"},
+		{"reserved kept, hex upper-cased", "/a%2fb/%3f", "/a%2Fb/%3F"},
+		{"backslash", `/a\b\..\c`, "/a/c"},
+		{"slashes not merged", "//a//b", "//a//b"},
+		{"truncated escape kept", "/a%2", "/a%2"},
+		{"empty", "", ""},
+		{"asterisk form", "*", "*"},
+		{"query only", "?x", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := NormalizePath(tc.in); got != tc.want {
+				t.Errorf("NormalizePath(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDecodeInputErrors(t *testing.T) {
+	cases := []struct{ name, doc, want string }{
+		{"unknown field", `{"layer": "l4", "source": {"principle": "x"}}`, `unknown field "principle"`},
+		{"wrong type", `{"layer": "l4", "destination": {"port": "80"}}`, "input.destination.port: expected int"},
+		{"syntax", `{"layer": `, "JSON syntax error"},
+		{"trailing data", `{"layer": "l4"} {}`, "trailing data"},
+		{"validation", `{"layer": "l4", "source": {"ip": "nope"}}`, "input.source.ip"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeInput([]byte(tc.doc))
+			if !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want ErrInvalidInput mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestInputJSONRoundTrip(t *testing.T) {
+	in := toAdmin("spiffe://td/ns/shop/sa/checkout")
+	in.Request.Headers = map[string]string{"x-team": "red"}
+	in.Request.Auth = &Auth{Principal: "iss/sub", Audiences: []string{"a"}, Claims: map[string]any{"groups": []any{"x"}}}
+	if err := in.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeInput(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Numbers inside claims decode as json.Number; compare through JSON.
+	again, _ := json.Marshal(back)
+	if string(again) != string(raw) {
+		t.Errorf("round trip changed the document:\n%s\n%s", raw, again)
+	}
+	if !reflect.DeepEqual(back.Source, in.Source) || back.Request.URLPath != "/admin/users" {
+		t.Errorf("decoded %+v", back)
+	}
+}
+
+func TestPlaintextInputHasNoPrincipal(t *testing.T) {
+	in := Input{Layer: L4, Source: Source{IP: "10.0.0.1"}}
+	raw, _ := json.Marshal(in)
+	if strings.Contains(string(raw), "principal") || !strings.Contains(string(raw), `"mtls":false`) {
+		t.Errorf("plaintext input JSON = %s", raw)
+	}
+}
+
+func FuzzDecodeInput(f *testing.F) {
+	f.Add([]byte(`{"layer": "l4", "source": {"principal": "spiffe://td/ns/a/sa/b", "ip": "10.0.0.1"}, "destination": {"port": 80}}`))
+	f.Add([]byte(`{"layer": "l7", "request": {"path": "/a/../%2e%2e/b?x", "headers": {"X-A": "1"}}}`))
+	f.Add([]byte(`{"layer": "l4", "source": {"namespace": "a"}}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in, err := DecodeInput(data)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidInput) {
+				t.Fatalf("error does not wrap ErrInvalidInput: %v", err)
+			}
+			return
+		}
+		// A decoded input is prepared: idempotent, and its JSON decodes again.
+		again := in
+		if err := again.Prepare(); err != nil {
+			t.Fatalf("Prepare on a decoded input: %v", err)
+		}
+		raw, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeInput(raw); err != nil {
+			t.Fatalf("re-decoding %s: %v", raw, err)
+		}
+		if in.Request != nil && NormalizePath(in.Request.URLPath) != in.Request.URLPath {
+			t.Fatalf("url_path %q is not a fixed point of NormalizePath", in.Request.URLPath)
+		}
+	})
+}
