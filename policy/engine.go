@@ -138,11 +138,14 @@ func (e *Engine) Revisions() map[string]string {
 // Decide answers one input. It never fails open: on error the decision is
 // a deny whose reason says why.
 func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
+	s := scratchPool.Get().(*scratch)
+	defer s.release()
+	s.in = in
 	if in.Request != nil {
-		r := *in.Request // Prepare derives fields; leave the caller's request alone
-		in.Request = &r
+		s.req = *in.Request // Prepare derives fields; leave the caller's request alone
+		s.in.Request = &s.req
 	}
-	if err := in.Prepare(); err != nil {
+	if err := s.in.Prepare(); err != nil {
 		return deny(err.Error()), err
 	}
 	g := e.current.Load()
@@ -151,9 +154,6 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 		e.cfg.Metrics.observeDecision(in.Layer, d, 0)
 		return d, nil
 	}
-	s := scratchPool.Get().(*scratch)
-	defer s.release()
-	s.in = in
 	d, cached := g.lookup(s)
 	var start time.Time
 	var elapsed time.Duration
@@ -202,7 +202,7 @@ func (e *Engine) compareShadow(ctx context.Context, in *Input, enforced Decision
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer sc.release()
-	sc.in = *in
+	sc.in = *in // already prepared; its request is not modified again
 	d, _, err := s.decide(ctx, sc)
 	if err != nil {
 		e.log.Warn("shadow policy failed to decide", "error", err)

@@ -172,7 +172,7 @@ func prepareFallback(ctx context.Context, act *activation, pkgs []ast.Ref) (*fal
 	}
 	list, _ := json.Marshal(names)
 	points, _ := json.Marshal(pointNames)
-	src := fmt.Sprintf("[[p, e] | some [o, n] in %s; some p in %s; some e in data.mesh.authz.package_entries(o, n, p)]", list, points)
+	src := fmt.Sprintf("[[p, e] | some [o, n] in %s; some p in %s; doc := data.mesh.policies[o][n][p]; some e in data.mesh.authz.package_entries(doc, o, n, p)]", list, points)
 	q, err := rego.New(rego.Query(src), rego.Compiler(act.compiler), rego.Store(act.store)).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("policy: prepare topdown query for %s: %w", src, err)

@@ -25,19 +25,18 @@ points := ["custom_deny", "deny", "allow", "allow_scope", "audit"]
 # contributions[point] is the union of every package's entries for point.
 contributions[point] := {entry |
 	some owner, name
-	_ = data.mesh.policies[owner][name]
-	some entry in package_entries(owner, name, point)
+	doc := data.mesh.policies[owner][name][point]
+	some entry in package_entries(doc, owner, name, point)
 } if some point in points
 
-# package_entries is what the package data.mesh.policies[owner][name]
-# contributes to point: the elements of a set (or array, or the values of an
-# object), or one entry for any other value but false.
-package_entries(owner, name, point) := entries if {
-	doc := data.mesh.policies[owner][name][point]
+# package_entries is what doc, the value of point in the package
+# data.mesh.policies[owner][name], contributes: the elements of a set (or
+# array, or the values of an object), or one entry for any other value but
+# false.
+package_entries(doc, owner, name, point) := {e | some e in doc} if {
 	is_collection(doc)
-	entries := {e | some e in doc}
 } else := {{"policy": concat("/", [owner, name]), "rule": point}} if {
-	data.mesh.policies[owner][name][point] != false
+	doc != false
 } else := set()
 
 is_collection(x) if is_set(x)
