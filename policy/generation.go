@@ -105,7 +105,7 @@ func (g *generation) resetCache(size int) {
 // function values, which would otherwise move it to the heap).
 type scratch struct {
 	in    Input
-	req   Request // the copy of in.Request that Prepare may write
+	req   Request        // the copy of in.Request that Prepare may write
 	cache *decisionCache // nil: this input is not cached
 	key   l4Key
 	hash  uint64
