@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"maps"
+	"slices"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -56,21 +58,67 @@ func unsupported(e *ast.Expr, why string) error {
 
 // body lowers a rule body to the conjunction of its conditions.
 func (l *lowerer) body(b ast.Body) (allOf, error) {
+	cond, _, err := l.bodySteps(b)
+	return cond, err
+}
+
+// step is one condition of a body in the order its author wrote it, with
+// the source it came from: what an explanation walks.
+type step struct {
+	m    matcher
+	text string // the author's expression
+	loc  string // file:row
+}
+
+// bodySteps lowers a body to the flattened conjunction the program tests,
+// and to the steps an explanation walks.
+func (l *lowerer) bodySteps(b ast.Body) (allOf, []step, error) {
 	s := &scope{vars: map[ast.Var]operand{}, pending: map[ast.Var]bool{}}
 	var out allOf
+	var steps []step
 	for _, e := range b {
+		bound := len(s.vars)
 		m, err := l.expr(e, s)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if m != nil {
+		if m == nil && len(s.vars) > bound {
+			m = l.bindingCheck(e, s)
+		} else if m != nil {
 			out = append(out, m)
 		}
+		if m != nil {
+			steps = append(steps, newStep(e, m))
+		}
 	}
-	for v := range s.pending {
+	for _, v := range slices.Sorted(maps.Keys(s.pending)) {
 		out = append(out, defined{s.vars[v].field})
 	}
-	return flatten(out), nil
+	return flatten(out), steps, nil
+}
+
+// bindingCheck is the condition a binding imposes (`x := input.a` needs
+// input.a), for explanations; nil when it bound a constant.
+func (l *lowerer) bindingCheck(e *ast.Expr, s *scope) matcher {
+	for _, t := range e.Operands() {
+		if v, ok := t.Value.(ast.Var); ok {
+			if op, bound := s.vars[v]; bound && op.field != nil {
+				return defined{op.field}
+			}
+		}
+	}
+	return nil
+}
+
+func newStep(e *ast.Expr, m matcher) step {
+	st := step{m: m, text: e.String()}
+	if e.Location != nil {
+		if len(e.Location.Text) > 0 {
+			st.text = string(e.Location.Text)
+		}
+		st.loc = fmt.Sprintf("%s:%d", e.Location.File, e.Location.Row)
+	}
+	return st
 }
 
 func (l *lowerer) expr(e *ast.Expr, s *scope) (matcher, error) {

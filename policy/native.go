@@ -45,10 +45,14 @@ func newEntry(v ast.Value) *entry {
 }
 
 // nativeRule is a contribution rule lowered to Go: when cond holds, the
-// rule contributes entry.
+// rule contributes entry. The rest serves explanations.
 type nativeRule struct {
 	entry *entry
 	cond  allOf
+	steps []step
+	pkg   string // data.mesh.policies.<owner>.<name>
+	point int
+	loc   string // file:row of the rule
 }
 
 // program is the native form of a bundle set's decision: the contribution
@@ -216,6 +220,7 @@ func lowerPackage(l *lowerer, pkg *contributingPackage) ([numPoints][]nativeRule
 			return out, err
 		}
 		if rule != nil {
+			rule.point = pt
 			out[pt] = append(out[pt], *rule)
 		}
 	}
@@ -253,14 +258,12 @@ func lowerContribution(l *lowerer, pkg *contributingPackage, r *ast.Rule) (*nati
 	if err != nil || value == nil {
 		return nil, err
 	}
-	cond, err := l.body(r.Body)
+	cond, steps, err := l.bodySteps(r.Body)
 	if err != nil {
 		return nil, err
 	}
-	if len(cond) == 1 && cond[0] == constant(false) {
-		return nil, nil
-	}
-	return &nativeRule{entry: newEntry(value), cond: cond}, nil
+	loc := fmt.Sprintf("%s:%d", r.Location.File, r.Location.Row)
+	return &nativeRule{entry: newEntry(value), cond: cond, steps: steps, pkg: pkg.path.String(), loc: loc}, nil
 }
 
 // contributedValue is the entry a rule contributes when its body holds;

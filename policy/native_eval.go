@@ -160,7 +160,8 @@ func text(v ast.Value) string {
 // fallbackQuery evaluates, with topdown, the contributions of the packages
 // the lowering does not cover, in one query per decision.
 type fallbackQuery struct {
-	query rego.PreparedEvalQuery
+	query    rego.PreparedEvalQuery
+	packages []string // the packages it evaluates
 }
 
 func prepareFallback(ctx context.Context, act *activation, pkgs []ast.Ref) (*fallbackQuery, error) {
@@ -172,37 +173,61 @@ func prepareFallback(ctx context.Context, act *activation, pkgs []ast.Ref) (*fal
 	}
 	list, _ := json.Marshal(names)
 	points, _ := json.Marshal(pointNames)
-	src := fmt.Sprintf("[[p, e] | some [o, n] in %s; some p in %s; doc := data.mesh.policies[o][n][p]; some e in data.mesh.authz.package_entries(doc, o, n, p)]", list, points)
+	src := fmt.Sprintf("[[o, n, p, e] | some [o, n] in %s; some p in %s; doc := data.mesh.policies[o][n][p]; some e in data.mesh.authz.package_entries(doc, o, n, p)]", list, points)
 	q, err := rego.New(rego.Query(src), rego.Compiler(act.compiler), rego.Store(act.store)).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("policy: prepare topdown query for %s: %w", src, err)
 	}
-	return &fallbackQuery{query: q}, nil
+	fq := &fallbackQuery{query: q}
+	for _, p := range pkgs {
+		fq.packages = append(fq.packages, p.String())
+	}
+	return fq, nil
+}
+
+// contribution is one entry a topdown package contributed.
+type contribution struct {
+	owner, name string
+	point       int
+	entry       *entry
 }
 
 func (f *fallbackQuery) eval(ctx context.Context, in *Input, acc *accumulator) error {
+	found, err := f.contributions(ctx, in)
+	for _, c := range found {
+		acc.add(c.point, c.entry)
+	}
+	return err
+}
+
+// contributions evaluates the topdown packages for in.
+func (f *fallbackQuery) contributions(ctx context.Context, in *Input) ([]contribution, error) {
 	doc, err := inputValue(in)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rs, err := f.query.Eval(ctx, rego.EvalParsedInput(doc))
 	if err != nil {
-		return fmt.Errorf("policy: evaluate: %w", err)
+		return nil, fmt.Errorf("policy: evaluate: %w", err)
 	}
 	if len(rs) == 0 {
-		return nil
+		return nil, nil
 	}
-	pairs, _ := rs[0].Expressions[0].Value.([]any)
-	for _, pair := range pairs {
-		pe, _ := pair.([]any)
-		if len(pe) != 2 {
+	rows, _ := rs[0].Expressions[0].Value.([]any)
+	out := make([]contribution, 0, len(rows))
+	for _, row := range rows {
+		r, _ := row.([]any)
+		if len(r) != 4 {
 			continue
 		}
-		v, err := ast.InterfaceToValue(pe[1])
+		v, err := ast.InterfaceToValue(r[3])
 		if err != nil {
-			return fmt.Errorf("policy: contribution %v: %w", pe[1], err)
+			return nil, fmt.Errorf("policy: contribution %v: %w", r[3], err)
 		}
-		acc.add(slices.Index(pointNames[:], pe[0].(string)), newEntry(v))
+		owner, _ := r[0].(string)
+		name, _ := r[1].(string)
+		point, _ := r[2].(string)
+		out = append(out, contribution{owner: owner, name: name, point: slices.Index(pointNames[:], point), entry: newEntry(v)})
 	}
-	return nil
+	return out, nil
 }

@@ -1,0 +1,181 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/topdown"
+
+	meshrego "github.com/regomesh/regomesh/rego"
+)
+
+// Explanation is a decision with the reasoning behind it: every
+// contribution rule the native program holds, whether it matched and, if
+// not, the first condition that did not hold; and the entries contributed
+// by packages evaluated by topdown (not traced condition by condition: use
+// Engine.Trace for OPA's full trace).
+type Explanation struct {
+	Decision Decision    `json:"decision"`
+	Rules    []RuleTrace `json:"rules"`
+	// Topdown names the packages evaluated by topdown; "*" when the whole
+	// bundle set is (Config.Topdown, or a shape the native program refuses).
+	Topdown []string `json:"topdown,omitempty"`
+}
+
+// RuleTrace is one contribution rule's outcome for the input.
+type RuleTrace struct {
+	Package  string `json:"package"` // data.mesh.policies.<owner>.<name>
+	Point    string `json:"point"`   // deny, allow, allow_scope, custom_deny, audit
+	Policy   string `json:"policy"`
+	Rule     string `json:"rule"`
+	DryRun   bool   `json:"dry_run,omitempty"`
+	Location string `json:"location,omitempty"` // file:row of the rule
+	Matched  bool   `json:"matched"`
+	// Failed is the first condition that did not hold; nil when matched.
+	Failed *Condition `json:"failed,omitempty"`
+	// Topdown marks an entry contributed by a package evaluated by topdown.
+	Topdown bool `json:"topdown,omitempty"`
+}
+
+// Condition is one expression of a rule body, as its author wrote it.
+type Condition struct {
+	Text     string `json:"text"`
+	Location string `json:"location"`
+	// Undefined is set when the condition failed because an input field it
+	// reads is absent (for example no source principal on a plaintext peer).
+	Undefined bool `json:"undefined,omitempty"`
+}
+
+// Explain decides in (without the cache) and explains the decision.
+func (e *Engine) Explain(ctx context.Context, in Input) (Explanation, error) {
+	g, err := e.prepared(&in)
+	if err != nil {
+		return Explanation{Decision: deny(err.Error())}, err
+	}
+	d, err := g.evaluate(ctx, &in)
+	x := Explanation{Decision: d}
+	if err != nil {
+		return x, err
+	}
+	if g.prog == nil {
+		x.Topdown = []string{"*"}
+		return x, nil
+	}
+	x.Rules = g.prog.explain(&in)
+	if g.prog.fallback != nil {
+		found, err := g.prog.fallback.contributions(ctx, &in)
+		if err != nil {
+			return x, err
+		}
+		x.Topdown = g.prog.fallback.packages
+		for _, c := range found {
+			x.Rules = append(x.Rules, topdownTrace(c))
+		}
+	}
+	return x, nil
+}
+
+// Trace writes OPA's topdown trace of data.mesh.authz.decision for in,
+// with source locations: the full story, for `policy explain --full`.
+func (e *Engine) Trace(ctx context.Context, in Input, w io.Writer) error {
+	g, err := e.prepared(&in)
+	if err != nil {
+		return err
+	}
+	doc, err := inputValue(&in)
+	if err != nil {
+		return err
+	}
+	tracer := topdown.NewBufferTracer()
+	if _, err := g.ref.query.Eval(ctx, rego.EvalParsedInput(doc), rego.EvalQueryTracer(tracer)); err != nil {
+		return fmt.Errorf("policy: trace %s: %w", meshrego.DecisionPath, err)
+	}
+	var buf bytes.Buffer
+	topdown.PrettyTraceWithLocation(&buf, *tracer)
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+// prepared validates in (copying its request first) and returns the
+// generation in force.
+func (e *Engine) prepared(in *Input) (*generation, error) {
+	if in.Request != nil {
+		r := *in.Request
+		in.Request = &r
+	}
+	if err := in.Prepare(); err != nil {
+		return nil, err
+	}
+	g := e.current.Load()
+	if g == nil {
+		return nil, fmt.Errorf("policy: %s", ReasonNoPolicy)
+	}
+	return g, nil
+}
+
+// explain walks every native rule, in package and point order.
+func (p *program) explain(in *Input) []RuleTrace {
+	var out []RuleTrace
+	for _, idx := range p.points {
+		for i := range idx.rules {
+			out = append(out, idx.rules[i].trace(in))
+		}
+	}
+	return out
+}
+
+func (r *nativeRule) trace(in *Input) RuleTrace {
+	t := RuleTrace{
+		Package: r.pkg, Point: pointNames[r.point], Location: r.loc, DryRun: r.entry.dryRun,
+		Policy: text(entryField(r.entry.value, "policy", ast.String(""))),
+		Rule:   text(entryField(r.entry.value, "rule", ast.String(""))),
+	}
+	for _, s := range r.steps {
+		if !s.m.match(in) {
+			t.Failed = &Condition{Text: s.text, Location: s.loc, Undefined: readsAbsent(s.m, in)}
+			return t
+		}
+	}
+	t.Matched = r.cond.match(in)
+	return t
+}
+
+// readsAbsent reports whether m failed on a field the input lacks.
+func readsAbsent(m matcher, in *Input) bool {
+	var f *field
+	switch x := m.(type) {
+	case defined:
+		f = x.f
+	case truthy:
+		f = x.f
+	case compare:
+		f = x.f
+	case memberOf:
+		f = x.f
+	case holds:
+		f = x.f
+	case stringTest:
+		f = x.f
+	case cidrContains:
+		f = x.f
+	case regexMatch:
+		f = x.f
+	default:
+		return false
+	}
+	_, ok := f.get(in)
+	return !ok
+}
+
+func topdownTrace(c contribution) RuleTrace {
+	return RuleTrace{
+		Package: fmt.Sprintf("data.mesh.policies[%q][%q]", c.owner, c.name), Point: pointNames[c.point],
+		Policy:  text(entryField(c.entry.value, "policy", ast.String(""))),
+		Rule:    text(entryField(c.entry.value, "rule", ast.String(""))),
+		DryRun:  c.entry.dryRun, Matched: true, Topdown: true,
+	}
+}
