@@ -174,8 +174,8 @@ func readsAbsent(m matcher, in *Input) bool {
 func topdownTrace(c contribution) RuleTrace {
 	return RuleTrace{
 		Package: fmt.Sprintf("data.mesh.policies[%q][%q]", c.owner, c.name), Point: pointNames[c.point],
-		Policy:  text(entryField(c.entry.value, "policy", ast.String(""))),
-		Rule:    text(entryField(c.entry.value, "rule", ast.String(""))),
-		DryRun:  c.entry.dryRun, Matched: true, Topdown: true,
+		Policy: text(entryField(c.entry.value, "policy", ast.String(""))),
+		Rule:   text(entryField(c.entry.value, "rule", ast.String(""))),
+		DryRun: c.entry.dryRun, Matched: true, Topdown: true,
 	}
 }

@@ -1,12 +1,12 @@
 package policy
 
 import (
-	"maps"
-	"slices"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
