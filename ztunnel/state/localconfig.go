@@ -1,0 +1,193 @@
+package state
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// LocalConfig is the YAML form of --local-config; Load converts it.
+type LocalConfig struct {
+	Workloads []localWorkload `yaml:"workloads"`
+	Services  []localService  `yaml:"services"`
+}
+
+type localWorkload struct {
+	UID            string            `yaml:"uid"`
+	Name           string            `yaml:"name"`
+	Namespace      string            `yaml:"namespace"`
+	ServiceAccount string            `yaml:"serviceAccount"`
+	IPs            []string          `yaml:"ips"`
+	Node           string            `yaml:"node"`
+	Labels         map[string]string `yaml:"labels"`
+	Protocol       Protocol          `yaml:"protocol"`
+	Waypoint       string            `yaml:"waypoint"`
+}
+
+type localService struct {
+	Name      string            `yaml:"name"`
+	Namespace string            `yaml:"namespace"`
+	Hostname  string            `yaml:"hostname"`
+	VIPs      []string          `yaml:"vips"`
+	Ports     []ServicePort     `yaml:"ports"`
+	Selector  map[string]string `yaml:"selector"`
+	Waypoint  string            `yaml:"waypoint"`
+}
+
+// Options fill what a local config leaves out.
+type Options struct {
+	// TrustDomain of workload identities; default "cluster.local".
+	TrustDomain string
+	// ClusterDomain for service hostnames; default "cluster.local".
+	ClusterDomain string
+}
+
+func (o Options) withDefaults() Options {
+	if o.TrustDomain == "" {
+		o.TrustDomain = "cluster.local"
+	}
+	if o.ClusterDomain == "" {
+		o.ClusterDomain = "cluster.local"
+	}
+	return o
+}
+
+// LoadFile reads and validates a local-config file.
+func LoadFile(path string, opts Options) (*Snapshot, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	s, err := Decode(data, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Decode parses local-config YAML strictly (unknown fields are errors) and
+// validates it; messages name the field, e.g. "workloads[2].ips[0]".
+func Decode(data []byte, opts Options) (*Snapshot, error) {
+	opts = opts.withDefaults()
+	var lc LocalConfig
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // a misspelt field is an error, not a silent default
+	if err := dec.Decode(&lc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("state: local config: %w", err)
+	}
+	workloads := make([]*Workload, 0, len(lc.Workloads))
+	for i, lw := range lc.Workloads {
+		w, err := lw.convert(opts)
+		if err != nil {
+			return nil, fmt.Errorf("state: local config: workloads[%d]%w", i, err)
+		}
+		workloads = append(workloads, w)
+	}
+	services := make([]*Service, 0, len(lc.Services))
+	for i, ls := range lc.Services {
+		svc, err := ls.convert(opts)
+		if err != nil {
+			return nil, fmt.Errorf("state: local config: services[%d]%w", i, err)
+		}
+		services = append(services, svc)
+	}
+	return NewSnapshot(workloads, services)
+}
+
+// fieldError is a validation error whose text starts with the field path
+// below the list item ("".name: required).
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string { return "." + e.field + ": " + e.msg }
+
+func (lw localWorkload) convert(opts Options) (*Workload, error) {
+	if lw.Name == "" {
+		return nil, &fieldError{"name", "required"}
+	}
+	if lw.Namespace == "" {
+		return nil, &fieldError{"namespace", "required"}
+	}
+	w := &Workload{
+		UID: lw.UID, Name: lw.Name, Namespace: lw.Namespace, ServiceAccount: lw.ServiceAccount,
+		Node: lw.Node, Labels: lw.Labels, Protocol: lw.Protocol, Waypoint: lw.Waypoint, TrustDomain: opts.TrustDomain,
+	}
+	if w.UID == "" {
+		w.UID = w.Namespace + "/" + w.Name
+	}
+	if w.ServiceAccount == "" {
+		w.ServiceAccount = "default"
+	}
+	switch w.Protocol {
+	case "":
+		w.Protocol = HBONE
+	case HBONE, None:
+	default:
+		return nil, &fieldError{"protocol", fmt.Sprintf("%q is not HBONE or NONE", lw.Protocol)}
+	}
+	ips, err := parseIPs("ips", lw.IPs)
+	if err != nil {
+		return nil, err
+	}
+	if len(ips) == 0 {
+		return nil, &fieldError{"ips", "at least one IP is required"}
+	}
+	w.IPs = ips
+	return w, checkRef("waypoint", lw.Waypoint)
+}
+
+func (ls localService) convert(opts Options) (*Service, error) {
+	if ls.Name == "" {
+		return nil, &fieldError{"name", "required"}
+	}
+	if ls.Namespace == "" {
+		return nil, &fieldError{"namespace", "required"}
+	}
+	svc := &Service{Name: ls.Name, Namespace: ls.Namespace, Hostname: ls.Hostname, Selector: ls.Selector, Waypoint: ls.Waypoint}
+	if svc.Hostname == "" {
+		svc.Hostname = fmt.Sprintf("%s.%s.svc.%s", ls.Name, ls.Namespace, opts.ClusterDomain)
+	}
+	vips, err := parseIPs("vips", ls.VIPs)
+	if err != nil {
+		return nil, err
+	}
+	svc.VIPs = vips
+	for i, p := range ls.Ports {
+		if p.TargetPort == 0 {
+			p.TargetPort = p.Port
+		}
+		if p.Port < 1 || p.Port > 65535 || p.TargetPort < 1 || p.TargetPort > 65535 {
+			return nil, &fieldError{fmt.Sprintf("ports[%d]", i), "ports are 1-65535"}
+		}
+		svc.Ports = append(svc.Ports, p)
+	}
+	return svc, checkRef("waypoint", ls.Waypoint)
+}
+
+func parseIPs(field string, raw []string) ([]netip.Addr, error) {
+	out := make([]netip.Addr, 0, len(raw))
+	for i, s := range raw {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, &fieldError{fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%q is not an IP address", s)}
+		}
+		out = append(out, ip.Unmap())
+	}
+	return out, nil
+}
+
+func checkRef(field, ref string) error {
+	if ref == "" {
+		return nil
+	}
+	ns, name, ok := strings.Cut(ref, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return &fieldError{field, fmt.Sprintf("%q is not <namespace>/<name>", ref)}
+	}
+	return nil
+}

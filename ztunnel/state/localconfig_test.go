@@ -1,0 +1,111 @@
+package state
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+const shop = `
+workloads:
+- name: postgres-0
+  namespace: shop
+  serviceAccount: db
+  ips: [10.0.1.9]
+  node: node-2
+  labels: {app: postgres}
+- name: api-1
+  namespace: shop
+  serviceAccount: api
+  ips: ["10.0.0.7", "fd00::7"]
+  labels: {app: api}
+- name: legacy
+  namespace: outside
+  ips: [10.9.0.1]
+  protocol: NONE
+services:
+- name: postgres
+  namespace: shop
+  vips: [10.96.0.10]
+  ports: [{port: 5432}, {port: 80, targetPort: 8080}]
+  selector: {app: postgres}
+`
+
+func TestDecode(t *testing.T) {
+	s, err := Decode([]byte(shop), Options{TrustDomain: "td"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, ok := s.WorkloadByIP(netip.MustParseAddr("10.0.1.9"))
+	if !ok || w.Name != "postgres-0" || w.Identity() != "spiffe://td/ns/shop/sa/db" || w.Protocol != HBONE || w.UID != "shop/postgres-0" {
+		t.Errorf("workload = %+v", w)
+	}
+	if w, _ := s.Workload("outside", "legacy"); w == nil || w.Protocol != None || w.ServiceAccount != "default" {
+		t.Errorf("legacy = %+v", w)
+	}
+	if w, ok := s.WorkloadByIP(netip.MustParseAddr("fd00::7")); !ok || w.Name != "api-1" {
+		t.Errorf("by IPv6: %+v", w)
+	}
+	svc, ok := s.ServiceByVIP(netip.MustParseAddr("10.96.0.10"))
+	if !ok || svc.Hostname != "postgres.shop.svc.cluster.local" || svc.Ports[0].TargetPort != 5432 || svc.Ports[1].TargetPort != 8080 {
+		t.Fatalf("service = %+v", svc)
+	}
+	if eps := s.Endpoints(svc); len(eps) != 1 || eps[0].Name != "postgres-0" {
+		t.Errorf("endpoints = %v", eps)
+	}
+	if svcs := s.ServicesOf(w); len(svcs) != 1 || svcs[0] != svc {
+		t.Errorf("postgres-0 services = %v", svcs)
+	}
+	if api, _ := s.Workload("shop", "api-1"); len(s.ServicesOf(api)) != 0 {
+		t.Errorf("api-1 has services %v", s.ServicesOf(api))
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	cases := []struct{ name, doc, want string }{
+		{"unknown field", "workloads: [{name: a, namespace: b, ips: [10.0.0.1], serviceaccount: x}]", `field serviceaccount not found`},
+		{"missing name", "workloads: [{namespace: b, ips: [10.0.0.1]}]", "workloads[0].name: required"},
+		{"bad ip", "workloads: [{name: a, namespace: b, ips: [10.0.0]}]", `workloads[0].ips[0]: "10.0.0" is not an IP address`},
+		{"no ip", "workloads: [{name: a, namespace: b}]", "workloads[0].ips: at least one IP"},
+		{"bad protocol", "workloads: [{name: a, namespace: b, ips: [10.0.0.1], protocol: TCP}]", `workloads[0].protocol: "TCP"`},
+		{"duplicate ip", "workloads: [{name: a, namespace: b, ips: [10.0.0.1]}, {name: c, namespace: b, ips: [10.0.0.1]}]", "ip 10.0.0.1 already belongs to b/a"},
+		{"duplicate name", "workloads: [{name: a, namespace: b, ips: [10.0.0.1]}, {name: a, namespace: b, ips: [10.0.0.2]}]", "b/a appears twice"},
+		{"bad port", "services: [{name: s, namespace: b, ports: [{port: 0}]}]", "services[0].ports[0]: ports are 1-65535"},
+		{"bad waypoint", "workloads: [{name: a, namespace: b, ips: [10.0.0.1], waypoint: wp}]", `workloads[0].waypoint: "wp" is not <namespace>/<name>`},
+		{"not yaml", "workloads: [", "local config"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode([]byte(tc.doc), Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDecodeEmpty(t *testing.T) {
+	for _, doc := range []string{"", "{}", "workloads: []"} {
+		if s, err := Decode([]byte(doc), Options{}); err != nil || len(s.Workloads) != 0 {
+			t.Errorf("Decode(%q) = %v, %v", doc, s, err)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(shop))
+	f.Add([]byte("workloads: [{name: a, namespace: b, ips: ['::ffff:10.0.0.1']}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := Decode(data, Options{})
+		if err != nil {
+			return
+		}
+		for _, w := range s.Workloads {
+			for _, ip := range w.IPs {
+				if got, ok := s.WorkloadByIP(ip); !ok || got != w {
+					t.Fatalf("workload %s not found by its ip %s", w.UID, ip)
+				}
+			}
+		}
+	})
+}
