@@ -1,24 +1,13 @@
-// Command regomesh is the user's CLI for the mesh. Today it has `demo`,
-// which shows the policy engine deciding the shipped example inputs.
+// Command regomesh is the user's CLI for the mesh: the offline policy
+// dry-run (`regomesh policy check|explain|test|replay`) and `regomesh demo`.
 package main
 
 import (
-	"fmt"
 	"os"
 
-	"github.com/spf13/cobra"
+	"github.com/regomesh/regomesh/cli"
 )
 
 func main() {
-	root := &cobra.Command{
-		Use:           "regomesh",
-		Short:         "regomesh: a sidecar-less service mesh whose every decision is Rego",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
-	root.AddCommand(newDemoCommand())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "regomesh:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Run(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -80,9 +80,11 @@ func runDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	}
 	fmt.Fprintf(out, "\nWhere to look:\n")
 	fmt.Fprintf(out, "  decision log (OPA's decision-log shape): %s\n", logPath)
-	fmt.Fprintf(out, "  one decision with the stock OPA CLI:     bin/opa eval -f pretty -d rego -d %s -i %s data.mesh.authz.decision\n",
+	fmt.Fprintf(out, "  why a request was denied:                regomesh policy explain --bundle %s -i %s\n",
 		bundleDir, filepath.Join(cfg.Examples, "inputs", "checkout-admin-denied.json"))
-	fmt.Fprintf(out, "  the Rego tests:                          bin/opa test -v rego/ %s %s\n", bundleDir, filepath.Join(cfg.Examples, "tests"))
+	fmt.Fprintf(out, "  the same decision with the stock OPA CLI: bin/opa eval -f pretty -d rego -d %s -i %s data.mesh.authz.decision\n",
+		bundleDir, filepath.Join(cfg.Examples, "inputs", "checkout-admin-denied.json"))
+	fmt.Fprintf(out, "  the Rego tests:                          regomesh policy test -v %s %s\n", bundleDir, filepath.Join(cfg.Examples, "tests"))
 	fmt.Fprintf(out, "  engine speed against plain OPA:          make bench BENCH=Decide\n")
 	return nil
 }
@@ -123,7 +125,7 @@ func decideInputs(ctx context.Context, out io.Writer, engine *policy.Engine, dir
 			return fmt.Errorf("demo: %s: %w", f, err)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", strings.TrimSuffix(filepath.Base(f), ".json"),
-			in.Layer, source(in), target(in), verdictWord(d), policyRule(d), d.Reason)
+			in.Layer, source(in), target(in), verdictWord(d.Allow), policyRule(d), d.Reason)
 	}
 	return tw.Flush()
 }
@@ -141,13 +143,6 @@ func target(in policy.Input) string {
 		t += " " + in.Request.Method + " " + in.Request.Path
 	}
 	return t
-}
-
-func verdictWord(d policy.Decision) string {
-	if d.Allow {
-		return "ALLOW"
-	}
-	return "DENY"
 }
 
 func policyRule(d policy.Decision) string {

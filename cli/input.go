@@ -1,0 +1,219 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+// inputFlags describe the input document: a file, or flags for the
+// common case.
+type inputFlags struct {
+	file      string
+	layer     string
+	from      string
+	fromIP    string
+	to        string
+	toIP      string
+	workloads string
+	port      int
+	method    string
+	path      string
+	host      string
+	headers   []string
+	jwtClaims string
+}
+
+func (f *inputFlags) register(flags *pflag.FlagSet) {
+	flags.StringVarP(&f.file, "input", "i", "", "input document (JSON or YAML, DESIGN.md's shape); - reads stdin")
+	flags.StringVar(&f.layer, "layer", "", "l4 (ztunnel) or l7 (waypoint); default l7 when a request flag is given, else l4")
+	flags.StringVar(&f.from, "from", "", "source SPIFFE ID (spiffe://td/ns/NS/sa/SA); absent means a plaintext peer")
+	flags.StringVar(&f.fromIP, "from-ip", "", "source IP address")
+	flags.StringVar(&f.to, "to", "", "destination NAMESPACE/WORKLOAD (labels, IP and service account from --workloads)")
+	flags.StringVar(&f.toIP, "to-ip", "", "destination IP (default: the workload's first IP from --workloads)")
+	flags.StringVar(&f.workloads, "workloads", "", "local-config YAML that ztunnel reads, to resolve --to")
+	flags.IntVar(&f.port, "port", 0, "destination port")
+	flags.StringVar(&f.method, "method", "", "HTTP method (l7)")
+	flags.StringVar(&f.path, "path", "", "HTTP path with query (l7)")
+	flags.StringVar(&f.host, "host", "", "HTTP host (l7)")
+	flags.StringArrayVar(&f.headers, "header", nil, "HTTP header NAME=VALUE (l7, repeatable)")
+	flags.StringVar(&f.jwtClaims, "jwt-claims", "", "JSON file of validated JWT claims: iss/sub become request.auth.principal, aud the audiences, azp the presenter (l7)")
+}
+
+// read returns the input document from the file or the flags.
+func (f *inputFlags) read(stdin io.Reader) (policy.Input, error) {
+	if f.file != "" {
+		if f.usesFlags() {
+			return policy.Input{}, fmt.Errorf("--input and the input flags (--from, --to, ...) exclude each other")
+		}
+		return readInputFile(f.file, stdin)
+	}
+	if !f.usesFlags() {
+		return policy.Input{}, fmt.Errorf("no input: pass --input FILE (or -), or describe it with --from/--to/--port/...")
+	}
+	in, err := f.build()
+	if err != nil {
+		return policy.Input{}, err
+	}
+	return in, in.Prepare()
+}
+
+func (f *inputFlags) usesFlags() bool {
+	return f.layer != "" || f.from != "" || f.fromIP != "" || f.to != "" || f.toIP != "" || f.port != 0 || f.l7Flags()
+}
+
+func (f *inputFlags) l7Flags() bool {
+	return f.method != "" || f.path != "" || f.host != "" || len(f.headers) > 0 || f.jwtClaims != ""
+}
+
+func readInputFile(path string, stdin io.Reader) (policy.Input, error) {
+	var raw []byte
+	var err error
+	if path == "-" {
+		raw, err = io.ReadAll(stdin)
+	} else {
+		raw, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return policy.Input{}, fmt.Errorf("input: %w", err)
+	}
+	js, err := yaml.YAMLToJSON(raw)
+	if err != nil {
+		return policy.Input{}, fmt.Errorf("input %s: %w", path, err)
+	}
+	in, err := policy.DecodeInput(js)
+	if err != nil {
+		return policy.Input{}, fmt.Errorf("input %s: %w", path, err)
+	}
+	return in, nil
+}
+
+func (f *inputFlags) build() (policy.Input, error) {
+	in := policy.Input{Layer: policy.Layer(f.layer)}
+	if in.Layer == "" {
+		in.Layer = policy.L4
+		if f.l7Flags() {
+			in.Layer = policy.L7
+		}
+	}
+	in.Source = policy.Source{Principal: f.from, IP: f.fromIP}
+	in.Connection.MTLS = f.from != ""
+	if err := f.destination(&in.Destination); err != nil {
+		return in, err
+	}
+	if in.Layer == policy.L7 {
+		req, err := f.request()
+		if err != nil {
+			return in, err
+		}
+		in.Request = req
+	} else if f.l7Flags() {
+		return in, fmt.Errorf("--method, --path, --host, --header and --jwt-claims need --layer l7")
+	}
+	return in, nil
+}
+
+func (f *inputFlags) destination(d *policy.Destination) error {
+	d.Port, d.IP = f.port, f.toIP
+	if f.to == "" {
+		return nil
+	}
+	ns, name, ok := strings.Cut(f.to, "/")
+	if !ok || ns == "" || name == "" {
+		return fmt.Errorf("--to %q: want NAMESPACE/WORKLOAD", f.to)
+	}
+	d.Namespace, d.Workload = ns, name
+	if f.workloads == "" {
+		return nil
+	}
+	snap, err := state.LoadFile(f.workloads, state.Options{})
+	if err != nil {
+		return err
+	}
+	w, ok := snap.Workload(ns, name)
+	if !ok {
+		return fmt.Errorf("--to %s: no such workload in %s", f.to, f.workloads)
+	}
+	d.ServiceAccount, d.Labels = w.ServiceAccount, w.Labels
+	if d.IP == "" && len(w.IPs) > 0 {
+		d.IP = w.IPs[0].String()
+	} else if ip, err := netip.ParseAddr(d.IP); err == nil && !hasIP(w.IPs, ip) {
+		return fmt.Errorf("--to-ip %s is not an address of %s in %s", d.IP, f.to, f.workloads)
+	}
+	if svcs := snap.ServicesOf(w); len(svcs) > 0 {
+		d.Service = svcs[0].Hostname
+	}
+	return nil
+}
+
+func hasIP(ips []netip.Addr, ip netip.Addr) bool {
+	for _, x := range ips {
+		if x == ip.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *inputFlags) request() (*policy.Request, error) {
+	r := &policy.Request{Method: f.method, Path: f.path, Host: f.host, Protocol: "HTTP/1.1"}
+	for _, h := range f.headers {
+		name, value, ok := strings.Cut(h, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("--header %q: want NAME=VALUE", h)
+		}
+		if r.Headers == nil {
+			r.Headers = map[string]string{}
+		}
+		r.Headers[strings.ToLower(name)] = value
+	}
+	if f.jwtClaims != "" {
+		auth, err := readClaims(f.jwtClaims)
+		if err != nil {
+			return nil, err
+		}
+		r.Auth = auth
+	}
+	return r, nil
+}
+
+// readClaims builds request.auth from a JWT's validated claims as Istio
+// does: principal "<iss>/<sub>", audiences from aud (string or list),
+// presenter from azp.
+func readClaims(path string) (*policy.Auth, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--jwt-claims: %w", err)
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(raw, &claims); err != nil {
+		return nil, fmt.Errorf("--jwt-claims %s: %w", path, err)
+	}
+	auth := &policy.Auth{Claims: claims}
+	iss, _ := claims["iss"].(string)
+	sub, _ := claims["sub"].(string)
+	if iss != "" || sub != "" {
+		auth.Principal = iss + "/" + sub
+	}
+	auth.Presenter, _ = claims["azp"].(string)
+	switch aud := claims["aud"].(type) {
+	case string:
+		auth.Audiences = []string{aud}
+	case []any:
+		for _, a := range aud {
+			if s, ok := a.(string); ok {
+				auth.Audiences = append(auth.Audiences, s)
+			}
+		}
+	}
+	return auth, nil
+}

@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/pflag"
+
+	"github.com/regomesh/regomesh/policy"
+)
+
+// policySources are the flags naming what to decide with.
+type policySources struct {
+	bundles           []string
+	verificationKey   string
+	verificationAlg   string
+	verificationKeyID string
+}
+
+func (s *policySources) register(flags *pflag.FlagSet) {
+	flags.StringArrayVar(&s.bundles, "bundle", nil, "OPA bundle directory or .tar.gz to decide with (repeatable; roots must be disjoint)")
+	flags.StringVar(&s.verificationKey, "verification-key", "", "PEM public key (or HMAC secret file) every bundle's .signatures.json must verify against")
+	flags.StringVar(&s.verificationAlg, "verification-alg", "RS256", "algorithm of --verification-key (RS256, ES256, HS256, ...)")
+	flags.StringVar(&s.verificationKeyID, "key-id", "default", "key ID of --verification-key")
+}
+
+// verification builds the signature configuration, nil without a key.
+func (s *policySources) verification() (*policy.Verification, error) {
+	if s.verificationKey == "" {
+		return nil, nil
+	}
+	key, err := policy.ReadVerificationKey(s.verificationKey, s.verificationAlg)
+	if err != nil {
+		return nil, err
+	}
+	return &policy.Verification{Keys: map[string]policy.VerificationKey{s.verificationKeyID: key}, KeyID: s.verificationKeyID}, nil
+}
+
+// readBundles reads every --bundle.
+func (s *policySources) readBundles() ([]*policy.Bundle, error) {
+	if len(s.bundles) == 0 {
+		return nil, fmt.Errorf("no policy given: pass --bundle PATH (an OPA bundle directory or .tar.gz)")
+	}
+	v, err := s.verification()
+	if err != nil {
+		return nil, err
+	}
+	var out []*policy.Bundle
+	for _, path := range s.bundles {
+		b, err := policy.ReadBundle(path, v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// engine loads the sources into a new engine.
+func (s *policySources) engine(ctx context.Context) (*policy.Engine, error) {
+	bundles, err := s.readBundles()
+	if err != nil {
+		return nil, err
+	}
+	return loadEngine(ctx, bundles)
+}
+
+func loadEngine(ctx context.Context, bundles []*policy.Bundle) (*policy.Engine, error) {
+	e, err := policy.NewEngine(policy.Config{Logger: quietLogger(), CacheSize: -1})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Load(ctx, bundles...); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
