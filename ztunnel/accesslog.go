@@ -1,0 +1,58 @@
+package ztunnel
+
+import (
+	"encoding/json"
+	"io"
+	"sync"
+	"time"
+)
+
+// AccessEntry is one JSON access-log line: one per connection, written
+// when it closes (or is refused). Every deny names the policy and rule.
+type AccessEntry struct {
+	Time          time.Time `json:"time"`
+	Direction     string    `json:"direction"` // "inbound" or "outbound"
+	Source        string    `json:"src.addr"`
+	Destination   string    `json:"dst.addr"`
+	SourceID      string    `json:"src.identity,omitempty"`
+	DestinationID string    `json:"dst.identity,omitempty"`
+	SourceWL      string    `json:"src.workload,omitempty"`
+	DestinationWL string    `json:"dst.workload,omitempty"`
+	Namespace     string    `json:"dst.namespace,omitempty"`
+	Hbone         string    `json:"dst.hbone_addr,omitempty"`
+	Decision      string    `json:"decision,omitempty"` // "allow" or "deny"
+	Policy        string    `json:"policy,omitempty"`
+	Rule          string    `json:"rule,omitempty"`
+	Reason        string    `json:"reason,omitempty"`
+	Flags         string    `json:"response_flags,omitempty"`
+	Sent          int64     `json:"bytes_sent"`
+	Received      int64     `json:"bytes_recv"`
+	DurationMS    float64   `json:"duration_ms"`
+	Error         string    `json:"error,omitempty"`
+}
+
+// AccessLog writes AccessEntry lines; safe for concurrent use.
+type AccessLog struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+// NewAccessLog writes to w; nil w discards.
+func NewAccessLog(w io.Writer) *AccessLog {
+	if w == nil {
+		return nil
+	}
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return &AccessLog{enc: enc}
+}
+
+// Write logs one entry; a nil log does nothing.
+func (l *AccessLog) Write(e AccessEntry) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_ = l.enc.Encode(e) // an access log that cannot be written must not stop traffic
+}
