@@ -20,19 +20,19 @@ const (
 // Workload is one pod.
 type Workload struct {
 	// UID identifies the workload; "<namespace>/<name>" when not given.
-	UID            string
-	Name           string
-	Namespace      string
-	ServiceAccount string
-	IPs            []netip.Addr
-	Node           string
-	Labels         map[string]string
-	Protocol       Protocol
+	UID            string            `json:"uid"`
+	Name           string            `json:"name"`
+	Namespace      string            `json:"namespace"`
+	ServiceAccount string            `json:"service_account"`
+	IPs            []netip.Addr      `json:"ips"`
+	Node           string            `json:"node"`
+	Labels         map[string]string `json:"labels"`
+	Protocol       Protocol          `json:"protocol"`
 	// Waypoint is "<namespace>/<name>" of the waypoint serving this
 	// workload, or empty.
-	Waypoint string
+	Waypoint string `json:"waypoint"`
 	// TrustDomain of the workload's identity.
-	TrustDomain string
+	TrustDomain string `json:"trust_domain"`
 }
 
 // Identity is the workload's SPIFFE ID.
@@ -43,14 +43,14 @@ func (w *Workload) Identity() string {
 // Service is a Kubernetes service: virtual IPs load-balanced over the
 // workloads its selector picks in its namespace.
 type Service struct {
-	Name      string
-	Namespace string
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
 	// Hostname is "<name>.<namespace>.svc.<cluster domain>" unless given.
-	Hostname string
-	VIPs     []netip.Addr
-	Ports    []ServicePort
-	Selector map[string]string
-	Waypoint string
+	Hostname string            `json:"hostname"`
+	VIPs     []netip.Addr      `json:"vips"`
+	Ports    []ServicePort     `json:"ports"`
+	Selector map[string]string `json:"selector"`
+	Waypoint string            `json:"waypoint"`
 }
 
 // ServicePort maps a service port to the workloads' port.
