@@ -50,10 +50,11 @@ type Engine struct {
 	log     *slog.Logger
 	library map[string]*ast.Module
 
-	loadMu  sync.Mutex
-	current atomic.Pointer[generation]
-	shadow  atomic.Pointer[generation]
-	nextID  atomic.Uint64
+	loadMu    sync.Mutex
+	current   atomic.Pointer[generation]
+	firstLoad chan struct{} // closed by the first successful Load
+	shadow    atomic.Pointer[generation]
+	nextID    atomic.Uint64
 }
 
 // NewEngine returns an engine with no policy loaded.
@@ -69,7 +70,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Engine{cfg: cfg, log: log.With("component", "policy"), library: library}, nil
+	return &Engine{cfg: cfg, log: log.With("component", "policy"), library: library, firstLoad: make(chan struct{})}, nil
 }
 
 // Load compiles bundles as one set and, if it compiles, makes it the set in
@@ -84,7 +85,11 @@ func (e *Engine) Load(ctx context.Context, bundles ...*Bundle) error {
 		e.log.Error("bundle set rejected; the previous policy stays in force", "bundles", bundleNames(bundles), "error", err)
 		return err
 	}
-	e.current.Store(g)
+	if old := e.current.Swap(g); old != nil {
+		close(old.replaced)
+	} else {
+		close(e.firstLoad)
+	}
 	e.cfg.Metrics.setRevisions(g.revisions)
 	e.log.Info("policy loaded", "generation", g.id, "revisions", g.revisions, "native", g.prog != nil, "cache", g.cacheable)
 	return nil
@@ -125,6 +130,16 @@ func (e *Engine) Generation() uint64 {
 		return g.id
 	}
 	return 0
+}
+
+// Changed returns a channel closed when the policy in force changes (the
+// next successful Load). Holders of long-lived connections wait on it,
+// re-check their connections, and call Changed again.
+func (e *Engine) Changed() <-chan struct{} {
+	if g := e.current.Load(); g != nil {
+		return g.replaced
+	}
+	return e.firstLoad
 }
 
 // Revisions maps each bundle in force to its manifest revision.

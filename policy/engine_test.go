@@ -427,3 +427,32 @@ func TestConcurrentDecideDuringLoads(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+func TestChangedFiresOnEveryLoad(t *testing.T) {
+	e, _ := NewEngine(withQuiet(Config{}))
+	first := e.Changed()
+	b, _ := ReadBundle(shopBundle, nil)
+	select {
+	case <-first:
+		t.Fatal("Changed fired before any load")
+	default:
+	}
+	if err := e.Load(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	<-first // the first load
+	second := e.Changed()
+	bad := writeBundle(t, t.TempDir(), map[string]string{"p.rego": "package mesh.policies.x.y\n\ndeny contains"})
+	if rb, err := ReadBundle(bad, nil); err == nil {
+		e.Load(context.Background(), rb)
+	}
+	select {
+	case <-second:
+		t.Fatal("Changed fired on a rejected load")
+	default:
+	}
+	if err := e.Load(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	<-second
+}

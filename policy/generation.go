@@ -13,7 +13,9 @@ import (
 // generation is one compiled bundle set: immutable once built, except for
 // its cache, which is replaced wholesale.
 type generation struct {
-	id        uint64
+	id uint64
+	// replaced is closed when a newer generation takes over.
+	replaced  chan struct{}
 	revisions map[string]string
 	ref       *reference
 	prog      *program // nil: every decision goes through topdown
@@ -40,7 +42,7 @@ func (e *Engine) compile(ctx context.Context, bundles []*Bundle) (*generation, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBundle, err)
 	}
-	g := &generation{id: e.nextID.Add(1), revisions: act.revisions, ref: ref}
+	g := &generation{id: e.nextID.Add(1), revisions: act.revisions, ref: ref, replaced: make(chan struct{})}
 	if !e.cfg.Topdown {
 		g.prog, err = compileProgram(ctx, act)
 		switch {

@@ -1,0 +1,205 @@
+package istio
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// ruleBody builds the body of the rule contributing rules[i]: any from,
+// any to, every when. At L4 it keeps what ztunnel sees and, as ztunnel
+// does, lets a source or operation left with no field match nothing.
+type ruleBody struct {
+	t     *policyTranslator
+	i     int
+	l4    bool
+	body  conj
+	inert string // why the rule never matches at this layer
+}
+
+func (b *ruleBody) add(c conj) { b.body = append(b.body, c...) }
+
+func (b *ruleBody) name(part string) string {
+	if b.l4 {
+		return fmt.Sprintf("rule%d_l4_%s", b.i, part)
+	}
+	return fmt.Sprintf("rule%d_%s", b.i, part)
+}
+
+func (b *ruleBody) rule(r Rule) {
+	var sources, operations []fieldSet
+	for j, s := range r.From {
+		sources = append(sources, fieldSet{index: j, fields: s.fields()})
+	}
+	for j, o := range r.To {
+		operations = append(operations, fieldSet{index: j, fields: o.fields()})
+	}
+	b.anyOf("from", "source", sources)
+	b.anyOf("to", "operation", operations)
+	for k, c := range r.When {
+		b.when(k, c)
+	}
+}
+
+// fieldSet is one source or operation.
+type fieldSet struct {
+	index  int
+	fields []fieldValues
+}
+
+// anyOf requires one of the sources (or operations) to match.
+func (b *ruleBody) anyOf(clause, what string, sets []fieldSet) {
+	if len(sets) == 0 || b.inert != "" {
+		return
+	}
+	var alts disj
+	for _, s := range sets {
+		if c := b.fieldSet(clause, s); len(c) > 0 {
+			alts = union(alts, disj{c})
+		}
+	}
+	if len(alts) == 0 {
+		b.inert = fmt.Sprintf("every `%s` %s has only HTTP attributes", clause, what)
+		return
+	}
+	b.add(b.t.m.require(b.name(clause), alts))
+}
+
+// fieldSet is the conjunction of a source's (or operation's) fields.
+func (b *ruleBody) fieldSet(clause string, s fieldSet) conj {
+	var c conj
+	for _, f := range s.fields {
+		if len(f.values) == 0 || b.l4 && !l4Field(f.name) {
+			continue
+		}
+		alts := b.t.fieldAlts(baseField(f.name), f.values)
+		name := fmt.Sprintf("rule%d_%s%d_%s", b.i, clause, s.index, snake(f.name))
+		if f.not {
+			c = append(c, b.t.m.exclude(name, alts)...)
+		} else {
+			c = append(c, b.t.m.require(name, alts)...)
+		}
+	}
+	return c
+}
+
+// when requires one condition: any of its values, none of its notValues.
+func (b *ruleBody) when(k int, c Condition) {
+	if b.inert != "" {
+		return
+	}
+	key, _ := parseKey(c.Key)
+	if b.l4 && !l4Attrs[key.attr] {
+		b.inert = fmt.Sprintf("its `when` condition on %s is HTTP-only", c.Key)
+		return
+	}
+	name := fmt.Sprintf("rule%d_when%d", b.i, k)
+	if len(c.Values) > 0 {
+		b.add(b.t.m.require(name, b.t.conditionAlts(key, c.Values)))
+	}
+	if len(c.NotValues) > 0 {
+		b.add(b.t.m.exclude(name+"_not", b.t.conditionAlts(key, c.NotValues)))
+	}
+}
+
+// fieldAlts is how a source or operation field matches its values.
+func (t *policyTranslator) fieldAlts(name string, values []string) disj {
+	switch name {
+	case "principals":
+		return principalMatcher.alts(t.expandPrincipals(values))
+	case "namespaces":
+		return field("input.source.namespace").alts(values)
+	case "serviceAccounts":
+		return serviceAccountAlts(values, t.p.Namespace)
+	case "ipBlocks":
+		return cidrAlts("input.source.ip", values)
+	case "remoteIpBlocks":
+		return cidrAlts("input.source.remote_ip", values)
+	case "requestPrincipals":
+		return field("input.request.auth.principal").alts(values)
+	case "ports":
+		return portAlts(values)
+	case "hosts":
+		return hostMatcher.alts(values)
+	case "methods":
+		return field("input.request.method").alts(values)
+	case "paths":
+		return pathAlts(values)
+	}
+	panic("istio: no matcher for field " + name) // fields() and this switch list the same names
+}
+
+// conditionAlts is how a `when` key matches its values.
+func (t *policyTranslator) conditionAlts(k condKey, values []string) disj {
+	switch k.attr {
+	case attrSourceIP:
+		return cidrAlts("input.source.ip", values)
+	case attrRemoteIP:
+		return cidrAlts("input.source.remote_ip", values)
+	case attrDestinationIP:
+		return cidrAlts("input.destination.ip", values)
+	case attrSourceNamespace:
+		return field("input.source.namespace").alts(values)
+	case attrSourcePrincipal:
+		return principalMatcher.alts(t.expandPrincipals(values))
+	case attrSourceServiceAccount:
+		return serviceAccountAlts(values, t.p.Namespace)
+	case attrSourceTrustDomain:
+		return field("input.source.trust_domain").alts(t.expandTrustDomains(values))
+	case attrDestinationPort:
+		return portAlts(values)
+	case attrConnectionSNI:
+		return field("input.connection.sni").alts(values)
+	case attrRequestHeader:
+		ref := "input.request.headers[" + quote(k.header) + "]"
+		return strMatcher{ref: ref, present: ref}.alts(values) // "*": the header is present (Envoy's present_match)
+	case attrRequestPrincipal:
+		return field("input.request.auth.principal").alts(values)
+	case attrRequestAudiences:
+		return listMatcher{ref: "input.request.auth.audiences", elem: "audience"}.alts(values)
+	case attrRequestPresenter:
+		return field("input.request.auth.presenter").alts(values)
+	case attrRequestClaim:
+		ref := "input.request.auth.claims"
+		for _, name := range k.claim {
+			ref += refKey(name)
+		}
+		return listMatcher{ref: ref, orString: true, elem: "claim"}.alts(values)
+	}
+	panic(fmt.Sprintf("istio: no matcher for attribute %d", k.attr)) // parseKey returns only the attributes above
+}
+
+// expandPrincipals adds, for each principal whose trust domain is the
+// mesh's, an alias, or "cluster.local", the same identity in every trust
+// domain of the mesh, as Istio's ReplaceTrustDomainAliases does. Patterns
+// whose trust domain is "*" or that are not "<td>/ns/<ns>/sa/<sa>" stay.
+func (t *policyTranslator) expandPrincipals(values []string) []string {
+	tds := t.opts.trustDomains()
+	var out []string
+	for _, v := range values {
+		parts := strings.Split(v, "/")
+		if len(parts) != 5 || parts[0] == "*" || !slices.Contains(tds, parts[0]) && parts[0] != istioLocalTrustDomain {
+			out = append(out, v)
+			continue
+		}
+		for _, td := range tds {
+			out = append(out, td+"/"+strings.Join(parts[1:], "/"))
+		}
+	}
+	return dedupe(out)
+}
+
+// expandTrustDomains replaces a trust domain of the mesh by all of them,
+// as Istio's ExpandTrustDomainAliases does.
+func (t *policyTranslator) expandTrustDomains(values []string) []string {
+	tds := t.opts.trustDomains()
+	var out []string
+	for _, v := range values {
+		if slices.Contains(tds, v) {
+			out = append(out, tds...)
+			continue
+		}
+		out = append(out, v)
+	}
+	return dedupe(out)
+}

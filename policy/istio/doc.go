@@ -1,0 +1,37 @@
+// Package istio translates Istio AuthorizationPolicy resources into Rego
+// for regomesh's policy engine, so an Istio user's YAML keeps working and
+// its decisions are Rego that can be read, tested and extended.
+//
+// The pipeline is Decode (multi-document YAML, security.istio.io/v1 and
+// v1beta1, through istio.io/api and istio.io/client-go types) into plain
+// Policy values, then Translate, which validates each policy as Istio's
+// admission does and writes one Rego module per policy:
+//
+//	package mesh.policies.istio["<namespace>.<name>"]
+//
+// contributing to the mesh.authz library's sets (allow, allow_scope, deny,
+// audit, custom_deny; rego/mesh/authz/authz.rego) entries
+// {"policy": "<namespace>/<name>", "rule": <index>}. The library combines
+// them in Istio's order: CUSTOM, DENY, ALLOW.
+//
+// Each module holds both layers. Rules ztunnel can enforce in full apply
+// at L4 and L7; an ALLOW rule with HTTP attributes applies at L7 only (at
+// L4 it is dropped, so an ALLOW whose rules are all dropped denies every
+// connection); a DENY rule with HTTP attributes applies in full at L7 and
+// without them at L4, where a from, to or when left with nothing never
+// matches. Translation.Warnings report each such downgrade in Istio's
+// words. Policies with targetRefs apply in waypoints only; AUDIT and
+// CUSTOM too, since ztunnel does not support them.
+//
+// The generated Rego stays inside the engine's native fragment (equality
+// and set membership, startswith/endswith, net.cidr_contains,
+// regex.match, lower, not, boolean helper rules), with the selective
+// equalities (destination namespace and labels, exact principals) as
+// top-level conditions the engine indexes. The exceptions are CUSTOM
+// policies whose provider Rego is not native and wildcard patterns
+// against list-valued claims or audiences, which need iteration.
+//
+// WriteBundleDir and WriteBundleTarGz write the result as an OPA bundle
+// (root mesh/policies/istio) that policy.ReadBundle and the stock opa CLI
+// both load.
+package istio

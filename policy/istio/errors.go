@@ -1,0 +1,81 @@
+package istio
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+var (
+	// ErrDecode marks input that is not a well-formed AuthorizationPolicy
+	// document: YAML syntax, wrong types, unknown fields.
+	ErrDecode = errors.New("istio: decode")
+	// ErrInvalid marks a policy that Istio would reject, or that regomesh
+	// cannot enforce as written.
+	ErrInvalid = errors.New("istio: invalid policy")
+)
+
+// FieldError is one problem with one field of one policy. Its message reads
+// "<file>:<line>: <namespace>/<name>: <field path>: <problem>", each part
+// present when known.
+type FieldError struct {
+	Pos     string // "policies.yaml:17", or empty
+	Policy  string // "<namespace>/<name>", or empty
+	Field   string // "spec.rules[0].from[1].source.principals[2]", or empty
+	Problem string
+	kind    error // ErrInvalid or ErrDecode
+}
+
+func (e *FieldError) Error() string {
+	parts := make([]string, 0, 4)
+	for _, s := range []string{e.Pos, e.Policy, e.Field, e.Problem} {
+		if s != "" {
+			parts = append(parts, s)
+		}
+	}
+	return strings.Join(parts, ": ")
+}
+
+// Unwrap lets callers test errors.Is(err, ErrInvalid) or ErrDecode.
+func (e *FieldError) Unwrap() error { return e.kind }
+
+// problems collects the FieldErrors of one policy.
+type problems struct {
+	p    *Policy
+	kind error
+	errs []error
+}
+
+// add records a problem with field (a path under the policy, "" for the
+// policy itself).
+func (ps *problems) add(field, format string, args ...any) {
+	e := &FieldError{Field: field, Problem: fmt.Sprintf(format, args...), kind: ps.kind}
+	if ps.p != nil {
+		e.Policy = ps.p.ID()
+		e.Pos = ps.p.position(field)
+	}
+	ps.errs = append(ps.errs, e)
+}
+
+func (ps *problems) err() error { return errors.Join(ps.errs...) }
+
+// position names the file and line of field, or of its closest ancestor
+// with a known line, or the policy's origin.
+func (p *Policy) position(field string) string {
+	for path := field; path != ""; path = parentPath(path) {
+		if line, ok := p.lines[path]; ok {
+			return fmt.Sprintf("%s:%d", p.file, line)
+		}
+	}
+	return p.Origin
+}
+
+// parentPath drops the last element of a field path:
+// "a.b[2]" -> "a.b" -> "a" -> "".
+func parentPath(path string) string {
+	i := strings.LastIndexAny(path, ".[")
+	if i < 0 {
+		return ""
+	}
+	return path[:i]
+}

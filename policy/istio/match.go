@@ -1,0 +1,284 @@
+package istio
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Every condition is generated inside the engine's native fragment
+// (policy/lower.go): comparisons and `in` sets of input fields against
+// constants, startswith/endswith, net.cidr_contains, regex.match, lower,
+// `not`, and references to boolean helper rules. The one exception is a
+// wildcard pattern against a list (claims, audiences), which needs
+// iteration and so sends its package to topdown.
+
+// conj is a conjunction of Rego expressions: one rule body, or part of one.
+type conj []string
+
+// disj is an OR of conjunctions; more than one becomes a helper rule with
+// one definition each.
+type disj []conj
+
+// strMatcher compares one input field with Istio string patterns: "abc"
+// exact, "abc*" prefix, "*abc" suffix, "*" any non-empty value (a "*"
+// elsewhere is literal; a leading "*" wins, so "*abc*" is the suffix "abc*").
+type strMatcher struct {
+	ref     string // the Rego term compared: "input.source.namespace"
+	prefix  string // prepended to exact and prefix patterns ("spiffe://")
+	fold    bool   // hosts: patterns lower-cased, ref already lower(...)
+	present string // the condition for "*"
+}
+
+func field(ref string) strMatcher {
+	return strMatcher{ref: ref, present: ref + ` != ""`}
+}
+
+func (m strMatcher) alts(values []string) disj {
+	var exact []string
+	var out disj
+	for _, v := range values {
+		if m.fold {
+			v = strings.ToLower(v)
+		}
+		switch {
+		case v == "*":
+			out = append(out, conj{m.present})
+		case strings.HasPrefix(v, "*"):
+			out = append(out, conj{fmt.Sprintf("endswith(%s, %s)", m.ref, quote(v[1:]))})
+		case strings.HasSuffix(v, "*"):
+			out = append(out, conj{fmt.Sprintf("startswith(%s, %s)", m.ref, quote(m.prefix+v[:len(v)-1]))})
+		default:
+			exact = append(exact, m.prefix+v)
+		}
+	}
+	return union(equality(m.ref, exact), out)
+}
+
+// equality is `ref == v` for one value, `ref in {...}` for several (one
+// indexable condition either way); nil for none.
+func equality(ref string, values []string) disj {
+	values = dedupe(values)
+	switch len(values) {
+	case 0:
+		return nil
+	case 1:
+		return disj{{ref + " == " + quote(values[0])}}
+	}
+	quoted := make([]string, len(values))
+	for i, v := range values {
+		quoted[i] = quote(v)
+	}
+	return disj{{ref + " in {" + strings.Join(quoted, ", ") + "}"}}
+}
+
+// union is a followed by the alternatives of b it does not already have.
+func union(a, b disj) disj {
+	out := slices.Clone(a)
+	for _, c := range b {
+		if !slices.ContainsFunc(out, func(have conj) bool { return slices.Equal(have, c) }) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func dedupe(values []string) []string {
+	var out []string
+	for _, v := range values {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// listMatcher compares patterns with a field that holds a list of strings
+// (request.auth.audiences), or a string or a list (JWT claims, as Istio
+// matches a claim that is either): a value matches when the string, or
+// some element, does.
+type listMatcher struct {
+	ref      string
+	orString bool // the field may also be a plain string
+	elem     string
+}
+
+func (m listMatcher) alts(values []string) disj {
+	var out disj
+	if m.orString {
+		out = field(m.ref).alts(values)
+	}
+	for _, v := range values {
+		switch {
+		case v == "*":
+			out = union(out, disj{{m.ref + ` != ""`}})
+		case strings.HasPrefix(v, "*") || strings.HasSuffix(v, "*"):
+			test := field(m.elem).alts([]string{v})[0][0]
+			out = union(out, disj{{"some " + m.elem + " in " + m.ref, test}})
+		default:
+			out = union(out, disj{{quote(v) + " in " + m.ref}})
+		}
+	}
+	return out
+}
+
+// principalMatcher compares principals, written without "spiffe://".
+var principalMatcher = strMatcher{ref: "input.source.principal", prefix: "spiffe://", present: `input.source.principal != ""`}
+
+// hostMatcher compares hosts, case-insensitively.
+var hostMatcher = strMatcher{ref: "lower(input.request.host)", fold: true, present: `input.request.host != ""`}
+
+// cidrAlts is one net.cidr_contains test per IP or CIDR value.
+func cidrAlts(ref string, values []string) disj {
+	var out disj
+	for _, v := range values {
+		out = union(out, disj{{fmt.Sprintf("net.cidr_contains(%s, %s)", quote(canonicalCIDR(v)), ref)}})
+	}
+	return out
+}
+
+// canonicalCIDR writes an IP or CIDR as the masked CIDR it denotes;
+// IPv4-mapped IPv6 forms become IPv4, as the engine compares them.
+func canonicalCIDR(v string) string {
+	var p netip.Prefix
+	if strings.Contains(v, "/") {
+		p, _ = netip.ParsePrefix(v)
+	} else if a, err := netip.ParseAddr(v); err == nil {
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked().String()
+}
+
+// portAlts compares input.destination.port (a number) with port strings.
+func portAlts(values []string) disj {
+	var ports []string
+	for _, v := range values {
+		n, _ := strconv.ParseUint(v, 10, 32)
+		ports = append(ports, strconv.FormatUint(n, 10))
+	}
+	ports = dedupe(ports)
+	switch len(ports) {
+	case 0:
+		return nil
+	case 1:
+		return disj{{"input.destination.port == " + ports[0]}}
+	}
+	return disj{{"input.destination.port in {" + strings.Join(ports, ", ") + "}"}}
+}
+
+// serviceAccountAlts matches "ns/sa", or "sa" in the policy's namespace,
+// against the identity the engine derives from the principal.
+func serviceAccountAlts(values []string, policyNamespace string) disj {
+	var out disj
+	for _, v := range values {
+		ns, sa, ok := strings.Cut(v, "/")
+		if !ok {
+			ns, sa = policyNamespace, v
+		}
+		out = union(out, disj{{"input.source.namespace == " + quote(ns), "input.source.service_account == " + quote(sa)}})
+	}
+	return out
+}
+
+// pathAlts matches the normalized request path: URI templates as Envoy's
+// uri_template matcher does, anything else as an Istio string pattern.
+func pathAlts(values []string) disj {
+	var plain []string
+	var templates disj
+	for _, v := range values {
+		if isPathTemplate(v) {
+			templates = append(templates, conj{fmt.Sprintf("regex.match(%s, input.request.url_path)", rawString(templateRegex(v)))})
+			continue
+		}
+		plain = append(plain, v)
+	}
+	return union(field("input.request.url_path").alts(plain), templates)
+}
+
+const (
+	matchOneTemplate = "{*}"
+	matchAnyTemplate = "{**}"
+	// pchar is Envoy's literal set for path templates (RFC 3986 pchar
+	// without "*"); {*} is one or more of them, {**} any run of them and "/".
+	pchar = `a-zA-Z0-9\-._~%!$&'()+,;:@=`
+)
+
+func isPathTemplate(path string) bool {
+	return strings.Contains(path, matchOneTemplate) || strings.Contains(path, matchAnyTemplate)
+}
+
+// templateRegex is the anchored regular expression of a valid template.
+func templateRegex(path string) string {
+	var b strings.Builder
+	b.WriteString("^")
+	for i, seg := range strings.Split(path, "/") {
+		if i > 0 {
+			b.WriteString("/")
+		}
+		switch seg {
+		case matchOneTemplate:
+			b.WriteString("[" + pchar + "]+")
+		case matchAnyTemplate:
+			b.WriteString("[" + pchar + "/]*")
+		default:
+			b.WriteString(regexp.QuoteMeta(seg))
+		}
+	}
+	b.WriteString("$")
+	return b.String()
+}
+
+// quote writes s as a Rego (JSON) string.
+func quote(s string) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// rawString writes s as a Rego raw string when it can, for readable
+// regular expressions.
+func rawString(s string) string {
+	if strings.ContainsAny(s, "`\r\n") {
+		return quote(s)
+	}
+	return "`" + s + "`"
+}
+
+// identRE is a key usable after a dot in a Rego reference.
+var identRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+
+// refKey extends a reference by key: ".app" when key is an identifier
+// (and not a Rego keyword), `["app.kubernetes.io/name"]` otherwise.
+func refKey(key string) string {
+	if identRE.MatchString(key) && !regoKeywords[key] {
+		return "." + key
+	}
+	return "[" + quote(key) + "]"
+}
+
+var regoKeywords = map[string]bool{
+	"as": true, "contains": true, "data": true, "default": true, "else": true, "every": true, "false": true,
+	"if": true, "import": true, "in": true, "input": true, "not": true, "null": true, "package": true,
+	"some": true, "true": true, "with": true,
+}
+
+// negatable says whether `not <e>` means what it says for an absent
+// field: only a plain `ref == constant` does. OPA evaluates the arguments
+// of calls (`!=`, `in`, startswith, net.cidr_contains, lower) before
+// applying `not`, so `not startswith(input.source.principal, "x")` is
+// undefined, not true, for a plaintext peer. Everything else is negated
+// through a helper rule, which is false when the field is absent.
+func negatable(e string) bool {
+	ref, _, ok := strings.Cut(e, " == ")
+	return ok && strings.HasPrefix(ref, "input.") && !strings.ContainsAny(ref, "( ")
+}
