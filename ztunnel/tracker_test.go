@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,18 +13,41 @@ import (
 	"github.com/regomesh/regomesh/policy"
 )
 
-// decideByPort allows ports in the set: a real Authorizer is the engine;
-// this one lets the test change the answer between calls.
-type decideByPort struct{ allowed atomic.Pointer[map[int]bool] }
+// portPolicy writes a bundle allowing exactly the given destination ports.
+func portPolicy(t *testing.T, ports string) *policy.Bundle {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		".manifest": `{"roots": ["mesh/policies/test"]}`,
+		"p.rego": `package mesh.policies.test.ports
 
-func (d *decideByPort) Decide(_ context.Context, in policy.Input) (policy.Decision, error) {
-	if (*d.allowed.Load())[in.Destination.Port] {
-		return policy.Decision{Verdict: policy.Verdict{Allow: true}}, nil
+allow_scope contains {"policy": "test/ports"}
+
+allow contains {"policy": "test/ports", "rule": "listed"} if input.destination.port in ` + ports + `
+`,
 	}
-	return policy.Decision{Verdict: policy.Verdict{Policy: "ns/p", Rule: "0", Reason: "denied"}}, nil
+	for name, src := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := policy.ReadBundle(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestTrackerRecheckClosesDenied(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	engine, err := policy.NewEngine(policy.Config{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := engine.Load(ctx, portPolicy(t, "{80, 443, 8080}")); err != nil {
+		t.Fatal(err)
+	}
 	tr := newTracker()
 	var closedFlags [3]atomic.Value
 	for i, port := range []int{80, 443, 8080} {
@@ -30,10 +55,13 @@ func TestTrackerRecheckClosesDenied(t *testing.T) {
 		_, done := tr.add(in, func(flag string) { closedFlags[i].Store(flag) })
 		defer done()
 	}
-	authz := &decideByPort{}
-	authz.allowed.Store(&map[int]bool{80: true, 8080: true})
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if n := tr.recheck(context.Background(), authz, log); n != 1 {
+	if n := tr.recheck(ctx, engine, log); n != 0 {
+		t.Fatalf("closed %d under a policy allowing all three", n)
+	}
+	if err := engine.Load(ctx, portPolicy(t, "{80, 8080}")); err != nil {
+		t.Fatal(err)
+	}
+	if n := tr.recheck(ctx, engine, log); n != 1 {
 		t.Errorf("closed %d, want 1", n)
 	}
 	if closedFlags[1].Load() != FlagPolicyClose || closedFlags[0].Load() != nil || closedFlags[2].Load() != nil {
