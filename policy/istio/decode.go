@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 
 	apiv1beta1 "istio.io/api/security/v1beta1"
@@ -99,7 +102,8 @@ func (d *decoder) fail(line int, format string, args ...any) {
 func (d *decoder) document(doc document) {
 	js, err := yaml.YAMLToJSONStrict(doc.text)
 	if err != nil {
-		d.fail(doc.line, "document %d: %s", doc.index, cleanYAMLError(err))
+		line, msg := yamlErrorLine(err, doc.line)
+		d.fail(line, "document %d: %s", doc.index, msg)
 		return
 	}
 	var obj any
@@ -111,6 +115,7 @@ func (d *decoder) document(doc document) {
 		return // an empty document
 	}
 	lines := fieldLines(doc.text, doc.line)
+	doc.line = firstLine(lines, doc.line) // past leading comments
 	d.object(doc, obj, "", lines)
 }
 
@@ -132,7 +137,8 @@ func (d *decoder) object(doc document, obj any, path string, lines map[string]in
 	}
 	group, version, _ := strings.Cut(apiVersion, "/")
 	if kind != "AuthorizationPolicy" || group != "security.istio.io" {
-		d.notes = append(d.notes, Note{Pos: d.pos(line), Message: fmt.Sprintf("document %d: skipped %s %s: not an AuthorizationPolicy", doc.index, describeKind(apiVersion, kind), objectName(m))})
+		what := strings.TrimSpace(describeKind(apiVersion, kind) + " " + objectName(m))
+		d.notes = append(d.notes, Note{Pos: d.pos(line), Message: fmt.Sprintf("document %d: skipped %s: not an AuthorizationPolicy", doc.index, what)})
 		return
 	}
 	if version != "v1" && version != "v1beta1" {
@@ -147,19 +153,24 @@ func (d *decoder) object(doc document, obj any, path string, lines map[string]in
 func (d *decoder) policy(doc document, m map[string]any, version, path string, lines map[string]int) {
 	at := &Policy{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: subLines(lines, path)}
 	ps := &problems{p: at, kind: ErrDecode}
-	meta, spec, ok := decodeClientObject(m, version, ps)
-	if ok {
-		at.Namespace, at.Name = meta.Namespace, meta.Name
-		ps.p = at
-		checkSpecShape(m["spec"], ps)
-	}
-	if !ok || len(ps.errs) > 0 {
-		d.problems.errs = append(d.problems.errs, ps.errs...)
+	meta, spec, err := clientObject(m, version)
+	if err != nil {
+		ps.add("metadata", "%v", err)
+		d.problems.errs = append(d.problems.errs, ps.sorted()...)
 		return
 	}
 	if meta.Namespace == "" {
 		meta.Namespace = defaultNamespace
 		d.notes = append(d.notes, Note{Pos: at.Origin, Message: fmt.Sprintf("document %d: AuthorizationPolicy %s has no metadata.namespace: translated in namespace %q", doc.index, meta.Name, defaultNamespace)})
+	}
+	at.Namespace, at.Name = meta.Namespace, meta.Name
+	if meta.Name == "" {
+		ps.add("metadata.name", "required")
+	}
+	decodeSpec(m["spec"], spec, ps)
+	if len(ps.errs) > 0 {
+		d.problems.errs = append(d.problems.errs, ps.sorted()...)
+		return
 	}
 	p, err := convert(meta, spec, at)
 	if err != nil {
@@ -169,11 +180,9 @@ func (d *decoder) policy(doc document, m map[string]any, version, path string, l
 	d.policies = append(d.policies, p)
 }
 
-// decodeClientObject decodes metadata with the client-go type and the
-// spec with protojson, refusing unknown fields (a misspelt field would
-// otherwise be dropped, and a DENY rule would deny more, or an ALLOW allow
-// more, than written).
-func decodeClientObject(m map[string]any, version string, ps *problems) (*metav1.ObjectMeta, *apiv1beta1.AuthorizationPolicy, bool) {
+// clientObject decodes the object, but its spec and status, with the
+// client-go type of its version; the spec is decoded strictly apart.
+func clientObject(m map[string]any, version string) (*metav1.ObjectMeta, *apiv1beta1.AuthorizationPolicy, error) {
 	envelope := make(map[string]any, len(m))
 	for k, v := range m {
 		if k != "spec" && k != "status" {
@@ -181,71 +190,126 @@ func decodeClientObject(m map[string]any, version string, ps *problems) (*metav1
 		}
 	}
 	raw, _ := json.Marshal(envelope)
-	var meta *metav1.ObjectMeta
-	var spec *apiv1beta1.AuthorizationPolicy
-	var err error
-	switch version {
-	case "v1":
+	if version == "v1" {
 		var obj clientv1.AuthorizationPolicy
-		err = json.Unmarshal(raw, &obj)
-		meta, spec = &obj.ObjectMeta, &obj.Spec
-	default:
-		var obj clientv1beta1.AuthorizationPolicy
-		err = json.Unmarshal(raw, &obj)
-		meta, spec = &obj.ObjectMeta, &obj.Spec
+		err := json.Unmarshal(raw, &obj)
+		return &obj.ObjectMeta, &obj.Spec, err
 	}
-	if err != nil {
-		ps.add("metadata", "%v", err)
-		return nil, nil, false
-	}
-	ps.p.Namespace, ps.p.Name = meta.Namespace, meta.Name
-	if meta.Name == "" {
-		ps.add("metadata.name", "required")
-	}
-	rawSpec, hasSpec := m["spec"]
-	if !hasSpec || rawSpec == nil {
-		return meta, spec, len(ps.errs) == 0
-	}
-	checkUnknownFields(rawSpec, spec.ProtoReflect().Descriptor(), "spec", ps)
-	if len(ps.errs) > 0 {
-		return nil, nil, false
-	}
-	specJSON, _ := json.Marshal(rawSpec)
-	if err := protojson.Unmarshal(specJSON, spec); err != nil {
-		ps.add("spec", "%s", cleanProtoError(err))
-		return nil, nil, false
-	}
-	return meta, spec, true
+	var obj clientv1beta1.AuthorizationPolicy
+	err := json.Unmarshal(raw, &obj)
+	return &obj.ObjectMeta, &obj.Spec, err
 }
 
-// checkUnknownFields reports every key of v that the message md does not
-// define, with its path; protojson would only name the first, without one.
-func checkUnknownFields(v any, md protoreflect.MessageDescriptor, path string, ps *problems) {
+// decodeSpec fills spec from its JSON form, refusing unknown fields (a
+// misspelt field would otherwise be dropped, and a DENY rule would deny
+// more, or an ALLOW allow more, than written) and values of the wrong
+// type, each reported with its path.
+func decodeSpec(raw any, spec *apiv1beta1.AuthorizationPolicy, ps *problems) {
+	if raw == nil {
+		return
+	}
+	checkShape(raw, spec.ProtoReflect().Descriptor(), "spec", ps)
+	checkSpecShape(raw, ps)
+	if len(ps.errs) > 0 {
+		return
+	}
+	js, _ := json.Marshal(raw)
+	if err := protojson.Unmarshal(js, spec); err != nil {
+		ps.add("spec", "%s", cleanProtoError(err))
+	}
+}
+
+// checkShape reports, with its path, every key of v that the message md
+// does not define and every value of the wrong type; protojson would name
+// only the first problem, and without a path.
+func checkShape(v any, md protoreflect.MessageDescriptor, path string, ps *problems) {
 	m, ok := v.(map[string]any)
 	if !ok {
-		return // protojson reports the type error
+		if v != nil {
+			ps.add(path, "expected a mapping")
+		}
+		return
 	}
-	for key, val := range m {
+	for _, key := range slices.Sorted(maps.Keys(m)) {
 		fd := md.Fields().ByJSONName(key)
 		if fd == nil {
 			fd = md.Fields().ByTextName(key)
 		}
-		if fd == nil {
-			ps.add(path+"."+key, "unknown field (check its spelling against the AuthorizationPolicy reference)")
-			continue
-		}
-		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-			continue
-		}
-		if !fd.IsList() {
-			checkUnknownFields(val, fd.Message(), path+"."+key, ps)
-			continue
-		}
-		items, _ := val.([]any)
-		for i, item := range items {
-			checkUnknownFields(item, fd.Message(), fmt.Sprintf("%s.%s[%d]", path, key, i), ps)
+		at := path + "." + key
+		switch {
+		case fd == nil:
+			ps.add(at, "unknown field (check its spelling against the AuthorizationPolicy reference)")
+		case fd.IsMap():
+			checkStringMap(m[key], at, ps)
+		case fd.IsList():
+			checkList(m[key], fd, at, ps)
+		default:
+			checkValue(m[key], fd, at, false, ps)
 		}
 	}
+}
+
+func checkStringMap(v any, path string, ps *problems) {
+	m, ok := v.(map[string]any)
+	if !ok && v != nil {
+		ps.add(path, "expected a mapping of strings")
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if _, ok := m[k].(string); !ok {
+			ps.add(path+"."+k, "expected a string (quote numbers and booleans)")
+		}
+	}
+}
+
+func checkList(v any, fd protoreflect.FieldDescriptor, path string, ps *problems) {
+	items, ok := v.([]any)
+	if !ok && v != nil {
+		ps.add(path, "expected a list")
+		return
+	}
+	for i, item := range items {
+		checkValue(item, fd, fmt.Sprintf("%s[%d]", path, i), true, ps)
+	}
+}
+
+// checkValue checks one value of field fd; inList says it is a list
+// element, where null is refused (null elsewhere means absent).
+func checkValue(v any, fd protoreflect.FieldDescriptor, path string, inList bool, ps *problems) {
+	if v == nil {
+		switch {
+		case inList && fd.Name() == "rules":
+			ps.add(path, "null rule: write {} for a rule that matches everything")
+		case inList:
+			ps.add(path, "must not be null")
+		}
+		return
+	}
+	switch fd.Kind() {
+	case protoreflect.MessageKind:
+		checkShape(v, fd.Message(), path, ps)
+	case protoreflect.StringKind:
+		if _, ok := v.(string); !ok {
+			ps.add(path, "expected a string (quote numbers and booleans)")
+		}
+	case protoreflect.EnumKind:
+		name, _ := v.(string)
+		if fd.Enum().Values().ByName(protoreflect.Name(name)) == nil {
+			ps.add(path, "%v is not one of %s", jsonText(v), enumNames(fd.Enum()))
+		}
+	}
+}
+
+func enumNames(ed protoreflect.EnumDescriptor) string {
+	var names []string
+	for i := range ed.Values().Len() {
+		names = append(names, string(ed.Values().Get(i).Name()))
+	}
+	return strings.Join(names, ", ")
+}
+
+func jsonText(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }
 
 // checkSpecShape reports what the protobuf form cannot tell apart from an
@@ -263,7 +327,7 @@ func checkSpecShape(spec any, ps *problems) {
 	}
 }
 
-var protoErrorPosition = regexp.MustCompile(`^proto:\s*(\(line \d+:\d+\):\s*)?`)
+var protoErrorPosition = regexp.MustCompile(`^proto:\s*|\s*\(line \d+:\d+\)`)
 
 // cleanProtoError drops protojson's prefix and its position in the JSON
 // form of the spec, which the user never saw.
@@ -271,8 +335,17 @@ func cleanProtoError(err error) string {
 	return protoErrorPosition.ReplaceAllString(err.Error(), "")
 }
 
-func cleanYAMLError(err error) string {
-	return strings.TrimPrefix(strings.TrimPrefix(err.Error(), "error converting YAML to JSON: "), "yaml: ")
+var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
+
+// yamlErrorLine turns a YAML error, whose line counts from the document's
+// start, into the stream's line and the message without it.
+func yamlErrorLine(err error, firstLine int) (int, string) {
+	msg := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "error converting YAML to JSON: "), "yaml: ")
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return firstLine + n - 1, "YAML: " + m[2]
+	}
+	return firstLine, "YAML: " + msg
 }
 
 func describeKind(apiVersion, kind string) string {

@@ -1,8 +1,11 @@
 package istio
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -57,7 +60,23 @@ func (ps *problems) add(field, format string, args ...any) {
 	ps.errs = append(ps.errs, e)
 }
 
-func (ps *problems) err() error { return errors.Join(ps.errs...) }
+// err joins the problems in the order of their lines.
+func (ps *problems) err() error { return errors.Join(ps.sorted()...) }
+
+func (ps *problems) sorted() []error {
+	slices.SortStableFunc(ps.errs, func(a, b error) int { return cmp.Compare(lineNumber(a), lineNumber(b)) })
+	return ps.errs
+}
+
+// lineNumber is the line a FieldError points at, or 0.
+func lineNumber(err error) int {
+	var fe *FieldError
+	if !errors.As(err, &fe) {
+		return 0
+	}
+	n, _ := strconv.Atoi(fe.Pos[strings.LastIndexByte(fe.Pos, ':')+1:])
+	return n
+}
 
 // position names the file and line of field, or of its closest ancestor
 // with a known line, or the policy's origin.

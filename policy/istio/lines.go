@@ -63,3 +63,17 @@ func subLines(lines map[string]int, prefix string) map[string]int {
 	}
 	return out
 }
+
+// firstLine is the line of the document's first field, or def.
+func firstLine(lines map[string]int, def int) int {
+	first := 0
+	for _, line := range lines {
+		if first == 0 || line < first {
+			first = line
+		}
+	}
+	if first == 0 {
+		return def
+	}
+	return first
+}

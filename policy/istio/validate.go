@@ -37,13 +37,13 @@ func validateMeta(p *Policy, ps *problems) {
 	// have no dots) and inside the bundle directory.
 	if p.Namespace == "" {
 		ps.add("metadata.namespace", "required")
-	} else if errs := validation.IsDNS1123Label(p.Namespace); len(errs) > 0 {
-		ps.add("metadata.namespace", "%q is not a Kubernetes namespace name: %s", p.Namespace, errs[0])
+	} else if len(validation.IsDNS1123Label(p.Namespace)) > 0 {
+		ps.add("metadata.namespace", "%q is not a Kubernetes namespace name (a DNS-1123 label: lower-case letters, digits and '-')", p.Namespace)
 	}
 	if p.Name == "" {
 		ps.add("metadata.name", "required")
-	} else if errs := validation.IsDNS1123Subdomain(p.Name); len(errs) > 0 {
-		ps.add("metadata.name", "%q is not a Kubernetes object name: %s", p.Name, errs[0])
+	} else if len(validation.IsDNS1123Subdomain(p.Name)) > 0 {
+		ps.add("metadata.name", "%q is not a Kubernetes object name (a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')", p.Name)
 	}
 }
 
