@@ -6,6 +6,7 @@
 #   make bench    policy benchmarks (BENCH=regexp filters them)
 #   make demo     go run ./cmd/regomesh demo $(ARGS)
 #   make tools    build-time tools from tools/go.mod into bin/ (cached)
+#   make spire    real spire-server and spire-agent from tools/spire/go.mod into bin/ (cached)
 #   make clean    remove bin/
 
 SHELL := /bin/bash
@@ -15,6 +16,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 OPA := $(BIN)/opa
+SPIRE := $(BIN)/spire-server $(BIN)/spire-agent
 
 # Every cmd/<name>/main.go is a binary bin/<name>: new commands need no edit here.
 CMDS := $(patsubst cmd/%/main.go,%,$(wildcard cmd/*/main.go))
@@ -32,7 +34,7 @@ ARGS ?=
 # The race detector needs cgo and a C compiler; without them tests run without it.
 RACE := $(shell [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null && echo -race)
 
-.PHONY: build test lint bench demo tools clean
+.PHONY: build test lint bench demo tools spire clean
 
 build:
 	$(GO) build ./...
@@ -40,7 +42,7 @@ ifneq ($(CMDS),)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
 endif
 
-test: lint tools
+test: lint tools spire
 ifeq ($(RACE),)
 	@echo "make test: no C compiler for cgo, running Go tests without -race" >&2
 endif
@@ -64,6 +66,15 @@ tools: $(OPA)
 # The stock OPA CLI, at the version tools/go.mod pins; rebuilt only when that changes.
 $(OPA): tools/go.mod tools/go.sum
 	$(GO) build -C tools -o ../$(OPA) github.com/open-policy-agent/opa
+	@touch $@
+
+spire: $(SPIRE)
+
+# Real SPIRE for the spire/ tests, e2e and the demo, at the version tools/spire/go.mod
+# pins (its own module: SPIRE needs older gRPC and go-spiffe than OPA's); rebuilt only
+# when that changes. The first build takes minutes.
+$(SPIRE): $(BIN)/spire-%: tools/spire/go.mod tools/spire/go.sum
+	$(GO) build -C tools/spire -o ../../$@ github.com/spiffe/spire/cmd/spire-$*
 	@touch $@
 
 clean:
