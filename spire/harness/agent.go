@@ -50,10 +50,10 @@ type Agent struct {
 	// callerIsDelegate: the calling process is the authorized delegate, so
 	// Start waits until the agent serves it.
 	callerIsDelegate bool
-	dir    string
-	id     spiffeid.ID
-	conf   string
-	proc   *process
+	dir              string
+	id               spiffeid.ID
+	conf             string
+	proc             *process
 }
 
 // StartAgent joins a new agent to the server with a join token, registers
