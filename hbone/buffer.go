@@ -1,0 +1,143 @@
+package hbone
+
+import (
+	"sync"
+	"time"
+)
+
+// recvChunkSize is the unit of stream receive buffers. Buffers hold what
+// the peer sent and the application has not read yet, so their total is
+// bounded by the receive windows; chunks return to a pool once read.
+const recvChunkSize = 32 << 10
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, recvChunkSize); return &b }}
+
+// recvBuffer is a FIFO of pooled chunks. Data is appended after w in the
+// last chunk and read from r in the first.
+type recvBuffer struct {
+	chunks []*[]byte
+	r, w   int
+	n      int
+}
+
+func (b *recvBuffer) write(p []byte) {
+	for len(p) > 0 {
+		if len(b.chunks) == 0 || b.w == recvChunkSize {
+			b.chunks = append(b.chunks, chunkPool.Get().(*[]byte))
+			b.w = 0
+		}
+		last := *b.chunks[len(b.chunks)-1]
+		n := copy(last[b.w:], p)
+		b.w += n
+		b.n += n
+		p = p[n:]
+	}
+}
+
+// peek returns the first contiguous run of buffered bytes.
+func (b *recvBuffer) peek() []byte {
+	if b.n == 0 {
+		return nil
+	}
+	end := recvChunkSize
+	if len(b.chunks) == 1 {
+		end = b.w
+	}
+	return (*b.chunks[0])[b.r:end]
+}
+
+// discard drops the first n buffered bytes.
+func (b *recvBuffer) discard(n int) {
+	for n > 0 {
+		first := b.peek()
+		if n < len(first) {
+			b.r += n
+			b.n -= n
+			return
+		}
+		n -= len(first)
+		b.n -= len(first)
+		b.popFirst()
+	}
+	if b.n == 0 {
+		b.release()
+	}
+}
+
+func (b *recvBuffer) read(p []byte) int {
+	total := 0
+	for total < len(p) && b.n > 0 {
+		n := copy(p[total:], b.peek())
+		b.discard(n)
+		total += n
+	}
+	return total
+}
+
+func (b *recvBuffer) popFirst() {
+	chunkPool.Put(b.chunks[0])
+	b.chunks[0] = nil
+	b.chunks = b.chunks[1:]
+	b.r = 0
+}
+
+// release returns every chunk to the pool.
+func (b *recvBuffer) release() {
+	for _, c := range b.chunks {
+		chunkPool.Put(c)
+	}
+	clear(b.chunks)
+	b.chunks = b.chunks[:0]
+	b.r, b.w, b.n = 0, 0, 0
+}
+
+// deadline is a settable deadline that waiters select on, as net.Pipe's.
+type deadline struct {
+	mu     sync.Mutex
+	timer  *time.Timer
+	cancel chan struct{} // closed when the deadline passes
+}
+
+func makeDeadline() deadline { return deadline{cancel: make(chan struct{})} }
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.cancel // the timer fired: wait for it to close cancel
+	}
+	d.timer = nil
+	closed := isClosed(d.cancel)
+	if t.IsZero() {
+		if closed {
+			d.cancel = make(chan struct{})
+		}
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		if closed {
+			d.cancel = make(chan struct{})
+		}
+		ch := d.cancel
+		d.timer = time.AfterFunc(dur, func() { close(ch) })
+		return
+	}
+	if !closed {
+		close(d.cancel)
+	}
+}
+
+func (d *deadline) wait() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cancel
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,467 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// conn is one HTTP/2 connection over TLS, from either end. HBONE uses a
+// small part of HTTP/2 (CONNECT streams, no request bodies other than the
+// tunnel, no push, no priorities), and using it alone lets a stream close
+// each direction separately, which x/net's http.Handler-based server
+// cannot (a handler that returns resets the request side).
+//
+// Goroutines: readLoop owns the read side (framer, HPACK decoder) and
+// dispatches every frame; any goroutine writes whole frames under wmu;
+// keepalive sends PINGs when the connection has been quiet.
+//
+// Invariants:
+//   - a frame is written whole under wmu, and the HEADERS that open streams
+//     are written in stream-ID order (ID allocation happens under wmu);
+//   - mu guards the stream map, the windows and the counters; wmu may be
+//     taken before mu, never mu before wmu;
+//   - active counts streams opened or reserved and not yet finished in
+//     both directions; it never exceeds the limit in force when each
+//     stream was reserved (our MaxConcurrentStreams as a server, the
+//     pool's limit and the peer's SETTINGS as a client);
+//   - once done is closed, err is set and never changes; every wait in
+//     this package also selects on done.
+type conn struct {
+	nc     net.Conn
+	client bool
+	cfg    ConnConfig
+	hooks  connHooks
+	// baseCtx (server side) is the parent of each stream's handler context.
+	baseCtx context.Context
+
+	// Read side, owned by readLoop.
+	br     *bufio.Reader
+	fr     *http2.Framer
+	rbuf []byte // DATA payload scratch
+
+	// Write side, under wmu.
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	wfr     *http2.Framer
+	henc    *hpack.Encoder
+	hbuf    bytes.Buffer
+	dataHdr [9]byte
+	werr    error
+
+	mu             sync.Mutex
+	streams        map[uint32]*Stream
+	nextID         uint32 // client: next stream ID to open
+	lastPeerID     uint32 // server: highest stream ID the peer opened
+	active         int
+	maxStreams     int // server: streams we accept; client: the pool's limit
+	peerMaxStreams uint32
+	peerMaxFrame   uint32
+	peerInitWindow int64
+	sendWindow     int64 // connection send window
+	recvWindow     int64 // connection receive window left to the peer
+	recvUnacked    int64 // bytes read by streams, not yet returned to the peer
+	goingAway      bool  // GOAWAY sent or received: no new streams
+	idleTimer      *time.Timer
+	pingTx         [8]byte       // payload of the PING in flight
+	pingAck        chan struct{} // closed when it is answered
+
+	lastRead atomic.Int64 // UnixNano of the last frame read
+
+	done      chan struct{}
+	err       error
+	closeOnce sync.Once
+}
+
+// connHooks let the owner (Server or Pool) follow a connection.
+type connHooks struct {
+	// stream is called by readLoop for each stream a client opens (server
+	// side only); it must not block.
+	stream func(s *Stream, req requestHeaders)
+	// unusable is called once, with no lock held, when the connection can
+	// take no new stream (GOAWAY, closing, closed).
+	unusable func(c *conn)
+}
+
+// requestHeaders are the fields of a CONNECT request this package reads.
+type requestHeaders struct {
+	method, authority, scheme, path, protocol string
+	forwarded, traceparent                    string
+	truncated                                 bool
+}
+
+const (
+	initialWindow   = 65535 // HTTP/2's default window before SETTINGS
+	maxWindow       = 1<<31 - 1
+	maxHeaderList   = 16 << 10
+	recordSize      = 16 << 10 // one full TLS record of plaintext
+	frameHeaderSize = 9
+)
+
+var errIdle = errors.New("hbone: idle connection closed")
+
+func newConn(nc net.Conn, client bool, cfg ConnConfig, hooks connHooks) *conn {
+	c := &conn{
+		nc:             nc,
+		client:         client,
+		cfg:            cfg,
+		hooks:          hooks,
+		br:             bufio.NewReaderSize(nc, recordSize),
+		bw:             bufio.NewWriterSize(nc, recordSize),
+		streams:        make(map[uint32]*Stream),
+		nextID:         1,
+		maxStreams:     DefaultMaxStreamsPerConn,
+		peerMaxStreams: maxWindow,
+		peerMaxFrame:   16 << 10,
+		peerInitWindow: initialWindow,
+		sendWindow:     initialWindow,
+		recvWindow:     int64(cfg.ConnWindow),
+		done:           make(chan struct{}),
+	}
+	c.fr = http2.NewFramer(nil, c.br)
+	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
+	c.fr.MaxHeaderListSize = maxHeaderList
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.wfr = http2.NewFramer(c.bw, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.lastRead.Store(time.Now().UnixNano())
+	return c
+}
+
+// handshake exchanges the preface and SETTINGS, then starts the
+// connection's goroutines. The peer's first SETTINGS is applied before
+// handshake returns, so a client knows the server's stream limit before
+// opening anything.
+func (c *conn) handshake() error {
+	c.nc.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
+	if err := c.exchangeSettings(); err != nil {
+		c.nc.Close()
+		return fmt.Errorf("hbone: HTTP/2 handshake with %s: %w", c.nc.RemoteAddr(), err)
+	}
+	c.nc.SetDeadline(time.Time{})
+	go c.readLoop()
+	if c.cfg.PingInterval > 0 {
+		go c.keepalive()
+	}
+	c.mu.Lock()
+	c.armIdleLocked()
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *conn) exchangeSettings() error {
+	if !c.client {
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c.br, preface); err != nil {
+			return fmt.Errorf("read client preface: %w", err)
+		}
+		if string(preface) != http2.ClientPreface {
+			return errors.New("bad client preface: is the client speaking HTTP/2 over TLS?")
+		}
+	}
+	if err := c.writeSettings(); err != nil {
+		return err
+	}
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return fmt.Errorf("read SETTINGS: %w", err)
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		return fmt.Errorf("first frame is %v, want SETTINGS", f.Header().Type)
+	}
+	return c.applySettings(sf)
+}
+
+// writeSettings sends the preface (client), our SETTINGS and the
+// connection window beyond the 64 KiB default.
+func (c *conn) writeSettings() error {
+	return c.writeFrames(func() error {
+		if c.client {
+			if _, err := c.bw.WriteString(http2.ClientPreface); err != nil {
+				return err
+			}
+		}
+		settings := []http2.Setting{
+			{ID: http2.SettingInitialWindowSize, Val: uint32(c.cfg.StreamWindow)},
+			{ID: http2.SettingMaxFrameSize, Val: c.cfg.MaxFrameSize},
+			{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+		}
+		if c.client {
+			settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+		} else {
+			settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(c.maxStreams)})
+		}
+		if err := c.wfr.WriteSettings(settings...); err != nil {
+			return err
+		}
+		if extra := c.cfg.ConnWindow - initialWindow; extra > 0 {
+			return c.wfr.WriteWindowUpdate(0, uint32(extra))
+		}
+		return nil
+	})
+}
+
+// writeFrames runs write under wmu and flushes. A write error is fatal to
+// the connection: a frame may have gone out in part.
+func (c *conn) writeFrames(write func() error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeFramesLocked(write)
+}
+
+func (c *conn) writeFramesLocked(write func() error) error {
+	if c.werr != nil {
+		return c.werr
+	}
+	err := write()
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = fmt.Errorf("%w: write to %s: %w", ErrConnClosed, c.nc.RemoteAddr(), err)
+		go c.close(c.werr)
+		return c.werr
+	}
+	return nil
+}
+
+// writeData writes one DATA frame. Its header is written by hand so the
+// payload goes from the caller's buffer to TLS without an extra copy; a
+// payload of recordSize*k-9 bytes fills exactly k TLS records.
+func (c *conn) writeData(id uint32, p []byte, endStream bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeFramesLocked(func() error {
+		h := c.dataHdr[:]
+		h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
+		h[3], h[4] = byte(http2.FrameData), 0
+		if endStream {
+			h[4] = byte(http2.FlagDataEndStream)
+		}
+		binary.BigEndian.PutUint32(h[5:], id)
+		if _, err := c.bw.Write(h); err != nil {
+			return err
+		}
+		_, err := c.bw.Write(p)
+		return err
+	})
+}
+
+// writeHeaders encodes fields and writes them as HEADERS (and
+// CONTINUATION frames if the peer's frame size requires). Call with wmu held.
+func (c *conn) writeHeadersLocked(id uint32, endStream bool, fields ...hpack.HeaderField) error {
+	return c.writeFramesLocked(func() error {
+		c.hbuf.Reset()
+		for _, f := range fields {
+			if err := c.henc.WriteField(f); err != nil {
+				return err
+			}
+		}
+		block := c.hbuf.Bytes()
+		c.mu.Lock()
+		maxFrame := int(c.peerMaxFrame)
+		c.mu.Unlock()
+		first := block[:min(len(block), maxFrame)]
+		block = block[len(first):]
+		err := c.wfr.WriteHeaders(http2.HeadersFrameParam{
+			StreamID: id, BlockFragment: first, EndStream: endStream, EndHeaders: len(block) == 0,
+		})
+		for err == nil && len(block) > 0 {
+			frag := block[:min(len(block), maxFrame)]
+			block = block[len(frag):]
+			err = c.wfr.WriteContinuation(id, len(block) == 0, frag)
+		}
+		return err
+	})
+}
+
+func (c *conn) writeRST(id uint32, code http2.ErrCode) {
+	c.writeFrames(func() error { return c.wfr.WriteRSTStream(id, code) })
+}
+
+func (c *conn) writeWindowUpdates(connIncr, streamID uint32, streamIncr uint32) {
+	c.writeFrames(func() error {
+		if connIncr > 0 {
+			if err := c.wfr.WriteWindowUpdate(0, connIncr); err != nil {
+				return err
+			}
+		}
+		if streamIncr > 0 {
+			return c.wfr.WriteWindowUpdate(streamID, streamIncr)
+		}
+		return nil
+	})
+}
+
+// close tears the connection down once: streams fail with err, waiters
+// wake, the owner hears about it.
+func (c *conn) close(err error) {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.err = err
+		c.goingAway = true
+		streams := make([]*Stream, 0, len(c.streams))
+		for _, s := range c.streams {
+			s.finished = true
+			streams = append(streams, s)
+		}
+		clear(c.streams)
+		c.active = 0
+		if c.idleTimer != nil {
+			c.idleTimer.Stop()
+		}
+		close(c.done)
+		c.mu.Unlock()
+		c.nc.Close()
+		for _, s := range streams {
+			s.fail(err)
+		}
+		if c.hooks.unusable != nil {
+			c.hooks.unusable(c)
+		}
+	})
+}
+
+// closed reports whether the connection is gone.
+func (c *conn) closed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// goAway tells the peer no new streams will be accepted, and closes the
+// connection when its last stream finishes.
+func (c *conn) goAway(code http2.ErrCode) {
+	c.mu.Lock()
+	wasGoingAway := c.goingAway
+	c.goingAway = true
+	last, idle := c.lastPeerID, c.active == 0
+	c.mu.Unlock()
+	if wasGoingAway {
+		return
+	}
+	c.writeFrames(func() error { return c.wfr.WriteGoAway(last, code, nil) })
+	if c.hooks.unusable != nil {
+		c.hooks.unusable(c)
+	}
+	if idle {
+		c.close(fmt.Errorf("%w: going away", ErrConnClosed))
+	}
+}
+
+// armIdleLocked starts the idle timer when no stream is active. Call with mu held.
+func (c *conn) armIdleLocked() {
+	if c.active > 0 || c.cfg.IdleTimeout <= 0 || c.closed() {
+		return
+	}
+	if c.idleTimer == nil {
+		c.idleTimer = time.AfterFunc(c.cfg.IdleTimeout, c.idleExpired)
+		return
+	}
+	c.idleTimer.Reset(c.cfg.IdleTimeout)
+}
+
+func (c *conn) idleExpired() {
+	c.mu.Lock()
+	idle := c.active == 0
+	if idle {
+		c.goingAway = true // no reservation may slip in now
+	}
+	c.mu.Unlock()
+	if idle {
+		c.writeFrames(func() error { return c.wfr.WriteGoAway(0, http2.ErrCodeNo, nil) })
+		c.close(errIdle)
+	}
+}
+
+// reserve takes a stream slot for a client stream about to open, if the
+// connection is usable and under both limits.
+func (c *conn) reserve() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	limit := min(c.maxStreams, int(min(c.peerMaxStreams, maxWindow)))
+	if c.goingAway || c.active >= limit {
+		return false
+	}
+	c.active++
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	return true
+}
+
+// release returns a slot taken by reserve that no stream used.
+func (c *conn) release() {
+	c.mu.Lock()
+	if !c.closed() {
+		c.active--
+		c.armIdleLocked()
+	}
+	c.mu.Unlock()
+}
+
+// keepalive sends a PING whenever nothing has been read for PingInterval,
+// and closes the connection if the PING is not answered in PingTimeout:
+// a peer that vanished (host gone, network partition) is found within
+// PingInterval+PingTimeout, and its connection leaves the pool.
+func (c *conn) keepalive() {
+	t := time.NewTimer(c.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		quiet := time.Since(time.Unix(0, c.lastRead.Load()))
+		if quiet < c.cfg.PingInterval {
+			t.Reset(c.cfg.PingInterval - quiet)
+			continue
+		}
+		if !c.ping() {
+			return
+		}
+		t.Reset(c.cfg.PingInterval)
+	}
+}
+
+// ping sends one PING and waits for its ACK; it reports whether the
+// connection is still alive.
+func (c *conn) ping() bool {
+	var data [8]byte
+	rand.Read(data[:])
+	ack := make(chan struct{})
+	c.mu.Lock()
+	c.pingTx, c.pingAck = data, ack
+	c.mu.Unlock()
+	// The timer runs from before the write: a write stuck on a dead peer
+	// counts against the timeout too.
+	dead := time.AfterFunc(c.cfg.PingTimeout, func() {
+		c.close(fmt.Errorf("%w: no PING answer from %s within %s: peer dead or unreachable",
+			ErrConnClosed, c.nc.RemoteAddr(), c.cfg.PingTimeout))
+	})
+	defer dead.Stop()
+	c.writeFrames(func() error { return c.wfr.WritePing(false, data) })
+	select {
+	case <-ack:
+		return true
+	case <-c.done:
+		return false
+	}
+}

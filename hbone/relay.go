@@ -1,0 +1,108 @@
+package hbone
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+)
+
+// Counts are the bytes a Relay moved, for istio_tcp_sent_bytes_total and
+// istio_tcp_received_bytes_total.
+type Counts struct {
+	FromClient int64 // read from client, written to server
+	FromServer int64 // read from server, written to client
+}
+
+// relayBufferSize is the copy buffer of one direction. With the 9-byte
+// HTTP/2 frame header a full buffer becomes a DATA frame of exactly four
+// TLS records, so bulk transfers never send a runt record.
+const relayBufferSize = 4*recordSize - frameHeaderSize
+
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
+
+// Relay copies bytes both ways between client and server until both
+// directions have ended, then closes both. When one side ends its
+// direction (EOF), Relay ends the same direction on the other side
+// (CloseWrite) and keeps copying the other way, so half-closed
+// connections behave as they would without the tunnel. A failure in
+// either direction, or ctx ending, closes both at once.
+//
+// Both sides should implement CloseWrite (*net.TCPConn, *tls.Conn and
+// *Stream do); for one that does not, the first EOF towards it closes it
+// entirely.
+func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
+	var counts Counts
+	errs := make(chan error, 2)
+	go func() {
+		var err error
+		counts.FromClient, err = copyHalf(server, client)
+		errs <- err
+	}()
+	go func() {
+		var err error
+		counts.FromServer, err = copyHalf(client, server)
+		errs <- err
+	}()
+	stop := context.AfterFunc(ctx, func() {
+		client.Close()
+		server.Close()
+	})
+	err := <-errs
+	if err != nil {
+		client.Close() // unblock the other direction; its error is a consequence
+		server.Close()
+		<-errs
+	} else {
+		err = <-errs
+	}
+	stop()
+	client.Close()
+	server.Close()
+	if ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	return counts, err
+}
+
+// copyHalf copies src to dst until EOF, then ends dst's write side.
+func copyHalf(dst, src net.Conn) (int64, error) {
+	n, err := copyStream(dst, src)
+	if err != nil {
+		return n, err
+	}
+	return n, closeWrite(dst)
+}
+
+func copyStream(dst io.Writer, src net.Conn) (int64, error) {
+	if s, ok := src.(*Stream); ok {
+		return s.WriteTo(dst) // straight from the stream's buffer
+	}
+	bp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}

@@ -1,0 +1,456 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// Stream is one tunnel: an HTTP/2 CONNECT stream used as a net.Conn.
+// Close closes both directions; CloseWrite ends only ours (the peer reads
+// EOF) while reading goes on, as on a TCP connection.
+//
+// Read, Write and their deadlines may be used from different goroutines,
+// like a net.Conn's. Read also implements io.WriterTo, handing buffered
+// data to the writer without an intermediate copy.
+type Stream struct {
+	c  *conn
+	id uint32
+
+	readMu  sync.Mutex // one Read at a time
+	writeMu sync.Mutex // one Write or CloseWrite at a time, so frames keep their order
+
+	// Guarded by c.mu.
+	sendWindow int64
+	recvWindow int64
+	sentEnd    bool // END_STREAM or RST_STREAM sent
+	recvEnd    bool // END_STREAM or RST_STREAM received
+	finished   bool // both ends done: out of the map and the active count
+	sendErr    error
+
+	// Guarded by rmu: what Read sees.
+	rmu         sync.Mutex
+	buf         recvBuffer
+	eof         bool
+	readErr     error
+	unacked     int64 // bytes read and not yet returned to the peer's window
+	closedLocal bool
+
+	readable chan struct{} // signalled when buf, eof or readErr change
+	writable chan struct{} // signalled when a send window grows or sendErr is set
+
+	// Client side: the CONNECT response.
+	respOnce sync.Once
+	resp     chan struct{} // closed when status or respErr is set
+	status   int
+	respErr  error
+
+	// Server side: the handler's context, cancelled when the stream or
+	// the connection ends. Set before the stream is visible to others.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	rdl, wdl deadline
+}
+
+// errRefused marks a stream the server never processed (REFUSED_STREAM,
+// GOAWAY): the pool may retry it on another connection.
+var errRefused = errors.New("hbone: stream refused before processing")
+
+func (c *conn) newStreamLocked(id uint32) *Stream {
+	s := &Stream{
+		c:          c,
+		id:         id,
+		sendWindow: c.peerInitWindow,
+		recvWindow: int64(c.cfg.StreamWindow),
+		readable:   make(chan struct{}, 1),
+		writable:   make(chan struct{}, 1),
+		resp:       make(chan struct{}),
+		rdl:        makeDeadline(),
+		wdl:        makeDeadline(),
+	}
+	if c.baseCtx != nil {
+		s.ctx, s.cancel = context.WithCancel(c.baseCtx)
+	}
+	c.streams[id] = s
+	if !c.client {
+		c.active++
+		if c.idleTimer != nil {
+			c.idleTimer.Stop()
+		}
+	}
+	return s
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Stream) wakeWriter() { signal(s.writable) }
+
+// deliver appends data received for the stream (readLoop only).
+func (s *Stream) deliver(data []byte, end bool) {
+	s.rmu.Lock()
+	if s.closedLocal {
+		s.rmu.Unlock()
+		s.c.creditConn(len(data))
+		return
+	}
+	s.buf.write(data)
+	if end {
+		s.eof = true
+	}
+	s.rmu.Unlock()
+	signal(s.readable)
+}
+
+// fail ends the stream with err: reads return it once the buffer is
+// drained, writes return it at once, a pending CONNECT fails with it.
+func (s *Stream) fail(err error) {
+	s.rmu.Lock()
+	if s.readErr == nil && !s.eof {
+		s.readErr = err
+	}
+	s.rmu.Unlock()
+	s.c.mu.Lock()
+	if s.sendErr == nil {
+		s.sendErr = err
+	}
+	s.c.mu.Unlock()
+	s.respOnce.Do(func() { s.respErr = err; close(s.resp) })
+	if s.cancel != nil {
+		s.cancel()
+	}
+	signal(s.readable)
+	signal(s.writable)
+}
+
+// respond records the CONNECT response status (client side).
+func (s *Stream) respond(status int) {
+	s.respOnce.Do(func() { s.status = status; close(s.resp) })
+}
+
+// finishLocked retires a stream whose both directions are done. Call with c.mu held.
+func (c *conn) finishLocked(s *Stream) {
+	if s.finished || !s.sentEnd || !s.recvEnd {
+		return
+	}
+	s.finished = true
+	delete(c.streams, s.id)
+	c.active--
+	c.armIdleLocked()
+	if c.goingAway && c.active == 0 {
+		go c.close(fmt.Errorf("%w: drained after GOAWAY", ErrConnClosed))
+	}
+}
+
+// resetStream ends a stream abruptly and tells the peer with code.
+func (c *conn) resetStream(id uint32, code http2.ErrCode, err error) {
+	c.endStream(id, err)
+	c.writeRST(id, code)
+}
+
+// endStream ends a stream abruptly on our side only: the peer reset it,
+// or never saw it.
+func (c *conn) endStream(id uint32, err error) {
+	c.mu.Lock()
+	s := c.streams[id]
+	if s != nil {
+		s.sentEnd, s.recvEnd = true, true
+		c.finishLocked(s)
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.fail(err)
+		s.discard()
+	}
+}
+
+// creditConn returns n bytes of connection window to the peer for data
+// nobody will read, batching small amounts.
+func (c *conn) creditConn(n int) {
+	if n == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.recvUnacked += int64(n)
+	incr := c.takeConnCreditLocked()
+	c.mu.Unlock()
+	if incr > 0 {
+		c.writeWindowUpdates(incr, 0, 0)
+	}
+}
+
+// takeConnCreditLocked returns the connection window increment to send,
+// once enough has been consumed to be worth a frame (a quarter window).
+func (c *conn) takeConnCreditLocked() uint32 {
+	if c.recvUnacked < int64(c.cfg.ConnWindow)/4 {
+		return 0
+	}
+	incr := c.recvUnacked
+	c.recvUnacked = 0
+	c.recvWindow += incr
+	return uint32(incr)
+}
+
+// consumed returns n read bytes to both windows.
+func (s *Stream) consumed(n int) {
+	c := s.c
+	c.mu.Lock()
+	c.recvUnacked += int64(n)
+	connIncr := c.takeConnCreditLocked()
+	var streamIncr uint32
+	if !s.recvEnd {
+		s.rmu.Lock()
+		s.unacked += int64(n)
+		if s.unacked >= int64(c.cfg.StreamWindow)/4 {
+			streamIncr = uint32(s.unacked)
+			s.recvWindow += s.unacked
+			s.unacked = 0
+		}
+		s.rmu.Unlock()
+	}
+	c.mu.Unlock()
+	if connIncr > 0 || streamIncr > 0 {
+		c.writeWindowUpdates(connIncr, s.id, streamIncr)
+	}
+}
+
+// discard drops unread data, crediting the connection window.
+func (s *Stream) discard() {
+	s.rmu.Lock()
+	n := s.buf.n
+	s.buf.release()
+	s.rmu.Unlock()
+	s.c.creditConn(n)
+}
+
+// Read reads tunnel bytes; io.EOF once the peer closed its direction.
+func (s *Stream) Read(p []byte) (int, error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	for {
+		s.rmu.Lock()
+		if s.buf.n > 0 {
+			n := s.buf.read(p)
+			s.rmu.Unlock()
+			s.consumed(n)
+			return n, nil
+		}
+		err := s.readErrLocked()
+		s.rmu.Unlock()
+		if err != nil || len(p) == 0 {
+			return 0, err
+		}
+		if err := s.waitReadable(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (s *Stream) readErrLocked() error {
+	switch {
+	case s.closedLocal:
+		return net.ErrClosed
+	case s.readErr != nil:
+		return s.readErr
+	case s.eof:
+		return io.EOF
+	}
+	return nil
+}
+
+func (s *Stream) waitReadable() error {
+	select {
+	case <-s.readable:
+		return nil
+	case <-s.rdl.wait():
+		return os.ErrDeadlineExceeded
+	}
+}
+
+// WriteTo writes the tunnel's bytes to w until EOF, handing w the
+// stream's buffered chunks directly.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	var total int64
+	for {
+		s.rmu.Lock()
+		chunk := s.buf.peek()
+		err := s.readErrLocked()
+		s.rmu.Unlock()
+		if len(chunk) == 0 {
+			if err == io.EOF {
+				return total, nil
+			}
+			if err != nil {
+				return total, err
+			}
+			if err := s.waitReadable(); err != nil {
+				return total, err
+			}
+			continue
+		}
+		// Only this goroutine (holding readMu) removes data, and readLoop
+		// only appends after it, so chunk stays valid unlocked.
+		n, werr := w.Write(chunk)
+		s.rmu.Lock()
+		s.buf.discard(n)
+		s.rmu.Unlock()
+		s.consumed(n)
+		total += int64(n)
+		if werr != nil {
+			return total, werr
+		}
+	}
+}
+
+// Write sends p, as DATA frames within the peer's flow-control windows.
+func (s *Stream) Write(p []byte) (int, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	written := 0
+	for written < len(p) {
+		n, err := s.reserveSend(len(p) - written)
+		if err != nil {
+			return written, err
+		}
+		if err := s.c.writeData(s.id, p[written:written+n], false); err != nil {
+			return written, err
+		}
+		written += n
+	}
+	return written, nil
+}
+
+// reserveSend waits until some window is open and takes up to want bytes
+// of it, at most one frame's worth.
+func (s *Stream) reserveSend(want int) (int, error) {
+	c := s.c
+	for {
+		c.mu.Lock()
+		if err := s.sendErrLocked(); err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+		n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
+		if n > 0 {
+			s.sendWindow -= n
+			c.sendWindow -= n
+			c.mu.Unlock()
+			return int(n), nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-s.writable:
+		case <-s.wdl.wait():
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+func (s *Stream) sendErrLocked() error {
+	switch {
+	case s.sendErr != nil:
+		return s.sendErr
+	case s.sentEnd:
+		return fmt.Errorf("hbone: write after CloseWrite: %w", net.ErrClosed)
+	}
+	return nil
+}
+
+// CloseWrite ends our direction: the peer reads EOF after the bytes
+// already written. Reading goes on.
+func (s *Stream) CloseWrite() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	if s.sentEnd {
+		c.mu.Unlock()
+		return nil
+	}
+	if err := s.sendErr; err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.mu.Unlock()
+	return s.closeWriteLocked()
+}
+
+// closeWriteLocked sends END_STREAM. Call with writeMu held.
+func (s *Stream) closeWriteLocked() error {
+	c := s.c
+	err := c.writeData(s.id, nil, true)
+	c.mu.Lock()
+	s.sentEnd = true
+	c.finishLocked(s)
+	c.mu.Unlock()
+	return err
+}
+
+// Close closes both directions. If the peer has finished sending, ours
+// ends cleanly (END_STREAM); otherwise the stream is reset (CANCEL), as a
+// TCP socket closed with unread data would be.
+func (s *Stream) Close() error {
+	s.rmu.Lock()
+	already := s.closedLocal
+	s.closedLocal = true
+	s.rmu.Unlock()
+	if already {
+		return nil
+	}
+	c := s.c
+	c.mu.Lock()
+	sent, recv := s.sentEnd, s.recvEnd
+	c.mu.Unlock()
+	switch {
+	case sent && recv:
+	case recv && s.writeMu.TryLock(): // no Write in progress: end cleanly
+		s.c.mu.Lock()
+		sent = s.sentEnd
+		s.c.mu.Unlock()
+		if !sent {
+			s.closeWriteLocked()
+		}
+		s.writeMu.Unlock()
+	default:
+		c.resetStream(s.id, http2.ErrCodeCancel, fmt.Errorf("hbone: stream closed: %w", net.ErrClosed))
+	}
+	s.discard()
+	signal(s.readable)
+	signal(s.writable)
+	return nil
+}
+
+// LocalAddr is the local address of the carrying connection.
+func (s *Stream) LocalAddr() net.Addr { return s.c.nc.LocalAddr() }
+
+// RemoteAddr is the peer address of the carrying connection.
+func (s *Stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.rdl.set(t)
+	s.wdl.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the deadline for Read and WriteTo.
+func (s *Stream) SetReadDeadline(t time.Time) error { s.rdl.set(t); return nil }
+
+// SetWriteDeadline sets the deadline for Write.
+func (s *Stream) SetWriteDeadline(t time.Time) error { s.wdl.set(t); return nil }
+
+var _ net.Conn = (*Stream)(nil)
