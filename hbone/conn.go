@@ -48,8 +48,8 @@ type conn struct {
 	baseCtx context.Context
 
 	// Read side, owned by readLoop.
-	br     *bufio.Reader
-	fr     *http2.Framer
+	br   *bufio.Reader
+	fr   *http2.Framer
 	rbuf []byte // DATA payload scratch
 
 	// Write side, under wmu.

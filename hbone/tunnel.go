@@ -70,8 +70,8 @@ type Tunnel struct {
 	// it was absent or invalid.
 	TraceParent TraceParent
 
-	stream   *Stream
-	once     sync.Once
+	stream *Stream
+	once   sync.Once
 }
 
 // newTunnel validates a request. On error the returned Tunnel can still
