@@ -1,7 +1,10 @@
 package istio
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -16,7 +19,7 @@ type module struct {
 	b         strings.Builder
 	byContent map[string]string // helper definitions -> helper name
 	names     map[string]bool
-	pending   []string // helpers registered since the last flush
+	pending   map[string]string // helpers registered since the last flush, by name
 }
 
 func newModule() *module {
@@ -71,19 +74,25 @@ func (m *module) helper(name string, alts disj) string {
 	for _, c := range alts {
 		defs.rule(name, c)
 	}
-	m.pending = append(m.pending, defs.b.String())
+	if m.pending == nil {
+		m.pending = map[string]string{}
+	}
+	m.pending[name] = defs.b.String()
 	return name
 }
 
 // require is the body part that holds when any of alts holds: the one
 // alternative itself (so its equalities stay top-level conditions the
-// engine can index), or a helper.
+// engine can index), or a helper. An alternative that iterates stays in a
+// helper, where its variable cannot meet another's.
 func (m *module) require(name string, alts disj) conj {
-	if len(alts) == 1 {
+	if len(alts) == 1 && !slices.ContainsFunc(alts[0], iterates) {
 		return alts[0]
 	}
 	return conj{m.helper(name, alts)}
 }
+
+func iterates(e string) bool { return strings.HasPrefix(e, "some ") }
 
 // exclude is the body part that holds when none of alts holds.
 func (m *module) exclude(name string, alts disj) conj {
@@ -93,10 +102,11 @@ func (m *module) exclude(name string, alts disj) conj {
 	return conj{"not " + m.helper(name, alts)}
 }
 
-// flush writes the helpers registered since the last flush.
+// flush writes the helpers registered since the last flush, by name: a
+// rule's clause helper ("rule0_from") before its parts ("rule0_from1_...").
 func (m *module) flush() {
-	for _, h := range m.pending {
-		m.b.WriteString(h)
+	for _, name := range slices.SortedFunc(maps.Keys(m.pending), naturalCompare) {
+		m.b.WriteString(m.pending[name])
 	}
 	m.pending = nil
 }
@@ -118,4 +128,35 @@ func snake(name string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// naturalCompare orders names with numbers by value: "rule0_when2" before
+// "rule0_when13".
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitPrefix(a), digitPrefix(b)
+		if da != "" && db != "" {
+			if c := cmp.Compare(len(strings.TrimLeft(da, "0")), len(strings.TrimLeft(db, "0"))); c != 0 {
+				return c
+			}
+			if c := strings.Compare(strings.TrimLeft(da, "0"), strings.TrimLeft(db, "0")); c != 0 {
+				return c
+			}
+			a, b = a[len(da):], b[len(db):]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func digitPrefix(s string) string {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i]
 }

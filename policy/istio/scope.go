@@ -79,5 +79,8 @@ func (t *policyTranslator) targetScope() scope {
 	if len(when) == 0 {
 		return scope{description: "nothing in this bundle (see the notes below)", waypointOnly: true}
 	}
+	if slices.ContainsFunc(when, func(c conj) bool { return len(c) == 1 }) {
+		when = disj{{`input.layer == "l7"`}} // every request in this waypoint: the services add nothing
+	}
 	return scope{description: "in waypoints, " + strings.Join(what, "; "), attached: true, waypointOnly: true, when: when}
 }

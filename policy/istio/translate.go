@@ -116,6 +116,9 @@ func translatePolicy(p *Policy, opts Options) (string, []Warning) {
 	}
 	head := newModule()
 	t.header(head)
+	if body.b.Len() == 0 {
+		return head.String(), t.warnings
+	}
 	return head.String() + "\n" + body.String(), t.warnings
 }
 
