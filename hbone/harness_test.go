@@ -38,9 +38,9 @@ func newMesh(t testing.TB) *mesh {
 // testServer is a Server listening on 127.0.0.1.
 type testServer struct {
 	*Server
-	addr  netip.AddrPort
-	conns atomic.Int64 // TLS connections accepted
-	l     net.Listener
+	addr     netip.AddrPort
+	accepted atomic.Int64 // TCP connections accepted
+	l        net.Listener
 }
 
 func listenLoopback(t testing.TB, addr string) net.Listener {
@@ -75,7 +75,7 @@ func startServerOn(t testing.TB, l net.Listener, m *mesh, h Handler, tweak ...fu
 
 // serve is Serve with a count of accepted connections.
 func (ts *testServer) serve(l net.Listener) {
-	ts.Serve(countingListener{l, &ts.conns})
+	ts.Serve(countingListener{l, &ts.accepted})
 }
 
 type countingListener struct {

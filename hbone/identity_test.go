@@ -74,7 +74,7 @@ func TestIdentityRefusals(t *testing.T) {
 			if tc.req != nil {
 				req = tc.req(req)
 			}
-			before := ts.conns.Load()
+			before := ts.accepted.Load()
 			s, err := pool.Dial(testContext(t), req)
 			if err == nil {
 				s.Close()
@@ -83,7 +83,7 @@ func TestIdentityRefusals(t *testing.T) {
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Dial error = %v, want %v", err, tc.wantErr)
 			}
-			if errors.Is(tc.wantErr, ErrNoSVID) && ts.conns.Load() != before {
+			if errors.Is(tc.wantErr, ErrNoSVID) && ts.accepted.Load() != before {
 				t.Error("a connection was opened without an SVID")
 			}
 			t.Logf("refused: %v", err)
