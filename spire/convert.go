@@ -144,3 +144,24 @@ func trustDomainNames(tds []spiffeid.TrustDomain) []string {
 	}
 	return names
 }
+
+func entryFromProto(e *types.Entry) (Registration, error) {
+	id, err := idFromProto(e.GetSpiffeId())
+	if err != nil {
+		return Registration{}, err
+	}
+	parent, err := idFromProto(e.GetParentId())
+	if err != nil {
+		return Registration{}, err
+	}
+	reg := Registration{ID: id, Parent: parent, Selectors: selectorsFromProto(e.GetSelectors()),
+		X509SVIDTTL: time.Duration(e.GetX509SvidTtl()) * time.Second}
+	for _, name := range e.GetFederatesWith() {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return Registration{}, err
+		}
+		reg.FederatesWith = append(reg.FederatesWith, td)
+	}
+	return reg, nil
+}

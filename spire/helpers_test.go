@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +44,9 @@ func newNode(t *testing.T, srv *harness.Server, agent *harness.Agent, cfg spire.
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
 	}
 	store := spire.NewStore(client, cfg)
 	t.Cleanup(func() {
@@ -176,4 +181,18 @@ func echo(conn net.Conn, msg string) error {
 		return errors.New("echo mismatch: " + string(buf))
 	}
 	return nil
+}
+
+// testLogger logs through t, so a store's log shows with the test that
+// failed (or with -v). The store is closed by a cleanup before t ends.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }

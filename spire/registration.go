@@ -147,6 +147,22 @@ func (r *Registrar) Delete(ctx context.Context, id, parent spiffeid.ID) (int, er
 	return len(ids), nil
 }
 
+// Lookup returns the registrations the server holds with SPIFFE ID id and
+// parent parent: after Apply, one of them is the one applied.
+func (r *Registrar) Lookup(ctx context.Context, id, parent spiffeid.ID) ([]Registration, error) {
+	entries, err := r.list(ctx, id, parent)
+	if err != nil {
+		return nil, err
+	}
+	regs := make([]Registration, len(entries))
+	for i, e := range entries {
+		if regs[i], err = entryFromProto(e); err != nil {
+			return nil, fmt.Errorf("%w: entry %s: %w", ErrServer, e.GetId(), err)
+		}
+	}
+	return regs, nil
+}
+
 // list returns the entries with SPIFFE ID id and parent parent.
 func (r *Registrar) list(ctx context.Context, id, parent spiffeid.ID) ([]*types.Entry, error) {
 	req := &entryv1.ListEntriesRequest{Filter: &entryv1.ListEntriesRequest_Filter{
