@@ -1,0 +1,85 @@
+// Command ztunnel is the node proxy: it captures the traffic of the node's
+// enrolled pods, tunnels it over HBONE with the pods' SPIFFE SVIDs from
+// SPIRE, and enforces L4 policy compiled from OPA bundles.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// config is every flag; each has a default fit for a node.
+type config struct {
+	node          string
+	trustDomain   string
+	localConfig   string
+	bundles       stringList
+	verifyKey     string
+	spireSocket   string
+	cniSocket     string
+	adminAddr     string
+	metricsAddr   string
+	readinessAddr string
+	drainTimeout  time.Duration
+	statePoll     time.Duration
+	bundlePoll    time.Duration
+	logLevel      string
+	accessLog     string
+	decisionLog   string
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return fmt.Sprint(*s) }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
+	fs.StringVar(&c.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME); pods of other nodes are refused")
+	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	fs.StringVar(&c.localConfig, "local-config", "", "YAML file of workloads and services (reloaded on change); required until the controller stream exists")
+	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change)")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
+	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
+	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (config dump, log level, pprof); keep it on loopback")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint")
+	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready)")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are closed")
+	fs.DurationVar(&c.statePoll, "state-poll", time.Second, "how often --local-config is checked for changes")
+	fs.DurationVar(&c.bundlePoll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
+	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log: a file, - for stdout, or off")
+	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.localConfig == "" {
+		return c, fmt.Errorf("--local-config is required")
+	}
+	if len(c.bundles) == 0 {
+		return c, fmt.Errorf("at least one --bundle is required: without policy every connection is denied")
+	}
+	return c, nil
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		slog.Error("ztunnel stopped", "error", err)
+		os.Exit(1)
+	}
+}

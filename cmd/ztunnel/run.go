@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/spire"
+	"github.com/regomesh/regomesh/ztunnel"
+	"github.com/regomesh/regomesh/ztunnel/cni"
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+func run(ctx context.Context, cfg config) error {
+	level := new(slog.LevelVar)
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	td, err := spiffeid.TrustDomainFromString(cfg.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	engine, closeLog, err := policyEngine(ctx, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	ids, err := identities(cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer ids.Close()
+	accessOut, err := openLog(cfg.accessLog)
+	if err != nil {
+		return err
+	}
+	z, err := ztunnel.New(ztunnel.Config{
+		Node: cfg.node, TrustDomain: td, Policy: engine, Identities: ids,
+		Metrics: ztunnel.NewMetrics(reg), AccessLog: ztunnel.NewAccessLog(accessOut), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	snap, err := state.LoadFile(cfg.localConfig, state.Options{TrustDomain: cfg.trustDomain})
+	if err != nil {
+		return err
+	}
+	z.SetState(ctx, snap)
+	go state.Watch(ctx, cfg.localConfig, state.Options{TrustDomain: cfg.trustDomain}, cfg.statePoll,
+		func(s *state.Snapshot) {
+			z.SetState(ctx, s)
+			log.Info("mesh state reloaded", "workloads", len(s.Workloads))
+		},
+		func(err error) { log.Error("local config rejected; the last good state stays in force", "error", err) })
+	go watchBundles(ctx, cfg, engine, log)
+	go z.WatchPolicy(ctx)
+	servers, err := serve(ctx, cfg, z, engine, ids, reg, level, log)
+	if err != nil {
+		return err
+	}
+	log.Info("ztunnel ready", "node", cfg.node, "cni_socket", cfg.cniSocket, "admin", cfg.adminAddr)
+	<-ctx.Done()
+	log.Info("shutting down: draining open connections", "deadline", cfg.drainTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+	defer cancel()
+	err = z.Shutdown(drainCtx)
+	for _, s := range servers {
+		s.Close()
+	}
+	return err
+}
+
+func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, func(), error) {
+	metrics := policy.NewMetrics(reg)
+	pcfg := policy.Config{Metrics: metrics, Logger: log}
+	closeLog := func() {}
+	if cfg.decisionLog != "" {
+		f, err := os.OpenFile(cfg.decisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--decision-log: %w", err)
+		}
+		dl, err := policy.NewDecisionLogger(f, policy.DecisionLogConfig{}, metrics)
+		if err != nil {
+			return nil, nil, err
+		}
+		pcfg.DecisionLog = dl
+		closeLog = func() { dl.Close(); f.Close() }
+	}
+	engine, err := policy.NewEngine(pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := loadBundles(ctx, cfg, engine); err != nil {
+		return nil, nil, err
+	}
+	return engine, closeLog, nil
+}
+
+func loadBundles(ctx context.Context, cfg config, engine *policy.Engine) error {
+	var v *policy.Verification
+	if cfg.verifyKey != "" {
+		key, err := policy.ReadVerificationKey(cfg.verifyKey, "RS256")
+		if err != nil {
+			return err
+		}
+		v = &policy.Verification{Keys: map[string]policy.VerificationKey{"default": key}, KeyID: "default"}
+	}
+	var bundles []*policy.Bundle
+	for _, path := range cfg.bundles {
+		b, err := policy.ReadBundle(path, v)
+		if err != nil {
+			return err
+		}
+		bundles = append(bundles, b)
+	}
+	return engine.Load(ctx, bundles...)
+}
+
+// watchBundles reloads the bundles when a file under them changes; a
+// broken set is rejected and the last good one stays in force.
+func watchBundles(ctx context.Context, cfg config, engine *policy.Engine, log *slog.Logger) {
+	last := bundleStamp(cfg.bundles)
+	tick := time.NewTicker(cfg.bundlePoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		stamp := bundleStamp(cfg.bundles)
+		if stamp == last {
+			continue
+		}
+		last = stamp
+		if err := loadBundles(ctx, cfg, engine); err != nil {
+			log.Error("policy bundles rejected; the last good policy stays in force", "error", err)
+		}
+	}
+}
+
+// bundleStamp summarises the modification times and sizes under paths.
+func bundleStamp(paths []string) string {
+	stamp := ""
+	for _, root := range paths {
+		filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+			if err == nil {
+				stamp += fmt.Sprintf("%s:%d:%d;", path, info.ModTime().UnixNano(), info.Size())
+			}
+			return nil
+		})
+	}
+	return stamp
+}
+
+func identities(cfg config, reg prometheus.Registerer, log *slog.Logger) (spireIdentities, error) {
+	client, err := spire.Dial(cfg.spireSocket)
+	if err != nil {
+		return spireIdentities{}, fmt.Errorf("SPIRE agent admin socket %s: %w", cfg.spireSocket, err)
+	}
+	metrics := spire.NewMetrics(reg)
+	return spireIdentities{spire.NewStore(client, spire.StoreConfig{Logger: log.With("component", "spire"), Metrics: metrics})}, nil
+}
+
+func openLog(path string) (io.Writer, error) {
+	switch path {
+	case "off", "":
+		return nil, nil
+	case "-":
+		return os.Stdout, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("--access-log: %w", err)
+	}
+	return f, nil
+}
+
+// serve starts the CNI socket and the admin, metrics and readiness
+// endpoints.
+func serve(ctx context.Context, cfg config, z *ztunnel.Ztunnel, engine *policy.Engine, ids spireIdentities,
+	reg *prometheus.Registry, level *slog.LevelVar, log *slog.Logger) ([]io.Closer, error) {
+	if err := os.MkdirAll(filepath.Dir(cfg.cniSocket), 0o750); err != nil {
+		return nil, err
+	}
+	os.Remove(cfg.cniSocket) // a socket left by a previous run
+	cniListener, err := net.Listen("unix", cfg.cniSocket)
+	if err != nil {
+		return nil, fmt.Errorf("--cni-socket: %w", err)
+	}
+	go cni.Serve(ctx, cniListener, z, log.With("component", "cni"))
+	ready := func() error { return errors.Join(z.Ready(), ids.Health().Err()) }
+	handlers := map[string]http.Handler{
+		cfg.adminAddr: ztunnel.AdminHandler(ztunnel.AdminSources{
+			State: z.State, Revisions: engine.Revisions, Generation: engine.Generation, LogLevel: level, Ready: ready,
+		}),
+		cfg.metricsAddr:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		cfg.readinessAddr: ztunnel.ReadinessHandler(ready),
+	}
+	closers := []io.Closer{cniListener}
+	for addr, h := range handlers {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		closers = append(closers, srv)
+	}
+	return closers, nil
+}

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/regomesh/regomesh/ztunnel"
+)
+
+func TestMeshTraffic(t *testing.T) {
+	m := newMesh(t, allowFrontendToAPI)
+	api := m.pods["api"]
+	echoServer(t, api, 8080)
+	echoServer(t, api, 9090)
+	target := fmt.Sprintf("%s:8080", api.IP)
+
+	t.Run("allowed across nodes through both ztunnels", func(t *testing.T) {
+		c, err := dialFrom(t, m.pods["frontend"], target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got, err := roundTrip(c, "hello mesh"); err != nil || got != "hello mesh" {
+			t.Fatalf("echo = %q, %v", got, err)
+		}
+		c.Close()
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "inbound" && e.SourceID == "spiffe://regomesh.test/ns/shop/sa/frontend" && e.Decision == "allow"
+		})
+		if e.Policy != "e2e/api" || e.Rule != "frontend-only" || e.Received != 10 || e.Sent != 10 {
+			t.Errorf("inbound access entry = %+v", e)
+		}
+	})
+	t.Run("denied, and the access log names the rule", func(t *testing.T) {
+		c, err := dialFrom(t, m.pods["intruder"], target)
+		if err == nil {
+			defer c.Close()
+			if got, err := roundTrip(c, "let me in"); err == nil {
+				t.Fatalf("the intruder got an echo: %q", got)
+			}
+		}
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "inbound" && e.SourceID == "spiffe://regomesh.test/ns/shop/sa/intruder"
+		})
+		if e.Decision != "deny" || e.Flags != ztunnel.FlagDenied || e.Reason != "no ALLOW policy matched; selecting the destination: e2e/api" {
+			t.Errorf("deny entry = %+v", e)
+		}
+	})
+	t.Run("wrong port denied", func(t *testing.T) {
+		c, err := dialFrom(t, m.pods["frontend"], fmt.Sprintf("%s:9090", api.IP))
+		if err == nil {
+			defer c.Close()
+			if _, err := roundTrip(c, "x"); err == nil {
+				t.Fatal("the frontend reached a port the policy does not allow")
+			}
+		}
+	})
+	t.Run("a policy change closes an open connection", func(t *testing.T) {
+		c, err := dialFrom(t, m.pods["frontend"], target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got, err := roundTrip(c, "before"); err != nil || got != "before" {
+			t.Fatalf("echo = %q, %v", got, err)
+		}
+		m.loadPolicy(t, m.engines["node-2"], `package mesh.policies.e2e.api
+
+allow_scope contains {"policy": "e2e/api"} if input.destination.labels.app == "api"
+`)
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := roundTrip(c, "after"); err != nil {
+				return // closed, as it must be
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Error("the connection survived a policy that denies it")
+	})
+	_ = context.Background
+}

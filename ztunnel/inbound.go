@@ -1,0 +1,183 @@
+package ztunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/ztunnel/capture"
+)
+
+// serveTunnel answers one HBONE tunnel to the pod, in phases: build the L4
+// input from the verified peer, authorize, dial the workload, copy.
+func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
+	start := time.Now()
+	src := t.Forwarded
+	if !src.IsValid() {
+		src, _ = netip.ParseAddrPort(t.RemoteAddr.String())
+	}
+	peer := Peer{Principal: t.Peer.String(), Addr: src}
+	entry, labels := inboundReport(p, peer, t.Authority, true)
+	if !p.owns(t.Authority.Addr()) {
+		err := fmt.Errorf("%w: :authority %s is not an address of %s", hbone.ErrBadRequest, t.Authority, p.id)
+		t.Reject(err)
+		z.refuse(entry, labels, FlagNoRoute, err, start)
+		return
+	}
+	in, _, err := inboundInput(z.state.Load(), peer, t.Authority)
+	if err == nil {
+		var allowed bool
+		allowed, err = z.authorize(ctx, in, &entry)
+		if !allowed {
+			t.Reject(fmt.Errorf("%w: %w", hbone.ErrDenied, err))
+			z.refuse(entry, labels, FlagDenied, err, start)
+			return
+		}
+	}
+	if err != nil {
+		t.Reject(err)
+		z.refuse(entry, labels, FlagNoRoute, err, start)
+		return
+	}
+	up, err := z.dialLocal(ctx, p, t.Authority)
+	if err != nil {
+		t.Reject(fmt.Errorf("%w: %w", hbone.ErrUpstream, err))
+		z.refuse(entry, labels, FlagConnect, err, start)
+		return
+	}
+	s, err := t.Accept()
+	if err != nil {
+		up.Close()
+		z.refuse(entry, labels, FlagConnect, err, start)
+		return
+	}
+	z.relay(ctx, s, up, entry, labels, start, &in)
+}
+
+// servePlaintext answers one plaintext connection from outside the mesh:
+// no identity, so only policy that admits anonymous peers lets it in.
+func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
+	start := time.Now()
+	ctx := context.Background()
+	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	dst, err := capture.OriginalDestination(c)
+	peer := Peer{Addr: src}
+	entry, labels := inboundReport(p, peer, dst, false)
+	if err != nil {
+		c.Close()
+		z.refuse(entry, labels, FlagNoRoute, err, start)
+		return
+	}
+	in, _, err := inboundInput(z.state.Load(), peer, dst)
+	if err == nil {
+		var allowed bool
+		if allowed, err = z.authorize(ctx, in, &entry); !allowed {
+			c.Close()
+			z.refuse(entry, labels, FlagDenied, err, start)
+			return
+		}
+	}
+	if err != nil {
+		c.Close()
+		z.refuse(entry, labels, FlagNoRoute, err, start)
+		return
+	}
+	up, err := z.dialLocal(ctx, p, dst)
+	if err != nil {
+		c.Close()
+		z.refuse(entry, labels, FlagConnect, err, start)
+		return
+	}
+	z.relay(ctx, c, up, entry, labels, start, &in)
+}
+
+func inboundReport(p *pod, peer Peer, dst netip.AddrPort, mtls bool) (AccessEntry, ConnLabels) {
+	e := AccessEntry{
+		Direction: "inbound", Source: peer.Addr.String(), Destination: dst.String(), SourceID: peer.Principal,
+		DestinationID: p.id.String(), DestinationWL: p.workload.Name, Namespace: p.workload.Namespace,
+	}
+	l := ConnLabels{
+		Reporter: ReporterDestination, SourcePrincipal: peer.Principal,
+		DestinationWorkload: p.workload.Name, DestinationNamespace: p.workload.Namespace,
+		DestinationPrincipal: p.id.String(), MutualTLS: mtls,
+	}
+	return e, l
+}
+
+// authorize asks the policy; any error denies.
+func (z *Ztunnel) authorize(ctx context.Context, in policy.Input, e *AccessEntry) (bool, error) {
+	d, err := z.cfg.Policy.Decide(ctx, in)
+	recordDecision(e, d)
+	if err != nil {
+		return false, err
+	}
+	if !d.Allow {
+		return false, fmt.Errorf("%w: %s", errDenied, d.Reason)
+	}
+	return true, nil
+}
+
+// dialLocal connects to the pod's workload from inside its namespace, with
+// ztunnel's mark so capture lets it through.
+func (z *Ztunnel) dialLocal(ctx context.Context, p *pod, dst netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, z.cfg.DialTimeout)
+	defer cancel()
+	c, err := p.ns.Dial(ctx, dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("ztunnel: dial %s in %s: %w", dst, p.id, err)
+	}
+	return c, nil
+}
+
+// refuse reports a connection that did not open.
+func (z *Ztunnel) refuse(e AccessEntry, l ConnLabels, flag string, err error, start time.Time) {
+	l.ResponseFlags, e.Flags = flag, flag
+	if e.Decision == "" && flag == FlagDenied {
+		e.Decision = "deny"
+	}
+	if err != nil && !errors.Is(err, errDenied) {
+		e.Error = err.Error()
+	}
+	e.Time, e.DurationMS = start, float64(time.Since(start).Microseconds())/1000
+	z.cfg.Metrics.Opened(l)
+	z.cfg.Metrics.Closed(l, 0, 0)
+	z.cfg.AccessLog.Write(e)
+	if flag == FlagNoSVID {
+		z.log.Error("no SVID for the source workload: connection refused (never sent in plaintext); is the SPIRE agent's admin socket reachable and ztunnel an authorized delegate?",
+			"identity", e.SourceID, "error", err)
+	}
+}
+
+// relay copies both ways until the connection ends, tracking inbound
+// connections so a policy change can close them.
+func (z *Ztunnel) relay(ctx context.Context, client, up net.Conn, e AccessEntry, l ConnLabels, start time.Time, in *policy.Input) {
+	z.cfg.Metrics.Opened(l)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var closedBy atomic.Value // the flag of whoever closed it: policy change, drain
+	closedBy.Store(FlagNone)
+	if in != nil {
+		_, done := z.tracker.add(*in, func(f string) { closedBy.Store(f); cancel() })
+		defer done()
+	}
+	counts, err := hbone.Relay(ctx, client, up)
+	flag := closedBy.Load().(string)
+	l.ResponseFlags, e.Flags = flag, flag
+	if err != nil && ctx.Err() == nil {
+		e.Error = err.Error()
+	}
+	// From the reporter's side: sent is what went back to the client.
+	z.cfg.Metrics.Closed(l, counts.FromServer, counts.FromClient)
+	e.Sent, e.Received = counts.FromServer, counts.FromClient
+	e.Time, e.DurationMS = start, float64(time.Since(start).Microseconds())/1000
+	if e.Decision == "" {
+		e.Decision = "allow"
+	}
+	z.cfg.AccessLog.Write(e)
+}

@@ -1,0 +1,238 @@
+package ztunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/ztunnel/capture"
+	"github.com/regomesh/regomesh/ztunnel/cni"
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+// pod is one enrolled pod: its capture rules and ztunnel's three listeners
+// inside its network namespace, its HBONE server (presenting the pod's
+// SVID) and its client pool (dialing from the pod's namespace, so tunnels
+// leave with the pod's address).
+type pod struct {
+	info      cni.Pod
+	id        spiffeid.ID
+	workload  *state.Workload
+	ns        *capture.Netns
+	outbound  net.Listener
+	plaintext net.Listener
+	hbone     net.Listener
+	server    *hbone.Server
+	pool      *hbone.Pool
+	log       *slog.Logger
+	stopOnce  sync.Once
+	wg        sync.WaitGroup
+}
+
+// AddPod enrols a pod: from now on its traffic goes through ztunnel. The
+// pod must be in the mesh state (its workload gives its identity and
+// addresses); a pod already enrolled is refreshed.
+func (z *Ztunnel) AddPod(ctx context.Context, info cni.Pod) error {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if z.stopping {
+		return errors.New("ztunnel: shutting down")
+	}
+	if old := z.pods[info.UID]; old != nil {
+		delete(z.pods, info.UID)
+		z.releasePod(old)
+	}
+	p, err := z.enroll(info)
+	if err != nil {
+		return err
+	}
+	z.pods[info.UID] = p
+	z.log.Info("pod enrolled", "pod", info.Namespace+"/"+info.Name, "identity", p.id, "netns", info.Netns)
+	return nil
+}
+
+// RemovePod stops capturing a pod and releases its SVID.
+func (z *Ztunnel) RemovePod(_ context.Context, uid string) error {
+	z.mu.Lock()
+	p := z.pods[uid]
+	delete(z.pods, uid)
+	z.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	z.log.Info("pod removed", "pod", p.info.Namespace+"/"+p.info.Name)
+	return z.releasePod(p)
+}
+
+// Pods lists the enrolled pods.
+func (z *Ztunnel) Pods() []cni.Pod {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	out := make([]cni.Pod, 0, len(z.pods))
+	for _, p := range z.pods {
+		out = append(out, p.info)
+	}
+	return out
+}
+
+func (z *Ztunnel) releasePod(p *pod) error {
+	err := p.close()
+	if rerr := capture.Remove(p.ns); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	z.cfg.Identities.Release(p.id)
+	return errors.Join(err, p.ns.Close())
+}
+
+// enroll opens everything a pod needs; on failure it undoes what it did.
+func (z *Ztunnel) enroll(info cni.Pod) (p *pod, err error) {
+	w, err := z.workloadOf(info)
+	if err != nil {
+		return nil, err
+	}
+	id, err := z.identityOf(w.Namespace, w.ServiceAccount)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := capture.OpenNetns(info.Netns)
+	if err != nil {
+		return nil, err
+	}
+	p = &pod{info: info, id: id, workload: w, ns: ns, log: z.log.With("pod", info.Namespace+"/"+info.Name)}
+	defer func() {
+		if err != nil {
+			p.close()
+			ns.Close()
+		}
+	}()
+	if err := z.cfg.Identities.Hold(id, w.Namespace, w.ServiceAccount); err != nil {
+		return nil, fmt.Errorf("ztunnel: pod %s/%s: %w", info.Namespace, info.Name, err)
+	}
+	if err := p.listen(); err != nil {
+		z.cfg.Identities.Release(id)
+		return nil, err
+	}
+	if err := z.startServers(p); err != nil {
+		z.cfg.Identities.Release(id)
+		return nil, err
+	}
+	if err := capture.Install(ns); err != nil {
+		z.cfg.Identities.Release(id)
+		return nil, err
+	}
+	return p, nil
+}
+
+// workloadOf finds the pod's workload in the mesh state.
+func (z *Ztunnel) workloadOf(info cni.Pod) (*state.Workload, error) {
+	snap := z.state.Load()
+	if snap == nil {
+		return nil, errors.New("ztunnel: no mesh state loaded yet")
+	}
+	w, ok := snap.Workload(info.Namespace, info.Name)
+	if !ok {
+		return nil, fmt.Errorf("ztunnel: pod %s/%s is not in the mesh state", info.Namespace, info.Name)
+	}
+	if z.cfg.Node != "" && w.Node != "" && w.Node != z.cfg.Node {
+		return nil, fmt.Errorf("ztunnel: pod %s/%s runs on node %s, not %s", info.Namespace, info.Name, w.Node, z.cfg.Node)
+	}
+	if info.ServiceAccount != "" && info.ServiceAccount != w.ServiceAccount {
+		return nil, fmt.Errorf("ztunnel: pod %s/%s: service account %q disagrees with the mesh state's %q",
+			info.Namespace, info.Name, info.ServiceAccount, w.ServiceAccount)
+	}
+	return w, nil
+}
+
+// listen opens the pod's three listeners inside its namespace.
+func (p *pod) listen() error {
+	var err error
+	if p.outbound, err = p.ns.Listen(fmt.Sprintf(":%d", capture.OutboundPort)); err != nil {
+		return err
+	}
+	if p.plaintext, err = p.ns.Listen(fmt.Sprintf(":%d", capture.PlaintextPort)); err != nil {
+		return err
+	}
+	p.hbone, err = p.ns.Listen(fmt.Sprintf(":%d", capture.HBONEPort))
+	return err
+}
+
+func (z *Ztunnel) startServers(p *pod) error {
+	var err error
+	p.server, err = hbone.NewServer(hbone.ServerConfig{
+		SVID:    svidOf{z.cfg.Identities, p.id},
+		Bundle:  z.cfg.Identities.Bundles(p.id),
+		Handler: hbone.HandlerFunc(func(ctx context.Context, t *hbone.Tunnel) { z.serveTunnel(ctx, p, t) }),
+		Conn:    z.cfg.Conn,
+		Logger:  p.log,
+	})
+	if err != nil {
+		return fmt.Errorf("ztunnel: pod %s: %w", p.id, err)
+	}
+	p.pool, err = hbone.NewPool(hbone.PoolConfig{
+		Bundle: z.cfg.Identities.Bundles(p.id),
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return p.ns.Dial(ctx, addr)
+		},
+		Conn:   z.cfg.Conn,
+		Logger: p.log,
+	})
+	if err != nil {
+		return fmt.Errorf("ztunnel: pod %s: %w", p.id, err)
+	}
+	p.wg.Go(func() { p.server.Serve(p.hbone) })
+	p.wg.Go(func() { z.acceptLoop(p, p.outbound, z.serveOutbound) })
+	p.wg.Go(func() { z.acceptLoop(p, p.plaintext, z.servePlaintext) })
+	return nil
+}
+
+func (z *Ztunnel) acceptLoop(p *pod, l net.Listener, serve func(*pod, net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return // closed by stopAccepting
+		}
+		go serve(p, c)
+	}
+}
+
+// owns reports whether addr is one of the pod's addresses.
+func (p *pod) owns(addr netip.Addr) bool {
+	for _, ip := range p.workload.IPs {
+		if ip == addr.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+// stopAccepting closes the listeners; open connections go on.
+func (p *pod) stopAccepting() {
+	p.stopOnce.Do(func() {
+		for _, l := range []net.Listener{p.outbound, p.plaintext, p.hbone} {
+			if l != nil {
+				l.Close()
+			}
+		}
+	})
+}
+
+// close stops everything of the pod and waits for its loops.
+func (p *pod) close() error {
+	p.stopAccepting()
+	var errs []error
+	if p.server != nil {
+		errs = append(errs, p.server.Close())
+	}
+	if p.pool != nil {
+		errs = append(errs, p.pool.Close())
+	}
+	p.wg.Wait()
+	return errors.Join(errs...)
+}
