@@ -45,12 +45,18 @@ type mesh struct {
 }
 
 // podSpec is one pod of the test app.
-type podSpec struct{ name, node, namespace, sa string }
+type podSpec struct {
+	name, node, namespace, sa string
+	outside                   bool // not in the mesh: never enrolled, plaintext
+	noEntry                   bool // enrolled, but SPIRE has no entry for it
+}
 
 var app = []podSpec{
-	{"frontend", "node-1", "shop", "frontend"},
-	{"intruder", "node-1", "shop", "intruder"},
-	{"api", "node-2", "shop", "api"},
+	{name: "frontend", node: "node-1", namespace: "shop", sa: "frontend"},
+	{name: "intruder", node: "node-1", namespace: "shop", sa: "intruder"},
+	{name: "api", node: "node-2", namespace: "shop", sa: "api"},
+	{name: "legacy", node: "node-1", namespace: "old", sa: "legacy", outside: true},
+	{name: "orphan", node: "node-1", namespace: "shop", sa: "orphan", noEntry: true},
 }
 
 // allowFrontendToAPI is hand-written Rego: only the frontend may reach
@@ -99,6 +105,9 @@ func newMesh(t *testing.T, bundleSrc string) *mesh {
 	}
 	m.waitForSVIDs(t)
 	for _, p := range app {
+		if p.outside {
+			continue
+		}
 		pod := m.pods[p.name]
 		err := m.ztunnels[p.node].AddPod(context.Background(), cni.Pod{UID: p.name, Name: p.name, Namespace: p.namespace, Netns: pod.Path})
 		if err != nil {
@@ -112,8 +121,12 @@ func (m *mesh) buildState(t *testing.T) *state.Snapshot {
 	var b strings.Builder
 	b.WriteString("workloads:\n")
 	for _, p := range app {
-		fmt.Fprintf(&b, "- {name: %s, namespace: %s, serviceAccount: %s, node: %s, ips: [%s], labels: {app: %s}}\n",
-			p.name, p.namespace, p.sa, p.node, m.pods[p.name].IP, p.name)
+		protocol := "HBONE"
+		if p.outside {
+			protocol = "NONE"
+		}
+		fmt.Fprintf(&b, "- {name: %s, namespace: %s, serviceAccount: %s, node: %s, ips: [%s], labels: {app: %s}, protocol: %s}\n",
+			p.name, p.namespace, p.sa, p.node, m.pods[p.name].IP, p.name, protocol)
 	}
 	s, err := state.Decode([]byte(b.String()), state.Options{TrustDomain: m.td.Name()})
 	if err != nil {
@@ -126,7 +139,7 @@ func (m *mesh) buildState(t *testing.T) *state.Snapshot {
 func (m *mesh) register(t *testing.T, server *harness.Server, agent *harness.Agent, node string) {
 	t.Helper()
 	for _, p := range app {
-		if p.node != node {
+		if p.node != node || p.outside || p.noEntry {
 			continue
 		}
 		reg, err := spire.KubernetesRegistration(m.td, p.namespace, p.sa, agent.ID())
@@ -185,7 +198,7 @@ func (m *mesh) waitForSVIDs(t *testing.T) {
 	t.Helper()
 	for _, ns := range m.stores {
 		for _, p := range app {
-			if p.node != ns.node {
+			if p.node != ns.node || p.outside || p.noEntry {
 				continue
 			}
 			id := spiffeid.RequireFromSegments(m.td, "ns", p.namespace, "sa", p.sa)

@@ -1,8 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,6 +57,42 @@ func TestMeshTraffic(t *testing.T) {
 			}
 		}
 	})
+	t.Run("plaintext from outside the mesh is policy-checked on 15006", func(t *testing.T) {
+		c, err := dialFrom(t, m.pods["legacy"], target)
+		if err == nil {
+			defer c.Close()
+			if got, err := roundTrip(c, "plain"); err == nil {
+				t.Fatalf("a plaintext peer got through: %q", got)
+			}
+		}
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "inbound" && e.SourceID == "" && e.Source != "" && e.Decision == "deny"
+		})
+		if !strings.HasPrefix(e.Source, m.pods["legacy"].IP.String()+":") || e.Flags != ztunnel.FlagDenied {
+			t.Errorf("plaintext entry = %+v", e)
+		}
+	})
+	t.Run("no SVID: refused, never sent in plaintext", func(t *testing.T) {
+		before := len(m.accessEntries(t))
+		c, err := dialFrom(t, m.pods["orphan"], target)
+		if err == nil {
+			defer c.Close()
+			if got, err := roundTrip(c, "no id"); err == nil {
+				t.Fatalf("a pod without an SVID got through: %q", got)
+			}
+		}
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "outbound" && e.SourceID == "spiffe://regomesh.test/ns/shop/sa/orphan"
+		})
+		if e.Flags != ztunnel.FlagNoSVID {
+			t.Errorf("orphan entry = %+v", e)
+		}
+		for _, e := range m.accessEntries(t)[before:] {
+			if e.Direction == "inbound" {
+				t.Errorf("the api side saw a connection from the pod without an SVID: %+v", e)
+			}
+		}
+	})
 	t.Run("a policy change closes an open connection", func(t *testing.T) {
 		c, err := dialFrom(t, m.pods["frontend"], target)
 		if err != nil {
@@ -79,5 +115,4 @@ allow_scope contains {"policy": "e2e/api"} if input.destination.labels.app == "a
 		}
 		t.Error("the connection survived a policy that denies it")
 	})
-	_ = context.Background
 }
