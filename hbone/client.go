@@ -60,8 +60,8 @@ func connectHeaders(r Request) []hpack.HeaderField {
 // openStream allocates the next stream ID and writes its HEADERS, under
 // wmu so IDs reach the wire in order. The caller holds a reserved slot.
 func (c *conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.lockWrite()
+	defer c.unlockWrite()
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err

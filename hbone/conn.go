@@ -31,6 +31,8 @@ import (
 // Invariants:
 //   - a frame is written whole under wmu, and the HEADERS that open streams
 //     are written in stream-ID order (ID allocation happens under wmu);
+//   - whoever releases wmu with no writer waiting flushes, so no frame
+//     stays buffered once writers are gone;
 //   - mu guards the stream map, the windows and the counters; wmu may be
 //     taken before mu, never mu before wmu;
 //   - active counts streams opened or reserved and not yet finished in
@@ -53,13 +55,14 @@ type conn struct {
 	rbuf []byte // DATA payload scratch
 
 	// Write side, under wmu.
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	wfr     *http2.Framer
-	henc    *hpack.Encoder
-	hbuf    bytes.Buffer
-	dataHdr [9]byte
-	werr    error
+	wmu      sync.Mutex
+	wwaiting atomic.Int32 // writers waiting for wmu
+	bw       *bufio.Writer
+	wfr      *http2.Framer
+	henc     *hpack.Encoder
+	hbuf     bytes.Buffer
+	dataHdr  [9]byte
+	werr     error
 
 	mu             sync.Mutex
 	streams        map[uint32]*Stream
@@ -214,37 +217,58 @@ func (c *conn) writeSettings() error {
 	})
 }
 
-// writeFrames runs write under wmu and flushes. A write error is fatal to
-// the connection: a frame may have gone out in part.
+// writeFrames runs write under wmu. A write error is fatal to the
+// connection: a frame may have gone out in part.
 func (c *conn) writeFrames(write func() error) error {
+	c.lockWrite()
+	err := c.writeFramesLocked(write)
+	return errors.Join(err, c.unlockWrite())
+}
+
+// lockWrite takes wmu, counting the writers waiting for it.
+func (c *conn) lockWrite() {
+	c.wwaiting.Add(1)
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.writeFramesLocked(write)
+	c.wwaiting.Add(-1)
+}
+
+// unlockWrite flushes what is buffered, unless another writer is waiting
+// for wmu: that one (or the last of a chain) will flush, so frames from
+// concurrent streams share TLS records and system calls.
+func (c *conn) unlockWrite() error {
+	if c.werr == nil && c.bw.Buffered() > 0 && c.wwaiting.Load() == 0 {
+		if err := c.bw.Flush(); err != nil {
+			c.failWrite(err)
+		}
+	}
+	err := c.werr
+	c.wmu.Unlock()
+	return err
 }
 
 func (c *conn) writeFramesLocked(write func() error) error {
 	if c.werr != nil {
 		return c.werr
 	}
-	err := write()
-	if err == nil {
-		err = c.bw.Flush()
-	}
-	if err != nil {
-		c.werr = fmt.Errorf("%w: write to %s: %w", ErrConnClosed, c.nc.RemoteAddr(), err)
-		go c.close(c.werr)
+	if err := write(); err != nil {
+		c.failWrite(err)
 		return c.werr
 	}
 	return nil
+}
+
+// failWrite records a write error and closes the connection. Call with wmu held.
+func (c *conn) failWrite(err error) {
+	c.werr = fmt.Errorf("%w: write to %s: %w", ErrConnClosed, c.nc.RemoteAddr(), err)
+	go c.close(c.werr)
 }
 
 // writeData writes one DATA frame. Its header is written by hand so the
 // payload goes from the caller's buffer to TLS without an extra copy; a
 // payload of recordSize*k-9 bytes fills exactly k TLS records.
 func (c *conn) writeData(id uint32, p []byte, endStream bool) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.writeFramesLocked(func() error {
+	c.lockWrite()
+	err := c.writeFramesLocked(func() error {
 		h := c.dataHdr[:]
 		h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
 		h[3], h[4] = byte(http2.FrameData), 0
@@ -258,9 +282,13 @@ func (c *conn) writeData(id uint32, p []byte, endStream bool) error {
 		_, err := c.bw.Write(p)
 		return err
 	})
+	if uerr := c.unlockWrite(); err == nil {
+		err = uerr
+	}
+	return err
 }
 
-// writeHeaders encodes fields and writes them as HEADERS (and
+// writeHeadersLocked encodes fields and writes them as HEADERS (and
 // CONTINUATION frames if the peer's frame size requires). Call with wmu held.
 func (c *conn) writeHeadersLocked(id uint32, endStream bool, fields ...hpack.HeaderField) error {
 	return c.writeFramesLocked(func() error {
@@ -326,11 +354,11 @@ func (c *conn) close(err error) {
 		close(c.done)
 		c.mu.Unlock()
 		c.nc.Close()
+		if c.hooks.unusable != nil {
+			c.hooks.unusable(c) // before the streams fail: their owners may redial at once
+		}
 		for _, s := range streams {
 			s.fail(err)
-		}
-		if c.hooks.unusable != nil {
-			c.hooks.unusable(c)
 		}
 	})
 }

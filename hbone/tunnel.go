@@ -140,14 +140,16 @@ func (t *Tunnel) answer(status int) error {
 func (s *Stream) respond200OrEnd(status int) error {
 	c := s.c
 	end := status != http.StatusOK
-	c.wmu.Lock()
+	c.lockWrite()
 	c.mu.Lock()
 	err := s.sendErrLocked()
 	c.mu.Unlock()
 	if err == nil {
 		err = c.writeHeadersLocked(s.id, end, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
 	}
-	c.wmu.Unlock()
+	if uerr := c.unlockWrite(); err == nil {
+		err = uerr
+	}
 	if err != nil {
 		return fmt.Errorf("hbone: answer %d to %s: %w", status, s.RemoteAddr(), err)
 	}

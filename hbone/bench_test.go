@@ -1,0 +1,221 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The benchmarks compare HBONE with two baselines measured in the same
+// run: direct TCP on loopback (a memcpy: the ceiling) and a plain
+// crypto/tls TLS 1.3 connection pair doing the same encryption work (the
+// fair yardstick). The "ratios" sub-benchmarks report HBONE against both.
+//
+//	go test ./hbone -run '^$' -bench . -benchtime 2s
+
+// benchPath is one way to reach an upstream TCP server: it returns the
+// client's connection.
+type benchPath func(b *testing.B, upstream netip.AddrPort) net.Conn
+
+func directPath(b *testing.B, upstream netip.AddrPort) net.Conn {
+	c, err := net.Dial("tcp", upstream.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// tlsPath is a TLS 1.3 client and a TLS 1.3 server that relays to the
+// upstream: the work of an HBONE pair without HTTP/2.
+func tlsPath(b *testing.B, upstream netip.AddrPort) net.Conn {
+	m := newMesh(b)
+	l := listenLoopback(b, "127.0.0.1:0")
+	b.Cleanup(func() { l.Close() })
+	srvCfg := serverTLS(m.serverSVID, m.bundle, nil)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				up, err := net.Dial("tcp", upstream.String())
+				if err != nil {
+					c.Close()
+					return
+				}
+				Relay(context.Background(), tls.Server(c, srvCfg), up)
+			}()
+		}
+	}()
+	c, err := tls.Dial("tcp", l.Addr().String(), clientTLS(m.clientSVID, m.bundle, m.serverSVID.ID))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+func hbonePath(b *testing.B, upstream netip.AddrPort) net.Conn {
+	m := newMesh(b)
+	ts := startServer(b, m, &forward{})
+	pool := newTestPool(b, m)
+	s, err := pool.Dial(context.Background(), m.request(ts, upstream))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+var paths = []struct {
+	name string
+	path benchPath
+}{
+	{"direct", directPath},
+	{"tls13", tlsPath},
+	{"hbone", hbonePath},
+}
+
+// results keeps each sub-benchmark's last figure for the ratios.
+var results sync.Map // name -> float64
+
+// BenchmarkThroughput: one connection, client to upstream, 1 MiB writes.
+func BenchmarkThroughput(b *testing.B) {
+	const chunk = 1 << 20
+	for _, p := range paths {
+		b.Run(p.name, func(b *testing.B) {
+			received := make(chan int64, 1)
+			upstream := startTCP(b, func(c *net.TCPConn) {
+				n, _ := io.Copy(io.Discard, c)
+				received <- n
+			})
+			c := p.path(b, upstream)
+			defer c.Close()
+			buf := make([]byte, chunk)
+			b.SetBytes(chunk)
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			closeWrite(c)
+			if n := <-received; n != int64(b.N)*chunk {
+				b.Fatalf("upstream received %d bytes, want %d", n, int64(b.N)*chunk)
+			}
+			results.Store("throughput/"+p.name, float64(b.N)*chunk/time.Since(start).Seconds()/1e6)
+		})
+	}
+	b.Run("ratios", func(b *testing.B) {
+		reportRatios(b, "throughput", false)
+	})
+}
+
+// BenchmarkRoundTrip1KB: 1 KB request, 1 KB response through an echo
+// upstream, one at a time; reports p50 and p99 latency in microseconds.
+func BenchmarkRoundTrip1KB(b *testing.B) {
+	for _, p := range paths {
+		b.Run(p.name, func(b *testing.B) {
+			c := p.path(b, startEcho(b))
+			defer c.Close()
+			msg, reply := make([]byte, 1024), make([]byte, 1024)
+			lat := make([]time.Duration, 0, b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, reply); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			p50, p99 := micros(lat[len(lat)/2]), micros(lat[len(lat)*99/100])
+			b.ReportMetric(p50, "p50-µs")
+			b.ReportMetric(p99, "p99-µs")
+			results.Store("rtt/"+p.name, p50)
+		})
+	}
+	b.Run("ratios", func(b *testing.B) {
+		reportRatios(b, "rtt", true)
+	})
+}
+
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// reportRatios reports hbone over each baseline (for latency, also the
+// microseconds HBONE adds over direct).
+func reportRatios(b *testing.B, kind string, latency bool) {
+	get := func(name string) float64 {
+		v, ok := results.Load(kind + "/" + name)
+		if !ok {
+			b.Skipf("run the %s sub-benchmarks first", kind)
+		}
+		return v.(float64)
+	}
+	h, t, d := get("hbone"), get("tls13"), get("direct")
+	b.ReportMetric(h/t, "hbone/tls13")
+	b.ReportMetric(h/d, "hbone/direct")
+	if latency {
+		b.ReportMetric(h-d, "added-p50-µs")
+	}
+	for range b.N {
+	}
+}
+
+// BenchmarkStreamOpen: tunnels opened and closed on one pooled
+// connection, one at a time and from 32 goroutines; reports streams/s.
+func BenchmarkStreamOpen(b *testing.B) {
+	m := newMesh(b)
+	ts := startServer(b, m, HandlerFunc(func(ctx context.Context, t *Tunnel) {
+		if s, err := t.Accept(); err == nil {
+			io.Copy(io.Discard, s)
+		}
+	}))
+	pool := newTestPool(b, m)
+	req := m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))
+	open := func(b *testing.B) {
+		s, err := pool.Dial(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
+	open(b) // warm the pool: one connection
+	b.Run("sequential", func(b *testing.B) {
+		b.ReportAllocs()
+		start := time.Now()
+		for range b.N {
+			open(b)
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "streams/s")
+	})
+	b.Run("parallel32", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(max(1, 32/runtimeProcs()))
+		start := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				open(b)
+			}
+		})
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "streams/s")
+		if st := pool.Stats(); st.Conns != 1 {
+			b.Errorf("streams spread over %d connections, want 1", st.Conns)
+		}
+	})
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
