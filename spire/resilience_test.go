@@ -2,6 +2,7 @@ package spire_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/regomesh/regomesh/spire"
 	"github.com/regomesh/regomesh/spire/harness"
@@ -40,7 +42,7 @@ func TestRotation(t *testing.T) {
 	}
 	defer before.Close()
 
-	eventually(t, ttl, "both SVIDs to rotate", func() bool {
+	eventually(t, ttl+10*time.Second, "both SVIDs to rotate", func() bool {
 		w, werr := n.store.SVID(web.ID)
 		d, derr := n.store.SVID(db.ID)
 		return werr == nil && derr == nil && w != web0 && d != db0
@@ -79,44 +81,79 @@ func TestRotation(t *testing.T) {
 	}
 }
 
-// The agent is killed mid-test: the store keeps serving the cached SVIDs
+// The agent goes away mid-test, killed (its socket file stays, stale) or
+// stopped (its socket vanishes): the store keeps serving the cached SVIDs
 // (new handshakes included), reports the broken streams, and recovers once
 // the agent is back.
 func TestAgentRestart(t *testing.T) {
 	t.Parallel()
-	reg := prometheus.NewRegistry()
 	srv := harness.NewServer(t, harness.ServerConfig{})
-	n := newNode(t, srv, srv.NewAgent(t, harness.AgentConfig{}), spire.StoreConfig{Metrics: spire.NewMetrics(reg)})
-	web, db := n.register(t, "demo", "web"), n.register(t, "demo", "db")
-	web0, _ := n.add(t, web), n.add(t, db)
-	waitReady(t, n.store)
-	addr := serveEcho(t, n.store, db.ID, tlsconfig.AuthorizeID(web.ID))
+	for _, tc := range []struct {
+		name         string
+		stop         func(*harness.Agent)
+		socketVanish bool
+	}{
+		{"killed", (*harness.Agent).Kill, false},
+		{"stopped", (*harness.Agent).Stop, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			n := newNode(t, srv, srv.NewAgent(t, harness.AgentConfig{Name: tc.name}), spire.StoreConfig{Metrics: spire.NewMetrics(reg)})
+			web, db := n.register(t, "demo", "web"), n.register(t, "demo", "db")
+			web0, _ := n.add(t, web), n.add(t, db)
+			waitReady(t, n.store)
+			addr := serveEcho(t, n.store, db.ID, tlsconfig.AuthorizeID(web.ID))
 
-	n.agent.Kill()
+			tc.stop(n.agent)
+			if _, err := os.Stat(n.agent.AdminSocket()); os.IsNotExist(err) != tc.socketVanish {
+				t.Fatalf("admin socket after the agent went away: %v, want vanished=%v", err, tc.socketVanish)
+			}
+			servesCachedSVIDs(t, n, web0, web.ID, db.ID, addr)
+
+			restarted := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := n.agent.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			recovers(t, n, restarted, web0, web.ID, db.ID, addr)
+			for _, stream := range []string{"x509_svids", "x509_bundles"} {
+				if got := counter(t, reg, "regomesh_spire_stream_reconnects_total", map[string]string{"stream": stream}); got < 1 {
+					t.Errorf("regomesh_spire_stream_reconnects_total{stream=%q} = %v, want at least 1", stream, got)
+				}
+			}
+		})
+	}
+}
+
+// servesCachedSVIDs checks the store while its agent is down: streams
+// reported broken, cached SVIDs served, handshakes possible.
+func servesCachedSVIDs(t *testing.T, n *node, web0 *x509svid.SVID, web, db spiffeid.ID, addr string) {
+	t.Helper()
 	eventually(t, 10*time.Second, "every stream to notice the agent is gone", func() bool {
 		h := n.store.Health()
 		return !h.Bundles.Connected && !h.Workloads[0].Stream.Connected && !h.Workloads[1].Stream.Connected
 	})
 	h := n.store.Health()
-	wantErr(t, h.Workloads[0].Stream.LastError, spire.ErrAgentUnavailable, "admin_socket_path")
+	wantErr(t, h.Workloads[0].Stream.LastError, spire.ErrAgentUnavailable, "admin_socket_path", n.agent.AdminSocket())
 	if err := h.Err(); err != nil {
 		t.Errorf("health while cached SVIDs are valid: %v", err)
 	}
-	if got, err := n.store.SVID(web.ID); err != nil || got != web0 {
+	if got, err := n.store.SVID(web); err != nil || got != web0 {
 		t.Fatalf("cached SVID not served while the agent is down: %v, %v", got, err)
 	}
-	conn, err := dial(n.store, web.ID, db.ID, addr)
+	conn, err := dial(n.store, web, db, addr)
 	if err != nil {
 		t.Fatalf("handshake with cached SVIDs while the agent is down: %v", err)
 	}
 	conn.Close()
+}
 
-	restarted := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := n.agent.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+// recovers checks that every stream reopens after the agent restarted, and
+// the store takes the new SVIDs the restarted agent mints.
+func recovers(t *testing.T, n *node, restarted time.Time, web0 *x509svid.SVID, web, db spiffeid.ID, addr string) {
+	t.Helper()
 	eventually(t, 15*time.Second, "every stream to reconnect", func() bool {
 		h := n.store.Health()
 		for _, s := range []spire.StreamHealth{h.Bundles, h.Workloads[0].Stream, h.Workloads[1].Stream} {
@@ -126,21 +163,15 @@ func TestAgentRestart(t *testing.T) {
 		}
 		return true
 	})
-	// The restarted agent mints new SVIDs; the store takes them.
 	eventually(t, 10*time.Second, "web's SVID from the restarted agent", func() bool {
-		got, err := n.store.SVID(web.ID)
+		got, err := n.store.SVID(web)
 		return err == nil && got != web0
 	})
-	conn, err = dial(n.store, web.ID, db.ID, addr)
+	conn, err := dial(n.store, web, db, addr)
 	if err != nil {
 		t.Fatalf("handshake after the agent came back: %v", err)
 	}
 	conn.Close()
-	for _, stream := range []string{"x509_svids", "x509_bundles"} {
-		if got := counter(t, reg, "regomesh_spire_stream_reconnects_total", map[string]string{"stream": stream}); got < 1 {
-			t.Errorf("regomesh_spire_stream_reconnects_total{stream=%q} = %v, want at least 1", stream, got)
-		}
-	}
 }
 
 // A caller the agent does not list in authorized_delegates is refused,
