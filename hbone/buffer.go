@@ -74,10 +74,13 @@ func (b *recvBuffer) read(p []byte) int {
 	return total
 }
 
+// popFirst recycles the first chunk. It shifts the slice rather than
+// reslicing it so its capacity, and the next append, stay allocation-free.
 func (b *recvBuffer) popFirst() {
 	chunkPool.Put(b.chunks[0])
-	b.chunks[0] = nil
-	b.chunks = b.chunks[1:]
+	n := copy(b.chunks, b.chunks[1:])
+	b.chunks[n] = nil
+	b.chunks = b.chunks[:n]
 	b.r = 0
 }
 

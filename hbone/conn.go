@@ -42,7 +42,7 @@ import (
 //   - once done is closed, err is set and never changes; every wait in
 //     this package also selects on done.
 type conn struct {
-	nc     net.Conn
+	nc     net.Conn // the TLS connection
 	client bool
 	cfg    ConnConfig
 	hooks  connHooks
@@ -236,7 +236,7 @@ func (c *conn) lockWrite() {
 // for wmu: that one (or the last of a chain) will flush, so frames from
 // concurrent streams share TLS records and system calls.
 func (c *conn) unlockWrite() error {
-	if c.werr == nil && c.bw.Buffered() > 0 && c.wwaiting.Load() == 0 {
+	if c.werr == nil && c.wwaiting.Load() == 0 {
 		if err := c.bw.Flush(); err != nil {
 			c.failWrite(err)
 		}
