@@ -95,13 +95,12 @@ func (b *recvBuffer) release() {
 }
 
 // deadline is a settable deadline that waiters select on, as net.Pipe's.
+// Its zero value is "no deadline"; the channel is made on first use.
 type deadline struct {
 	mu     sync.Mutex
 	timer  *time.Timer
-	cancel chan struct{} // closed when the deadline passes
+	cancel chan struct{} // closed when the deadline passes; nil: never set
 }
-
-func makeDeadline() deadline { return deadline{cancel: make(chan struct{})} }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
@@ -110,26 +109,25 @@ func (d *deadline) set(t time.Time) {
 		<-d.cancel // the timer fired: wait for it to close cancel
 	}
 	d.timer = nil
-	closed := isClosed(d.cancel)
 	if t.IsZero() {
-		if closed {
-			d.cancel = make(chan struct{})
+		if d.cancel != nil && isClosed(d.cancel) {
+			d.cancel = nil
 		}
 		return
 	}
+	if d.cancel == nil || isClosed(d.cancel) {
+		d.cancel = make(chan struct{})
+	}
 	if dur := time.Until(t); dur > 0 {
-		if closed {
-			d.cancel = make(chan struct{})
-		}
 		ch := d.cancel
 		d.timer = time.AfterFunc(dur, func() { close(ch) })
 		return
 	}
-	if !closed {
-		close(d.cancel)
-	}
+	close(d.cancel)
 }
 
+// wait returns a channel closed when the deadline passes (nil, which
+// blocks forever in a select, when none is set).
 func (d *deadline) wait() chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()

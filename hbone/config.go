@@ -22,7 +22,7 @@ type ConnConfig struct {
 	StreamWindow int32
 
 	// ConnWindow is how many bytes the peer may send on the connection, all
-	// streams together, before they are read. Default 16 MiB.
+	// streams together, before they are read. Default 16 MiB; at least 64 KiB.
 	ConnWindow int32
 
 	// MaxFrameSize is the largest frame the peer may send
@@ -55,6 +55,8 @@ func (c ConnConfig) withDefaults(idle time.Duration) ConnConfig {
 	if c.ConnWindow <= 0 {
 		c.ConnWindow = DefaultConnWindow
 	}
+	c.StreamWindow = max(c.StreamWindow, 1<<10)
+	c.ConnWindow = max(c.ConnWindow, initialWindow) // HTTP/2 can only grow it
 	if c.MaxFrameSize == 0 {
 		c.MaxFrameSize = DefaultMaxFrameSize
 	}

@@ -88,11 +88,7 @@ func (c *conn) readControl(fh http2.FrameHeader) error {
 	case *http2.PingFrame:
 		return c.onPing(f)
 	case *http2.RSTStreamFrame:
-		err := fmt.Errorf("%w: %v", ErrStreamReset, f.ErrCode)
-		if f.ErrCode == http2.ErrCodeRefusedStream {
-			err = fmt.Errorf("%w: %w", errRefused, err)
-		}
-		c.endStream(f.StreamID, err)
+		c.endStream(f.StreamID, resetError(f.ErrCode))
 	case *http2.GoAwayFrame:
 		c.onGoAway(f)
 	case *http2.PushPromiseFrame:

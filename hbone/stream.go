@@ -64,6 +64,29 @@ type Stream struct {
 // GOAWAY): the pool may retry it on another connection.
 var errRefused = errors.New("hbone: stream refused before processing")
 
+var errStreamClosed = fmt.Errorf("hbone: stream closed: %w", net.ErrClosed)
+
+// resetErrors are the errors of streams the peer reset, by RST_STREAM
+// code, made once: closing streams is on the hot path.
+var resetErrors = func() map[http2.ErrCode]error {
+	m := make(map[http2.ErrCode]error)
+	for code := http2.ErrCodeNo; code <= http2.ErrCodeHTTP11Required; code++ {
+		err := fmt.Errorf("%w: %v", ErrStreamReset, code)
+		if code == http2.ErrCodeRefusedStream {
+			err = fmt.Errorf("%w: %w", errRefused, err)
+		}
+		m[code] = err
+	}
+	return m
+}()
+
+func resetError(code http2.ErrCode) error {
+	if err, ok := resetErrors[code]; ok {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrStreamReset, code)
+}
+
 func (c *conn) newStreamLocked(id uint32) *Stream {
 	s := &Stream{
 		c:          c,
@@ -73,8 +96,6 @@ func (c *conn) newStreamLocked(id uint32) *Stream {
 		readable:   make(chan struct{}, 1),
 		writable:   make(chan struct{}, 1),
 		resp:       make(chan struct{}),
-		rdl:        makeDeadline(),
-		wdl:        makeDeadline(),
 	}
 	if c.baseCtx != nil {
 		s.ctx, s.cancel = context.WithCancel(c.baseCtx)
@@ -426,7 +447,7 @@ func (s *Stream) Close() error {
 		}
 		s.writeMu.Unlock()
 	default:
-		c.resetStream(s.id, http2.ErrCodeCancel, fmt.Errorf("hbone: stream closed: %w", net.ErrClosed))
+		c.resetStream(s.id, http2.ErrCodeCancel, errStreamClosed)
 	}
 	s.discard()
 	signal(s.readable)

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -74,6 +75,8 @@ type Tunnel struct {
 	once   sync.Once
 }
 
+var errAnswered = errors.New("hbone: tunnel already answered")
+
 // newTunnel validates a request. On error the returned Tunnel can still
 // Reject it.
 func newTunnel(st *Stream, peer spiffeid.ID, req requestHeaders) (*Tunnel, error) {
@@ -127,7 +130,7 @@ func (t *Tunnel) Reject(err error) error {
 }
 
 func (t *Tunnel) answer(status int) error {
-	err := fmt.Errorf("hbone: tunnel already answered")
+	err := errAnswered
 	t.once.Do(func() {
 		err = t.stream.respond200OrEnd(status)
 	})
