@@ -5,8 +5,8 @@ import (
 	"net/http"
 )
 
-// Sentinel errors. Callers branch on them with errors.Is; every error the
-// package returns wraps at most one of the status-carrying ones below.
+// Sentinel errors. Callers branch on them with errors.Is. The first three
+// carry a CONNECT status (see StatusFor); the others are local failures.
 var (
 	// ErrBadRequest: the CONNECT request is malformed (wrong method, an
 	// :authority that is not ip:port, an unparsable Forwarded header).
@@ -31,7 +31,8 @@ var (
 	// unanswered PING).
 	ErrConnClosed = errors.New("hbone: connection closed")
 
-	// ErrStreamReset: the peer reset the stream (RST_STREAM).
+	// ErrStreamReset: the stream was reset (RST_STREAM), by the peer or
+	// because the peer broke the protocol on it.
 	ErrStreamReset = errors.New("hbone: stream reset by peer")
 
 	// ErrPoolClosed: Dial was called on a closed Pool.

@@ -18,8 +18,8 @@ import (
 // EOF) while reading goes on, as on a TCP connection.
 //
 // Read, Write and their deadlines may be used from different goroutines,
-// like a net.Conn's. Read also implements io.WriterTo, handing buffered
-// data to the writer without an intermediate copy.
+// like a net.Conn's. Stream also implements io.WriterTo, handing received
+// data to the writer without an intermediate copy (Relay uses it).
 type Stream struct {
 	c  *conn
 	id uint32
