@@ -317,3 +317,61 @@ func pipeUntilFrozen(dst, src net.Conn, frozen chan struct{}) {
 		}
 	}
 }
+
+// TestServerDropsDeadClientByPing: the client vanishes; the server's PING
+// finds out and the tunnel's handler context ends, so ztunnel releases
+// the upstream connection.
+func TestServerDropsDeadClientByPing(t *testing.T) {
+	m := newMesh(t)
+	ended := make(chan struct{})
+	ts := startServer(t, m, HandlerFunc(func(ctx context.Context, tun *Tunnel) {
+		if _, err := tun.Accept(); err != nil {
+			return
+		}
+		<-ctx.Done()
+		close(ended)
+	}), func(c *ServerConfig) {
+		c.Conn.PingInterval = 50 * time.Millisecond
+		c.Conn.PingTimeout = 100 * time.Millisecond
+	})
+	px := startFreezer(t, ts.addr)
+	pool := newTestPool(t, m, func(c *PoolConfig) { c.Conn.PingInterval = -1 })
+	req := m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))
+	req.Addr = px.addr
+	s, err := pool.Dial(testContext(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	px.freeze()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's context did not end after the client vanished")
+	}
+}
+
+// TestHandlerContextEndsWhenClientResets: closing the client's stream
+// early cancels the server handler's context.
+func TestHandlerContextEndsWhenClientResets(t *testing.T) {
+	m := newMesh(t)
+	ended := make(chan struct{})
+	ts := startServer(t, m, HandlerFunc(func(ctx context.Context, tun *Tunnel) {
+		if _, err := tun.Accept(); err != nil {
+			return
+		}
+		<-ctx.Done()
+		close(ended)
+	}))
+	pool := newTestPool(t, m)
+	s, err := pool.Dial(testContext(t), m.request(ts, netip.MustParseAddrPort("10.1.0.9:80")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's context did not end after the client reset the stream")
+	}
+}
