@@ -34,4 +34,24 @@
 // WriteBundleDir and WriteBundleTarGz write the result as an OPA bundle
 // (root mesh/policies/istio) that policy.ReadBundle and the stock opa CLI
 // both load.
+//
+// Where Istio's reference leaves room, the translation follows what
+// Envoy and ztunnel do:
+//
+//   - A not-form matches when the attribute is absent: notPrincipals
+//     matches a plaintext peer, notRequestPrincipals a request without a
+//     credential (ztunnel's NOT(any) over an absent identity; Envoy's
+//     not_id). Hence `notPrincipals: ["*"]` in a DENY requires mTLS.
+//   - "*" is any non-empty value, except for request.headers[...], where it
+//     is Envoy's present_match: a header sent with an empty value matches.
+//   - A Gateway in targetRefs names a waypoint, and the input document does
+//     not say which waypoint evaluates it: such policies apply only in the
+//     bundle translated for that waypoint (Options.Waypoint).
+//   - Path templates compile to Envoy's uri_template expressions: {*} is
+//     one or more RFC 3986 pchar but "*", {**} any run of them and "/".
+//   - requestPrincipals compare "<iss>/<sub>" as one string.
+//   - Principals are written without "spiffe://", as in Istio; a value that
+//     carries the scheme never matches (Envoy prefixes it once more).
+//   - AUDIT and CUSTOM are not enforced at L4, as ztunnel does not support
+//     them; each such policy gets Istio's warning.
 package istio
