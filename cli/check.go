@@ -37,12 +37,13 @@ func (f *decideFlags) register(cmd *cobra.Command) {
 func newCheckCommand() *cobra.Command {
 	var f decideFlags
 	cmd := &cobra.Command{
-		Use:   "check --bundle PATH... (--input FILE|- | --from ... --to ...)",
+		Use:   "check (--policies PATH... | --bundle PATH...) (--input FILE|- | --from ... --to ...)",
 		Short: "Decide one connection or request offline; exit 0 allowed, 2 denied, 1 error",
 		Long: `check decides one input document with the given bundles, exactly as the mesh would:
 layer l4 is what a ztunnel decides for a connection, l7 what a waypoint decides for
 a request. Exit status: 0 allowed, 2 denied, 1 usage or input error.`,
-		Example: `  regomesh policy check --bundle examples/bundle -i examples/inputs/checkout-admin-denied.json
+		Example: `  regomesh policy check --policies examples/istio -i examples/inputs/frontend-to-postgres-denied.json
+  regomesh policy check --bundle examples/bundle -i examples/inputs/checkout-admin-denied.json
   regomesh policy check --bundle examples/bundle --from spiffe://cluster.local/ns/shop/sa/api \
       --to shop/postgres-0 --workloads workloads.yaml --port 5432 -o json`,
 		Args: cobra.NoArgs,
@@ -59,7 +60,7 @@ func runCheck(cmd *cobra.Command, f *decideFlags) error {
 	if err != nil {
 		return err
 	}
-	engine, err := f.sources.engine(cmd.Context())
+	engine, warnings, err := f.sources.engine(cmd.Context())
 	if err != nil {
 		return err
 	}
@@ -68,7 +69,10 @@ func runCheck(cmd *cobra.Command, f *decideFlags) error {
 		return err
 	}
 	res := checkResult{Layer: in.Layer, Allow: d.Allow, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
-		Audit: d.Audit, DryRun: d.DryRun, Warnings: []string{}}
+		Audit: d.Audit, DryRun: d.DryRun, Warnings: warnings}
+	if res.Warnings == nil {
+		res.Warnings = []string{}
+	}
 	if res.Audit == nil {
 		res.Audit = []policy.PolicyRule{}
 	}

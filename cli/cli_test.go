@@ -83,6 +83,11 @@ func TestCommands(t *testing.T) {
 		{name: "replay-flips-json", args: []string{"policy", "replay", "--log", "cli/testdata/decisions.jsonl", "--bundle", "cli/testdata/bundles/db-5433", "-o", "json"}, code: ExitDenied, golden: true},
 		{name: "replay-unchanged", args: []string{"policy", "replay", "--log", "cli/testdata/decisions.jsonl", "--bundle", examples}, code: ExitAllowed, golden: true},
 
+		{name: "istio-check-allowed", args: []string{"policy", "check", "--policies", "examples/istio", "-i", inputs + "api-to-postgres-allowed.json", "-o", "json"}, code: ExitAllowed, golden: true},
+		{name: "istio-explain-denied", args: []string{"policy", "explain", "--policies", "examples/istio", "-i", inputs + "frontend-to-postgres-denied.json"}, code: ExitDenied, golden: true},
+		{name: "istio-translate", args: []string{"policy", "translate", "examples/istio"}, code: ExitAllowed, golden: true, stderr: "ztunnel does not support HTTP attributes"},
+		{name: "istio-validate", args: []string{"policy", "validate", "examples/istio"}, code: ExitAllowed, golden: true},
+		{name: "istio-validate-invalid", args: []string{"policy", "validate", "cli/testdata/istio/invalid.yaml"}, code: ExitError, golden: true, stderr: "1 of 1 policies are invalid"},
 		{name: "test-fail", args: []string{"policy", "test", "cli/testdata/failing-tests"}, code: ExitDenied},
 		{name: "input-unknown-field", args: []string{"policy", "check", "--bundle", examples, "-i", "-"}, stdin: `{"layer": "l4", "source": {"principle": "x"}}`, code: ExitError, stderr: `unknown field "principle"`},
 		{name: "input-bad-type", args: []string{"policy", "check", "--bundle", examples, "-i", "-"}, stdin: `{"layer": "l4", "destination": {"port": "80"}}`, code: ExitError, stderr: "input.destination.port"},

@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,8 +22,7 @@ import (
 type demoConfig struct {
 	// Examples is the directory holding bundle/ and inputs/.
 	Examples string
-	// Once is accepted for the mesh demo to come; today the demo always
-	// runs once and exits.
+	// Once runs the calls once and exits instead of staying up.
 	Once bool
 }
 
@@ -29,13 +30,17 @@ func newDemoCommand() *cobra.Command {
 	var cfg demoConfig
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Show the policy engine deciding the example inputs",
-		Long: `demo loads the Rego library and the example bundle (examples/bundle) into the
-policy engine, decides every input document in examples/inputs, and prints
-each decision with the policy and rule behind it.
+		Short: "Run the sample app in a mesh on this machine and show each call's decision",
+		Long: `demo starts, on this machine, a real SPIRE server, two "nodes" (network
+namespaces) each with a SPIRE agent and a ztunnel, and five pods; the
+ztunnels capture the pods' traffic with nftables, tunnel it over HBONE with
+the pods' SVIDs, and decide every connection with the example bundle
+(examples/bundle). It prints each call tried, allowed or denied, and the
+policy and rule that decided, then stays up and re-runs the calls whenever
+the bundle changes, until Ctrl-C.
 
-The mesh itself (ztunnels, SPIRE, network namespaces) is not built yet; this
-demo grows into it as those components land.`,
+It needs root (network namespaces, nftables) and SPIRE in bin/ (make spire).
+Without root it shows the policy engine deciding the example inputs instead.`,
 		Example: "  regomesh demo\n  regomesh demo --examples ./examples",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -43,7 +48,7 @@ demo grows into it as those components land.`,
 		},
 	}
 	cmd.Flags().StringVar(&cfg.Examples, "examples", "examples", "directory with the example bundle/ and inputs/")
-	cmd.Flags().BoolVar(&cfg.Once, "once", false, "run the script once and exit (the default until the mesh demo exists)")
+	cmd.Flags().BoolVar(&cfg.Once, "once", false, "run the calls once and exit instead of staying up")
 	return cmd
 }
 
@@ -51,6 +56,18 @@ func runDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	if os.Geteuid() == 0 {
+		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return meshDemo(ctx, out, cfg)
+	}
+	fmt.Fprintf(out, "The mesh demo needs root (network namespaces, nftables): run `sudo make demo`.\n")
+	fmt.Fprintf(out, "Meanwhile, the policy engine on the example inputs:\n\n")
+	return engineDemo(ctx, out, cfg)
+}
+
+// engineDemo decides the example input documents with the engine alone.
+func engineDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	logPath := filepath.Join(os.TempDir(), "regomesh-demo-decisions.jsonl")
 	logFile, err := os.Create(logPath)
 	if err != nil {

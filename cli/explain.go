@@ -15,7 +15,7 @@ func newExplainCommand() *cobra.Command {
 	var f decideFlags
 	var full bool
 	cmd := &cobra.Command{
-		Use:   "explain --bundle PATH... (--input FILE|- | --from ... --to ...)",
+		Use:   "explain (--policies PATH... | --bundle PATH...) (--input FILE|- | --from ... --to ...)",
 		Short: "Explain a decision: every policy and rule, which matched, which condition failed",
 		Long: `explain decides like check, then walks every rule of every policy package: whether
 it matched and, if not, the first condition that did not hold (with file:line), and
@@ -38,15 +38,25 @@ func runExplain(cmd *cobra.Command, f *decideFlags, full bool) error {
 	if err != nil {
 		return err
 	}
-	engine, err := f.sources.engine(cmd.Context())
+	engine, warnings, err := f.sources.engine(cmd.Context())
 	if err != nil {
 		return err
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
 	}
 	x, err := engine.Explain(cmd.Context(), in)
 	if err != nil {
 		return err
 	}
 	w := cmd.OutOrStdout()
+	for i := range x.Rules {
+		r := &x.Rules[i]
+		r.Location = f.sources.istio.displayLocation(r.Location)
+		if r.Failed != nil {
+			r.Failed.Location = f.sources.istio.displayLocation(r.Failed.Location)
+		}
+	}
 	if f.output != "text" {
 		if err := writeData(w, f.output, x); err != nil {
 			return err

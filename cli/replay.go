@@ -47,7 +47,7 @@ func newReplayCommand() *cobra.Command {
 	var logPath string
 	var output outputFormat
 	cmd := &cobra.Command{
-		Use:   "replay --log DECISIONS.jsonl --bundle NEW...",
+		Use:   "replay --log DECISIONS.jsonl (--bundle NEW... | --policies NEW...)",
 		Short: "Re-decide logged inputs under candidate policy and report the flips; exit 2 if any",
 		Long: `replay reads a decision log (OPA's decision-log JSON lines, as regomesh's engine
 writes them), decides every logged input again under the candidate bundles, and
@@ -69,9 +69,12 @@ Exit status: 0 nothing flips, 2 something flips, 1 error.`,
 }
 
 func runReplay(cmd *cobra.Command, sources *policySources, logPath string, output outputFormat) error {
-	engine, err := sources.engine(cmd.Context())
+	engine, warnings, err := sources.engine(cmd.Context())
 	if err != nil {
 		return err
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
 	}
 	r, closeLog, err := openLog(logPath, cmd.InOrStdin())
 	if err != nil {

@@ -74,6 +74,7 @@ func newPolicyCommand() *cobra.Command {
 		Long: `policy answers "would this connection or request pass, and which rule decides?"
 offline, from the same OPA bundles the mesh enforces.`,
 	}
-	cmd.AddCommand(newCheckCommand(), newExplainCommand(), newTestCommand(), newReplayCommand())
+	cmd.AddCommand(newCheckCommand(), newExplainCommand(), newTranslateCommand(), newValidateCommand(),
+		newTestCommand(), newReplayCommand())
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 
 // policySources are the flags naming what to decide with.
 type policySources struct {
+	istio             istioFlags
 	bundles           []string
 	verificationKey   string
 	verificationAlg   string
@@ -20,6 +21,7 @@ type policySources struct {
 }
 
 func (s *policySources) register(flags *pflag.FlagSet) {
+	s.istio.register(flags)
 	flags.StringArrayVar(&s.bundles, "bundle", nil, "OPA bundle directory or .tar.gz to decide with (repeatable; roots must be disjoint)")
 	flags.StringVar(&s.verificationKey, "verification-key", "", "PEM public key (or HMAC secret file) every bundle's .signatures.json must verify against")
 	flags.StringVar(&s.verificationAlg, "verification-alg", "RS256", "algorithm of --verification-key (RS256, ES256, HS256, ...)")
@@ -38,33 +40,42 @@ func (s *policySources) verification() (*policy.Verification, error) {
 	return &policy.Verification{Keys: map[string]policy.VerificationKey{s.verificationKeyID: key}, KeyID: s.verificationKeyID}, nil
 }
 
-// readBundles reads every --bundle.
-func (s *policySources) readBundles() ([]*policy.Bundle, error) {
-	if len(s.bundles) == 0 {
-		return nil, fmt.Errorf("no policy given: pass --bundle PATH (an OPA bundle directory or .tar.gz)")
+// readBundles reads every --bundle, and the --policies translated.
+func (s *policySources) readBundles() ([]*policy.Bundle, []string, error) {
+	if len(s.bundles) == 0 && len(s.istio.paths) == 0 {
+		return nil, nil, fmt.Errorf("no policy given: pass --policies PATH (AuthorizationPolicy YAML) or --bundle PATH (an OPA bundle directory or .tar.gz)")
 	}
 	v, err := s.verification()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	translated, warnings, err := s.istio.translated()
+	if err != nil {
+		return nil, nil, err
 	}
 	var out []*policy.Bundle
+	if translated != nil {
+		out = append(out, translated)
+	}
 	for _, path := range s.bundles {
 		b, err := policy.ReadBundle(path, v)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, b)
 	}
-	return out, nil
+	return out, warnings, nil
 }
 
-// engine loads the sources into a new engine.
-func (s *policySources) engine(ctx context.Context) (*policy.Engine, error) {
-	bundles, err := s.readBundles()
+// engine loads the sources into a new engine; warnings are the
+// translation's.
+func (s *policySources) engine(ctx context.Context) (*policy.Engine, []string, error) {
+	bundles, warnings, err := s.readBundles()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return loadEngine(ctx, bundles)
+	e, err := loadEngine(ctx, bundles)
+	return e, warnings, err
 }
 
 func loadEngine(ctx context.Context, bundles []*policy.Bundle) (*policy.Engine, error) {

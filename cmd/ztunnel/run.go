@@ -57,12 +57,12 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	snap, err := state.LoadFile(cfg.localConfig, state.Options{TrustDomain: cfg.trustDomain})
+	snap, loaded, err := state.ReadFile(cfg.localConfig, state.Options{TrustDomain: cfg.trustDomain})
 	if err != nil {
 		return err
 	}
 	z.SetState(ctx, snap)
-	go state.Watch(ctx, cfg.localConfig, state.Options{TrustDomain: cfg.trustDomain}, cfg.statePoll,
+	go state.Watch(ctx, cfg.localConfig, loaded, state.Options{TrustDomain: cfg.trustDomain}, cfg.statePoll,
 		func(s *state.Snapshot) {
 			z.SetState(ctx, s)
 			log.Info("mesh state reloaded", "workloads", len(s.Workloads))

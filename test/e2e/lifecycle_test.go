@@ -23,9 +23,9 @@ import (
 // without a restart.
 func TestEnrolAtRuntimeThroughCNI(t *testing.T) {
 	m := newMesh(t, allowFrontendToAPI)
-	api := m.pods["api"]
+	api := m.Pods["api"]
 	echoServer(t, api, 8080)
-	late, err := m.bed.Nodes()[0].AddPod("late")
+	late, err := m.Bed.Nodes()[0].AddPod("late")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,19 +38,19 @@ func TestEnrolAtRuntimeThroughCNI(t *testing.T) {
 	}
 	// The controller adds the pod to the state (it runs as the frontend).
 	var b []byte
-	for _, w := range m.state.Workloads {
+	for _, w := range m.State.Workloads {
 		b = fmt.Appendf(b, "- {name: %s, namespace: %s, serviceAccount: %s, node: %s, ips: [%s], labels: {app: %s}, protocol: %s}\n",
 			w.Name, w.Namespace, w.ServiceAccount, w.Node, w.IPs[0], w.Labels["app"], w.Protocol)
 	}
 	b = fmt.Appendf(b, "- {name: late, namespace: shop, serviceAccount: frontend, node: node-1, ips: [%s], labels: {app: late}}\n", late.IP)
-	snap, err := state.Decode(append([]byte("workloads:\n"), b...), state.Options{TrustDomain: m.td.Name()})
+	snap, err := state.Decode(append([]byte("workloads:\n"), b...), state.Options{TrustDomain: m.TrustDomain.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.ztunnels["node-1"].SetState(context.Background(), snap)
-	m.ztunnels["node-2"].SetState(context.Background(), snap)
+	m.Ztunnels["node-1"].SetState(context.Background(), snap)
+	m.Ztunnels["node-2"].SetState(context.Background(), snap)
 
-	socket := serveCNI(t, m.ztunnels["node-1"])
+	socket := serveCNI(t, m.Ztunnels["node-1"])
 	client := &cni.Client{Socket: socket}
 	if err := client.Add(context.Background(), cni.Pod{UID: "late", Name: "late", Namespace: "shop", Netns: late.Path}); err != nil {
 		t.Fatal(err)
@@ -101,7 +101,7 @@ func serveCNI(t *testing.T, z *ztunnel.Ztunnel) string {
 // equivalent revision) over and over; every byte arrives intact.
 func TestBulkIntegrityWhilePolicyReloads(t *testing.T) {
 	m := newMesh(t, allowFrontendToAPI)
-	api := m.pods["api"]
+	api := m.Pods["api"]
 	echoServer(t, api, 8080)
 	conns, perConn := 50, 20<<20 // 1000 MiB in all
 	if raceEnabled || testing.Short() {
@@ -116,7 +116,7 @@ func TestBulkIntegrityWhilePolicyReloads(t *testing.T) {
 				return
 			case <-time.After(200 * time.Millisecond):
 			}
-			m.loadPolicy(t, m.engines["node-2"], allowFrontendToAPI+fmt.Sprintf("\n# revision %d\n", i))
+			m.loadPolicy(t, "node-2", allowFrontendToAPI+fmt.Sprintf("\n# revision %d\n", i))
 		}
 	})
 	var wg sync.WaitGroup
@@ -138,7 +138,7 @@ func TestBulkIntegrityWhilePolicyReloads(t *testing.T) {
 
 // echoChecked sends n pseudo-random bytes and checks the echo's SHA-256.
 func echoChecked(t *testing.T, m *mesh, ip string, seed, n int) error {
-	c, err := dialFrom(t, m.pods["frontend"], ip+":8080")
+	c, err := dialFrom(t, m.Pods["frontend"], ip+":8080")
 	if err != nil {
 		return err
 	}

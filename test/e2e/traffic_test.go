@@ -11,13 +11,13 @@ import (
 
 func TestMeshTraffic(t *testing.T) {
 	m := newMesh(t, allowFrontendToAPI)
-	api := m.pods["api"]
+	api := m.Pods["api"]
 	echoServer(t, api, 8080)
 	echoServer(t, api, 9090)
 	target := fmt.Sprintf("%s:8080", api.IP)
 
 	t.Run("allowed across nodes through both ztunnels", func(t *testing.T) {
-		c, err := dialFrom(t, m.pods["frontend"], target)
+		c, err := dialFrom(t, m.Pods["frontend"], target)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,7 +34,7 @@ func TestMeshTraffic(t *testing.T) {
 		}
 	})
 	t.Run("denied, and the access log names the rule", func(t *testing.T) {
-		c, err := dialFrom(t, m.pods["intruder"], target)
+		c, err := dialFrom(t, m.Pods["intruder"], target)
 		if err == nil {
 			defer c.Close()
 			if got, err := roundTrip(c, "let me in"); err == nil {
@@ -49,7 +49,7 @@ func TestMeshTraffic(t *testing.T) {
 		}
 	})
 	t.Run("wrong port denied", func(t *testing.T) {
-		c, err := dialFrom(t, m.pods["frontend"], fmt.Sprintf("%s:9090", api.IP))
+		c, err := dialFrom(t, m.Pods["frontend"], fmt.Sprintf("%s:9090", api.IP))
 		if err == nil {
 			defer c.Close()
 			if _, err := roundTrip(c, "x"); err == nil {
@@ -58,7 +58,7 @@ func TestMeshTraffic(t *testing.T) {
 		}
 	})
 	t.Run("plaintext from outside the mesh is policy-checked on 15006", func(t *testing.T) {
-		c, err := dialFrom(t, m.pods["legacy"], target)
+		c, err := dialFrom(t, m.Pods["legacy"], target)
 		if err == nil {
 			defer c.Close()
 			if got, err := roundTrip(c, "plain"); err == nil {
@@ -68,13 +68,13 @@ func TestMeshTraffic(t *testing.T) {
 		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
 			return e.Direction == "inbound" && e.SourceID == "" && e.Source != "" && e.Decision == "deny"
 		})
-		if !strings.HasPrefix(e.Source, m.pods["legacy"].IP.String()+":") || e.Flags != ztunnel.FlagDenied {
+		if !strings.HasPrefix(e.Source, m.Pods["legacy"].IP.String()+":") || e.Flags != ztunnel.FlagDenied {
 			t.Errorf("plaintext entry = %+v", e)
 		}
 	})
 	t.Run("no SVID: refused, never sent in plaintext", func(t *testing.T) {
 		before := len(m.accessEntries(t))
-		c, err := dialFrom(t, m.pods["orphan"], target)
+		c, err := dialFrom(t, m.Pods["orphan"], target)
 		if err == nil {
 			defer c.Close()
 			if got, err := roundTrip(c, "no id"); err == nil {
@@ -94,7 +94,7 @@ func TestMeshTraffic(t *testing.T) {
 		}
 	})
 	t.Run("a policy change closes an open connection", func(t *testing.T) {
-		c, err := dialFrom(t, m.pods["frontend"], target)
+		c, err := dialFrom(t, m.Pods["frontend"], target)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -102,7 +102,7 @@ func TestMeshTraffic(t *testing.T) {
 		if got, err := roundTrip(c, "before"); err != nil || got != "before" {
 			t.Fatalf("echo = %q, %v", got, err)
 		}
-		m.loadPolicy(t, m.engines["node-2"], `package mesh.policies.e2e.api
+		m.loadPolicy(t, "node-2", `package mesh.policies.e2e.api
 
 allow_scope contains {"policy": "e2e/api"} if input.destination.labels.app == "api"
 `)

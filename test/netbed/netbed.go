@@ -202,6 +202,7 @@ func (b *Bed) addr(third, fourth int) netip.Addr {
 // newNetns creates a named namespace without moving the caller's thread.
 func (b *Bed) newNetns(short string) (netns.NsHandle, error) {
 	name := b.nsName(short)
+	netns.DeleteNamed(name) // left behind by a run that crashed before Close
 	errc := make(chan error, 1)
 	var h netns.NsHandle
 	go func() {

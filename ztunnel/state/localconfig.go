@@ -60,15 +60,21 @@ func (o Options) withDefaults() Options {
 
 // LoadFile reads and validates a local-config file.
 func LoadFile(path string, opts Options) (*Snapshot, error) {
+	s, _, err := ReadFile(path, opts)
+	return s, err
+}
+
+// ReadFile is LoadFile that also returns the content it read, for Watch.
+func ReadFile(path string, opts Options) (*Snapshot, []byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("state: %w", err)
+		return nil, nil, fmt.Errorf("state: %w", err)
 	}
 	s, err := Decode(data, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return s, nil
+	return s, data, nil
 }
 
 // Decode parses local-config YAML strictly (unknown fields are errors) and

@@ -19,12 +19,13 @@ func TestWatchAppliesChangesAndKeepsLastGood(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("workloads: [{name: a, namespace: n, ips: [10.0.0.1]}]")
+	first := "workloads: [{name: a, namespace: n, ips: [10.0.0.1]}]"
+	write(first)
 	applied := make(chan *Snapshot, 4)
 	rejected := make(chan error, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go Watch(ctx, path, Options{}, 10*time.Millisecond, func(s *Snapshot) { applied <- s }, func(err error) { rejected <- err })
+	go Watch(ctx, path, []byte(first), Options{}, 10*time.Millisecond, func(s *Snapshot) { applied <- s }, func(err error) { rejected <- err })
 
 	write("workloads: [{name: a, namespace: n, ips: [10.0.0.1]}, {name: b, namespace: n, ips: [10.0.0.2]}]")
 	if s := waitFor(t, applied); len(s.Workloads) != 2 {

@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/policy/istio"
+)
+
+// istioFlags name AuthorizationPolicy YAML and how to translate it.
+type istioFlags struct {
+	paths         []string
+	rootNamespace string
+	trustDomain   string
+	aliases       []string
+	providers     []string
+	waypoint      string
+	// translatedDir is where the translation was written, to show its
+	// file names as "translated:<file>" rather than a deleted temp path.
+	translatedDir string
+}
+
+// displayLocation names a location in translated Rego readably.
+func (f *istioFlags) displayLocation(loc string) string {
+	if f.translatedDir == "" {
+		return loc
+	}
+	return strings.Replace(loc, f.translatedDir+string(filepath.Separator), "translated:", 1)
+}
+
+func (f *istioFlags) register(flags *pflag.FlagSet) {
+	flags.StringArrayVar(&f.paths, "policies", nil, "Kubernetes YAML file or directory of AuthorizationPolicies (repeatable; other kinds are skipped with a note)")
+	f.registerOptions(flags)
+}
+
+func (f *istioFlags) registerOptions(flags *pflag.FlagSet) {
+	flags.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "Istio root namespace: its policies without a selector apply mesh-wide")
+	flags.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the mesh's trust domain")
+	flags.StringArrayVar(&f.aliases, "trust-domain-alias", nil, "another trust domain principals also match in (repeatable)")
+	flags.StringArrayVar(&f.providers, "provider", nil, "CUSTOM provider the bundles supply as data.mesh.providers[NAME].allow (repeatable)")
+	flags.StringVar(&f.waypoint, "waypoint", "", "NAMESPACE/NAME of the waypoint Gateway to translate for (policies targeting it apply)")
+}
+
+func (f *istioFlags) options() istio.Options {
+	return istio.Options{RootNamespace: f.rootNamespace, TrustDomain: f.trustDomain, TrustDomainAliases: f.aliases,
+		Providers: f.providers, Waypoint: f.waypoint}
+}
+
+// decodePolicies reads every AuthorizationPolicy under paths (files, or
+// directories walked for .yaml, .yml and .json), with notes on what was
+// skipped.
+func decodePolicies(paths []string) ([]*istio.Policy, []string, error) {
+	files, err := yamlFiles(paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	var policies []*istio.Policy
+	var notes []string
+	var errs []error
+	for _, file := range files {
+		ps, ns, err := decodeFile(file)
+		policies = append(policies, ps...)
+		for _, n := range ns {
+			notes = append(notes, n.String())
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return policies, notes, errors.Join(errs...)
+}
+
+func decodeFile(path string) ([]*istio.Policy, []istio.Note, error) {
+	if path == "-" {
+		return istio.Decode(os.Stdin, "-")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	return istio.Decode(f, path)
+}
+
+func yamlFiles(paths []string) ([]string, error) {
+	var out []string
+	for _, p := range paths {
+		if p == "-" {
+			out = append(out, p)
+			continue
+		}
+		info, err := os.Stat(p)
+		if err != nil {
+			return nil, err
+		}
+		if !info.IsDir() {
+			out = append(out, p)
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && slices.Contains([]string{".yaml", ".yml", ".json"}, strings.ToLower(filepath.Ext(path))) {
+				out = append(out, path)
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// translated turns the --policies into a bundle, returning its warnings
+// (translation caveats and decode notes) for the output.
+func (f *istioFlags) translated() (*policy.Bundle, []string, error) {
+	if len(f.paths) == 0 {
+		return nil, nil, nil
+	}
+	policies, notes, err := decodePolicies(f.paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	tr, err := istio.Translate(policies, f.options())
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := os.MkdirTemp("", "regomesh-istio-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer os.RemoveAll(dir) // the bundle is read into memory below
+	f.translatedDir = dir
+	if err := tr.WriteBundleDir(dir); err != nil {
+		return nil, nil, err
+	}
+	b, err := policy.ReadBundle(dir, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("translated bundle: %w", err)
+	}
+	b.Name = "istio-authorizationpolicies"
+	warnings := notes
+	for _, w := range tr.Warnings {
+		warnings = append(warnings, w.String())
+	}
+	return b, warnings, nil
+}

@@ -1,0 +1,278 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/regomesh/regomesh/test/meshbed"
+	"github.com/regomesh/regomesh/ztunnel"
+)
+
+// demoPods is the sample app: a frontend and a checkout on node-1, an api
+// and a postgres on node-2, and a legacy pod outside the mesh.
+var demoPods = []meshbed.PodSpec{
+	{Name: "frontend", Node: "node-1", Namespace: "shop", ServiceAccount: "frontend"},
+	{Name: "checkout", Node: "node-1", Namespace: "shop", ServiceAccount: "checkout"},
+	{Name: "api", Node: "node-2", Namespace: "shop", ServiceAccount: "api"},
+	{Name: "postgres", Node: "node-2", Namespace: "shop", ServiceAccount: "postgres"},
+	{Name: "legacy", Node: "node-1", Namespace: "legacy", ServiceAccount: "default", Outside: true},
+}
+
+// demoCall is one connection the demo tries.
+type demoCall struct {
+	from, to string
+	port     int
+}
+
+var demoCalls = []demoCall{
+	{"frontend", "api", 8080},
+	{"api", "postgres", 5432},
+	{"frontend", "postgres", 5432},
+	{"checkout", "postgres", 5432},
+	{"api", "postgres", 5433},
+	{"legacy", "postgres", 5432},
+}
+
+// meshDemo runs the sample app in a mesh on this machine and shows each
+// call, allowed or denied, with the policy and rule that decided.
+func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
+	dir := filepath.Join(os.TempDir(), "regomesh-demo")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	accessPath := filepath.Join(dir, "access.log")
+	access, err := os.Create(accessPath)
+	if err != nil {
+		return err
+	}
+	defer access.Close()
+	log := &lockedWriter{w: access}
+	bundle := filepath.Join(cfg.Examples, "bundle")
+	regs := map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
+	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 5 pods)...\n")
+	start := time.Now()
+	m, err := meshbed.Start(ctx, meshbed.Config{
+		Prefix: "rmdemo", Net: 199, Nodes: []string{"node-1", "node-2"}, Pods: demoPods,
+		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
+		Bundles:     []string{bundle}, AccessLog: log, Registries: regs,
+	})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer m.Close()
+	fmt.Fprintf(out, "up in %.1fs; policy: %s (the mesh.authz library + your Rego)\n\n", time.Since(start).Seconds(), bundle)
+	if err := startApps(m); err != nil {
+		return err
+	}
+	metrics, err := serveDemoMetrics(regs)
+	if err != nil {
+		return err
+	}
+	defer metrics.Close()
+	runCalls(out, m, log)
+	explainInput := filepath.Join(dir, "frontend-to-postgres.json")
+	writeExplainInput(explainInput, m)
+	fmt.Fprintf(out, "\nWhere to look:\n")
+	fmt.Fprintf(out, "  metrics (Istio names):  curl -s http://%s/metrics | grep istio_tcp\n", metrics.addrs["node-2"])
+	fmt.Fprintf(out, "  access log (JSON):      %s\n", accessPath)
+	fmt.Fprintf(out, "  why a call was denied:  go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainInput)
+	if cfg.Once {
+		return nil
+	}
+	fmt.Fprintf(out, "\nThe mesh stays up. Edit the Rego under %s (for example let the frontend reach postgres):\n", bundle)
+	fmt.Fprintf(out, "every ztunnel reloads it and the calls run again. Ctrl-C stops and cleans up.\n")
+	return watchAndRerun(ctx, out, m, log, bundle)
+}
+
+// startApps runs echo servers as the api and postgres.
+func startApps(m *meshbed.Mesh) error {
+	for _, s := range []struct {
+		pod  string
+		port int
+	}{{"api", 8080}, {"postgres", 5432}, {"postgres", 5433}} {
+		l, err := meshbed.Listen(m.Pods[s.pod], fmt.Sprintf(":%d", s.port))
+		if err != nil {
+			return err
+		}
+		go meshbed.Echo(l)
+	}
+	return nil
+}
+
+// runCalls tries every call and prints what the destination's ztunnel decided.
+func runCalls(out io.Writer, m *meshbed.Mesh, log *lockedWriter) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM\tTO\tRESULT\tPOLICY/RULE\tREASON")
+	for _, c := range demoCalls {
+		mark := log.size()
+		ok := tryCall(m, c)
+		e := decisionFor(log, mark)
+		result := "DENIED"
+		if ok {
+			result = "allowed"
+		}
+		rule := "-"
+		if e.Policy != "" {
+			rule = e.Policy + " " + e.Rule
+		}
+		from := c.from
+		if spec, _ := m.Spec(c.from); spec.Outside {
+			from += " (plaintext)"
+		}
+		fmt.Fprintf(tw, "%s\t%s:%d\t%s\t%s\t%s\n", from, c.to, c.port, result, rule, e.Reason)
+	}
+	tw.Flush()
+}
+
+func tryCall(m *meshbed.Mesh, c demoCall) bool {
+	conn, err := meshbed.Dial(m.Pods[c.from], fmt.Sprintf("%s:%d", m.Pods[c.to].IP, c.port), 5*time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		return false
+	}
+	buf := make([]byte, 5)
+	_, err = io.ReadFull(conn, buf)
+	return err == nil && string(buf) == "hello"
+}
+
+// decisionFor waits briefly for the destination side's access-log entry
+// written after mark.
+func decisionFor(log *lockedWriter, mark int) ztunnel.AccessEntry {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		sc := bufio.NewScanner(bytes.NewReader(log.since(mark)))
+		for sc.Scan() {
+			var e ztunnel.AccessEntry
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Direction == "inbound" && e.Decision != "" {
+				return e
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return ztunnel.AccessEntry{Reason: "no decision logged"}
+}
+
+func writeExplainInput(path string, m *meshbed.Mesh) {
+	in := map[string]any{
+		"layer":       "l4",
+		"source":      map[string]any{"principal": "spiffe://cluster.local/ns/shop/sa/frontend", "ip": m.Pods["frontend"].IP.String()},
+		"destination": map[string]any{"ip": m.Pods["postgres"].IP.String(), "port": 5432, "namespace": "shop", "workload": "postgres", "service_account": "postgres", "labels": map[string]string{"app": "postgres"}},
+		"connection":  map[string]any{"mtls": true},
+	}
+	b, _ := json.MarshalIndent(in, "", "  ")
+	os.WriteFile(path, b, 0o644)
+}
+
+// watchAndRerun reloads the bundle on every change and runs the calls again.
+func watchAndRerun(ctx context.Context, out io.Writer, m *meshbed.Mesh, log *lockedWriter, bundle string) error {
+	last := dirStamp(bundle)
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(out, "\nstopping: tearing the mesh down")
+			return nil
+		case <-time.After(time.Second):
+		}
+		stamp := dirStamp(bundle)
+		if stamp == last {
+			continue
+		}
+		last = stamp
+		failed := false
+		for node, engine := range m.Engines {
+			if err := meshbed.LoadBundles(ctx, engine, []string{bundle}); err != nil {
+				fmt.Fprintf(out, "\n%s rejected the new policy (the last good one stays in force): %v\n", node, err)
+				failed = true
+				break
+			}
+		}
+		if !failed {
+			fmt.Fprintf(out, "\npolicy reloaded at %s:\n", time.Now().Format("15:04:05"))
+			runCalls(out, m, log)
+		}
+	}
+}
+
+func dirStamp(root string) string {
+	var b strings.Builder
+	filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+		if err == nil {
+			fmt.Fprintf(&b, "%s:%d:%d;", path, info.ModTime().UnixNano(), info.Size())
+		}
+		return nil
+	})
+	return b.String()
+}
+
+// demoMetrics serves each node's registry on a free loopback port.
+type demoMetrics struct {
+	addrs   map[string]string
+	servers []*http.Server
+}
+
+func serveDemoMetrics(regs map[string]*prometheus.Registry) (*demoMetrics, error) {
+	d := &demoMetrics{addrs: map[string]string{}}
+	for node, reg := range regs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(l)
+		d.addrs[node] = l.Addr().String()
+		d.servers = append(d.servers, srv)
+	}
+	return d, nil
+}
+
+func (d *demoMetrics) Close() {
+	for _, s := range d.servers {
+		s.Close()
+	}
+}
+
+// lockedWriter is the access log file, also kept in memory for the table.
+type lockedWriter struct {
+	mu  sync.Mutex
+	w   io.Writer
+	buf bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Len()
+}
+
+func (l *lockedWriter) since(mark int) []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.buf.Bytes()[mark:])
+}
