@@ -58,7 +58,8 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem ./policy/...
 
-demo:
+# The mesh demo runs real SPIRE and nftables in network namespaces: root, and bin/spire-*.
+demo: spire
 	$(GO) run ./cmd/regomesh demo $(ARGS)
 
 tools: $(OPA)
