@@ -143,6 +143,9 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	z.mu.Unlock()
 	for _, p := range pods {
 		p.stopAccepting()
+		if p.server != nil {
+			go p.server.Shutdown(ctx) // GOAWAY: no new tunnel on open connections either
+		}
 	}
 	if n := z.tracker.drain(ctx); n > 0 {
 		z.log.Warn("drain deadline reached: closed open connections", "closed", n)

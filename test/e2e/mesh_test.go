@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/test/netbed"
 	"github.com/regomesh/regomesh/ztunnel"
@@ -46,10 +48,15 @@ allow contains {"policy": "e2e/api", "rule": "frontend-only"} if {
 }
 `
 
-// mesh is a running test mesh and its access log.
+// mesh is a running test mesh, its access log and its metrics.
 type mesh struct {
 	*meshbed.Mesh
-	accessLog *syncBuffer
+	accessLog  *syncBuffer
+	registries map[string]*prometheus.Registry
+}
+
+func newMeshWithMetrics(t *testing.T, bundleSrc string) *mesh {
+	return startMesh(t, []string{writePolicy(t, bundleSrc)}, true)
 }
 
 // nets hands each mesh of this test binary its own addresses and names.
@@ -60,6 +67,11 @@ var nets = struct {
 
 func newMesh(t *testing.T, bundleSrc string) *mesh {
 	t.Helper()
+	return startMesh(t, []string{writePolicy(t, bundleSrc)}, false)
+}
+
+func startMesh(t *testing.T, bundles []string, metrics bool) *mesh {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e tests need root (network namespaces, nftables); CI runs them as root")
 	}
@@ -68,12 +80,15 @@ func newMesh(t *testing.T, bundleSrc string) *mesh {
 	nets.next++
 	nets.Unlock()
 	m := &mesh{accessLog: &syncBuffer{}}
+	if metrics {
+		m.registries = map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var err error
 	m.Mesh, err = meshbed.Start(ctx, meshbed.Config{
 		Prefix: fmt.Sprintf("rme%d", net), Net: net, Nodes: []string{"node-1", "node-2"}, Pods: app,
-		Bundles: []string{writePolicy(t, bundleSrc)}, AccessLog: m.accessLog,
+		Bundles: bundles, AccessLog: m.accessLog, Registries: m.registries,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -175,6 +190,43 @@ func (b *syncBuffer) Bytes() []byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return bytes.Clone(b.buf.Bytes())
+}
+
+// gatherMetric lists the label sets of a metric as "k=v,k=v".
+func gatherMetric(t *testing.T, reg *prometheus.Registry, name string) []string {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			out = append(out, strings.Join(labels, ","))
+		}
+	}
+	return out
+}
+
+// hasSeries reports whether some series carries every k=v of want.
+func hasSeries(series []string, want string) bool {
+	for _, s := range series {
+		all := true
+		for _, kv := range strings.Split(want, ",") {
+			all = all && strings.Contains(","+s+",", ","+kv+",")
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 type testWriter struct{ t *testing.T }

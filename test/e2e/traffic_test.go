@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -114,5 +115,58 @@ allow_scope contains {"policy": "e2e/api"} if input.destination.labels.app == "a
 			time.Sleep(100 * time.Millisecond)
 		}
 		t.Error("the connection survived a policy that denies it")
+	})
+}
+
+func TestDrainAndMetrics(t *testing.T) {
+	m := newMeshWithMetrics(t, allowFrontendToAPI)
+	api := m.Pods["api"]
+	echoServer(t, api, 8080)
+	c, err := dialFrom(t, m.Pods["frontend"], fmt.Sprintf("%s:8080", api.IP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := roundTrip(c, "12345"); err != nil || got != "12345" {
+		t.Fatalf("echo = %q, %v", got, err)
+	}
+	t.Run("istio metrics with Istio's labels", func(t *testing.T) {
+		got := gatherMetric(t, m.registries["node-2"], "istio_tcp_connections_opened_total")
+		want := `reporter=destination,source_principal=spiffe://regomesh.test/ns/shop/sa/frontend,destination_workload=api,destination_workload_namespace=shop,response_flags=-,connection_security_policy=mutual_tls`
+		if !hasSeries(got, want) {
+			t.Errorf("istio_tcp_connections_opened_total lacks %s:\n%s", want, strings.Join(got, "\n"))
+		}
+	})
+	t.Run("SIGTERM drain: open connections finish, then close at the deadline", func(t *testing.T) {
+		z := m.Ztunnels["node-2"]
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- z.Shutdown(ctx) }()
+		time.Sleep(100 * time.Millisecond)
+		if got, err := roundTrip(c, "still"); err != nil || got != "still" {
+			t.Errorf("an open connection broke during the drain: %q, %v", got, err)
+		}
+		// node-1 still captures the frontend, but node-2 takes no new tunnel.
+		if late, err := dialFrom(t, m.Pods["frontend"], fmt.Sprintf("%s:8080", api.IP)); err == nil {
+			if got, err := roundTrip(late, "new"); err == nil {
+				t.Errorf("a new connection was accepted during the drain: %q", got)
+			}
+			late.Close()
+		}
+		<-done
+		if time.Since(start) < 400*time.Millisecond {
+			t.Errorf("shutdown returned after %v, before the drain deadline", time.Since(start))
+		}
+		if _, err := roundTrip(c, "after"); err == nil {
+			t.Error("the connection survived the drain deadline")
+		}
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "inbound" && e.Flags == ztunnel.FlagDrained
+		})
+		if e.Received != 10 || e.Sent != 10 {
+			t.Errorf("drained entry = %+v", e)
+		}
 	})
 }
