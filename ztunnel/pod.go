@@ -54,6 +54,7 @@ func (z *Ztunnel) AddPod(ctx context.Context, info cni.Pod) error {
 		return err
 	}
 	z.pods[info.UID] = p
+	z.savePods()
 	z.log.Info("pod enrolled", "pod", info.Namespace+"/"+info.Name, "identity", p.id, "netns", info.Netns)
 	return nil
 }
@@ -63,6 +64,9 @@ func (z *Ztunnel) RemovePod(_ context.Context, uid string) error {
 	z.mu.Lock()
 	p := z.pods[uid]
 	delete(z.pods, uid)
+	if p != nil {
+		z.savePods()
+	}
 	z.mu.Unlock()
 	if p == nil {
 		return nil

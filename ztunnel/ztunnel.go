@@ -48,6 +48,9 @@ type Config struct {
 	// DialTimeout bounds dialing a local workload or a passthrough
 	// destination; default 10s.
 	DialTimeout time.Duration
+	// PodsFile records the enrolled pods, for RestorePods after a restart;
+	// empty: not recorded.
+	PodsFile string
 }
 
 // Ztunnel is one node's proxy. It holds the mesh state, the enrolled pods

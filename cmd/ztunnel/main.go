@@ -23,6 +23,7 @@ type config struct {
 	verifyKey     string
 	spireSocket   string
 	cniSocket     string
+	podsFile      string
 	adminAddr     string
 	metricsAddr   string
 	readinessAddr string
@@ -49,6 +50,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
 	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")
+	fs.StringVar(&c.podsFile, "pods-file", "/var/run/regomesh/pods.json", "where enrolled pods are recorded, so a restart restores them")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (config dump, log level, pprof); keep it on loopback")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint")
 	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready)")

@@ -52,7 +52,7 @@ func run(ctx context.Context, cfg config) error {
 	}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: cfg.node, TrustDomain: td, Policy: engine, Identities: ids,
-		Metrics: ztunnel.NewMetrics(reg), AccessLog: ztunnel.NewAccessLog(accessOut), Logger: log,
+		Metrics: ztunnel.NewMetrics(reg), AccessLog: ztunnel.NewAccessLog(accessOut), Logger: log, PodsFile: cfg.podsFile,
 	})
 	if err != nil {
 		return err
@@ -62,6 +62,9 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	z.SetState(ctx, snap)
+	if n, err := z.RestorePods(ctx); err != nil || n > 0 {
+		log.Info("restored the pods enrolled before the restart", "restored", n, "error", err)
+	}
 	go state.Watch(ctx, cfg.localConfig, loaded, state.Options{TrustDomain: cfg.trustDomain}, cfg.statePoll,
 		func(s *state.Snapshot) {
 			z.SetState(ctx, s)

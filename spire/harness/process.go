@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,7 +36,7 @@ func startProcess(name, bin, logPath string, args ...string) (*process, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("harness: start %s: %w", name, err)
 	}
@@ -120,4 +122,34 @@ func tail(s string, n int) string {
 	fmt.Fprintf(&b, "[... %d earlier lines]\n", len(lines)-n)
 	b.WriteString(strings.Join(lines[len(lines)-n:], "\n"))
 	return b.String()
+}
+
+// spawner starts every SPIRE process from one OS thread that lives as long
+// as the test process. Linux sends the parent-death signal (Pdeathsig)
+// when the *thread* that forked a child exits, and Go retires threads that
+// a goroutine locked and never unlocked, as network namespace code does
+// (test/netbed, ztunnel/capture): a child forked from such a thread would
+// be killed mid-test.
+var spawner = struct {
+	once sync.Once
+	reqs chan spawnRequest
+}{reqs: make(chan spawnRequest)}
+
+type spawnRequest struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread outlives every child
+			for r := range spawner.reqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawner.reqs <- spawnRequest{cmd: cmd, done: done}
+	return <-done
 }

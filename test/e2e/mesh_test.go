@@ -87,7 +87,7 @@ func startMesh(t *testing.T, bundles []string, metrics bool) *mesh {
 	defer cancel()
 	var err error
 	m.Mesh, err = meshbed.Start(ctx, meshbed.Config{
-		Prefix: fmt.Sprintf("rme%d", net), Net: net, Nodes: []string{"node-1", "node-2"}, Pods: app,
+		Prefix: fmt.Sprintf("rme%d-%d", os.Getpid()%100000, net), Net: net, Nodes: []string{"node-1", "node-2"}, Pods: app,
 		Bundles: bundles, AccessLog: m.accessLog, Registries: m.registries,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})

@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -70,6 +72,9 @@ type Mesh struct {
 	cfg         Config
 	server      *harness.Server
 	stores      map[string]*spire.Store
+	agents      map[string]*harness.Agent
+	podsDir     string
+	runCtx      context.Context
 	cancel      context.CancelFunc
 }
 
@@ -79,7 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	m := &Mesh{cfg: cfg, Pods: map[string]*netbed.Pod{}, Ztunnels: map[string]*ztunnel.Ztunnel{},
-		Engines: map[string]*policy.Engine{}, stores: map[string]*spire.Store{}}
+		Engines: map[string]*policy.Engine{}, stores: map[string]*spire.Store{}, agents: map[string]*harness.Agent{}}
 	if err := m.start(ctx); err != nil {
 		m.Close()
 		return nil, err
@@ -99,10 +104,12 @@ func (m *Mesh) start(ctx context.Context) error {
 	if m.State, err = m.buildState(); err != nil {
 		return err
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
+	if m.podsDir, err = os.MkdirTemp("", "rm-pods-"); err != nil {
+		return err
+	}
+	m.runCtx, m.cancel = context.WithCancel(context.Background())
 	for _, node := range m.cfg.Nodes {
-		if err := m.startNode(ctx, runCtx, node); err != nil {
+		if err := m.startNode(ctx, node); err != nil {
 			return fmt.Errorf("meshbed: node %s: %w", node, err)
 		}
 	}
@@ -151,11 +158,12 @@ func (m *Mesh) buildState() (*state.Snapshot, error) {
 	return state.Decode([]byte(b.String()), state.Options{TrustDomain: m.TrustDomain.Name()})
 }
 
-func (m *Mesh) startNode(ctx, runCtx context.Context, node string) error {
+func (m *Mesh) startNode(ctx context.Context, node string) error {
 	agent, err := m.server.StartAgent(ctx, harness.AgentConfig{Name: node})
 	if err != nil {
 		return err
 	}
+	m.agents[node] = agent
 	if err := m.register(ctx, agent, node); err != nil {
 		return err
 	}
@@ -178,19 +186,46 @@ func (m *Mesh) startNode(ctx, runCtx context.Context, node string) error {
 		return err
 	}
 	store := spire.NewStore(client, spire.StoreConfig{Logger: log})
-	z, err := ztunnel.New(ztunnel.Config{
-		Node: node, TrustDomain: m.TrustDomain, Policy: engine, Identities: Identities{store},
-		Metrics: zm, AccessLog: ztunnel.NewAccessLog(m.cfg.AccessLog), Logger: log,
-	})
+	m.Engines[node], m.stores[node] = engine, store
+	z, err := m.newZtunnel(node, zm)
 	if err != nil {
-		store.Close()
 		return err
 	}
-	z.SetState(runCtx, m.State)
-	go z.WatchPolicy(runCtx)
-	m.Ztunnels[node], m.Engines[node], m.stores[node] = z, engine, store
+	m.Ztunnels[node] = z
 	return nil
 }
+
+func (m *Mesh) newZtunnel(node string, metrics *ztunnel.Metrics) (*ztunnel.Ztunnel, error) {
+	z, err := ztunnel.New(ztunnel.Config{
+		Node: node, TrustDomain: m.TrustDomain, Policy: m.Engines[node], Identities: Identities{m.stores[node]},
+		Metrics: metrics, AccessLog: ztunnel.NewAccessLog(m.cfg.AccessLog), Logger: m.cfg.Logger.With("node", node),
+		PodsFile: filepath.Join(m.podsDir, node+".json"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	z.SetState(m.runCtx, m.State)
+	go z.WatchPolicy(m.runCtx)
+	return z, nil
+}
+
+// RestartZtunnel stops the node's ztunnel (draining until ctx ends) and
+// starts a new one, which restores the enrolled pods from its pods file,
+// as a restarted ztunnel process does.
+func (m *Mesh) RestartZtunnel(ctx context.Context, node string) (int, error) {
+	if err := m.Ztunnels[node].Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return 0, err
+	}
+	z, err := m.newZtunnel(node, nil)
+	if err != nil {
+		return 0, err
+	}
+	m.Ztunnels[node] = z
+	return z.RestorePods(context.Background())
+}
+
+// Agent is the node's SPIRE agent, for tests that stop and restart it.
+func (m *Mesh) Agent(node string) *harness.Agent { return m.agents[node] }
 
 // register creates the SPIRE entries of the node's pods, parented to its agent.
 func (m *Mesh) register(ctx context.Context, agent *harness.Agent, node string) error {
@@ -283,6 +318,9 @@ func (m *Mesh) Close() error {
 	}
 	if m.Bed != nil {
 		errs = append(errs, m.Bed.Close())
+	}
+	if m.podsDir != "" {
+		os.RemoveAll(m.podsDir)
 	}
 	return errors.Join(errs...)
 }
