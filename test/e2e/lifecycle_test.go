@@ -96,13 +96,20 @@ func serveCNI(t *testing.T, z *ztunnel.Ztunnel) string {
 	return socket
 }
 
-// TestBulkIntegrityWhilePolicyReloads: many concurrent connections carry
-// data through both ztunnels while the policy bundle is replaced (by an
-// equivalent revision) over and over; every byte arrives intact.
-func TestBulkIntegrityWhilePolicyReloads(t *testing.T) {
-	m := newMesh(t, allowFrontendToAPI)
+// TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate: many concurrent
+// connections carry data through both ztunnels while the policy bundle is
+// replaced (by an equivalent revision) over and over and the SVIDs rotate
+// (20s lifetime, rotated at half); every byte arrives intact, and new
+// connections keep opening with the new SVIDs.
+func TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate(t *testing.T) {
+	m := startMeshWith(t, []string{writePolicy(t, allowFrontendToAPI)}, false, 20*time.Second)
 	api := m.Pods["api"]
 	echoServer(t, api, 8080)
+	frontend, _ := m.Spec("frontend")
+	first, err := m.SVID(frontend)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conns, perConn := 50, 20<<20 // 1000 MiB in all
 	if raceEnabled || testing.Short() {
 		perConn = 1 << 20
@@ -125,6 +132,17 @@ func TestBulkIntegrityWhilePolicyReloads(t *testing.T) {
 		wg.Go(func() { errs <- echoChecked(t, m, api.IP.String(), i, perConn) })
 	}
 	wg.Wait()
+	// Keep new connections going until the SVIDs have rotated.
+	deadline := time.Now().Add(30 * time.Second)
+	rotated := false
+	for !rotated && time.Now().Before(deadline) {
+		if err := echoChecked(t, m, api.IP.String(), 99, 64<<10); err != nil {
+			t.Errorf("a new connection while rotating: %v", err)
+		}
+		now, err := m.SVID(frontend)
+		rotated = err == nil && now.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
+		time.Sleep(500 * time.Millisecond)
+	}
 	close(stop)
 	reloads.Wait()
 	close(errs)
@@ -133,7 +151,13 @@ func TestBulkIntegrityWhilePolicyReloads(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	t.Logf("%d connections x %d MiB echoed intact through two ztunnels during policy reloads", conns, perConn>>20)
+	if !rotated {
+		t.Fatal("the frontend's SVID did not rotate within 30s of a 20s lifetime")
+	}
+	if err := echoChecked(t, m, api.IP.String(), 100, 1<<20); err != nil {
+		t.Errorf("a connection with the rotated SVID: %v", err)
+	}
+	t.Logf("%d connections x %d MiB echoed intact through two ztunnels during policy reloads; SVIDs rotated", conns, perConn>>20)
 }
 
 // echoChecked sends n pseudo-random bytes and checks the echo's SHA-256.

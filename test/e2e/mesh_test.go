@@ -72,6 +72,11 @@ func newMesh(t *testing.T, bundleSrc string) *mesh {
 
 func startMesh(t *testing.T, bundles []string, metrics bool) *mesh {
 	t.Helper()
+	return startMeshWith(t, bundles, metrics, 0)
+}
+
+func startMeshWith(t *testing.T, bundles []string, metrics bool, svidTTL time.Duration) *mesh {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e tests need root (network namespaces, nftables); CI runs them as root")
 	}
@@ -88,7 +93,7 @@ func startMesh(t *testing.T, bundles []string, metrics bool) *mesh {
 	var err error
 	m.Mesh, err = meshbed.Start(ctx, meshbed.Config{
 		Prefix: fmt.Sprintf("rme%d-%d", os.Getpid()%100000, net), Net: net, Nodes: []string{"node-1", "node-2"}, Pods: app,
-		Bundles: bundles, AccessLog: m.accessLog, Registries: m.registries,
+		Bundles: bundles, AccessLog: m.accessLog, Registries: m.registries, SVIDTTL: svidTTL,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/vishvananda/netns"
 
 	"github.com/regomesh/regomesh/policy"
@@ -48,8 +49,11 @@ type Config struct {
 	Net int
 	// TrustDomain of the mesh; default the harness's (regomesh.test).
 	TrustDomain spiffeid.TrustDomain
-	Nodes       []string
-	Pods        []PodSpec
+	// SVIDTTL is the pods' SVID lifetime; the agent rotates them at half
+	// of it. 0: the server's default (one hour).
+	SVIDTTL time.Duration
+	Nodes   []string
+	Pods    []PodSpec
 	// Bundles are read into every node's policy engine.
 	Bundles []string
 	// AccessLog receives every ztunnel's access log lines.
@@ -224,6 +228,11 @@ func (m *Mesh) RestartZtunnel(ctx context.Context, node string) (int, error) {
 	return z.RestorePods(context.Background())
 }
 
+// SVID returns the current SVID of pod p from its node's store.
+func (m *Mesh) SVID(p PodSpec) (*x509svid.SVID, error) {
+	return m.stores[p.Node].SVID(m.Identity(p))
+}
+
 // Agent is the node's SPIRE agent, for tests that stop and restart it.
 func (m *Mesh) Agent(node string) *harness.Agent { return m.agents[node] }
 
@@ -237,6 +246,7 @@ func (m *Mesh) register(ctx context.Context, agent *harness.Agent, node string) 
 		if err != nil {
 			return err
 		}
+		reg.X509SVIDTTL = m.cfg.SVIDTTL
 		if _, _, err := m.server.Registrar().Apply(ctx, reg); err != nil {
 			return err
 		}
