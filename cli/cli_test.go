@@ -66,6 +66,7 @@ func TestCommands(t *testing.T) {
 		code   int
 		golden bool   // compare stdout with testdata/golden/<name>.txt
 		stderr string // a substring stderr must hold
+		stdout string // a substring stdout must hold
 	}{
 		{name: "check-allowed-text", args: []string{"policy", "check", "--bundle", examples, "-i", inputs + "api-to-postgres-allowed.json"}, code: ExitAllowed, golden: true},
 		{name: "check-allowed-json", args: []string{"policy", "check", "--bundle", examples, "-i", inputs + "api-to-postgres-allowed.json", "-o", "json"}, code: ExitAllowed, golden: true},
@@ -88,6 +89,11 @@ func TestCommands(t *testing.T) {
 		{name: "istio-translate", args: []string{"policy", "translate", "examples/istio"}, code: ExitAllowed, golden: true, stderr: "ztunnel does not support HTTP attributes"},
 		{name: "istio-validate", args: []string{"policy", "validate", "examples/istio"}, code: ExitAllowed, golden: true},
 		{name: "istio-validate-invalid", args: []string{"policy", "validate", "cli/testdata/istio/invalid.yaml"}, code: ExitError, golden: true, stderr: "1 of 1 policies are invalid"},
+		{name: "check-jwt-claims", args: []string{"policy", "check", "--bundle", "cli/testdata/jwt-bundle", "--from", "spiffe://cluster.local/ns/shop/sa/frontend",
+			"--to", "shop/web", "--port", "8080", "--path", "/admin/users", "--jwt-claims", "cli/testdata/claims.json", "-o", "json"}, code: ExitAllowed, golden: true},
+		{name: "check-no-jwt", args: []string{"policy", "check", "--bundle", "cli/testdata/jwt-bundle", "--from", "spiffe://cluster.local/ns/shop/sa/frontend",
+			"--to", "shop/web", "--port", "8080", "--path", "/admin/users"}, code: ExitDenied, golden: true},
+		{name: "test-coverage", args: []string{"policy", "test", "--coverage", "examples/bundle", "examples/tests"}, code: ExitAllowed, stdout: `"coverage":`},
 		{name: "test-fail", args: []string{"policy", "test", "cli/testdata/failing-tests"}, code: ExitDenied},
 		{name: "input-unknown-field", args: []string{"policy", "check", "--bundle", examples, "-i", "-"}, stdin: `{"layer": "l4", "source": {"principle": "x"}}`, code: ExitError, stderr: `unknown field "principle"`},
 		{name: "input-bad-type", args: []string{"policy", "check", "--bundle", examples, "-i", "-"}, stdin: `{"layer": "l4", "destination": {"port": "80"}}`, code: ExitError, stderr: "input.destination.port"},
@@ -103,6 +109,9 @@ func TestCommands(t *testing.T) {
 			stdout, stderr, code := runBinary(t, tc.stdin, tc.args...)
 			if code != tc.code {
 				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.code, stdout, stderr)
+			}
+			if !strings.Contains(stdout, tc.stdout) {
+				t.Errorf("stdout does not hold %q:\n%s", tc.stdout, stdout)
 			}
 			if !strings.Contains(stderr, tc.stderr) {
 				t.Errorf("stderr %q does not mention %q", stderr, tc.stderr)

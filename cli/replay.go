@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -141,7 +142,9 @@ func replay(cmd *cobra.Command, engine *policy.Engine, r io.Reader) (replayRepor
 	for _, g := range groups {
 		report.Flips = append(report.Flips, *g)
 	}
-	slices.SortFunc(report.Flips, func(a, b flipGroup) int { return b.Count - a.Count })
+	slices.SortFunc(report.Flips, func(a, b flipGroup) int {
+		return cmp.Or(b.Count-a.Count, cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Before, b.Before), cmp.Compare(a.After, b.After))
+	})
 	return report, nil
 }
 
