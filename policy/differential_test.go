@@ -77,7 +77,19 @@ func genCondition(r *rand.Rand) string {
 	case 19:
 		return fmt.Sprintf("%q in input.request.auth.audiences", pick(r, []string{"aud1", "aud2"}))
 	case 20:
-		return fmt.Sprintf("input.request.auth.claims.groups[_] == %q", "admins") // iteration: topdown fallback
+		switch r.IntN(6) {
+		case 0:
+			return fmt.Sprintf("input.request.auth.claims.groups[_] == %q", "admins")
+		case 1:
+			return fmt.Sprintf("some g in input.request.auth.claims.groups\n\tg == %q", pick(r, []string{"admins", "devs"}))
+		case 2:
+			return fmt.Sprintf("some a in input.request.auth.audiences\n\tstartswith(a, %q)\n\tnot a == %q", "aud", "aud2")
+		case 3:
+			return fmt.Sprintf("some v in input.destination.labels\n\tendswith(v, %q)", pick(r, []string{"b", "res"}))
+		case 4:
+			return "some k, v in input.destination.labels\n\tk == \"app\"\n\tv != \"web\"" // key used: topdown
+		}
+		return fmt.Sprintf("some h in input.request.headers\n\th in {%q, %q}", "red", "green")
 	case 21:
 		return fmt.Sprintf("regex.match(%q, input.destination.workload)", "^web-[0-9]+$")
 	case 22:

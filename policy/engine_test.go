@@ -456,3 +456,42 @@ func TestChangedFiresOnEveryLoad(t *testing.T) {
 	}
 	<-second
 }
+
+func TestIterationIsNative(t *testing.T) {
+	dir := writeBundle(t, t.TempDir(), map[string]string{
+		".manifest": `{"roots": ["mesh/policies/jwt"]}`,
+		"p.rego": `package mesh.policies.jwt.p
+
+deny contains {"policy": "jwt/p", "rule": "no-admin-audience"} if {
+	input.layer == "l7"
+	not admin_audience
+}
+
+admin_audience if {
+	some a in input.request.auth.audiences
+	startswith(a, "admin-")
+	not a == "admin-legacy"
+}
+`})
+	e := loadEngine(t, withQuiet(Config{}), dir)
+	if notes := e.current.Load().prog.notes; len(notes) != 0 {
+		t.Fatalf("iteration fell back to topdown: %v", notes)
+	}
+	cases := []struct {
+		audiences []string
+		allow     bool
+	}{
+		{[]string{"web", "admin-ui"}, true},
+		{[]string{"admin-legacy"}, false},
+		{[]string{"admin-legacy", "admin-new"}, true},
+		{nil, false},
+	}
+	for _, tc := range cases {
+		in := toAdmin("spiffe://td/ns/shop/sa/frontend")
+		in.Request.Auth = &Auth{Audiences: tc.audiences}
+		d, err := e.Decide(context.Background(), in)
+		if err != nil || d.Allow != tc.allow {
+			t.Errorf("audiences %v: %+v, %v; want allow=%v", tc.audiences, d.Verdict, err, tc.allow)
+		}
+	}
+}

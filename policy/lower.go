@@ -46,6 +46,16 @@ type operand struct {
 type scope struct {
 	vars    map[ast.Var]operand
 	pending map[ast.Var]bool
+	// groups holds, per element stand-in field, the conditions on an
+	// iterated variable (`x = input.a[k]`); keys are the iteration keys,
+	// which the fragment does not let the body use.
+	groups map[*field]*elementGroup
+	keys   map[ast.Var]bool
+}
+
+func newScope() *scope {
+	return &scope{vars: map[ast.Var]operand{}, pending: map[ast.Var]bool{},
+		groups: map[*field]*elementGroup{}, keys: map[ast.Var]bool{}}
 }
 
 func unsupported(e *ast.Expr, why string) error {
@@ -73,7 +83,7 @@ type step struct {
 // bodySteps lowers a body to the flattened conjunction the program tests,
 // and to the steps an explanation walks.
 func (l *lowerer) bodySteps(b ast.Body) (allOf, []step, error) {
-	s := &scope{vars: map[ast.Var]operand{}, pending: map[ast.Var]bool{}}
+	s := newScope()
 	var out allOf
 	var steps []step
 	for _, e := range b {
@@ -135,8 +145,16 @@ func (l *lowerer) expr(e *ast.Expr, s *scope) (matcher, error) {
 	default:
 		return nil, unsupported(e, "expression form")
 	}
-	if err != nil || m == nil || !e.Negated {
+	if err != nil || m == nil {
 		return m, err
+	}
+	if l, ok := m.(leaf); ok && s.groups[l.field()] != nil {
+		g := s.groups[l.field()]
+		g.tests = append(g.tests, elementTest{l: l, negated: e.Negated})
+		return nil, nil // tested element by element by the group's someElement
+	}
+	if !e.Negated {
+		return m, nil
 	}
 	return not{m}, nil
 }
@@ -214,6 +232,9 @@ func (l *lowerer) resolve(e *ast.Expr, args []*ast.Term, s *scope) ([]operand, b
 func (l *lowerer) operand(e *ast.Expr, t *ast.Term, s *scope) (operand, error) {
 	switch v := t.Value.(type) {
 	case ast.Var:
+		if s.keys[v] {
+			return operand{}, unsupported(e, "iteration key "+string(v)+" used in the body")
+		}
 		op, ok := s.vars[v]
 		if !ok {
 			return operand{}, unsupported(e, "unbound variable "+string(v))
@@ -251,6 +272,28 @@ func (l *lowerer) refOperand(e *ast.Expr, ref ast.Ref) (operand, error) {
 		return operand{}, unsupported(e, err.Error())
 	}
 	return operand{value: val}, nil
+}
+
+// elementOf recognises `input.a.b[k]` with k a fresh variable: iteration
+// over the collection input.a.b. It returns a new group for the element.
+func (l *lowerer) elementOf(t *ast.Term, s *scope) (*elementGroup, bool) {
+	ref, ok := t.Value.(ast.Ref)
+	if !ok || len(ref) < 2 || !ref.HasPrefix(ast.InputRootRef) {
+		return nil, false
+	}
+	k, ok := ref[len(ref)-1].Value.(ast.Var)
+	if _, bound := s.vars[k]; !ok || bound || s.keys[k] {
+		return nil, false
+	}
+	coll, ok := fieldFor(ref[:len(ref)-1])
+	if !ok {
+		return nil, false
+	}
+	coll = l.intern(coll)
+	g := &elementGroup{coll: coll, elem: &field{path: coll.path + "[_]", get: never}}
+	s.groups[g.elem] = g
+	s.keys[k] = true
+	return g, true
 }
 
 // intern shares one field per path so the cache key lists each once.
@@ -300,6 +343,10 @@ func (l *lowerer) unify(e *ast.Expr, args []*ast.Term, s *scope) (matcher, error
 }
 
 func (l *lowerer) bind(e *ast.Expr, v ast.Var, t *ast.Term, s *scope) (matcher, error) {
+	if g, ok := l.elementOf(t, s); ok {
+		s.vars[v] = operand{field: g.elem}
+		return someElement{g}, nil
+	}
 	op, err := l.operand(e, t, s)
 	if err != nil {
 		return nil, err
@@ -444,8 +491,8 @@ func (l *lowerer) transform(e *ast.Expr, name string, args []*ast.Term, s *scope
 	if err != nil {
 		return err
 	}
-	if in.field == nil {
-		return unsupported(e, "transform of a constant")
+	if in.field == nil || s.groups[in.field] != nil {
+		return unsupported(e, "transform of a constant or of an iterated element")
 	}
 	fn := strings.ToLower
 	if name == "upper" {

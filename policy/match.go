@@ -82,22 +82,58 @@ func (m anyOf) match(in *Input) bool {
 	return false
 }
 
-func (m not) match(in *Input) bool     { return !m.m.match(in) }
-func (m constant) match(*Input) bool   { return bool(m) }
-func (m defined) match(in *Input) bool { _, ok := m.f.get(in); return ok }
-func (m truthy) match(in *Input) bool  { v, ok := m.f.get(in); return ok && (v.kind != kindBool || v.b) }
-func (m compare) match(in *Input) bool {
-	v, ok := m.f.get(in)
-	return ok && m.op.holds(compareValues(v, m.want))
+func (m not) match(in *Input) bool   { return !m.m.match(in) }
+func (m constant) match(*Input) bool { return bool(m) }
+
+// leaf is a condition on one field's value. match reads the field from
+// the input; check tests a value directly, which is how a condition on
+// the elements of a collection (`some x in input.a; startswith(x, "p")`)
+// tests each element.
+type leaf interface {
+	matcher
+	field() *field
+	check(v value, ok bool) bool
 }
-func (m holds) match(in *Input) bool { v, ok := m.f.get(in); return ok && collectionHas(v, m.want) }
-func (m regexMatch) match(in *Input) bool {
-	v, ok := m.f.get(in)
+
+var (
+	_ leaf = defined{}
+	_ leaf = truthy{}
+	_ leaf = compare{}
+	_ leaf = holds{}
+	_ leaf = regexMatch{}
+	_ leaf = memberOf{}
+	_ leaf = stringTest{}
+	_ leaf = cidrContains{}
+)
+
+func (m defined) match(in *Input) bool      { return m.check(m.f.get(in)) }
+func (m truthy) match(in *Input) bool       { return m.check(m.f.get(in)) }
+func (m compare) match(in *Input) bool      { return m.check(m.f.get(in)) }
+func (m holds) match(in *Input) bool        { return m.check(m.f.get(in)) }
+func (m regexMatch) match(in *Input) bool   { return m.check(m.f.get(in)) }
+func (m memberOf) match(in *Input) bool     { return m.check(m.f.get(in)) }
+func (m stringTest) match(in *Input) bool   { return m.check(m.f.get(in)) }
+func (m cidrContains) match(in *Input) bool { return m.check(m.f.get(in)) }
+
+func (m defined) field() *field      { return m.f }
+func (m truthy) field() *field       { return m.f }
+func (m compare) field() *field      { return m.f }
+func (m holds) field() *field        { return m.f }
+func (m regexMatch) field() *field   { return m.f }
+func (m memberOf) field() *field     { return m.f }
+func (m stringTest) field() *field   { return m.f }
+func (m cidrContains) field() *field { return m.f }
+
+func (m defined) check(_ value, ok bool) bool { return ok }
+func (m truthy) check(v value, ok bool) bool  { return ok && (v.kind != kindBool || v.b) }
+func (m compare) check(v value, ok bool) bool { return ok && m.op.holds(compareValues(v, m.want)) }
+func (m holds) check(v value, ok bool) bool   { return ok && collectionHas(v, m.want) }
+
+func (m regexMatch) check(v value, ok bool) bool {
 	return ok && v.kind == kindString && m.re.MatchString(v.s)
 }
 
-func (m memberOf) match(in *Input) bool {
-	v, ok := m.f.get(in)
+func (m memberOf) check(v value, ok bool) bool {
 	if !ok || v.kind == kindComposite {
 		return false
 	}
@@ -105,13 +141,11 @@ func (m memberOf) match(in *Input) bool {
 	return found
 }
 
-func (m stringTest) match(in *Input) bool {
-	v, ok := m.f.get(in)
+func (m stringTest) check(v value, ok bool) bool {
 	return ok && v.kind == kindString && m.test(v.s)
 }
 
-func (m cidrContains) match(in *Input) bool {
-	v, ok := m.f.get(in)
+func (m cidrContains) check(v value, ok bool) bool {
 	if !ok || v.kind != kindString {
 		return false
 	}
@@ -120,6 +154,77 @@ func (m cidrContains) match(in *Input) bool {
 	}
 	p, err := netip.ParsePrefix(v.s)
 	return err == nil && p.Bits() >= m.prefix.Bits() && m.prefix.Contains(p.Addr().Unmap())
+}
+
+// someElement holds when some element of a collection field (the values
+// of an array, set or object) passes every test: Rego's
+// `some x in input.a; cond1(x); cond2(x)`, lowered to `x = input.a[_]`.
+type someElement struct{ g *elementGroup }
+
+// elementGroup collects the conditions a body puts on one element
+// variable, filled while the rest of the body is lowered.
+type elementGroup struct {
+	coll  *field
+	elem  *field // the variable's stand-in; its getter is never called
+	tests []elementTest
+}
+
+type elementTest struct {
+	l       leaf
+	negated bool
+}
+
+func (m someElement) match(in *Input) bool {
+	v, ok := m.g.coll.get(in)
+	if !ok || v.kind != kindComposite {
+		return false
+	}
+	found := false
+	eachElement(v.c, func(e value) bool {
+		found = m.g.passes(e)
+		return !found
+	})
+	return found
+}
+
+func (g *elementGroup) passes(e value) bool {
+	for _, t := range g.tests {
+		if t.l.check(e, true) == t.negated {
+			return false
+		}
+	}
+	return true
+}
+
+// eachElement calls f on every element of a decoded collection until f
+// returns false.
+func eachElement(c any, f func(value) bool) {
+	switch x := c.(type) {
+	case []string:
+		for _, s := range x {
+			if !f(stringValue(s)) {
+				return
+			}
+		}
+	case map[string]string:
+		for _, s := range x {
+			if !f(stringValue(s)) {
+				return
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if v, ok := goValue(e); ok && !f(v) {
+				return
+			}
+		}
+	case map[string]any:
+		for _, e := range x {
+			if v, ok := goValue(e); ok && !f(v) {
+				return
+			}
+		}
+	}
 }
 
 func (op compareOp) holds(cmp int) bool {
