@@ -153,6 +153,9 @@ func (e *Engine) Revisions() map[string]string {
 // Decide answers one input. It never fails open: on error the decision is
 // a deny whose reason says why.
 func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
+	if d, ok := e.cachedL4(&in); ok {
+		return d, nil
+	}
 	s := scratchPool.Get().(*scratch)
 	defer s.release()
 	s.in = in
@@ -191,6 +194,30 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 	}
 	e.record(ctx, g, &s.in, d, start, elapsed, cached)
 	return d, err
+}
+
+// cachedL4 answers an L4 input from the cache without touching the heap,
+// when nothing else (decision log, shadow set) needs to see the decision;
+// anything else, including invalid input, takes the full path.
+func (e *Engine) cachedL4(in *Input) (Decision, bool) {
+	if in.Layer != L4 || in.Request != nil || e.cfg.DecisionLog != nil || e.shadow.Load() != nil {
+		return Decision{}, false
+	}
+	g := e.current.Load()
+	if g == nil {
+		return Decision{}, false
+	}
+	cache := g.cache.Load()
+	if cache == nil || in.Prepare() != nil {
+		return Decision{}, false
+	}
+	var key l4Key
+	cache.fillKey(&key, in)
+	d, _, hit := cache.get(&key)
+	if hit {
+		e.cfg.Metrics.observeCacheHit(L4, d)
+	}
+	return d, hit
 }
 
 // record hands the decision to the shadow comparison and the decision log.
