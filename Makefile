@@ -5,6 +5,7 @@
 #   make lint     gofmt and go vet
 #   make bench    policy benchmarks (BENCH=regexp filters them)
 #   make demo     go run ./cmd/regomesh demo $(ARGS)
+#   make bench-mesh  mesh benchmarks vs direct TCP and an haproxy TLS pair: go run ./test/bench $(ARGS) (root)
 #   make tools    build-time tools from tools/go.mod into bin/ (cached)
 #   make spire    real spire-server and spire-agent from tools/spire/go.mod into bin/ (cached)
 #   make clean    remove bin/
@@ -34,7 +35,7 @@ ARGS ?=
 # The race detector needs cgo and a C compiler; without them tests run without it.
 RACE := $(shell [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null && echo -race)
 
-.PHONY: build test lint bench demo tools spire clean
+.PHONY: build test lint bench bench-mesh demo tools spire clean
 
 build:
 	$(GO) build ./...
@@ -61,6 +62,11 @@ bench:
 # The mesh demo runs real SPIRE and nftables in network namespaces: root, and bin/spire-*.
 demo: spire
 	$(GO) run ./cmd/regomesh demo $(ARGS)
+
+# The mesh benchmarks against baselines measured in the same run (test/bench):
+# root, bin/spire-*, and haproxy (installed with apt-get when missing).
+bench-mesh: spire
+	$(GO) run ./test/bench $(ARGS)
 
 tools: $(OPA)
 

@@ -1,0 +1,93 @@
+// Command bench measures regomesh's data path against baselines measured
+// in the same run, on the same kind of bed (test/meshbed: two nodes as
+// network namespaces, real SPIRE, both ztunnels in this process):
+//
+//   - direct TCP between two pods outside the mesh;
+//   - a pair of haproxy TLS 1.3 proxies between the same two pods;
+//   - `openssl speed -evp aes-128-gcm` as the per-core ceiling.
+//
+// It prints a table and notes, and writes them as JSON with -json. It is
+// a report, not a test: nothing is asserted. It needs root and bin/spire-*
+// (make spire); run it with `make bench-mesh` or `go run ./test/bench`.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is what the flags set.
+type config struct {
+	// duration of the bulk and connection-rate runs.
+	duration time.Duration
+	// roundTrips measured per path, after warmup.
+	roundTrips, warmup int
+	// tunnels held open for the memory figure.
+	tunnels int
+	// jsonPath, if set, receives the report as JSON.
+	jsonPath string
+	// net picks the bed's addresses, 10.<net>.0.0/16.
+	net int
+}
+
+func main() {
+	var cfg config
+	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each bulk and connection-rate run")
+	flag.IntVar(&cfg.roundTrips, "roundtrips", 20000, "1 KiB round trips measured per path")
+	flag.IntVar(&cfg.warmup, "warmup", 2000, "round trips before measuring")
+	flag.IntVar(&cfg.tunnels, "tunnels", 1000, "connections held open for the memory figure")
+	flag.StringVar(&cfg.jsonPath, "json", "", "also write the report as JSON to this file")
+	flag.IntVar(&cfg.net, "net", 250, "bed addresses 10.<net>.0.0/16 (inside its own namespaces)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, command()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// command is how this run was invoked, for the report.
+func command() string {
+	return "go run ./test/bench " + strings.Join(os.Args[1:], " ")
+}
+
+// run sets up the bed and the baselines, measures, and reports; every
+// process and namespace it starts is gone when it returns.
+func run(ctx context.Context, cfg config, cmd string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (network namespaces, nftables): run it as root or with sudo")
+	}
+	ceiling, err := aesGCMSpeed(ctx)
+	if err != nil {
+		return err
+	}
+	bed, err := startBed(ctx, cfg.net)
+	if err != nil {
+		return err
+	}
+	defer bed.Close()
+	pair, err := startHAProxyPair(ctx, bed)
+	if err != nil {
+		return err
+	}
+	defer pair.Close()
+	r, err := measureAll(ctx, cfg, bed, pair)
+	if err != nil {
+		return err
+	}
+	rep := newReport(cmd, cfg, ceiling, r, pair.Version)
+	rep.Print(os.Stdout)
+	if cfg.jsonPath != "" {
+		return rep.WriteJSON(cfg.jsonPath)
+	}
+	return nil
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+)
+
+// report is what the run prints and writes as JSON.
+type report struct {
+	Command string `json:"command"`
+	// AESGCMCeiling is openssl's AES-128-GCM speed on 16 KiB blocks, one core, MB/s.
+	AESGCMCeiling float64  `json:"aes_128_gcm_mb_per_s"`
+	Rows          []row    `json:"rows"`
+	Notes         []string `json:"notes"`
+}
+
+// row is one metric; a nil figure was not measured on that path.
+type row struct {
+	Metric   string   `json:"metric"`
+	Direct   *float64 `json:"direct"`
+	HAProxy  *float64 `json:"haproxy_pair"`
+	Regomesh *float64 `json:"regomesh"`
+	// Ratio is regomesh / haproxy pair.
+	Ratio *float64 `json:"regomesh_over_haproxy"`
+}
+
+func newRow(metric string, direct, haproxy, regomesh *float64) row {
+	r := row{Metric: metric, Direct: direct, HAProxy: haproxy, Regomesh: regomesh}
+	if haproxy != nil && regomesh != nil && *haproxy != 0 {
+		r.Ratio = ptr(*regomesh / *haproxy)
+	}
+	return r
+}
+
+func ptr(v float64) *float64 { return &v }
+
+func micros(d time.Duration) *float64 { return ptr(float64(d.Nanoseconds()) / 1e3) }
+
+func newReport(cmd string, cfg config, ceiling float64, r *results, haproxyVersion string) *report {
+	d, h, m := pathDirect, pathHAProxy, pathRegomesh
+	added := func(of string, p func(latency) time.Duration) *float64 {
+		return micros(p(r.rtt[of]) - p(r.rtt[d]))
+	}
+	p50 := func(l latency) time.Duration { return l.p50 }
+	p99 := func(l latency) time.Duration { return l.p99 }
+	md, mm := r.mem[d], r.mem[m]
+	rep := &report{Command: cmd, AESGCMCeiling: ceiling}
+	rep.Rows = []row{
+		newRow("bulk, one stream (MB/s)", ptr(r.bulk[d]), ptr(r.bulk[h]), ptr(r.bulk[m])),
+		newRow("1 KiB round trip p50 (µs)", micros(r.rtt[d].p50), micros(r.rtt[h].p50), micros(r.rtt[m].p50)),
+		newRow("1 KiB round trip p99 (µs)", micros(r.rtt[d].p99), micros(r.rtt[h].p99), micros(r.rtt[m].p99)),
+		newRow("  added vs direct, p50 (µs)", nil, added(h, p50), added(m, p50)),
+		newRow("  added vs direct, p99 (µs)", nil, added(h, p99), added(m, p99)),
+		newRow("new connections/s (connect, 1 B echo, close)", nil, nil, ptr(r.connRate)),
+		newRow(fmt.Sprintf("Go heap in use before %d open (MiB)", mm.n), mib(md.heapBefore), nil, mib(mm.heapBefore)),
+		newRow(fmt.Sprintf("Go heap in use with %d open (MiB)", mm.n), mib(md.heapAfter), nil, mib(mm.heapAfter)),
+		newRow("  heap per open connection (KiB)", perConn(md.heapBefore, md.heapAfter, md.n), nil, perConn(mm.heapBefore, mm.heapAfter, mm.n)),
+		newRow("  stacks per open connection (KiB)", perConn(md.stackBefore, md.stackAfter, md.n), nil, perConn(mm.stackBefore, mm.stackAfter, mm.n)),
+		newRow("  goroutines per open connection", goroutines(md), nil, goroutines(mm)),
+	}
+	rep.Notes = notes(cfg, ceiling, r, haproxyVersion)
+	return rep
+}
+
+func mib(b uint64) *float64 { return ptr(float64(b) / (1 << 20)) }
+
+func perConn(before, after uint64, n int) *float64 {
+	return ptr((float64(after) - float64(before)) / float64(n) / 1024)
+}
+
+func goroutines(m memory) *float64 {
+	return ptr(float64(m.goAfter-m.goroutinesBefore) / float64(m.n))
+}
+
+func notes(cfg config, ceiling float64, r *results, haproxyVersion string) []string {
+	md, mm := r.mem[pathDirect], r.mem[pathRegomesh]
+	ztHeap := (float64(mm.heapAfter) - float64(mm.heapBefore) - (float64(md.heapAfter) - float64(md.heapBefore))) / float64(mm.n) / 1024
+	ztStack := (float64(mm.stackAfter) - float64(mm.stackBefore) - (float64(md.stackAfter) - float64(md.stackBefore))) / float64(mm.n) / 1024
+	return []string{
+		fmt.Sprintf("AES-128-GCM ceiling (openssl speed -evp aes-128-gcm -seconds 1, 16 KiB blocks, one core): %.0f MB/s; "+
+			"regomesh bulk is %.2f of it, the haproxy pair %.2f; regomesh bulk is %.2f of direct.",
+			ceiling, r.bulk[pathRegomesh]/ceiling, r.bulk[pathHAProxy]/ceiling, r.bulk[pathRegomesh]/r.bulk[pathDirect]),
+		"Paths: client pod on node-1 to server pod on node-2 (network namespaces, one fabric bridge); direct and haproxy " +
+			"use two pods outside the mesh, regomesh two enrolled pods (nftables capture, HBONE over mutual TLS 1.3 with SPIRE SVIDs, policy allowing client->server).",
+		"haproxy pair: " + haproxyVersion + ", one thread each; client side in the client pod on 127.0.0.1, mutual TLS 1.3 (TLS_AES_128_GCM_SHA256, ECDSA P-256) to the server side in the server pod, which forwards to the server on loopback.",
+		"regomesh/haproxy: above 1 is better for throughput, below 1 is better for latency.",
+		"Both ztunnels, SPIRE's Go clients, the servers and this client run IN THIS PROCESS (meshbed): the process's RSS is not a ztunnel's. " +
+			"Memory is Go HeapInuse/StackInuse after GC; the direct column is the application's own cost (client and server sides), " +
+			fmt.Sprintf("so both ztunnels together cost %.1f KiB heap + %.1f KiB stacks per open tunnel (regomesh minus direct).", ztHeap, ztStack),
+		fmt.Sprintf("New connections/s: %s, each a new HBONE stream on the pooled mTLS connection; %d failed. "+
+			"The pooled stream-open rate alone: go test ./hbone -run '^$' -bench StreamOpen. New mTLS connections/s are not measured here.",
+			cfg.duration, r.connErrors),
+		fmt.Sprintf("Round trips: %d after %d warm-up, one connection, nearest-rank percentiles. Bulk: one stream for %s, server-side bytes over first write to last byte read. MB = 10^6 bytes.",
+			cfg.roundTrips, cfg.warmup, cfg.duration),
+		"One run on a shared machine, all processes on the same cores: figures move between runs; compare ratios within a run, not across runs.",
+	}
+}
+
+// Print writes the table and notes.
+func (rep *report) Print(w io.Writer) {
+	fmt.Fprintf(w, "$ %s\n\n", rep.Command)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "metric\t direct\t haproxy pair\t regomesh\t regomesh/haproxy\t")
+	for _, r := range rep.Rows {
+		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t\n", r.Metric, cell(r.Direct), cell(r.HAProxy), cell(r.Regomesh), ratio(r.Ratio))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nnotes:")
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "- %s\n", n)
+	}
+}
+
+func cell(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	if *v >= 100 || *v <= -100 {
+		return fmt.Sprintf("%.0f", *v)
+	}
+	return fmt.Sprintf("%.1f", *v)
+}
+
+func ratio(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", *v)
+}
+
+// WriteJSON writes the report to path.
+func (rep *report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("bench: write %s: %w", path, err)
+	}
+	return nil
+}
