@@ -21,6 +21,11 @@ const relayBufferSize = 4*recordSize - frameHeaderSize
 
 var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
 
+// smallBufferSize is what a relay direction reads with until data flows in bulk.
+const smallBufferSize = 4 << 10
+
+var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}
+
 // Relay copies bytes both ways between client and server until both
 // directions have ended, then closes both. When one side ends its
 // direction (EOF), Relay ends the same direction on the other side
@@ -78,9 +83,19 @@ func copyStream(dst io.Writer, src net.Conn) (int64, error) {
 	if s, ok := src.(*Stream); ok {
 		return s.WriteTo(dst) // straight from the stream's buffer
 	}
-	bp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bp)
-	buf := *bp
+	// An idle connection waits in Read holding its buffer, so it starts
+	// small and takes the full-size buffer only once a read fills the small
+	// one (bulk), giving it back when reads go short again: thousands of
+	// idle tunnels then cost a few KiB each instead of 64 KiB.
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			relayBuffers.Put(big)
+		}
+	}()
+	small := smallBuffers.Get().(*[]byte)
+	defer smallBuffers.Put(small)
+	buf := *small
 	var total int64
 	for {
 		n, rerr := src.Read(buf)
@@ -91,11 +106,22 @@ func copyStream(dst io.Writer, src net.Conn) (int64, error) {
 				return total, werr
 			}
 		}
+		switch { // the next read's buffer; buf is written out by now
+		case big == nil && n == len(buf):
+			big = relayBuffers.Get().(*[]byte)
+		case big != nil && n < smallBufferSize:
+			relayBuffers.Put(big)
+			big = nil
+		}
 		if rerr == io.EOF {
 			return total, nil
 		}
 		if rerr != nil {
 			return total, rerr
+		}
+		buf = *small
+		if big != nil {
+			buf = *big
 		}
 	}
 }
