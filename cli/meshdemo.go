@@ -130,6 +130,8 @@ func runCalls(out io.Writer, m *meshbed.Mesh, log *lockedWriter) {
 		rule := "-"
 		if e.Policy != "" {
 			rule = e.Policy + " " + e.Rule
+		} else if sel, ok := strings.CutPrefix(e.Reason, "no ALLOW policy matched; selecting the destination: "); ok {
+			rule = sel + " (no rule matched)"
 		}
 		from := c.from
 		if spec, _ := m.Spec(c.from); spec.Outside {
