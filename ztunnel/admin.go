@@ -18,6 +18,8 @@ type CertificateInfo struct {
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
 	Chain        int       `json:"chain_length"`
+	// Error says why there is no SVID for an enrolled pod's identity.
+	Error string `json:"error,omitempty"`
 }
 
 // AdminSources are what the admin endpoints report.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -167,4 +169,29 @@ func (z *Ztunnel) identityOf(namespace, serviceAccount string) (spiffeid.ID, err
 		return spiffeid.ID{}, fmt.Errorf("ztunnel: identity of %s/%s: %w", namespace, serviceAccount, err)
 	}
 	return id, nil
+}
+
+// Certificates describes the SVIDs held for the enrolled pods, without
+// keys, for the admin config dump.
+func (z *Ztunnel) Certificates() []CertificateInfo {
+	z.mu.Lock()
+	ids := map[string]spiffeid.ID{}
+	for _, p := range z.pods {
+		ids[p.id.String()] = p.id
+	}
+	z.mu.Unlock()
+	out := make([]CertificateInfo, 0, len(ids))
+	for _, name := range slices.Sorted(maps.Keys(ids)) {
+		svid, err := z.cfg.Identities.SVID(ids[name])
+		if err != nil || len(svid.Certificates) == 0 {
+			out = append(out, CertificateInfo{Identity: name, Error: fmt.Sprint(err)})
+			continue
+		}
+		leaf := svid.Certificates[0]
+		out = append(out, CertificateInfo{
+			Identity: name, SerialNumber: leaf.SerialNumber.Text(16),
+			NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Chain: len(svid.Certificates),
+		})
+	}
+	return out
 }

@@ -211,7 +211,8 @@ func serve(ctx context.Context, cfg config, z *ztunnel.Ztunnel, engine *policy.E
 	ready := func() error { return errors.Join(z.Ready(), ids.Health().Err()) }
 	handlers := map[string]http.Handler{
 		cfg.adminAddr: ztunnel.AdminHandler(ztunnel.AdminSources{
-			State: z.State, Revisions: engine.Revisions, Generation: engine.Generation, LogLevel: level, Ready: ready,
+			State: z.State, Revisions: engine.Revisions, Generation: engine.Generation, Certificates: z.Certificates,
+			LogLevel: level, Ready: ready,
 		}),
 		cfg.metricsAddr:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		cfg.readinessAddr: ztunnel.ReadinessHandler(ready),

@@ -94,6 +94,36 @@ func TestMeshTraffic(t *testing.T) {
 			}
 		}
 	})
+	t.Run("outside the mesh: passthrough in plaintext when policy allows", func(t *testing.T) {
+		echoServer(t, m.Pods["legacy"], 7070)
+		c, err := dialFrom(t, m.Pods["frontend"], fmt.Sprintf("%s:7070", m.Pods["legacy"].IP))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := roundTrip(c, "out"); err != nil || got != "out" {
+			t.Fatalf("passthrough: %q, %v", got, err)
+		}
+		c.Close()
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "outbound" && e.DestinationWL == "legacy"
+		})
+		if e.Hbone != "" || e.Decision != "allow" || e.Sent != 3 {
+			t.Errorf("passthrough entry = %+v", e)
+		}
+	})
+	t.Run("config dump certificates: the enrolled pods' SVIDs, no keys", func(t *testing.T) {
+		certs := m.Ztunnels["node-1"].Certificates()
+		var names []string
+		for _, c := range certs {
+			names = append(names, c.Identity)
+			if c.Identity != "spiffe://regomesh.test/ns/shop/sa/orphan" && (c.Error != "" || c.NotAfter.IsZero()) {
+				t.Errorf("certificate %+v", c)
+			}
+		}
+		if strings.Join(names, ",") != "spiffe://regomesh.test/ns/shop/sa/frontend,spiffe://regomesh.test/ns/shop/sa/intruder,spiffe://regomesh.test/ns/shop/sa/orphan" {
+			t.Errorf("identities = %v", names)
+		}
+	})
 	t.Run("a policy change closes an open connection", func(t *testing.T) {
 		c, err := dialFrom(t, m.Pods["frontend"], target)
 		if err != nil {
