@@ -38,29 +38,31 @@ var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize
 // entirely.
 func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
 	var counts Counts
-	errs := make(chan error, 2)
+	var failure firstError
+	fail := func(err error) {
+		if err != nil && failure.set(err) {
+			client.Close() // unblock the other direction; its error is a consequence
+			server.Close()
+		}
+	}
+	// One direction on a new goroutine, the other on this one: a tunnel
+	// costs one goroutine stack less, which adds up over thousands.
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		var err error
 		counts.FromClient, err = copyHalf(server, client)
-		errs <- err
-	}()
-	go func() {
-		var err error
-		counts.FromServer, err = copyHalf(client, server)
-		errs <- err
+		fail(err)
 	}()
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
 		server.Close()
 	})
-	err := <-errs
-	if err != nil {
-		client.Close() // unblock the other direction; its error is a consequence
-		server.Close()
-		<-errs
-	} else {
-		err = <-errs
-	}
+	var err error
+	counts.FromServer, err = copyHalf(client, server)
+	fail(err)
+	<-done
+	err = failure.get()
 	stop()
 	client.Close()
 	server.Close()
@@ -131,4 +133,27 @@ func closeWrite(c net.Conn) error {
 		return cw.CloseWrite()
 	}
 	return c.Close()
+}
+
+// firstError keeps the first error of a relay: the cause, not the
+// consequences it has on the other direction.
+type firstError struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (f *firstError) set(err error) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return false
+	}
+	f.err = err
+	return true
+}
+
+func (f *firstError) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
 }
