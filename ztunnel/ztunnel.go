@@ -70,7 +70,10 @@ type Ztunnel struct {
 	stopping bool
 }
 
-var _ cni.Handler = (*Ztunnel)(nil)
+var (
+	_ cni.Handler = (*Ztunnel)(nil)
+	_ Policy      = (*policy.Engine)(nil)
+)
 
 // New returns a ztunnel with no pod enrolled; SetState must be called
 // before pods are added.

@@ -359,6 +359,8 @@ func LoadBundles(ctx context.Context, engine *policy.Engine, paths []string) err
 // Identities adapts a SPIRE store to ztunnel, as cmd/ztunnel does.
 type Identities struct{ *spire.Store }
 
+var _ ztunnel.Identities = Identities{}
+
 // Hold starts fetching the SVID of a service account's pods.
 func (s Identities) Hold(id spiffeid.ID, namespace, serviceAccount string) error {
 	return s.Add(spire.Workload{ID: id, Selectors: spire.KubernetesSelectors(namespace, serviceAccount)})
