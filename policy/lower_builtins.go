@@ -143,4 +143,3 @@ func scalarSet(coll ast.Value) (map[valueKey]struct{}, bool) {
 	}
 	return set, ok
 }
-
