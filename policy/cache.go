@@ -68,12 +68,17 @@ var scalarBits = map[string]uint32{
 	"input.source.remote_ip": 1 << 14,
 }
 
+// rawValidated are the fields Prepare validates or derives from: every key
+// holds them as the caller gave them, so a hit implies an input that
+// validated before, and the cache can answer before Prepare runs.
+const rawValidated uint32 = 1<<0 | 1<<1 | 1<<2 | 1<<3 | 1<<4 | 1<<6 | 1<<14
+
 // everything is the key of a policy whose reads are not known.
 var everything = cacheSpec{fields: 1<<15 - 1, everyLabel: true, everyScalar: true}
 
 // specFor derives the key from the paths the native rules read.
 func specFor(paths []string) cacheSpec {
-	var s cacheSpec
+	s := cacheSpec{fields: rawValidated}
 	for _, p := range paths {
 		p = basePath(p)
 		if bit, ok := scalarBits[p]; ok {
@@ -116,7 +121,8 @@ func newDecisionCache(spec cacheSpec, size int) *decisionCache {
 	return c
 }
 
-// fillKey sets k to the observed fields of in; k must be zero.
+// fillKey sets k to the observed fields of in, as the caller gave them
+// (before Prepare); k must be zero.
 func (c *decisionCache) fillKey(k *l4Key, in *Input) {
 	f := c.spec.fields
 	has := func(bit uint32) bool { return f&bit != 0 }

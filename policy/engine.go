@@ -156,8 +156,12 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 	if d, ok := e.cachedL4(&in); ok {
 		return d, nil
 	}
+	g := e.current.Load()
 	s := scratchPool.Get().(*scratch)
 	defer s.release()
+	if g != nil {
+		g.probe(s, &in) // the key is built from the input as given, before Prepare
+	}
 	s.in = in
 	if in.Request != nil {
 		s.req = *in.Request // Prepare derives fields; leave the caller's request alone
@@ -166,13 +170,12 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 	if err := s.in.Prepare(); err != nil {
 		return deny(err.Error()), err
 	}
-	g := e.current.Load()
 	if g == nil {
 		d := deny(ReasonNoPolicy)
 		e.cfg.Metrics.observeDecision(in.Layer, d, 0)
 		return d, nil
 	}
-	d, cached := g.lookup(s)
+	d, cached := s.hit()
 	var start time.Time
 	var elapsed time.Duration
 	var err error
@@ -208,9 +211,12 @@ func (e *Engine) cachedL4(in *Input) (Decision, bool) {
 		return Decision{}, false
 	}
 	cache := g.cache.Load()
-	if cache == nil || in.Prepare() != nil {
+	if cache == nil || !portsValid(in) {
 		return Decision{}, false
 	}
+	// Every field Prepare validates is in the key as given: a hit is an
+	// input identical, as far as validation and policy go, to one that
+	// passed Prepare and was decided.
 	var key l4Key
 	cache.fillKey(&key, in)
 	d, _, hit := cache.get(&key)
@@ -218,6 +224,10 @@ func (e *Engine) cachedL4(in *Input) (Decision, bool) {
 		e.cfg.Metrics.observeCacheHit(L4, d)
 	}
 	return d, hit
+}
+
+func portsValid(in *Input) bool {
+	return in.Source.Port >= 0 && in.Source.Port <= 65535 && in.Destination.Port >= 0 && in.Destination.Port <= 65535
 }
 
 // record hands the decision to the shadow comparison and the decision log.
@@ -244,7 +254,8 @@ func (e *Engine) compareShadow(ctx context.Context, in *Input, enforced Decision
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer sc.release()
-	sc.in = *in // already prepared; its request is not modified again
+	s.probe(sc, in) // prepared inputs key the shadow cache consistently with each other
+	sc.in = *in     // its request is not modified again
 	d, _, err := s.decide(ctx, sc)
 	if err != nil {
 		e.log.Warn("shadow policy failed to decide", "error", err)

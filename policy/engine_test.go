@@ -495,3 +495,29 @@ admin_audience if {
 		}
 	}
 }
+
+func TestCacheHitsStillRefuseInvalidInput(t *testing.T) {
+	e := loadEngine(t, withQuiet(Config{}), shopBundle)
+	ctx := context.Background()
+	if d, err := e.Decide(ctx, apiToPostgres(5432)); err != nil || !d.Allow {
+		t.Fatalf("first decision: %+v %v", d, err)
+	}
+	for name, mutate := range map[string]func(*Input){
+		"source port out of range":       func(in *Input) { in.Source.Port = 70000 },
+		"request at l4":                  func(in *Input) { in.Request = &Request{} },
+		"namespace disagrees":            func(in *Input) { in.Source.Namespace = "other" },
+		"unparsable destination address": func(in *Input) { in.Destination.IP = "10.0.1" },
+	} {
+		in := apiToPostgres(5432)
+		mutate(&in)
+		if d, err := e.Decide(ctx, in); !errors.Is(err, ErrInvalidInput) || d.Allow {
+			t.Errorf("%s: %+v, %v; want a refused input even with the valid one cached", name, d.Verdict, err)
+		}
+	}
+	// Derived fields given or not, the same input hits the same decision.
+	in := apiToPostgres(5432)
+	in.Source.Namespace, in.Source.ServiceAccount, in.Source.TrustDomain = "shop", "api", "td"
+	if d, err := e.Decide(ctx, in); err != nil || !d.Allow {
+		t.Errorf("with derived fields spelled out: %+v %v", d, err)
+	}
+}

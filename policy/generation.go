@@ -106,11 +106,13 @@ func (g *generation) resetCache(size int) {
 // hot path allocates nothing (the native program reads the input through
 // function values, which would otherwise move it to the heap).
 type scratch struct {
-	in    Input
-	req   Request        // the copy of in.Request that Prepare may write
-	cache *decisionCache // nil: this input is not cached
-	key   l4Key
-	hash  uint64
+	in     Input
+	req    Request        // the copy of in.Request that Prepare may write
+	cache  *decisionCache // nil: this input is not cached
+	key    l4Key
+	hash   uint64
+	cached Decision // what the probe found
+	found  bool
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -120,18 +122,20 @@ func (s *scratch) release() {
 	scratchPool.Put(s)
 }
 
-// lookup probes the L4 cache, leaving the key in s for store.
-func (g *generation) lookup(s *scratch) (Decision, bool) {
+// probe looks raw (the input as the caller gave it, before Prepare) up in
+// the L4 cache, leaving the key and the answer in s.
+func (g *generation) probe(s *scratch, raw *Input) {
 	s.cache = g.cache.Load()
-	if s.cache == nil || s.in.Layer != L4 {
+	if s.cache == nil || raw.Layer != L4 || raw.Request != nil {
 		s.cache = nil
-		return Decision{}, false
+		return
 	}
-	s.cache.fillKey(&s.key, &s.in)
-	d, h, hit := s.cache.get(&s.key)
-	s.hash = h
-	return d, hit
+	s.cache.fillKey(&s.key, raw)
+	s.cached, s.hash, s.found = s.cache.get(&s.key)
 }
+
+// hit is the cached decision the probe found, if any.
+func (s *scratch) hit() (Decision, bool) { return s.cached, s.found }
 
 // store caches a decision taken after a lookup missed.
 func (s *scratch) store(d Decision) {
@@ -140,9 +144,10 @@ func (s *scratch) store(d Decision) {
 	}
 }
 
-// decide answers from the cache (L4), the native program, or topdown.
+// decide answers an input already probed (the shadow set's path) from
+// the cache, the native program, or topdown.
 func (g *generation) decide(ctx context.Context, s *scratch) (Decision, bool, error) {
-	if d, hit := g.lookup(s); hit {
+	if d, hit := s.hit(); hit {
 		return d, true, nil
 	}
 	d, err := g.evaluate(ctx, &s.in)
