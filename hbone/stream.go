@@ -42,6 +42,10 @@ type Stream struct {
 	readErr     error
 	unacked     int64 // bytes read and not yet returned to the peer's window
 	closedLocal bool
+	// lent: WriteTo is handing the first chunk to its writer unlocked, so
+	// a discard meanwhile must not recycle it; it sets discarded instead,
+	// and WriteTo releases the buffer when the writer returns.
+	lent, discarded bool
 
 	readable chan struct{} // signalled when buf, eof or readErr change
 	writable chan struct{} // signalled when a send window grows or sendErr is set
@@ -251,7 +255,11 @@ func (s *Stream) consumed(n int) {
 func (s *Stream) discard() {
 	s.rmu.Lock()
 	n := s.buf.n
-	s.buf.release()
+	if s.lent {
+		s.discarded = true // WriteTo releases it once its writer returns
+	} else {
+		s.buf.release()
+	}
 	s.rmu.Unlock()
 	s.c.creditConn(n)
 }
@@ -310,6 +318,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		s.rmu.Lock()
 		chunk := s.buf.peek()
 		err := s.readErrLocked()
+		s.lent = len(chunk) > 0
 		s.rmu.Unlock()
 		if len(chunk) == 0 {
 			if err == io.EOF {
@@ -323,18 +332,35 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			}
 			continue
 		}
-		// Only this goroutine (holding readMu) removes data, and readLoop
-		// only appends after it, so chunk stays valid unlocked.
+		// Only this goroutine (holding readMu) removes data, readLoop only
+		// appends after it, and discard leaves a lent chunk alone, so chunk
+		// stays valid unlocked.
 		n, werr := w.Write(chunk)
-		s.rmu.Lock()
-		s.buf.discard(n)
-		s.rmu.Unlock()
-		s.consumed(n)
 		total += int64(n)
+		if s.giveBack(n) {
+			return total, net.ErrClosed // discarded meanwhile, window already credited
+		}
+		s.consumed(n)
 		if werr != nil {
 			return total, werr
 		}
 	}
+}
+
+// giveBack ends WriteTo's loan of the first chunk after n bytes were
+// written from it. It reports whether the stream discarded its data
+// meanwhile, in which case the buffer is released now.
+func (s *Stream) giveBack(n int) bool {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	s.lent = false
+	if s.discarded {
+		s.discarded = false
+		s.buf.release()
+		return true
+	}
+	s.buf.discard(n)
+	return false
 }
 
 // Write sends p, as DATA frames within the peer's flow-control windows.
