@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/ztunnel"
 )
@@ -187,7 +188,7 @@ func writeExplainInput(path string, m *meshbed.Mesh) {
 
 // watchAndRerun reloads the bundle on every change and runs the calls again.
 func watchAndRerun(ctx context.Context, out io.Writer, m *meshbed.Mesh, log *lockedWriter, bundle string) error {
-	last := dirStamp(bundle)
+	last := policy.BundlesStamp([]string{bundle})
 	for {
 		select {
 		case <-ctx.Done():
@@ -195,7 +196,7 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *meshbed.Mesh, log *loc
 			return nil
 		case <-time.After(time.Second):
 		}
-		stamp := dirStamp(bundle)
+		stamp := policy.BundlesStamp([]string{bundle})
 		if stamp == last {
 			continue
 		}
@@ -213,17 +214,6 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *meshbed.Mesh, log *loc
 			runCalls(out, m, log)
 		}
 	}
-}
-
-func dirStamp(root string) string {
-	var b strings.Builder
-	filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
-		if err == nil {
-			fmt.Fprintf(&b, "%s:%d:%d;", path, info.ModTime().UnixNano(), info.Size())
-		}
-		return nil
-	})
-	return b.String()
 }
 
 // demoMetrics serves each node's registry on a free loopback port.

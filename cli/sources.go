@@ -57,14 +57,11 @@ func (s *policySources) readBundles() ([]*policy.Bundle, []string, error) {
 	if translated != nil {
 		out = append(out, translated)
 	}
-	for _, path := range s.bundles {
-		b, err := policy.ReadBundle(path, v)
-		if err != nil {
-			return nil, nil, err
-		}
-		out = append(out, b)
+	read, err := policy.ReadBundles(s.bundles, v)
+	if err != nil {
+		return nil, nil, err
 	}
-	return out, warnings, nil
+	return append(out, read...), warnings, nil
 }
 
 // engine loads the sources into a new engine; warnings are the

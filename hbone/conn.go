@@ -434,16 +434,6 @@ func (c *conn) reserve() bool {
 	return true
 }
 
-// release returns a slot taken by reserve that no stream used.
-func (c *conn) release() {
-	c.mu.Lock()
-	if !c.closed() {
-		c.active--
-		c.armIdleLocked()
-	}
-	c.mu.Unlock()
-}
-
 // keepalive sends a PING whenever nothing has been read for PingInterval,
 // and closes the connection if the PING is not answered in PingTimeout:
 // a peer that vanished (host gone, network partition) is found within

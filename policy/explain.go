@@ -146,29 +146,12 @@ func (r *nativeRule) trace(in *Input) RuleTrace {
 
 // readsAbsent reports whether m failed on a field the input lacks.
 func readsAbsent(m matcher, in *Input) bool {
-	var f *field
-	switch x := m.(type) {
-	case defined:
-		f = x.f
-	case truthy:
-		f = x.f
-	case compare:
-		f = x.f
-	case memberOf:
-		f = x.f
-	case holds:
-		f = x.f
-	case stringTest:
-		f = x.f
-	case cidrContains:
-		f = x.f
-	case regexMatch:
-		f = x.f
-	default:
+	l, ok := m.(leaf)
+	if !ok {
 		return false
 	}
-	_, ok := f.get(in)
-	return !ok
+	_, present := l.field().get(in)
+	return !present
 }
 
 func topdownTrace(c contribution) RuleTrace {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -88,7 +89,7 @@ func verdict(smallest [pointAllowScope]*entry, scope []*entry, enforcedOnly bool
 		return Verdict{Allow: true, Reason: "no ALLOW policy selects the destination"}
 	}
 	slices.Sort(names)
-	return Verdict{Reason: "no ALLOW policy matched; selecting the destination: " + joinUnique(names)}
+	return Verdict{Reason: "no ALLOW policy matched; selecting the destination: " + strings.Join(slices.Compact(names), ", ")}
 }
 
 func decided(allow bool, entry ast.Value, why string) Verdict {
@@ -115,15 +116,6 @@ func scopeName(entry ast.Value) string {
 		return string(p)
 	}
 	return entry.String()
-}
-
-func joinUnique(sorted []string) string {
-	sorted = slices.Compact(sorted)
-	out := sorted[0]
-	for _, s := range sorted[1:] {
-		out += ", " + s
-	}
-	return out
 }
 
 func (a *accumulator) auditRules() []PolicyRule {

@@ -30,25 +30,10 @@ func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 		z.refuse(entry, labels, FlagNoRoute, err, start)
 		return
 	}
-	in, _, err := inboundInput(z.state.Load(), peer, t.Authority)
-	if err == nil {
-		var allowed bool
-		allowed, err = z.authorize(ctx, in, &entry)
-		if !allowed {
-			t.Reject(fmt.Errorf("%w: %w", hbone.ErrDenied, err))
-			z.refuse(entry, labels, FlagDenied, err, start)
-			return
-		}
-	}
+	in, up, flag, err := z.admit(ctx, p, peer, t.Authority, &entry)
 	if err != nil {
-		t.Reject(err)
-		z.refuse(entry, labels, FlagNoRoute, err, start)
-		return
-	}
-	up, err := z.dialLocal(ctx, p, t.Authority)
-	if err != nil {
-		t.Reject(fmt.Errorf("%w: %w", hbone.ErrUpstream, err))
-		z.refuse(entry, labels, FlagConnect, err, start)
+		t.Reject(tunnelError(flag, err))
+		z.refuse(entry, labels, flag, err, start)
 		return
 	}
 	s, err := t.Accept()
@@ -74,27 +59,43 @@ func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
 		z.refuse(entry, labels, FlagNoRoute, err, start)
 		return
 	}
-	in, _, err := inboundInput(z.state.Load(), peer, dst)
-	if err == nil {
-		var allowed bool
-		if allowed, err = z.authorize(ctx, in, &entry); !allowed {
-			c.Close()
-			z.refuse(entry, labels, FlagDenied, err, start)
-			return
-		}
-	}
+	in, up, flag, err := z.admit(ctx, p, peer, dst, &entry)
 	if err != nil {
 		c.Close()
-		z.refuse(entry, labels, FlagNoRoute, err, start)
-		return
-	}
-	up, err := z.dialLocal(ctx, p, dst)
-	if err != nil {
-		c.Close()
-		z.refuse(entry, labels, FlagConnect, err, start)
+		z.refuse(entry, labels, flag, err, start)
 		return
 	}
 	z.relay(ctx, c, up, entry, labels, start, &in)
+}
+
+// admit takes an inbound connection through its phases up to the
+// workload: build the L4 input, authorize, dial the workload. On failure
+// it returns the response flag of the phase that failed.
+func (z *Ztunnel) admit(ctx context.Context, p *pod, peer Peer, dst netip.AddrPort, e *AccessEntry) (policy.Input, net.Conn, string, error) {
+	in, _, err := inboundInput(z.state.Load(), peer, dst)
+	if err != nil {
+		return in, nil, FlagNoRoute, err
+	}
+	if allowed, err := z.authorize(ctx, in, e); !allowed {
+		return in, nil, FlagDenied, err
+	}
+	up, err := z.dialLocal(ctx, p, dst)
+	if err != nil {
+		return in, nil, FlagConnect, err
+	}
+	return in, up, "", nil
+}
+
+// tunnelError is what a refused tunnel answers: 401 for policy, 503 for
+// everything else (hbone.StatusFor maps the sentinels).
+func tunnelError(flag string, err error) error {
+	switch flag {
+	case FlagDenied:
+		return fmt.Errorf("%w: %w", hbone.ErrDenied, err)
+	case FlagConnect:
+		return fmt.Errorf("%w: %w", hbone.ErrUpstream, err)
+	}
+	return err
 }
 
 func inboundReport(p *pod, peer Peer, dst netip.AddrPort, mtls bool) (AccessEntry, ConnLabels) {

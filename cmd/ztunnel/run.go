@@ -124,13 +124,9 @@ func loadBundles(ctx context.Context, cfg config, engine *policy.Engine) error {
 		}
 		v = &policy.Verification{Keys: map[string]policy.VerificationKey{"default": key}, KeyID: "default"}
 	}
-	var bundles []*policy.Bundle
-	for _, path := range cfg.bundles {
-		b, err := policy.ReadBundle(path, v)
-		if err != nil {
-			return err
-		}
-		bundles = append(bundles, b)
+	bundles, err := policy.ReadBundles(cfg.bundles, v)
+	if err != nil {
+		return err
 	}
 	return engine.Load(ctx, bundles...)
 }
@@ -138,7 +134,7 @@ func loadBundles(ctx context.Context, cfg config, engine *policy.Engine) error {
 // watchBundles reloads the bundles when a file under them changes; a
 // broken set is rejected and the last good one stays in force.
 func watchBundles(ctx context.Context, cfg config, engine *policy.Engine, log *slog.Logger) {
-	last := bundleStamp(cfg.bundles)
+	last := policy.BundlesStamp(cfg.bundles)
 	tick := time.NewTicker(cfg.bundlePoll)
 	defer tick.Stop()
 	for {
@@ -147,7 +143,7 @@ func watchBundles(ctx context.Context, cfg config, engine *policy.Engine, log *s
 			return
 		case <-tick.C:
 		}
-		stamp := bundleStamp(cfg.bundles)
+		stamp := policy.BundlesStamp(cfg.bundles)
 		if stamp == last {
 			continue
 		}
@@ -156,20 +152,6 @@ func watchBundles(ctx context.Context, cfg config, engine *policy.Engine, log *s
 			log.Error("policy bundles rejected; the last good policy stays in force", "error", err)
 		}
 	}
-}
-
-// bundleStamp summarises the modification times and sizes under paths.
-func bundleStamp(paths []string) string {
-	stamp := ""
-	for _, root := range paths {
-		filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
-			if err == nil {
-				stamp += fmt.Sprintf("%s:%d:%d;", path, info.ModTime().UnixNano(), info.Size())
-			}
-			return nil
-		})
-	}
-	return stamp
 }
 
 func identities(cfg config, reg prometheus.Registerer, log *slog.Logger) (spireIdentities, error) {

@@ -345,13 +345,9 @@ func (m *Mesh) Logs() string {
 
 // LoadBundles reads the bundles and loads them into engine.
 func LoadBundles(ctx context.Context, engine *policy.Engine, paths []string) error {
-	var bundles []*policy.Bundle
-	for _, p := range paths {
-		b, err := policy.ReadBundle(p, nil)
-		if err != nil {
-			return err
-		}
-		bundles = append(bundles, b)
+	bundles, err := policy.ReadBundles(paths, nil)
+	if err != nil {
+		return err
 	}
 	return engine.Load(ctx, bundles...)
 }
