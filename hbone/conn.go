@@ -82,6 +82,7 @@ type conn struct {
 	pingAck        chan struct{} // closed when it is answered
 
 	lastRead atomic.Int64 // UnixNano of the last frame read
+	direct   atomic.Int64 // DATA bytes readLoop wrote straight to a stream's sink
 
 	done      chan struct{}
 	err       error

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -46,6 +47,11 @@ type Stream struct {
 	// a discard meanwhile must not recycle it; it sets discarded instead,
 	// and WriteTo releases the buffer when the writer returns.
 	lent, discarded bool
+	// sink is WriteTo's writer when it is a socket: readLoop writes data
+	// there itself while nothing is buffered (see deliver); sunk counts
+	// those bytes for WriteTo's total.
+	sink syscall.RawConn
+	sunk int64
 
 	readable chan struct{} // signalled when buf, eof or readErr change
 	writable chan struct{} // signalled when a send window grows or sendErr is set
@@ -123,7 +129,14 @@ func signal(ch chan struct{}) {
 
 func (s *Stream) wakeWriter() { signal(s.writable) }
 
-// deliver appends data received for the stream (readLoop only).
+// deliver hands data received for the stream to its reader (readLoop
+// only). When WriteTo is waiting with a socket as its writer and nothing
+// is buffered, deliver writes the data to that socket itself, without
+// blocking: waking WriteTo's goroutine to do it costs more than the write
+// on a busy machine, and a round trip through the mesh would pay that
+// twice. Whatever the socket does not take at once is buffered for
+// WriteTo, and every later delivery queues behind it, so bytes keep their
+// order and a slow receiver never stalls the read loop.
 func (s *Stream) deliver(data []byte, end bool) {
 	s.rmu.Lock()
 	if s.closedLocal {
@@ -131,12 +144,36 @@ func (s *Stream) deliver(data []byte, end bool) {
 		s.c.creditConn(len(data))
 		return
 	}
+	var sunk int
+	if s.sink != nil && s.buf.n == 0 && !s.lent && len(data) > 0 {
+		sunk = writeNow(s.sink, data)
+		s.sunk += int64(sunk)
+		data = data[sunk:]
+	}
 	s.buf.write(data)
 	if end {
 		s.eof = true
 	}
 	s.rmu.Unlock()
-	signal(s.readable)
+	if sunk > 0 {
+		s.c.direct.Add(int64(sunk))
+		s.consumed(sunk)
+	}
+	if len(data) > 0 || end {
+		signal(s.readable)
+	}
+}
+
+// writeNow makes one non-blocking write of p to rc and returns how much
+// it took: 0 when the socket buffer is full or the socket failed (WriteTo
+// then meets the failure itself, with the data still buffered).
+func writeNow(rc syscall.RawConn, p []byte) int {
+	var n int
+	rc.Write(func(fd uintptr) bool {
+		n, _ = syscall.Write(int(fd), p)
+		return true // one attempt: never wait for room in the read loop
+	})
+	return max(n, 0)
 }
 
 // fail ends the stream with err: reads return it once the buffer is
@@ -309,11 +346,26 @@ func (s *Stream) waitReadable() error {
 }
 
 // WriteTo writes the tunnel's bytes to w until EOF, handing w the
-// stream's buffered chunks directly.
-func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+// stream's buffered chunks directly. When w is a socket (a syscall.Conn
+// such as *net.TCPConn), the read loop also writes to it directly while
+// WriteTo waits; the total counts those bytes too.
+func (s *Stream) WriteTo(w io.Writer) (total int64, err error) {
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
-	var total int64
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.rmu.Lock()
+			s.sink = rc
+			s.rmu.Unlock()
+			defer func() {
+				s.rmu.Lock()
+				s.sink = nil
+				total += s.sunk
+				s.sunk = 0
+				s.rmu.Unlock()
+			}()
+		}
+	}
 	for {
 		s.rmu.Lock()
 		chunk := s.buf.peek()
