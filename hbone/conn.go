@@ -42,7 +42,8 @@ import (
 //   - once done is closed, err is set and never changes; every wait in
 //     this package also selects on done.
 type conn struct {
-	nc     net.Conn // the TLS connection
+	nc     net.Conn   // the TLS connection
+	batch  *batchConn // below TLS: gathers a write's records into one send
 	client bool
 	cfg    ConnConfig
 	hooks  connHooks
@@ -116,9 +117,10 @@ const (
 
 var errIdle = errors.New("hbone: idle connection closed")
 
-func newConn(nc net.Conn, client bool, cfg ConnConfig, hooks connHooks) *conn {
+func newConn(nc net.Conn, batch *batchConn, client bool, cfg ConnConfig, hooks connHooks) *conn {
 	c := &conn{
 		nc:             nc,
+		batch:          batch,
 		client:         client,
 		cfg:            cfg,
 		hooks:          hooks,
@@ -226,19 +228,28 @@ func (c *conn) writeFrames(write func() error) error {
 	return errors.Join(err, c.unlockWrite())
 }
 
-// lockWrite takes wmu, counting the writers waiting for it.
+// lockWrite takes wmu, counting the writers waiting for it, and starts
+// gathering TLS records into one send.
 func (c *conn) lockWrite() {
 	c.wwaiting.Add(1)
 	c.wmu.Lock()
 	c.wwaiting.Add(-1)
+	c.batch.hold()
 }
 
 // unlockWrite flushes what is buffered, unless another writer is waiting
 // for wmu: that one (or the last of a chain) will flush, so frames from
 // concurrent streams share TLS records and system calls.
 func (c *conn) unlockWrite() error {
-	if c.werr == nil && c.wwaiting.Load() == 0 {
-		if err := c.bw.Flush(); err != nil {
+	if c.wwaiting.Load() == 0 {
+		var err error
+		if c.werr == nil {
+			err = c.bw.Flush()
+		}
+		if ferr := c.batch.flush(); err == nil {
+			err = ferr
+		}
+		if err != nil && c.werr == nil {
 			c.failWrite(err)
 		}
 	}

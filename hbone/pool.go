@@ -236,12 +236,13 @@ func (p *Pool) open(key poolKey, svid *x509svid.SVID) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", key.addr, err)
 	}
-	tc := tls.Client(nc, clientTLS(svid, p.cfg.Bundle, key.dst))
+	bc := newBatchConn(nc)
+	tc := tls.Client(bc, clientTLS(svid, p.cfg.Bundle, key.dst))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("hbone: TLS handshake with %s (want %s): %w", key.addr, key.dst, err)
 	}
-	c := newConn(tc, true, p.cfg.Conn, connHooks{unusable: p.evict})
+	c := newConn(tc, bc, true, p.cfg.Conn, connHooks{unusable: p.evict})
 	c.maxStreams = p.cfg.MaxStreamsPerConn
 	if err := c.handshake(); err != nil {
 		return nil, err

@@ -126,7 +126,8 @@ func (s *Server) Serve(l net.Listener) error {
 // for callers that accept connections themselves (ztunnel listens inside
 // each workload's network namespace).
 func (s *Server) ServeConn(nc net.Conn) {
-	tc := tls.Server(nc, s.tls)
+	bc := newBatchConn(nc)
+	tc := tls.Server(bc, s.tls)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Conn.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -141,7 +142,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 		tc.Close()
 		return
 	}
-	c := newConn(tc, false, s.cfg.Conn, connHooks{})
+	c := newConn(tc, bc, false, s.cfg.Conn, connHooks{})
 	c.baseCtx = s.ctx
 	c.maxStreams = s.cfg.MaxConcurrentStreams
 	c.hooks = connHooks{
