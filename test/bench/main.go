@@ -34,6 +34,8 @@ type config struct {
 	jsonPath string
 	// net picks the bed's addresses, 10.<net>.0.0/16.
 	net int
+	// cpuProfile, if set, receives a CPU profile of the regomesh bulk run.
+	cpuProfile string
 }
 
 func main() {
@@ -44,6 +46,7 @@ func main() {
 	flag.IntVar(&cfg.tunnels, "tunnels", 1000, "connections held open for the memory figure")
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.IntVar(&cfg.net, "net", 250, "bed addresses 10.<net>.0.0/16 (inside its own namespaces)")
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the regomesh bulk run (both ztunnels) to this file")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -79,7 +80,14 @@ func measureAll(ctx context.Context, cfg config, b *bed, pair *haproxyPair) (*re
 	}
 	for _, p := range ps {
 		step(p.name, "bulk throughput")
+		stop, err := profileIf(cfg.cpuProfile != "" && p.name == pathRegomesh, cfg.cpuProfile)
+		if err != nil {
+			return nil, err
+		}
 		mbps, err := bulk(ctx, p, cfg.duration)
+		if perr := stop(); err == nil {
+			err = perr
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -89,6 +97,26 @@ func measureAll(ctx context.Context, cfg config, b *bed, pair *haproxyPair) (*re
 	var err error
 	r.connRate, r.connErrors, err = connRate(ctx, ps[2], cfg.duration)
 	return r, err
+}
+
+// profileIf starts a CPU profile into file when on is true; the returned
+// function stops it and closes the file.
+func profileIf(on bool, file string) (stop func() error, err error) {
+	if !on {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("bench: cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bench: cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 func step(path, what string) { fmt.Fprintf(os.Stderr, "bench: %s: %s\n", path, what) }
