@@ -43,6 +43,7 @@ allow contains {"policy": "bench/x", "rule": "client-to-server"} if {
 type bed struct {
 	mesh      *meshbed.Mesh
 	servers   map[string]*server
+	plain     *plainPair
 	policyDir string
 }
 
@@ -77,7 +78,8 @@ func (b *bed) start(ctx context.Context, netNum int) error {
 		}
 		b.servers[name] = s
 	}
-	return nil
+	b.plain, err = startPlainPair(b)
+	return err
 }
 
 func (b *bed) pod(name string) *netbed.Pod { return b.mesh.Pods[name] }
@@ -90,6 +92,9 @@ func (b *bed) target(name string) string {
 // Close stops the servers and the mesh (ztunnels, SPIRE, namespaces).
 func (b *bed) Close() error {
 	var errs []error
+	if b.plain != nil {
+		errs = append(errs, b.plain.Close())
+	}
 	for _, s := range b.servers {
 		errs = append(errs, s.Close())
 	}

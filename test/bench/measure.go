@@ -27,6 +27,7 @@ const (
 	pathDirect   = "direct"
 	pathHAProxy  = "haproxy pair"
 	pathRegomesh = "regomesh"
+	pathPlain    = "plain Go pair"
 )
 
 func paths(b *bed, pair *haproxyPair) []path {
@@ -34,6 +35,7 @@ func paths(b *bed, pair *haproxyPair) []path {
 		{pathDirect, b.pod("plain-client"), b.target("plain-server"), b.servers["plain-server"]},
 		{pathHAProxy, b.pod("plain-client"), pair.Addr(), b.servers["plain-server"]},
 		{pathRegomesh, b.pod("client"), b.target("server"), b.servers["server"]},
+		{pathPlain, b.pod("plain-client"), b.plain.Addr(), b.servers["plain-server"]},
 	}
 }
 

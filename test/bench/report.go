@@ -88,6 +88,7 @@ func notes(cfg config, ceiling float64, r *results, haproxyVersion string) []str
 			"use two pods outside the mesh, regomesh two enrolled pods (nftables capture, HBONE over mutual TLS 1.3 with SPIRE SVIDs, policy allowing client->server).",
 		"haproxy pair: " + haproxyVersion + ", one thread each; client side in the client pod on 127.0.0.1, mutual TLS 1.3 (TLS_AES_128_GCM_SHA256, ECDSA P-256) to the server side in the server pod, which forwards to the server on loopback.",
 		"regomesh/haproxy: above 1 is better for throughput, below 1 is better for latency.",
+		plainNote(r),
 		"Both ztunnels, SPIRE's Go clients, the servers and this client run IN THIS PROCESS (meshbed): the process's RSS is not a ztunnel's. " +
 			"Memory is Go HeapInuse/StackInuse after GC; the direct column is the application's own cost (client and server sides), " +
 			fmt.Sprintf("so both ztunnels together cost %.1f KiB heap + %.1f KiB stacks per open tunnel (regomesh minus direct).", ztHeap, ztStack),
@@ -98,6 +99,15 @@ func notes(cfg config, ceiling float64, r *results, haproxyVersion string) []str
 			cfg.roundTrips, cfg.warmup, cfg.duration),
 		"One run on a shared machine, all processes on the same cores: figures move between runs; compare ratios within a run, not across runs.",
 	}
+}
+
+// plainNote reports the plain Go pair: the same two hops with ztunnel's
+// copy loop and nothing else, the floor any pair of proxies stands on.
+func plainNote(r *results) string {
+	d, pl, m := r.rtt[pathDirect], r.rtt[pathPlain], r.rtt[pathRegomesh]
+	return fmt.Sprintf("Floor of two user-space hops: a plain Go TCP relay pair on the same path (hbone.Relay both ways, no TLS, HTTP/2 or policy) "+
+		"adds %.1f µs p50 / %.1f µs p99 over direct and moves %.0f MB/s in bulk; regomesh adds %.1f µs p50 over that pair (TLS, HTTP/2 framing, policy) and moves %.2fx its bytes.",
+		*micros(pl.p50 - d.p50), *micros(pl.p99 - d.p99), r.bulk[pathPlain], *micros(m.p50 - pl.p50), r.bulk[pathRegomesh]/r.bulk[pathPlain])
 }
 
 // Print writes the table and notes.
