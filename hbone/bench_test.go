@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -37,8 +38,26 @@ func directPath(b *testing.B, upstream netip.AddrPort) net.Conn {
 // upstream: the work of an HBONE pair without HTTP/2.
 func tlsPath(b *testing.B, upstream netip.AddrPort) net.Conn {
 	m := newMesh(b)
+	relay := startTLSRelay(b, m, upstream)
+	c, err := tls.Dial("tcp", relay.addr.String(), clientTLS(m.clientSVID, m.bundle, m.serverSVID.ID))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// tlsRelay is the server side of the tls13 baseline: it terminates
+// mutual TLS 1.3 with the mesh's server SVID and the TLS configuration
+// an HBONE Server uses, and relays each connection to the upstream.
+type tlsRelay struct {
+	addr     netip.AddrPort
+	accepted atomic.Int64 // TCP connections accepted
+}
+
+func startTLSRelay(b *testing.B, m *mesh, upstream netip.AddrPort) *tlsRelay {
 	l := listenLoopback(b, "127.0.0.1:0")
 	b.Cleanup(func() { l.Close() })
+	r := &tlsRelay{addr: l.Addr().(*net.TCPAddr).AddrPort()}
 	srvCfg := serverTLS(m.serverSVID, m.bundle, nil)
 	go func() {
 		for {
@@ -46,6 +65,7 @@ func tlsPath(b *testing.B, upstream netip.AddrPort) net.Conn {
 			if err != nil {
 				return
 			}
+			r.accepted.Add(1)
 			go func() {
 				up, err := net.Dial("tcp", upstream.String())
 				if err != nil {
@@ -56,11 +76,7 @@ func tlsPath(b *testing.B, upstream netip.AddrPort) net.Conn {
 			}()
 		}
 	}()
-	c, err := tls.Dial("tcp", l.Addr().String(), clientTLS(m.clientSVID, m.bundle, m.serverSVID.ID))
-	if err != nil {
-		b.Fatal(err)
-	}
-	return c
+	return r
 }
 
 func hbonePath(b *testing.B, upstream netip.AddrPort) net.Conn {
@@ -223,6 +239,172 @@ func BenchmarkStreamOpen(b *testing.B) {
 		b.ReportMetric(float64(b.N)/(cpuTime()-cpu).Seconds(), "streams/cpu-s")
 		if st := pool.Stats(); st.Conns != 1 {
 			b.Errorf("streams spread over %d connections, want 1", st.Conns)
+		}
+	})
+}
+
+// BenchmarkConnOpen: each op opens a new connection, echoes one byte
+// through it to an upstream and closes it; one at a time and from 32
+// goroutines. For hbone that is a TCP connect, a mutual TLS 1.3
+// handshake with both SVIDs, the HTTP/2 preface and SETTINGS and one
+// CONNECT, from a fresh Pool; tls13 is the same TLS handshake (same
+// SVIDs, same TLS configurations) without HTTP/2; direct is a TCP
+// connect. Both ends run in this process, so conns/cpu-s counts the
+// client's and the server's work. The "ratios" report hbone against both
+// baselines.
+//
+//	go test ./hbone -run '^$' -bench ConnOpen -benchtime 2s
+func BenchmarkConnOpen(b *testing.B) {
+	modes := []struct {
+		name string
+		run  func(b *testing.B, op func() error)
+	}{
+		{"sequential", runSequential},
+		{"parallel32", runParallel32},
+	}
+	for _, mode := range modes {
+		b.Run(mode.name, func(b *testing.B) {
+			for _, p := range connPaths {
+				b.Run(p.name, func(b *testing.B) {
+					benchConnOpen(b, mode.name+"/"+p.name, p.start, mode.run)
+				})
+			}
+			b.Run("ratios", func(b *testing.B) {
+				reportRatios(b, "conns/"+mode.name, false)
+			})
+			b.Run("cpu-ratios", func(b *testing.B) {
+				reportRatios(b, "conns-cpu/"+mode.name, false)
+			})
+		})
+	}
+}
+
+// benchConnOpen runs b.N ops of one path, reports the rates and keeps
+// them under key for the ratios. Every op must have been a connection of
+// its own: the path's server and the upstream must each have accepted
+// exactly b.N.
+func benchConnOpen(b *testing.B, key string, start func(*testing.B, netip.AddrPort) connPath, run func(*testing.B, func() error)) {
+	upstream, served := startCountingEcho(b)
+	p := start(b, upstream)
+	b.ReportAllocs()
+	b.ResetTimer()
+	begin, cpu := time.Now(), cpuTime()
+	run(b, p.open)
+	wall, cpus := time.Since(begin).Seconds(), (cpuTime() - cpu).Seconds()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/wall, "conns/s")
+	b.ReportMetric(float64(b.N)/cpus, "conns/cpu-s")
+	results.Store("conns/"+key, float64(b.N)/wall)
+	results.Store("conns-cpu/"+key, float64(b.N)/cpus)
+	if n := p.accepted; n != nil && n.Load() != int64(b.N) {
+		b.Errorf("the server accepted %d connections for %d ops, want one each", n.Load(), b.N)
+	}
+	if n := served.Load(); n != int64(b.N) {
+		b.Errorf("the upstream served %d connections for %d ops, want one each", n, b.N)
+	}
+}
+
+// connPath is one way of opening connections to an upstream, set up once.
+type connPath struct {
+	// open connects, echoes one byte through to the upstream and closes.
+	open func() error
+	// accepted counts the TCP connections the path's server accepted; nil
+	// when the upstream is the server.
+	accepted *atomic.Int64
+}
+
+var connPaths = []struct {
+	name  string
+	start func(b *testing.B, upstream netip.AddrPort) connPath
+}{
+	{"direct", directConns},
+	{"tls13", tlsConns},
+	{"hbone", hboneConns},
+}
+
+// directConns connect to the upstream itself: it is the path's server.
+func directConns(b *testing.B, upstream netip.AddrPort) connPath {
+	return connPath{open: func() error {
+		c, err := net.Dial("tcp", upstream.String())
+		if err != nil {
+			return err
+		}
+		return echoByte(c)
+	}}
+}
+
+// tlsConns handshake with a tlsRelay, as a Pool would with a Server.
+func tlsConns(b *testing.B, upstream netip.AddrPort) connPath {
+	m := newMesh(b)
+	relay := startTLSRelay(b, m, upstream)
+	return connPath{accepted: &relay.accepted, open: func() error {
+		c, err := tls.Dial("tcp", relay.addr.String(), clientTLS(m.clientSVID, m.bundle, m.serverSVID.ID))
+		if err != nil {
+			return err
+		}
+		return echoByte(c)
+	}}
+}
+
+// hboneConns open each tunnel from a Pool of its own, which has no
+// connection to reuse and closes the one it opened.
+func hboneConns(b *testing.B, upstream netip.AddrPort) connPath {
+	m := newMesh(b)
+	ts := startServer(b, m, &forward{})
+	req := m.request(ts, upstream)
+	return connPath{accepted: &ts.accepted, open: func() error {
+		pool, err := NewPool(PoolConfig{Bundle: m.bundle})
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		s, err := pool.Dial(context.Background(), req)
+		if err != nil {
+			return err
+		}
+		return echoByte(s)
+	}}
+}
+
+// echoByte sends one byte on c, reads it back and closes c.
+func echoByte(c net.Conn) error {
+	defer c.Close()
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		return err
+	}
+	var buf [1]byte
+	_, err := io.ReadFull(c, buf[:])
+	return err
+}
+
+// startCountingEcho is startEcho counting the connections it served.
+func startCountingEcho(b *testing.B) (netip.AddrPort, *atomic.Int64) {
+	served := new(atomic.Int64)
+	addr := startTCP(b, func(c *net.TCPConn) {
+		served.Add(1)
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
+	return addr, served
+}
+
+func runSequential(b *testing.B, op func() error) {
+	for range b.N {
+		if err := op(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// runParallel32 runs op from 32 goroutines (at least one per CPU).
+func runParallel32(b *testing.B, op func() error) {
+	b.SetParallelism(max(1, 32/runtimeProcs()))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := op(); err != nil {
+				b.Error(err)
+				return
+			}
 		}
 	})
 }
