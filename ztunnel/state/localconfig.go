@@ -12,32 +12,39 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// LocalConfig is the YAML form of --local-config; Load converts it.
+// LocalConfig is the YAML form of --local-config; Decode validates and
+// converts it. Test beds and tools write it with a YAML encoder.
 type LocalConfig struct {
-	Workloads []localWorkload `yaml:"workloads"`
-	Services  []localService  `yaml:"services"`
+	Workloads []LocalWorkload `yaml:"workloads"`
+	Services  []LocalService  `yaml:"services,omitempty"`
 }
 
-type localWorkload struct {
-	UID            string            `yaml:"uid"`
+// LocalWorkload is one workloads[] entry. Name, namespace and at least one
+// IP are required; uid defaults to namespace/name, serviceAccount to
+// "default", protocol to HBONE.
+type LocalWorkload struct {
+	UID            string            `yaml:"uid,omitempty"`
 	Name           string            `yaml:"name"`
 	Namespace      string            `yaml:"namespace"`
-	ServiceAccount string            `yaml:"serviceAccount"`
+	ServiceAccount string            `yaml:"serviceAccount,omitempty"`
 	IPs            []string          `yaml:"ips"`
-	Node           string            `yaml:"node"`
-	Labels         map[string]string `yaml:"labels"`
-	Protocol       Protocol          `yaml:"protocol"`
-	Waypoint       string            `yaml:"waypoint"`
+	Node           string            `yaml:"node,omitempty"`
+	Labels         map[string]string `yaml:"labels,omitempty"`
+	Protocol       Protocol          `yaml:"protocol,omitempty"`
+	Waypoint       string            `yaml:"waypoint,omitempty"`
 }
 
-type localService struct {
+// LocalService is one services[] entry. Name and namespace are required;
+// hostname defaults to <name>.<namespace>.svc.<cluster domain>, a port's
+// targetPort to its port.
+type LocalService struct {
 	Name      string            `yaml:"name"`
 	Namespace string            `yaml:"namespace"`
-	Hostname  string            `yaml:"hostname"`
-	VIPs      []string          `yaml:"vips"`
-	Ports     []ServicePort     `yaml:"ports"`
-	Selector  map[string]string `yaml:"selector"`
-	Waypoint  string            `yaml:"waypoint"`
+	Hostname  string            `yaml:"hostname,omitempty"`
+	VIPs      []string          `yaml:"vips,omitempty"`
+	Ports     []ServicePort     `yaml:"ports,omitempty"`
+	Selector  map[string]string `yaml:"selector,omitempty"`
+	Waypoint  string            `yaml:"waypoint,omitempty"`
 }
 
 // Options fill what a local config leaves out.
@@ -112,7 +119,7 @@ type fieldError struct{ field, msg string }
 
 func (e *fieldError) Error() string { return "." + e.field + ": " + e.msg }
 
-func (lw localWorkload) convert(opts Options) (*Workload, error) {
+func (lw LocalWorkload) convert(opts Options) (*Workload, error) {
 	if lw.Name == "" {
 		return nil, &fieldError{"name", "required"}
 	}
@@ -147,7 +154,7 @@ func (lw localWorkload) convert(opts Options) (*Workload, error) {
 	return w, checkRef("waypoint", lw.Waypoint)
 }
 
-func (ls localService) convert(opts Options) (*Service, error) {
+func (ls LocalService) convert(opts Options) (*Service, error) {
 	if ls.Name == "" {
 		return nil, &fieldError{"name", "required"}
 	}

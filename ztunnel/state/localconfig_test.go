@@ -2,8 +2,11 @@ package state
 
 import (
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const shop = `
@@ -108,4 +111,32 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLocalConfigRoundTrip: a LocalConfig written with a YAML encoder
+// (as test/meshbed writes ztunnel's --local-config) decodes to what the
+// hand-written file does.
+func TestLocalConfigRoundTrip(t *testing.T) {
+	want, err := Decode([]byte(shop), Options{TrustDomain: "td"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lc LocalConfig
+	if err := yaml.Unmarshal([]byte(shop), &lc); err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), `""`) {
+		t.Errorf("empty fields written out:\n%s", out)
+	}
+	got, err := Decode(out, Options{TrustDomain: "td"})
+	if err != nil {
+		t.Fatalf("%v in:\n%s", err, out)
+	}
+	if !reflect.DeepEqual(got.Workloads, want.Workloads) || !reflect.DeepEqual(got.Services, want.Services) {
+		t.Errorf("round trip changed the state:\n%s", out)
+	}
 }
