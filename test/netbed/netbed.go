@@ -37,7 +37,8 @@ type Bed struct {
 type Node struct {
 	Index  int
 	Name   string
-	NS     string     // netns name (/var/run/netns/<NS>)
+	NS     string     // netns name
+	Path   string     // /var/run/netns/<NS>
 	IP     netip.Addr // fabric address
 	bed    *Bed
 	handle netns.NsHandle
@@ -86,6 +87,7 @@ func (b *Bed) AddNode(name string) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Index: idx, Name: name, NS: b.nsName("n" + fmt.Sprint(idx)), IP: b.addr(0, idx), bed: b, handle: h}
+	n.Path = "/var/run/netns/" + n.NS
 	if err := b.attachNode(n); err != nil {
 		return nil, fmt.Errorf("netbed: node %s: %w", name, err)
 	}

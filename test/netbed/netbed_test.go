@@ -1,13 +1,16 @@
 package netbed
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // listenIn opens a listener inside the pod's namespace.
@@ -100,4 +103,51 @@ func TestPodsReachEachOtherAcrossNodes(t *testing.T) {
 			t.Errorf("namespace %s survived Close", n)
 		}
 	}
+}
+
+// TestNodeStart: a child started in a node's namespace is there (not in
+// ours), and outlives the locked thread that asked for it, which Go
+// retires when its goroutine ends (a child forked from that thread would
+// get its parent-death signal then).
+func TestNodeStart(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("netbed needs root; CI runs as root")
+	}
+	bed, err := New("rms", 212)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bed.Close() })
+	node, err := bed.AddNode("node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := node.AddPod("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := inPod(pod, func() error { return node.Start(cmd) }); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	if got, want := netnsOf(t, fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)), netnsOf(t, node.Path); got != want {
+		t.Errorf("child in namespace %d, the node's is %d", got, want)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the child died with the thread that started it: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func netnsOf(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
 }
