@@ -20,8 +20,11 @@ import (
 // Ports of the haproxy pair: the client side listens on loopback in the
 // plain client pod; the server side terminates TLS on the plain server
 // pod's address and forwards to the benchmark server on its loopback.
+// The client side's second port never resumes a TLS session, so every
+// connection through it is a full handshake with both certificates.
 const (
 	haproxyLocalPort = 19000
+	haproxyFreshPort = 19002
 	haproxyTLSPort   = 8443
 )
 
@@ -65,7 +68,7 @@ func (p *haproxyPair) start(ctx context.Context, b *bed) error {
 			return err
 		}
 	}
-	for _, addr := range []string{net.JoinHostPort(serverIP, fmt.Sprint(haproxyTLSPort)), p.Addr()} {
+	for _, addr := range []string{net.JoinHostPort(serverIP, fmt.Sprint(haproxyTLSPort)), p.Addr(), p.FreshAddr()} {
 		if err := waitListening(b.pod("plain-client"), addr); err != nil {
 			return fmt.Errorf("%w\n%s", err, p.logs())
 		}
@@ -78,6 +81,11 @@ func (p *haproxyPair) start(ctx context.Context, b *bed) error {
 
 // Addr is where a client in the plain client pod connects.
 func (p *haproxyPair) Addr() string { return fmt.Sprintf("127.0.0.1:%d", haproxyLocalPort) }
+
+// FreshAddr is Addr with TLS session reuse off: haproxy, by default,
+// resumes its last session with the server side (a TLS 1.3 PSK handshake
+// without certificates), which regomesh's pool never does.
+func (p *haproxyPair) FreshAddr() string { return fmt.Sprintf("127.0.0.1:%d", haproxyFreshPort) }
 
 // spawn checks conf and runs haproxy in the foreground inside pod's netns.
 func (p *haproxyPair) spawn(ctx context.Context, pod *netbed.Pod, conf string) error {
@@ -127,8 +135,9 @@ func (p *haproxyPair) Close() error {
 }
 
 // TLS on both sides: TLS 1.3 only, AES-128-GCM, client certificates (ECDSA
-// P-256, see writeCerts); the key exchange group is left to OpenSSL, it
-// only changes the handshake.
+// P-256, see writeCerts); the key exchange group is left to OpenSSL. It
+// only changes the handshake, so only the new-connection figures, whose
+// note names the groups.
 const tlsOptions = "ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256"
 
 const haproxyGlobal = `global
@@ -154,9 +163,14 @@ func clientConfig(dir, ip string) string {
 	return haproxyGlobal + fmt.Sprintf(`frontend local
 	bind 127.0.0.1:%d
 	default_backend tls
+frontend fresh
+	bind 127.0.0.1:%d
+	default_backend tls-fresh
 backend tls
-	server peer %s:%d ssl crt %s ca-file %s verify required sni str(server.bench) %s
-`, haproxyLocalPort, ip, haproxyTLSPort, filepath.Join(dir, "client.pem"), filepath.Join(dir, "ca.pem"), tlsOptions)
+	server peer %[3]s:%[4]d ssl crt %[5]s ca-file %[6]s verify required sni str(server.bench) %[7]s
+backend tls-fresh
+	server peer %[3]s:%[4]d ssl crt %[5]s ca-file %[6]s verify required sni str(server.bench) no-ssl-reuse %[7]s
+`, haproxyLocalPort, haproxyFreshPort, ip, haproxyTLSPort, filepath.Join(dir, "client.pem"), filepath.Join(dir, "ca.pem"), tlsOptions)
 }
 
 // waitListening dials addr from pod until it answers.

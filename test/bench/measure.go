@@ -43,9 +43,12 @@ func paths(b *bed, pair *haproxyPair) []path {
 type results struct {
 	bulk map[string]float64 // MB/s
 	rtt  map[string]latency
-	// connRate is new connections per second through the mesh.
-	connRate   float64
-	connErrors int
+	// connRate is new connections per second as the application sees
+	// them (direct, haproxy pair, regomesh); connErrors the failed ones.
+	connRate   map[string]float64
+	connErrors map[string]int
+	// handshakes are new mutual-TLS connections per second (haproxy pair, regomesh).
+	handshakes handshakes
 	mem        map[string]memory // direct and regomesh
 }
 
@@ -95,9 +98,17 @@ func measureAll(ctx context.Context, cfg config, b *bed, pair *haproxyPair) (*re
 		}
 		r.bulk[p.name] = mbps
 	}
-	step(pathRegomesh, "new connections")
+	r.connRate, r.connErrors = map[string]float64{}, map[string]int{}
+	for _, p := range []path{ps[0], ps[1], ps[2]} {
+		step(p.name, "new connections")
+		rate, failed, err := connRate(ctx, p, cfg.duration)
+		if err != nil {
+			return nil, err
+		}
+		r.connRate[p.name], r.connErrors[p.name] = rate, failed
+	}
 	var err error
-	r.connRate, r.connErrors, err = connRate(ctx, ps[2], cfg.duration)
+	r.handshakes, err = measureHandshakes(ctx, b, pair, cfg.duration)
 	return r, err
 }
 

@@ -55,7 +55,8 @@ func newReport(cmd string, cfg config, ceiling float64, r *results, haproxyVersi
 		newRow("1 KiB round trip p99 (µs)", micros(r.rtt[d].p99), micros(r.rtt[h].p99), micros(r.rtt[m].p99)),
 		newRow("  added vs direct, p50 (µs)", nil, added(h, p50), added(m, p50)),
 		newRow("  added vs direct, p99 (µs)", nil, added(h, p99), added(m, p99)),
-		newRow("new connections/s (connect, 1 B echo, close)", nil, nil, ptr(r.connRate)),
+		newRow("new connections/s (connect, 1 B echo, close)", ptr(r.connRate[d]), ptr(r.connRate[h]), ptr(r.connRate[m])),
+		newRow("  new mTLS connections/s (full handshake, 1 B echo)", nil, ptr(r.handshakes.haproxy), ptr(r.handshakes.regomesh)),
 		newRow(fmt.Sprintf("Go heap in use before %d open (MiB)", mm.n), mib(md.heapBefore), nil, mib(mm.heapBefore)),
 		newRow(fmt.Sprintf("Go heap in use with %d open (MiB)", mm.n), mib(md.heapAfter), nil, mib(mm.heapAfter)),
 		newRow("  heap per open connection (KiB)", perConn(md.heapBefore, md.heapAfter, md.n), nil, perConn(mm.heapBefore, mm.heapAfter, mm.n)),
@@ -87,14 +88,13 @@ func notes(cfg config, ceiling float64, r *results, haproxyVersion string) []str
 		"Paths: client pod on node-1 to server pod on node-2 (network namespaces, one fabric bridge); direct and haproxy " +
 			"use two pods outside the mesh, regomesh two enrolled pods (nftables capture, HBONE over mutual TLS 1.3 with SPIRE SVIDs, policy allowing client->server).",
 		"haproxy pair: " + haproxyVersion + ", one thread each; client side in the client pod on 127.0.0.1, mutual TLS 1.3 (TLS_AES_128_GCM_SHA256, ECDSA P-256) to the server side in the server pod, which forwards to the server on loopback.",
-		"regomesh/haproxy: above 1 is better for throughput, below 1 is better for latency.",
+		"regomesh/haproxy: above 1 is better for throughput and connection rates, below 1 is better for latency.",
 		plainNote(r),
 		"Both ztunnels, SPIRE's Go clients, the servers and this client run IN THIS PROCESS (meshbed): the process's RSS is not a ztunnel's. " +
 			"Memory is Go HeapInuse/StackInuse after GC; the direct column is the application's own cost (client and server sides), " +
 			fmt.Sprintf("so both ztunnels together cost %.1f KiB heap + %.1f KiB stacks per open tunnel (regomesh minus direct).", ztHeap, ztStack),
-		fmt.Sprintf("New connections/s: %s, each a new HBONE stream on the pooled mTLS connection; %d failed. "+
-			"The pooled stream-open rate alone: go test ./hbone -run '^$' -bench StreamOpen. New mTLS connections/s are not measured here.",
-			cfg.duration, r.connErrors),
+		connNote(cfg, r),
+		handshakeNote(cfg, r),
 		fmt.Sprintf("Round trips: %d after %d warm-up, one connection, nearest-rank percentiles. Bulk: one stream for %s, server-side bytes over first write to last byte read. MB = 10^6 bytes.",
 			cfg.roundTrips, cfg.warmup, cfg.duration),
 		"One run on a shared machine, all processes on the same cores: figures move between runs; compare ratios within a run, not across runs.",
@@ -108,6 +108,29 @@ func plainNote(r *results) string {
 	return fmt.Sprintf("Floor of two user-space hops: a plain Go TCP relay pair on the same path (hbone.Relay both ways, no TLS, HTTP/2 or policy) "+
 		"adds %.1f µs p50 / %.1f µs p99 over direct and moves %.0f MB/s in bulk; regomesh adds %.1f µs p50 over that pair (TLS, HTTP/2 framing, policy) and moves %.2fx its bytes.",
 		*micros(pl.p50 - d.p50), *micros(pl.p99 - d.p99), r.bulk[pathPlain], *micros(m.p50 - pl.p50), r.bulk[pathRegomesh]/r.bulk[pathPlain])
+}
+
+// connNote says what a new connection costs on each path: the
+// application's connections are not the proxies' TLS connections.
+func connNote(cfg config, r *results) string {
+	return fmt.Sprintf("New connections/s: %s per path, as the application sees them: a TCP connect direct; through the haproxy pair, "+
+		"a new TLS 1.3 handshake between the haproxies, which by default resume their last session (PSK, no certificates); "+
+		"through regomesh, a new HBONE stream on node-1's pooled mTLS connection, no handshake. Failed: %d direct, %d haproxy, %d regomesh. "+
+		"The pooled stream-open rate alone: go test ./hbone -run '^$' -bench StreamOpen.",
+		cfg.duration, r.connErrors[pathDirect], r.connErrors[pathHAProxy], r.connErrors[pathRegomesh])
+}
+
+// handshakeNote says how the new mTLS connections were made on each path.
+func handshakeNote(cfg config, r *results) string {
+	h := r.handshakes
+	return fmt.Sprintf("New mTLS connections/s: %s per path, each a full mutual TLS 1.3 handshake (both certificates verified, no resumption), "+
+		"a 1-byte echo and a close. regomesh: this process dials as node-1's ztunnel would, without its pool: from the client pod "+
+		"(ztunnel's socket mark) to node-2's ztunnel on the server pod's port 15008, presenting the client pod's SVID from SPIRE, then the HTTP/2 "+
+		"preface and SETTINGS and one CONNECT (policy, dial to the server); the application-to-ztunnel capture hop is not in it. "+
+		"haproxy pair: the application connects to the client side's second port, whose backend has no-ssl-reuse; the application-to-haproxy "+
+		"loopback hop is in it. Key exchange: Go's default for regomesh (X25519MLKEM768 since Go 1.24), OpenSSL's for haproxy "+
+		"(X25519 before OpenSSL 3.5). Failed: %d haproxy, %d regomesh. Against crypto/tls alone: go test ./hbone -run '^$' -bench ConnOpen.",
+		cfg.duration, h.failedHAProxy, h.failedRegomesh)
 }
 
 // Print writes the table and notes.
