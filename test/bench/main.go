@@ -4,6 +4,8 @@
 //
 //   - direct TCP between two pods outside the mesh;
 //   - a pair of haproxy TLS 1.3 proxies between the same two pods;
+//   - a plain Go relay pair on the same two hops (no TLS, no HTTP/2):
+//     the floor under any pair of user-space proxies on this machine;
 //   - `openssl speed -evp aes-128-gcm` as the per-core ceiling.
 //
 // It prints a table and notes, and writes them as JSON with -json. It is
