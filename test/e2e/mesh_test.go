@@ -77,6 +77,13 @@ func startMesh(t *testing.T, bundles []string, metrics bool) *mesh {
 
 func startMeshWith(t *testing.T, bundles []string, metrics bool, svidTTL time.Duration) *mesh {
 	t.Helper()
+	return startMeshFrom(t, meshbed.Config{Bundles: bundles, SVIDTTL: svidTTL}, metrics)
+}
+
+// startMeshFrom starts the app's mesh from cfg, filling in the names,
+// addresses, pods, access log, metrics and logger every test mesh shares.
+func startMeshFrom(t *testing.T, cfg meshbed.Config, metrics bool) *mesh {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e tests need root (network namespaces, nftables); CI runs them as root")
 	}
@@ -91,17 +98,17 @@ func startMeshWith(t *testing.T, bundles []string, metrics bool, svidTTL time.Du
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var err error
-	m.Mesh, err = meshbed.Start(ctx, meshbed.Config{
-		Prefix: fmt.Sprintf("rme%d-%d", os.Getpid()%100000, net), Net: net, Nodes: []string{"node-1", "node-2"}, Pods: app,
-		Bundles: bundles, AccessLog: m.accessLog, Registries: m.registries, SVIDTTL: svidTTL,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	cfg.Prefix, cfg.Net = fmt.Sprintf("rme%d-%d", os.Getpid()%100000, net), net
+	cfg.Nodes, cfg.Pods = []string{"node-1", "node-2"}, app
+	cfg.AccessLog, cfg.Registries = m.accessLog, m.registries
+	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m.Mesh, err = meshbed.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("SPIRE server log:\n%s", m.Logs())
+			t.Logf("SPIRE and ztunnel process logs:\n%s", m.Logs())
 		}
 		m.Close()
 	})

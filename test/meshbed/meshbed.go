@@ -1,8 +1,15 @@
-// Package meshbed starts a whole mesh on one machine, for the e2e tests
-// and `make demo`: nodes and pods as network namespaces (test/netbed), a
-// real spire-server with one spire-agent per node (spire/harness), and one
-// ztunnel per node capturing its pods with nftables and deciding with the
-// policy bundles given. Close tears everything down.
+// Package meshbed starts a whole mesh on one machine, for the e2e tests,
+// `make demo` and the benchmarks: nodes and pods as network namespaces
+// (test/netbed), a real spire-server with one spire-agent per node
+// (spire/harness), and one ztunnel per node capturing its pods with
+// nftables and deciding with the policy bundles given. Close tears
+// everything down.
+//
+// A node's ztunnel runs in this process by default (Mesh.Ztunnels), where
+// tests can reach into it. Nodes listed in Config.ProcessNodes run the
+// real cmd/ztunnel binary instead, as a process in the node's namespace
+// configured only through its flags and files (Mesh.Processes), for
+// figures that belong to a ztunnel process, such as its memory.
 package meshbed
 
 import (
@@ -21,7 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/vishvananda/netns"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/spire"
@@ -60,26 +67,45 @@ type Config struct {
 	AccessLog io.Writer
 	// Logger receives the components' logs; default: discarded.
 	Logger *slog.Logger
-	// Registry, if set, receives the ztunnels' and engines' metrics (one
-	// registry per node: Registries[node]).
+	// Registry, if set, receives the in-process ztunnels' and engines'
+	// metrics (one registry per node: Registries[node]).
 	Registries map[string]*prometheus.Registry
+	// ProcessNodes run their ztunnel as ZtunnelBinary, a process of its
+	// own in the node's namespace (see ZtunnelProcess); the other nodes'
+	// ztunnels run in this process.
+	ProcessNodes []string
+	// ZtunnelBinary is a built cmd/ztunnel (BuildZtunnel); required with
+	// ProcessNodes.
+	ZtunnelBinary string
+	// Workloads and Services join the pods' workloads in the mesh state
+	// every ztunnel reads: a cluster's worth of workloads on other nodes,
+	// say. They are never enrolled.
+	Workloads []state.LocalWorkload
+	Services  []state.LocalService
 }
 
 // Mesh is a running mesh.
 type Mesh struct {
 	TrustDomain spiffeid.TrustDomain
 	Pods        map[string]*netbed.Pod
-	Ztunnels    map[string]*ztunnel.Ztunnel
-	Engines     map[string]*policy.Engine
-	State       *state.Snapshot
-	Bed         *netbed.Bed
-	cfg         Config
-	server      *harness.Server
-	stores      map[string]*spire.Store
-	agents      map[string]*harness.Agent
-	podsDir     string
-	runCtx      context.Context
-	cancel      context.CancelFunc
+	// Ztunnels and Engines are the in-process nodes' ztunnels and policy
+	// engines, Processes the other nodes' ztunnel processes.
+	Ztunnels  map[string]*ztunnel.Ztunnel
+	Engines   map[string]*policy.Engine
+	Processes map[string]*ZtunnelProcess
+	State     *state.Snapshot
+	Bed       *netbed.Bed
+	cfg       Config
+	server    *harness.Server
+	stores    map[string]*spire.Store
+	agents    map[string]*harness.Agent
+	// localConfig is State as ztunnel's --local-config YAML.
+	localConfig []byte
+	// dir holds the in-process ztunnels' pods files (<node>.json) and a
+	// directory per ztunnel process (<node>/).
+	dir    string
+	runCtx context.Context
+	cancel context.CancelFunc
 }
 
 // Start brings the mesh up; on error everything started is torn down.
@@ -87,8 +113,12 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if len(cfg.ProcessNodes) > 0 && cfg.ZtunnelBinary == "" {
+		return nil, errors.New("meshbed: ProcessNodes need a ZtunnelBinary (BuildZtunnel)")
+	}
 	m := &Mesh{cfg: cfg, Pods: map[string]*netbed.Pod{}, Ztunnels: map[string]*ztunnel.Ztunnel{},
-		Engines: map[string]*policy.Engine{}, stores: map[string]*spire.Store{}, agents: map[string]*harness.Agent{}}
+		Engines: map[string]*policy.Engine{}, Processes: map[string]*ZtunnelProcess{},
+		stores: map[string]*spire.Store{}, agents: map[string]*harness.Agent{}}
 	if err := m.start(ctx); err != nil {
 		m.Close()
 		return nil, err
@@ -105,10 +135,10 @@ func (m *Mesh) start(ctx context.Context) error {
 		return err
 	}
 	m.server, m.TrustDomain = server, server.TrustDomain()
-	if m.State, err = m.buildState(); err != nil {
+	if err := m.buildState(); err != nil {
 		return err
 	}
-	if m.podsDir, err = os.MkdirTemp("", "rm-pods-"); err != nil {
+	if m.dir, err = os.MkdirTemp("", "rm-mesh-"); err != nil {
 		return err
 	}
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
@@ -120,7 +150,10 @@ func (m *Mesh) start(ctx context.Context) error {
 	if err := m.waitForSVIDs(ctx); err != nil {
 		return err
 	}
-	return m.enrolAll(ctx)
+	if err := m.enrolAll(ctx); err != nil {
+		return err
+	}
+	return m.waitForProcessSVIDs(ctx)
 }
 
 func (m *Mesh) network() error {
@@ -147,19 +180,27 @@ func (m *Mesh) network() error {
 	return nil
 }
 
-// buildState is the local config the ztunnels read.
-func (m *Mesh) buildState() (*state.Snapshot, error) {
-	var b strings.Builder
-	b.WriteString("workloads:\n")
+// buildState writes the local config the ztunnels read, the pods'
+// workloads then Config's, and decodes it as a ztunnel does.
+func (m *Mesh) buildState() error {
+	lc := state.LocalConfig{Services: m.cfg.Services}
 	for _, p := range m.cfg.Pods {
-		protocol := "HBONE"
+		protocol := state.HBONE
 		if p.Outside {
-			protocol = "NONE"
+			protocol = state.None
 		}
-		fmt.Fprintf(&b, "- {name: %s, namespace: %s, serviceAccount: %s, node: %s, ips: [%s], labels: {app: %s}, protocol: %s}\n",
-			p.Name, p.Namespace, p.ServiceAccount, p.Node, m.Pods[p.Name].IP, p.Name, protocol)
+		lc.Workloads = append(lc.Workloads, state.LocalWorkload{
+			Name: p.Name, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount, Node: p.Node,
+			IPs: []string{m.Pods[p.Name].IP.String()}, Labels: map[string]string{"app": p.Name}, Protocol: protocol,
+		})
 	}
-	return state.Decode([]byte(b.String()), state.Options{TrustDomain: m.TrustDomain.Name()})
+	lc.Workloads = append(lc.Workloads, m.cfg.Workloads...)
+	var err error
+	if m.localConfig, err = yaml.Marshal(lc); err != nil {
+		return fmt.Errorf("meshbed: local config: %w", err)
+	}
+	m.State, err = state.Decode(m.localConfig, state.Options{TrustDomain: m.TrustDomain.Name()})
+	return err
 }
 
 func (m *Mesh) startNode(ctx context.Context, node string) error {
@@ -170,6 +211,9 @@ func (m *Mesh) startNode(ctx context.Context, node string) error {
 	m.agents[node] = agent
 	if err := m.register(ctx, agent, node); err != nil {
 		return err
+	}
+	if m.isProcess(node) {
+		return m.startProcess(ctx, node, agent)
 	}
 	reg := m.cfg.Registries[node]
 	var pm *policy.Metrics
@@ -203,7 +247,7 @@ func (m *Mesh) newZtunnel(node string, metrics *ztunnel.Metrics) (*ztunnel.Ztunn
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: node, TrustDomain: m.TrustDomain, Policy: m.Engines[node], Identities: Identities{m.stores[node]},
 		Metrics: metrics, AccessLog: ztunnel.NewAccessLog(m.cfg.AccessLog), Logger: m.cfg.Logger.With("node", node),
-		PodsFile: filepath.Join(m.podsDir, node+".json"),
+		PodsFile: filepath.Join(m.dir, node+".json"),
 	})
 	if err != nil {
 		return nil, err
@@ -217,6 +261,9 @@ func (m *Mesh) newZtunnel(node string, metrics *ztunnel.Metrics) (*ztunnel.Ztunn
 // starts a new one, which restores the enrolled pods from its pods file,
 // as a restarted ztunnel process does.
 func (m *Mesh) RestartZtunnel(ctx context.Context, node string) (int, error) {
+	if m.isProcess(node) {
+		return 0, fmt.Errorf("meshbed: %s's ztunnel is a process; restart it yourself", node)
+	}
 	if err := m.Ztunnels[node].Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return 0, err
 	}
@@ -230,6 +277,9 @@ func (m *Mesh) RestartZtunnel(ctx context.Context, node string) (int, error) {
 
 // SVID returns the current SVID of pod p from its node's store.
 func (m *Mesh) SVID(p PodSpec) (*x509svid.SVID, error) {
+	if m.isProcess(p.Node) {
+		return nil, fmt.Errorf("meshbed: %s's ztunnel is a process: its SVIDs are in its config dump", p.Node)
+	}
 	return m.stores[p.Node].SVID(m.Identity(p))
 }
 
@@ -254,11 +304,11 @@ func (m *Mesh) register(ctx context.Context, agent *harness.Agent, node string) 
 	return nil
 }
 
-// waitForSVIDs waits until every pod's SVID arrived, so the first
-// connection does not race the agents' sync interval.
+// waitForSVIDs waits until every in-process pod's SVID arrived, so the
+// first connection does not race the agents' sync interval.
 func (m *Mesh) waitForSVIDs(ctx context.Context) error {
 	for _, p := range m.cfg.Pods {
-		if p.Outside || p.NoEntry {
+		if p.Outside || p.NoEntry || m.isProcess(p.Node) {
 			continue
 		}
 		store := m.stores[p.Node]
@@ -281,13 +331,23 @@ func (m *Mesh) waitForSVIDs(ctx context.Context) error {
 	return nil
 }
 
+// enrolAll enrols every pod in the mesh with its node's ztunnel: directly
+// in this process, through the CNI socket for a process.
 func (m *Mesh) enrolAll(ctx context.Context) error {
 	for _, p := range m.cfg.Pods {
 		if p.Outside {
 			continue
 		}
 		pod := m.Pods[p.Name]
-		if err := m.Ztunnels[p.Node].AddPod(ctx, cni.Pod{UID: p.Name, Name: p.Name, Namespace: p.Namespace, Netns: pod.Path}); err != nil {
+		info := cni.Pod{UID: p.Name, Name: p.Name, Namespace: p.Namespace, Netns: pod.Path}
+		var err error
+		if proc := m.Processes[p.Node]; proc != nil {
+			info.IPs = []string{pod.IP.String()}
+			err = (&cni.Client{Socket: proc.CNISocket}).Add(ctx, info)
+		} else {
+			err = m.Ztunnels[p.Node].AddPod(ctx, info)
+		}
+		if err != nil {
 			return fmt.Errorf("meshbed: enrol %s: %w", p.Name, err)
 		}
 	}
@@ -308,8 +368,8 @@ func (m *Mesh) Spec(name string) (PodSpec, bool) {
 	return m.cfg.Pods[i], true
 }
 
-// Close stops the ztunnels (draining for up to a second), SPIRE and the
-// network.
+// Close stops the ztunnels (draining for up to a second; a process that
+// does not exit cleanly on SIGTERM is an error), SPIRE and the network.
 func (m *Mesh) Close() error {
 	if m.cancel != nil {
 		m.cancel()
@@ -320,6 +380,9 @@ func (m *Mesh) Close() error {
 		errs = append(errs, z.Shutdown(ctx))
 		cancel()
 	}
+	for _, p := range m.Processes {
+		errs = append(errs, p.Stop())
+	}
 	for _, s := range m.stores {
 		s.Close()
 	}
@@ -329,18 +392,25 @@ func (m *Mesh) Close() error {
 	if m.Bed != nil {
 		errs = append(errs, m.Bed.Close())
 	}
-	if m.podsDir != "" {
-		os.RemoveAll(m.podsDir)
+	if m.dir != "" {
+		os.RemoveAll(m.dir)
 	}
 	return errors.Join(errs...)
 }
 
-// Logs are the SPIRE server's and agents' logs, for a failed test.
+// Logs are the SPIRE server's and agents' logs, then the ztunnel
+// processes', for a failed test.
 func (m *Mesh) Logs() string {
-	if m.server == nil {
-		return ""
+	var b strings.Builder
+	if m.server != nil {
+		b.WriteString(m.server.Logs())
 	}
-	return m.server.Logs()
+	for _, node := range m.cfg.ProcessNodes {
+		if p := m.Processes[node]; p != nil {
+			fmt.Fprintf(&b, "\nztunnel process on %s:\n%s", node, p.Logs())
+		}
+	}
+	return b.String()
 }
 
 // LoadBundles reads the bundles and loads them into engine.
@@ -367,16 +437,7 @@ func (s Identities) Release(id spiffeid.ID) { s.Remove(id) }
 
 // InPod runs fn on a thread inside the pod's network namespace, as the
 // pod's app would run. The thread is retired afterwards.
-func InPod(p *netbed.Pod, fn func() error) error {
-	h, err := netns.GetFromPath(p.Path)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	errc := make(chan error, 1)
-	go enter(h, errc, fn)
-	return <-errc
-}
+func InPod(p *netbed.Pod, fn func() error) error { return inNetns(p.Path, fn) }
 
 // Dial connects from inside pod p.
 func Dial(p *netbed.Pod, addr string, timeout time.Duration) (net.Conn, error) {
