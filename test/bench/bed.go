@@ -48,26 +48,40 @@ type bed struct {
 }
 
 func startBed(ctx context.Context, netNum int) (*bed, error) {
+	return startBedWith(ctx, meshbed.Config{Prefix: bedPrefix(""), Net: netNum})
+}
+
+// startBedWith starts a bed named by mc (Prefix, Net), which may also run
+// ztunnels as processes and add workloads to their state; the nodes,
+// pods, policy and servers are always the ones above.
+func startBedWith(ctx context.Context, mc meshbed.Config) (*bed, error) {
 	b := &bed{servers: map[string]*server{}}
-	if err := b.start(ctx, netNum); err != nil {
+	if err := b.start(ctx, mc); err != nil {
 		b.Close()
 		return nil, err
 	}
 	return b, nil
 }
 
-func (b *bed) start(ctx context.Context, netNum int) error {
+// bedPrefix names a bed's namespaces rmb<pid>, or rmb<pid>-<tag> for a
+// second bed, so that `ip netns del` of rmb<pid>-* clears a crashed run.
+func bedPrefix(tag string) string {
+	if tag == "" {
+		return fmt.Sprintf("rmb%d", os.Getpid()%100000)
+	}
+	return fmt.Sprintf("rmb%d-%s", os.Getpid()%100000, tag)
+}
+
+func (b *bed) start(ctx context.Context, mc meshbed.Config) error {
 	var err error
 	if b.policyDir, err = writePolicy(allowClientToServer); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	b.mesh, err = meshbed.Start(ctx, meshbed.Config{
-		Prefix: fmt.Sprintf("rmb%d", os.Getpid()%100000), Net: netNum,
-		Nodes: []string{"node-1", "node-2"}, Pods: pods, Bundles: []string{b.policyDir},
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	mc.Nodes, mc.Pods, mc.Bundles = []string{"node-1", "node-2"}, pods, []string{b.policyDir}
+	mc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b.mesh, err = meshbed.Start(ctx, mc)
 	if err != nil {
 		return fmt.Errorf("bench: start the mesh (is bin/spire-* built? make spire): %w", err)
 	}

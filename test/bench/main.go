@@ -8,6 +8,11 @@
 //     the floor under any pair of user-space proxies on this machine;
 //   - `openssl speed -evp aes-128-gcm` as the per-core ceiling.
 //
+// The proxies' memory is measured last, on a second bed where both
+// ztunnels are the cmd/ztunnel binary (a process each, in its node's
+// namespace) with -workloads synthetic workloads in their state, beside
+// a fresh haproxy pair: VmRSS idle and with -tunnels connections open.
+//
 // It prints a table and notes, and writes them as JSON with -json. It is
 // a report, not a test: nothing is asserted. It needs root and bin/spire-*
 // (make spire); run it with `make bench-mesh` or `go run ./test/bench`.
@@ -30,8 +35,11 @@ type config struct {
 	duration time.Duration
 	// roundTrips measured per path, after warmup.
 	roundTrips, warmup int
-	// tunnels held open for the memory figure.
+	// tunnels held open for the memory figures.
 	tunnels int
+	// workloads is how many synthetic workloads the memory phase's
+	// ztunnel processes hold in their state, besides the bed's pods.
+	workloads int
 	// jsonPath, if set, receives the report as JSON.
 	jsonPath string
 	// net picks the bed's addresses, 10.<net>.0.0/16.
@@ -45,7 +53,8 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each bulk and connection-rate run")
 	flag.IntVar(&cfg.roundTrips, "roundtrips", 20000, "1 KiB round trips measured per path")
 	flag.IntVar(&cfg.warmup, "warmup", 2000, "round trips before measuring")
-	flag.IntVar(&cfg.tunnels, "tunnels", 1000, "connections held open for the memory figure")
+	flag.IntVar(&cfg.tunnels, "tunnels", 1000, "connections held open for the memory figures")
+	flag.IntVar(&cfg.workloads, "workloads", 1000, fmt.Sprintf("synthetic workloads in the ztunnel processes' state for the RSS figures (at most %d)", maxWorkloads))
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.IntVar(&cfg.net, "net", 250, "bed addresses 10.<net>.0.0/16 (inside its own namespaces)")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the regomesh bulk run (both ztunnels) to this file")
@@ -71,6 +80,9 @@ func run(ctx context.Context, cfg config, cmd string) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (network namespaces, nftables): run it as root or with sudo")
 	}
+	if cfg.workloads < 0 || cfg.workloads > maxWorkloads {
+		return fmt.Errorf("-workloads %d: between 0 and %d", cfg.workloads, maxWorkloads)
+	}
 	ceiling, err := aesGCMSpeed(ctx)
 	if err != nil {
 		return err
@@ -89,7 +101,12 @@ func run(ctx context.Context, cfg config, cmd string) error {
 	if err != nil {
 		return err
 	}
+	rss, err := measureRSS(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	rep := newReport(cmd, cfg, ceiling, r, pair.Version)
+	rep.addRSS(rss)
 	rep.Print(os.Stdout)
 	if cfg.jsonPath != "" {
 		return rep.WriteJSON(cfg.jsonPath)

@@ -255,12 +255,20 @@ func holdOpen(ctx context.Context, p path, n int) (memory, error) {
 	m.n = n
 	settle()
 	m.heapBefore, m.stackBefore, m.goroutinesBefore = memStats()
+	conns, err := openEchoed(ctx, p, n)
+	defer closeAll(conns)
+	if err != nil {
+		return m, err
+	}
+	settle()
+	m.heapAfter, m.stackAfter, m.goAfter = memStats()
+	return m, nil
+}
+
+// openEchoed opens n connections on p and leaves them open, each proven
+// end to end by a 1-byte echo. On error it returns those it opened.
+func openEchoed(ctx context.Context, p path, n int) ([]net.Conn, error) {
 	conns := make([]net.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
 	err := meshbed.InPod(p.client, func() error {
 		for range n {
 			if ctx.Err() != nil {
@@ -277,12 +285,13 @@ func holdOpen(ctx context.Context, p path, n int) (memory, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		return m, err
+	return conns, err
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		c.Close()
 	}
-	settle()
-	m.heapAfter, m.stackAfter, m.goAfter = memStats()
-	return m, nil
 }
 
 // settle lets connections just closed or opened finish their goroutines.
