@@ -26,7 +26,8 @@ import (
 //
 // Goroutines: readLoop owns the read side (framer, HPACK decoder) and
 // dispatches every frame; any goroutine writes whole frames under wmu;
-// keepalive sends PINGs when the connection has been quiet.
+// controlLoop writes the control frames queued for it; keepalive sends
+// PINGs when the connection has been quiet.
 //
 // Invariants:
 //   - a frame is written whole under wmu, and the HEADERS that open streams
@@ -39,6 +40,11 @@ import (
 //     both directions; it never exceeds the limit in force when each
 //     stream was reserved (our MaxConcurrentStreams as a server, the
 //     pool's limit and the peer's SETTINGS as a client);
+//   - readLoop never waits for wmu or for the network: the frames it
+//     causes (WINDOW_UPDATE, RST_STREAM, SETTINGS and PING
+//     acknowledgements) are queued for controlLoop. Otherwise two ends,
+//     each blocked writing to the other because the other is not reading,
+//     with their read loops waiting behind their writers, stall for good;
 //   - once done is closed, err is set and never changes; every wait in
 //     this package also selects on done.
 type conn struct {
@@ -82,6 +88,11 @@ type conn struct {
 	pingTx         [8]byte       // payload of the PING in flight
 	pingAck        chan struct{} // closed when it is answered
 
+	// Control frames waiting for controlLoop, at most maxQueuedControl.
+	ctrlMu   sync.Mutex
+	ctrl     []func() error
+	ctrlWake chan struct{}
+
 	lastRead atomic.Int64 // UnixNano of the last frame read
 	direct   atomic.Int64 // DATA bytes readLoop wrote straight to a stream's sink
 
@@ -108,11 +119,15 @@ type requestHeaders struct {
 }
 
 const (
-	initialWindow   = 65535 // HTTP/2's default window before SETTINGS
-	maxWindow       = 1<<31 - 1
-	maxHeaderList   = 16 << 10
-	recordSize      = 16 << 10 // one full TLS record of plaintext
-	frameHeaderSize = 9
+	initialWindow = 65535 // HTTP/2's default window before SETTINGS
+	maxWindow     = 1<<31 - 1
+	maxHeaderList = 16 << 10
+	// maxQueuedControl bounds the control frames waiting to be written: a
+	// peer that makes us queue more (PINGs, SETTINGS, resets) while it does
+	// not read is cut off, as x/net's server does.
+	maxQueuedControl = 10000
+	recordSize       = 16 << 10 // one full TLS record of plaintext
+	frameHeaderSize  = 9
 )
 
 var errIdle = errors.New("hbone: idle connection closed")
@@ -135,6 +150,7 @@ func newConn(nc net.Conn, batch *batchConn, client bool, cfg ConnConfig, hooks c
 		sendWindow:     initialWindow,
 		recvWindow:     int64(cfg.ConnWindow),
 		done:           make(chan struct{}),
+		ctrlWake:       make(chan struct{}, 1),
 	}
 	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
@@ -158,6 +174,7 @@ func (c *conn) handshake() error {
 	}
 	c.nc.SetDeadline(time.Time{})
 	go c.readLoop()
+	go c.controlLoop()
 	if c.cfg.PingInterval > 0 {
 		go c.keepalive()
 	}
@@ -188,7 +205,10 @@ func (c *conn) exchangeSettings() error {
 	if !ok || sf.IsAck() {
 		return fmt.Errorf("first frame is %v, want SETTINGS", f.Header().Type)
 	}
-	return c.applySettings(sf)
+	if err := c.applySettings(sf); err != nil {
+		return err
+	}
+	return c.writeFrames(func() error { return c.wfr.WriteSettingsAck() })
 }
 
 // writeSettings sends the preface (client), our SETTINGS and the
@@ -328,12 +348,50 @@ func (c *conn) writeHeadersLocked(id uint32, endStream bool, fields ...hpack.Hea
 	})
 }
 
-func (c *conn) writeRST(id uint32, code http2.ErrCode) {
-	c.writeFrames(func() error { return c.wfr.WriteRSTStream(id, code) })
+// queueControl has controlLoop write a control frame. It never blocks,
+// so the read loop may call it.
+func (c *conn) queueControl(write func() error) {
+	c.ctrlMu.Lock()
+	if len(c.ctrl) >= maxQueuedControl {
+		c.ctrlMu.Unlock()
+		go c.close(fmt.Errorf("%w: %s left %d control frames unread", ErrConnClosed, c.nc.RemoteAddr(), maxQueuedControl))
+		return
+	}
+	c.ctrl = append(c.ctrl, write)
+	c.ctrlMu.Unlock()
+	signal(c.ctrlWake)
 }
 
+// controlLoop writes queued control frames, all that are waiting under one
+// hold of wmu, until the connection closes.
+func (c *conn) controlLoop() {
+	for {
+		select {
+		case <-c.ctrlWake:
+		case <-c.done:
+			return
+		}
+		c.ctrlMu.Lock()
+		queued := c.ctrl
+		c.ctrl = nil
+		c.ctrlMu.Unlock()
+		c.lockWrite()
+		for _, write := range queued {
+			if c.writeFramesLocked(write) != nil {
+				break // the connection is failing; close() ends this loop
+			}
+		}
+		c.unlockWrite()
+	}
+}
+
+func (c *conn) writeRST(id uint32, code http2.ErrCode) {
+	c.queueControl(func() error { return c.wfr.WriteRSTStream(id, code) })
+}
+
+// writeWindowUpdates returns window to the peer, through controlLoop.
 func (c *conn) writeWindowUpdates(connIncr, streamID uint32, streamIncr uint32) {
-	c.writeFrames(func() error {
+	c.queueControl(func() error {
 		if connIncr > 0 {
 			if err := c.wfr.WriteWindowUpdate(0, connIncr); err != nil {
 				return err

@@ -3,6 +3,7 @@ package hbone
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -117,4 +118,68 @@ func TestDeliverToSlowSocketKeepsOrder(t *testing.T) {
 	if s.c.direct.Load() == 0 {
 		t.Errorf("no byte went straight to the socket")
 	}
+}
+
+// Many tunnels echoing bulk data both ways on one connection, with the
+// read loops of both ends writing straight to sockets: the read loop must
+// never wait for the write lock (to return window), or two ends each
+// blocked writing to the other while their read loops wait would stall
+// for good.
+func TestDirectDeliveryBothWaysManyStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("bulk echo skipped in -short mode")
+	}
+	m := newMesh(t)
+	ts := startServer(t, m, &forward{})
+	p := newTestPool(t, m)
+	echo := startEcho(t)
+	const streams, size = 20, 8 << 20
+	errs := make(chan error, streams)
+	for i := range streams {
+		go func() { errs <- echoThroughRelay(t, p, m.request(ts, echo), byte(10+i), size) }()
+	}
+	timeout := time.After(60 * time.Second)
+	for range streams {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-timeout:
+			t.Fatalf("the tunnels stalled: %+v", p.Stats())
+		}
+	}
+	if p.Stats().Conns != 1 {
+		t.Errorf("pool stats %+v, want every stream on one connection", p.Stats())
+	}
+}
+
+// echoThroughRelay relays a local TCP connection through a tunnel, as an
+// outbound ztunnel does, sends size bytes through it and checks the echo.
+func echoThroughRelay(t *testing.T, p *Pool, r Request, seed byte, size int64) error {
+	s, err := p.Dial(testContext(t), r)
+	if err != nil {
+		return err
+	}
+	app, zt := tcpPair(t)
+	go func() {
+		if _, err := Relay(testContext(t), zt, s); err != nil {
+			t.Logf("relay %d: %v", seed, err)
+		}
+	}()
+	go func() {
+		io.Copy(app, io.LimitReader(newPattern(seed), size))
+		app.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, app)
+	if err != nil {
+		return err
+	}
+	want := sha256.New()
+	io.Copy(want, io.LimitReader(newPattern(seed), size))
+	if n != size || !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+		return fmt.Errorf("stream %d: echoed %d of %d bytes, checksum mismatch=%v", seed, n, size, !bytes.Equal(h.Sum(nil), want.Sum(nil)))
+	}
+	return nil
 }

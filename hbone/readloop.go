@@ -82,7 +82,7 @@ func (c *conn) readControl(fh http2.FrameHeader) error {
 		if err := c.applySettings(f); err != nil {
 			return err
 		}
-		c.writeFrames(func() error { return c.wfr.WriteSettingsAck() })
+		c.queueControl(func() error { return c.wfr.WriteSettingsAck() })
 	case *http2.WindowUpdateFrame:
 		return c.onWindowUpdate(f)
 	case *http2.PingFrame:
@@ -300,7 +300,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		return nil
 	}
 	if s.sendWindow+int64(f.Increment) > maxWindow {
-		go c.resetStream(s.id, http2.ErrCodeFlowControl, fmt.Errorf("%w: window overflow", ErrStreamReset))
+		go c.resetStream(s.id, http2.ErrCodeFlowControl, fmt.Errorf("%w: window overflow", ErrStreamReset)) // c.mu is held
 		return nil
 	}
 	s.sendWindow += int64(f.Increment)
@@ -338,7 +338,7 @@ func (c *conn) onPing(f *http2.PingFrame) error {
 	}
 	if !f.IsAck() {
 		data := f.Data
-		c.writeFrames(func() error { return c.wfr.WritePing(true, data) })
+		c.queueControl(func() error { return c.wfr.WritePing(true, data) })
 		return nil
 	}
 	c.mu.Lock()
