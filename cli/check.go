@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -26,12 +28,26 @@ type decideFlags struct {
 	sources policySources
 	input   inputFlags
 	output  outputFormat
+	now     string
 }
 
 func (f *decideFlags) register(cmd *cobra.Command) {
 	f.sources.register(cmd.Flags())
 	f.input.register(cmd.Flags())
 	registerOutput(cmd.Flags(), &f.output)
+	cmd.Flags().StringVar(&f.now, "now", "", "decide as of this time, RFC 3339 (e.g. 2026-11-25T10:00:00Z), for rules that read the clock (time.now_ns); default: the current time")
+}
+
+// context is the command's context, with the clock set by --now.
+func (f *decideFlags) context(cmd *cobra.Command) (context.Context, error) {
+	if f.now == "" {
+		return cmd.Context(), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, f.now)
+	if err != nil {
+		return nil, fmt.Errorf("--now %q: want an RFC 3339 time such as 2026-11-25T10:00:00Z", f.now)
+	}
+	return policy.WithTime(cmd.Context(), t), nil
 }
 
 func newCheckCommand() *cobra.Command {
@@ -60,11 +76,15 @@ func runCheck(cmd *cobra.Command, f *decideFlags) error {
 	if err != nil {
 		return err
 	}
+	ctx, err := f.context(cmd)
+	if err != nil {
+		return err
+	}
 	engine, warnings, err := f.sources.engine(cmd.Context())
 	if err != nil {
 		return err
 	}
-	d, err := engine.Decide(cmd.Context(), in)
+	d, err := engine.Decide(ctx, in)
 	if err != nil {
 		return err
 	}

@@ -102,6 +102,11 @@ func TestCommands(t *testing.T) {
 		{name: "missing-bundle", args: []string{"policy", "check", "--bundle", "nope", "-i", inputs + "api-to-postgres-allowed.json"}, code: ExitError, stderr: "nope"},
 		{name: "unknown-workload", args: []string{"policy", "check", "--bundle", examples, "--to", "shop/x", "--workloads", "cli/testdata/workloads.yaml"}, code: ExitError, stderr: "no such workload"},
 		{name: "bad-output", args: []string{"policy", "check", "--bundle", examples, "-o", "xml"}, code: ExitError, stderr: `"xml" is not text, json or yaml`},
+		{name: "check-now-in-window", args: []string{"policy", "check", "--bundle", examples, "-i", inputs + "frontend-admin-change-window.json", "--now", "2026-11-25T10:00:00Z"}, code: ExitAllowed, stdout: "ALLOW (l7)"},
+		{name: "check-now-after-hours", args: []string{"policy", "check", "--bundle", examples, "-i", inputs + "frontend-admin-change-window.json", "--now", "2026-11-25T18:30:00+01:00"}, code: ExitDenied, stdout: "change-window"},
+		{name: "explain-now-in-window", args: []string{"policy", "explain", "--bundle", examples, "-i", inputs + "frontend-admin-change-window.json", "--now", "2026-11-25T16:59:59Z"}, code: ExitAllowed, stdout: "ALLOW (l7)"},
+		{name: "check-bad-now", args: []string{"policy", "check", "--bundle", examples, "-i", inputs + "frontend-admin-change-window.json", "--now", "10:00"}, code: ExitError, stderr: "RFC 3339"},
+		{name: "replay-at-logged-time", args: []string{"policy", "replay", "--log", "cli/testdata/decision-after-hours.jsonl", "--bundle", examples}, code: ExitDenied, stdout: "1 allow->deny"},
 		{name: "replay-not-a-log", args: []string{"policy", "replay", "--log", "-", "--bundle", examples}, stdin: "hello\n", code: ExitError, stderr: "line 1: not a decision-log line"},
 	}
 	for _, tc := range cases {

@@ -38,6 +38,10 @@ func runExplain(cmd *cobra.Command, f *decideFlags, full bool) error {
 	if err != nil {
 		return err
 	}
+	ctx, err := f.context(cmd)
+	if err != nil {
+		return err
+	}
 	engine, warnings, err := f.sources.engine(cmd.Context())
 	if err != nil {
 		return err
@@ -45,7 +49,7 @@ func runExplain(cmd *cobra.Command, f *decideFlags, full bool) error {
 	for _, w := range warnings {
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
 	}
-	x, err := engine.Explain(cmd.Context(), in)
+	x, err := engine.Explain(ctx, in)
 	if err != nil {
 		return err
 	}
@@ -66,7 +70,7 @@ func runExplain(cmd *cobra.Command, f *decideFlags, full bool) error {
 	}
 	if full {
 		fmt.Fprintf(w, "\nOPA trace of data.mesh.authz.decision:\n")
-		if err := engine.Trace(cmd.Context(), in, w); err != nil {
+		if err := engine.Trace(ctx, in, w); err != nil {
 			return err
 		}
 	}

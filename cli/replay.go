@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,6 +40,7 @@ type flipGroup struct {
 // loggedDecision is the part of an OPA decision-log line replay reads.
 type loggedDecision struct {
 	DecisionID string          `json:"decision_id"`
+	Timestamp  time.Time       `json:"timestamp"`
 	Input      json.RawMessage `json:"input"`
 	Result     json.RawMessage `json:"result"`
 }
@@ -54,6 +56,8 @@ func newReplayCommand() *cobra.Command {
 writes them), decides every logged input again under the candidate bundles, and
 reports the decisions that flip (allow->deny, deny->allow), grouped by the rule
 that decided before and the one that decides now, with counts and an example.
+Each input is decided as of its logged timestamp, so rules that read the clock
+(time.now_ns) see the moment of the original decision.
 Exit status: 0 nothing flips, 2 something flips, 1 error.`,
 		Example: `  regomesh policy replay --log /var/log/regomesh/decisions.jsonl --bundle ./policy-v2
   regomesh policy replay --log decisions.jsonl --bundle new.tar.gz -o json`,
@@ -120,12 +124,16 @@ func replay(cmd *cobra.Command, engine *policy.Engine, r io.Reader) (replayRepor
 		if len(strings.TrimSpace(sc.Text())) == 0 {
 			continue
 		}
-		before, in, raw, err := parseLogged(sc.Bytes())
+		before, in, at, raw, err := parseLogged(sc.Bytes())
 		if err != nil {
 			return report, fmt.Errorf("line %d: %w", line, err)
 		}
 		report.Decisions++
-		after, err := engine.Decide(cmd.Context(), in)
+		ctx := cmd.Context()
+		if !at.IsZero() {
+			ctx = policy.WithTime(ctx, at)
+		}
+		after, err := engine.Decide(ctx, in)
 		if err != nil {
 			return report, fmt.Errorf("line %d: %w", line, err)
 		}
@@ -148,23 +156,23 @@ func replay(cmd *cobra.Command, engine *policy.Engine, r io.Reader) (replayRepor
 	return report, nil
 }
 
-func parseLogged(line []byte) (policy.Verdict, policy.Input, json.RawMessage, error) {
+// parseLogged reads one decision-log line: the verdict logged, the input,
+// when it was decided (zero if the line does not say) and the raw input.
+func parseLogged(line []byte) (before policy.Verdict, in policy.Input, at time.Time, raw json.RawMessage, err error) {
 	var logged loggedDecision
-	var before policy.Verdict
 	if err := json.Unmarshal(line, &logged); err != nil {
-		return before, policy.Input{}, nil, fmt.Errorf("not a decision-log line: %w", err)
+		return before, in, at, nil, fmt.Errorf("not a decision-log line: %w", err)
 	}
 	if len(logged.Input) == 0 || len(logged.Result) == 0 {
-		return before, policy.Input{}, nil, fmt.Errorf("decision %s has no input or no result", logged.DecisionID)
+		return before, in, at, nil, fmt.Errorf("decision %s has no input or no result", logged.DecisionID)
 	}
 	if err := json.Unmarshal(logged.Result, &before); err != nil {
-		return before, policy.Input{}, nil, fmt.Errorf("decision %s: result: %w", logged.DecisionID, err)
+		return before, in, at, nil, fmt.Errorf("decision %s: result: %w", logged.DecisionID, err)
 	}
-	in, err := policy.DecodeInput(logged.Input)
-	if err != nil {
-		return before, in, nil, fmt.Errorf("decision %s: %w", logged.DecisionID, err)
+	if in, err = policy.DecodeInput(logged.Input); err != nil {
+		return before, in, at, nil, fmt.Errorf("decision %s: %w", logged.DecisionID, err)
 	}
-	return before, in, logged.Input, nil
+	return before, in, logged.Timestamp, logged.Input, nil
 }
 
 func addFlip(groups map[[3]string]*flipGroup, before, after policy.Verdict, example json.RawMessage, line int) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -318,6 +319,51 @@ deny contains {"policy": "clock/p", "rule": 0} if time.now_ns() < 0
 	e := loadEngine(t, withQuiet(Config{}), dir)
 	if g := e.current.Load(); g.cacheable || g.cache.Load() != nil {
 		t.Error("a policy reading the clock must not be cached")
+	}
+}
+
+// WithTime sets what time.now_ns returns, in Decide, Explain and Trace
+// alike; without it the clock decides.
+func TestWithTimeSetsTheClock(t *testing.T) {
+	dir := writeBundle(t, t.TempDir(), map[string]string{
+		".manifest": `{"roots": ["mesh/policies/clock"]}`,
+		"p.rego": `package mesh.policies.clock.p
+
+allow_scope contains {"policy": "clock/p"} if input.destination.labels.app == "postgres"
+
+allow contains {"policy": "clock/p", "rule": "office-hours"} if {
+	[hour, _, _] := time.clock([time.now_ns(), "UTC"])
+	hour >= 9
+	hour < 17
+}
+`})
+	e := loadEngine(t, withQuiet(Config{}), dir)
+	at := func(hhmm string) context.Context {
+		ts, err := time.Parse(time.RFC3339, "2026-11-25T"+hhmm+":00Z")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return WithTime(context.Background(), ts)
+	}
+	for _, c := range []struct {
+		at    string
+		allow bool
+	}{{"09:00", true}, {"16:59", true}, {"17:00", false}, {"03:30", false}} {
+		d, err := e.Decide(at(c.at), apiToPostgres(5432))
+		if err != nil || d.Allow != c.allow {
+			t.Errorf("Decide at %s: %+v, %v; want allow=%v", c.at, d, err, c.allow)
+		}
+		x, err := e.Explain(at(c.at), apiToPostgres(5432))
+		if err != nil || x.Decision.Allow != c.allow {
+			t.Errorf("Explain at %s: %+v, %v; want allow=%v", c.at, x.Decision, err, c.allow)
+		}
+		var trace bytes.Buffer
+		if err := e.Trace(at(c.at), apiToPostgres(5432), &trace); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(trace.String(), `"allow": true`); got != c.allow {
+			t.Errorf("Trace at %s: allow in the trace %v, want %v", c.at, got, c.allow)
+		}
 	}
 }
 

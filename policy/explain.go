@@ -91,7 +91,7 @@ func (e *Engine) Trace(ctx context.Context, in Input, w io.Writer) error {
 		return err
 	}
 	tracer := topdown.NewBufferTracer()
-	if _, err := g.ref.query.Eval(ctx, rego.EvalParsedInput(doc), rego.EvalQueryTracer(tracer)); err != nil {
+	if _, err := g.ref.query.Eval(ctx, evalOptions(ctx, doc, rego.EvalQueryTracer(tracer))...); err != nil {
 		return fmt.Errorf("policy: trace %s: %w", meshrego.DecisionPath, err)
 	}
 	var buf bytes.Buffer

@@ -198,7 +198,7 @@ func (f *fallbackQuery) contributions(ctx context.Context, in *Input) ([]contrib
 	if err != nil {
 		return nil, err
 	}
-	rs, err := f.query.Eval(ctx, rego.EvalParsedInput(doc))
+	rs, err := f.query.Eval(ctx, evalOptions(ctx, doc)...)
 	if err != nil {
 		return nil, fmt.Errorf("policy: evaluate: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -36,7 +37,7 @@ func (r *reference) decide(ctx context.Context, in *Input) (Decision, error) {
 	if err != nil {
 		return deny(err.Error()), err
 	}
-	rs, err := r.query.Eval(ctx, rego.EvalParsedInput(doc))
+	rs, err := r.query.Eval(ctx, evalOptions(ctx, doc)...)
 	if err != nil {
 		return deny("evaluation failed: " + err.Error()), fmt.Errorf("policy: evaluate %s: %w", meshrego.DecisionPath, err)
 	}
@@ -44,6 +45,25 @@ func (r *reference) decide(ctx context.Context, in *Input) (Decision, error) {
 		return deny(ReasonUndefined), fmt.Errorf("%w: %s", ErrUndefined, meshrego.DecisionPath)
 	}
 	return decodeDecision(rs[0].Expressions[0].Value)
+}
+
+type evalTimeKey struct{}
+
+// WithTime returns a context under which decisions see t as the current
+// time (Rego's time.now_ns): to replay a logged decision at the moment it
+// was made, or to ask offline whether a time-based rule would pass at a
+// given hour. Without it, decisions use the clock.
+func WithTime(ctx context.Context, t time.Time) context.Context {
+	return context.WithValue(ctx, evalTimeKey{}, t)
+}
+
+// evalOptions are the topdown options of one evaluation of doc under ctx.
+func evalOptions(ctx context.Context, doc ast.Value, more ...rego.EvalOption) []rego.EvalOption {
+	opts := append([]rego.EvalOption{rego.EvalParsedInput(doc)}, more...)
+	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
+		opts = append(opts, rego.EvalTime(t))
+	}
+	return opts
 }
 
 // inputValue converts the input to its ast form through its JSON form, so
