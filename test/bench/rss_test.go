@@ -15,7 +15,9 @@ func TestParseStatus(t *testing.T) {
 		want     procStatus
 		wantErrs bool
 	}{
-		{"a process", "Name:\tztunnel\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 1300000 kB\nVmHWM:\t   30720 kB\nVmRSS:\t   20480 kB\nThreads:\t12\n",
+		{"a process", "Name:\tztunnel\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 1300000 kB\nVmHWM:\t   30720 kB\nVmRSS:\t   20480 kB\nRssAnon:\t    8192 kB\nRssFile:\t   12288 kB\nThreads:\t12\n",
+			procStatus{name: "ztunnel", rss: 20 << 20, hwm: 30 << 20, anon: 8 << 20, file: 12 << 20}, false},
+		{"an older kernel without the split", "Name:\tztunnel\nVmHWM:\t   30720 kB\nVmRSS:\t   20480 kB\n",
 			procStatus{name: "ztunnel", rss: 20 << 20, hwm: 30 << 20}, false},
 		{"a kernel thread has no VmRSS", "Name:\tkworker/0:1\nState:\tI (idle)\n", procStatus{name: "kworker/0:1"}, true},
 		{"a size without its unit", "Name:\tx\nVmHWM:\t5\nVmRSS:\t5 kB\n", procStatus{name: "x"}, true},
