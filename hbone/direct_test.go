@@ -2,10 +2,14 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -182,4 +186,147 @@ func echoThroughRelay(t *testing.T, p *Pool, r Request, seed byte, size int64) e
 		return fmt.Errorf("stream %d: echoed %d of %d bytes, checksum mismatch=%v", seed, n, size, !bytes.Equal(h.Sum(nil), want.Sum(nil)))
 	}
 	return nil
+}
+
+// lateRelay accepts a tunnel but starts relaying it only once released,
+// so the client's data and its end are buffered before the relay starts.
+type lateRelay struct {
+	release chan struct{}
+	err     chan error
+}
+
+func (h *lateRelay) ServeTunnel(ctx context.Context, t *Tunnel) {
+	var d net.Dialer
+	up, err := d.DialContext(ctx, "tcp", t.Authority.String())
+	if err != nil {
+		t.Reject(errors.Join(ErrUpstream, err))
+		return
+	}
+	s, err := t.Accept()
+	if err != nil {
+		up.Close()
+		return
+	}
+	<-h.release
+	_, err = Relay(ctx, s, up)
+	h.err <- err
+}
+
+// Data and END_STREAM that arrived before Relay hands the stream to its
+// socket are written out first, then the socket's write side is closed.
+func TestSinkDrainsWhatArrivedFirst(t *testing.T) {
+	m := newMesh(t)
+	got := make(chan string, 1)
+	upstream := startTCP(t, func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+		c.Write([]byte("bye"))
+		c.CloseWrite()
+	})
+	h := &lateRelay{release: make(chan struct{}), err: make(chan error, 1)}
+	ts := startServer(t, m, h)
+	p := newTestPool(t, m)
+	s, err := p.Dial(testContext(t), m.request(ts, upstream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Write([]byte("early"))
+	s.CloseWrite()
+	time.Sleep(100 * time.Millisecond) // both are in the server's stream buffer
+	close(h.release)
+	select {
+	case b := <-got:
+		if b != "early" {
+			t.Errorf("upstream read %q, want %q", b, "early")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream never saw the data and EOF")
+	}
+	if b, err := io.ReadAll(s); err != nil || string(b) != "bye" {
+		t.Errorf("client read %q, %v; want the upstream's answer and EOF", b, err)
+	}
+	if err := <-h.err; err != nil {
+		t.Errorf("relay: %v", err)
+	}
+}
+
+// An idle tunnel costs its relay one goroutine: the direction towards the
+// socket has none until the socket falls behind.
+func TestIdleTunnelRelaysOnOneGoroutine(t *testing.T) {
+	m := newMesh(t)
+	ts := startServer(t, m, &forward{})
+	p := newTestPool(t, m)
+	echo := startEcho(t)
+	open := func(n int) []*Stream {
+		var streams []*Stream
+		for range n {
+			s, err := p.Dial(testContext(t), m.request(ts, echo))
+			if err != nil {
+				t.Fatal(err)
+			}
+			streams = append(streams, s)
+		}
+		return streams
+	}
+	warm := open(1) // the connection and its goroutines
+	defer warm[0].Close()
+	const n = 50
+	time.Sleep(100 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	streams := open(n)
+	defer func() {
+		for _, s := range streams {
+			s.Close()
+		}
+	}()
+	for _, s := range streams { // every relay is up and idle
+		s.Write([]byte("x"))
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(s, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	// Per tunnel: the server's handler (running Relay) and the echo
+	// upstream's serving goroutine; the stream towards the upstream none.
+	if per := float64(runtime.NumGoroutine()-before) / n; per > 2.2 {
+		t.Errorf("%.2f goroutines per idle tunnel, want 2 (relay handler and echo server)", per)
+	}
+}
+
+// When the socket fails under the sink (the upstream resets), the relay
+// ends with the failure and the client's stream is reset, not left hanging.
+func TestSinkSocketFailureEndsTheRelay(t *testing.T) {
+	m := newMesh(t)
+	upstream := startTCP(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, 1))
+		c.SetLinger(0) // close with RST
+	})
+	h := &lateRelay{release: make(chan struct{}), err: make(chan error, 1)}
+	close(h.release)
+	ts := startServer(t, m, h)
+	p := newTestPool(t, m)
+	s, err := p.Dial(testContext(t), m.request(ts, upstream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	chunk := make([]byte, 64<<10)
+	var werr error
+	for sent := 0; werr == nil && sent < 1<<30; sent += len(chunk) {
+		_, werr = s.Write(chunk)
+	}
+	if werr == nil || errors.Is(werr, os.ErrDeadlineExceeded) {
+		t.Fatalf("writing into a tunnel whose upstream reset: %v, want the stream reset", werr)
+	}
+	select {
+	case err := <-h.err:
+		if err == nil {
+			t.Error("the relay ended without an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end")
+	}
 }

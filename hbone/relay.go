@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
 
 // Counts are the bytes a Relay moved, for istio_tcp_sent_bytes_total and
@@ -45,21 +46,41 @@ func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
 			server.Close()
 		}
 	}
-	// One direction on a new goroutine, the other on this one: a tunnel
-	// costs one goroutine stack less, which adds up over thousands.
+	// One direction runs on this goroutine. The other is a tunnel's
+	// stream towards a socket where there is one (inbound, the client is
+	// the stream: it goes to the server; outbound, the other way round),
+	// run by the stream's read loop without a goroutine (sinkTo);
+	// otherwise it gets a goroutine of its own. Goroutine stacks are most
+	// of an idle tunnel's cost, which adds up over thousands.
+	fromServerHere := true
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var err error
-		counts.FromClient, err = copyHalf(server, client)
-		fail(err)
-	}()
+	finished := func(n *int64) func(int64, error) {
+		return func(written int64, err error) {
+			*n = written
+			fail(err)
+			close(done)
+		}
+	}
+	switch {
+	case sinkTo(server, client, finished(&counts.FromClient)):
+	case sinkTo(client, server, finished(&counts.FromServer)):
+		fromServerHere = false
+	default:
+		go func() {
+			n, err := copyHalf(server, client)
+			finished(&counts.FromClient)(n, err)
+		}()
+	}
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
 		server.Close()
 	})
 	var err error
-	counts.FromServer, err = copyHalf(client, server)
+	if fromServerHere {
+		counts.FromServer, err = copyHalf(client, server)
+	} else {
+		counts.FromClient, err = copyHalf(server, client)
+	}
 	fail(err)
 	<-done
 	err = failure.get()
@@ -70,6 +91,26 @@ func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
 		err = ctx.Err()
 	}
 	return counts, err
+}
+
+// sinkTo starts src's data towards dst through the stream's read loop
+// (Stream.sinkTo) when src is a stream and dst a socket, and reports
+// whether it did; done gets the direction's outcome.
+func sinkTo(dst, src net.Conn, done func(int64, error)) bool {
+	s, ok := src.(*Stream)
+	if !ok {
+		return false
+	}
+	sc, ok := dst.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	s.sinkTo(dst, rc, done)
+	return true
 }
 
 // copyHalf copies src to dst until EOF, then ends dst's write side.

@@ -47,11 +47,18 @@ type Stream struct {
 	// a discard meanwhile must not recycle it; it sets discarded instead,
 	// and WriteTo releases the buffer when the writer returns.
 	lent, discarded bool
-	// sink is WriteTo's writer when it is a socket: readLoop writes data
-	// there itself while nothing is buffered (see deliver); sunk counts
-	// those bytes for WriteTo's total.
+	// sink is where received data goes when it is a socket: WriteTo's
+	// writer, or the destination of sinkTo. readLoop writes data there
+	// itself while nothing is buffered (see deliver); sunk counts the bytes
+	// written to it other than by WriteTo's own loop.
 	sink syscall.RawConn
 	sunk int64
+	// sinkTo's state (see sink.go): the socket, whether a drain goroutine
+	// is writing the buffer to it, and whom to tell when it has ended.
+	sinkConn net.Conn
+	draining bool
+	sinkErr  error // the socket's write failure
+	sinkDone func(n int64, err error)
 
 	readable chan struct{} // signalled when buf, eof or readErr change
 	writable chan struct{} // signalled when a send window grows or sendErr is set
@@ -154,13 +161,18 @@ func (s *Stream) deliver(data []byte, end bool) {
 	if end {
 		s.eof = true
 	}
+	drain := s.startDrainLocked()
 	s.rmu.Unlock()
 	if sunk > 0 {
 		s.c.direct.Add(int64(sunk))
 		s.consumed(sunk)
 	}
+	if drain {
+		go s.drain()
+	}
 	if len(data) > 0 || end {
 		signal(s.readable)
+		s.settleSink()
 	}
 }
 
@@ -195,6 +207,7 @@ func (s *Stream) fail(err error) {
 	}
 	signal(s.readable)
 	signal(s.writable)
+	s.settleSink()
 }
 
 // respond records the CONNECT response status (client side).
@@ -530,6 +543,7 @@ func (s *Stream) Close() error {
 	s.discard()
 	signal(s.readable)
 	signal(s.writable)
+	s.settleSink()
 	return nil
 }
 
