@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 )
@@ -126,22 +127,60 @@ func copyStream(dst io.Writer, src net.Conn) (int64, error) {
 	if s, ok := src.(*Stream); ok {
 		return s.WriteTo(dst) // straight from the stream's buffer
 	}
-	// An idle connection waits in Read holding its buffer, so it starts
-	// small and takes the full-size buffer only once a read fills the small
-	// one (bulk), giving it back when reads go short again: thousands of
-	// idle tunnels then cost a few KiB each instead of 64 KiB.
-	var big *[]byte
-	defer func() {
-		if big != nil {
-			relayBuffers.Put(big)
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return copyBuffers(dst, func(b *buffers) ([]byte, int, error) { return readWhenReady(rc, b) })
 		}
-	}()
-	small := smallBuffers.Get().(*[]byte)
-	defer smallBuffers.Put(small)
-	buf := *small
+	}
+	return copyBuffers(dst, func(b *buffers) ([]byte, int, error) {
+		buf := b.take()
+		n, err := src.Read(buf)
+		return buf, n, err
+	})
+}
+
+// buffers lends a copy loop one pooled buffer at a time. It lends small
+// ones until a read fills one (bulk), then full-size ones until reads go
+// short again.
+type buffers struct {
+	pool *sync.Pool
+	held *[]byte
+}
+
+// take lends a buffer; the previous one must have been released.
+func (b *buffers) take() []byte {
+	b.held = b.pool.Get().(*[]byte)
+	return *b.held
+}
+
+// release returns the lent buffer, if any.
+func (b *buffers) release() {
+	if b.held != nil {
+		b.pool.Put(b.held)
+		b.held = nil
+	}
+}
+
+// resize picks the pool of the next buffer after a read of n bytes.
+func (b *buffers) resize(n int) {
+	switch {
+	case b.pool == &smallBuffers && n == smallBufferSize:
+		b.pool = &relayBuffers
+	case b.pool == &relayBuffers && n < smallBufferSize:
+		b.pool = &smallBuffers
+	}
+}
+
+// copyBuffers copies what read returns to dst until EOF. read borrows
+// the buffer it reads into from b as late as it can: a socket takes it
+// only once data is there (readWhenReady), so an idle tunnel holds no
+// buffer at all and a bulk one 64 KiB.
+func copyBuffers(dst io.Writer, read func(b *buffers) ([]byte, int, error)) (int64, error) {
+	b := &buffers{pool: &smallBuffers}
+	defer b.release()
 	var total int64
 	for {
-		n, rerr := src.Read(buf)
+		buf, n, rerr := read(b)
 		if n > 0 {
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
@@ -149,24 +188,47 @@ func copyStream(dst io.Writer, src net.Conn) (int64, error) {
 				return total, werr
 			}
 		}
-		switch { // the next read's buffer; buf is written out by now
-		case big == nil && n == len(buf):
-			big = relayBuffers.Get().(*[]byte)
-		case big != nil && n < smallBufferSize:
-			relayBuffers.Put(big)
-			big = nil
-		}
+		b.release()
+		b.resize(n)
 		if rerr == io.EOF {
 			return total, nil
 		}
 		if rerr != nil {
 			return total, rerr
 		}
-		buf = *small
-		if big != nil {
-			buf = *big
-		}
 	}
+}
+
+// readWhenReady reads once from a socket, waiting for data without a
+// buffer: one is borrowed from b for each read attempt, and one taken for
+// a read that would block goes back before the wait.
+func readWhenReady(rc syscall.RawConn, b *buffers) (buf []byte, n int, err error) {
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			buf = b.take()
+			n, rerr = syscall.Read(int(fd), buf)
+			switch rerr {
+			case syscall.EINTR:
+				b.release()
+				continue
+			case syscall.EAGAIN:
+				b.release()
+				buf, n = nil, 0
+				return false // wait for readability, holding nothing
+			}
+			return true
+		}
+	})
+	switch {
+	case err != nil: // closed, or a deadline passed
+		return nil, 0, err
+	case rerr != nil:
+		return buf, 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return buf, 0, io.EOF
+	}
+	return buf, n, nil
 }
 
 func closeWrite(c net.Conn) error {
