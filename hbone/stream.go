@@ -137,13 +137,14 @@ func signal(ch chan struct{}) {
 func (s *Stream) wakeWriter() { signal(s.writable) }
 
 // deliver hands data received for the stream to its reader (readLoop
-// only). When WriteTo is waiting with a socket as its writer and nothing
-// is buffered, deliver writes the data to that socket itself, without
-// blocking: waking WriteTo's goroutine to do it costs more than the write
-// on a busy machine, and a round trip through the mesh would pay that
-// twice. Whatever the socket does not take at once is buffered for
-// WriteTo, and every later delivery queues behind it, so bytes keep their
-// order and a slow receiver never stalls the read loop.
+// only). When the reader is a socket (WriteTo's writer, or sinkTo's) and
+// nothing is buffered, deliver writes the data to that socket itself,
+// without blocking: waking a goroutine to do it costs more than the
+// write on a busy machine, and a round trip through the mesh would pay
+// that twice. Whatever the socket does not take at once is buffered for
+// WriteTo or sinkTo's drain goroutine, and every later delivery queues
+// behind it, so bytes keep their order and a slow receiver never stalls
+// the read loop.
 func (s *Stream) deliver(data []byte, end bool) {
 	s.rmu.Lock()
 	if s.closedLocal {
