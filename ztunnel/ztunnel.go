@@ -149,15 +149,21 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 		pods = append(pods, p)
 	}
 	z.mu.Unlock()
+	// The HBONE servers close their connections only after the tracker has
+	// closed the connections still open at the deadline, so each of those
+	// is logged as drained rather than as failed.
+	servers, closeServers := context.WithCancel(context.WithoutCancel(ctx))
+	defer closeServers()
 	for _, p := range pods {
 		p.stopAccepting()
 		if p.server != nil {
-			go p.server.Shutdown(ctx) // GOAWAY: no new tunnel on open connections either
+			go p.server.Shutdown(servers) // GOAWAY: no new tunnel on open connections either
 		}
 	}
 	if n := z.tracker.drain(ctx); n > 0 {
 		z.log.Warn("drain deadline reached: closed open connections", "closed", n)
 	}
+	closeServers()
 	var errs []error
 	for _, p := range pods {
 		errs = append(errs, p.close())
