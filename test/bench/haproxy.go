@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/regomesh/regomesh/test/meshbed"
@@ -34,7 +32,6 @@ const (
 type haproxyPair struct {
 	dir     string
 	procs   []*exec.Cmd
-	spawner *spawner
 	Version string
 }
 
@@ -42,7 +39,7 @@ func startHAProxyPair(ctx context.Context, b *bed) (*haproxyPair, error) {
 	if err := ensureTools(ctx); err != nil {
 		return nil, err
 	}
-	p := &haproxyPair{spawner: newSpawner()}
+	p := &haproxyPair{}
 	if err := p.start(ctx, b); err != nil {
 		p.Close()
 		return nil, err
@@ -101,10 +98,10 @@ func (p *haproxyPair) spawn(ctx context.Context, pod *netbed.Pod, conf string) e
 		return err
 	}
 	defer log.Close()
-	cmd := exec.Command("ip", "netns", "exec", pod.NS, "haproxy", "-db", "-f", path)
+	cmd := exec.Command("haproxy", "-db", "-f", path)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := p.spawner.start(cmd); err != nil {
-		return fmt.Errorf("bench: start haproxy in %s: %w", pod.NS, err)
+	if err := pod.Start(cmd); err != nil {
+		return fmt.Errorf("bench: %w", err)
 	}
 	p.procs = append(p.procs, cmd)
 	return nil
@@ -127,7 +124,6 @@ func (p *haproxyPair) Close() error {
 		cmd.Wait()
 	}
 	p.procs = nil
-	p.spawner.Close()
 	if p.dir != "" {
 		return os.RemoveAll(p.dir)
 	}
@@ -188,17 +184,12 @@ func waitListening(pod *netbed.Pod, addr string) error {
 	}
 }
 
-// ensureTools installs haproxy and iproute2 with apt-get when missing.
+// ensureTools installs haproxy with apt-get when missing.
 func ensureTools(ctx context.Context) error {
-	var missing []string
-	for bin, pkg := range map[string]string{"haproxy": "haproxy", "ip": "iproute2"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			missing = append(missing, pkg)
-		}
-	}
-	if len(missing) == 0 {
+	if _, err := exec.LookPath("haproxy"); err == nil {
 		return nil
 	}
+	missing := []string{"haproxy"}
 	fmt.Fprintf(os.Stderr, "bench: installing %s with apt-get\n", strings.Join(missing, " "))
 	steps := [][]string{{"apt-get", "update"}, append([]string{"apt-get", "install", "-y", "--no-install-recommends"}, missing...)}
 	for _, args := range steps {
@@ -209,10 +200,8 @@ func ensureTools(ctx context.Context) error {
 				strings.Join(args, " "), strings.Join(missing, " "), strings.Join(missing, " "), err, tail(out))
 		}
 	}
-	for _, bin := range []string{"haproxy", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return errors.New("bench: " + bin + " still missing after apt-get install")
-		}
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		return errors.New("bench: haproxy still missing after apt-get install")
 	}
 	return nil
 }
@@ -221,35 +210,3 @@ func tail(out []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	return strings.Join(lines[max(0, len(lines)-10):], "\n")
 }
-
-// spawner starts processes from one thread locked for the run, so that
-// their parent-death signal fires when this process dies, and not when
-// the Go runtime retires whichever thread happened to fork them (a
-// thread locked by meshbed.InPod is retired when its goroutine ends).
-type spawner struct {
-	cmds chan *exec.Cmd
-	errs chan error
-}
-
-func newSpawner() *spawner {
-	s := &spawner{cmds: make(chan *exec.Cmd), errs: make(chan error)}
-	go s.loop()
-	return s
-}
-
-func (s *spawner) loop() {
-	runtime.LockOSThread() // never unlocked: the thread ends with the loop
-	for cmd := range s.cmds {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		s.errs <- cmd.Start()
-	}
-}
-
-func (s *spawner) start(cmd *exec.Cmd) error {
-	s.cmds <- cmd
-	return <-s.errs
-}
-
-// Close ends the spawner's thread, and with it (SIGKILL) any child
-// still running.
-func (s *spawner) Close() { close(s.cmds) }

@@ -155,8 +155,7 @@ func holdMeasured(ctx context.Context, p path, n int, procs ...*proxy) ([]procMe
 	return mems, nil
 }
 
-// pid is the process ID of the pair's haproxy in the named pod: `ip netns
-// exec` execs haproxy in its own place, so the command's pid is haproxy's.
+// pid is the process ID of the pair's haproxy in the named pod.
 func (p *haproxyPair) pid(pod string) (int, error) {
 	conf := filepath.Join(p.dir, pod+".cfg")
 	for _, cmd := range p.procs {

@@ -16,13 +16,26 @@ import (
 // SIGKILL when this process dies, even when it is killed before its
 // cleanups run; stopping it earlier, and waiting for it, is the caller's
 // job. Other namespaces (mount, PID) are this process's.
-func (n *Node) Start(cmd *exec.Cmd) error {
+func (n *Node) Start(cmd *exec.Cmd) error { return start(n.handle, n.NS, cmd) }
+
+// Start starts cmd inside the pod's network namespace, as Node.Start
+// does (a baseline proxy in a pod, for test/bench).
+func (p *Pod) Start(cmd *exec.Cmd) error {
+	h, err := netns.GetFromPath(p.Path)
+	if err != nil {
+		return fmt.Errorf("netbed: open %s: %w", p.Path, err)
+	}
+	defer h.Close()
+	return start(h, p.NS, cmd)
+}
+
+func start(ns netns.NsHandle, name string, cmd *exec.Cmd) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := spawnIn(n.handle, cmd); err != nil {
-		return fmt.Errorf("netbed: start %s in %s: %w", cmd.Path, n.NS, err)
+	if err := spawnIn(ns, cmd); err != nil {
+		return fmt.Errorf("netbed: start %s in %s: %w", cmd.Path, name, err)
 	}
 	return nil
 }
