@@ -330,3 +330,58 @@ func TestSinkSocketFailureEndsTheRelay(t *testing.T) {
 		t.Fatal("the relay did not end")
 	}
 }
+
+// Relay between two sockets (both directions through readWhenReady):
+// bulk both ways arrives intact, each side's end is carried across as a
+// half-close, and the counts are the bytes moved.
+func TestRelayBetweenSockets(t *testing.T) {
+	appClient, relayClient := tcpPair(t)
+	relayServer, appServer := tcpPair(t)
+	const up, down = 8<<20 + 17, 3<<20 + 5
+	type result struct {
+		counts Counts
+		err    error
+	}
+	relayed := make(chan result, 1)
+	go func() {
+		c, err := Relay(testContext(t), relayClient, relayServer)
+		relayed <- result{c, err}
+	}()
+	send := func(c *net.TCPConn, seed byte, n int64) {
+		io.Copy(c, io.LimitReader(newPattern(seed), n))
+		c.CloseWrite()
+	}
+	sum := func(seed byte, n int64) []byte {
+		h := sha256.New()
+		io.Copy(h, io.LimitReader(newPattern(seed), n))
+		return h.Sum(nil)
+	}
+	go send(appClient, 21, up)
+	go send(appServer, 22, down)
+	received := func(c *net.TCPConn) ([]byte, int64) {
+		h := sha256.New()
+		n, err := io.Copy(h, c) // returns at the relayed EOF
+		if err != nil {
+			t.Error(err)
+		}
+		return h.Sum(nil), n
+	}
+	type got struct {
+		sum []byte
+		n   int64
+	}
+	atServer := make(chan got, 1)
+	go func() { s, n := received(appServer); atServer <- got{s, n} }()
+	s, n := received(appClient)
+	if n != down || !bytes.Equal(s, sum(22, down)) {
+		t.Errorf("client received %d bytes (want %d), intact=%v", n, down, bytes.Equal(s, sum(22, down)))
+	}
+	g := <-atServer
+	if g.n != up || !bytes.Equal(g.sum, sum(21, up)) {
+		t.Errorf("server received %d bytes (want %d), intact=%v", g.n, up, bytes.Equal(g.sum, sum(21, up)))
+	}
+	r := <-relayed
+	if r.err != nil || r.counts != (Counts{FromClient: up, FromServer: down}) {
+		t.Errorf("Relay = %+v, %v; want counts {%d %d} and no error", r.counts, r.err, up, down)
+	}
+}
