@@ -1,6 +1,6 @@
 # regomesh build. GNU make; everything it needs comes from the Go module proxy.
 #
-#   make build    go build ./... and one binary per cmd/<name> into bin/
+#   make build    go build ./... and one static binary per cmd/<name> into bin/
 #   make test     lint, Go tests (race detector), Rego tests and strict check with stock OPA
 #   make lint     gofmt and go vet
 #   make bench    policy benchmarks (BENCH=regexp filters them)
@@ -40,7 +40,7 @@ RACE := $(shell [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env 
 build:
 	$(GO) build ./...
 ifneq ($(CMDS),)
-	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
 endif
 
 test: lint tools spire

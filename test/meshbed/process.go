@@ -36,12 +36,17 @@ const (
 const stopGrace = 5 * time.Second
 
 // BuildZtunnel builds cmd/ztunnel into dir, with extra go build flags
-// (e.g. -race), and returns the binary's path. The working directory must
+// (e.g. -race), and returns the binary's path. Without -race the binary is
+// static (CGO_ENABLED=0), as make build ships it. The working directory must
 // be inside the regomesh module.
 func BuildZtunnel(ctx context.Context, dir string, flags ...string) (string, error) {
 	bin := filepath.Join(dir, "ztunnel")
 	args := append(append([]string{"build"}, flags...), "-o", bin, "github.com/regomesh/regomesh/cmd/ztunnel")
-	if out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
+	cmd := exec.CommandContext(ctx, "go", args...)
+	if !slices.Contains(flags, "-race") { // the race detector needs cgo
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as shipped (make build)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("meshbed: go %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return bin, nil
