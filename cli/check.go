@@ -38,16 +38,32 @@ func (f *decideFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.now, "now", "", "decide as of this time, RFC 3339 (e.g. 2026-11-25T10:00:00Z), for rules that read the clock (time.now_ns); default: the current time")
 }
 
-// context is the command's context, with the clock set by --now.
-func (f *decideFlags) context(cmd *cobra.Command) (context.Context, error) {
-	if f.now == "" {
-		return cmd.Context(), nil
+// decision is what check and explain decide with: the context (the clock
+// set by --now), the input and the engine loaded with the policy given.
+type decision struct {
+	ctx      context.Context
+	in       policy.Input
+	engine   *policy.Engine
+	warnings []string
+}
+
+// prepare reads the flags into a decision.
+func (f *decideFlags) prepare(cmd *cobra.Command) (decision, error) {
+	var d decision
+	var err error
+	if d.in, err = f.input.read(cmd.InOrStdin()); err != nil {
+		return d, err
 	}
-	t, err := time.Parse(time.RFC3339Nano, f.now)
-	if err != nil {
-		return nil, fmt.Errorf("--now %q: want an RFC 3339 time such as 2026-11-25T10:00:00Z", f.now)
+	d.ctx = cmd.Context()
+	if f.now != "" {
+		t, err := time.Parse(time.RFC3339Nano, f.now)
+		if err != nil {
+			return d, fmt.Errorf("--now %q: want an RFC 3339 time such as 2026-11-25T10:00:00Z", f.now)
+		}
+		d.ctx = policy.WithTime(d.ctx, t)
 	}
-	return policy.WithTime(cmd.Context(), t), nil
+	d.engine, d.warnings, err = f.sources.engine(cmd.Context())
+	return d, err
 }
 
 func newCheckCommand() *cobra.Command {
@@ -72,24 +88,16 @@ a request. Exit status: 0 allowed, 2 denied, 1 usage or input error.`,
 }
 
 func runCheck(cmd *cobra.Command, f *decideFlags) error {
-	in, err := f.input.read(cmd.InOrStdin())
+	p, err := f.prepare(cmd)
 	if err != nil {
 		return err
 	}
-	ctx, err := f.context(cmd)
+	d, err := p.engine.Decide(p.ctx, p.in)
 	if err != nil {
 		return err
 	}
-	engine, warnings, err := f.sources.engine(cmd.Context())
-	if err != nil {
-		return err
-	}
-	d, err := engine.Decide(ctx, in)
-	if err != nil {
-		return err
-	}
-	res := checkResult{Layer: in.Layer, Allow: d.Allow, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
-		Audit: d.Audit, DryRun: d.DryRun, Warnings: warnings}
+	res := checkResult{Layer: p.in.Layer, Allow: d.Allow, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
+		Audit: d.Audit, DryRun: d.DryRun, Warnings: p.warnings}
 	if res.Warnings == nil {
 		res.Warnings = []string{}
 	}

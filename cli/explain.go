@@ -34,22 +34,14 @@ Exit status as check: 0 allowed, 2 denied, 1 error.`,
 }
 
 func runExplain(cmd *cobra.Command, f *decideFlags, full bool) error {
-	in, err := f.input.read(cmd.InOrStdin())
+	p, err := f.prepare(cmd)
 	if err != nil {
 		return err
 	}
-	ctx, err := f.context(cmd)
-	if err != nil {
-		return err
-	}
-	engine, warnings, err := f.sources.engine(cmd.Context())
-	if err != nil {
-		return err
-	}
-	for _, w := range warnings {
+	for _, w := range p.warnings {
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
 	}
-	x, err := engine.Explain(ctx, in)
+	x, err := p.engine.Explain(p.ctx, p.in)
 	if err != nil {
 		return err
 	}
@@ -66,11 +58,11 @@ func runExplain(cmd *cobra.Command, f *decideFlags, full bool) error {
 			return err
 		}
 	} else {
-		printExplanation(w, in.Layer, x)
+		printExplanation(w, p.in.Layer, x)
 	}
 	if full {
 		fmt.Fprintf(w, "\nOPA trace of data.mesh.authz.decision:\n")
-		if err := engine.Trace(ctx, in, w); err != nil {
+		if err := p.engine.Trace(p.ctx, p.in, w); err != nil {
 			return err
 		}
 	}
