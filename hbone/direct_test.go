@@ -196,19 +196,12 @@ type lateRelay struct {
 }
 
 func (h *lateRelay) ServeTunnel(ctx context.Context, t *Tunnel) {
-	var d net.Dialer
-	up, err := d.DialContext(ctx, "tcp", t.Authority.String())
-	if err != nil {
-		t.Reject(errors.Join(ErrUpstream, err))
-		return
-	}
-	s, err := t.Accept()
-	if err != nil {
-		up.Close()
+	s, up, ok := acceptUpstream(ctx, t)
+	if !ok {
 		return
 	}
 	<-h.release
-	_, err = Relay(ctx, s, up)
+	_, err := Relay(ctx, s, up)
 	h.err <- err
 }
 

@@ -124,21 +124,31 @@ type forward struct {
 }
 
 func (f *forward) ServeTunnel(ctx context.Context, t *Tunnel) {
-	var d net.Dialer
-	up, err := d.DialContext(ctx, "tcp", t.Authority.String())
-	if err != nil {
-		t.Reject(errors.Join(ErrUpstream, err))
-		return
-	}
-	s, err := t.Accept()
-	if err != nil {
-		up.Close()
+	s, up, ok := acceptUpstream(ctx, t)
+	if !ok {
 		return
 	}
 	counts, _ := Relay(ctx, s, up)
 	f.mu.Lock()
 	f.counts = append(f.counts, counts)
 	f.mu.Unlock()
+}
+
+// acceptUpstream dials the tunnel's authority and accepts the tunnel, or
+// rejects it with 503 when the dial fails.
+func acceptUpstream(ctx context.Context, t *Tunnel) (*Stream, net.Conn, bool) {
+	var d net.Dialer
+	up, err := d.DialContext(ctx, "tcp", t.Authority.String())
+	if err != nil {
+		t.Reject(errors.Join(ErrUpstream, err))
+		return nil, nil, false
+	}
+	s, err := t.Accept()
+	if err != nil {
+		up.Close()
+		return nil, nil, false
+	}
+	return s, up, true
 }
 
 // startEcho starts a TCP server on 127.0.0.1 that echoes each connection
