@@ -172,6 +172,22 @@ func (m *mesh) accessEntries(t *testing.T) []ztunnel.AccessEntry {
 	return out
 }
 
+// intruderRefused checks that the intruder pod gets no echo from target
+// and returns the inbound access-log entry of its attempt.
+func (m *mesh) intruderRefused(t *testing.T, target string) ztunnel.AccessEntry {
+	t.Helper()
+	c, err := dialFrom(t, m.Pods["intruder"], target)
+	if err == nil {
+		defer c.Close()
+		if got, err := roundTrip(c, "let me in"); err == nil {
+			t.Fatalf("the intruder got an echo: %q", got)
+		}
+	}
+	return m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+		return e.Direction == "inbound" && e.SourceID == "spiffe://regomesh.test/ns/shop/sa/intruder"
+	})
+}
+
 func (m *mesh) waitForEntry(t *testing.T, match func(ztunnel.AccessEntry) bool) ztunnel.AccessEntry {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
