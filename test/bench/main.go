@@ -46,6 +46,8 @@ type config struct {
 	net int
 	// cpuProfile, if set, receives a CPU profile of the regomesh bulk run.
 	cpuProfile string
+	// memoryOnly runs only the memory phase (its own bed and haproxy pair).
+	memoryOnly bool
 }
 
 func main() {
@@ -58,6 +60,7 @@ func main() {
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.IntVar(&cfg.net, "net", 250, "bed addresses 10.<net>.0.0/16 (inside its own namespaces)")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the regomesh bulk run (both ztunnels) to this file")
+	flag.BoolVar(&cfg.memoryOnly, "memory-only", false, "run only the proxy memory phase (ztunnel processes and a haproxy pair on their own bed)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -74,6 +77,30 @@ func command() string {
 	return "go run ./test/bench " + strings.Join(os.Args[1:], " ")
 }
 
+// measureDataPath measures throughput, latency and connection rates on
+// the first bed, where both ztunnels run in this process.
+func measureDataPath(ctx context.Context, cfg config, cmd string) (*report, error) {
+	ceiling, err := aesGCMSpeed(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bed, err := startBed(ctx, cfg.net)
+	if err != nil {
+		return nil, err
+	}
+	defer bed.Close()
+	pair, err := startHAProxyPair(ctx, bed)
+	if err != nil {
+		return nil, err
+	}
+	defer pair.Close()
+	r, err := measureAll(ctx, cfg, bed, pair)
+	if err != nil {
+		return nil, err
+	}
+	return newReport(cmd, cfg, ceiling, r, pair.Version), nil
+}
+
 // run sets up the bed and the baselines, measures, and reports; every
 // process and namespace it starts is gone when it returns.
 func run(ctx context.Context, cfg config, cmd string) error {
@@ -83,29 +110,17 @@ func run(ctx context.Context, cfg config, cmd string) error {
 	if cfg.workloads < 0 || cfg.workloads > maxWorkloads {
 		return fmt.Errorf("-workloads %d: between 0 and %d", cfg.workloads, maxWorkloads)
 	}
-	ceiling, err := aesGCMSpeed(ctx)
-	if err != nil {
-		return err
-	}
-	bed, err := startBed(ctx, cfg.net)
-	if err != nil {
-		return err
-	}
-	defer bed.Close()
-	pair, err := startHAProxyPair(ctx, bed)
-	if err != nil {
-		return err
-	}
-	defer pair.Close()
-	r, err := measureAll(ctx, cfg, bed, pair)
-	if err != nil {
-		return err
+	rep := &report{Command: cmd}
+	if !cfg.memoryOnly {
+		var err error
+		if rep, err = measureDataPath(ctx, cfg, cmd); err != nil {
+			return err
+		}
 	}
 	rss, err := measureRSS(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	rep := newReport(cmd, cfg, ceiling, r, pair.Version)
 	rep.addRSS(rss)
 	rep.Print(os.Stdout)
 	if cfg.jsonPath != "" {
