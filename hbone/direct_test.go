@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -196,7 +195,7 @@ type lateRelay struct {
 }
 
 func (h *lateRelay) ServeTunnel(ctx context.Context, t *Tunnel) {
-	s, up, ok := acceptUpstream(ctx, t)
+	s, up, ok := acceptUpstream(ctx, t, t.Accept)
 	if !ok {
 		return
 	}
@@ -241,50 +240,6 @@ func TestSinkDrainsWhatArrivedFirst(t *testing.T) {
 	}
 	if err := <-h.err; err != nil {
 		t.Errorf("relay: %v", err)
-	}
-}
-
-// An idle tunnel costs its relay one goroutine: the direction towards the
-// socket has none until the socket falls behind.
-func TestIdleTunnelRelaysOnOneGoroutine(t *testing.T) {
-	m := newMesh(t)
-	ts := startServer(t, m, &forward{})
-	p := newTestPool(t, m)
-	echo := startEcho(t)
-	open := func(n int) []*Stream {
-		var streams []*Stream
-		for range n {
-			s, err := p.Dial(testContext(t), m.request(ts, echo))
-			if err != nil {
-				t.Fatal(err)
-			}
-			streams = append(streams, s)
-		}
-		return streams
-	}
-	warm := open(1) // the connection and its goroutines
-	defer warm[0].Close()
-	const n = 50
-	time.Sleep(100 * time.Millisecond)
-	before := runtime.NumGoroutine()
-	streams := open(n)
-	defer func() {
-		for _, s := range streams {
-			s.Close()
-		}
-	}()
-	for _, s := range streams { // every relay is up and idle
-		s.Write([]byte("x"))
-		b := make([]byte, 1)
-		if _, err := io.ReadFull(s, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(100 * time.Millisecond)
-	// Per tunnel: the server's handler (running Relay) and the echo
-	// upstream's serving goroutine; the stream towards the upstream none.
-	if per := float64(runtime.NumGoroutine()-before) / n; per > 2.2 {
-		t.Errorf("%.2f goroutines per idle tunnel, want 2 (relay handler and echo server)", per)
 	}
 }
 

@@ -32,9 +32,11 @@
 // A Stream is a net.Conn with CloseWrite. Relay copies between a Stream
 // and a TCP connection in both directions with pooled buffers, carries
 // half-closes across (EOF on one side becomes CloseWrite on the other),
-// and reports the byte counts for metrics. Flow control is sized for bulk
-// transfer as Istio's ztunnel is: 4 MiB stream and 16 MiB connection
-// windows, frames up to 1 MiB.
+// and reports the byte counts for metrics. StartRelay does the same
+// without a goroutine waiting for it, and an idle relay holds none: a
+// Handler can Hijack its tunnel, start the relay and return. Flow control
+// is sized for bulk transfer as Istio's ztunnel is: 4 MiB stream and
+// 16 MiB connection windows, frames up to 1 MiB.
 //
 // The HTTP/2 framing is this package's own, on x/net's Framer and HPACK:
 // HBONE needs a small part of HTTP/2, and needs each stream direction to

@@ -124,7 +124,7 @@ type forward struct {
 }
 
 func (f *forward) ServeTunnel(ctx context.Context, t *Tunnel) {
-	s, up, ok := acceptUpstream(ctx, t)
+	s, up, ok := acceptUpstream(ctx, t, t.Accept)
 	if !ok {
 		return
 	}
@@ -134,16 +134,16 @@ func (f *forward) ServeTunnel(ctx context.Context, t *Tunnel) {
 	f.mu.Unlock()
 }
 
-// acceptUpstream dials the tunnel's authority and accepts the tunnel, or
-// rejects it with 503 when the dial fails.
-func acceptUpstream(ctx context.Context, t *Tunnel) (*Stream, net.Conn, bool) {
+// acceptUpstream dials the tunnel's authority and accepts the tunnel
+// (t.Accept or t.Hijack), or rejects it with 503 when the dial fails.
+func acceptUpstream(ctx context.Context, t *Tunnel, accept func() (*Stream, error)) (*Stream, net.Conn, bool) {
 	var d net.Dialer
 	up, err := d.DialContext(ctx, "tcp", t.Authority.String())
 	if err != nil {
 		t.Reject(errors.Join(ErrUpstream, err))
 		return nil, nil, false
 	}
-	s, err := t.Accept()
+	s, err := accept()
 	if err != nil {
 		up.Close()
 		return nil, nil, false

@@ -2,11 +2,14 @@ package hbone
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Counts are the bytes a Relay moved, for istio_tcp_sent_bytes_total and
@@ -39,104 +42,240 @@ var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize
 // *Stream do); for one that does not, the first EOF towards it closes it
 // entirely.
 func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
-	var counts Counts
-	var failure firstError
-	fail := func(err error) {
-		if err != nil && failure.set(err) {
-			client.Close() // unblock the other direction; its error is a consequence
-			server.Close()
-		}
+	type result struct {
+		counts Counts
+		err    error
 	}
-	// One direction runs on this goroutine. The other is a tunnel's
-	// stream towards a socket where there is one (inbound, the client is
-	// the stream: it goes to the server; outbound, the other way round),
-	// run by the stream's read loop without a goroutine (sinkTo);
-	// otherwise it gets a goroutine of its own. Goroutine stacks are most
-	// of an idle tunnel's cost, which adds up over thousands.
-	fromServerHere := true
-	done := make(chan struct{})
-	finished := func(n *int64) func(int64, error) {
-		return func(written int64, err error) {
-			*n = written
-			fail(err)
-			close(done)
-		}
-	}
-	switch {
-	case sinkTo(server, client, finished(&counts.FromClient)):
-	case sinkTo(client, server, finished(&counts.FromServer)):
-		fromServerHere = false
-	default:
-		go func() {
-			n, err := copyHalf(server, client)
-			finished(&counts.FromClient)(n, err)
-		}()
-	}
-	stop := context.AfterFunc(ctx, func() {
-		client.Close()
-		server.Close()
-	})
-	var err error
-	if fromServerHere {
-		counts.FromServer, err = copyHalf(client, server)
-	} else {
-		counts.FromClient, err = copyHalf(server, client)
-	}
-	fail(err)
-	<-done
-	err = failure.get()
-	stop()
-	client.Close()
-	server.Close()
-	if ctx.Err() != nil {
-		err = ctx.Err()
-	}
-	return counts, err
+	ended := make(chan result, 1)
+	StartRelay(ctx, client, server, func(c Counts, err error) { ended <- result{c, err} })
+	r := <-ended
+	return r.counts, r.err
 }
 
-// sinkTo starts src's data towards dst through the stream's read loop
-// (Stream.sinkTo) when src is a stream and dst a socket, and reports
-// whether it did; done gets the direction's outcome.
-func sinkTo(dst, src net.Conn, done func(int64, error)) bool {
-	s, ok := src.(*Stream)
-	if !ok {
-		return false
+// StartRelay is Relay without waiting for it: it returns at once, and done
+// is called once, on a goroutine of the relay's, with what Relay would
+// have returned, after both sides are closed.
+//
+// An idle relay has no goroutine (ztunnel holds thousands of them, and a
+// goroutine's stack is most of an idle tunnel's cost): a stream's data
+// towards a socket is written by the stream's read loop (Stream.sinkTo),
+// and the direction reading a socket gives its goroutine up after
+// parkIdleAfter without data, to the parker, which starts it again when
+// the socket is readable.
+func StartRelay(ctx context.Context, client, server net.Conn, done func(Counts, error)) {
+	r := &relay{ctx: ctx, client: client, server: server, done: done}
+	r.pending.Store(2)
+	toServer := r.direction(&r.counts.FromClient, server, client)
+	toClient := r.direction(&r.counts.FromServer, client, server)
+	r.stop = context.AfterFunc(ctx, r.closeBoth)
+	toServer()
+	toClient()
+}
+
+// relay is one StartRelay: two directions, each ending once.
+type relay struct {
+	ctx            context.Context
+	client, server net.Conn
+	done           func(Counts, error)
+	stop           func() bool // unregisters closeBoth from ctx
+	counts         Counts      // each direction sets its own field, then ends
+	failure        firstError
+	pending        atomic.Int32 // directions not ended yet
+	pumps          []*pump      // directions reading a socket: maybe parked
+}
+
+// direction prepares the copy of src to dst, counted in n, and returns
+// what starts it: the stream's read loop when src is a stream and dst a
+// socket, else a pump (parkable when src is a socket) on a goroutine.
+func (r *relay) direction(n *int64, dst, src net.Conn) func() {
+	if s, ok := src.(*Stream); ok {
+		if rc, ok := rawConn(dst); ok {
+			return func() { s.sinkTo(dst, rc, r.ended(n, false)) }
+		}
+		return func() {
+			go func() {
+				written, err := copyHalf(dst, src)
+				r.ended(n, true)(written, err)
+			}()
+		}
 	}
-	sc, ok := dst.(syscall.Conn)
+	pm := newPump(dst, src, r.ended(n, true))
+	if pm.rc != nil {
+		pm.parkable = true
+		r.pumps = append(r.pumps, pm)
+	}
+	return func() { go pm.run() }
+}
+
+// ended is a direction's end: the first error closes both sides, and the
+// last direction to end completes the relay: on the calling goroutine
+// when inline, else on a new one (sinkTo's read loop must not block).
+func (r *relay) ended(n *int64, inline bool) func(int64, error) {
+	return func(written int64, err error) {
+		*n = written
+		if err != nil && r.failure.set(err) {
+			r.closeBoth() // unblock the other direction; its error is a consequence
+		}
+		if r.pending.Add(-1) > 0 {
+			return
+		}
+		if inline {
+			r.complete()
+		} else {
+			go r.complete()
+		}
+	}
+}
+
+// closeBoth closes both sides and wakes a parked direction, which then
+// finds its socket closed and ends.
+func (r *relay) closeBoth() {
+	r.client.Close()
+	r.server.Close()
+	if p, err := sharedParker(); err == nil {
+		for _, pm := range r.pumps {
+			p.unpark(pm)
+		}
+	}
+}
+
+// complete closes both sides and reports; ctx having ended is the
+// relay's error (closing a server-side stream ends its context: the check
+// comes first).
+func (r *relay) complete() {
+	err := r.failure.get()
+	if !r.stop() {
+		err = r.ctx.Err()
+	}
+	r.client.Close()
+	r.server.Close()
+	r.done(r.counts, err)
+}
+
+// rawConn is c's raw socket, if c is a socket.
+func rawConn(c net.Conn) (syscall.RawConn, bool) {
+	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return false
+		return nil, false
 	}
 	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	s.sinkTo(dst, rc, done)
-	return true
+	return rc, err == nil
 }
 
-// copyHalf copies src to dst until EOF, then ends dst's write side.
+// copyHalf copies src to dst until EOF, then ends dst's write side, on
+// the calling goroutine.
 func copyHalf(dst, src net.Conn) (int64, error) {
-	n, err := copyStream(dst, src)
-	if err != nil {
-		return n, err
+	if s, ok := src.(*Stream); ok {
+		n, err := s.WriteTo(dst) // straight from the stream's buffer
+		if err != nil {
+			return n, err
+		}
+		return n, closeWrite(dst)
 	}
-	return n, closeWrite(dst)
+	var n int64
+	var err error
+	newPump(dst, src, func(written int64, perr error) { n, err = written, perr }).run()
+	return n, err
 }
 
-func copyStream(dst io.Writer, src net.Conn) (int64, error) {
-	if s, ok := src.(*Stream); ok {
-		return s.WriteTo(dst) // straight from the stream's buffer
-	}
-	if sc, ok := src.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			return copyBuffers(dst, func(b *buffers) ([]byte, int, error) { return readWhenReady(rc, b) })
+// parkIdleAfter is how long a relay direction waits for data from a
+// socket on its own goroutine before it parks the socket. Resuming costs
+// a goroutine start and one more wake-up, a few microseconds once per
+// idle period; parking saves a goroutine stack for as long as it lasts.
+var parkIdleAfter atomic.Int64
+
+func init() { parkIdleAfter.Store(int64(100 * time.Millisecond)) }
+
+// errSocketIdle is a parkable pump's read that saw no data for parkIdleAfter.
+var errSocketIdle = errors.New("hbone: socket idle")
+
+// pump copies src to dst until EOF, then ends dst's write side, and calls
+// end once with the bytes written and the outcome. A parkable pump hands
+// itself to the parker when its socket idles: run returns, and starts
+// again on another goroutine when the socket is readable.
+type pump struct {
+	dst, src net.Conn
+	rc       syscall.RawConn // src's socket; nil: plain Read
+	end      func(int64, error)
+	bufs     buffers
+	total    int64
+	parkable bool
+	// armed: src has a read deadline parkIdleAfter ahead; reads counts
+	// the reads that returned data since it was set.
+	armed bool
+	reads int
+	// parkedID is the parker's registration while parked, else 0;
+	// guarded by the parker's mutex.
+	parkedID uint64
+}
+
+func newPump(dst, src net.Conn, end func(int64, error)) *pump {
+	pm := &pump{dst: dst, src: src, end: end, bufs: buffers{pool: &smallBuffers}}
+	pm.rc, _ = rawConn(src)
+	return pm
+}
+
+// run copies until the direction ends or the pump parks. It borrows a
+// buffer only for a read that returns data (readWhenReady), so an idle
+// direction holds none and a bulk one 64 KiB.
+func (pm *pump) run() {
+	for {
+		buf, n, rerr := pm.read()
+		if n > 0 {
+			w, werr := pm.dst.Write(buf[:n])
+			pm.total += int64(w)
+			if werr != nil {
+				pm.bufs.release()
+				pm.end(pm.total, werr)
+				return
+			}
+		}
+		pm.bufs.release()
+		pm.bufs.resize(n)
+		switch {
+		case rerr == errSocketIdle:
+			if p, err := sharedParker(); err != nil {
+				pm.parkable = false // wait here from now on
+			} else if p.park(pm) {
+				return
+			}
+		case rerr == io.EOF:
+			pm.end(pm.total, closeWrite(pm.dst))
+			return
+		case rerr != nil:
+			pm.end(pm.total, rerr)
+			return
 		}
 	}
-	return copyBuffers(dst, func(b *buffers) ([]byte, int, error) {
-		buf := b.take()
-		n, err := src.Read(buf)
+}
+
+// read returns the next data from src, in a buffer borrowed from pm.bufs,
+// or errSocketIdle when a parkable pump's socket had none for parkIdleAfter.
+// The idle deadline is set once per period, not once per read.
+func (pm *pump) read() ([]byte, int, error) {
+	if pm.rc == nil {
+		buf := pm.bufs.take()
+		n, err := pm.src.Read(buf)
 		return buf, n, err
-	})
+	}
+	for {
+		if pm.parkable && !pm.armed {
+			pm.src.SetReadDeadline(time.Now().Add(time.Duration(parkIdleAfter.Load())))
+			pm.armed, pm.reads = true, 0
+		}
+		buf, n, err := readWhenReady(pm.rc, &pm.bufs)
+		if !pm.parkable || !errors.Is(err, os.ErrDeadlineExceeded) {
+			if n > 0 {
+				pm.reads++
+			}
+			return buf, n, err
+		}
+		pm.armed = false
+		if pm.reads == 0 {
+			pm.src.SetReadDeadline(time.Time{})
+			return nil, 0, errSocketIdle
+		}
+	}
 }
 
 // buffers lends a copy loop one pooled buffer at a time. It lends small
@@ -168,34 +307,6 @@ func (b *buffers) resize(n int) {
 		b.pool = &relayBuffers
 	case b.pool == &relayBuffers && n < smallBufferSize:
 		b.pool = &smallBuffers
-	}
-}
-
-// copyBuffers copies what read returns to dst until EOF. read borrows
-// the buffer it reads into from b as late as it can: a socket takes it
-// only once data is there (readWhenReady), so an idle tunnel holds no
-// buffer at all and a bulk one 64 KiB.
-func copyBuffers(dst io.Writer, read func(b *buffers) ([]byte, int, error)) (int64, error) {
-	b := &buffers{pool: &smallBuffers}
-	defer b.release()
-	var total int64
-	for {
-		buf, n, rerr := read(b)
-		if n > 0 {
-			w, werr := dst.Write(buf[:n])
-			total += int64(w)
-			if werr != nil {
-				return total, werr
-			}
-		}
-		b.release()
-		b.resize(n)
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, rerr
-		}
 	}
 }
 

@@ -167,7 +167,6 @@ func (s *Server) startTunnel(c *conn, st *Stream, peer spiffeid.ID, req requestH
 // serveTunnel validates the request, then hands it to the Handler; a
 // Handler that answers nothing gets a 503 sent for it.
 func (s *Server) serveTunnel(ctx context.Context, st *Stream, peer spiffeid.ID, req requestHeaders) {
-	defer st.cancel()
 	t, err := newTunnel(st, peer, req)
 	if err != nil {
 		s.log.Debug("malformed CONNECT", "peer", peer, "addr", st.RemoteAddr(), "error", err)
@@ -176,6 +175,9 @@ func (s *Server) serveTunnel(ctx context.Context, st *Stream, peer spiffeid.ID, 
 		return
 	}
 	s.cfg.Handler.ServeTunnel(ctx, t)
+	if t.hijacked.Load() {
+		return // the Handler's to close
+	}
 	t.Reject(fmt.Errorf("%w: the handler returned without answering", ErrUpstream))
 	st.Close()
 }

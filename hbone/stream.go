@@ -69,8 +69,9 @@ type Stream struct {
 	status   int
 	respErr  error
 
-	// Server side: the handler's context, cancelled when the stream or
-	// the connection ends. Set before the stream is visible to others.
+	// Server side: the handler's context, cancelled when the stream is
+	// closed or reset or the connection ends. Set before the stream is
+	// visible to others.
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -540,6 +541,9 @@ func (s *Stream) Close() error {
 		s.writeMu.Unlock()
 	default:
 		c.resetStream(s.id, http2.ErrCodeCancel, errStreamClosed)
+	}
+	if s.cancel != nil {
+		s.cancel()
 	}
 	s.discard()
 	signal(s.readable)

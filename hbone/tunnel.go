@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
@@ -38,7 +39,9 @@ import (
 //
 // A Handler that returns without answering has the tunnel rejected with
 // 503. ctx ends when the client resets the stream, the connection dies,
-// or the server closes; the Stream is closed when ServeTunnel returns.
+// or the server closes; the Stream is closed when ServeTunnel returns,
+// unless the Handler took it with t.Hijack (then closing it is the
+// Handler's, as StartRelay does).
 type Handler interface {
 	ServeTunnel(ctx context.Context, t *Tunnel)
 }
@@ -71,8 +74,9 @@ type Tunnel struct {
 	// it was absent or invalid.
 	TraceParent TraceParent
 
-	stream *Stream
-	once   sync.Once
+	stream   *Stream
+	once     sync.Once
+	hijacked atomic.Bool
 }
 
 var errAnswered = errors.New("hbone: tunnel already answered")
@@ -116,6 +120,17 @@ func (t *Tunnel) Accept() (*Stream, error) {
 		return nil, err
 	}
 	return t.stream, nil
+}
+
+// Hijack is Accept for a Handler that returns before the tunnel ends:
+// the Server then leaves the Stream open, and its context live, until the
+// Stream is closed or reset. The caller must close it.
+func (t *Tunnel) Hijack() (*Stream, error) {
+	s, err := t.Accept()
+	if err == nil {
+		t.hijacked.Store(true)
+	}
+	return s, err
 }
 
 // Reject answers with StatusFor(err) (Reject(nil) answers 503) and ends

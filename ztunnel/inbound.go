@@ -36,7 +36,7 @@ func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 		z.refuse(entry, labels, flag, err, start)
 		return
 	}
-	s, err := t.Accept()
+	s, err := t.Hijack() // the relay closes it
 	if err != nil {
 		up.Close()
 		z.refuse(entry, labels, FlagConnect, err, start)
@@ -155,30 +155,35 @@ func (z *Ztunnel) refuse(e AccessEntry, l ConnLabels, flag string, err error, st
 	}
 }
 
-// relay copies both ways until the connection ends, tracking inbound
-// connections so a policy change can close them.
+// relay copies both ways until the connection ends, closes both sides
+// and reports it (metrics, access log). It returns at once: an idle
+// connection holds no goroutine (hbone.StartRelay), and the report runs
+// on the relay's. Inbound connections are tracked so that a policy change
+// or a drain can close them.
 func (z *Ztunnel) relay(ctx context.Context, client, up net.Conn, e AccessEntry, l ConnLabels, start time.Time, in *policy.Input) {
 	z.cfg.Metrics.Opened(l)
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var closedBy atomic.Value // the flag of whoever closed it: policy change, drain
 	closedBy.Store(FlagNone)
+	untrack := func() {}
 	if in != nil {
-		_, done := z.tracker.add(*in, func(f string) { closedBy.Store(f); cancel() })
-		defer done()
+		_, untrack = z.tracker.add(*in, func(f string) { closedBy.Store(f); cancel() })
 	}
-	counts, err := hbone.Relay(ctx, client, up)
-	flag := closedBy.Load().(string)
-	l.ResponseFlags, e.Flags = flag, flag
-	if err != nil && ctx.Err() == nil {
-		e.Error = err.Error()
-	}
-	// From the reporter's side: sent is what went back to the client.
-	z.cfg.Metrics.Closed(l, counts.FromServer, counts.FromClient)
-	e.Sent, e.Received = counts.FromServer, counts.FromClient
-	e.Time, e.DurationMS = start, float64(time.Since(start).Microseconds())/1000
-	if e.Decision == "" {
-		e.Decision = "allow"
-	}
-	z.cfg.AccessLog.Write(e)
+	hbone.StartRelay(ctx, client, up, func(counts hbone.Counts, err error) {
+		defer untrack()
+		defer cancel()
+		flag := closedBy.Load().(string)
+		l.ResponseFlags, e.Flags = flag, flag
+		if err != nil && !errors.Is(err, context.Canceled) { // Canceled: closed on purpose, or the peer reset the tunnel
+			e.Error = err.Error()
+		}
+		// From the reporter's side: sent is what went back to the client.
+		z.cfg.Metrics.Closed(l, counts.FromServer, counts.FromClient)
+		e.Sent, e.Received = counts.FromServer, counts.FromClient
+		e.Time, e.DurationMS = start, float64(time.Since(start).Microseconds())/1000
+		if e.Decision == "" {
+			e.Decision = "allow"
+		}
+		z.cfg.AccessLog.Write(e)
+	})
 }

@@ -17,21 +17,24 @@ import (
 // serveOutbound carries one connection the pod opened, in phases: find
 // where it was going, route it, tunnel it with the pod's own SVID (or pass
 // it through, when the destination is outside the mesh and policy
-// allows), copy.
+// allows), copy. It returns once the copy has started (relay).
 func (z *Ztunnel) serveOutbound(p *pod, c net.Conn) {
 	start := time.Now()
-	defer c.Close()
 	entry := AccessEntry{Direction: "outbound", Source: c.RemoteAddr().String(), SourceID: p.id.String(), SourceWL: p.workload.Name}
 	labels := ConnLabels{Reporter: ReporterSource, SourceWorkload: p.workload.Name, SourceNamespace: p.workload.Namespace, SourcePrincipal: p.id.String()}
+	refuse := func(flag string, err error) {
+		c.Close()
+		z.refuse(entry, labels, flag, err, start)
+	}
 	dst, err := capture.OriginalDestination(c)
 	if err != nil {
-		z.refuse(entry, labels, FlagNoRoute, err, start)
+		refuse(FlagNoRoute, err)
 		return
 	}
 	entry.Destination = dst.String()
 	route, err := z.router.Route(dst)
 	if err != nil {
-		z.refuse(entry, labels, FlagNoRoute, err, start)
+		refuse(FlagNoRoute, err)
 		return
 	}
 	describeRoute(&entry, &labels, route)
@@ -43,7 +46,7 @@ func (z *Ztunnel) serveOutbound(p *pod, c net.Conn) {
 		up, flag, err = z.tunnel(p, c, route)
 	}
 	if err != nil {
-		z.refuse(entry, labels, flag, err, start)
+		refuse(flag, err)
 		return
 	}
 	z.relay(context.Background(), c, up, entry, labels, start, nil)

@@ -294,8 +294,10 @@ func closeAll(conns []net.Conn) {
 	}
 }
 
-// settle lets connections just closed or opened finish their goroutines.
-func settle() { time.Sleep(time.Second) }
+// settle lets connections just closed or opened finish their goroutines,
+// and lets open ones idle past hbone's parkIdleAfter (100ms), after which a
+// relay direction waiting for data gives its goroutine up.
+func settle() { time.Sleep(2 * time.Second) }
 
 func memStats() (heap, stack uint64, goroutines int) {
 	runtime.GC()

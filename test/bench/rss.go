@@ -294,7 +294,7 @@ func (rep *report) addRSS(r *rssResult) {
 			"namespace set up through its flags and files only, with %d workloads in their state (the bed's 4 pods and %d synthetic ones: "+
 			"Deployments of %d replicas over %d other nodes and %d namespaces, with labels) and %d services; a fresh haproxy pair in the "+
 			"same bed is measured the same way. Idle: ready, pods enrolled, SVIDs held, no connection through it yet (haproxy: its start-up probes). "+
-			"Then %d connections from the client pod to the server, each proven by a 1-byte echo, held open; read 1s later. "+
+			"Then %d connections from the client pod to the server, each proven by a 1-byte echo, held open and idle; read 2s later (after 100ms without data a ztunnel relay gives up its goroutines until data comes). "+
 			"Server side: node-2's ztunnel, haproxy in the server pod; client side: node-1's ztunnel, haproxy in the client pod. "+
 			"regomesh carries the connections as HBONE streams, at most 100 per mTLS connection; haproxy as one TLS connection each.",
 			r.workloads, r.workloads-len(pods), replicasPerApp, syntheticNodes, syntheticNamespaces, r.services, r.tunnels),

@@ -1,0 +1,149 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// shortIdle makes relay directions park after 50ms without data.
+func shortIdle(t *testing.T) {
+	old := parkIdleAfter.Load()
+	parkIdleAfter.Store(int64(50 * time.Millisecond))
+	t.Cleanup(func() { parkIdleAfter.Store(old) })
+}
+
+// hijackForward relays each tunnel to its authority as ztunnel does:
+// Hijack, StartRelay, return; each relay's outcome goes to ended.
+type hijackForward struct {
+	ended chan relayed
+}
+
+type relayed struct {
+	counts Counts
+	err    error
+}
+
+func (h *hijackForward) ServeTunnel(ctx context.Context, t *Tunnel) {
+	s, up, ok := acceptUpstream(ctx, t, t.Hijack)
+	if !ok {
+		return
+	}
+	StartRelay(ctx, s, up, func(c Counts, err error) { h.ended <- relayed{c, err} })
+}
+
+// Idle tunnels cost no goroutine: the handler returns once the relay is
+// started, the direction towards the upstream socket has none (sinkTo),
+// and the one reading the socket parks it after parkIdleAfter. A parked
+// tunnel carries data again at once, and its half-close ends it cleanly.
+func TestIdleTunnelsParkTheirGoroutines(t *testing.T) {
+	shortIdle(t)
+	m := newMesh(t)
+	const n = 50
+	h := &hijackForward{ended: make(chan relayed, n+1)}
+	ts := startServer(t, m, h)
+	p := newTestPool(t, m)
+	echo := startEcho(t)
+	echoOnce := func(s *Stream, b byte) {
+		t.Helper()
+		if _, err := s.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 1)
+		if _, err := io.ReadFull(s, got); err != nil || got[0] != b {
+			t.Fatalf("echo read %q, %v; want %q", got, err, b)
+		}
+	}
+	warm, err := p.Dial(testContext(t), m.request(ts, echo)) // the connection and its goroutines
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer warm.Close()
+	echoOnce(warm, 'w')
+	time.Sleep(200 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	streams := make([]*Stream, n)
+	for i := range streams {
+		if streams[i], err = p.Dial(testContext(t), m.request(ts, echo)); err != nil {
+			t.Fatal(err)
+		}
+		defer streams[i].Close()
+		echoOnce(streams[i], 'a')
+	}
+	time.Sleep(300 * time.Millisecond) // all idle for longer than parkIdleAfter
+	// Per tunnel only the echo upstream's serving goroutine is left.
+	if per := float64(runtime.NumGoroutine()-before) / n; per > 1.1 {
+		t.Errorf("%.2f goroutines per idle tunnel, want 1 (the echo server's)", per)
+	}
+	for _, s := range streams { // woken by the data
+		echoOnce(s, 'b')
+	}
+	for _, s := range streams {
+		s.CloseWrite()
+		if rest, err := io.ReadAll(s); err != nil || len(rest) != 0 {
+			t.Errorf("after CloseWrite read %q, %v; want the upstream's EOF", rest, err)
+		}
+	}
+	for range n {
+		select {
+		case r := <-h.ended:
+			if r.err != nil || r.counts != (Counts{FromClient: 2, FromServer: 2}) {
+				t.Errorf("relay ended with %+v, %v; want {2 2} and no error", r.counts, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a relay did not end")
+		}
+	}
+}
+
+// A parked relay ends when its context does, and when the far side
+// resets: no direction waits forever on a socket nobody reads.
+func TestParkedRelayEnds(t *testing.T) {
+	shortIdle(t)
+	for _, tc := range []struct {
+		name string
+		end  func(cancel context.CancelFunc, appClient *net.TCPConn)
+		want error
+	}{
+		{"context", func(cancel context.CancelFunc, _ *net.TCPConn) { cancel() }, context.Canceled},
+		{"reset", func(_ context.CancelFunc, c *net.TCPConn) { c.SetLinger(0); c.Close() }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			appClient, relayClient := tcpPair(t)
+			relayServer, appServer := tcpPair(t)
+			defer appClient.Close()
+			defer appServer.Close()
+			ctx, cancel := context.WithCancel(testContext(t))
+			defer cancel()
+			ended := make(chan relayed, 1)
+			StartRelay(ctx, relayClient, relayServer, func(c Counts, err error) { ended <- relayed{c, err} })
+			appClient.Write([]byte("hi"))
+			if _, err := io.ReadFull(appServer, make([]byte, 2)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond) // both directions parked
+			tc.end(cancel, appClient)
+			select {
+			case r := <-ended:
+				if r.counts.FromClient != 2 {
+					t.Errorf("counts %+v, want 2 bytes from the client", r.counts)
+				}
+				if tc.want != nil && !errors.Is(r.err, tc.want) {
+					t.Errorf("relay error %v, want %v", r.err, tc.want)
+				}
+				if tc.want == nil && r.err == nil {
+					t.Error("relay ended without the reset's error")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the parked relay did not end")
+			}
+			if _, err := appServer.Read(make([]byte, 1)); err == nil {
+				t.Error("the server's side is still open after the relay ended")
+			}
+		})
+	}
+}
