@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -145,5 +146,61 @@ func TestParkedRelayEnds(t *testing.T) {
 				t.Error("the server's side is still open after the relay ended")
 			}
 		})
+	}
+}
+
+// A relay reports the failure that ended it, also when its context is the
+// Handler's and closing the stream ends that context: here the client has
+// half-closed, then the workload resets.
+func TestHijackedRelayReportsTheReset(t *testing.T) {
+	m := newMesh(t)
+	h := &hijackForward{ended: make(chan relayed, 1)}
+	ts := startServer(t, m, h)
+	p := newTestPool(t, m)
+	upstream := startTCP(t, func(c *net.TCPConn) {
+		io.ReadAll(c)
+		c.SetLinger(0)
+		c.Close()
+	})
+	s, err := p.Dial(testContext(t), m.request(ts, upstream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	s.CloseWrite()
+	select {
+	case r := <-h.ended:
+		if !errors.Is(r.err, syscall.ECONNRESET) {
+			t.Errorf("relay ended with %v; want the workload's reset", r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end")
+	}
+}
+
+// A relay ended by its client resetting the tunnel says so: its error is
+// the reset (the context's cause), not just "context canceled".
+func TestHijackedRelayEndedByClientReset(t *testing.T) {
+	m := newMesh(t)
+	h := &hijackForward{ended: make(chan relayed, 1)}
+	ts := startServer(t, m, h)
+	p := newTestPool(t, m)
+	s, err := p.Dial(testContext(t), m.request(ts, startEcho(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte{1})
+	io.ReadFull(s, make([]byte, 1))
+	s.Close() // nothing received from the server's side yet: RST_STREAM
+	select {
+	case r := <-h.ended:
+		if !errors.Is(r.err, ErrStreamReset) {
+			t.Errorf("relay ended with %v; want ErrStreamReset", r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end")
 	}
 }

@@ -36,7 +36,8 @@ var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize
 // direction (EOF), Relay ends the same direction on the other side
 // (CloseWrite) and keeps copying the other way, so half-closed
 // connections behave as they would without the tunnel. A failure in
-// either direction, or ctx ending, closes both at once.
+// either direction, or ctx ending, closes both at once; to end a relay
+// early, end ctx.
 //
 // Both sides should implement CloseWrite (*net.TCPConn, *tls.Conn and
 // *Stream do); for one that does not, the first EOF towards it closes it
@@ -54,7 +55,11 @@ func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
 
 // StartRelay is Relay without waiting for it: it returns at once, and done
 // is called once, on a goroutine of the relay's, with what Relay would
-// have returned, after both sides are closed.
+// have returned, after both sides are closed. The error is the first
+// failure: a direction's, or context.Cause(ctx) if ctx ended first.
+//
+// To end a relay early, end ctx: closing a side directly does not wake a
+// direction that is waiting for data without a goroutine (below).
 //
 // An idle relay has no goroutine (ztunnel holds thousands of them, and a
 // goroutine's stack is most of an idle tunnel's cost): a stream's data
@@ -67,7 +72,10 @@ func StartRelay(ctx context.Context, client, server net.Conn, done func(Counts, 
 	r.pending.Store(2)
 	toServer := r.direction(&r.counts.FromClient, server, client)
 	toClient := r.direction(&r.counts.FromServer, client, server)
-	r.stop = context.AfterFunc(ctx, r.closeBoth)
+	r.stop = context.AfterFunc(ctx, func() {
+		r.failure.set(context.Cause(ctx)) // a stream reset, not just "canceled"
+		r.closeBoth()
+	})
 	toServer()
 	toClient()
 }
@@ -77,7 +85,7 @@ type relay struct {
 	ctx            context.Context
 	client, server net.Conn
 	done           func(Counts, error)
-	stop           func() bool // unregisters closeBoth from ctx
+	stop           func() bool // unregisters the relay from ctx
 	counts         Counts      // each direction sets its own field, then ends
 	failure        firstError
 	pending        atomic.Int32 // directions not ended yet
@@ -114,6 +122,9 @@ func (r *relay) ended(n *int64, inline bool) func(int64, error) {
 	return func(written int64, err error) {
 		*n = written
 		if err != nil && r.failure.set(err) {
+			// Closing a server-side stream ends its context, which may
+			// be ctx: that must not count as ctx ending.
+			r.stop()
 			r.closeBoth() // unblock the other direction; its error is a consequence
 		}
 		if r.pending.Add(-1) > 0 {
@@ -139,17 +150,13 @@ func (r *relay) closeBoth() {
 	}
 }
 
-// complete closes both sides and reports; ctx having ended is the
-// relay's error (closing a server-side stream ends its context: the check
-// comes first).
+// complete closes both sides and reports the relay's first failure: a
+// direction's error, or ctx's cause if ctx ended first.
 func (r *relay) complete() {
-	err := r.failure.get()
-	if !r.stop() {
-		err = r.ctx.Err()
-	}
+	r.stop()
 	r.client.Close()
 	r.server.Close()
-	r.done(r.counts, err)
+	r.done(r.counts, r.failure.get())
 }
 
 // rawConn is c's raw socket, if c is a socket.

@@ -70,10 +70,10 @@ type Stream struct {
 	respErr  error
 
 	// Server side: the handler's context, cancelled when the stream is
-	// closed or reset or the connection ends. Set before the stream is
-	// visible to others.
+	// closed or reset or the connection ends, with that as its cause
+	// (context.Cause). Set before the stream is visible to others.
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 
 	rdl, wdl deadline
 }
@@ -116,7 +116,7 @@ func (c *conn) newStreamLocked(id uint32) *Stream {
 		resp:       make(chan struct{}),
 	}
 	if c.baseCtx != nil {
-		s.ctx, s.cancel = context.WithCancel(c.baseCtx)
+		s.ctx, s.cancel = context.WithCancelCause(c.baseCtx)
 	}
 	c.streams[id] = s
 	if !c.client {
@@ -205,7 +205,7 @@ func (s *Stream) fail(err error) {
 	s.c.mu.Unlock()
 	s.respOnce.Do(func() { s.respErr = err; close(s.resp) })
 	if s.cancel != nil {
-		s.cancel()
+		s.cancel(err)
 	}
 	signal(s.readable)
 	signal(s.writable)
@@ -543,7 +543,7 @@ func (s *Stream) Close() error {
 		c.resetStream(s.id, http2.ErrCodeCancel, errStreamClosed)
 	}
 	if s.cancel != nil {
-		s.cancel()
+		s.cancel(errStreamClosed)
 	}
 	s.discard()
 	signal(s.readable)

@@ -174,7 +174,7 @@ func (z *Ztunnel) relay(ctx context.Context, client, up net.Conn, e AccessEntry,
 		defer cancel()
 		flag := closedBy.Load().(string)
 		l.ResponseFlags, e.Flags = flag, flag
-		if err != nil && !errors.Is(err, context.Canceled) { // Canceled: closed on purpose, or the peer reset the tunnel
+		if err != nil && !errors.Is(err, context.Canceled) { // Canceled: closed on purpose (policy change, drain)
 			e.Error = err.Error()
 		}
 		// From the reporter's side: sent is what went back to the client.
