@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -124,18 +126,27 @@ func TestMeshTraffic(t *testing.T) {
 		if got, err := roundTrip(c, "before"); err != nil || got != "before" {
 			t.Fatalf("echo = %q, %v", got, err)
 		}
+		time.Sleep(500 * time.Millisecond) // idle: both ztunnels park its relays (after 100ms)
 		m.loadPolicy(t, "node-2", `package mesh.policies.e2e.api
 
 allow_scope contains {"policy": "e2e/api"} if input.destination.labels.app == "api"
 `)
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if _, err := roundTrip(c, "after"); err != nil {
-				return // closed, as it must be
-			}
-			time.Sleep(100 * time.Millisecond)
+		// Without sending anything: an idle connection has no goroutine
+		// reading it (hbone parks it), and must be closed all the same.
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) || n > 0 {
+			t.Errorf("read %d bytes, %v: the idle connection survived a policy that denies it", n, err)
 		}
-		t.Error("the connection survived a policy that denies it")
+		if _, err := roundTrip(c, "after"); err == nil {
+			t.Error("the connection still carries data after a policy that denies it")
+		}
+		// node-2's relay ended and reported it, both directions accounted.
+		e := m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "inbound" && e.Flags == ztunnel.FlagPolicyClose
+		})
+		if e.Received != 6 || e.Sent != 6 {
+			t.Errorf("policy-closed entry = %+v, want 6 bytes each way", e)
+		}
 	})
 }
 
