@@ -241,11 +241,12 @@ func (pm *pump) run() {
 		pm.bufs.resize(n)
 		switch {
 		case rerr == errSocketIdle:
-			if p, err := sharedParker(); err != nil {
-				pm.parkable = false // wait here from now on
-			} else if p.park(pm) {
+			if p, err := sharedParker(); err == nil && p.park(pm) {
 				return
 			}
+			// No parker, or it failed, or the socket was closed (the
+			// next read says so): wait here from now on.
+			pm.parkable = false
 		case rerr == io.EOF:
 			pm.end(pm.total, closeWrite(pm.dst))
 			return
