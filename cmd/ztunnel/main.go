@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 )
@@ -72,7 +73,24 @@ func parseFlags(args []string) (config, error) {
 	return c, nil
 }
 
+// defaultGCPercent is ztunnel's GOGC unless the environment sets one. The
+// live heap is small (a few MB of state, policy and tunnels) and the data
+// path does not allocate per byte, so collecting twice as often costs
+// little CPU, while Go's default (100: the heap grows to twice the live
+// heap before a collection) keeps ~2 MB more resident: with 1,000
+// workloads and 1,000 tunnels, VmRSS 37.3-37.8 MB against 38.3-40.3 MB
+// (go run ./test/bench -memory-only, GOGC=50 vs unset, three runs each).
+const defaultGCPercent = 50
+
+// setGCPercent applies defaultGCPercent when GOGC is unset.
+func setGCPercent(lookupEnv func(string) (string, bool)) {
+	if _, set := lookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGCPercent)
+	}
+}
+
 func main() {
+	setGCPercent(os.LookupEnv)
 	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ztunnel:", err)

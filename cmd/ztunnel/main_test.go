@@ -1,6 +1,7 @@
 package main
 
 import (
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -26,5 +27,20 @@ func TestParseFlags(t *testing.T) {
 		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%v) = %v, want an error mentioning %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// ztunnel collects at GOGC=50 unless the environment says otherwise.
+func TestGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	inForce := func() int { p := debug.SetGCPercent(100); debug.SetGCPercent(p); return p }
+	setGCPercent(func(string) (string, bool) { return "", false })
+	if got := inForce(); got != defaultGCPercent {
+		t.Errorf("GOGC unset: GC percent %d, want %d", got, defaultGCPercent)
+	}
+	debug.SetGCPercent(80) // as GOGC=80 in the environment would have set it
+	setGCPercent(func(string) (string, bool) { return "80", true })
+	if got := inForce(); got != 80 {
+		t.Errorf("GOGC=80: GC percent %d, want 80 kept", got)
 	}
 }
