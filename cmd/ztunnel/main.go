@@ -46,7 +46,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	fs.StringVar(&c.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME); pods of other nodes are refused")
 	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
-	fs.StringVar(&c.localConfig, "local-config", "", "YAML file of workloads and services (reloaded on change); required until the controller stream exists")
+	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services (reloaded on change); required until the controller stream exists")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change)")
 	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")

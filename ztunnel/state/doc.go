@@ -1,7 +1,9 @@
 // Package state is what a ztunnel knows about the mesh: workloads (pods)
-// and services, read from a local-config YAML file today and from the
-// controller's stream later. The YAML form is decoded and validated once,
-// at the edge, into the plain types here; everything else reads those.
+// and services, read from a local-config file today and from the
+// controller's stream later. The file (YAML, or the same fields as JSON,
+// which loads a large state in a third of the memory) is decoded and
+// validated once, at the edge, into the plain types here; everything else
+// reads those.
 //
 // A local-config file:
 //

@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,39 +13,40 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// LocalConfig is the YAML form of --local-config; Decode validates and
-// converts it. Test beds and tools write it with a YAML encoder.
+// LocalConfig is the form of --local-config, YAML or JSON; Decode
+// validates and converts it. Test beds and tools write it with a YAML or
+// JSON encoder.
 type LocalConfig struct {
-	Workloads []LocalWorkload `yaml:"workloads"`
-	Services  []LocalService  `yaml:"services,omitempty"`
+	Workloads []LocalWorkload `yaml:"workloads" json:"workloads"`
+	Services  []LocalService  `yaml:"services,omitempty" json:"services,omitempty"`
 }
 
 // LocalWorkload is one workloads[] entry. Name, namespace and at least one
 // IP are required; uid defaults to namespace/name, serviceAccount to
 // "default", protocol to HBONE.
 type LocalWorkload struct {
-	UID            string            `yaml:"uid,omitempty"`
-	Name           string            `yaml:"name"`
-	Namespace      string            `yaml:"namespace"`
-	ServiceAccount string            `yaml:"serviceAccount,omitempty"`
-	IPs            []string          `yaml:"ips"`
-	Node           string            `yaml:"node,omitempty"`
-	Labels         map[string]string `yaml:"labels,omitempty"`
-	Protocol       Protocol          `yaml:"protocol,omitempty"`
-	Waypoint       string            `yaml:"waypoint,omitempty"`
+	UID            string            `yaml:"uid,omitempty" json:"uid,omitempty"`
+	Name           string            `yaml:"name" json:"name"`
+	Namespace      string            `yaml:"namespace" json:"namespace"`
+	ServiceAccount string            `yaml:"serviceAccount,omitempty" json:"serviceAccount,omitempty"`
+	IPs            []string          `yaml:"ips" json:"ips"`
+	Node           string            `yaml:"node,omitempty" json:"node,omitempty"`
+	Labels         map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
+	Protocol       Protocol          `yaml:"protocol,omitempty" json:"protocol,omitempty"`
+	Waypoint       string            `yaml:"waypoint,omitempty" json:"waypoint,omitempty"`
 }
 
 // LocalService is one services[] entry. Name and namespace are required;
 // hostname defaults to <name>.<namespace>.svc.<cluster domain>, a port's
 // targetPort to its port.
 type LocalService struct {
-	Name      string            `yaml:"name"`
-	Namespace string            `yaml:"namespace"`
-	Hostname  string            `yaml:"hostname,omitempty"`
-	VIPs      []string          `yaml:"vips,omitempty"`
-	Ports     []ServicePort     `yaml:"ports,omitempty"`
-	Selector  map[string]string `yaml:"selector,omitempty"`
-	Waypoint  string            `yaml:"waypoint,omitempty"`
+	Name      string            `yaml:"name" json:"name"`
+	Namespace string            `yaml:"namespace" json:"namespace"`
+	Hostname  string            `yaml:"hostname,omitempty" json:"hostname,omitempty"`
+	VIPs      []string          `yaml:"vips,omitempty" json:"vips,omitempty"`
+	Ports     []ServicePort     `yaml:"ports,omitempty" json:"ports,omitempty"`
+	Selector  map[string]string `yaml:"selector,omitempty" json:"selector,omitempty"`
+	Waypoint  string            `yaml:"waypoint,omitempty" json:"waypoint,omitempty"`
 }
 
 // Options fill what a local config leaves out.
@@ -84,14 +86,23 @@ func ReadFile(path string, opts Options) (*Snapshot, []byte, error) {
 	return s, data, nil
 }
 
-// Decode parses local-config YAML strictly (unknown fields are errors) and
-// validates it; messages name the field, e.g. "workloads[2].ips[0]".
+// Decode parses a local config strictly (unknown fields are errors) and
+// validates it; messages name the field, e.g. "workloads[2].ips[0]". It
+// reads YAML, or JSON when the data is a JSON object: the same fields,
+// decoded without YAML's node tree, which for 10,000 workloads is most of
+// a load's memory (BenchmarkDecode). Unlike YAML, JSON (encoding/json)
+// takes a key twice (the last wins) and matches field names regardless
+// of case; a misspelt field is refused by both.
 func Decode(data []byte, opts Options) (*Snapshot, error) {
 	opts = opts.withDefaults()
 	var lc LocalConfig
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true) // a misspelt field is an error, not a silent default
-	if err := dec.Decode(&lc); err != nil && !errors.Is(err, io.EOF) {
+	var err error
+	if isJSONObject(data) {
+		err = decodeJSON(data, &lc)
+	} else {
+		err = decodeYAML(data, &lc)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("state: local config: %w", err)
 	}
 	workloads := make([]*Workload, 0, len(lc.Workloads))
@@ -111,6 +122,44 @@ func Decode(data []byte, opts Options) (*Snapshot, error) {
 		services = append(services, svc)
 	}
 	return NewSnapshot(workloads, services)
+}
+
+func decodeYAML(data []byte, lc *LocalConfig) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // a misspelt field is an error, not a silent default
+	if err := dec.Decode(lc); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// isJSONObject reports whether data is one valid JSON object. YAML's flow
+// style can start with "{" too ({workloads: [...]}): that is not JSON and
+// stays YAML's.
+func isJSONObject(data []byte) bool {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	return len(trimmed) > 0 && trimmed[0] == '{' && json.Valid(data)
+}
+
+// decodeJSON decodes one JSON object, unknown fields refused; errors say
+// where (line and column, or the field).
+func decodeJSON(data []byte, lc *LocalConfig) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(lc)
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		line, col := position(data, typeErr.Offset-1) // the value's last byte
+		return fmt.Errorf("line %d column %d: %s is %s, want %s", line, col, typeErr.Field, typeErr.Value, typeErr.Type)
+	}
+	return err // valid JSON (isJSONObject): no syntax error, one value
+}
+
+// position is the line and column (from 1) of the byte at offset.
+func position(data []byte, offset int64) (line, col int) {
+	before := data[:min(max(offset, 0), int64(len(data)))]
+	line = bytes.Count(before, []byte("\n")) + 1
+	return line, len(before) - bytes.LastIndexByte(before, '\n')
 }
 
 // fieldError is a validation error whose text starts with the field path

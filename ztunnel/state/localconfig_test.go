@@ -1,6 +1,8 @@
 package state
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -97,6 +99,7 @@ func TestDecodeEmpty(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(shop))
+	f.Add([]byte(`{"workloads": [{"name": "a", "namespace": "b", "ips": ["10.0.0.1"], "labels": {"app": "x"}}]}`))
 	f.Add([]byte("workloads: [{name: a, namespace: b, ips: ['::ffff:10.0.0.1']}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := Decode(data, Options{})
@@ -138,5 +141,96 @@ func TestLocalConfigRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got.Workloads, want.Workloads) || !reflect.DeepEqual(got.Services, want.Services) {
 		t.Errorf("round trip changed the state:\n%s", out)
+	}
+}
+
+// The same config as JSON decodes to the same state as the YAML.
+func TestDecodeJSON(t *testing.T) {
+	want, err := Decode([]byte(shop), Options{TrustDomain: "td"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lc LocalConfig
+	if err := yaml.Unmarshal([]byte(shop), &lc); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := json.MarshalIndent(lc, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), `"serviceAccount": "db"`) || !strings.Contains(string(doc), `"targetPort": 8080`) {
+		t.Fatalf("JSON field names are not the YAML ones:\n%s", doc)
+	}
+	got, err := Decode(doc, Options{TrustDomain: "td"})
+	if err != nil {
+		t.Fatalf("%v in:\n%s", err, doc)
+	}
+	if !reflect.DeepEqual(got.Workloads, want.Workloads) || !reflect.DeepEqual(got.Services, want.Services) {
+		t.Errorf("JSON decoded to another state than the YAML:\n%s", doc)
+	}
+}
+
+func TestDecodeJSONErrors(t *testing.T) {
+	cases := []struct{ name, doc, want string }{
+		{"unknown field", `{"workloads": [{"name": "a", "namespace": "b", "ips": ["10.0.0.1"], "serviceAcount": "x"}]}`, `unknown field "serviceAcount"`},
+		{"wrong type", "{\"workloads\": [\n  {\"name\": \"a\", \"namespace\": \"b\", \"ips\": \"10.0.0.1\"}]}", `line 2 column 51: workloads.ips is string, want []string`},
+		{"missing name", `{"workloads": [{"namespace": "b", "ips": ["10.0.0.1"]}]}`, "workloads[0].name: required"},
+		{"bad ip", `{"workloads": [{"name": "a", "namespace": "b", "ips": ["10.0.0"]}]}`, `workloads[0].ips[0]: "10.0.0" is not an IP address`},
+		{"bad port", `{"services": [{"name": "s", "namespace": "b", "ports": [{"port": 70000}]}]}`, "services[0].ports[0]: ports are 1-65535"},
+		// Not valid JSON: YAML's to read, and to refuse.
+		{"truncated", `{"workloads": [`, "local config"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode([]byte(tc.doc), Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// YAML's flow style starts with "{" too, and stays YAML.
+func TestDecodeYAMLFlowStyle(t *testing.T) {
+	s, err := Decode([]byte("{workloads: [{name: a, namespace: b, ips: [10.0.0.1]}]}"), Options{})
+	if err != nil || len(s.Workloads) != 1 || s.Workloads[0].Name != "a" {
+		t.Fatalf("Decode = %v, %v", s, err)
+	}
+}
+
+// BenchmarkDecode: a 10,000-workload local config (the bench's synthetic
+// shape, 5 replicas per Deployment) as YAML and as JSON; B/op is what a
+// load allocates, most of it garbage at once.
+func BenchmarkDecode(b *testing.B) {
+	var lc LocalConfig
+	for i := range 10000 {
+		app := fmt.Sprintf("app-%d", i/5)
+		lc.Workloads = append(lc.Workloads, LocalWorkload{
+			UID: fmt.Sprintf("uid-%08d", i), Name: fmt.Sprintf("%s-%05x", app, i), Namespace: fmt.Sprintf("team-%02d", i%20),
+			ServiceAccount: app, IPs: []string{fmt.Sprintf("172.16.%d.%d", i/250, i%250+1)}, Node: fmt.Sprintf("node-%d", i%50),
+			Labels: map[string]string{"app": app, "version": "v1"},
+		})
+	}
+	asYAML, err := yaml.Marshal(lc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	asJSON, err := json.Marshal(lc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, f := range []struct {
+		name string
+		doc  []byte
+	}{{"yaml", asYAML}, {"json", asJSON}} {
+		b.Run(f.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(f.doc)))
+			for b.Loop() {
+				if s, err := Decode(f.doc, Options{}); err != nil || len(s.Workloads) != 10000 {
+					b.Fatalf("Decode: %d workloads, %v", len(s.Workloads), err)
+				}
+			}
+		})
 	}
 }

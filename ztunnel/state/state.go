@@ -55,8 +55,8 @@ type Service struct {
 
 // ServicePort maps a service port to the workloads' port.
 type ServicePort struct {
-	Port       int `yaml:"port"`
-	TargetPort int `yaml:"targetPort"`
+	Port       int `yaml:"port" json:"port"`
+	TargetPort int `yaml:"targetPort" json:"targetPort"`
 }
 
 // Snapshot is the whole state at one moment; it is never modified once
