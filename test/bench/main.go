@@ -48,6 +48,8 @@ type config struct {
 	cpuProfile string
 	// memoryOnly runs only the memory phase (its own bed and haproxy pair).
 	memoryOnly bool
+	// jsonState: the memory phase's ztunnels read their state as JSON.
+	jsonState bool
 }
 
 func main() {
@@ -61,6 +63,7 @@ func main() {
 	flag.IntVar(&cfg.net, "net", 250, "bed addresses 10.<net>.0.0/16 (inside its own namespaces)")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the regomesh bulk run (both ztunnels) to this file")
 	flag.BoolVar(&cfg.memoryOnly, "memory-only", false, "run only the proxy memory phase (ztunnel processes and a haproxy pair on their own bed)")
+	flag.BoolVar(&cfg.jsonState, "state-json", false, "the memory phase's ztunnels read their local config as JSON, not YAML")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -57,6 +57,8 @@ type procMemory struct {
 type rssResult struct {
 	tunnels, workloads, services int
 	server, client               map[string]procMemory
+	// format of the local config the ztunnels read: YAML or JSON.
+	format string
 }
 
 func measureRSS(ctx context.Context, cfg config) (*rssResult, error) {
@@ -74,7 +76,7 @@ func measureRSS(ctx context.Context, cfg config) (*rssResult, error) {
 	step("memory", fmt.Sprintf("starting a bed with both ztunnels as processes, %d synthetic workloads", len(workloads)))
 	b, err := startBedWith(ctx, meshbed.Config{
 		Prefix: bedPrefix("m"), Net: cfg.net, ProcessNodes: []string{"node-1", "node-2"}, ZtunnelBinary: bin,
-		Workloads: workloads, Services: services,
+		Workloads: workloads, Services: services, JSONState: cfg.jsonState,
 	})
 	if err != nil {
 		return nil, err
@@ -86,7 +88,10 @@ func measureRSS(ctx context.Context, cfg config) (*rssResult, error) {
 	}
 	defer pair.Close()
 	r := &rssResult{tunnels: cfg.tunnels, workloads: len(b.mesh.State.Workloads), services: len(services),
-		server: map[string]procMemory{}, client: map[string]procMemory{}}
+		server: map[string]procMemory{}, client: map[string]procMemory{}, format: "YAML"}
+	if cfg.jsonState {
+		r.format = "JSON"
+	}
 	for _, p := range paths(b, pair) {
 		server, client, err := proxyProcesses(b, pair, p.name)
 		if err != nil {
@@ -291,13 +296,13 @@ func (rep *report) addRSS(r *rssResult) {
 	rep.Notes = append(rep.Notes,
 		fmt.Sprintf("Proxy memory: VmRSS and VmHWM from /proc/<pid>/status of each proxy process, nothing forced (no GC). "+
 			"Measured on a second bed where both ztunnels are the cmd/ztunnel binary built from this tree, each a process in its node's "+
-			"namespace set up through its flags and files only, with %d workloads in their state (the bed's 4 pods and %d synthetic ones: "+
+			"namespace set up through its flags and files only, with %d workloads in their state (a %s local config: the bed's 4 pods and %d synthetic ones: "+
 			"Deployments of %d replicas over %d other nodes and %d namespaces, with labels) and %d services; a fresh haproxy pair in the "+
 			"same bed is measured the same way. Idle: ready, pods enrolled, SVIDs held, no connection through it yet (haproxy: its start-up probes). "+
 			"Then %d connections from the client pod to the server, each proven by a 1-byte echo, held open and idle; read 2s later (after 100ms without data a ztunnel relay gives up its goroutines until data comes). "+
 			"Server side: node-2's ztunnel, haproxy in the server pod; client side: node-1's ztunnel, haproxy in the client pod. "+
 			"regomesh carries the connections as HBONE streams, at most 100 per mTLS connection; haproxy as one TLS connection each.",
-			r.workloads, r.workloads-len(pods), replicasPerApp, syntheticNodes, syntheticNamespaces, r.services, r.tunnels),
+			r.workloads, r.format, r.workloads-len(pods), replicasPerApp, syntheticNodes, syntheticNamespaces, r.services, r.tunnels),
 		fmt.Sprintf("Issue #6 asks for a ztunnel under 40 MB with 1,000 workloads and 1,000 open tunnels. This run (%d workloads, %d tunnels): "+
 			"node-2's ztunnel %.1f MB idle, %.1f MB with the tunnels open, peak %.1f MB; node-1's %.1f, %.1f, peak %.1f MB (MB = 10^6 bytes). "+
 			"With the tunnels open, node-2's RSS is %.1f MB of mapped binary and libraries (RssFile: code and read-only data the kernel "+

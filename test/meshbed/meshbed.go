@@ -14,6 +14,7 @@ package meshbed
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -82,6 +83,8 @@ type Config struct {
 	// say. They are never enrolled.
 	Workloads []state.LocalWorkload
 	Services  []state.LocalService
+	// JSONState writes the local config as JSON instead of YAML.
+	JSONState bool
 }
 
 // Mesh is a running mesh.
@@ -195,8 +198,12 @@ func (m *Mesh) buildState() error {
 		})
 	}
 	lc.Workloads = append(lc.Workloads, m.cfg.Workloads...)
+	marshal := yaml.Marshal
+	if m.cfg.JSONState {
+		marshal = func(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }
+	}
 	var err error
-	if m.localConfig, err = yaml.Marshal(lc); err != nil {
+	if m.localConfig, err = marshal(lc); err != nil {
 		return fmt.Errorf("meshbed: local config: %w", err)
 	}
 	m.State, err = state.Decode(m.localConfig, state.Options{TrustDomain: m.TrustDomain.Name()})
