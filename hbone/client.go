@@ -62,6 +62,9 @@ func connectHeaders(r Request) []hpack.HeaderField {
 func (c *conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
 	c.lockWrite()
 	defer c.unlockWrite()
+	if err := c.writeQueuedControlLocked(); err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err

@@ -45,6 +45,10 @@ import (
 //     acknowledgements) are queued for controlLoop. Otherwise two ends,
 //     each blocked writing to the other because the other is not reading,
 //     with their read loops waiting behind their writers, stall for good;
+//   - control frames queued before a stream is opened are written before
+//     its HEADERS (openStream writes the queue first): a reset stream ends
+//     at the peer before the next one opens there, so the peer's count of
+//     open streams never runs ahead of ours;
 //   - once done is closed, err is set and never changes; every wait in
 //     this package also selects on done.
 type conn struct {
@@ -371,18 +375,25 @@ func (c *conn) controlLoop() {
 		case <-c.done:
 			return
 		}
-		c.ctrlMu.Lock()
-		queued := c.ctrl
-		c.ctrl = nil
-		c.ctrlMu.Unlock()
 		c.lockWrite()
-		for _, write := range queued {
-			if c.writeFramesLocked(write) != nil {
-				break // the connection is failing; close() ends this loop
-			}
-		}
+		c.writeQueuedControlLocked() // an error: the connection is failing; close() ends this loop
 		c.unlockWrite()
 	}
+}
+
+// writeQueuedControlLocked writes the control frames queued so far. Call
+// with wmu held.
+func (c *conn) writeQueuedControlLocked() error {
+	c.ctrlMu.Lock()
+	queued := c.ctrl
+	c.ctrl = nil
+	c.ctrlMu.Unlock()
+	for _, write := range queued {
+		if err := c.writeFramesLocked(write); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *conn) writeRST(id uint32, code http2.ErrCode) {

@@ -1,7 +1,10 @@
 package hbone
 
 import (
+	"context"
 	"crypto/tls"
+	"io"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -44,5 +47,28 @@ func TestServerAcknowledgesSettingsAndPing(t *testing.T) {
 				pingAcked = true
 			}
 		}
+	}
+}
+
+// A stream the client resets and the next one it opens reach the server
+// in that order: the RST_STREAM, queued for the control writer, goes out
+// before the next HEADERS. Otherwise a client opening and closing streams
+// one at a time runs ahead of its queued resets, and the server, counting
+// streams it has not seen end, refuses new ones at its limit.
+func TestResetsGoOutBeforeTheNextStream(t *testing.T) {
+	m := newMesh(t)
+	ts := startServer(t, m, HandlerFunc(func(ctx context.Context, t *Tunnel) {
+		if s, err := t.Accept(); err == nil {
+			io.Copy(io.Discard, s)
+		}
+	}), func(c *ServerConfig) { c.MaxConcurrentStreams = 10 })
+	p := newTestPool(t, m)
+	req := m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))
+	for i := range 5000 {
+		s, err := p.Dial(testContext(t), req)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		s.Close() // nothing received yet: RST_STREAM
 	}
 }

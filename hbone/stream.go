@@ -231,10 +231,12 @@ func (c *conn) finishLocked(s *Stream) {
 	}
 }
 
-// resetStream ends a stream abruptly and tells the peer with code.
+// resetStream ends a stream abruptly and tells the peer with code. The
+// RST_STREAM is queued before the stream frees its slot, so a stream
+// opened in that slot goes out after it (openStream writes the queue).
 func (c *conn) resetStream(id uint32, code http2.ErrCode, err error) {
-	c.endStream(id, err)
 	c.writeRST(id, code)
+	c.endStream(id, err)
 }
 
 // endStream ends a stream abruptly on our side only: the peer reset it,
