@@ -45,10 +45,15 @@ import (
 //     acknowledgements) are queued for controlLoop. Otherwise two ends,
 //     each blocked writing to the other because the other is not reading,
 //     with their read loops waiting behind their writers, stall for good;
-//   - control frames queued before a stream is opened are written before
-//     its HEADERS (openStream writes the queue first): a reset stream ends
-//     at the peer before the next one opens there, so the peer's count of
-//     open streams never runs ahead of ours;
+//   - a stream's slot is free on our side before the peer can learn the
+//     stream ended, and control frames queued before a stream is opened
+//     are written before its HEADERS (openStream writes the queue first):
+//     a stream ends at the peer before the next one opens there, so the
+//     server's count of open streams never runs behind the client's. Our
+//     final frame (END_STREAM, a rejecting response, RST_STREAM) is
+//     written after the stream is retired, under the same hold of wmu;
+//     a reset caused by the read loop is retired first as a server and
+//     queued first as a client;
 //   - once done is closed, err is set and never changes; every wait in
 //     this package also selects on done.
 type conn struct {
@@ -304,7 +309,16 @@ func (c *conn) failWrite(err error) {
 // payload of recordSize*k-9 bytes fills exactly k TLS records.
 func (c *conn) writeData(id uint32, p []byte, endStream bool) error {
 	c.lockWrite()
-	err := c.writeFramesLocked(func() error {
+	err := c.writeDataLocked(id, p, endStream)
+	if uerr := c.unlockWrite(); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+// writeDataLocked is writeData with wmu held.
+func (c *conn) writeDataLocked(id uint32, p []byte, endStream bool) error {
+	return c.writeFramesLocked(func() error {
 		h := c.dataHdr[:]
 		h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
 		h[3], h[4] = byte(http2.FrameData), 0
@@ -318,10 +332,6 @@ func (c *conn) writeData(id uint32, p []byte, endStream bool) error {
 		_, err := c.bw.Write(p)
 		return err
 	})
-	if uerr := c.unlockWrite(); err == nil {
-		err = uerr
-	}
-	return err
 }
 
 // writeHeadersLocked encodes fields and writes them as HEADERS (and

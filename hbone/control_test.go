@@ -3,8 +3,15 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/netip"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,25 +57,147 @@ func TestServerAcknowledgesSettingsAndPing(t *testing.T) {
 	}
 }
 
-// A stream the client resets and the next one it opens reach the server
-// in that order: the RST_STREAM, queued for the control writer, goes out
-// before the next HEADERS. Otherwise a client opening and closing streams
-// one at a time runs ahead of its queued resets, and the server, counting
-// streams it has not seen end, refuses new ones at its limit.
-func TestResetsGoOutBeforeTheNextStream(t *testing.T) {
+// However a stream ends, it has ended at the server before the client can
+// open the next one in its slot: with a limit of one stream per
+// connection, streams opened one after another are never refused
+// (REFUSED_STREAM, which the pool would retry once without a word). The
+// client's queued RST_STREAM used to trail the next HEADERS, and a server
+// used to free the slot only after its final frame was out.
+func TestAStreamEndsBeforeTheNextOpens(t *testing.T) {
+	cases := []struct {
+		name   string
+		server func(t *Tunnel)
+		client func(s *Stream, err error) error
+	}{
+		{"client resets", func(t *Tunnel) {
+			if s, err := t.Accept(); err == nil {
+				io.Copy(io.Discard, s)
+			}
+		}, func(s *Stream, err error) error {
+			if err == nil {
+				s.Close() // nothing received yet: RST_STREAM
+			}
+			return err
+		}},
+		{"server resets", func(t *Tunnel) {
+			if s, err := t.Accept(); err == nil {
+				s.Close()
+			}
+		}, func(s *Stream, err error) error {
+			if err == nil {
+				io.Copy(io.Discard, s)
+				s.Close()
+			}
+			return err
+		}},
+		{"server rejects", func(t *Tunnel) { t.Reject(ErrDenied) }, func(s *Stream, err error) error {
+			if errors.Is(err, ErrDenied) {
+				return nil
+			}
+			return fmt.Errorf("got %v, want the 401", err)
+		}},
+		{"both end cleanly", func(t *Tunnel) {
+			if s, err := t.Accept(); err == nil {
+				io.Copy(io.Discard, s)
+				s.CloseWrite()
+			}
+		}, func(s *Stream, err error) error {
+			if err == nil {
+				s.CloseWrite()
+				io.Copy(io.Discard, s)
+				s.Close()
+			}
+			return err
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t)
+			ts := startServer(t, m, HandlerFunc(func(_ context.Context, tun *Tunnel) { tc.server(tun) }),
+				func(c *ServerConfig) { c.MaxConcurrentStreams = 1 })
+			var retries atomic.Int64
+			p := newTestPool(t, m, func(c *PoolConfig) { c.Logger = slog.New(retryCounter{&retries}) })
+			req := m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))
+			for i := range 2000 {
+				if err := tc.client(p.Dial(testContext(t), req)); err != nil {
+					t.Fatalf("stream %d: %v (%d refused and retried before)", i, err, retries.Load())
+				}
+			}
+			if n := retries.Load(); n > 0 {
+				t.Errorf("%d streams refused by the server and retried", n)
+			}
+		})
+	}
+}
+
+// retryCounter counts the pool's "retrying" log records.
+type retryCounter struct{ n *atomic.Int64 }
+
+func (h retryCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h retryCounter) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "retrying") {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h retryCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h retryCounter) WithGroup(string) slog.Handler      { return h }
+
+// failingCloseWrite is a socket whose CloseWrite fails, as shutdown(2)
+// does (ENOTCONN) on a TCP connection the workload has reset.
+type failingCloseWrite struct{ *net.TCPConn }
+
+func (failingCloseWrite) CloseWrite() error { return syscall.ENOTCONN }
+
+// The read loop never waits for the write lock, also when it ends a relay:
+// at the client's END_STREAM the sink closes its socket's write side,
+// which fails here, and the relay then closes the stream, which writes
+// END_STREAM under wmu. Done on the read loop, that stalled every stream
+// of the connection while any writer held wmu.
+func TestReadLoopNeverWaitsForTheWriteLock(t *testing.T) {
 	m := newMesh(t)
-	ts := startServer(t, m, HandlerFunc(func(ctx context.Context, t *Tunnel) {
-		if s, err := t.Accept(); err == nil {
-			io.Copy(io.Discard, s)
-		}
-	}), func(c *ServerConfig) { c.MaxConcurrentStreams = 10 })
-	p := newTestPool(t, m)
-	req := m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))
-	for i := range 5000 {
-		s, err := p.Dial(testContext(t), req)
+	relayed := make(chan *Stream, 1)
+	bystanderGot := make(chan []byte, 1)
+	ts := startServer(t, m, HandlerFunc(func(ctx context.Context, tun *Tunnel) {
+		s, err := tun.Hijack()
 		if err != nil {
-			t.Fatalf("stream %d: %v", i, err)
+			return
 		}
-		s.Close() // nothing received yet: RST_STREAM
+		if tun.Authority.Port() == 2 { // the bystander: report what arrives
+			b := make([]byte, 1)
+			io.ReadFull(s, b)
+			bystanderGot <- b
+			s.Close()
+			return
+		}
+		up, _ := tcpPair(t)
+		StartRelay(ctx, s, failingCloseWrite{up}, func(Counts, error) {})
+		relayed <- s
+	}))
+	p := newTestPool(t, m)
+	client, err := p.Dial(testContext(t), m.request(ts, netip.MustParseAddrPort("10.1.0.9:1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	bystander, err := p.Dial(testContext(t), m.request(ts, netip.MustParseAddrPort("10.1.0.9:2")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bystander.Close()
+	sc := (<-relayed).c
+	sc.wmu.Lock() // a writer holds the server's write lock (say, blocked on a full socket)
+	client.CloseWrite()
+	time.Sleep(200 * time.Millisecond) // the read loop ends the sink, and the relay
+	bystander.Write([]byte{'x'})
+	select {
+	case b := <-bystanderGot:
+		sc.wmu.Unlock()
+		if b[0] != 'x' {
+			t.Fatalf("the bystander stream received %q", b)
+		}
+	case <-time.After(3 * time.Second):
+		sc.wmu.Unlock()
+		t.Fatal("the server's read loop stalled: it waits for the write lock")
 	}
 }

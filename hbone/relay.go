@@ -125,7 +125,14 @@ func (r *relay) ended(n *int64, inline bool) func(int64, error) {
 			// Closing a server-side stream ends its context, which may
 			// be ctx: that must not count as ctx ending.
 			r.stop()
-			r.closeBoth() // unblock the other direction; its error is a consequence
+			// Unblock the other direction; its error is a consequence.
+			// Closing a stream may write its END_STREAM, which the read
+			// loop must not wait to do.
+			if inline {
+				r.closeBoth()
+			} else {
+				go r.closeBoth()
+			}
 		}
 		if r.pending.Add(-1) > 0 {
 			return

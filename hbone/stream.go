@@ -231,12 +231,20 @@ func (c *conn) finishLocked(s *Stream) {
 	}
 }
 
-// resetStream ends a stream abruptly and tells the peer with code. The
-// RST_STREAM is queued before the stream frees its slot, so a stream
-// opened in that slot goes out after it (openStream writes the queue).
+// resetStream ends a stream abruptly and tells the peer with code, in the
+// order that keeps the server's count of open streams from running behind
+// the client's: a server frees the slot before the RST_STREAM can reach
+// the client; a client queues the RST_STREAM before it frees the slot,
+// so a stream opened in that slot goes out after it (openStream writes
+// the queue first).
 func (c *conn) resetStream(id uint32, code http2.ErrCode, err error) {
-	c.writeRST(id, code)
+	if c.client {
+		c.writeRST(id, code)
+		c.endStream(id, err)
+		return
+	}
 	c.endStream(id, err)
+	c.writeRST(id, code)
 }
 
 // endStream ends a stream abruptly on our side only: the peer reset it,
@@ -505,14 +513,21 @@ func (s *Stream) CloseWrite() error {
 	return s.closeWriteLocked()
 }
 
-// closeWriteLocked sends END_STREAM. Call with writeMu held.
+// closeWriteLocked sends END_STREAM. Call with writeMu held. The stream
+// is marked ended (and retired, if the peer has ended too) under wmu,
+// before the frame goes out: the peer cannot open the slot's next stream
+// before ours is free.
 func (s *Stream) closeWriteLocked() error {
 	c := s.c
-	err := c.writeData(s.id, nil, true)
+	c.lockWrite()
 	c.mu.Lock()
 	s.sentEnd = true
 	c.finishLocked(s)
 	c.mu.Unlock()
+	err := c.writeDataLocked(s.id, nil, true)
+	if uerr := c.unlockWrite(); err == nil {
+		err = uerr
+	}
 	return err
 }
 

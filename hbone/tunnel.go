@@ -161,18 +161,28 @@ func (s *Stream) respond200OrEnd(status int) error {
 	c.lockWrite()
 	c.mu.Lock()
 	err := s.sendErrLocked()
+	if end && err == nil {
+		// Retire the stream before the client can learn it ended (see
+		// conn's invariants); it fails below, once wmu is released.
+		s.sentEnd, s.recvEnd = true, true
+		c.finishLocked(s)
+	}
 	c.mu.Unlock()
 	if err == nil {
 		err = c.writeHeadersLocked(s.id, end, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
 	}
+	if end && err == nil {
+		err = c.writeFramesLocked(func() error { return c.wfr.WriteRSTStream(s.id, http2.ErrCodeNo) })
+	}
 	if uerr := c.unlockWrite(); err == nil {
 		err = uerr
 	}
+	if end {
+		s.fail(fmt.Errorf("%w: tunnel rejected with %d", ErrConnClosed, status))
+		s.discard()
+	}
 	if err != nil {
 		return fmt.Errorf("hbone: answer %d to %s: %w", status, s.RemoteAddr(), err)
-	}
-	if end {
-		c.resetStream(s.id, http2.ErrCodeNo, fmt.Errorf("%w: tunnel rejected with %d", ErrConnClosed, status))
 	}
 	return nil
 }
