@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -82,11 +83,15 @@ func parseFlags(args []string) (config, error) {
 // (go run ./test/bench -memory-only, GOGC=50 vs unset, three runs each).
 const defaultGCPercent = 50
 
-// setGCPercent applies defaultGCPercent when GOGC is unset.
+// setGCPercent applies defaultGCPercent unless GOGC says otherwise: set
+// to "off" or a number. The runtime reads an empty or unparsable GOGC as
+// its default, and so does ztunnel.
 func setGCPercent(lookupEnv func(string) (string, bool)) {
-	if _, set := lookupEnv("GOGC"); !set {
-		debug.SetGCPercent(defaultGCPercent)
+	v, _ := lookupEnv("GOGC")
+	if _, err := strconv.Atoi(v); err == nil || v == "off" {
+		return
 	}
+	debug.SetGCPercent(defaultGCPercent)
 }
 
 func main() {

@@ -43,4 +43,12 @@ func TestGCPercent(t *testing.T) {
 	if got := inForce(); got != 80 {
 		t.Errorf("GOGC=80: GC percent %d, want 80 kept", got)
 	}
+	// Empty or unparsable: the runtime used its default, so does ztunnel.
+	for _, v := range []string{"", "fifty"} {
+		debug.SetGCPercent(100)
+		setGCPercent(func(string) (string, bool) { return v, true })
+		if got := inForce(); got != defaultGCPercent {
+			t.Errorf("GOGC=%q: GC percent %d, want %d", v, got, defaultGCPercent)
+		}
+	}
 }
