@@ -104,6 +104,10 @@ func (p *parker) park(pm *pump) bool {
 func (p *parker) take(id uint64) *pump {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.takeLocked(id)
+}
+
+func (p *parker) takeLocked(id uint64) *pump {
 	pm := p.parked[id]
 	if pm != nil {
 		delete(p.parked, id)
@@ -112,17 +116,21 @@ func (p *parker) take(id uint64) *pump {
 	return pm
 }
 
+// wake restarts registration id's pump on a goroutine, unless it has
+// already fired or been taken.
+func (p *parker) wake(id uint64) {
+	if pm := p.take(id); pm != nil {
+		go pm.run()
+	}
+}
+
 // unpark restarts pm at once if it is parked, so that it sees its socket
 // closed; a pump that is not parked sees it by itself.
 func (p *parker) unpark(pm *pump) {
 	p.mu.Lock()
 	id := pm.parkedID
 	p.mu.Unlock()
-	if id != 0 {
-		if pm := p.take(id); pm != nil {
-			go pm.run()
-		}
-	}
+	p.wake(id) // 0, not parked: no registration has it
 }
 
 // run waits for the epoll instance to have events, through the netpoller,
@@ -148,10 +156,7 @@ func (p *parker) run(f *os.File, rc syscall.RawConn) {
 			return
 		}
 		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if pm := p.take(id); pm != nil {
-				go pm.run()
-			}
+			p.wake(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32)
 		}
 	}
 }
@@ -161,9 +166,7 @@ func (p *parker) fail() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.failed = true
-	for id, pm := range p.parked {
-		delete(p.parked, id)
-		pm.parkedID = 0
-		go pm.run()
+	for id := range p.parked {
+		go p.takeLocked(id).run()
 	}
 }

@@ -119,6 +119,13 @@ func (r *relay) direction(n *int64, dst, src net.Conn) func() {
 // last direction to end completes the relay: on the calling goroutine
 // when inline, else on a new one (sinkTo's read loop must not block).
 func (r *relay) ended(n *int64, inline bool) func(int64, error) {
+	call := func(f func()) {
+		if inline {
+			f()
+		} else {
+			go f()
+		}
+	}
 	return func(written int64, err error) {
 		*n = written
 		if err != nil && r.failure.set(err) {
@@ -128,19 +135,10 @@ func (r *relay) ended(n *int64, inline bool) func(int64, error) {
 			// Unblock the other direction; its error is a consequence.
 			// Closing a stream may write its END_STREAM, which the read
 			// loop must not wait to do.
-			if inline {
-				r.closeBoth()
-			} else {
-				go r.closeBoth()
-			}
+			call(r.closeBoth)
 		}
-		if r.pending.Add(-1) > 0 {
-			return
-		}
-		if inline {
-			r.complete()
-		} else {
-			go r.complete()
+		if r.pending.Add(-1) == 0 {
+			call(r.complete)
 		}
 	}
 }
@@ -214,10 +212,9 @@ type pump struct {
 	bufs     buffers
 	total    int64
 	parkable bool
-	// armed: src has a read deadline parkIdleAfter ahead; reads counts
-	// the reads that returned data since it was set.
-	armed bool
-	reads int
+	// armed: src has a read deadline parkIdleAfter ahead; busy: a read
+	// returned data since it was set.
+	armed, busy bool
 	// parkedID is the parker's registration while parked, else 0;
 	// guarded by the parker's mutex.
 	parkedID uint64
@@ -235,16 +232,17 @@ func newPump(dst, src net.Conn, end func(int64, error)) *pump {
 func (pm *pump) run() {
 	for {
 		buf, n, rerr := pm.read()
+		var werr error
 		if n > 0 {
-			w, werr := pm.dst.Write(buf[:n])
+			var w int
+			w, werr = pm.dst.Write(buf[:n])
 			pm.total += int64(w)
-			if werr != nil {
-				pm.bufs.release()
-				pm.end(pm.total, werr)
-				return
-			}
 		}
 		pm.bufs.release()
+		if werr != nil {
+			pm.end(pm.total, werr)
+			return
+		}
 		pm.bufs.resize(n)
 		switch {
 		case rerr == errSocketIdle:
@@ -276,17 +274,15 @@ func (pm *pump) read() ([]byte, int, error) {
 	for {
 		if pm.parkable && !pm.armed {
 			pm.src.SetReadDeadline(time.Now().Add(time.Duration(parkIdleAfter.Load())))
-			pm.armed, pm.reads = true, 0
+			pm.armed, pm.busy = true, false
 		}
 		buf, n, err := readWhenReady(pm.rc, &pm.bufs)
 		if !pm.parkable || !errors.Is(err, os.ErrDeadlineExceeded) {
-			if n > 0 {
-				pm.reads++
-			}
+			pm.busy = pm.busy || n > 0
 			return buf, n, err
 		}
 		pm.armed = false
-		if pm.reads == 0 {
+		if !pm.busy {
 			pm.src.SetReadDeadline(time.Time{})
 			return nil, 0, errSocketIdle
 		}

@@ -231,6 +231,13 @@ func (c *conn) finishLocked(s *Stream) {
 	}
 }
 
+// retireLocked ends both directions of s on our side and frees its slot.
+// Call with mu held.
+func (c *conn) retireLocked(s *Stream) {
+	s.sentEnd, s.recvEnd = true, true
+	c.finishLocked(s)
+}
+
 // resetStream ends a stream abruptly and tells the peer with code, in the
 // order that keeps the server's count of open streams from running behind
 // the client's: a server frees the slot before the RST_STREAM can reach
@@ -253,8 +260,7 @@ func (c *conn) endStream(id uint32, err error) {
 	c.mu.Lock()
 	s := c.streams[id]
 	if s != nil {
-		s.sentEnd, s.recvEnd = true, true
-		c.finishLocked(s)
+		c.retireLocked(s)
 	}
 	c.mu.Unlock()
 	if s != nil {

@@ -164,8 +164,7 @@ func (s *Stream) respond200OrEnd(status int) error {
 	if end && err == nil {
 		// Retire the stream before the client can learn it ended (see
 		// conn's invariants); it fails below, once wmu is released.
-		s.sentEnd, s.recvEnd = true, true
-		c.finishLocked(s)
+		c.retireLocked(s)
 	}
 	c.mu.Unlock()
 	if err == nil {
