@@ -175,15 +175,9 @@ func TestReadLoopNeverWaitsForTheWriteLock(t *testing.T) {
 		relayed <- s
 	}))
 	p := newTestPool(t, m)
-	client, err := p.Dial(testContext(t), m.request(ts, netip.MustParseAddrPort("10.1.0.9:1")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := m.dial(t, p, ts, netip.MustParseAddrPort("10.1.0.9:1"))
 	defer client.Close()
-	bystander, err := p.Dial(testContext(t), m.request(ts, netip.MustParseAddrPort("10.1.0.9:2")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	bystander := m.dial(t, p, ts, netip.MustParseAddrPort("10.1.0.9:2"))
 	defer bystander.Close()
 	sc := (<-relayed).c
 	sc.wmu.Lock() // a writer holds the server's write lock (say, blocked on a full socket)

@@ -41,10 +41,7 @@ func TestDeliverWritesToSocketDirectly(t *testing.T) {
 	m := newMesh(t)
 	ts := startServer(t, m, &forward{})
 	p := newTestPool(t, m)
-	s, err := p.Dial(testContext(t), m.request(ts, startEcho(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, startEcho(t))
 	out, in := tcpPair(t)
 	total := make(chan int64, 1)
 	go func() {
@@ -92,10 +89,7 @@ func TestDeliverToSlowSocketKeepsOrder(t *testing.T) {
 	})
 	ts := startServer(t, m, &forward{})
 	p := newTestPool(t, m)
-	s, err := p.Dial(testContext(t), m.request(ts, upstream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, upstream)
 	defer s.Close()
 	out, in := tcpPair(t)
 	total := make(chan int64, 1)
@@ -218,10 +212,7 @@ func TestSinkDrainsWhatArrivedFirst(t *testing.T) {
 	h := &lateRelay{release: make(chan struct{}), err: make(chan error, 1)}
 	ts := startServer(t, m, h)
 	p := newTestPool(t, m)
-	s, err := p.Dial(testContext(t), m.request(ts, upstream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, upstream)
 	defer s.Close()
 	s.Write([]byte("early"))
 	s.CloseWrite()
@@ -255,10 +246,7 @@ func TestSinkSocketFailureEndsTheRelay(t *testing.T) {
 	close(h.release)
 	ts := startServer(t, m, h)
 	p := newTestPool(t, m)
-	s, err := p.Dial(testContext(t), m.request(ts, upstream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, upstream)
 	defer s.Close()
 	s.SetWriteDeadline(time.Now().Add(20 * time.Second))
 	chunk := make([]byte, 64<<10)

@@ -106,6 +106,16 @@ func newTestPool(t testing.TB, m *mesh, tweak ...func(*PoolConfig)) *Pool {
 }
 
 // request asks ts for a tunnel to dst as the mesh's client workload.
+// dial opens a tunnel through ts to dst on p, or fails the test.
+func (m *mesh) dial(t testing.TB, p *Pool, ts *testServer, dst netip.AddrPort) *Stream {
+	t.Helper()
+	s, err := p.Dial(testContext(t), m.request(ts, dst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func (m *mesh) request(ts *testServer, dst netip.AddrPort) Request {
 	return Request{
 		Source:    m.clientSVID,

@@ -29,6 +29,18 @@ type relayed struct {
 	err    error
 }
 
+// nextRelayed waits for a relay's outcome on ended.
+func nextRelayed(t *testing.T, ended <-chan relayed) relayed {
+	t.Helper()
+	select {
+	case r := <-ended:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("a relay did not end")
+		return relayed{}
+	}
+}
+
 func (h *hijackForward) ServeTunnel(ctx context.Context, t *Tunnel) {
 	s, up, ok := acceptUpstream(ctx, t, t.Hijack)
 	if !ok {
@@ -59,19 +71,14 @@ func TestIdleTunnelsParkTheirGoroutines(t *testing.T) {
 			t.Fatalf("echo read %q, %v; want %q", got, err, b)
 		}
 	}
-	warm, err := p.Dial(testContext(t), m.request(ts, echo)) // the connection and its goroutines
-	if err != nil {
-		t.Fatal(err)
-	}
+	warm := m.dial(t, p, ts, echo) // the connection and its goroutines
 	defer warm.Close()
 	echoOnce(warm, 'w')
 	time.Sleep(200 * time.Millisecond)
 	before := runtime.NumGoroutine()
 	streams := make([]*Stream, n)
 	for i := range streams {
-		if streams[i], err = p.Dial(testContext(t), m.request(ts, echo)); err != nil {
-			t.Fatal(err)
-		}
+		streams[i] = m.dial(t, p, ts, echo)
 		defer streams[i].Close()
 		echoOnce(streams[i], 'a')
 	}
@@ -90,13 +97,8 @@ func TestIdleTunnelsParkTheirGoroutines(t *testing.T) {
 		}
 	}
 	for range n {
-		select {
-		case r := <-h.ended:
-			if r.err != nil || r.counts != (Counts{FromClient: 2, FromServer: 2}) {
-				t.Errorf("relay ended with %+v, %v; want {2 2} and no error", r.counts, r.err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("a relay did not end")
+		if r := nextRelayed(t, h.ended); r.err != nil || r.counts != (Counts{FromClient: 2, FromServer: 2}) {
+			t.Errorf("relay ended with %+v, %v; want {2 2} and no error", r.counts, r.err)
 		}
 	}
 }
@@ -128,19 +130,15 @@ func TestParkedRelayEnds(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond) // both directions parked
 			tc.end(cancel, appClient)
-			select {
-			case r := <-ended:
-				if r.counts.FromClient != 2 {
-					t.Errorf("counts %+v, want 2 bytes from the client", r.counts)
-				}
-				if tc.want != nil && !errors.Is(r.err, tc.want) {
-					t.Errorf("relay error %v, want %v", r.err, tc.want)
-				}
-				if tc.want == nil && r.err == nil {
-					t.Error("relay ended without the reset's error")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the parked relay did not end")
+			r := nextRelayed(t, ended)
+			if r.counts.FromClient != 2 {
+				t.Errorf("counts %+v, want 2 bytes from the client", r.counts)
+			}
+			if tc.want != nil && !errors.Is(r.err, tc.want) {
+				t.Errorf("relay error %v, want %v", r.err, tc.want)
+			}
+			if tc.want == nil && r.err == nil {
+				t.Error("relay ended without the reset's error")
 			}
 			if _, err := appServer.Read(make([]byte, 1)); err == nil {
 				t.Error("the server's side is still open after the relay ended")
@@ -162,22 +160,14 @@ func TestHijackedRelayReportsTheReset(t *testing.T) {
 		c.SetLinger(0)
 		c.Close()
 	})
-	s, err := p.Dial(testContext(t), m.request(ts, upstream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, upstream)
 	defer s.Close()
 	if _, err := s.Write([]byte{1}); err != nil {
 		t.Fatal(err)
 	}
 	s.CloseWrite()
-	select {
-	case r := <-h.ended:
-		if !errors.Is(r.err, syscall.ECONNRESET) {
-			t.Errorf("relay ended with %v; want the workload's reset", r.err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the relay did not end")
+	if r := nextRelayed(t, h.ended); !errors.Is(r.err, syscall.ECONNRESET) {
+		t.Errorf("relay ended with %v; want the workload's reset", r.err)
 	}
 }
 
@@ -188,19 +178,11 @@ func TestHijackedRelayEndedByClientReset(t *testing.T) {
 	h := &hijackForward{ended: make(chan relayed, 1)}
 	ts := startServer(t, m, h)
 	p := newTestPool(t, m)
-	s, err := p.Dial(testContext(t), m.request(ts, startEcho(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, startEcho(t))
 	s.Write([]byte{1})
 	io.ReadFull(s, make([]byte, 1))
 	s.Close() // nothing received from the server's side yet: RST_STREAM
-	select {
-	case r := <-h.ended:
-		if !errors.Is(r.err, ErrStreamReset) {
-			t.Errorf("relay ended with %v; want ErrStreamReset", r.err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the relay did not end")
+	if r := nextRelayed(t, h.ended); !errors.Is(r.err, ErrStreamReset) {
+		t.Errorf("relay ended with %v; want ErrStreamReset", r.err)
 	}
 }

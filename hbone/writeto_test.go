@@ -29,10 +29,7 @@ func TestWriteToSurvivesCloseMidWrite(t *testing.T) {
 	m := newMesh(t)
 	ts := startServer(t, m, &forward{})
 	p := newTestPool(t, m)
-	s, err := p.Dial(testContext(t), m.request(ts, startEcho(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := m.dial(t, p, ts, startEcho(t))
 	if _, err := s.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
