@@ -117,8 +117,8 @@ func FuzzDecode(f *testing.F) {
 }
 
 // TestLocalConfigRoundTrip: a LocalConfig written with a YAML encoder
-// (as test/meshbed writes ztunnel's --local-config) decodes to what the
-// hand-written file does.
+// (as test/meshbed writes ztunnel's --local-config) or a JSON one decodes
+// to what the hand-written file does.
 func TestLocalConfigRoundTrip(t *testing.T) {
 	want, err := Decode([]byte(shop), Options{TrustDomain: "td"})
 	if err != nil {
@@ -128,45 +128,36 @@ func TestLocalConfigRoundTrip(t *testing.T) {
 	if err := yaml.Unmarshal([]byte(shop), &lc); err != nil {
 		t.Fatal(err)
 	}
-	out, err := yaml.Marshal(lc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(out), `""`) {
-		t.Errorf("empty fields written out:\n%s", out)
-	}
-	got, err := Decode(out, Options{TrustDomain: "td"})
-	if err != nil {
-		t.Fatalf("%v in:\n%s", err, out)
-	}
-	if !reflect.DeepEqual(got.Workloads, want.Workloads) || !reflect.DeepEqual(got.Services, want.Services) {
-		t.Errorf("round trip changed the state:\n%s", out)
-	}
-}
-
-// The same config as JSON decodes to the same state as the YAML.
-func TestDecodeJSON(t *testing.T) {
-	want, err := Decode([]byte(shop), Options{TrustDomain: "td"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lc LocalConfig
-	if err := yaml.Unmarshal([]byte(shop), &lc); err != nil {
-		t.Fatal(err)
-	}
-	doc, err := json.MarshalIndent(lc, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(doc), `"serviceAccount": "db"`) || !strings.Contains(string(doc), `"targetPort": 8080`) {
-		t.Fatalf("JSON field names are not the YAML ones:\n%s", doc)
-	}
-	got, err := Decode(doc, Options{TrustDomain: "td"})
-	if err != nil {
-		t.Fatalf("%v in:\n%s", err, doc)
-	}
-	if !reflect.DeepEqual(got.Workloads, want.Workloads) || !reflect.DeepEqual(got.Services, want.Services) {
-		t.Errorf("JSON decoded to another state than the YAML:\n%s", doc)
+	for _, tc := range []struct {
+		name    string
+		marshal func(any) ([]byte, error)
+		check   func(t *testing.T, doc []byte)
+	}{
+		{"yaml", yaml.Marshal, func(t *testing.T, doc []byte) {
+			if strings.Contains(string(doc), `""`) {
+				t.Errorf("empty fields written out:\n%s", doc)
+			}
+		}},
+		{"json", func(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }, func(t *testing.T, doc []byte) {
+			if !strings.Contains(string(doc), `"serviceAccount": "db"`) || !strings.Contains(string(doc), `"targetPort": 8080`) {
+				t.Fatalf("JSON field names are not the YAML ones:\n%s", doc)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc, err := tc.marshal(lc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, doc)
+			got, err := Decode(doc, Options{TrustDomain: "td"})
+			if err != nil {
+				t.Fatalf("%v in:\n%s", err, doc)
+			}
+			if !reflect.DeepEqual(got.Workloads, want.Workloads) || !reflect.DeepEqual(got.Services, want.Services) {
+				t.Errorf("round trip changed the state:\n%s", doc)
+			}
+		})
 	}
 }
 
