@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 func TestWatchAppliesChangesAndKeepsLastGood(t *testing.T) {
@@ -24,9 +26,9 @@ func TestWatchAppliesChangesAndKeepsLastGood(t *testing.T) {
 	write(first)
 	applied := make(chan *Snapshot, 4)
 	rejected := make(chan error, 4)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, path, []byte(first), Options{}, 10*time.Millisecond, func(s *Snapshot) { applied <- s }, func(err error) { rejected <- err })
+	testgo.Go(t, func(ctx context.Context) {
+		Watch(ctx, path, []byte(first), Options{}, 10*time.Millisecond, func(s *Snapshot) { send(ctx, applied, s) }, func(err error) { send(ctx, rejected, err) })
+	})
 
 	write("workloads: [{name: a, namespace: n, ips: [10.0.0.1]}, {name: b, namespace: n, ips: [10.0.0.2]}]")
 	if s := waitFor(t, applied); len(s.Workloads) != 2 {
@@ -53,9 +55,9 @@ func TestWatchRejectsAnEmptyFile(t *testing.T) {
 	}
 	applied := make(chan *Snapshot, 4)
 	rejected := make(chan error, 4)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, path, []byte(first), Options{}, time.Millisecond, func(s *Snapshot) { applied <- s }, func(err error) { rejected <- err })
+	testgo.Go(t, func(ctx context.Context) {
+		Watch(ctx, path, []byte(first), Options{}, time.Millisecond, func(s *Snapshot) { send(ctx, applied, s) }, func(err error) { send(ctx, rejected, err) })
+	})
 	if err := os.Truncate(path, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +68,15 @@ func TestWatchRejectsAnEmptyFile(t *testing.T) {
 	case s := <-applied:
 		t.Errorf("an empty file was applied: %+v", s)
 	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// send delivers v unless the test has ended: a watcher blocked on a full
+// channel would never return.
+func send[T any](ctx context.Context, ch chan<- T, v T) {
+	select {
+	case ch <- v:
+	case <-ctx.Done():
 	}
 }
 
@@ -96,9 +107,11 @@ func TestWatchSeesQuietRewrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	applied := make(chan *Snapshot, 4)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, path, []byte(first), Options{}, time.Millisecond, func(s *Snapshot) { applied <- s }, func(err error) { t.Error(err) })
+	// The watcher ends before the test does: before, it could stat the
+	// removed temporary directory and report into a finished test.
+	testgo.Go(t, func(ctx context.Context) {
+		Watch(ctx, path, []byte(first), Options{}, time.Millisecond, func(s *Snapshot) { send(ctx, applied, s) }, func(err error) { t.Error(err) })
+	})
 
 	rewrite := func(content string) { // in place, one write: same inode and size
 		t.Helper()
