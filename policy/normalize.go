@@ -4,9 +4,11 @@ import "strings"
 
 // NormalizePath returns the path that policies match on, normalized as
 // Istio's default (BASE) normalization does: the query and fragment are
-// removed, percent-encoded unreserved characters are decoded (other escapes
-// keep an upper-case form), backslashes become slashes, and "." and ".."
-// segments are resolved (RFC 3986 section 5.2.4). Slashes are not merged.
+// removed, percent-encoded unreserved characters are decoded, backslashes
+// become slashes, and "." and ".." segments are resolved (RFC 3986 section
+// 5.2.4). Other escapes stay as they came, in their own case ("%2f" and
+// "%2F" differ, as Envoy's NormalizeCasePath is off in Istio), and slashes
+// are not merged.
 func NormalizePath(raw string) string {
 	if i := strings.IndexAny(raw, "?#"); i >= 0 {
 		raw = raw[:i]
@@ -34,9 +36,7 @@ func decodeUnreserved(s string) string {
 		if isUnreserved(c) {
 			b.WriteByte(c)
 		} else {
-			b.WriteByte('%')
-			b.WriteByte(upperHex(s[i+1]))
-			b.WriteByte(upperHex(s[i+2]))
+			b.WriteString(s[i : i+3])
 		}
 		i += 2
 	}
@@ -94,11 +94,4 @@ func unhex(c byte) byte {
 		return c - 'A' + 10
 	}
 	return c - 'a' + 10
-}
-
-func upperHex(c byte) byte {
-	if 'a' <= c && c <= 'f' {
-		return c - 'a' + 'A'
-	}
-	return c
 }
