@@ -177,14 +177,22 @@ type Bundle struct {
 	// cannot be activated next to another bundle.
 	Roots []string
 
-	raw *bundle.Bundle
+	raw      *bundle.Bundle
+	warnings []string
 }
+
+// Warnings lists what the bundle holds that the library would silently
+// ignore, such as a rule named denies or Allow in a policy package, each
+// with its file:line. The engine logs them at every load.
+func (b *Bundle) Warnings() []string { return slices.Clone(b.warnings) }
 
 // ReadBundle reads a bundle from a directory or a .tar.gz file, verifies its
 // signature against v (nil means no keys configured), parses it as Rego v1
 // unless its manifest says otherwise, and checks that it leaves regomesh's
-// library alone. Errors wrap ErrBundle, and also ErrSignature when the
-// signature is missing, does not verify or cannot be checked.
+// library alone and is not empty: a bundle with no module and no data is
+// refused unless its manifest declares it empty (EmptyBundleMetadata).
+// Errors wrap ErrBundle, and also ErrSignature when the signature is
+// missing, does not verify or cannot be checked.
 //
 // As with OPA (opa sign --bundle DIR, opa run -b DIR), the file names a
 // directory bundle's signature covers include the directory path as given,
@@ -212,6 +220,10 @@ func ReadBundle(path string, v *Verification) (*Bundle, error) {
 	if err := b.checkLibraryOwnership(); err != nil {
 		return nil, err
 	}
+	if err := b.checkNotEmpty(); err != nil {
+		return nil, err
+	}
+	b.warnings = b.lint()
 	return b, nil
 }
 

@@ -50,7 +50,10 @@ type Engine struct {
 	log     *slog.Logger
 	library map[string]*ast.Module
 
-	loadMu    sync.Mutex
+	loadMu sync.Mutex
+	// policies counts the policy packages of the set in force, so a load
+	// that would remove them all is caught; guarded by loadMu.
+	policies  int
 	current   atomic.Pointer[generation]
 	firstLoad chan struct{} // closed by the first successful Load
 	shadow    atomic.Pointer[generation]
@@ -75,24 +78,54 @@ func NewEngine(cfg Config) (*Engine, error) {
 
 // Load compiles bundles as one set and, if it compiles, makes it the set in
 // force. On error the previous set stays in force and the error (wrapping
-// ErrBundle) names the file and line at fault.
+// ErrBundle) names the file and line at fault. A set with no policy
+// package does not replace one that has some (ErrNoPolicy), unless one of
+// its bundles declares itself empty in its .manifest (EmptyBundleMetadata).
 func (e *Engine) Load(ctx context.Context, bundles ...*Bundle) error {
 	e.loadMu.Lock()
 	defer e.loadMu.Unlock()
 	g, err := e.compile(ctx, bundles)
-	e.cfg.Metrics.bundleLoad(err == nil)
 	if err != nil {
+		e.cfg.Metrics.bundleLoad(false)
 		e.log.Error("bundle set rejected; the previous policy stays in force", "bundles", bundleNames(bundles), "error", err)
 		return err
 	}
+	policies := setPolicyPackages(bundles)
+	if err := e.checkKeepsPolicy(bundles, policies); err != nil {
+		e.cfg.Metrics.bundleLoad(false)
+		e.cfg.Metrics.noPolicyRefused()
+		e.log.Error("BUNDLE SET REFUSED: it has no policy package and would allow all traffic; the previous policy stays in force",
+			"bundles", bundleNames(bundles), "policy_packages_in_force", e.policies, "error", err)
+		return err
+	}
+	e.cfg.Metrics.bundleLoad(true)
 	if old := e.current.Swap(g); old != nil {
 		close(old.replaced)
 	} else {
 		close(e.firstLoad)
 	}
+	e.policies = policies
 	e.cfg.Metrics.setRevisions(g.revisions)
-	e.log.Info("policy loaded", "generation", g.id, "revisions", g.revisions, "native", g.prog != nil, "cache", g.cacheable)
+	e.log.Info("policy loaded", "generation", g.id, "revisions", g.revisions, "native", g.prog != nil, "cache", g.cacheable,
+		"policy_packages", policies)
+	for _, b := range bundles {
+		for _, w := range b.warnings {
+			e.log.Warn("bundle holds a rule the library ignores", "bundle", b.Name, "warning", w)
+		}
+	}
 	return nil
+}
+
+// checkKeepsPolicy refuses a set without policy packages in place of one
+// with some: an emptied bundle directory must not turn into allow-all.
+// A bundle that declares itself empty says the change is meant.
+func (e *Engine) checkKeepsPolicy(bundles []*Bundle, policies int) error {
+	if policies > 0 || e.policies == 0 || anyDeclaredEmpty(bundles) {
+		return nil
+	}
+	return &bundleError{names: bundleNames(bundles), kind: ErrNoPolicy,
+		detail: fmt.Sprintf("has no policy package (data.mesh.policies.<owner>.<name>) and would replace the %d in force, allowing all traffic", e.policies),
+		hint:   emptyBundleHint}
 }
 
 // LoadShadow evaluates bundles beside the enforced set from now on: every

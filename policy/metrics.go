@@ -24,6 +24,9 @@ var evalBuckets = []float64{
 //     that were not served from the L4 decision cache;
 //   - regomesh_policy_bundle_loads_total{result}: bundle loads by result
 //     ("success", "failure");
+//   - regomesh_policy_no_policy_refusals_total: bundle sets refused because
+//     they would remove every policy package in force (an emptied bundle
+//     directory, most likely); the previous set stays in force;
 //   - regomesh_policy_bundle_info{bundle,revision}: 1 for each bundle in
 //     force, labelled with its revision;
 //   - regomesh_policy_shadow_disagreements_total{layer}: decisions where the
@@ -38,6 +41,7 @@ type Metrics struct {
 	decisions   *prometheus.CounterVec
 	evalSeconds *prometheus.HistogramVec
 	bundleLoads *prometheus.CounterVec
+	noPolicy    prometheus.Counter
 	bundleInfo  *prometheus.GaugeVec
 	shadow      *prometheus.CounterVec
 	logDropped  *prometheus.CounterVec
@@ -80,6 +84,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		decisions:   newCounterVec("decisions_total", "Policy decisions by layer, outcome and deciding policy, cached decisions included.", "layer", "decision", "policy"),
 		evalSeconds: newEvalHistogram(),
 		bundleLoads: newCounterVec("bundle_loads_total", "Policy bundle loads by result (success, failure).", "result"),
+		noPolicy:    newCounter("no_policy_refusals_total", "Bundle sets refused because they would remove every policy package in force; the previous set stays in force."),
 		bundleInfo:  newGaugeVec("bundle_info", "Policy bundles in force, by name and revision; always 1.", "bundle", "revision"),
 		shadow:      newCounterVec("shadow_disagreements_total", "Decisions where the shadow bundle set disagreed with the enforced one.", "layer"),
 		logDropped:  newCounterVec("decision_log_dropped_total", "Decision-log events lost, by reason; sampling is not counted.", "reason"),
@@ -88,6 +93,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.decisions = registerOrReuse(reg, m.decisions)
 		m.evalSeconds = registerOrReuse(reg, m.evalSeconds)
 		m.bundleLoads = registerOrReuse(reg, m.bundleLoads)
+		m.noPolicy = registerOrReuse(reg, m.noPolicy)
 		m.bundleInfo = registerOrReuse(reg, m.bundleInfo)
 		m.shadow = registerOrReuse(reg, m.shadow)
 		m.logDropped = registerOrReuse(reg, m.logDropped)
@@ -105,6 +111,12 @@ func newCounterVec(name, help string, labels ...string) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "regomesh", Subsystem: "policy", Name: name, Help: help,
 	}, labels)
+}
+
+func newCounter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "regomesh", Subsystem: "policy", Name: name, Help: help,
+	})
 }
 
 func newGaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
@@ -216,6 +228,15 @@ func (m *Metrics) bundleLoad(ok bool) {
 		return
 	}
 	m.loadFailure.Inc()
+}
+
+// noPolicyRefused counts a bundle set refused because it would remove
+// every policy package in force.
+func (m *Metrics) noPolicyRefused() {
+	if m == nil {
+		return
+	}
+	m.noPolicy.Inc()
 }
 
 // setRevisions records the bundles now in force (name -> revision),
