@@ -188,4 +188,3 @@ func TestMisspeltPoint(t *testing.T) {
 		}
 	}
 }
-
