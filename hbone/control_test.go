@@ -158,6 +158,7 @@ func TestReadLoopNeverWaitsForTheWriteLock(t *testing.T) {
 	m := newMesh(t)
 	relayed := make(chan *Stream, 1)
 	bystanderGot := make(chan []byte, 1)
+	up, _ := tcpPair(t) // here: the handler's goroutine may outlive the test
 	ts := startServer(t, m, HandlerFunc(func(ctx context.Context, tun *Tunnel) {
 		s, err := tun.Hijack()
 		if err != nil {
@@ -170,7 +171,6 @@ func TestReadLoopNeverWaitsForTheWriteLock(t *testing.T) {
 			s.Close()
 			return
 		}
-		up, _ := tcpPair(t)
 		StartRelay(ctx, s, failingCloseWrite{up}, func(Counts, error) {})
 		relayed <- s
 	}))

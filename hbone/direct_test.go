@@ -11,6 +11,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -19,10 +21,10 @@ func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	l := listenLoopback(t, "127.0.0.1:0")
 	defer l.Close()
 	accepted := make(chan net.Conn, 1)
-	go func() {
+	testgo.Go(t, func(context.Context) { // ends with l, at the latest
 		c, _ := l.Accept()
 		accepted <- c
-	}()
+	})
 	a, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -44,10 +46,11 @@ func TestDeliverWritesToSocketDirectly(t *testing.T) {
 	s := m.dial(t, p, ts, startEcho(t))
 	out, in := tcpPair(t)
 	total := make(chan int64, 1)
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { s.Close() })()
 		n, _ := s.WriteTo(out)
 		total <- n
-	}()
+	})
 	msg, got := make([]byte, 1024), make([]byte, 1024)
 	const rounds = 200
 	for i := range rounds {
@@ -93,11 +96,12 @@ func TestDeliverToSlowSocketKeepsOrder(t *testing.T) {
 	defer s.Close()
 	out, in := tcpPair(t)
 	total := make(chan int64, 1)
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { s.Close() })()
 		n, _ := s.WriteTo(out)
 		out.CloseWrite()
 		total <- n
-	}()
+	})
 	time.Sleep(200 * time.Millisecond) // the socket fills; the stream buffers
 	h := sha256.New()
 	n, err := io.Copy(h, in)
@@ -133,7 +137,10 @@ func TestDirectDeliveryBothWaysManyStreams(t *testing.T) {
 	const streams, size = 20, 8 << 20
 	errs := make(chan error, streams)
 	for i := range streams {
-		go func() { errs <- echoThroughRelay(t, p, m.request(ts, echo), byte(10+i), size) }()
+		app, zt := tcpPair(t)
+		testgo.Go(t, func(ctx context.Context) {
+			errs <- echoThroughRelay(ctx, p, m.request(ts, echo), app, zt, byte(10+i), size)
+		})
 	}
 	timeout := time.After(60 * time.Second)
 	for range streams {
@@ -151,23 +158,31 @@ func TestDirectDeliveryBothWaysManyStreams(t *testing.T) {
 	}
 }
 
-// echoThroughRelay relays a local TCP connection through a tunnel, as an
-// outbound ztunnel does, sends size bytes through it and checks the echo.
-func echoThroughRelay(t *testing.T, p *Pool, r Request, seed byte, size int64) error {
-	s, err := p.Dial(testContext(t), r)
+// echoThroughRelay relays the local TCP connection zt through a tunnel,
+// as an outbound ztunnel does, sends size bytes through its other end app
+// and checks the echo and the relay's end. It returns once both its
+// goroutines have; it touches no *testing.T, so workers may run it.
+func echoThroughRelay(ctx context.Context, p *Pool, r Request, app, zt *net.TCPConn, seed byte, size int64) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	s, err := p.Dial(ctx, r)
 	if err != nil {
 		return err
 	}
-	app, zt := tcpPair(t)
+	relayed := make(chan error, 1)
 	go func() {
-		if _, err := Relay(testContext(t), zt, s); err != nil {
-			t.Logf("relay %d: %v", seed, err)
-		}
+		_, err := Relay(ctx, zt, s)
+		relayed <- err
 	}()
+	sent := make(chan struct{})
 	go func() {
+		defer close(sent)
 		io.Copy(app, io.LimitReader(newPattern(seed), size))
 		app.CloseWrite()
 	}()
+	defer func() { <-sent }()
+	stop := context.AfterFunc(ctx, func() { app.Close() })
+	defer stop()
 	h := sha256.New()
 	n, err := io.Copy(h, app)
 	if err != nil {
@@ -177,6 +192,9 @@ func echoThroughRelay(t *testing.T, p *Pool, r Request, seed byte, size int64) e
 	io.Copy(want, io.LimitReader(newPattern(seed), size))
 	if n != size || !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
 		return fmt.Errorf("stream %d: echoed %d of %d bytes, checksum mismatch=%v", seed, n, size, !bytes.Equal(h.Sum(nil), want.Sum(nil)))
+	}
+	if err := <-relayed; err != nil {
+		return fmt.Errorf("stream %d: relay: %w", seed, err)
 	}
 	return nil
 }
@@ -279,10 +297,10 @@ func TestRelayBetweenSockets(t *testing.T) {
 		err    error
 	}
 	relayed := make(chan result, 1)
-	go func() {
-		c, err := Relay(testContext(t), relayClient, relayServer)
+	testgo.Go(t, func(ctx context.Context) {
+		c, err := Relay(ctx, relayClient, relayServer)
 		relayed <- result{c, err}
-	}()
+	})
 	send := func(c *net.TCPConn, seed byte, n int64) {
 		io.Copy(c, io.LimitReader(newPattern(seed), n))
 		c.CloseWrite()
@@ -292,13 +310,13 @@ func TestRelayBetweenSockets(t *testing.T) {
 		io.Copy(h, io.LimitReader(newPattern(seed), n))
 		return h.Sum(nil)
 	}
-	go send(appClient, 21, up)
-	go send(appServer, 22, down)
+	testgo.Go(t, func(context.Context) { send(appClient, 21, up) })
+	testgo.Go(t, func(context.Context) { send(appServer, 22, down) })
 	received := func(c *net.TCPConn) ([]byte, int64) {
 		h := sha256.New()
 		n, err := io.Copy(h, c) // returns at the relayed EOF
 		if err != nil {
-			t.Error(err)
+			t.Error(err) // t outlives this: the goroutines are waited for
 		}
 		return h.Sum(nil), n
 	}
@@ -307,7 +325,7 @@ func TestRelayBetweenSockets(t *testing.T) {
 		n   int64
 	}
 	atServer := make(chan got, 1)
-	go func() { s, n := received(appServer); atServer <- got{s, n} }()
+	testgo.Go(t, func(context.Context) { s, n := received(appServer); atServer <- got{s, n} })
 	s, n := received(appClient)
 	if n != down || !bytes.Equal(s, sum(22, down)) {
 		t.Errorf("client received %d bytes (want %d), intact=%v", n, down, bytes.Equal(s, sum(22, down)))

@@ -14,6 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // mesh is one trust domain with a server workload and a client workload,
@@ -68,8 +70,12 @@ func startServerOn(t testing.TB, l net.Listener, m *mesh, h Handler, tweak ...fu
 		t.Fatal(err)
 	}
 	ts := &testServer{Server: srv, addr: l.Addr().(*net.TCPAddr).AddrPort(), l: l}
-	go ts.serve(l)
 	t.Cleanup(func() { srv.Close() })
+	testgo.Go(t, func(ctx context.Context) {
+		stop := context.AfterFunc(ctx, func() { srv.Close() })
+		defer stop()
+		ts.serve(l)
+	})
 	return ts
 }
 
@@ -171,23 +177,27 @@ func startEcho(t testing.TB) netip.AddrPort {
 	})
 }
 
-// startTCP serves each accepted connection with serve on 127.0.0.1.
+// startTCP serves each accepted connection with serve on 127.0.0.1. The
+// listener and the connections close when the test ends, and the test
+// waits for every serve to return.
 func startTCP(t testing.TB, serve func(*net.TCPConn)) netip.AddrPort {
 	t.Helper()
 	l := listenLoopback(t, "127.0.0.1:0")
 	t.Cleanup(func() { l.Close() })
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { l.Close() })()
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
+			testgo.Go(t, func(ctx context.Context) {
+				defer context.AfterFunc(ctx, func() { c.Close() })()
 				defer c.Close()
 				serve(c.(*net.TCPConn))
-			}()
+			})
 		}
-	}()
+	})
 	return l.Addr().(*net.TCPAddr).AddrPort()
 }
 

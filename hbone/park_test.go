@@ -49,6 +49,24 @@ func (h *hijackForward) ServeTunnel(ctx context.Context, t *Tunnel) {
 	StartRelay(ctx, s, up, func(c Counts, err error) { h.ended <- relayed{c, err} })
 }
 
+// settledGoroutines waits until the process's goroutine count has stayed
+// the same for 200ms (what was started has parked or ended), for at most
+// 20s, and returns it.
+func settledGoroutines(t *testing.T) int {
+	t.Helper()
+	n, same := runtime.NumGoroutine(), 0
+	for deadline := time.Now().Add(20 * time.Second); same < 20; same++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the goroutine count never settled (now %d)", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+		if now := runtime.NumGoroutine(); now != n {
+			n, same = now, 0
+		}
+	}
+	return n
+}
+
 // Idle tunnels cost no goroutine: the handler returns once the relay is
 // started, the direction towards the upstream socket has none (sinkTo),
 // and the one reading the socket parks it after parkIdleAfter. A parked
@@ -74,18 +92,22 @@ func TestIdleTunnelsParkTheirGoroutines(t *testing.T) {
 	warm := m.dial(t, p, ts, echo) // the connection and its goroutines
 	defer warm.Close()
 	echoOnce(warm, 'w')
-	time.Sleep(200 * time.Millisecond)
-	before := runtime.NumGoroutine()
+	before := settledGoroutines(t)
 	streams := make([]*Stream, n)
 	for i := range streams {
 		streams[i] = m.dial(t, p, ts, echo)
 		defer streams[i].Close()
 		echoOnce(streams[i], 'a')
 	}
-	time.Sleep(300 * time.Millisecond) // all idle for longer than parkIdleAfter
-	// Per tunnel only the echo upstream's serving goroutine is left.
-	if per := float64(runtime.NumGoroutine()-before) / n; per > 1.1 {
-		t.Errorf("%.2f goroutines per idle tunnel, want 1 (the echo server's)", per)
+	// Per tunnel only the echo upstream's serving goroutine is left, once
+	// every relay has been idle for parkIdleAfter.
+	per := func() float64 { return float64(runtime.NumGoroutine()-before) / n }
+	deadline := time.Now().Add(20 * time.Second)
+	for per() > 1.1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := per(); got > 1.1 {
+		t.Errorf("%.2f goroutines per idle tunnel after 20s, want 1 (the echo server's)", got)
 	}
 	for _, s := range streams { // woken by the data
 		echoOnce(s, 'b')

@@ -14,6 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+
+	"github.com/regomesh/regomesh/internal/accept"
 )
 
 // ServerConfig configures a Server. SVID, Bundle and Handler are required.
@@ -98,26 +100,30 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}, nil
 }
 
-// Serve accepts connections on l until l fails or the server stops; it
-// returns net.ErrClosed after Shutdown or Close.
+// Serve accepts connections on l until the server stops or l is closed;
+// it returns net.ErrClosed after Shutdown or Close. A failed Accept (out
+// of file descriptors, say) is logged and retried with a growing pause
+// (accept.Backoff): the listener stays served.
 func (s *Server) Serve(l net.Listener) error {
 	if !s.track(l) {
 		l.Close()
 		return net.ErrClosed
 	}
 	defer s.untrack(l)
+	var backoff accept.Backoff
 	for {
 		nc, err := l.Accept()
 		if err != nil {
 			if s.isStopping() {
 				return net.ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !backoff.Retry(s.ctx, err) {
+				return fmt.Errorf("hbone: accept on %s: %w", l.Addr(), err)
 			}
-			return fmt.Errorf("hbone: accept on %s: %w", l.Addr(), err)
+			s.log.Warn("accept failed, retrying", "addr", l.Addr(), "error", err, "after", backoff.Delay())
+			continue
 		}
+		backoff.Reset()
 		go s.ServeConn(nc)
 	}
 }

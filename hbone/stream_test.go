@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // TestRelayStopsWhenContextEnds: ztunnel cancels a tunnel's context when
@@ -68,11 +70,17 @@ func TestStreamDeadlines(t *testing.T) {
 		t.Fatalf("Read past the deadline: %v", err)
 	}
 	s.SetReadDeadline(time.Time{})
-	// The writer fills the peer's 4 MiB window (nobody reads), then times out.
-	s.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	// The writer fills the peer's 4 MiB window (nobody reads): that much
+	// goes out however slow the machine, with a deadline far away...
+	s.SetWriteDeadline(time.Now().Add(time.Minute))
+	if n, err := s.Write(make([]byte, DefaultStreamWindow)); err != nil || n != DefaultStreamWindow {
+		t.Fatalf("Write of one window: %d, %v; want all %d bytes", n, err, DefaultStreamWindow)
+	}
+	// ...and then not one byte more: the next write waits for its deadline.
+	s.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 	n, err := s.Write(make([]byte, 8<<20))
-	if !errors.Is(err, os.ErrDeadlineExceeded) || n != DefaultStreamWindow {
-		t.Fatalf("Write past the window: %d, %v; want %d bytes then a deadline error", n, err, DefaultStreamWindow)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n != 0 {
+		t.Fatalf("Write past the window: %d, %v; want 0 bytes and a deadline error", n, err)
 	}
 }
 
@@ -115,22 +123,24 @@ func TestClientAgainstXNetServer(t *testing.T) {
 			}
 		}
 	})
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { l.Close() })()
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
+			testgo.Go(t, func(ctx context.Context) {
+				defer context.AfterFunc(ctx, func() { c.Close() })()
 				tc := tls.Server(c, cfg)
 				if tc.Handshake() != nil { // x/net checks the TLS state up front
 					c.Close()
 					return
 				}
-				srv.ServeConn(tc, &http2.ServeConnOpts{Handler: echo})
-			}()
+				srv.ServeConn(tc, &http2.ServeConnOpts{Handler: echo, Context: ctx})
+			})
 		}
-	}()
+	})
 	pool := newTestPool(t, m)
 	req := m.request(&testServer{addr: l.Addr().(*net.TCPAddr).AddrPort()}, netip.MustParseAddrPort("10.1.0.9:80"))
 	s, err := pool.Dial(testContext(t), req)

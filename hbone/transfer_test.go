@@ -2,11 +2,14 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
 	"net"
 	"testing"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // TestHalfCloseClientFirst: the client ends its direction; the upstream
@@ -104,11 +107,12 @@ func TestLargeTransferBothWays(t *testing.T) {
 	}
 	defer s.Close()
 	sent := make(chan error, 1)
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { s.Close() })()
 		_, err := io.Copy(s, io.LimitReader(newPattern(1), largeTransfer))
 		s.CloseWrite()
 		sent <- err
-	}()
+	})
 	h := sha256.New()
 	n, err := io.Copy(h, s)
 	if err != nil {

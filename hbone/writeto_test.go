@@ -1,10 +1,13 @@
 package hbone
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // gatedWriter holds the first Write until released, as a slow upstream
@@ -35,10 +38,10 @@ func TestWriteToSurvivesCloseMidWrite(t *testing.T) {
 	}
 	w := &gatedWriter{entered: make(chan struct{}), release: make(chan struct{})}
 	done := make(chan error, 1)
-	go func() {
+	testgo.Go(t, func(context.Context) {
 		_, err := s.WriteTo(w)
 		done <- err
-	}()
+	})
 	<-w.entered
 	s.Close()
 	buf := make([]byte, recvChunkSize) // a recycled chunk would be reused here
