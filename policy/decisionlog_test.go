@@ -405,12 +405,22 @@ func TestDecisionLogBufferFull(t *testing.T) {
 	e := testEvent()
 	l.Log(e)
 	<-w.entered // the writer goroutine is now stuck writing the first event
-	start := time.Now()
-	for range 5 { // 2 fill the queue, 3 are dropped
-		l.Log(e)
-	}
-	if elapsed := time.Since(start); elapsed > time.Second {
-		t.Errorf("Log blocked for %v behind a stuck writer", elapsed)
+	logged := make(chan struct{})
+	go func() {
+		defer close(logged)
+		for range 5 { // 2 fill the queue, 3 are dropped
+			l.Log(e)
+		}
+	}()
+	// The writer stays stuck until release: a Log that waited for it would
+	// never return, so a generous bound cannot hide one (nor flake on a
+	// busy machine).
+	select {
+	case <-logged:
+	case <-time.After(10 * time.Second):
+		close(w.release) // let the blocked Log, and its goroutine, end
+		<-logged
+		t.Fatal("Log blocked behind a stuck writer")
 	}
 	const name = "regomesh_policy_decision_log_dropped_total"
 	if got := series(t, reg, name)[name+"{reason=buffer_full}"]; got != 3 {
