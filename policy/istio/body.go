@@ -10,11 +10,14 @@ import (
 // any to, every when. At L4 it keeps what ztunnel sees and, as ztunnel
 // does, lets a source or operation left with no field match nothing.
 type ruleBody struct {
-	t     *policyTranslator
-	i     int
-	l4    bool
-	body  conj
-	inert string // why the rule never matches at this layer
+	t  *policyTranslator
+	i  int
+	l4 bool // ztunnel: only what it enforces, matched as it matches
+	// waypoint: matched as Envoy's RBAC filter in a waypoint matches,
+	// where that differs from ztunnel (see layerSensitive).
+	waypoint bool
+	body     conj
+	inert    string // why the rule never matches at this layer
 }
 
 func (b *ruleBody) add(c conj) { b.body = append(b.body, c...) }
@@ -72,7 +75,7 @@ func (b *ruleBody) fieldSet(clause string, s fieldSet) conj {
 		if len(f.values) == 0 || b.l4 && !l4Field(f.name) {
 			continue
 		}
-		alts := b.t.fieldAlts(baseField(f.name), f.values)
+		alts := b.t.fieldAlts(baseField(f.name), f.values, b.waypoint)
 		name := fmt.Sprintf("rule%d_%s%d_%s", b.i, clause, s.index, snake(f.name))
 		if f.not {
 			c = append(c, b.t.m.exclude(name, alts)...)
@@ -95,20 +98,21 @@ func (b *ruleBody) when(k int, c Condition) {
 	}
 	name := fmt.Sprintf("rule%d_when%d", b.i, k)
 	if len(c.Values) > 0 {
-		b.add(b.t.m.require(name, b.t.conditionAlts(key, c.Values)))
+		b.add(b.t.m.require(name, b.t.conditionAlts(key, c.Values, b.waypoint)))
 	}
 	if len(c.NotValues) > 0 {
-		b.add(b.t.m.exclude(name+"_not", b.t.conditionAlts(key, c.NotValues)))
+		b.add(b.t.m.exclude(name+"_not", b.t.conditionAlts(key, c.NotValues, b.waypoint)))
 	}
 }
 
-// fieldAlts is how a source or operation field matches its values.
-func (t *policyTranslator) fieldAlts(name string, values []string) disj {
+// fieldAlts is how a source or operation field matches its values, in a
+// waypoint or in ztunnel.
+func (t *policyTranslator) fieldAlts(name string, values []string, waypoint bool) disj {
 	switch name {
 	case "principals":
 		return principalMatcher.alts(t.expandPrincipals(values))
 	case "namespaces":
-		return field("input.source.namespace").alts(values)
+		return namespaceAlts(values, waypoint)
 	case "serviceAccounts":
 		return serviceAccountAlts(values, t.p.Namespace)
 	case "ipBlocks":
@@ -116,7 +120,7 @@ func (t *policyTranslator) fieldAlts(name string, values []string) disj {
 	case "remoteIpBlocks":
 		return cidrAlts("input.source.remote_ip", values)
 	case "requestPrincipals":
-		return field("input.request.auth.principal").alts(values)
+		return requestPrincipalAlts(values)
 	case "ports":
 		return portAlts(values)
 	case "hosts":
@@ -129,8 +133,9 @@ func (t *policyTranslator) fieldAlts(name string, values []string) disj {
 	panic("istio: no matcher for field " + name) // fields() and this switch list the same names
 }
 
-// conditionAlts is how a `when` key matches its values.
-func (t *policyTranslator) conditionAlts(k condKey, values []string) disj {
+// conditionAlts is how a `when` key matches its values, in a waypoint or
+// in ztunnel.
+func (t *policyTranslator) conditionAlts(k condKey, values []string, waypoint bool) disj {
 	switch k.attr {
 	case attrSourceIP:
 		return cidrAlts("input.source.ip", values)
@@ -139,7 +144,7 @@ func (t *policyTranslator) conditionAlts(k condKey, values []string) disj {
 	case attrDestinationIP:
 		return cidrAlts("input.destination.ip", values)
 	case attrSourceNamespace:
-		return field("input.source.namespace").alts(values)
+		return namespaceAlts(values, waypoint)
 	case attrSourcePrincipal:
 		return principalMatcher.alts(t.expandPrincipals(values))
 	case attrSourceServiceAccount:
@@ -154,7 +159,7 @@ func (t *policyTranslator) conditionAlts(k condKey, values []string) disj {
 		ref := "input.request.headers[" + quote(k.header) + "]"
 		return strMatcher{ref: ref, present: ref}.alts(values) // "*": the header is present (Envoy's present_match)
 	case attrRequestPrincipal:
-		return field("input.request.auth.principal").alts(values)
+		return requestPrincipalAlts(values)
 	case attrRequestAudiences:
 		return listMatcher{ref: "input.request.auth.audiences", elem: "audience"}.alts(values)
 	case attrRequestPresenter:
@@ -202,4 +207,26 @@ func (t *policyTranslator) expandTrustDomains(values []string) []string {
 		out = append(out, v)
 	}
 	return dedupe(out)
+}
+
+// layerSensitive says whether r matches otherwise in a waypoint than in
+// ztunnel, beyond the HTTP attributes ztunnel drops: a namespace pattern
+// with "*" (namespaces, notNamespaces, source.namespace) is a regular
+// expression over the principal in a waypoint and a string match in
+// ztunnel. Such a rule gets one contribution per layer.
+func layerSensitive(r Rule) bool {
+	wild := func(values []string) bool {
+		return slices.ContainsFunc(values, func(v string) bool { return strings.Contains(v, "*") })
+	}
+	for _, s := range r.From {
+		if wild(s.Namespaces) || wild(s.NotNamespaces) {
+			return true
+		}
+	}
+	for _, c := range r.When {
+		if k, _ := parseKey(c.Key); k.attr == attrSourceNamespace && (wild(c.Values) || wild(c.NotValues)) {
+			return true
+		}
+	}
+	return false
 }

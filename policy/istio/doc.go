@@ -49,7 +49,17 @@
 //     bundle translated for that waypoint (Options.Waypoint).
 //   - Path templates compile to Envoy's uri_template expressions: {*} is
 //     one or more RFC 3986 pchar but "*", {**} any run of them and "/".
-//   - requestPrincipals compare "<iss>/<sub>" as one string.
+//   - requestPrincipals (and request.auth.principal) split at the last "/"
+//     into an issuer and a subject pattern, matched on their own against
+//     the principal "<iss>/<sub>" split at its last "/", as Istio does
+//     since 1.22: "https://issuer.exa*" is issuer "https:/" and a subject
+//     starting "issuer.exa". A subject that holds "/" is read as part of
+//     the issuer, since the input carries one principal string.
+//   - In a waypoint, namespaces (and source.namespace) with a "*" are
+//     Istio's regular expression `.*/ns/<value>/.*` over the principal,
+//     each "*" a `.*`, so "a*c" matches "abc" and "*a" every Kubernetes
+//     identity (`.*` spans "/sa"); ztunnel matches them as string
+//     patterns. A rule with such a value gets one contribution per layer.
 //   - Principals are written without "spiffe://", as in Istio; a value that
 //     carries the scheme never matches (Envoy prefixes it once more).
 //   - AUDIT and CUSTOM are not enforced at L4, as ztunnel does not support

@@ -174,6 +174,123 @@ func portAlts(values []string) disj {
 	return disj{{"input.destination.port in {" + strings.Join(ports, ", ") + "}"}}
 }
 
+// namespaceAlts matches namespaces. In ztunnel a value is an Istio string
+// pattern over the namespace. In a waypoint, Istio's srcNamespaceGenerator
+// writes each value as the regular expression `.*/ns/<value>/.*` over the
+// peer's principal, every "*" becoming `.*`: so "a*c" matches namespace
+// "abc", and since `.*` also spans "/", "*a" matches every Kubernetes
+// identity (".../ns/foo/s" + "a/x"). A value without "*" compares with the
+// namespace the engine derives from the principal, as in ztunnel.
+func namespaceAlts(values []string, waypoint bool) disj {
+	const ref = "input.source.namespace"
+	if !waypoint {
+		return field(ref).alts(values)
+	}
+	var exact []string
+	var out disj
+	for _, v := range values {
+		if !strings.Contains(v, "*") {
+			exact = append(exact, v)
+			continue
+		}
+		parts := strings.Split(v, "*")
+		for i, p := range parts {
+			parts[i] = regexp.QuoteMeta(p)
+		}
+		re := "^.*/ns/" + strings.Join(parts, ".*") + "/.*$"
+		out = union(out, disj{{fmt.Sprintf("regex.match(%s, input.source.principal)", rawString(re))}})
+	}
+	return union(equality(ref, exact), out)
+}
+
+// requestPrincipalAlts matches requestPrincipals and request.auth.principal
+// as Istio does since 1.22 (requestPrincipalGenerator): a value splits at
+// its last "/" into an issuer and a subject pattern, each matched on its
+// own, and the principal "<iss>/<sub>" splits at its last "/" too (a
+// subject holding "/" is read as part of the issuer). "*" is any issuer
+// and subject, both non-empty; a leading "*" makes the issuer a suffix (or
+// any, for "*/<sub>") with an exact subject, or, without "/", the subject
+// a suffix; a trailing "*" makes the subject a prefix (or any, for
+// "<iss>/*") with an exact issuer, or, without "/", the issuer a prefix;
+// anything else is the exact issuer and subject ("foo" is issuer "foo"
+// with an empty subject). So "https://issuer.exa*" is issuer "https:/"
+// and a subject starting "issuer.exa".
+func requestPrincipalAlts(values []string) disj {
+	const ref = "input.request.auth.principal"
+	var exact []string
+	var out disj
+	for _, v := range values {
+		iss, sub := principalPatterns(v)
+		if iss.op == matchExact && sub.op == matchExact {
+			exact = append(exact, iss.text+"/"+sub.text)
+			continue
+		}
+		re := "^" + iss.regex(".") + "/" + sub.regex("[^/]") + "$"
+		out = union(out, disj{{fmt.Sprintf("regex.match(%s, %s)", rawString(re), ref)}})
+	}
+	return union(equality(ref, exact), out)
+}
+
+// claimPattern is one of Envoy's string matchers on a JWT claim.
+type claimPattern struct {
+	op   matchOp
+	text string
+}
+
+type matchOp int
+
+const (
+	matchExact matchOp = iota
+	matchPrefix
+	matchSuffix
+	matchAny // Istio's `.+`: any non-empty value
+)
+
+// regex is the pattern as an unanchored regular expression whose any
+// character is char ("." for an issuer, "[^/]" for a subject).
+func (c claimPattern) regex(char string) string {
+	switch c.op {
+	case matchPrefix:
+		return regexp.QuoteMeta(c.text) + char + "*"
+	case matchSuffix:
+		return char + "*" + regexp.QuoteMeta(c.text)
+	case matchAny:
+		return char + "+"
+	}
+	return regexp.QuoteMeta(c.text)
+}
+
+// principalPatterns splits a requestPrincipals value into its issuer and
+// subject patterns, as Istio's requestPrincipalGenerator does.
+func principalPatterns(v string) (iss, sub claimPattern) {
+	idx := strings.LastIndex(v, "/")
+	found := idx >= 0
+	issText, subText := v, ""
+	if found {
+		issText, subText = v[:idx], v[idx+1:]
+	}
+	anyValue := claimPattern{op: matchAny}
+	switch {
+	case v == "*":
+		return anyValue, anyValue
+	case strings.HasPrefix(v, "*") && found:
+		if issText == "*" {
+			return anyValue, claimPattern{matchExact, subText}
+		}
+		return claimPattern{matchSuffix, strings.TrimPrefix(issText, "*")}, claimPattern{matchExact, subText}
+	case strings.HasPrefix(v, "*"):
+		return anyValue, claimPattern{matchSuffix, strings.TrimPrefix(v, "*")}
+	case strings.HasSuffix(v, "*") && found:
+		if subText == "*" {
+			return claimPattern{matchExact, issText}, anyValue
+		}
+		return claimPattern{matchExact, issText}, claimPattern{matchPrefix, strings.TrimSuffix(subText, "*")}
+	case strings.HasSuffix(v, "*"):
+		return claimPattern{matchPrefix, strings.TrimSuffix(v, "*")}, anyValue
+	}
+	return claimPattern{matchExact, issText}, claimPattern{matchExact, subText}
+}
+
 // serviceAccountAlts matches "ns/sa", or "sa" in the policy's namespace,
 // against the identity the engine derives from the principal.
 func serviceAccountAlts(values []string, policyNamespace string) disj {

@@ -205,6 +205,9 @@ func (t *policyTranslator) rule(i int, r Rule) {
 		t.contribution(i, r, point, "", fmt.Sprintf("rules[%d], in waypoints (the policy has targetRefs).", i))
 	case t.p.Action == Audit || t.p.Action == Custom:
 		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7 only (ztunnel does not support %s).", i, t.p.Action))
+	case len(http) == 0 && layerSensitive(r):
+		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7, namespace patterns matched as a waypoint matches them.", i))
+		t.contribution(i, r, point, "l4", fmt.Sprintf("rules[%d], at L4, namespace patterns matched as ztunnel matches them.", i))
 	case len(http) == 0:
 		t.contribution(i, r, point, "", fmt.Sprintf("rules[%d], at L4 and L7.", i))
 	case t.p.Action == Allow:
@@ -220,7 +223,7 @@ func (t *policyTranslator) rule(i int, r Rule) {
 // contribution writes the rule contributing rules[i] at layer ("" for
 // both), or notes why it never matches there.
 func (t *policyTranslator) contribution(i int, r Rule, point, layer, comment string) {
-	b := &ruleBody{t: t, i: i, l4: layer == "l4"}
+	b := &ruleBody{t: t, i: i, l4: layer == "l4", waypoint: layer == "l7" || t.scope.waypointOnly}
 	if layer != "" {
 		b.add(conj{fmt.Sprintf("input.layer == %q", layer)})
 	}

@@ -64,6 +64,91 @@ principal_match(pattern, principal) if {
 	string_match(trim_prefix(pattern, "spiffe://"), trim_prefix(principal, "spiffe://"))
 }
 
+# request_principal_match is Istio's match of requestPrincipals and
+# request.auth.principal (since Istio 1.22): the pattern splits at its last
+# "/" into an issuer and a subject pattern, each matched on its own against
+# the principal "<iss>/<sub>", split at its last "/" too. "*" is any
+# non-empty issuer and subject. A leading "*" makes the issuer a suffix (or
+# any, for "*/<sub>") with an exact subject, or, without "/", the subject a
+# suffix. A trailing "*" makes the subject a prefix (or any, for
+# "<iss>/*") with an exact issuer, or, without "/", the issuer a prefix.
+# Anything else is the exact issuer and subject. So "https://issuer.exa*"
+# is issuer "https:/" with a subject starting "issuer.exa".
+request_principal_match(pattern, principal) if {
+	is_string(pattern)
+	is_string(principal)
+	have := last_slash_split(principal)
+	have.found
+	want := principal_patterns(pattern, last_slash_split(pattern))
+	claim_match(want.iss, have.iss)
+	claim_match(want.sub, have.sub)
+}
+
+# last_slash_split splits s at its last "/": {"iss", "sub", "found"}; without
+# a "/" all of s is the issuer.
+last_slash_split(s) := {"iss": concat("/", array.slice(parts, 0, n - 1)), "sub": parts[n - 1], "found": true} if {
+	parts := split(s, "/")
+	n := count(parts)
+	n > 1
+} else := {"iss": s, "sub": "", "found": false}
+
+principal_patterns("*", _) := {"iss": ["any", ""], "sub": ["any", ""]}
+
+principal_patterns(p, s) := {"iss": star_or("suffix", trim_prefix(s.iss, "*"), s.iss), "sub": ["exact", s.sub]} if {
+	p != "*"
+	startswith(p, "*")
+	s.found
+}
+
+principal_patterns(p, s) := {"iss": ["any", ""], "sub": ["suffix", trim_prefix(p, "*")]} if {
+	p != "*"
+	startswith(p, "*")
+	not s.found
+}
+
+principal_patterns(p, s) := {"iss": ["exact", s.iss], "sub": star_or("prefix", trim_suffix(s.sub, "*"), s.sub)} if {
+	not startswith(p, "*")
+	endswith(p, "*")
+	s.found
+}
+
+principal_patterns(p, s) := {"iss": ["prefix", trim_suffix(p, "*")], "sub": ["any", ""]} if {
+	not startswith(p, "*")
+	endswith(p, "*")
+	not s.found
+}
+
+principal_patterns(p, s) := {"iss": ["exact", s.iss], "sub": ["exact", s.sub]} if {
+	not startswith(p, "*")
+	not endswith(p, "*")
+}
+
+# star_or is ["any", ""] when part is "*", else [op, text].
+star_or(_, _, "*") := ["any", ""]
+
+star_or(op, text, part) := [op, text] if part != "*"
+
+claim_match(["any", _], v) if v != ""
+
+claim_match(["exact", x], v) if v == x
+
+claim_match(["prefix", x], v) if startswith(v, x)
+
+claim_match(["suffix", x], v) if endswith(v, x)
+
+# waypoint_namespace_match is how a waypoint (Envoy's RBAC filter) matches a
+# namespaces value against the peer's principal: Istio writes the value as
+# the regular expression `.*/ns/<value>/.*`, every "*" becoming `.*`. So
+# "a*c" matches namespace "abc", and, since `.*` spans "/", "*a" matches
+# every Kubernetes identity (".../ns/foo/s" + "a/..."). ztunnel (L4)
+# compares namespaces with string_match instead.
+waypoint_namespace_match(pattern, principal) if {
+	is_string(pattern)
+	is_string(principal)
+	literals := [regex.replace(part, `([\\.+*?()|\[\]{}^$])`, `\$1`) | some part in split(pattern, "*")]
+	regex.match(concat("", ["^.*/ns/", concat(".*", literals), "/.*$"]), principal)
+}
+
 # host_match is string_match ignoring case (hosts are case-insensitive).
 host_match(pattern, host) if {
 	is_string(pattern)

@@ -169,3 +169,78 @@ test_path_match_non_string_path if {
 	not authz.path_match("/{**}", 7)
 	not request_path_is_x with input as {"layer": "l4"}
 }
+
+# request_principal_match: split at the last "/", as Istio 1.22 does.
+
+test_request_principal_match_exact if {
+	authz.request_principal_match("https://issuer.example/alice", "https://issuer.example/alice")
+	not authz.request_principal_match("https://issuer.example/alice", "https://issuer.example/bob")
+}
+
+test_request_principal_match_trailing_star_is_a_subject_prefix if {
+	authz.request_principal_match("https://issuer.exa*", "https://issuer.example")
+	not authz.request_principal_match("https://issuer.exa*", "https://issuer.example/alice")
+	authz.request_principal_match("foo/bar*", "foo/barbaz")
+	not authz.request_principal_match("foo/bar*", "foo/bar/baz")
+}
+
+test_request_principal_match_any_subject if {
+	authz.request_principal_match("foo/*", "foo/x")
+	not authz.request_principal_match("foo/*", "foo/")
+	not authz.request_principal_match("foo/*", "foo/x/y")
+}
+
+test_request_principal_match_star_needs_issuer_and_subject if {
+	authz.request_principal_match("*", "iss/sub")
+	not authz.request_principal_match("*", "iss/")
+	not authz.request_principal_match("*", "/sub")
+	not authz.request_principal_match("*", "nosubject")
+}
+
+test_request_principal_match_without_slash if {
+	# "foo*": issuer prefix "foo", any subject; "*foo": any issuer, subject suffix "foo".
+	authz.request_principal_match("foo*", "foobar/x")
+	not authz.request_principal_match("foo*", "foobar/")
+	authz.request_principal_match("*foo", "iss/xfoo")
+	not authz.request_principal_match("*foo", "iss/foo/x")
+
+	# "foo": issuer "foo", empty subject.
+	authz.request_principal_match("foo", "foo/")
+	not authz.request_principal_match("foo", "foo")
+}
+
+test_request_principal_match_leading_star_is_an_issuer_suffix if {
+	authz.request_principal_match("*bar/foo", "https://bar/foo")
+	not authz.request_principal_match("*bar/foo", "https://bar/foox")
+	authz.request_principal_match("*/foo", "iss/foo")
+	not authz.request_principal_match("*/foo", "/foo")
+}
+
+test_request_principal_match_non_strings_never_match if {
+	not authz.request_principal_match("*", null)
+	not authz.request_principal_match(1, "a/b")
+}
+
+# waypoint_namespace_match: Envoy's regular expression over the principal.
+
+test_waypoint_namespace_match_exact if {
+	authz.waypoint_namespace_match("ns.prod", "spiffe://cluster.local/ns/ns.prod/sa/admin")
+	not authz.waypoint_namespace_match("ns.prod", "spiffe://cluster.local/ns/nsXprod/sa/admin")
+}
+
+test_waypoint_namespace_match_star_anywhere if {
+	authz.waypoint_namespace_match("a*c", "spiffe://td/ns/abc/sa/x")
+	authz.waypoint_namespace_match("ns.*.prod", "spiffe://td/ns/ns.any.prod/sa/x")
+	not authz.waypoint_namespace_match("ns.*.prod", "spiffe://td/ns/nsXanyXprod/sa/x")
+	not authz.waypoint_namespace_match("a*c", "spiffe://td/ns/abd/sa/x")
+}
+
+test_waypoint_namespace_match_star_spans_slashes if {
+	# As in Istio, `.*` spans "/sa": "*a" matches namespace "shop".
+	authz.waypoint_namespace_match("*a", "spiffe://td/ns/shop/sa/x")
+	not authz.string_match("*a", "shop")
+}
+
+test_waypoint_namespace_match_plaintext_never_matches if {
+	not authz.waypoint_namespace_match("*", null)
+}
