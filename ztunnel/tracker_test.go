@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/policy"
 )
 
@@ -75,10 +75,13 @@ func TestTrackerDrain(t *testing.T) {
 	var slowFlag atomic.Value
 	var slowDone func()
 	_, slowDone = tr.add(policy.Input{}, func(flag string) { slowFlag.Store(flag); slowDone() })
-	go func() { time.Sleep(10 * time.Millisecond); quickDone() }()
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if n := tr.drain(ctx); n != 1 || slowFlag.Load() != FlagDrained {
+	ctx, deadline := context.WithCancel(context.Background())
+	defer deadline()
+	drained := make(chan int, 1)
+	testgo.Go(t, func(context.Context) { drained <- tr.drain(ctx) })
+	quickDone() // the quick one ends by itself, before the deadline
+	deadline()
+	if n := <-drained; n != 1 || slowFlag.Load() != FlagDrained {
 		t.Errorf("drain closed %d (flag %v), want the slow one only", n, slowFlag.Load())
 	}
 	if n := tr.drain(context.Background()); n != 0 {

@@ -106,15 +106,24 @@ func listen(t *testing.T, ns *Netns, addr string) net.Listener {
 	return l
 }
 
-// accepted returns the next connection l accepts, or nil within 300ms.
-func accepted(l net.Listener) net.Conn {
+// How long accepted waits: for a connection a test expects, long enough
+// for a busy machine (it returns as soon as one arrives); for one that
+// must not arrive, briefly (the dial has completed by then, so a stray
+// connection is already queued).
+const (
+	expected   = 10 * time.Second
+	unexpected = 300 * time.Millisecond
+)
+
+// accepted returns the next connection l accepts, or nil after within.
+func accepted(l net.Listener, within time.Duration) net.Conn {
 	type res struct{ c net.Conn }
 	ch := make(chan res, 1)
-	go func() { c, _ := l.Accept(); ch <- res{c} }()
+	go func() { c, _ := l.Accept(); ch <- res{c} }() // waited for below, in both cases
 	select {
 	case r := <-ch:
 		return r.c
-	case <-time.After(300 * time.Millisecond):
+	case <-time.After(within):
 		l.(*net.TCPListener).SetDeadline(time.Now()) // unblock Accept
 		<-ch
 		l.(*net.TCPListener).SetDeadline(time.Time{})
@@ -155,7 +164,7 @@ func TestCapture(t *testing.T) {
 
 	t.Run("pod outbound goes to 15001 with its original destination", func(t *testing.T) {
 		dialFrom(t, pod, "10.213.0.2:7070")
-		c := accepted(outbound)
+		c := accepted(outbound, expected)
 		if c == nil {
 			t.Fatal("not captured on 15001")
 		}
@@ -163,14 +172,14 @@ func TestCapture(t *testing.T) {
 		if dst, err := OriginalDestination(c); err != nil || dst != netip.MustParseAddrPort("10.213.0.2:7070") {
 			t.Errorf("original destination = %v, %v", dst, err)
 		}
-		if c := accepted(remote); c != nil {
+		if c := accepted(remote, unexpected); c != nil {
 			c.Close()
 			t.Error("the captured connection also reached the destination")
 		}
 	})
 	t.Run("IPv6 outbound keeps its original destination", func(t *testing.T) {
 		dialFrom(t, pod, "[fd00:213::2]:7070")
-		c := accepted(outbound)
+		c := accepted(outbound, expected)
 		if c == nil {
 			t.Fatal("not captured on 15001")
 		}
@@ -185,7 +194,7 @@ func TestCapture(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		if r := accepted(remote); r == nil {
+		if r := accepted(remote, expected); r == nil {
 			t.Error("a marked connection did not reach its destination")
 		} else {
 			r.Close()
@@ -193,7 +202,7 @@ func TestCapture(t *testing.T) {
 	})
 	t.Run("loopback stays in the pod", func(t *testing.T) {
 		dialFrom(t, pod, "127.0.0.1:9090")
-		if c := accepted(podLoopback); c == nil {
+		if c := accepted(podLoopback, expected); c == nil {
 			t.Error("loopback traffic was captured")
 		} else {
 			c.Close()
@@ -201,7 +210,7 @@ func TestCapture(t *testing.T) {
 	})
 	t.Run("inbound plaintext goes to 15006", func(t *testing.T) {
 		dialFrom(t, peer, "10.213.0.1:8080")
-		c := accepted(plaintext)
+		c := accepted(plaintext, expected)
 		if c == nil {
 			t.Fatal("not captured on 15006")
 		}
@@ -212,7 +221,7 @@ func TestCapture(t *testing.T) {
 	})
 	t.Run("inbound HBONE reaches 15008", func(t *testing.T) {
 		dialFrom(t, peer, "10.213.0.1:15008")
-		if c := accepted(hbone); c == nil {
+		if c := accepted(hbone, expected); c == nil {
 			t.Error("HBONE did not reach 15008")
 		} else {
 			c.Close()
@@ -229,7 +238,7 @@ func TestCapture(t *testing.T) {
 			t.Errorf("removing again: %v", err)
 		}
 		dialFrom(t, pod, "10.213.0.2:7070")
-		if c := accepted(remote); c == nil {
+		if c := accepted(remote, expected); c == nil {
 			t.Error("after Remove the pod still cannot reach its destination directly")
 		} else {
 			c.Close()
