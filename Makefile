@@ -1,7 +1,8 @@
 # regomesh build. GNU make; everything it needs comes from the Go module proxy.
 #
 #   make build    go build ./... and one static binary per cmd/<name> into bin/
-#   make test     lint, Go tests (race detector), Rego tests and strict check with stock OPA
+#   make test     lint, Go tests (race detector, then the shrunk cases at full size),
+#                 Rego tests and strict check with stock OPA; root, and a C compiler (installed)
 #   make lint     gofmt and go vet
 #   make bench    policy benchmarks (BENCH=regexp filters them)
 #   make demo     go run ./cmd/regomesh demo $(ARGS)
@@ -32,10 +33,15 @@ TEST_TIMEOUT ?= 10m
 BENCH ?= .
 ARGS ?=
 
-# The race detector needs cgo and a C compiler; without them tests run without it.
-RACE := $(shell [ "$$($(GO) env CGO_ENABLED)" = 1 ] && command -v "$$($(GO) env CC)" >/dev/null && echo -race)
+# The cases that the race detector's slowdown shrinks (see each test's
+# raceEnabled or size_*_test.go), run once more at full size without it:
+# package, then a -run pattern.
+FULL_SIZE := \
+	./policy/   '^TestNativeAgreesWithTopdown$$' \
+	./hbone/    '^TestLargeTransferBothWays$$' \
+	./test/e2e/ '^TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate$$'
 
-.PHONY: build test lint bench bench-mesh demo tools spire clean
+.PHONY: build test test-prereqs lint bench bench-mesh demo tools spire clean
 
 build:
 	$(GO) build ./...
@@ -43,13 +49,31 @@ ifneq ($(CMDS),)
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
 endif
 
-test: lint tools spire
-ifeq ($(RACE),)
-	@echo "make test: no C compiler for cgo, running Go tests without -race" >&2
-endif
-	$(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) ./...
+# Go tests run with the race detector, then the shrunk cases at full size
+# without it. Nothing is skipped quietly: the e2e, capture and netbed tests
+# need root (network namespaces, nftables), and -race needs cgo.
+test: test-prereqs lint tools spire
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@set -- $(FULL_SIZE); while [ $$# -gt 0 ]; do \
+		echo "$(GO) test -count=1 -run $$2 $$1  (full size, no race detector)"; \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run "$$2" "$$1"; shift 2; \
+	done
 	$(OPA) test --fail-on-empty --exit-zero-on-skipped $(REGO_DIRS)
 	$(OPA) check --strict $(REGO_DIRS)
+
+# Root for the tests that build networks; a C compiler for -race (cgo),
+# installed when missing if apt-get can, else a loud failure.
+test-prereqs:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make test: run as root: the e2e, capture and netbed tests need network namespaces and nftables, and skip without root (go test ./... runs the rest)" >&2; exit 1; fi
+	@cc="$$(CGO_ENABLED=1 $(GO) env CC)"; \
+	if ! command -v "$$cc" >/dev/null; then \
+		if command -v apt-get >/dev/null; then \
+			echo "make test: no C compiler ($$cc) for the race detector: installing gcc" >&2; \
+			apt-get install -y gcc >/dev/null || { apt-get update >/dev/null && apt-get install -y gcc >/dev/null; }; \
+		fi; \
+		command -v "$$cc" >/dev/null || { echo "make test: the race detector needs cgo and a C compiler ($$cc): install one" >&2; exit 1; }; \
+	fi
 
 lint:
 	@unformatted="$$(gofmt -l .)"; \
