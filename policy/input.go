@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"io"
+	"maps"
 	"net/netip"
 	"strings"
 	"sync"
@@ -91,10 +92,12 @@ type Request struct {
 // Auth is the validated request credential (JWT).
 type Auth struct {
 	// Principal is "<iss>/<sub>".
-	Principal string         `json:"principal,omitempty"`
-	Audiences []string       `json:"audiences,omitempty"`
-	Presenter string         `json:"presenter,omitempty"`
-	Claims    map[string]any `json:"claims,omitempty"`
+	Principal string   `json:"principal,omitempty"`
+	Audiences []string `json:"audiences,omitempty"`
+	Presenter string   `json:"presenter,omitempty"`
+	// Claims is the token's payload. Prepare turns a string "scope" or
+	// "permission" into the list of its space-separated words.
+	Claims map[string]any `json:"claims,omitempty"`
 }
 
 // DecodeInput parses a JSON input document strictly: unknown fields and
@@ -134,8 +137,9 @@ func describeJSONError(err error) string {
 }
 
 // Prepare validates the input and derives the fields the engine computes:
-// request.url_path from request.path, and lower-case header names. It is
-// idempotent; Decide calls it.
+// request.url_path from request.path, lower-case header names, and the
+// scope and permission claims as lists (DefaultSpaceDelimitedClaims). It
+// is idempotent; Decide calls it.
 func (in *Input) Prepare() error {
 	switch in.Layer {
 	case L4:
@@ -263,6 +267,60 @@ func namespaceAndServiceAccount(path string) (string, string) {
 func (r *Request) prepare() {
 	r.URLPath = NormalizePath(r.Path)
 	r.Headers = lowerKeys(r.Headers)
+	if r.Auth != nil {
+		r.Auth = r.Auth.WithSpaceDelimitedClaims(DefaultSpaceDelimitedClaims...)
+	}
+}
+
+// DefaultSpaceDelimitedClaims are the JWT claims Istio always has its JWT
+// filter read as space-delimited lists (OAuth's "scope" and "permission"),
+// whatever the RequestAuthentication says: a token whose scope is
+// "write read" matches request.auth.claims[scope] "write". Prepare splits
+// them.
+var DefaultSpaceDelimitedClaims = []string{"permission", "scope"}
+
+// WithSpaceDelimitedClaims returns a with each named top-level claim whose
+// value is a string of space-separated words replaced by the list of those
+// words (split at " " only), as Envoy's JWT filter normalizes the payload
+// Istio's policies match. Prepare applies DefaultSpaceDelimitedClaims; a caller that
+// validated the token against a RequestAuthentication rule also passes
+// that rule's spaceDelimitedClaims. A string without words ("" or only
+// spaces) stays as it is. a itself is never modified: when a claim
+// changes, the result is a copy.
+func (a *Auth) WithSpaceDelimitedClaims(names ...string) *Auth {
+	var claims map[string]any
+	for _, name := range names {
+		s, ok := a.Claims[name].(string)
+		if !ok {
+			continue
+		}
+		words := spaceSeparated(s)
+		if len(words) == 0 {
+			continue
+		}
+		if claims == nil {
+			claims = maps.Clone(a.Claims)
+		}
+		claims[name] = words
+	}
+	if claims == nil {
+		return a
+	}
+	out := *a
+	out.Claims = claims
+	return &out
+}
+
+// spaceSeparated splits s at every " " (only the space, as Envoy does),
+// skipping empty words.
+func spaceSeparated(s string) []any {
+	var words []any
+	for _, w := range strings.Split(s, " ") {
+		if w != "" {
+			words = append(words, w)
+		}
+	}
+	return words
 }
 
 // lowerKeys returns h with lower-case keys, copying only when a key is not.

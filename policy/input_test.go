@@ -149,3 +149,49 @@ func FuzzDecodeInput(f *testing.F) {
 		}
 	})
 }
+
+func TestPrepareSplitsSpaceDelimitedClaims(t *testing.T) {
+	claims := map[string]any{
+		"scope":      "write  read",
+		"permission": "append",
+		"roles":      "a b",
+		"empty":      "",
+		"groups":     []any{"x y"},
+		"nested":     map[string]any{"scope": "a b"},
+	}
+	auth := &Auth{Principal: "iss/sub", Claims: claims}
+	in := Input{Layer: L7, Request: &Request{Path: "/", Auth: auth}}
+	if err := in.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	got := in.Request.Auth.Claims
+	want := map[string]any{
+		"scope":      []any{"write", "read"},
+		"permission": []any{"append"},
+		"roles":      "a b",
+		"empty":      "",
+		"groups":     []any{"x y"},
+		"nested":     map[string]any{"scope": "a b"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("claims after Prepare = %#v\nwant %#v", got, want)
+	}
+	if claims["scope"] != "write  read" || in.Request.Auth == auth {
+		t.Errorf("Prepare changed the caller's Auth: %#v", claims)
+	}
+	again := in
+	if err := again.Prepare(); err != nil || !reflect.DeepEqual(again.Request.Auth.Claims, want) {
+		t.Errorf("Prepare is not idempotent: %#v, %v", again.Request.Auth.Claims, err)
+	}
+}
+
+func TestWithSpaceDelimitedClaims(t *testing.T) {
+	auth := &Auth{Claims: map[string]any{"teams": "red blue", "scope": "x"}}
+	got := auth.WithSpaceDelimitedClaims("teams")
+	if !reflect.DeepEqual(got.Claims["teams"], []any{"red", "blue"}) || got.Claims["scope"] != "x" {
+		t.Errorf("claims = %#v", got.Claims)
+	}
+	if same := auth.WithSpaceDelimitedClaims("absent"); same != auth {
+		t.Errorf("no claim to split, yet a copy: %#v", same)
+	}
+}
