@@ -64,4 +64,8 @@
 //     carries the scheme never matches (Envoy prefixes it once more).
 //   - AUDIT and CUSTOM are not enforced at L4, as ztunnel does not support
 //     them; each such policy gets Istio's warning.
+//   - A CUSTOM policy whose provider is not in Options.Providers is not an
+//     error: as Istio's waypoint does with an undefined provider, its
+//     rules deny every request they match (and nothing else), with a
+//     warning.
 package istio

@@ -28,7 +28,8 @@ type Options struct {
 	ClusterDomain string
 	// Providers are the CUSTOM providers the bundle set supplies, each as a
 	// Rego package data.mesh.providers["<name>"] with a boolean `allow`. A
-	// CUSTOM policy naming any other provider is invalid.
+	// CUSTOM policy naming any other provider denies, in waypoints, every
+	// request its rules match, as Istio does; the translation warns.
 	Providers []string
 	// Waypoint is the waypoint ("<namespace>/<name>" of its Gateway) the
 	// bundle is translated for. Policies whose targetRefs name a Gateway

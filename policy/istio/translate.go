@@ -110,6 +110,7 @@ func translatePolicy(p *Policy, opts Options) (string, []Warning) {
 			t.allowScope()
 		}
 		t.layerSupport()
+		t.undefinedProvider()
 		for i, r := range p.Rules {
 			t.rule(i, r)
 		}
@@ -138,7 +139,10 @@ func (t *policyTranslator) header(m *module) {
 	}
 	m.comment("")
 	action := string(t.p.Action)
-	if t.p.Action == Custom {
+	switch {
+	case t.badCustom():
+		action += fmt.Sprintf(" (provider %q, not defined: its rules deny)", t.p.Provider)
+	case t.p.Action == Custom:
 		action += fmt.Sprintf(" (provider %q)", t.p.Provider)
 	}
 	if t.p.DryRun {
@@ -180,6 +184,22 @@ func (t *policyTranslator) layerSupport() {
 	}
 }
 
+// badCustom says whether p is a CUSTOM policy whose provider the bundle set
+// does not supply. Istio's waypoint turns such a policy's rules into DENY
+// rules (builder.go, getBadCustomDenyRules): it fails closed for exactly
+// the requests they match.
+func (t *policyTranslator) badCustom() bool {
+	return t.p.Action == Custom && !t.opts.knowsProvider(t.p.Provider)
+}
+
+func (t *policyTranslator) undefinedProvider() {
+	if t.badCustom() {
+		t.warn(-1, "CUSTOM provider %q is not defined (known: %s): its rules deny every request they match, as Istio does; "+
+			"supply the Rego package data.mesh.providers[%q] and list it in the translator's providers",
+			t.p.Provider, listOrNone(t.opts.Providers), t.p.Provider)
+	}
+}
+
 func (t *policyTranslator) dryRun() string {
 	if t.p.DryRun {
 		return `, "dry_run": true`
@@ -190,7 +210,10 @@ func (t *policyTranslator) dryRun() string {
 // entry is the contributed set element for rule i.
 func (t *policyTranslator) entry(i int) string {
 	e := fmt.Sprintf(`{"policy": %s, "rule": %d%s`, quote(t.p.ID()), i, t.dryRun())
-	if t.p.Action == Custom {
+	switch {
+	case t.badCustom():
+		e += `, "reason": ` + quote(fmt.Sprintf("denied by CUSTOM policy: provider %q is not defined", t.p.Provider))
+	case t.p.Action == Custom:
 		e += `, "reason": ` + quote(fmt.Sprintf("denied by CUSTOM provider %q", t.p.Provider))
 	}
 	return e + "}"
@@ -233,7 +256,7 @@ func (t *policyTranslator) contribution(i int, r Rule, point, layer, comment str
 		t.warn(i, "in ztunnel this rule never matches: %s", b.inert)
 		return
 	}
-	if t.p.Action == Custom {
+	if t.p.Action == Custom && !t.badCustom() {
 		b.add(conj{"not data.mesh.providers" + "[" + quote(t.p.Provider) + "].allow"})
 	}
 	t.m.comment("%s", comment)

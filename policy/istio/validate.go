@@ -18,13 +18,14 @@ import (
 // ValidateAuthorizationPolicy: empty sources, operations and values, bad
 // ports, IPs and CIDRs, unknown `when` keys, serviceAccounts mixed with
 // principals or namespaces, selector with targetRefs, DENY and CUSTOM
-// without rules, malformed path templates.
-func Validate(p *Policy, opts Options) error {
-	opts = opts.withDefaults()
+// without rules, malformed path templates. The options do not change what
+// is valid: a CUSTOM provider they do not list is translated (its rules
+// deny), not refused, as in Istio.
+func Validate(p *Policy, _ Options) error {
 	ps := &problems{p: p, kind: ErrInvalid}
 	validateMeta(p, ps)
 	validateScope(p, ps)
-	validateAction(p, opts, ps)
+	validateAction(p, ps)
 	for i, r := range p.Rules {
 		validateRule(r, fmt.Sprintf("spec.rules[%d]", i), ps)
 	}
@@ -108,7 +109,7 @@ func targetKind(ref TargetRef) refKind {
 // neverTriggered is Istio's message for DENY and CUSTOM policies without rules.
 const neverTriggered = "%s action without `rules` is meaningless as it will never be triggered, add an empty rule `{}` if you want it be triggered for every request"
 
-func validateAction(p *Policy, opts Options, ps *problems) {
+func validateAction(p *Policy, ps *problems) {
 	switch p.Action {
 	case Allow, Audit:
 	case Deny:
@@ -116,7 +117,7 @@ func validateAction(p *Policy, opts Options, ps *problems) {
 			ps.add("spec.rules", neverTriggered, Deny)
 		}
 	case Custom:
-		validateCustom(p, opts, ps)
+		validateCustom(p, ps)
 	default:
 		ps.add("spec.action", "%q is not ALLOW, DENY, AUDIT or CUSTOM", p.Action)
 	}
@@ -126,17 +127,14 @@ func validateAction(p *Policy, opts Options, ps *problems) {
 }
 
 // validateCustom applies Istio's CUSTOM restrictions (identities are the
-// provider's business) and checks the provider is one the bundle set has.
-func validateCustom(p *Policy, opts Options, ps *problems) {
+// provider's business). A provider the bundle set does not supply is not
+// an error: as in Istio, its rules deny what they match (translate.go).
+func validateCustom(p *Policy, ps *problems) {
 	if len(p.Rules) == 0 {
 		ps.add("spec.rules", neverTriggered, Custom)
 	}
-	switch {
-	case p.Provider == "":
+	if p.Provider == "" {
 		ps.add("spec.provider.name", "required for action CUSTOM")
-	case !opts.knowsProvider(p.Provider):
-		ps.add("spec.provider.name", "unknown provider %q: supply the Rego package data.mesh.providers[%q] and list it in the translator's providers (known: %s)",
-			p.Provider, p.Provider, listOrNone(opts.Providers))
 	}
 	for i, r := range p.Rules {
 		for j, s := range r.From {

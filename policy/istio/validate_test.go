@@ -154,14 +154,6 @@ action: DENY
 		{name: "CUSTOM without rules or provider", src: policyDoc("p", `
 action: CUSTOM
 `), want: "v.yaml:4: default/p: spec.rules: CUSTOM action without `rules` is meaningless as it will never be triggered, add an empty rule `{}` if you want it be triggered for every request\nv.yaml:4: default/p: spec.provider.name: required for action CUSTOM"},
-		{name: "CUSTOM with an unknown provider", opts: istio.Options{Providers: []string{"ext-authz", "opa"}}, src: policyDoc("p", `
-action: CUSTOM
-provider: {name: other}
-rules:
-- {}
-`), want: `
-v.yaml:6: default/p: spec.provider.name: unknown provider "other": supply the Rego package data.mesh.providers["other"] and list it in the translator's providers (known: ext-authz, opa)
-`},
 		{name: "CUSTOM with identity fields", opts: istio.Options{Providers: []string{"ext-authz"}}, src: policyDoc("p", `
 action: CUSTOM
 provider: {name: ext-authz}
