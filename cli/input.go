@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
-	"sigs.k8s.io/yaml"
 
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -31,10 +30,12 @@ type inputFlags struct {
 	host      string
 	headers   []string
 	jwtClaims string
+	maxBytes  int64
 }
 
 func (f *inputFlags) register(flags *pflag.FlagSet) {
-	flags.StringVarP(&f.file, "input", "i", "", "input document (JSON or YAML, DESIGN.md's shape); - reads stdin")
+	flags.StringVarP(&f.file, "input", "i", "", "input document (JSON or YAML, as docs/policy-input.md describes); - reads stdin")
+	flags.Int64Var(&f.maxBytes, "max-input-bytes", defaultMaxInputBytes, "refuse an --input or --jwt-claims file larger than this many bytes")
 	flags.StringVar(&f.layer, "layer", "", "l4 (ztunnel) or l7 (waypoint); default l7 when a request flag is given, else l4")
 	flags.StringVar(&f.from, "from", "", "source SPIFFE ID (spiffe://td/ns/NS/sa/SA); absent means a plaintext peer")
 	flags.StringVar(&f.fromIP, "from-ip", "", "source IP address")
@@ -55,7 +56,7 @@ func (f *inputFlags) read(stdin io.Reader) (policy.Input, error) {
 		if f.usesFlags() {
 			return policy.Input{}, fmt.Errorf("--input and the input flags (--from, --to, ...) exclude each other")
 		}
-		return readInputFile(f.file, stdin)
+		return readInputFile(f.file, stdin, f.limit())
 	}
 	if !f.usesFlags() {
 		return policy.Input{}, fmt.Errorf("no input: pass --input FILE (or -), or describe it with --from/--to/--port/...")
@@ -67,6 +68,15 @@ func (f *inputFlags) read(stdin io.Reader) (policy.Input, error) {
 	return in, in.Prepare()
 }
 
+// limit is --max-input-bytes, its default when unset (a zero-value
+// inputFlags, as tests build them).
+func (f *inputFlags) limit() int64 {
+	if f.maxBytes <= 0 {
+		return defaultMaxInputBytes
+	}
+	return f.maxBytes
+}
+
 func (f *inputFlags) usesFlags() bool {
 	return f.layer != "" || f.from != "" || f.fromIP != "" || f.to != "" || f.toIP != "" || f.port != 0 || f.l7Flags()
 }
@@ -75,18 +85,15 @@ func (f *inputFlags) l7Flags() bool {
 	return f.method != "" || f.path != "" || f.host != "" || len(f.headers) > 0 || f.jwtClaims != ""
 }
 
-func readInputFile(path string, stdin io.Reader) (policy.Input, error) {
-	var raw []byte
-	var err error
-	if path == "-" {
-		raw, err = io.ReadAll(stdin)
-	} else {
-		raw, err = os.ReadFile(path)
-	}
+// readInputFile reads an input document (JSON or YAML) of at most limit
+// bytes from path, or stdin for "-". Objects may not repeat a key, at any
+// depth, and a truncated JSON document is reported as such.
+func readInputFile(path string, stdin io.Reader, limit int64) (policy.Input, error) {
+	raw, err := readLimitedFile(path, stdin, limit)
 	if err != nil {
 		return policy.Input{}, fmt.Errorf("input: %w", err)
 	}
-	js, err := yaml.YAMLToJSON(raw)
+	js, err := inputJSON(raw)
 	if err != nil {
 		return policy.Input{}, fmt.Errorf("input %s: %w", path, err)
 	}
@@ -177,7 +184,7 @@ func (f *inputFlags) request() (*policy.Request, error) {
 		r.Headers[strings.ToLower(name)] = value
 	}
 	if f.jwtClaims != "" {
-		auth, err := readClaims(f.jwtClaims)
+		auth, err := readClaims(f.jwtClaims, f.limit())
 		if err != nil {
 			return nil, err
 		}
@@ -189,10 +196,18 @@ func (f *inputFlags) request() (*policy.Request, error) {
 // readClaims builds request.auth from a JWT's validated claims as Istio
 // does: principal "<iss>/<sub>", audiences from aud (string or list),
 // presenter from azp.
-func readClaims(path string) (*policy.Auth, error) {
-	raw, err := os.ReadFile(path)
+func readClaims(path string, limit int64) (*policy.Auth, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("--jwt-claims: %w", err)
+	}
+	defer f.Close()
+	raw, err := readLimited(f, path, limit)
+	if err != nil {
+		return nil, fmt.Errorf("--jwt-claims: %w", err)
+	}
+	if err := checkJSON(raw, "claims", true); err != nil {
+		return nil, fmt.Errorf("--jwt-claims %s: %w", path, err)
 	}
 	var claims map[string]any
 	if err := json.Unmarshal(raw, &claims); err != nil {

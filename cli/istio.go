@@ -128,6 +128,9 @@ func (f *istioFlags) translated() (*policy.Bundle, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(policies) == 0 {
+		return nil, nil, fmt.Errorf("--policies: %w", noPolicies(f.paths, notes))
+	}
 	tr, err := istio.Translate(policies, f.options())
 	if err != nil {
 		return nil, nil, err

@@ -40,7 +40,9 @@ func (s *policySources) verification() (*policy.Verification, error) {
 	return &policy.Verification{Keys: map[string]policy.VerificationKey{s.verificationKeyID: key}, KeyID: s.verificationKeyID}, nil
 }
 
-// readBundles reads every --bundle, and the --policies translated.
+// readBundles reads every --bundle, and the --policies translated; the
+// warnings are the translation's and the bundles' (rules the library
+// would ignore).
 func (s *policySources) readBundles() ([]*policy.Bundle, []string, error) {
 	if len(s.bundles) == 0 && len(s.istio.paths) == 0 {
 		return nil, nil, fmt.Errorf("no policy given: pass --policies PATH (AuthorizationPolicy YAML) or --bundle PATH (an OPA bundle directory or .tar.gz)")
@@ -61,7 +63,11 @@ func (s *policySources) readBundles() ([]*policy.Bundle, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return append(out, read...), warnings, nil
+	out = append(out, read...)
+	for _, b := range out {
+		warnings = append(warnings, b.Warnings()...)
+	}
+	return out, warnings, nil
 }
 
 // engine loads the sources into a new engine; warnings are the

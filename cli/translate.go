@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,6 +34,9 @@ in Istio's words goes to stderr.`,
 			if err != nil {
 				return err
 			}
+			if output == "bundle" && len(policies) == 0 {
+				return noPolicies(paths, notes)
+			}
 			tr, err := istio.Translate(policies, f.options())
 			if err != nil {
 				return err
@@ -56,6 +60,16 @@ in Istio's words goes to stderr.`,
 	cmd.Flags().StringVarP(&output, "output", "o", "rego", "rego (print the modules) or bundle (write --out)")
 	cmd.Flags().StringVar(&out, "out", "", "with -o bundle: a directory, or a file ending in .tar.gz")
 	return cmd
+}
+
+// noPolicies refuses to make a bundle of no AuthorizationPolicy: loaded,
+// it would replace the policies in force with none, allowing everything.
+func noPolicies(paths, notes []string) error {
+	msg := fmt.Sprintf("no AuthorizationPolicy in %s: check the paths", strings.Join(paths, " "))
+	if len(notes) > 0 {
+		msg += " (skipped: " + strings.Join(notes, "; ") + ")"
+	}
+	return errors.New(msg + "; an OPA bundle without policies would allow all traffic (docs/bundles.md says how to make an empty bundle on purpose)")
 }
 
 func writeBundle(tr *istio.Translation, out string) error {
