@@ -63,6 +63,9 @@ func (b *ruleBody) anyOf(clause, what string, sets []fieldSet) {
 	}
 	if len(alts) == 0 {
 		b.inert = fmt.Sprintf("every `%s` %s has only HTTP attributes", clause, what)
+		if clause == "from" && slices.ContainsFunc(sets, holdsTrustDomains) {
+			b.inert = fmt.Sprintf("every `%s` %s has only HTTP attributes or trustDomains, which ztunnel ignores", clause, what)
+		}
 		return
 	}
 	b.add(b.t.m.require(b.name(clause), alts))
@@ -115,6 +118,8 @@ func (t *policyTranslator) fieldAlts(name string, values []string, waypoint bool
 		return namespaceAlts(values, waypoint)
 	case "serviceAccounts":
 		return serviceAccountAlts(values, t.p.Namespace)
+	case "trustDomains":
+		return trustDomainAlts(t.expandTrustDomains(values))
 	case "ipBlocks":
 		return cidrAlts("input.source.ip", values)
 	case "remoteIpBlocks":
@@ -150,7 +155,7 @@ func (t *policyTranslator) conditionAlts(k condKey, values []string, waypoint bo
 	case attrSourceServiceAccount:
 		return serviceAccountAlts(values, t.p.Namespace)
 	case attrSourceTrustDomain:
-		return field("input.source.trust_domain").alts(t.expandTrustDomains(values))
+		return trustDomainAlts(t.expandTrustDomains(values))
 	case attrDestinationPort:
 		return portAlts(values)
 	case attrConnectionSNI:
@@ -213,10 +218,14 @@ func (t *policyTranslator) expandTrustDomains(values []string) []string {
 // ztunnel, beyond the HTTP attributes ztunnel drops: a namespace pattern
 // with "*" (namespaces, notNamespaces, source.namespace) is a regular
 // expression over the principal in a waypoint and a string match in
-// ztunnel. Such a rule gets one contribution per layer.
+// ztunnel, and ztunnel ignores trustDomains. Such a rule gets one
+// contribution per layer.
 func layerSensitive(r Rule) bool {
 	wild := func(values []string) bool {
 		return slices.ContainsFunc(values, func(v string) bool { return strings.Contains(v, "*") })
+	}
+	if hasTrustDomains(r) {
+		return true
 	}
 	for _, s := range r.From {
 		if wild(s.Namespaces) || wild(s.NotNamespaces) {
@@ -229,4 +238,16 @@ func layerSensitive(r Rule) bool {
 		}
 	}
 	return false
+}
+
+// hasTrustDomains says whether some source of r sets trustDomains or
+// notTrustDomains, which ztunnel ignores: Istio neither sends them to it
+// nor counts them as HTTP attributes, so at L4 the source is matched
+// without them (and a source with nothing else matches nothing).
+func hasTrustDomains(r Rule) bool {
+	return slices.ContainsFunc(r.From, func(s Source) bool { return len(s.TrustDomains)+len(s.NotTrustDomains) > 0 })
+}
+
+func holdsTrustDomains(s fieldSet) bool {
+	return slices.ContainsFunc(s.fields, func(f fieldValues) bool { return baseField(f.name) == "trustDomains" && len(f.values) > 0 })
 }

@@ -121,6 +121,7 @@ func convertSource(s *apiv1beta1.Source) Source {
 		RequestPrincipals: slices.Clone(s.GetRequestPrincipals()), NotRequestPrincipals: slices.Clone(s.GetNotRequestPrincipals()),
 		Namespaces: slices.Clone(s.GetNamespaces()), NotNamespaces: slices.Clone(s.GetNotNamespaces()),
 		ServiceAccounts: slices.Clone(s.GetServiceAccounts()), NotServiceAccounts: slices.Clone(s.GetNotServiceAccounts()),
+		TrustDomains: slices.Clone(s.GetTrustDomains()), NotTrustDomains: slices.Clone(s.GetNotTrustDomains()),
 		IPBlocks: slices.Clone(s.GetIpBlocks()), NotIPBlocks: slices.Clone(s.GetNotIpBlocks()),
 		RemoteIPBlocks: slices.Clone(s.GetRemoteIpBlocks()), NotRemoteIPBlocks: slices.Clone(s.GetNotRemoteIpBlocks()),
 	}

@@ -64,6 +64,11 @@
 //     carries the scheme never matches (Envoy prefixes it once more).
 //   - AUDIT and CUSTOM are not enforced at L4, as ztunnel does not support
 //     them; each such policy gets Istio's warning.
+//   - trustDomains, notTrustDomains and source.trustDomain match the
+//     principal's trust domain, the mesh's aliases expanded, with the
+//     first "*" a wildcard anywhere in the value (Istio's
+//     srcTrustDomainGenerator). ztunnel ignores the fields: at L4 a source
+//     is matched without them, and one with nothing else matches nothing.
 //   - A CUSTOM policy whose provider is not in Options.Providers is not an
 //     error: as Istio's waypoint does with an undefined provider, its
 //     rules deny every request they match (and nothing else), with a

@@ -291,6 +291,37 @@ func principalPatterns(v string) (iss, sub claimPattern) {
 	return claimPattern{matchExact, issText}, claimPattern{matchExact, subText}
 }
 
+// trustDomainAlts matches trust domains (trustDomains, source.trustDomain)
+// as Istio's srcTrustDomainGenerator does: "*" is any, a value without
+// "*" is exact, and otherwise the first "*" is a wildcard anywhere in the
+// value ("cluster.*", "*.local", "prod-*.example") while later ones are
+// literal.
+func trustDomainAlts(values []string) disj {
+	const ref = "input.source.trust_domain"
+	var exact []string
+	var out disj
+	for _, v := range values {
+		before, after, wild := strings.Cut(v, "*")
+		var c string
+		switch {
+		case !wild:
+			exact = append(exact, v)
+			continue
+		case v == "*":
+			c = ref + ` != ""`
+		case after == "":
+			c = fmt.Sprintf("startswith(%s, %s)", ref, quote(before))
+		case before == "":
+			c = fmt.Sprintf("endswith(%s, %s)", ref, quote(after))
+		default:
+			re := "^" + regexp.QuoteMeta(before) + ".*" + regexp.QuoteMeta(after) + "$"
+			c = fmt.Sprintf("regex.match(%s, %s)", rawString(re), ref)
+		}
+		out = union(out, disj{{c}})
+	}
+	return union(equality(ref, exact), out)
+}
+
 // serviceAccountAlts matches "ns/sa", or "sa" in the policy's namespace,
 // against the identity the engine derives from the principal.
 func serviceAccountAlts(values []string, policyNamespace string) disj {

@@ -76,6 +76,8 @@ type Source struct {
 	NotNamespaces        []string
 	ServiceAccounts      []string
 	NotServiceAccounts   []string
+	TrustDomains         []string
+	NotTrustDomains      []string
 	IPBlocks             []string
 	NotIPBlocks          []string
 	RemoteIPBlocks       []string
@@ -121,6 +123,8 @@ func (s *Source) fields() []fieldValues {
 		{"notNamespaces", s.NotNamespaces, true},
 		{"serviceAccounts", s.ServiceAccounts, false},
 		{"notServiceAccounts", s.NotServiceAccounts, true},
+		{"trustDomains", s.TrustDomains, false},
+		{"notTrustDomains", s.NotTrustDomains, true},
 		{"ipBlocks", s.IPBlocks, false},
 		{"notIpBlocks", s.NotIPBlocks, true},
 		{"remoteIpBlocks", s.RemoteIPBlocks, false},

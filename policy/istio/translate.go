@@ -229,8 +229,9 @@ func (t *policyTranslator) rule(i int, r Rule) {
 	case t.p.Action == Audit || t.p.Action == Custom:
 		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7 only (ztunnel does not support %s).", i, t.p.Action))
 	case len(http) == 0 && layerSensitive(r):
-		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7, namespace patterns matched as a waypoint matches them.", i))
-		t.contribution(i, r, point, "l4", fmt.Sprintf("rules[%d], at L4, namespace patterns matched as ztunnel matches them.", i))
+		t.ztunnelIgnores(i, r)
+		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7, matched as a waypoint matches it.", i))
+		t.contribution(i, r, point, "l4", fmt.Sprintf("rules[%d], at L4, matched as ztunnel matches it.", i))
 	case len(http) == 0:
 		t.contribution(i, r, point, "", fmt.Sprintf("rules[%d], at L4 and L7.", i))
 	case t.p.Action == Allow:
@@ -238,6 +239,7 @@ func (t *policyTranslator) rule(i int, r Rule) {
 		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7 only: ztunnel drops ALLOW rules with HTTP attributes.", i))
 	default:
 		t.warn(i, httpRuleFmt, strings.Join(http, ", "), httpDenyRuleBoilerplate)
+		t.ztunnelIgnores(i, r)
 		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7.", i))
 		t.contribution(i, r, point, "l4", fmt.Sprintf("rules[%d], at L4, without its HTTP attributes.", i))
 	}
@@ -264,13 +266,32 @@ func (t *policyTranslator) contribution(i int, r Rule, point, layer, comment str
 	t.m.flush()
 }
 
+// ztunnelIgnores warns that ztunnel enforces rules[i] without its
+// trustDomains, as Istio sends them neither to ztunnel nor into its
+// status messages. A source left with nothing at L4 matches nothing, which
+// the "never matches" warning reports instead.
+func (t *policyTranslator) ztunnelIgnores(i int, r Rule) {
+	enforced := func(f fieldValues) bool { return len(f.values) > 0 && l4Field(f.name) }
+	for _, s := range r.From {
+		if len(s.TrustDomains)+len(s.NotTrustDomains) == 0 || !slices.ContainsFunc(s.fields(), enforced) {
+			continue
+		}
+		more := "less"
+		if t.p.Action == Deny {
+			more = "more"
+		}
+		t.warn(i, "ztunnel ignores trustDomains and notTrustDomains: at L4 the rule is enforced without them, as Istio does. This will be %s restrictive than requested.", more)
+		return
+	}
+}
+
 // httpAttributes lists the fields and keys of r ztunnel cannot see, sorted,
 // named as Istio's status message names them.
 func httpAttributes(r Rule) []string {
 	var found []string
 	for _, s := range r.From {
 		for _, f := range s.fields() {
-			if len(f.values) > 0 && !l4Field(f.name) {
+			if len(f.values) > 0 && !l4Field(f.name) && baseField(f.name) != "trustDomains" {
 				found = append(found, f.name)
 			}
 		}

@@ -154,7 +154,7 @@ func validateCustom(p *Policy, ps *problems) {
 
 func identityField(name string) bool {
 	switch baseField(name) {
-	case "namespaces", "serviceAccounts", "principals", "requestPrincipals":
+	case "namespaces", "serviceAccounts", "trustDomains", "principals", "requestPrincipals":
 		return true
 	}
 	return false
@@ -190,7 +190,7 @@ func validateRule(r Rule, path string, ps *problems) {
 func validateSource(s Source, path string, ps *problems) {
 	fields := s.fields()
 	if !slices.ContainsFunc(fields, func(f fieldValues) bool { return len(f.values) > 0 }) {
-		ps.add(path, "must not be empty: set at least one of principals, namespaces, serviceAccounts, ipBlocks, remoteIpBlocks, requestPrincipals or their not-forms")
+		ps.add(path, "must not be empty: set at least one of principals, namespaces, serviceAccounts, trustDomains, ipBlocks, remoteIpBlocks, requestPrincipals or their not-forms")
 		return
 	}
 	identities := len(s.Principals) + len(s.NotPrincipals) + len(s.Namespaces) + len(s.NotNamespaces)

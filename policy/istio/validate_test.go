@@ -32,7 +32,7 @@ rules:
 - from:
   - source: {}
 `), want: `
-v.yaml:7: default/p: spec.rules[0].from[0].source: must not be empty: set at least one of principals, namespaces, serviceAccounts, ipBlocks, remoteIpBlocks, requestPrincipals or their not-forms
+v.yaml:7: default/p: spec.rules[0].from[0].source: must not be empty: set at least one of principals, namespaces, serviceAccounts, trustDomains, ipBlocks, remoteIpBlocks, requestPrincipals or their not-forms
 `},
 		{name: "empty operation", src: policyDoc("p", `
 rules:
@@ -173,6 +173,16 @@ v.yaml:10: default/p: spec.rules[0].from[0].source.principals: principals is cur
 v.yaml:11: default/p: spec.rules[0].from[0].source.notRequestPrincipals: notRequestPrincipals is currently not supported with CUSTOM action
 v.yaml:14: default/p: spec.rules[0].when[0].key: request.auth.claims[iss] is currently not supported with CUSTOM action
 v.yaml:16: default/p: spec.rules[0].when[1].key: source.namespace is currently not supported with CUSTOM action
+`},
+		{name: "CUSTOM with trustDomains", opts: istio.Options{Providers: []string{"ext-authz"}}, src: policyDoc("p", `
+action: CUSTOM
+provider: {name: ext-authz}
+rules:
+- from:
+  - source:
+      notTrustDomains: ["td"]
+`), want: `
+v.yaml:10: default/p: spec.rules[0].from[0].source.notTrustDomains: notTrustDomains is currently not supported with CUSTOM action
 `},
 		{name: "provider with ALLOW", src: policyDoc("p", `
 provider: {name: ext-authz}
