@@ -121,6 +121,8 @@ func outcome(r policy.RuleTrace) string {
 }
 
 // why says how the library's order turns the matches into the decision.
+// It never contradicts the decision: when the matches listed do not
+// account for it (an entry no rule shows), it gives the decision's reason.
 func why(x policy.Explanation) string {
 	matched := map[string][]string{}
 	for _, r := range x.Rules {
@@ -128,15 +130,22 @@ func why(x policy.Explanation) string {
 			matched[r.Point] = append(matched[r.Point], ruleName(r))
 		}
 	}
+	var allow bool
+	var text string
 	switch {
 	case len(matched["custom_deny"]) > 0:
-		return "a CUSTOM provider refused (" + strings.Join(matched["custom_deny"], "; ") + "); CUSTOM is checked first"
+		text = "a CUSTOM provider refused (" + strings.Join(matched["custom_deny"], "; ") + "); CUSTOM is checked first"
 	case len(matched["deny"]) > 0:
-		return "a DENY rule matched (" + strings.Join(matched["deny"], "; ") + "); deny overrides allow"
+		text = "a DENY rule matched (" + strings.Join(matched["deny"], "; ") + "); deny overrides allow"
 	case len(matched["allow"]) > 0:
-		return "an ALLOW rule matched (" + strings.Join(matched["allow"], "; ") + ") and no DENY did"
+		allow, text = true, "an ALLOW rule matched ("+strings.Join(matched["allow"], "; ")+") and no DENY did"
 	case len(matched["allow_scope"]) > 0:
-		return "ALLOW policies select the destination (" + strings.Join(matched["allow_scope"], "; ") + ") and none of their rules matched: default deny"
+		text = "ALLOW policies select the destination (" + strings.Join(matched["allow_scope"], "; ") + ") and none of their rules matched: default deny"
+	default:
+		allow, text = true, "no DENY matched and no ALLOW policy selects the destination: allowed by default"
 	}
-	return "no DENY matched and no ALLOW policy selects the destination: allowed by default"
+	if allow != x.Decision.Allow {
+		return x.Decision.Reason + " (the rules listed do not show the entry that decided: --full traces every rule)"
+	}
+	return text
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -62,8 +63,15 @@ func (e *Engine) Explain(ctx context.Context, in Input) (Explanation, error) {
 		return x, err
 	}
 	if g.prog == nil {
+		// The whole set runs on topdown (bundle data contributes, or
+		// Config.Topdown): list what every package contributed, so the
+		// explanation names the entries behind the verdict.
 		x.Topdown = []string{"*"}
-		return x, nil
+		found, err := allContributions(ctx, g.act, &in)
+		for _, c := range found {
+			x.Rules = append(x.Rules, topdownTrace(c))
+		}
+		return x, err
 	}
 	x.Rules = g.prog.explain(&in)
 	if g.prog.fallback != nil {
@@ -161,4 +169,53 @@ func topdownTrace(c contribution) RuleTrace {
 		Rule:   text(entryField(c.entry.value, "rule", ast.String(""))),
 		DryRun: c.entry.dryRun, Matched: true, Topdown: true,
 	}
+}
+
+// allContributions evaluates, with topdown, what every policy package
+// contributes for in, rules and bundle data alike.
+func allContributions(ctx context.Context, act *activation, in *Input) ([]contribution, error) {
+	var pkgs []ast.Ref
+	for owner, names := range policyDocsOf(act) {
+		for _, name := range names {
+			pkgs = append(pkgs, policiesRef.Append(ast.StringTerm(owner)).Append(ast.StringTerm(name)))
+		}
+	}
+	if len(pkgs) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(pkgs, func(a, b ast.Ref) int { return a.Compare(b) })
+	q, err := prepareFallback(ctx, act, pkgs)
+	if err != nil {
+		return nil, err
+	}
+	return q.contributions(ctx, in)
+}
+
+// policyDocsOf lists the policy packages of an activated set, owner ->
+// names, from its modules and its data.
+func policyDocsOf(act *activation) map[string][]string {
+	out := map[string][]string{}
+	seen := map[string]bool{}
+	add := func(owner, name string) {
+		if key := owner + "\x00" + name; !seen[key] {
+			seen[key] = true
+			out[owner] = append(out[owner], name)
+		}
+	}
+	depth := len(policiesRef) + 2
+	for _, m := range act.compiler.Modules {
+		p := m.Package.Path
+		if len(p) < depth || !p.HasPrefix(policiesRef) {
+			continue
+		}
+		owner, ok1 := p[len(policiesRef)].Value.(ast.String)
+		name, ok2 := p[len(policiesRef)+1].Value.(ast.String)
+		if ok1 && ok2 {
+			add(string(owner), string(name))
+		}
+	}
+	for owner, name := range dataPolicyPackages(act.data) {
+		add(owner, name)
+	}
+	return out
 }

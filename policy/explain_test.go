@@ -98,3 +98,27 @@ func TestExplainTopdownPackages(t *testing.T) {
 		t.Errorf("trace lacks the query or the policy file:\n%.2000s", buf.String())
 	}
 }
+
+// TestExplainDataContributions: a deny contributed by bundle data (no
+// rule) runs the whole set on topdown; the explanation still names it.
+func TestExplainDataContributions(t *testing.T) {
+	dir := writeBundle(t, t.TempDir(), map[string]string{
+		".manifest": `{"roots": ["mesh/policies/ops"]}`,
+		"data.json": `{"mesh": {"policies": {"ops": {"freeze": {"deny": [{"policy": "ops/freeze", "rule": "change-freeze", "reason": "change freeze"}]}}}}}`,
+		"web.rego":  "package mesh.policies.ops.web\n\nallow contains {\"policy\": \"ops/web\", \"rule\": \"any\"} if input.destination.port == 5432\n",
+	})
+	e := loadEngine(t, withQuiet(Config{}), dir)
+	x, err := e.Explain(context.Background(), apiToPostgres(5432))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Decision.Allow || x.Decision.Policy != "ops/freeze" {
+		t.Fatalf("decision = %+v, want deny by ops/freeze", x.Decision)
+	}
+	if r := findTrace(x, "ops/freeze", "deny", "change-freeze"); r == nil || !r.Matched || !r.Topdown {
+		t.Errorf("no matched deny from data in %+v", x.Rules)
+	}
+	if r := findTrace(x, "ops/web", "allow", "any"); r == nil || !r.Matched {
+		t.Errorf("no matched allow from the module in %+v", x.Rules)
+	}
+}

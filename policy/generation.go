@@ -17,7 +17,10 @@ type generation struct {
 	// replaced is closed when a newer generation takes over.
 	replaced  chan struct{}
 	revisions map[string]string
-	ref       *reference
+	// act is the activated set (compiler, store), for explanations and the
+	// decision-log mask; the reference query holds it anyway.
+	act *activation
+	ref *reference
 	prog      *program // nil: every decision goes through topdown
 	// cacheSpec says which input fields an L4 decision depends on;
 	// cacheable is false when decisions cannot be cached (nondeterministic
@@ -42,7 +45,7 @@ func (e *Engine) compile(ctx context.Context, bundles []*Bundle) (*generation, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBundle, err)
 	}
-	g := &generation{id: e.nextID.Add(1), revisions: act.revisions, ref: ref, replaced: make(chan struct{})}
+	g := &generation{id: e.nextID.Add(1), revisions: act.revisions, act: act, ref: ref, replaced: make(chan struct{})}
 	if !e.cfg.Topdown {
 		g.prog, err = compileProgram(ctx, act)
 		switch {
