@@ -19,9 +19,9 @@ type generation struct {
 	revisions map[string]string
 	// act is the activated set (compiler, store), for explanations and the
 	// decision-log mask; the reference query holds it anyway.
-	act *activation
-	ref *reference
-	prog      *program // nil: every decision goes through topdown
+	act  *activation
+	ref  *reference
+	prog *program // nil: every decision goes through topdown
 	// cacheSpec says which input fields an L4 decision depends on;
 	// cacheable is false when decisions cannot be cached (nondeterministic
 	// builtins such as time.now_ns).
