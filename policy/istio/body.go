@@ -113,7 +113,7 @@ func (b *ruleBody) when(k int, c Condition) {
 func (t *policyTranslator) fieldAlts(name string, values []string, waypoint bool) disj {
 	switch name {
 	case "principals":
-		return principalMatcher.alts(t.expandPrincipals(values))
+		return principalMatcher.alts(t.principalsAt(values, waypoint))
 	case "namespaces":
 		return namespaceAlts(values, waypoint)
 	case "serviceAccounts":
@@ -151,7 +151,7 @@ func (t *policyTranslator) conditionAlts(k condKey, values []string, waypoint bo
 	case attrSourceNamespace:
 		return namespaceAlts(values, waypoint)
 	case attrSourcePrincipal:
-		return principalMatcher.alts(t.expandPrincipals(values))
+		return principalMatcher.alts(t.principalsAt(values, waypoint))
 	case attrSourceServiceAccount:
 		return serviceAccountAlts(values, t.p.Namespace)
 	case attrSourceTrustDomain:
@@ -177,6 +177,16 @@ func (t *policyTranslator) conditionAlts(k condKey, values []string, waypoint bo
 		return listMatcher{ref: ref, orString: true, elem: "claim"}.alts(values)
 	}
 	panic(fmt.Sprintf("istio: no matcher for attribute %d", k.attr)) // parseKey returns only the attributes above
+}
+
+// principalsAt is the principals a waypoint or ztunnel compares: Istio
+// expands trust domain aliases for waypoints (MigrateTrustDomain) but not
+// for ztunnel, which compares the principals as written.
+func (t *policyTranslator) principalsAt(values []string, waypoint bool) []string {
+	if !waypoint {
+		return values
+	}
+	return t.expandPrincipals(values)
 }
 
 // expandPrincipals adds, for each principal whose trust domain is the
@@ -218,22 +228,28 @@ func (t *policyTranslator) expandTrustDomains(values []string) []string {
 // ztunnel, beyond the HTTP attributes ztunnel drops: a namespace pattern
 // with "*" (namespaces, notNamespaces, source.namespace) is a regular
 // expression over the principal in a waypoint and a string match in
-// ztunnel, and ztunnel ignores trustDomains. Such a rule gets one
-// contribution per layer.
-func layerSensitive(r Rule) bool {
+// ztunnel; ztunnel ignores trustDomains; and only a waypoint expands
+// trust domain aliases in principals. Such a rule gets one contribution
+// per layer.
+func (t *policyTranslator) layerSensitive(r Rule) bool {
 	wild := func(values []string) bool {
 		return slices.ContainsFunc(values, func(v string) bool { return strings.Contains(v, "*") })
 	}
+	aliased := func(values []string) bool { return !slices.Equal(t.expandPrincipals(values), dedupe(values)) }
 	if hasTrustDomains(r) {
 		return true
 	}
 	for _, s := range r.From {
-		if wild(s.Namespaces) || wild(s.NotNamespaces) {
+		if wild(s.Namespaces) || wild(s.NotNamespaces) || aliased(s.Principals) || aliased(s.NotPrincipals) {
 			return true
 		}
 	}
 	for _, c := range r.When {
-		if k, _ := parseKey(c.Key); k.attr == attrSourceNamespace && (wild(c.Values) || wild(c.NotValues)) {
+		k, _ := parseKey(c.Key)
+		switch {
+		case k.attr == attrSourceNamespace && (wild(c.Values) || wild(c.NotValues)):
+			return true
+		case k.attr == attrSourcePrincipal && (aliased(c.Values) || aliased(c.NotValues)):
 			return true
 		}
 	}

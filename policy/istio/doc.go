@@ -64,6 +64,9 @@
 //     carries the scheme never matches (Envoy prefixes it once more).
 //   - AUDIT and CUSTOM are not enforced at L4, as ztunnel does not support
 //     them; each such policy gets Istio's warning.
+//   - Trust domain aliases (Options.TrustDomainAliases, and "cluster.local"
+//     for the mesh's trust domain) expand principals in waypoints only:
+//     ztunnel compares principals as written, as Istio's does.
 //   - trustDomains, notTrustDomains and source.trustDomain match the
 //     principal's trust domain, the mesh's aliases expanded, with the
 //     first "*" a wildcard anywhere in the value (Istio's

@@ -13,10 +13,12 @@ type Options struct {
 	// selector applies to the whole mesh, and its selector matches
 	// workloads of every namespace. Default "istio-system".
 	RootNamespace string
-	// TrustDomain is the mesh's trust domain. A principal naming it (or
-	// "cluster.local", which Istio reads as "the local trust domain") also
-	// matches the same identity in each of TrustDomainAliases, as Istio's
-	// trustDomainAliases do. Default "cluster.local".
+	// TrustDomain is the mesh's trust domain. In waypoints, a principal
+	// naming it (or "cluster.local", which Istio reads as "the local trust
+	// domain") also matches the same identity in each of
+	// TrustDomainAliases, as Istio's trustDomainAliases do; ztunnel (L4)
+	// compares principals as written, as Istio's does. Default
+	// "cluster.local".
 	TrustDomain string
 	// TrustDomainAliases are other trust domains treated as the mesh's own
 	// (during a trust domain migration, for example).

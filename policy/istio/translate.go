@@ -228,7 +228,7 @@ func (t *policyTranslator) rule(i int, r Rule) {
 		t.contribution(i, r, point, "", fmt.Sprintf("rules[%d], in waypoints (the policy has targetRefs).", i))
 	case t.p.Action == Audit || t.p.Action == Custom:
 		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7 only (ztunnel does not support %s).", i, t.p.Action))
-	case len(http) == 0 && layerSensitive(r):
+	case len(http) == 0 && t.layerSensitive(r):
 		t.ztunnelIgnores(i, r)
 		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], at L7, matched as a waypoint matches it.", i))
 		t.contribution(i, r, point, "l4", fmt.Sprintf("rules[%d], at L4, matched as ztunnel matches it.", i))
