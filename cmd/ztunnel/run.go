@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"time"
 
@@ -192,11 +191,7 @@ func openLog(path string) (io.Writer, error) {
 // endpoints.
 func serve(ctx context.Context, cfg config, z *ztunnel.Ztunnel, engine *policy.Engine, ids spireIdentities,
 	reg *prometheus.Registry, level *slog.LevelVar, log *slog.Logger) ([]io.Closer, error) {
-	if err := os.MkdirAll(filepath.Dir(cfg.cniSocket), 0o750); err != nil {
-		return nil, err
-	}
-	os.Remove(cfg.cniSocket) // a socket left by a previous run
-	cniListener, err := net.Listen("unix", cfg.cniSocket)
+	cniListener, err := cni.Listen(cfg.cniSocket)
 	if err != nil {
 		return nil, fmt.Errorf("--cni-socket: %w", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+
+	"github.com/regomesh/regomesh/internal/accept"
 )
 
 // Handler is ztunnel's side: it enrols and releases pods.
@@ -22,25 +24,40 @@ type Handler interface {
 	Pods() []Pod
 }
 
-// Serve answers requests on l until ctx is done or l fails. Each
+// Serve answers requests on l (from Listen) until ctx is done or l fails.
+// Only root may speak on it (checkPeer). Each
 // connection may carry many requests; each is answered before the next is
 // read.
 func Serve(ctx context.Context, l net.Listener, h Handler, log *slog.Logger) error {
-	go func() { <-ctx.Done(); l.Close() }()
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { l.Close(); close(closed) })
+	defer stop()
+	var backoff accept.Backoff
 	for {
 		c, err := l.Accept()
 		if err != nil {
+			if backoff.Retry(ctx, err) {
+				log.Warn("accept failed, retrying", "error", err, "after", backoff.Delay())
+				continue
+			}
 			if ctx.Err() != nil {
+				<-closed // l is closed (its socket file removed) when Serve returns
 				return nil
 			}
 			return fmt.Errorf("cni: accept: %w", err)
 		}
+		backoff.Reset()
 		go serveConn(ctx, c, h, log)
 	}
 }
 
 func serveConn(ctx context.Context, c net.Conn, h Handler, log *slog.Logger) {
 	defer c.Close()
+	if err := checkPeer(c); err != nil {
+		log.Warn("refused a client of the CNI socket", "error", err)
+		json.NewEncoder(c).Encode(failed(err))
+		return
+	}
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	enc := json.NewEncoder(c)
