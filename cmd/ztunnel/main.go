@@ -5,9 +5,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -27,6 +30,7 @@ type config struct {
 	cniSocket     string
 	podsFile      string
 	adminAddr     string
+	adminExpose   bool
 	metricsAddr   string
 	readinessAddr string
 	drainTimeout  time.Duration
@@ -53,9 +57,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
 	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")
 	fs.StringVar(&c.podsFile, "pods-file", "/var/run/regomesh/pods.json", "where enrolled pods are recorded, so a restart restores them")
-	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (config dump, log level, pprof); keep it on loopback")
-	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint")
-	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready)")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (config dump, log level, pprof): a loopback address unless --admin-expose")
+	fs.BoolVar(&c.adminExpose, "admin-expose", false, "let --admin-addr bind a non-loopback address; anyone who reaches it can change the log level and profile ztunnel")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint (read-only; in ztunnel's own network namespace, not in pods')")
+	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready, for the kubelet's probe; read-only)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are closed")
 	fs.DurationVar(&c.statePoll, "state-poll", time.Second, "how often --local-config is checked for changes")
 	fs.DurationVar(&c.bundlePoll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
@@ -71,7 +76,28 @@ func parseFlags(args []string) (config, error) {
 	if len(c.bundles) == 0 {
 		return c, fmt.Errorf("at least one --bundle is required: without policy every connection is denied")
 	}
+	if !c.adminExpose {
+		if err := checkLoopback(c.adminAddr); err != nil {
+			return c, fmt.Errorf("--admin-addr %s: %w", c.adminAddr, err)
+		}
+	}
 	return c, nil
+}
+
+// checkLoopback accepts host:port whose host is a loopback address or
+// "localhost". An empty host would listen on every address.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	return errors.New("the admin endpoint changes the log level and serves pprof, so it binds a loopback address only (127.0.0.1, ::1 or localhost); pass --admin-expose to bind it elsewhere on purpose")
 }
 
 // defaultGCPercent is ztunnel's GOGC unless the environment sets one. The

@@ -23,9 +23,40 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--bundle", "a"}, "--local-config is required"},
 		{[]string{"--local-config", "s.yaml"}, "at least one --bundle"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--drain-timeout", "soon"}, "invalid value"},
+		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", ":15000"}, "binds a loopback address only"},
+		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", "10.0.0.1:15000"}, "--admin-expose"},
+		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", "127.0.0.1"}, "missing port"},
 	} {
 		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%v) = %v, want an error mentioning %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// The admin endpoint stays on loopback unless --admin-expose says otherwise.
+func TestAdminAddrOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		addr   string
+		expose bool
+	}{
+		{"127.0.0.1:15000", false},
+		{"127.0.0.2:15000", false},
+		{"[::1]:15000", false},
+		{"localhost:15000", false},
+		{":15000", true},
+		{"10.0.0.1:15000", true},
+	} {
+		args := []string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", tc.addr}
+		if tc.expose {
+			args = append(args, "--admin-expose")
+		}
+		cfg, err := parseFlags(args)
+		if err != nil {
+			t.Errorf("parseFlags(%v): %v", args, err)
+			continue
+		}
+		if cfg.adminAddr != tc.addr || cfg.adminExpose != tc.expose {
+			t.Errorf("parseFlags(%v): admin %q expose %v", args, cfg.adminAddr, cfg.adminExpose)
 		}
 	}
 }
