@@ -32,6 +32,8 @@ type activation struct {
 	data map[string]any
 	// revisions maps bundle name -> manifest revision.
 	revisions map[string]string
+	// mask is the set's data.system.log.mask, nil when it defines none.
+	mask *logMask
 }
 
 // activate compiles the library modules and the bundles together, as OPA
@@ -57,6 +59,9 @@ func activate(ctx context.Context, bundles []*Bundle, library map[string]*ast.Mo
 		return nil, fmt.Errorf("policy: activate: commit store: %w", err)
 	}
 	a.revisions = revisionsByName(bundles)
+	if a.mask, err = prepareLogMask(ctx, a); err != nil {
+		return nil, activationError(bundles, err)
+	}
 	return a, nil
 }
 

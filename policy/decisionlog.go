@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	crand "crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -21,6 +22,7 @@ const (
 	dropBufferFull  = "buffer_full"  // the writer fell behind by BufferSize events
 	dropEncodeError = "encode_error" // the event has no JSON form (an unencodable claim)
 	dropWriteError  = "write_error"  // the writer returned an error
+	dropMaskError   = "mask_error"   // data.system.log.mask failed: the event is not written unmasked
 )
 
 const (
@@ -71,6 +73,9 @@ type DecisionEvent struct {
 	Cached bool
 	// Shadow is the shadow bundle set's decision, nil when none is configured.
 	Shadow *Decision
+
+	// mask is the deciding set's data.system.log.mask, nil when it has none.
+	mask *logMask
 }
 
 // DecisionLogger writes decision logs in OPA's decision-log JSON shape, one
@@ -83,7 +88,9 @@ type DecisionEvent struct {
 //
 // "input" is absent when the event has none, "bundles" when it names no
 // bundle, "labels" when the decision was not cached, and "shadow" when no
-// shadow decision was made.
+// shadow decision was made. When the deciding bundle set defines OPA's
+// data.system.log.mask, the event is masked as OPA masks it
+// (decisionlog_mask.go) and lists the pointers it "erased" and "masked".
 //
 // Log never blocks: it samples, takes a rate-limit token and queues the
 // event; one goroutine encodes and writes queued events, flushing at least
@@ -317,9 +324,16 @@ func (l *DecisionLogger) run() {
 }
 
 func (l *DecisionLogger) encode(r *decisionLogRecord) {
+	line := l.line(&r.event)
+	if r.event.mask != nil {
+		if err := r.event.mask.apply(context.Background(), &line); err != nil {
+			l.fail(1, dropMaskError, fmt.Errorf("mask: %w", err))
+			return
+		}
+	}
 	enc := json.NewEncoder(&l.buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(l.line(&r.event)); err != nil {
+	if err := enc.Encode(line); err != nil {
 		l.fail(1, dropEncodeError, fmt.Errorf("encode: %w", err))
 		return
 	}
@@ -354,13 +368,15 @@ func (l *DecisionLogger) fail(n int, reason string, err error) {
 type decisionLogLine struct {
 	DecisionID string                       `json:"decision_id"`
 	Path       string                       `json:"path"`
-	Input      *Input                       `json:"input,omitempty"`
-	Result     *Decision                    `json:"result"`
+	Input      any                          `json:"input,omitempty"`  // *Input, or its masked JSON form
+	Result     any                          `json:"result,omitempty"` // *Decision, or its masked JSON form
 	Bundles    map[string]decisionLogBundle `json:"bundles,omitempty"`
 	Timestamp  string                       `json:"timestamp"`
 	Metrics    decisionLogMetrics           `json:"metrics"`
 	Labels     map[string]string            `json:"labels,omitempty"`
 	Shadow     *Decision                    `json:"shadow,omitempty"`
+	Erased     []string                     `json:"erased,omitempty"`
+	Masked     []string                     `json:"masked,omitempty"`
 }
 
 type decisionLogBundle struct {
@@ -375,12 +391,14 @@ func (l *DecisionLogger) line(e *DecisionEvent) decisionLogLine {
 	line := decisionLogLine{
 		DecisionID: l.decisionID(),
 		Path:       e.Path,
-		Input:      e.Input,
 		Result:     &e.Result,
 		Bundles:    bundleRevisions(e.Bundles),
 		Timestamp:  e.Timestamp.UTC().Format(time.RFC3339Nano),
 		Metrics:    decisionLogMetrics{EvalNanos: e.EvalNanos},
 		Shadow:     e.Shadow,
+	}
+	if e.Input != nil {
+		line.Input = e.Input // a nil *Input in the interface would encode as null
 	}
 	if line.Path == "" {
 		line.Path = defaultDecisionLogPath

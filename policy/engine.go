@@ -275,6 +275,7 @@ func (e *Engine) record(ctx context.Context, g *generation, in *Input, d Decisio
 	e.cfg.DecisionLog.Log(DecisionEvent{
 		Input: in, Result: d, Bundles: g.revisions, Path: "mesh/authz/decision",
 		Timestamp: start, EvalNanos: elapsed.Nanoseconds(), Cached: cached, Shadow: shadow,
+		mask: g.act.mask,
 	})
 }
 
