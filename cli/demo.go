@@ -68,8 +68,12 @@ func runDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 
 // engineDemo decides the example input documents with the engine alone.
 func engineDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
-	logPath := filepath.Join(os.TempDir(), "regomesh-demo-decisions.jsonl")
-	logFile, err := os.Create(logPath)
+	dir, err := demoDir()
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(dir, "decisions.jsonl")
+	logFile, err := createNew(logPath)
 	if err != nil {
 		return fmt.Errorf("demo: decision log: %w", err)
 	}
@@ -104,6 +108,27 @@ func engineDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	fmt.Fprintf(out, "  the Rego tests:                          regomesh policy test -v %s %s\n", bundleDir, filepath.Join(cfg.Examples, "tests"))
 	fmt.Fprintf(out, "  engine speed against plain OPA:          make bench BENCH=Decide\n")
 	return nil
+}
+
+// demoDir makes a fresh directory for what a demo run writes: the demo
+// runs as root, and a fixed path under /tmp could be a symlink another
+// user planted. It is readable by all, so the user who ran sudo can read
+// the logs it names.
+func demoDir() (string, error) {
+	dir, err := os.MkdirTemp("", "regomesh-demo-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		return "", fmt.Errorf("demo: %w", err)
+	}
+	return dir, nil
+}
+
+// createNew creates a file that must not exist yet, so no planted file or
+// symlink is followed.
+func createNew(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 }
 
 func demoEngine(logOut io.Writer) (*policy.Engine, *policy.DecisionLogger, error) {

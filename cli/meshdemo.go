@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -53,14 +52,14 @@ var demoCalls = []demoCall{
 // meshDemo runs the sample app in a mesh on this machine and shows each
 // call, allowed or denied, with the policy and rule that decided.
 func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
-	dir := filepath.Join(os.TempDir(), "regomesh-demo")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, err := demoDir()
+	if err != nil {
 		return err
 	}
 	accessPath := filepath.Join(dir, "access.log")
-	access, err := os.Create(accessPath)
+	access, err := createNew(accessPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("demo: access log: %w", err)
 	}
 	defer access.Close()
 	log := &lockedWriter{w: access}
@@ -183,7 +182,10 @@ func writeExplainInput(path string, m *meshbed.Mesh) {
 		"connection":  map[string]any{"mtls": true},
 	}
 	b, _ := json.MarshalIndent(in, "", "  ")
-	os.WriteFile(path, b, 0o644)
+	if f, err := createNew(path); err == nil {
+		f.Write(b)
+		f.Close()
+	}
 }
 
 // watchAndRerun reloads the bundle on every change and runs the calls again.
