@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -80,6 +81,11 @@ func ReadFile(path string, opts Options) (*Snapshot, []byte, error) {
 		return nil, nil, fmt.Errorf("state: %w", err)
 	}
 	s, err := Decode(data, opts)
+	var at *entryError
+	if errors.As(err, &at) {
+		at.file = path
+		return nil, nil, at
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -109,7 +115,7 @@ func Decode(data []byte, opts Options) (*Snapshot, error) {
 	for i, lw := range lc.Workloads {
 		w, err := lw.convert(opts)
 		if err != nil {
-			return nil, fmt.Errorf("state: local config: workloads[%d]%w", i, err)
+			return nil, newEntryError(data, "workloads", i, err)
 		}
 		workloads = append(workloads, w)
 	}
@@ -117,7 +123,7 @@ func Decode(data []byte, opts Options) (*Snapshot, error) {
 	for i, ls := range lc.Services {
 		svc, err := ls.convert(opts)
 		if err != nil {
-			return nil, fmt.Errorf("state: local config: services[%d]%w", i, err)
+			return nil, newEntryError(data, "services", i, err)
 		}
 		services = append(services, svc)
 	}
@@ -168,6 +174,99 @@ type fieldError struct{ field, msg string }
 
 func (e *fieldError) Error() string { return "." + e.field + ": " + e.msg }
 
+// entryError is a workloads[] or services[] entry that does not validate,
+// at a line of the file: "FILE:LINE: state: local config: workloads[2].ips[0]: ...".
+type entryError struct {
+	file  string // set by ReadFile
+	line  int    // 0 when unknown
+	list  string // workloads or services
+	index int
+	err   error // a *fieldError
+}
+
+func newEntryError(data []byte, list string, index int, err error) *entryError {
+	e := &entryError{list: list, index: index, err: err}
+	path := []any{list, index}
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		path = append(path, fieldPath(fe.field)...)
+	}
+	e.line = lineOf(data, path)
+	return e
+}
+
+func (e *entryError) Error() string {
+	var b strings.Builder
+	switch {
+	case e.file != "" && e.line > 0:
+		fmt.Fprintf(&b, "%s:%d: ", e.file, e.line)
+	case e.file != "":
+		b.WriteString(e.file + ": ")
+	}
+	b.WriteString("state: local config: ")
+	if e.file == "" && e.line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.line)
+	}
+	fmt.Fprintf(&b, "%s[%d]%v", e.list, e.index, e.err)
+	return b.String()
+}
+
+func (e *entryError) Unwrap() error { return e.err }
+
+// fieldPath splits a field error's path ("ips[0]") into mapping keys and
+// sequence indexes.
+func fieldPath(field string) []any {
+	var path []any
+	for part := range strings.SplitSeq(field, ".") {
+		name, index, ok := strings.Cut(part, "[")
+		path = append(path, name)
+		if i, err := strconv.Atoi(strings.TrimSuffix(index, "]")); ok && err == nil {
+			path = append(path, i)
+		}
+	}
+	return path
+}
+
+// lineOf is the line of the node at path (mapping keys and sequence
+// indexes) in a YAML or JSON document, or of the deepest node on the way
+// that exists; 0 when the document does not parse. Only errors pay for it.
+func lineOf(data []byte, path []any) int {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return 0
+	}
+	n := doc.Content[0]
+	for _, step := range path {
+		next := child(n, step)
+		if next == nil {
+			break
+		}
+		n = next
+	}
+	return n.Line
+}
+
+// child is the value under key (a string, in a mapping) or index (an int,
+// in a sequence) of n; nil when there is none.
+func child(n *yaml.Node, step any) *yaml.Node {
+	switch s := step.(type) {
+	case string:
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == s {
+				return n.Content[i+1]
+			}
+		}
+	case int:
+		if n.Kind == yaml.SequenceNode && s >= 0 && s < len(n.Content) {
+			return n.Content[s]
+		}
+	}
+	return nil
+}
+
 func (lw LocalWorkload) convert(opts Options) (*Workload, error) {
 	if lw.Name == "" {
 		return nil, &fieldError{"name", "required"}
@@ -196,6 +295,9 @@ func (lw LocalWorkload) convert(opts Options) (*Workload, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkRoutable("ips", ips, "a workload IP must be the pod's own routable address"); err != nil {
+		return nil, err
+	}
 	if len(ips) == 0 {
 		return nil, &fieldError{"ips", "at least one IP is required"}
 	}
@@ -216,6 +318,9 @@ func (ls LocalService) convert(opts Options) (*Service, error) {
 	}
 	vips, err := parseIPs("vips", ls.VIPs)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkRoutable("vips", vips, "a service VIP must be a routable cluster address"); err != nil {
 		return nil, err
 	}
 	svc.VIPs = vips
@@ -241,6 +346,29 @@ func parseIPs(field string, raw []string) ([]netip.Addr, error) {
 		out = append(out, ip.Unmap())
 	}
 	return out, nil
+}
+
+// checkRoutable refuses loopback, unspecified, link-local and multicast
+// addresses: as a workload's IP they would pass ztunnel's pod-address
+// check for traffic that is not the pod's (127.0.0.1 is every pod's).
+func checkRoutable(field string, ips []netip.Addr, want string) error {
+	for i, ip := range ips {
+		var kind string
+		switch {
+		case ip.IsLoopback():
+			kind = "a loopback address"
+		case ip.IsUnspecified():
+			kind = "the unspecified address"
+		case ip.IsLinkLocalUnicast():
+			kind = "a link-local address"
+		case ip.IsMulticast():
+			kind = "a multicast address"
+		default:
+			continue
+		}
+		return &fieldError{fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%s is %s; %s", ip, kind, want)}
+	}
+	return nil
 }
 
 func checkRef(field, ref string) error {

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -221,6 +223,53 @@ func BenchmarkDecode(b *testing.B) {
 				if s, err := Decode(f.doc, Options{}); err != nil || len(s.Workloads) != 10000 {
 					b.Fatalf("Decode: %d workloads, %v", len(s.Workloads), err)
 				}
+			}
+		})
+	}
+}
+
+// TestReadFileRefusesNonPodAddresses: loopback, unspecified, link-local
+// and multicast addresses would pass the pod-address check for traffic
+// that is not the pod's; they are refused with the file and line.
+func TestReadFileRefusesNonPodAddresses(t *testing.T) {
+	cases := []struct {
+		name, doc, want string
+	}{
+		{"loopback", "workloads:\n- name: a\n  namespace: b\n  ips:\n  - 10.0.0.1\n  - 127.0.0.1\n",
+			":6: state: local config: workloads[0].ips[1]: 127.0.0.1 is a loopback address; a workload IP must be the pod's own routable address"},
+		{"IPv6 loopback", "workloads:\n- {name: a, namespace: b, ips: [10.0.0.1]}\n- {name: c, namespace: b, ips: ['::1']}\n",
+			":3: state: local config: workloads[1].ips[0]: ::1 is a loopback address"},
+		{"unspecified", "workloads:\n- name: a\n  namespace: b\n  ips: [0.0.0.0]\n",
+			":4: state: local config: workloads[0].ips[0]: 0.0.0.0 is the unspecified address"},
+		{"IPv6 unspecified", "workloads:\n- name: a\n  namespace: b\n  ips: ['::']\n",
+			":4: state: local config: workloads[0].ips[0]: :: is the unspecified address"},
+		{"link-local", "workloads:\n- name: a\n  namespace: b\n  ips:\n  - 169.254.169.254\n",
+			":5: state: local config: workloads[0].ips[0]: 169.254.169.254 is a link-local address"},
+		{"IPv6 link-local", "workloads:\n- name: a\n  namespace: b\n  ips:\n  - fe80::1\n",
+			":5: state: local config: workloads[0].ips[0]: fe80::1 is a link-local address"},
+		{"IPv4-mapped loopback", "workloads:\n- name: a\n  namespace: b\n  ips:\n  - '::ffff:127.0.0.2'\n",
+			":5: state: local config: workloads[0].ips[0]: 127.0.0.2 is a loopback address"},
+		{"multicast", "workloads:\n- name: a\n  namespace: b\n  ips:\n  - 224.0.0.1\n",
+			":5: state: local config: workloads[0].ips[0]: 224.0.0.1 is a multicast address"},
+		{"service VIP", "services:\n- name: s\n  namespace: b\n  vips:\n  - 127.0.0.53\n",
+			":5: state: local config: services[0].vips[0]: 127.0.0.53 is a loopback address; a service VIP must be a routable cluster address"},
+		{"JSON", "{\"workloads\": [\n {\"name\": \"a\", \"namespace\": \"b\",\n  \"ips\": [\"10.0.0.1\",\n          \"127.0.0.1\"]}]}\n",
+			":4: state: local config: workloads[0].ips[1]: 127.0.0.1 is a loopback address"},
+		{"other field errors name the line too", "workloads:\n- name: a\n  namespace: b\n  ips: [10.0.0.1]\n  protocol: TCP\n",
+			":5: state: local config: workloads[0].protocol: \"TCP\" is not HBONE or NONE"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.yaml")
+			if err := os.WriteFile(path, []byte(tc.doc), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := LoadFile(path, Options{})
+			if err == nil || !strings.HasPrefix(err.Error(), path+tc.want) {
+				t.Errorf("error = %v, want %q", err, path+tc.want)
+			}
+			if _, err := Decode([]byte(tc.doc), Options{}); err == nil || !strings.Contains(err.Error(), "state: local config: line ") {
+				t.Errorf("Decode error = %v, want it to name the line", err)
 			}
 		})
 	}
