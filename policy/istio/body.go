@@ -162,7 +162,7 @@ func (t *policyTranslator) conditionAlts(k condKey, values []string, waypoint bo
 		return field("input.connection.sni").alts(values)
 	case attrRequestHeader:
 		ref := "input.request.headers[" + quote(k.header) + "]"
-		return strMatcher{ref: ref, present: ref}.alts(values) // "*": the header is present (Envoy's present_match)
+		return strMatcher{ref: ref, present: conj{ref}}.alts(values) // "*": the header is present (Envoy's present_match)
 	case attrRequestPrincipal:
 		return requestPrincipalAlts(values)
 	case attrRequestAudiences:

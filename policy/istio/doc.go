@@ -44,6 +44,9 @@
 //     not_id). Hence `notPrincipals: ["*"]` in a DENY requires mTLS.
 //   - "*" is any non-empty value, except for request.headers[...], where it
 //     is Envoy's present_match: a header sent with an empty value matches.
+//     On a JWT claim or the audiences it is Envoy's `.+` string match: a
+//     non-empty string, or a list holding one; a number or a boolean
+//     claim never matches.
 //   - A Gateway in targetRefs names a waypoint, and the input document does
 //     not say which waypoint evaluates it: such policies apply only in the
 //     bundle translated for that waypoint (Options.Waypoint).

@@ -32,11 +32,11 @@ type strMatcher struct {
 	ref     string // the Rego term compared: "input.source.namespace"
 	prefix  string // prepended to exact and prefix patterns ("spiffe://")
 	fold    bool   // hosts: patterns lower-cased, ref already lower(...)
-	present string // the condition for "*"
+	present conj   // the condition for "*"
 }
 
 func field(ref string) strMatcher {
-	return strMatcher{ref: ref, present: ref + ` != ""`}
+	return strMatcher{ref: ref, present: conj{ref + ` != ""`}}
 }
 
 func (m strMatcher) alts(values []string) disj {
@@ -48,7 +48,7 @@ func (m strMatcher) alts(values []string) disj {
 		}
 		switch {
 		case v == "*":
-			out = append(out, conj{m.present})
+			out = append(out, m.present)
 		case strings.HasPrefix(v, "*"):
 			out = append(out, conj{fmt.Sprintf("endswith(%s, %s)", m.ref, quote(v[1:]))})
 		case strings.HasSuffix(v, "*"):
@@ -111,12 +111,13 @@ type listMatcher struct {
 func (m listMatcher) alts(values []string) disj {
 	var out disj
 	if m.orString {
-		out = field(m.ref).alts(values)
+		out = strMatcher{ref: m.ref, present: nonEmptyString(m.ref)}.alts(values)
 	}
 	for _, v := range values {
 		switch {
 		case v == "*":
-			out = union(out, disj{{m.ref + ` != ""`}})
+			// Envoy's `.+`: some element is a non-empty string.
+			out = union(out, disj{append(conj{"some " + m.elem + " in " + m.ref}, nonEmptyString(m.elem)...)})
 		case strings.HasPrefix(v, "*") || strings.HasSuffix(v, "*"):
 			test := field(m.elem).alts([]string{v})[0][0]
 			out = union(out, disj{{"some " + m.elem + " in " + m.ref, test}})
@@ -127,11 +128,18 @@ func (m listMatcher) alts(values []string) disj {
 	return out
 }
 
+// nonEmptyString holds when ref is a string other than "" (startswith
+// fails on anything but a string), as Envoy's `.+` string match does: a
+// number, a boolean, a list or an object is not a string.
+func nonEmptyString(ref string) conj {
+	return conj{fmt.Sprintf(`startswith(%s, "")`, ref), ref + ` != ""`}
+}
+
 // principalMatcher compares principals, written without "spiffe://".
-var principalMatcher = strMatcher{ref: "input.source.principal", prefix: "spiffe://", present: `input.source.principal != ""`}
+var principalMatcher = strMatcher{ref: "input.source.principal", prefix: "spiffe://", present: conj{`input.source.principal != ""`}}
 
 // hostMatcher compares hosts, case-insensitively.
-var hostMatcher = strMatcher{ref: "lower(input.request.host)", fold: true, present: `input.request.host != ""`}
+var hostMatcher = strMatcher{ref: "lower(input.request.host)", fold: true, present: conj{`input.request.host != ""`}}
 
 // cidrAlts is one net.cidr_contains test per IP or CIDR value.
 func cidrAlts(ref string, values []string) disj {
