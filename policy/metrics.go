@@ -32,7 +32,8 @@ var evalBuckets = []float64{
 //   - regomesh_policy_shadow_disagreements_total{layer}: decisions where the
 //     shadow bundle set disagreed with the enforced one;
 //   - regomesh_policy_decision_log_dropped_total{reason}: decision-log events
-//     lost ("rate_limited", "buffer_full", "encode_error", "write_error");
+//     lost ("rate_limited", "buffer_full", "encode_error", "write_error",
+//     "mask_error": data.system.log.mask failed, so the event was not written);
 //     events left out by sampling are not counted.
 //
 // A nil *Metrics is valid and records nothing. All methods are safe for
