@@ -128,3 +128,49 @@ func bool2int(b bool) int {
 	}
 	return 0
 }
+
+// TestPathsAgreeWithLibrary runs the rows of Istio's path templating
+// integration test (tests/integration/security/authz_test.go,
+// TestAuthz_PathTemplating) and a few of our own through the translation
+// and the library's path_match, which must agree with each other and
+// with Istio.
+func TestPathsAgreeWithLibrary(t *testing.T) {
+	patterns := []string{"/allow/admin/{**}", "/foo/{*}/bar/{**}", "/store/{**}/cart"}
+	rows := []struct {
+		path  string
+		allow bool
+	}{
+		{"/allow/admin/", true},
+		{"/allow/admin", false},
+		{"/allow/user/", false},
+		{"/allow", false},
+		{"/allow/admin/temp", true},
+		{"/allow/admin/temp.txt", true},
+		{"/allow/admin/foo/temp.txt", true},
+		{"/foo/buzz/bar/bat.txt", true},
+		{"/foo/buzz/bar/bat.temp.txt", true},
+		{"/foo/buzz/bar/bat/fuzz.txt", true},
+		{"/foo/bar/bat.txt", false},
+		{"/foo//bar/bat.txt", false},
+		{"/foo/buzz/bar/bat", true},
+		{"/store//cart", true},
+		{"/store/cart", false},
+		{"/store/foo/cart", true},
+		{"/store/foo/bar/cart", true},
+		{"/foo/a*b/bar/x", false},
+		{"/store/a b/cart", false},
+	}
+	lib := library(t)
+	alts := pathAlts(patterns)
+	for _, r := range rows {
+		input := map[string]any{"request": map[string]any{"url_path": r.path}}
+		got := evalAlts(t, alts, input)
+		want := false
+		for _, p := range patterns {
+			want = want || holds(t, lib, fmt.Sprintf("data.mesh.authz.path_match(%s, %s)", quote(p), quote(r.path)), nil)
+		}
+		if got != r.allow || want != r.allow {
+			t.Errorf("path %q: translation %v, library %v, Istio %v", r.path, got, want, r.allow)
+		}
+	}
+}

@@ -145,7 +145,7 @@ claim_match(["suffix", x], v) if endswith(v, x)
 waypoint_namespace_match(pattern, principal) if {
 	is_string(pattern)
 	is_string(principal)
-	literals := [regex.replace(part, `([\\.+*?()|\[\]{}^$])`, `\$1`) | some part in split(pattern, "*")]
+	literals := [quote_meta(part) | some part in split(pattern, "*")]
 	regex.match(concat("", ["^.*/ns/", concat(".*", literals), "/.*$"]), principal)
 }
 
@@ -158,12 +158,14 @@ host_match(pattern, host) if {
 
 # path_match matches an Istio path pattern against an already-normalized
 # url_path (input.request.url_path). Patterns holding "{*}" or "{**}" are
-# URI templates: "{*}" is exactly one non-empty segment, "{**}" zero or more
-# segments and only as the last segment. As in Envoy's URI templates, the
-# "/" before "{**}" is literal: "/a/{**}" matches "/a/" and "/a/b/c", not
-# "/a". A pattern that is not a valid template (an operator mixed with text
-# in a segment, "{**}" before the end, any other "{...}") is a plain
-# string_match, and so is a pattern without templates.
+# URI templates, matched as Envoy's uri_template: "{*}" is one segment of
+# one or more RFC 3986 pchar (but "*"), "{**}" any run of them and "/",
+# possibly empty; literal segments may follow "{**}", operators may not.
+# As in Envoy, the "/" around "{**}" is literal: "/a/{**}" matches "/a/"
+# and "/a/b/c", not "/a"; "/store/{**}/cart" matches "/store//cart", not
+# "/store/cart". A pattern that is not a valid template (an operator mixed
+# with text in a segment, an operator after "{**}", any other "{...}") is a
+# plain string_match, and so is a pattern without templates.
 path_match(pattern, url_path) if {
 	is_string(url_path)
 	not is_path_template(pattern)
@@ -173,55 +175,50 @@ path_match(pattern, url_path) if {
 path_match(pattern, url_path) if {
 	is_string(url_path)
 	is_path_template(pattern)
-	template_match(split(pattern, "/"), split(url_path, "/"))
+	regex.match(template_regex(pattern), url_path)
 }
 
 # is_path_template holds for a valid template: it has an operator, every
-# segment with braces is exactly one operator, and "{**}" only comes last.
+# segment with braces is exactly one operator, and no operator follows
+# "{**}".
 is_path_template(pattern) if {
 	is_string(pattern)
 	contains(pattern, "{*")
 	segments := split(pattern, "/")
-	last := count(segments) - 1
-	every i, segment in segments {
-		template_segment_ok(segment, i == last)
+	every segment in segments {
+		template_segment_ok(segment)
 	}
+	not operator_after_any(segments)
 }
 
-template_segment_ok(segment, _) if {
+template_segment_ok(segment) if {
 	not contains(segment, "{")
 	not contains(segment, "}")
 }
 
-template_segment_ok("{*}", _)
+template_segment_ok(segment) if segment in template_operators
 
-template_segment_ok("{**}", true)
+template_operators := {"{*}", "{**}"}
 
-# template_match: without "{**}" the path has exactly the template's
-# segments; with it, the segments before it and at least one more, possibly
-# empty (the "/" before "{**}" is literal), whatever follows.
-template_match(template, segments) if {
-	template[count(template) - 1] != "{**}"
-	count(segments) == count(template)
-	segments_match(template, segments)
+operator_after_any(segments) if {
+	some i, j
+	segments[i] == "{**}"
+	j > i
+	segments[j] in template_operators
 }
 
-template_match(template, segments) if {
-	template[count(template) - 1] == "{**}"
-	count(segments) >= count(template)
-	segments_match(array.slice(template, 0, count(template) - 1), segments)
-}
+# template_regex is the anchored regular expression of a valid template,
+# the one the translator writes.
+template_regex(pattern) := concat("", ["^", concat("/", [segment_regex(s) | some s in split(pattern, "/")]), "$"])
 
-# segments_match compares template[i] to segments[i] for every i in template.
-segments_match(template, segments) if {
-	every i, want in template {
-		segment_match(want, segments[i])
-	}
-}
+# pchar is Envoy's literal set for path templates: RFC 3986 pchar but "*".
+pchar := `a-zA-Z0-9\-._~%!$&'()+,;:@=`
 
-segment_match("{*}", segment) if segment != ""
+segment_regex("{*}") := concat("", ["[", pchar, "]+"])
 
-segment_match(want, segment) if {
-	want != "{*}"
-	want == segment
-}
+segment_regex("{**}") := concat("", ["[", pchar, "/]*"])
+
+segment_regex(s) := quote_meta(s) if not s in template_operators
+
+# quote_meta escapes the regular expression metacharacters of s.
+quote_meta(s) := regex.replace(s, `([\\.+*?()|\[\]{}^$])`, `\$1`)

@@ -144,10 +144,27 @@ test_path_match_mixed_operators if {
 	not authz.path_match("/{*}/v1/{**}", "/shop/v2/orders/9")
 }
 
+test_path_match_literals_after_many_segments if {
+	# Istio's path templating test: "{**}" may be followed by literals.
+	authz.path_match("/store/{**}/cart", "/store//cart")
+	authz.path_match("/store/{**}/cart", "/store/foo/cart")
+	authz.path_match("/store/{**}/cart", "/store/foo/bar/cart")
+	not authz.path_match("/store/{**}/cart", "/store/cart")
+	not authz.path_match("/store/{**}/cart", "/store/foo/cart/x")
+}
+
+test_path_match_operators_take_pchar_only if {
+	not authz.path_match("/users/{*}", "/users/a*b")
+	not authz.path_match("/users/{*}", "/users/a b")
+	authz.path_match("/users/{*}", "/users/a%20b")
+	authz.path_match("/a.b/{*}", "/a.b/x")
+	not authz.path_match("/a.b/{*}", "/aXb/x")
+}
+
 test_path_match_invalid_template_is_string_match if {
-	# "{**}" not last: not a template, so the pattern is a literal.
-	authz.path_match("/{**}/x", "/{**}/x")
-	not authz.path_match("/{**}/x", "/a/x")
+	# An operator after "{**}": not a template, so the pattern is a literal.
+	authz.path_match("/{**}/{*}", "/{**}/{*}")
+	not authz.path_match("/{**}/{*}", "/a/b")
 
 	# An operator mixed with text in a segment: literal, as an exact match.
 	authz.path_match("/a{*}", "/a{*}")
