@@ -18,16 +18,17 @@ import (
 // input from the verified peer, authorize, dial the workload, copy.
 func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 	start := time.Now()
-	src := t.Forwarded
-	if !src.IsValid() {
-		src, _ = netip.ParseAddrPort(t.RemoteAddr.String())
-	}
-	peer := Peer{Principal: t.Peer.String(), Addr: src}
+	peer := z.tunnelPeer(t)
 	entry, labels := inboundReport(p, peer, t.Authority, true)
 	if !p.owns(t.Authority.Addr()) {
 		err := fmt.Errorf("%w: :authority %s is not an address of %s", hbone.ErrBadRequest, t.Authority, p.id)
 		t.Reject(err)
 		z.refuse(entry, labels, FlagNoRoute, err, start)
+		return
+	}
+	if err := z.guard.inbound(t.Authority); err != nil {
+		t.Reject(fmt.Errorf("%w: %w", hbone.ErrBadRequest, err))
+		z.refuse(entry, labels, FlagLoop, err, start)
 		return
 	}
 	in, up, flag, err := z.admit(ctx, p, peer, t.Authority, &entry)
@@ -45,6 +46,24 @@ func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 	z.relay(ctx, s, up, entry, labels, start, &in)
 }
 
+// tunnelPeer is who opened the tunnel: the verified SVID and the socket's
+// source address. A Forwarded address is believed only from a waypoint
+// known in the state, and only as the remote (original client) address:
+// from any other peer it would let a workload choose its own source.ip.
+func (z *Ztunnel) tunnelPeer(t *hbone.Tunnel) Peer {
+	src, _ := netip.ParseAddrPort(t.RemoteAddr.String())
+	peer := Peer{Principal: t.Peer.String(), Addr: netip.AddrPortFrom(src.Addr().Unmap(), src.Port())}
+	if !t.Forwarded.IsValid() {
+		return peer
+	}
+	if snap := z.state.Load(); snap != nil && snap.IsWaypoint(peer.Principal) {
+		peer.Remote = t.Forwarded.Addr().Unmap()
+	} else {
+		z.log.Debug("Forwarded header ignored: the peer is not a waypoint", "peer", peer.Principal, "forwarded", t.Forwarded)
+	}
+	return peer
+}
+
 // servePlaintext answers one plaintext connection from outside the mesh:
 // no identity, so only policy that admits anonymous peers lets it in.
 func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
@@ -57,6 +76,11 @@ func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
 	if err != nil {
 		c.Close()
 		z.refuse(entry, labels, FlagNoRoute, err, start)
+		return
+	}
+	if err := z.guard.inbound(dst); err != nil {
+		c.Close()
+		z.refuse(entry, labels, FlagLoop, err, start)
 		return
 	}
 	in, up, flag, err := z.admit(ctx, p, peer, dst, &entry)

@@ -13,9 +13,12 @@ import (
 type Peer struct {
 	// Principal is the verified SPIFFE ID; empty for plaintext.
 	Principal string
-	// Addr is the connection's source address; for HBONE, the address in
-	// the Forwarded header (the original client), else the socket's.
+	// Addr is the connection's source address: the socket's peer, never
+	// what the peer claims.
 	Addr netip.AddrPort
+	// Remote is the original client's address that a waypoint forwarded
+	// (source.remote_ip); zero for any other peer.
+	Remote netip.Addr
 }
 
 // inboundInput builds the L4 policy input of a connection from peer to the
@@ -33,6 +36,9 @@ func inboundInput(snap *state.Snapshot, peer Peer, dst netip.AddrPort) (policy.I
 			IP: dst.Addr().Unmap().String(), Port: int(dst.Port()),
 			Namespace: w.Namespace, Workload: w.Name, ServiceAccount: w.ServiceAccount, Labels: w.Labels,
 		},
+	}
+	if peer.Remote.IsValid() {
+		in.Source.RemoteIP = peer.Remote.String()
 	}
 	if svcs := snap.ServicesOf(w); len(svcs) > 0 {
 		in.Destination.Service = svcs[0].Hostname

@@ -12,6 +12,7 @@ const (
 	FlagTLSFailure  = "TLS_FAILURE" // the mTLS handshake failed
 	FlagNoSVID      = "NO_SVID"     // no SVID for the source workload: refused, never plaintext
 	FlagNoRoute     = "NO_ROUTE"    // nothing known at the destination address
+	FlagLoop        = "LOOP"        // addressed to one of ztunnel's own ports: it would loop back
 	FlagDrained     = "DRAINED"     // closed at the end of a drain on shutdown
 	FlagPolicyClose = "POLICY"      // closed because new policy denies it
 )

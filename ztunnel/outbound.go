@@ -32,6 +32,10 @@ func (z *Ztunnel) serveOutbound(p *pod, c net.Conn) {
 		return
 	}
 	entry.Destination = dst.String()
+	if err := z.guard.outbound(z.state.Load(), dst); err != nil {
+		refuse(FlagLoop, err)
+		return
+	}
 	route, err := z.router.Route(dst)
 	if err != nil {
 		refuse(FlagNoRoute, err)

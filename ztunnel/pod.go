@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/accept"
 	"github.com/regomesh/regomesh/ztunnel/capture"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -109,6 +111,10 @@ func (z *Ztunnel) enroll(info cni.Pod) (p *pod, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := z.checkNetns(ns, info, w); err != nil {
+		ns.Close()
+		return nil, err
+	}
 	p = &pod{info: info, id: id, workload: w, ns: ns, log: z.log.With("pod", info.Namespace+"/"+info.Name)}
 	defer func() {
 		if err != nil {
@@ -154,6 +160,67 @@ func (z *Ztunnel) workloadOf(info cni.Pod) (*state.Workload, error) {
 	return w, nil
 }
 
+// checkNetns refuses a namespace that is not the pod's: the node's or
+// ztunnel's own (capturing it would take the node's or ztunnel's traffic),
+// or one that does not hold every address the mesh state and the request
+// give the pod (ztunnel would otherwise speak for those addresses from a
+// namespace that does not own them).
+func (z *Ztunnel) checkNetns(ns *capture.Netns, info cni.Pod, w *state.Workload) error {
+	pod := info.Namespace + "/" + info.Name
+	id, err := ns.ID()
+	if err != nil {
+		return fmt.Errorf("ztunnel: pod %s: %w", pod, err)
+	}
+	for _, other := range z.notPods {
+		if id == other.id {
+			return fmt.Errorf("ztunnel: pod %s: netns %s is %s, not a pod's: refused", pod, info.Netns, other.what)
+		}
+	}
+	held, err := ns.Addrs()
+	if err != nil {
+		return fmt.Errorf("ztunnel: pod %s: %w", pod, err)
+	}
+	want := slices.Clone(w.IPs)
+	for _, s := range info.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("ztunnel: pod %s: address %q: %w", pod, s, err)
+		}
+		want = append(want, ip.Unmap())
+	}
+	for _, ip := range want {
+		if !slices.Contains(held, ip) {
+			return fmt.Errorf("ztunnel: pod %s: netns %s does not hold %s (the pod's address in the mesh state or the request): refused", pod, info.Netns, ip)
+		}
+	}
+	return nil
+}
+
+// notPod is a network namespace no pod has: ztunnel's own or the node's.
+type notPod struct {
+	id   capture.NetnsID
+	what string
+}
+
+// namespacesNotPods identifies ztunnel's own network namespace, which it
+// must read, and the node's (PID 1's), when it can: in a container with
+// its own PID namespace, PID 1 is the container's and may be unreadable.
+func namespacesNotPods(log *slog.Logger) ([]notPod, error) {
+	self, err := capture.IdentifyNetns(capture.SelfNetnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("ztunnel: its own network namespace: %w", err)
+	}
+	out := []notPod{{self, "ztunnel's own network namespace"}}
+	host, err := capture.IdentifyNetns(capture.HostNetnsPath)
+	switch {
+	case err != nil:
+		log.Warn("cannot read the node's network namespace: CNI requests naming it are refused only if it is ztunnel's own", "path", capture.HostNetnsPath, "error", err)
+	case host != self:
+		out = append(out, notPod{host, "the node's network namespace"})
+	}
+	return out, nil
+}
+
 // listen opens the pod's three listeners inside its namespace.
 func (p *pod) listen() error {
 	var err error
@@ -196,12 +263,21 @@ func (z *Ztunnel) startServers(p *pod) error {
 	return nil
 }
 
+// acceptLoop serves l until stopAccepting closes it. Other failures (out
+// of file descriptors, say) are logged and retried with a growing pause:
+// returning would leave the pod's traffic captured and unserved.
 func (z *Ztunnel) acceptLoop(p *pod, l net.Listener, serve func(*pod, net.Conn)) {
+	var backoff accept.Backoff
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			return // closed by stopAccepting
+			if !backoff.Retry(context.Background(), err) {
+				return
+			}
+			p.log.Warn("accept failed, retrying", "addr", l.Addr(), "error", err, "after", backoff.Delay())
+			continue
 		}
+		backoff.Reset()
 		go serve(p, c)
 	}
 }

@@ -53,6 +53,12 @@ type Config struct {
 	// PodsFile records the enrolled pods, for RestorePods after a restart;
 	// empty: not recorded.
 	PodsFile string
+	// ServicePorts are the ports ztunnel serves besides its capture
+	// listeners (15001, 15006, 15008): admin, metrics, readiness. A
+	// connection to any of them on a pod's address or loopback is refused
+	// (FlagLoop), since it would come back to ztunnel. Default
+	// DefaultServicePorts.
+	ServicePorts []uint16
 }
 
 // Ztunnel is one node's proxy. It holds the mesh state, the enrolled pods
@@ -64,6 +70,8 @@ type Ztunnel struct {
 	state   atomic.Pointer[state.Snapshot]
 	router  *Router
 	tracker *tracker
+	guard   loopGuard
+	notPods []notPod // namespaces a CNI request may not name
 
 	mu       sync.Mutex
 	pods     map[string]*pod // by UID
@@ -92,7 +100,15 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
-	z := &Ztunnel{cfg: cfg, log: cfg.Logger.With("component", "ztunnel"), tracker: newTracker(), pods: map[string]*pod{}}
+	if cfg.ServicePorts == nil {
+		cfg.ServicePorts = DefaultServicePorts
+	}
+	z := &Ztunnel{cfg: cfg, log: cfg.Logger.With("component", "ztunnel"), tracker: newTracker(), pods: map[string]*pod{},
+		guard: loopGuard{servicePorts: cfg.ServicePorts}}
+	var err error
+	if z.notPods, err = namespacesNotPods(z.log); err != nil {
+		return nil, err
+	}
 	z.router = NewRouter(&z.state)
 	return z, nil
 }

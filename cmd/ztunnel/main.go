@@ -84,6 +84,19 @@ func parseFlags(args []string) (config, error) {
 	return c, nil
 }
 
+// servicePorts are the ports of the admin, metrics and readiness
+// endpoints, which ztunnel refuses as connection destinations.
+func (c config) servicePorts() []uint16 {
+	var ports []uint16
+	for _, addr := range []string{c.adminAddr, c.metricsAddr, c.readinessAddr} {
+		_, port, err := net.SplitHostPort(addr)
+		if n, perr := strconv.ParseUint(port, 10, 16); err == nil && perr == nil {
+			ports = append(ports, uint16(n))
+		}
+	}
+	return ports
+}
+
 // checkLoopback accepts host:port whose host is a loopback address or
 // "localhost". An empty host would listen on every address.
 func checkLoopback(addr string) error {

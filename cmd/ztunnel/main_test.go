@@ -2,6 +2,7 @@ package main
 
 import (
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +59,16 @@ func TestAdminAddrOnLoopback(t *testing.T) {
 		if cfg.adminAddr != tc.addr || cfg.adminExpose != tc.expose {
 			t.Errorf("parseFlags(%v): admin %q expose %v", args, cfg.adminAddr, cfg.adminExpose)
 		}
+	}
+}
+
+func TestServicePorts(t *testing.T) {
+	cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--bundle", "a", "--metrics-addr", "[::]:9090", "--readiness-addr", ":8081"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.servicePorts(); !slices.Equal(got, []uint16{15000, 9090, 8081}) {
+		t.Errorf("service ports %v, want admin, metrics and readiness: [15000 9090 8081]", got)
 	}
 }
 

@@ -53,6 +53,7 @@ func run(ctx context.Context, cfg config) error {
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: cfg.node, TrustDomain: td, Policy: engine, Identities: ids,
 		Metrics: ztunnel.NewMetrics(reg), AccessLog: ztunnel.NewAccessLog(accessOut), Logger: log, PodsFile: cfg.podsFile,
+		ServicePorts: cfg.servicePorts(),
 	})
 	if err != nil {
 		return err

@@ -67,6 +67,9 @@ type Snapshot struct {
 	byIP      map[netip.Addr]*Workload
 	byName    map[string]*Workload
 	byVIP     map[netip.Addr]*Service
+	// waypoints are the SPIFFE IDs of the workloads that some workload or
+	// service names as its waypoint.
+	waypoints map[string]bool
 }
 
 // NewSnapshot indexes workloads and services, refusing duplicates.
@@ -88,8 +91,26 @@ func NewSnapshot(workloads []*Workload, services []*Service) (*Snapshot, error) 
 			s.byVIP[vip] = svc
 		}
 	}
+	s.waypoints = map[string]bool{}
+	for _, w := range workloads {
+		s.addWaypoint(w.Waypoint)
+	}
+	for _, svc := range services {
+		s.addWaypoint(svc.Waypoint)
+	}
 	return s, nil
 }
+
+func (s *Snapshot) addWaypoint(ref string) {
+	if wp, ok := s.byName[ref]; ok {
+		s.waypoints[wp.Identity()] = true
+	}
+}
+
+// IsWaypoint reports whether id is the SPIFFE ID of a waypoint: a workload
+// that a workload or service in this state names as its waypoint. Only a
+// waypoint's Forwarded header is believed.
+func (s *Snapshot) IsWaypoint(id string) bool { return s.waypoints[id] }
 
 func (s *Snapshot) addWorkload(w *Workload) error {
 	key := w.Namespace + "/" + w.Name
