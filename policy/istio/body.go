@@ -189,24 +189,54 @@ func (t *policyTranslator) principalsAt(values []string, waypoint bool) []string
 	return t.expandPrincipals(values)
 }
 
-// expandPrincipals adds, for each principal whose trust domain is the
-// mesh's, an alias, or "cluster.local", the same identity in every trust
-// domain of the mesh, as Istio's ReplaceTrustDomainAliases does. Patterns
-// whose trust domain is "*" or that are not "<td>/ns/<ns>/sa/<sa>" stay.
+// expandPrincipals writes principals as Istio's ReplaceTrustDomainAliases
+// does for waypoints. A principal "<td>/ns/<ns>/sa/<sa>" whose trust
+// domain part is, or matches as a prefix or suffix pattern either way
+// round, one of the mesh's trust domains (or is "cluster.local") becomes
+// the same identity in each trust domain of the mesh, except that a
+// trust domain its "*<suffix>" already matches keeps the pattern as
+// written. So "cluster*/ns/a/sa/b" becomes "cluster.local/ns/a/sa/b".
+// Principals whose trust domain is "*", that match no trust domain of the
+// mesh, or that are not of that form stay as they are.
 func (t *policyTranslator) expandPrincipals(values []string) []string {
 	tds := t.opts.trustDomains()
 	var out []string
 	for _, v := range values {
 		parts := strings.Split(v, "/")
-		if len(parts) != 5 || parts[0] == "*" || !slices.Contains(tds, parts[0]) && parts[0] != istioLocalTrustDomain {
+		if len(parts) != 5 || parts[0] == "*" || !trustDomainPatternMatches(parts[0], tds) && parts[0] != istioLocalTrustDomain {
 			out = append(out, v)
 			continue
 		}
 		for _, td := range tds {
+			if suffixPattern(td, parts[0]) {
+				out = append(out, v)
+				continue
+			}
 			out = append(out, td+"/"+strings.Join(parts[1:], "/"))
 		}
 	}
 	return dedupe(out)
+}
+
+// trustDomainPatternMatches is Istio's trustdomain stringMatch: a equals a
+// trust domain of the list, or one is a "*" prefix or suffix pattern that
+// the other matches.
+func trustDomainPatternMatches(a string, tds []string) bool {
+	return slices.ContainsFunc(tds, func(td string) bool {
+		return a == td || td == "*" || prefixPattern(a, td) || prefixPattern(td, a) || suffixPattern(a, td) || suffixPattern(td, a)
+	})
+}
+
+// prefixPattern says whether pattern ends with "*" and a starts with the rest.
+func prefixPattern(a, pattern string) bool {
+	rest, ok := strings.CutSuffix(pattern, "*")
+	return ok && strings.HasPrefix(a, rest)
+}
+
+// suffixPattern says whether pattern starts with "*" and a ends with the rest.
+func suffixPattern(a, pattern string) bool {
+	rest, ok := strings.CutPrefix(pattern, "*")
+	return ok && strings.HasSuffix(a, rest)
 }
 
 // expandTrustDomains replaces a trust domain of the mesh by all of them,
