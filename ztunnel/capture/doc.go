@@ -6,7 +6,7 @@
 // ztunnel's own sockets carry mark 1337 and are left alone, as is loopback.
 package capture
 
-// Ports and mark of in-pod capture (DESIGN.md "The connection path").
+// Ports and mark of in-pod capture (ARCHITECTURE.md, "Binaries": ports).
 const (
 	OutboundPort  = 15001 // the pod's outbound TCP, original destination in SO_ORIGINAL_DST
 	PlaintextPort = 15006 // inbound TCP from outside the mesh
