@@ -263,7 +263,7 @@ func (t *policyTranslator) expandTrustDomains(values []string) []string {
 // per layer.
 func (t *policyTranslator) layerSensitive(r Rule) bool {
 	wild := func(values []string) bool {
-		return slices.ContainsFunc(values, func(v string) bool { return strings.Contains(v, "*") })
+		return slices.ContainsFunc(values, func(v string) bool { return v != "*" && strings.Contains(v, "*") })
 	}
 	aliased := func(values []string) bool { return !slices.Equal(t.expandPrincipals(values), dedupe(values)) }
 	if hasTrustDomains(r) {

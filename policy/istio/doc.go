@@ -63,6 +63,10 @@
 //     each "*" a `.*`, so "a*c" matches "abc" and "*a" every Kubernetes
 //     identity (`.*` spans "/sa"); ztunnel matches them as string
 //     patterns. A rule with such a value gets one contribution per layer.
+//     A value without "*", and "*" alone, compare with the namespace the
+//     engine derives from a Kubernetes-style SPIFFE ID in both layers (the
+//     same answer as Istio's expression on such IDs; on other IDs, which
+//     have no namespace here, they never match).
 //   - Principals are written without "spiffe://", as in Istio; a value that
 //     carries the scheme never matches (Envoy prefixes it once more).
 //   - AUDIT and CUSTOM are not enforced at L4, as ztunnel does not support

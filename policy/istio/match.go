@@ -187,18 +187,20 @@ func portAlts(values []string) disj {
 // writes each value as the regular expression `.*/ns/<value>/.*` over the
 // peer's principal, every "*" becoming `.*`: so "a*c" matches namespace
 // "abc", and since `.*` also spans "/", "*a" matches every Kubernetes
-// identity (".../ns/foo/s" + "a/x"). A value without "*" compares with the
-// namespace the engine derives from the principal, as in ztunnel.
+// identity (".../ns/foo/s" + "a/x"). A value without "*", and "*" itself,
+// compare with the namespace the engine derives from the principal, as in
+// ztunnel: on every principal the engine derives a namespace from, that
+// is what Istio's expression decides.
 func namespaceAlts(values []string, waypoint bool) disj {
 	const ref = "input.source.namespace"
 	if !waypoint {
 		return field(ref).alts(values)
 	}
-	var exact []string
+	var plain []string
 	var out disj
 	for _, v := range values {
-		if !strings.Contains(v, "*") {
-			exact = append(exact, v)
+		if v == "*" || !strings.Contains(v, "*") {
+			plain = append(plain, v)
 			continue
 		}
 		parts := strings.Split(v, "*")
@@ -208,7 +210,7 @@ func namespaceAlts(values []string, waypoint bool) disj {
 		re := "^.*/ns/" + strings.Join(parts, ".*") + "/.*$"
 		out = union(out, disj{{fmt.Sprintf("regex.match(%s, input.source.principal)", rawString(re))}})
 	}
-	return union(equality(ref, exact), out)
+	return union(field(ref).alts(plain), out)
 }
 
 // requestPrincipalAlts matches requestPrincipals and request.auth.principal
