@@ -12,6 +12,7 @@ import (
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/ztunnel/capture"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // serveTunnel answers one HBONE tunnel to the pod, in phases: build the L4
@@ -31,7 +32,7 @@ func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 		z.refuse(entry, labels, FlagLoop, err, start)
 		return
 	}
-	in, up, flag, err := z.admit(ctx, p, peer, t.Authority, &entry)
+	up, flag, err := z.admit(ctx, p, peer, t.Authority, &entry)
 	if err != nil {
 		t.Reject(tunnelError(flag, err))
 		z.refuse(entry, labels, flag, err, start)
@@ -43,7 +44,7 @@ func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 		z.refuse(entry, labels, FlagConnect, err, start)
 		return
 	}
-	z.relay(ctx, s, up, entry, labels, start, &in)
+	z.relay(ctx, s, up, entry, labels, start, inboundInputFunc(peer, t.Authority))
 }
 
 // tunnelPeer is who opened the tunnel: the verified SVID and the socket's
@@ -83,31 +84,39 @@ func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
 		z.refuse(entry, labels, FlagLoop, err, start)
 		return
 	}
-	in, up, flag, err := z.admit(ctx, p, peer, dst, &entry)
+	up, flag, err := z.admit(ctx, p, peer, dst, &entry)
 	if err != nil {
 		c.Close()
 		z.refuse(entry, labels, flag, err, start)
 		return
 	}
-	z.relay(ctx, c, up, entry, labels, start, &in)
+	z.relay(ctx, c, up, entry, labels, start, inboundInputFunc(peer, dst))
 }
 
 // admit takes an inbound connection through its phases up to the
 // workload: build the L4 input, authorize, dial the workload. On failure
 // it returns the response flag of the phase that failed.
-func (z *Ztunnel) admit(ctx context.Context, p *pod, peer Peer, dst netip.AddrPort, e *AccessEntry) (policy.Input, net.Conn, string, error) {
+func (z *Ztunnel) admit(ctx context.Context, p *pod, peer Peer, dst netip.AddrPort, e *AccessEntry) (net.Conn, string, error) {
 	in, _, err := inboundInput(z.state.Load(), peer, dst)
 	if err != nil {
-		return in, nil, FlagNoRoute, err
+		return nil, FlagNoRoute, err
 	}
 	if allowed, err := z.authorize(ctx, in, e); !allowed {
-		return in, nil, FlagDenied, err
+		return nil, FlagDenied, err
 	}
 	up, err := z.dialLocal(ctx, p, dst)
 	if err != nil {
-		return in, nil, FlagConnect, err
+		return nil, FlagConnect, err
 	}
-	return in, up, "", nil
+	return up, "", nil
+}
+
+// inboundInputFunc rebuilds an inbound connection's input from a state.
+func inboundInputFunc(peer Peer, dst netip.AddrPort) inputFunc {
+	return func(snap *state.Snapshot) (policy.Input, error) {
+		in, _, err := inboundInput(snap, peer, dst)
+		return in, err
+	}
 }
 
 // tunnelError is what a refused tunnel answers: 401 for policy, 503 for
@@ -182,16 +191,17 @@ func (z *Ztunnel) refuse(e AccessEntry, l ConnLabels, flag string, err error, st
 // relay copies both ways until the connection ends, closes both sides
 // and reports it (metrics, access log). It returns at once: an idle
 // connection holds no goroutine (hbone.StartRelay), and the report runs
-// on the relay's. Inbound connections are tracked so that a policy change
-// or a drain can close them.
-func (z *Ztunnel) relay(ctx context.Context, client, up net.Conn, e AccessEntry, l ConnLabels, start time.Time, in *policy.Input) {
+// on the relay's. Connections that policy admitted here (input is not
+// nil: inbound, and outbound passthrough) are tracked so that a policy or
+// state change or a drain can close them.
+func (z *Ztunnel) relay(ctx context.Context, client, up net.Conn, e AccessEntry, l ConnLabels, start time.Time, input inputFunc) {
 	z.cfg.Metrics.Opened(l)
 	ctx, cancel := context.WithCancel(ctx)
 	var closedBy atomic.Value // the flag of whoever closed it: policy change, drain
 	closedBy.Store(FlagNone)
 	untrack := func() {}
-	if in != nil {
-		_, untrack = z.tracker.add(*in, func(f string) { closedBy.Store(f); cancel() })
+	if input != nil {
+		_, untrack = z.tracker.add(input, func(f string) { closedBy.Store(f); cancel() })
 	}
 	hbone.StartRelay(ctx, client, up, func(counts hbone.Counts, err error) {
 		defer untrack()

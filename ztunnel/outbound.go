@@ -12,6 +12,7 @@ import (
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/ztunnel/capture"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // serveOutbound carries one connection the pod opened, in phases: find
@@ -44,8 +45,10 @@ func (z *Ztunnel) serveOutbound(p *pod, c net.Conn) {
 	describeRoute(&entry, &labels, route)
 	var up net.Conn
 	var flag string
+	var input inputFunc // policy decided a passthrough here: tracked, re-checked
 	if route.Kind == RoutePassthrough {
-		up, flag, err = z.passthrough(p, c, route, &entry)
+		input = passthroughInputFunc(p, c, route)
+		up, flag, err = z.passthrough(p, input, route, &entry)
 	} else {
 		up, flag, err = z.tunnel(p, c, route)
 	}
@@ -53,7 +56,7 @@ func (z *Ztunnel) serveOutbound(p *pod, c net.Conn) {
 		refuse(flag, err)
 		return
 	}
-	z.relay(context.Background(), c, up, entry, labels, start, nil)
+	z.relay(context.Background(), c, up, entry, labels, start, input)
 }
 
 func describeRoute(e *AccessEntry, l *ConnLabels, r Route) {
@@ -95,18 +98,35 @@ func (z *Ztunnel) tunnel(p *pod, c net.Conn, r Route) (net.Conn, string, error) 
 	return s, "", nil
 }
 
+// passthroughInputFunc builds the input of a passthrough from the pod to
+// the route's address; the destination's workload, if any, is looked up
+// in the state given, so a re-check sees its current labels.
+func passthroughInputFunc(p *pod, c net.Conn, r Route) inputFunc {
+	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	dst := r.Dial
+	return func(snap *state.Snapshot) (policy.Input, error) {
+		in := policy.Input{
+			Layer:       policy.L4,
+			Source:      policy.Source{Principal: p.id.String(), IP: src.Addr().Unmap().String(), Port: int(src.Port())},
+			Destination: policy.Destination{IP: dst.Addr().Unmap().String(), Port: int(dst.Port())},
+		}
+		if snap == nil {
+			return in, nil
+		}
+		if w, ok := snap.WorkloadByIP(dst.Addr().Unmap()); ok {
+			in.Destination.Namespace, in.Destination.Workload = w.Namespace, w.Name
+			in.Destination.ServiceAccount, in.Destination.Labels = w.ServiceAccount, w.Labels
+		}
+		return in, nil
+	}
+}
+
 // passthrough sends plaintext to a destination outside the mesh when the
 // L4 policy allows the pod to reach it.
-func (z *Ztunnel) passthrough(p *pod, c net.Conn, r Route, e *AccessEntry) (net.Conn, string, error) {
-	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	in := policy.Input{
-		Layer:       policy.L4,
-		Source:      policy.Source{Principal: p.id.String(), IP: src.Addr().Unmap().String(), Port: int(src.Port())},
-		Destination: policy.Destination{IP: r.Dial.Addr().Unmap().String(), Port: int(r.Dial.Port())},
-	}
-	if r.Workload != nil {
-		in.Destination.Namespace, in.Destination.Workload = r.Workload.Namespace, r.Workload.Name
-		in.Destination.ServiceAccount, in.Destination.Labels = r.Workload.ServiceAccount, r.Workload.Labels
+func (z *Ztunnel) passthrough(p *pod, input inputFunc, r Route, e *AccessEntry) (net.Conn, string, error) {
+	in, err := input(z.state.Load())
+	if err != nil {
+		return nil, FlagNoRoute, err
 	}
 	d, err := z.cfg.Policy.Decide(context.Background(), in)
 	recordDecision(e, d)

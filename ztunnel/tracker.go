@@ -6,10 +6,12 @@ import (
 	"sync"
 
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
-// tracker holds the open inbound connections, so a policy change can
-// re-check them (closing those now denied) and a shutdown can drain them.
+// tracker holds the open connections that policy admitted (inbound ones,
+// and outbound passthrough), so a policy or state change can re-check them
+// (closing those now denied) and a shutdown can drain them.
 //
 // Invariant: a connection is in open from its admission until its copy
 // loops end; close may be called on it any number of times, from any
@@ -22,16 +24,23 @@ type tracker struct {
 
 // trackedConn is one admitted connection.
 type trackedConn struct {
-	input  policy.Input
+	// input builds the connection's policy input from a state: the state
+	// in force at each re-check, so new labels count, not the ones the
+	// connection was admitted with. An error (the workload left the
+	// state) closes the connection.
+	input  inputFunc
 	close  func(flag string)
 	closed sync.Once
 }
 
+// inputFunc builds a connection's policy input from the state in force.
+type inputFunc func(*state.Snapshot) (policy.Input, error)
+
 func newTracker() *tracker { return &tracker{open: map[*trackedConn]struct{}{}} }
 
 // add registers a connection; the returned func removes it when it ends.
-func (t *tracker) add(in policy.Input, close func(flag string)) (*trackedConn, func()) {
-	c := &trackedConn{input: in, close: close}
+func (t *tracker) add(input inputFunc, close func(flag string)) (*trackedConn, func()) {
+	c := &trackedConn{input: input, close: close}
 	t.mu.Lock()
 	t.open[c] = struct{}{}
 	t.done.Add(1)
@@ -58,19 +67,24 @@ func (t *tracker) snapshot() []*trackedConn {
 	return out
 }
 
-// recheck decides every open connection again and closes the ones the
-// policy in force now denies (an evaluation error closes too: fail
-// closed). It returns how many it closed.
-func (t *tracker) recheck(ctx context.Context, authz policy.Authorizer, log *slog.Logger) int {
+// recheck decides every open connection again, with its input rebuilt
+// from snap, and closes the ones the policy in force now denies (an error
+// building the input or deciding closes too: fail closed). It returns how
+// many it closed.
+func (t *tracker) recheck(ctx context.Context, authz policy.Authorizer, snap *state.Snapshot, log *slog.Logger) int {
 	closed := 0
 	for _, c := range t.snapshot() {
-		d, err := authz.Decide(ctx, c.input)
+		in, err := c.input(snap)
+		var d policy.Decision
+		if err == nil {
+			d, err = authz.Decide(ctx, in)
+		}
 		if err == nil && d.Allow {
 			continue
 		}
-		log.Info("closing connection denied by new policy",
-			"src", c.input.Source.IP, "src_identity", c.input.Source.Principal,
-			"dst", c.input.Destination.IP, "dst_port", c.input.Destination.Port,
+		log.Info("closing connection denied by new policy or state",
+			"src", in.Source.IP, "src_identity", in.Source.Principal,
+			"dst", in.Destination.IP, "dst_port", in.Destination.Port,
 			"policy", d.Policy, "rule", d.Rule, "reason", d.Reason, "error", err)
 		c.shut(FlagPolicyClose)
 		closed++

@@ -11,6 +11,7 @@ import (
 
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // portPolicy writes a bundle allowing exactly the given destination ports.
@@ -52,16 +53,16 @@ func TestTrackerRecheckClosesDenied(t *testing.T) {
 	var closedFlags [3]atomic.Value
 	for i, port := range []int{80, 443, 8080} {
 		in := policy.Input{Layer: policy.L4, Destination: policy.Destination{Port: port}}
-		_, done := tr.add(in, func(flag string) { closedFlags[i].Store(flag) })
+		_, done := tr.add(fixedInput(in), func(flag string) { closedFlags[i].Store(flag) })
 		defer done()
 	}
-	if n := tr.recheck(ctx, engine, log); n != 0 {
+	if n := tr.recheck(ctx, engine, nil, log); n != 0 {
 		t.Fatalf("closed %d under a policy allowing all three", n)
 	}
 	if err := engine.Load(ctx, portPolicy(t, "{80, 8080}")); err != nil {
 		t.Fatal(err)
 	}
-	if n := tr.recheck(ctx, engine, log); n != 1 {
+	if n := tr.recheck(ctx, engine, nil, log); n != 1 {
 		t.Errorf("closed %d, want 1", n)
 	}
 	if closedFlags[1].Load() != FlagPolicyClose || closedFlags[0].Load() != nil || closedFlags[2].Load() != nil {
@@ -69,12 +70,17 @@ func TestTrackerRecheckClosesDenied(t *testing.T) {
 	}
 }
 
+// fixedInput is an inputFunc whose input does not depend on the state.
+func fixedInput(in policy.Input) inputFunc {
+	return func(*state.Snapshot) (policy.Input, error) { return in, nil }
+}
+
 func TestTrackerDrain(t *testing.T) {
 	tr := newTracker()
-	_, quickDone := tr.add(policy.Input{}, func(string) {})
+	_, quickDone := tr.add(fixedInput(policy.Input{}), func(string) {})
 	var slowFlag atomic.Value
 	var slowDone func()
-	_, slowDone = tr.add(policy.Input{}, func(flag string) { slowFlag.Store(flag); slowDone() })
+	_, slowDone = tr.add(fixedInput(policy.Input{}), func(flag string) { slowFlag.Store(flag); slowDone() })
 	ctx, deadline := context.WithCancel(context.Background())
 	defer deadline()
 	drained := make(chan int, 1)

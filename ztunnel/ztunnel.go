@@ -118,7 +118,7 @@ func New(cfg Config) (*Ztunnel, error) {
 func (z *Ztunnel) SetState(ctx context.Context, s *state.Snapshot) {
 	z.state.Store(s)
 	z.cfg.Policy.Invalidate()
-	if n := z.tracker.recheck(ctx, z.cfg.Policy, z.log); n > 0 {
+	if n := z.tracker.recheck(ctx, z.cfg.Policy, s, z.log); n > 0 {
 		z.log.Info("state changed: closed connections now denied", "closed", n)
 	}
 }
@@ -147,7 +147,7 @@ func (z *Ztunnel) WatchPolicy(ctx context.Context) {
 			return
 		case <-changed:
 		}
-		if n := z.tracker.recheck(ctx, z.cfg.Policy, z.log); n > 0 {
+		if n := z.tracker.recheck(ctx, z.cfg.Policy, z.state.Load(), z.log); n > 0 {
 			z.log.Info("policy changed: closed connections now denied", "closed", n, "generation", z.cfg.Policy.Generation())
 		}
 	}

@@ -135,22 +135,7 @@ allow contains {"policy": "e2e/forwarded", "rule": "remote-from-waypoint"} if {
 // every ztunnel's state.
 func (m *mesh) setWaypoint(t *testing.T, name, ref string) {
 	t.Helper()
-	var workloads []*state.Workload
-	for _, w := range m.State.Workloads {
-		if w.Name == name {
-			copied := *w
-			copied.Waypoint = ref
-			w = &copied
-		}
-		workloads = append(workloads, w)
-	}
-	snap, err := state.NewSnapshot(workloads, m.State.Services)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, z := range m.Ztunnels {
-		z.SetState(context.Background(), snap)
-	}
+	m.editWorkload(t, name, func(w *state.Workload) { w.Waypoint = ref })
 }
 
 // hboneClient is a raw HBONE client in pod name's network namespace (its
