@@ -24,7 +24,7 @@ const (
 )
 
 // Input is the document every decision evaluates: the public contract for
-// Rego authors (DESIGN.md "The input document"). Empty strings and zero
+// Rego authors (docs/policy-input.md). Empty strings and zero
 // ports are absent in the JSON form, so a plaintext connection has no
 // source.principal, as policies expect.
 type Input struct {
@@ -131,7 +131,7 @@ func describeJSONError(err error) string {
 		return "JSON syntax error: the document ends early"
 	}
 	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return "unknown field " + msg + " (see DESIGN.md \"The input document\")"
+		return "unknown field " + msg + " (see docs/policy-input.md)"
 	}
 	return err.Error()
 }

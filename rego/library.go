@@ -1,6 +1,6 @@
 // Package rego holds regomesh's own Rego library, package mesh.authz: the
-// decision that combines every policy package's contributions (DESIGN.md
-// "The decision") and the matching helpers translated and hand-written
+// decision that combines every policy package's contributions (the
+// decision document in docs/policy-input.md) and the matching helpers translated and hand-written
 // policies use. The .rego files are the source of truth; they are embedded
 // here so the engine always evaluates the library it was built with, and
 // `opa test rego/` runs their tests with the stock OPA CLI.

@@ -5,9 +5,8 @@ import (
 	"strings"
 )
 
-// attr is an attribute a `when` condition can test (DESIGN.md "Istio
-// AuthorizationPolicy semantics"; Istio's "Authorization Policy
-// Conditions" reference).
+// attr is an attribute a `when` condition can test (docs/policy-input.md,
+// and Istio's "Authorization Policy Conditions" reference).
 type attr int
 
 const (
