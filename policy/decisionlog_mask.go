@@ -35,8 +35,10 @@ import (
 // written at all (counted as dropped, reason "mask_error"): an unmasked
 // event might carry the secret the mask exists to hide.
 //
-// OPA's rule set (v1/plugins/logs/mask.go) is unexported and tied to its
-// plugin manager, so the rules below follow it, operation for operation.
+// OPA's own rule set (v1/plugins/logs) is unexported and tied to its plugin
+// manager, so this file implements the same semantics: the same two
+// operations, the same pointer prefixes, and a rule whose path is missing
+// does nothing. TestMaskRules holds it to OPA's documented behaviour.
 
 // maskRef is the rule OPA's decision logger consults (its default
 // mask_decision, "/system/log/mask").
