@@ -17,6 +17,8 @@ import (
 
 	"github.com/regomesh/regomesh/spire"
 	"github.com/regomesh/regomesh/spire/harness"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // node is one SPIRE agent with its server, and a store that uses the agent
@@ -135,18 +137,20 @@ func serveEcho(t *testing.T, ids spire.Identities, id spiffeid.ID, authorize tls
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { l.Close() })()
 		for {
 			conn, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
+			testgo.Go(t, func(ctx context.Context) {
+				defer context.AfterFunc(ctx, func() { conn.Close() })()
 				defer conn.Close()
 				_, _ = io.Copy(conn, conn)
-			}()
+			})
 		}
-	}()
+	})
 	return l.Addr().String()
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/test/meshbed"
 )
 
@@ -23,17 +25,28 @@ func TestHTTPThroughTheMesh(t *testing.T) {
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello %s from api", r.URL.Path)
 	})}
-	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { srv.Close() })()
+		srv.Serve(l)
+	})
 	url := fmt.Sprintf("http://%s:8080/orders/7", m.Pods["api"].IP)
 
 	body, err := get(m, "frontend", url)
 	if err != nil || body != "hello /orders/7 from api" {
 		t.Fatalf("frontend GET: %q, %v", body, err)
 	}
-	if body, err := get(m, "intruder", url); err == nil {
+	before := len(m.accessEntries(t))
+	start := time.Now()
+	body, err = get(m, "intruder", url)
+	var ne net.Error
+	switch {
+	case err == nil:
 		t.Errorf("the intruder got a response: %q", body)
+	case errors.As(err, &ne) && ne.Timeout(), time.Since(start) > refusedWithin:
+		t.Errorf("the intruder's request ran into its timeout (%v after %v), want a prompt refusal", err, time.Since(start))
 	}
+	m.denyLogged(t, before, m.Pods["intruder"], "spiffe://regomesh.test/ns/shop/sa/intruder")
 }
 
 // get makes an HTTP request from inside a pod, as its app would.

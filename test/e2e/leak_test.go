@@ -19,10 +19,15 @@ func TestNoThreadLeftInAPodNamespace(t *testing.T) {
 	m := newMesh(t, allowFrontendToAPI)
 	api := m.Pods["api"]
 	echoServer(t, api, 8080)
-	for range 20 {
-		if c, err := dialFrom(t, m.Pods["frontend"], fmt.Sprintf("%s:8080", api.IP)); err == nil {
-			roundTrip(c, "x")
-			c.Close()
+	for i := range 20 { // each one works: the threads below did run it
+		c, err := dialFrom(t, m.Pods["frontend"], fmt.Sprintf("%s:8080", api.IP))
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		got, err := roundTrip(c, "x")
+		c.Close()
+		if err != nil || got != "x" {
+			t.Fatalf("connection %d: echo %q, %v", i, got, err)
 		}
 	}
 	for i := range 200 {

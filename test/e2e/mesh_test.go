@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/test/netbed"
 	"github.com/regomesh/regomesh/ztunnel"
@@ -101,18 +104,43 @@ func startMeshFrom(t *testing.T, cfg meshbed.Config, metrics bool) *mesh {
 	cfg.Prefix, cfg.Net = fmt.Sprintf("rme%d-%d", os.Getpid()%100000, net), net
 	cfg.Nodes, cfg.Pods = []string{"node-1", "node-2"}, app
 	cfg.AccessLog, cfg.Registries = m.accessLog, m.registries
-	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logs := &testLog{t: t}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m.Mesh, err = meshbed.Start(ctx, cfg)
 	if err != nil {
+		logs.end()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("SPIRE and ztunnel process logs:\n%s", m.Logs())
 		}
-		m.Close()
+		if err := m.Close(); err != nil {
+			t.Errorf("closing the mesh: %v", err)
+		}
+		logs.end()
+		if left := namespacesLeft(t, cfg.Prefix); len(left) > 0 {
+			t.Errorf("network namespaces left behind (and the nftables rules in them): %v", left)
+		}
 	})
 	return m
+}
+
+// namespacesLeft lists the named network namespaces whose names start
+// with the mesh's prefix. The capture rules live in the pods' namespaces,
+// so none left means no rule left either.
+func namespacesLeft(t *testing.T, prefix string) []string {
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("listing network namespaces: %v", err)
+	}
+	var left []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			left = append(left, e.Name())
+		}
+	}
+	return left
 }
 
 func writePolicy(t *testing.T, src string) string {
@@ -139,7 +167,10 @@ func echoServer(t *testing.T, p *netbed.Pod, port int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go meshbed.Echo(l)
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { l.Close() })()
+		meshbed.Echo(l)
+	})
 }
 
 // dialFrom opens a connection from inside pod p, as its app would.
@@ -172,27 +203,91 @@ func (m *mesh) accessEntries(t *testing.T) []ztunnel.AccessEntry {
 	return out
 }
 
-// intruderRefused checks that the intruder pod gets no echo from target
-// and returns the inbound access-log entry of its attempt.
+// intruderRefused checks that the intruder pod is refused by target and
+// returns the inbound access-log entry of its attempt.
 func (m *mesh) intruderRefused(t *testing.T, target string) ztunnel.AccessEntry {
 	t.Helper()
-	c, err := dialFrom(t, m.Pods["intruder"], target)
-	if err == nil {
-		defer c.Close()
-		if got, err := roundTrip(c, "let me in"); err == nil {
-			t.Fatalf("the intruder got an echo: %q", got)
+	return m.refused(t, m.Pods["intruder"], "spiffe://regomesh.test/ns/shop/sa/intruder", target)
+}
+
+// refusedWithin bounds how long a refusal may take to reach the app: far
+// less than roundTrip's 10s deadline, which a mesh that ignored the
+// connection would run into.
+const refusedWithin = 5 * time.Second
+
+// refused checks that the mesh refuses a connection from pod p (with
+// SPIFFE ID id, or "" for a pod outside the mesh) to target: the dial
+// fails, or the connection is reset or closed within refusedWithin with
+// nothing echoed. The inbound ztunnel logs the deny; for a pod in the
+// mesh its own ztunnel logs the 401 its tunnel got. It returns the
+// inbound entry.
+func (m *mesh) refused(t *testing.T, p *netbed.Pod, id, target string) ztunnel.AccessEntry {
+	t.Helper()
+	before := len(m.accessEntries(t))
+	promptlyRefused(t, p, target)
+	return m.denyLogged(t, before, p, id)
+}
+
+// promptlyRefused checks that a connection from p to target fails to
+// open, or is reset or closed within refusedWithin with nothing echoed.
+func promptlyRefused(t *testing.T, p *netbed.Pod, target string) {
+	t.Helper()
+	c, err := dialFrom(t, p, target)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(refusedWithin))
+	c.Write([]byte("let me in")) // may fail already: refused
+	n, err := c.Read(make([]byte, 64))
+	switch {
+	case n > 0:
+		t.Fatalf("%s to %s: got %d bytes back, want a refusal", p.Name, target, n)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		t.Fatalf("%s to %s: neither reset nor closed after %v, want a refusal", p.Name, target, refusedWithin)
+	case err == nil:
+		t.Fatalf("%s to %s: an empty read without an error", p.Name, target)
+	}
+}
+
+// denyLogged waits for the access-log entries of a refused attempt from
+// p (SPIFFE ID id, "" outside the mesh), among those after the first
+// before: the inbound deny and, from a pod in the mesh, the outbound 401.
+func (m *mesh) denyLogged(t *testing.T, before int, p *netbed.Pod, id string) ztunnel.AccessEntry {
+	t.Helper()
+	in := m.waitForEntrySince(t, before, func(e ztunnel.AccessEntry) bool {
+		if e.Direction != "inbound" || e.Decision != "deny" {
+			return false
+		}
+		if id == "" {
+			return e.SourceID == "" && strings.HasPrefix(e.Source, p.IP.String()+":")
+		}
+		return e.SourceID == id
+	})
+	if in.Flags != ztunnel.FlagDenied || in.Sent != 0 {
+		t.Errorf("inbound deny entry = %+v, want flag %s and nothing sent", in, ztunnel.FlagDenied)
+	}
+	if id != "" {
+		out := m.waitForEntrySince(t, before, func(e ztunnel.AccessEntry) bool { return e.Direction == "outbound" && e.SourceID == id })
+		if out.Flags != ztunnel.FlagDenied || !strings.Contains(out.Error, hbone.ErrDenied.Error()) {
+			t.Errorf("outbound entry of the refused tunnel = %+v, want the 401 (flag %s)", out, ztunnel.FlagDenied)
 		}
 	}
-	return m.waitForEntry(t, func(e ztunnel.AccessEntry) bool {
-		return e.Direction == "inbound" && e.SourceID == "spiffe://regomesh.test/ns/shop/sa/intruder"
-	})
+	return in
 }
 
 func (m *mesh) waitForEntry(t *testing.T, match func(ztunnel.AccessEntry) bool) ztunnel.AccessEntry {
 	t.Helper()
+	return m.waitForEntrySince(t, 0, match)
+}
+
+// waitForEntrySince waits for an entry that match accepts among those
+// logged after the first before.
+func (m *mesh) waitForEntrySince(t *testing.T, before int, match func(ztunnel.AccessEntry) bool) ztunnel.AccessEntry {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, e := range m.accessEntries(t) {
+		for _, e := range m.accessEntries(t)[before:] {
 			if match(e) {
 				return e
 			}
@@ -262,4 +357,31 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// testLog is the mesh components' log: lines go to the test's log until
+// the mesh is closed. A component goroutine that outlives Close (one of
+// ztunnel's connection goroutines ending late) must not report into a
+// finished test: its lines go to stderr, named as late.
+type testLog struct {
+	t     *testing.T
+	mu    sync.Mutex
+	ended bool
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		fmt.Fprintf(os.Stderr, "%s (logged after the mesh closed): %s", l.t.Name(), p)
+		return len(p), nil
+	}
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func (l *testLog) end() {
+	l.mu.Lock()
+	l.ended = true
+	l.mu.Unlock()
 }

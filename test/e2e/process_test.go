@@ -81,12 +81,15 @@ func TestZtunnelProcess(t *testing.T) {
 		if err := proc.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		c, err := dialFrom(t, m.Pods["frontend"], target)
-		if err == nil {
-			defer c.Close()
-			if got, err := roundTrip(c, "anyone there?"); err == nil {
-				t.Fatalf("the api answered with its ztunnel stopped: %q", got)
-			}
+		// Refused at once, not left hanging: the frontend's ztunnel finds
+		// nothing on the api's HBONE port and says so.
+		before := len(m.accessEntries(t))
+		promptlyRefused(t, m.Pods["frontend"], target)
+		e := m.waitForEntrySince(t, before, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "outbound" && e.SourceID == "spiffe://regomesh.test/ns/shop/sa/frontend"
+		})
+		if e.Flags != ztunnel.FlagConnect || e.Sent != 0 || e.Received != 0 {
+			t.Errorf("outbound entry with the api's ztunnel stopped = %+v, want flag %s and no bytes", e, ztunnel.FlagConnect)
 		}
 	})
 }

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -109,6 +110,9 @@ type Mesh struct {
 	dir    string
 	runCtx context.Context
 	cancel context.CancelFunc
+	// watchers are the in-process ztunnels' policy watchers; Close waits
+	// for them, so none logs after it returned.
+	watchers sync.WaitGroup
 }
 
 // Start brings the mesh up; on error everything started is torn down.
@@ -260,7 +264,7 @@ func (m *Mesh) newZtunnel(node string, metrics *ztunnel.Metrics) (*ztunnel.Ztunn
 		return nil, err
 	}
 	z.SetState(m.runCtx, m.State)
-	go z.WatchPolicy(m.runCtx)
+	m.watchers.Go(func() { z.WatchPolicy(m.runCtx) })
 	return z, nil
 }
 
@@ -387,6 +391,7 @@ func (m *Mesh) Close() error {
 		errs = append(errs, z.Shutdown(ctx))
 		cancel()
 	}
+	m.watchers.Wait()
 	for _, p := range m.Processes {
 		errs = append(errs, p.Stop())
 	}
@@ -460,13 +465,36 @@ func Listen(p *netbed.Pod, addr string) (net.Listener, error) {
 	return l, err
 }
 
-// Echo serves a TCP echo on l until it closes.
+// Echo serves a TCP echo on l until it closes; then it closes the
+// connections still open and returns once their goroutines have ended.
 func Echo(l net.Listener) {
+	var (
+		mu    sync.Mutex
+		open  = map[net.Conn]struct{}{}
+		conns sync.WaitGroup
+	)
+	defer func() {
+		mu.Lock()
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		conns.Wait()
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go func() { io.Copy(c, c); c.Close() }()
+		mu.Lock()
+		open[c] = struct{}{}
+		mu.Unlock()
+		conns.Go(func() {
+			io.Copy(c, c)
+			c.Close()
+			mu.Lock()
+			delete(open, c)
+			mu.Unlock()
+		})
 	}
 }

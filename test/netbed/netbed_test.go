@@ -1,6 +1,7 @@
 package netbed
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // listenIn opens a listener inside the pod's namespace.
@@ -67,15 +70,20 @@ func TestPodsReachEachOtherAcrossNodes(t *testing.T) {
 		t.Errorf("addresses a=%s b=%s c=%s", a.IP, b.IP, c.IP)
 	}
 	l := listenIn(t, b, ":9000")
-	go func() {
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, func() { l.Close() })()
 		for {
 			conn, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go func() { io.Copy(conn, conn); conn.Close() }()
+			testgo.Go(t, func(ctx context.Context) {
+				defer context.AfterFunc(ctx, func() { conn.Close() })()
+				io.Copy(conn, conn)
+				conn.Close()
+			})
 		}
-	}()
+	})
 	for _, from := range []*Pod{a, c} {
 		var got string
 		err := inPod(from, func() error {
