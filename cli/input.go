@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -105,17 +106,16 @@ func readInputFile(path string, stdin io.Reader, limit int64) (policy.Input, err
 }
 
 func (f *inputFlags) build() (policy.Input, error) {
-	in := policy.Input{Layer: policy.Layer(f.layer)}
+	in, err := f.connection()
+	if err != nil {
+		return in, err
+	}
+	in.Layer = policy.Layer(f.layer)
 	if in.Layer == "" {
 		in.Layer = policy.L4
 		if f.l7Flags() {
 			in.Layer = policy.L7
 		}
-	}
-	in.Source = policy.Source{Principal: f.from, IP: f.fromIP}
-	in.Connection.MTLS = f.from != ""
-	if err := f.destination(&in.Destination); err != nil {
-		return in, err
 	}
 	if in.Layer == policy.L7 {
 		req, err := f.request()
@@ -129,46 +129,71 @@ func (f *inputFlags) build() (policy.Input, error) {
 	return in, nil
 }
 
-func (f *inputFlags) destination(d *policy.Destination) error {
-	d.Port, d.IP = f.port, f.toIP
+// connection describes the connection the flags name. With --to and
+// --workloads it is built by the mesh's own builder
+// (state.Snapshot.InboundInput), from the same local config ztunnel reads,
+// so the dry-run decides exactly as ztunnel does.
+func (f *inputFlags) connection() (policy.Input, error) {
+	in := policy.Input{
+		Source:      policy.Source{Principal: f.from, IP: f.fromIP},
+		Connection:  policy.Connection{MTLS: f.from != ""},
+		Destination: policy.Destination{IP: f.toIP, Port: f.port},
+	}
 	if f.to == "" {
-		return nil
+		return in, nil
 	}
 	ns, name, ok := strings.Cut(f.to, "/")
 	if !ok || ns == "" || name == "" {
-		return fmt.Errorf("--to %q: want NAMESPACE/WORKLOAD", f.to)
+		return in, fmt.Errorf("--to %q: want NAMESPACE/WORKLOAD", f.to)
 	}
-	d.Namespace, d.Workload = ns, name
+	in.Destination.Namespace, in.Destination.Workload = ns, name
 	if f.workloads == "" {
-		return nil
+		return in, nil
 	}
 	snap, err := state.LoadFile(f.workloads, state.Options{})
 	if err != nil {
-		return err
+		return in, err
 	}
 	w, ok := snap.Workload(ns, name)
 	if !ok {
-		return fmt.Errorf("--to %s: no such workload in %s", f.to, f.workloads)
+		return in, fmt.Errorf("--to %s: no such workload in %s", f.to, f.workloads)
 	}
-	d.ServiceAccount, d.Labels = w.ServiceAccount, w.Labels
-	if d.IP == "" && len(w.IPs) > 0 {
-		d.IP = w.IPs[0].String()
-	} else if ip, err := netip.ParseAddr(d.IP); err == nil && !hasIP(w.IPs, ip) {
-		return fmt.Errorf("--to-ip %s is not an address of %s in %s", d.IP, f.to, f.workloads)
+	dst, err := f.destinationAddr(w)
+	if err != nil {
+		return in, err
 	}
-	if svcs := snap.ServicesOf(w); len(svcs) > 0 {
-		d.Service = svcs[0].Hostname
+	peer := state.Peer{Principal: f.from}
+	if f.fromIP != "" {
+		ip, err := netip.ParseAddr(f.fromIP)
+		if err != nil {
+			return in, fmt.Errorf("--from-ip %q: not an IP address", f.fromIP)
+		}
+		peer.Addr = netip.AddrPortFrom(ip, 0)
 	}
-	return nil
+	built, _, err := snap.InboundInput(peer, dst)
+	return built, err
 }
 
-func hasIP(ips []netip.Addr, ip netip.Addr) bool {
-	for _, x := range ips {
-		if x == ip.Unmap() {
-			return true
-		}
+// destinationAddr is --to-ip (which must be one of w's addresses), or w's
+// first address, with --port.
+func (f *inputFlags) destinationAddr(w *state.Workload) (netip.AddrPort, error) {
+	if f.port < 0 || f.port > 65535 {
+		return netip.AddrPort{}, fmt.Errorf("--port %d: not a port number", f.port)
 	}
-	return false
+	if f.toIP == "" {
+		if len(w.IPs) == 0 {
+			return netip.AddrPort{}, fmt.Errorf("--to %s: the workload has no address in %s: pass --to-ip", f.to, f.workloads)
+		}
+		return netip.AddrPortFrom(w.IPs[0], uint16(f.port)), nil
+	}
+	ip, err := netip.ParseAddr(f.toIP)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("--to-ip %q: not an IP address", f.toIP)
+	}
+	if !slices.Contains(w.IPs, ip.Unmap()) {
+		return netip.AddrPort{}, fmt.Errorf("--to-ip %s is not an address of %s in %s", f.toIP, f.to, f.workloads)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(f.port)), nil
 }
 
 func (f *inputFlags) request() (*policy.Request, error) {

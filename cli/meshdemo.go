@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/ztunnel"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // demoPods is the sample app: a frontend and a checkout on node-1, an api
@@ -174,12 +176,17 @@ func decisionFor(log *lockedWriter, mark int) ztunnel.AccessEntry {
 	return ztunnel.AccessEntry{Reason: "no decision logged"}
 }
 
+// writeExplainInput writes the input of the frontend's call to postgres,
+// built as ztunnel builds it (state.Snapshot.InboundInput), for `policy
+// explain`.
 func writeExplainInput(path string, m *meshbed.Mesh) {
-	in := map[string]any{
-		"layer":       "l4",
-		"source":      map[string]any{"principal": "spiffe://cluster.local/ns/shop/sa/frontend", "ip": m.Pods["frontend"].IP.String()},
-		"destination": map[string]any{"ip": m.Pods["postgres"].IP.String(), "port": 5432, "namespace": "shop", "workload": "postgres", "service_account": "postgres", "labels": map[string]string{"app": "postgres"}},
-		"connection":  map[string]any{"mtls": true},
+	peer := state.Peer{
+		Principal: "spiffe://cluster.local/ns/shop/sa/frontend",
+		Addr:      netip.AddrPortFrom(m.Pods["frontend"].IP, 0),
+	}
+	in, _, err := m.State.InboundInput(peer, netip.AddrPortFrom(m.Pods["postgres"].IP, 5432))
+	if err != nil {
+		return
 	}
 	b, _ := json.MarshalIndent(in, "", "  ")
 	if f, err := createNew(path); err == nil {

@@ -51,9 +51,9 @@ func (z *Ztunnel) serveTunnel(ctx context.Context, p *pod, t *hbone.Tunnel) {
 // source address. A Forwarded address is believed only from a waypoint
 // known in the state, and only as the remote (original client) address:
 // from any other peer it would let a workload choose its own source.ip.
-func (z *Ztunnel) tunnelPeer(t *hbone.Tunnel) Peer {
+func (z *Ztunnel) tunnelPeer(t *hbone.Tunnel) state.Peer {
 	src, _ := netip.ParseAddrPort(t.RemoteAddr.String())
-	peer := Peer{Principal: t.Peer.String(), Addr: netip.AddrPortFrom(src.Addr().Unmap(), src.Port())}
+	peer := state.Peer{Principal: t.Peer.String(), Addr: netip.AddrPortFrom(src.Addr().Unmap(), src.Port())}
 	if !t.Forwarded.IsValid() {
 		return peer
 	}
@@ -72,7 +72,7 @@ func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
 	ctx := context.Background()
 	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	dst, err := capture.OriginalDestination(c)
-	peer := Peer{Addr: src}
+	peer := state.Peer{Addr: src}
 	entry, labels := inboundReport(p, peer, dst, false)
 	if err != nil {
 		c.Close()
@@ -96,8 +96,8 @@ func (z *Ztunnel) servePlaintext(p *pod, c net.Conn) {
 // admit takes an inbound connection through its phases up to the
 // workload: build the L4 input, authorize, dial the workload. On failure
 // it returns the response flag of the phase that failed.
-func (z *Ztunnel) admit(ctx context.Context, p *pod, peer Peer, dst netip.AddrPort, e *AccessEntry) (net.Conn, string, error) {
-	in, _, err := inboundInput(z.state.Load(), peer, dst)
+func (z *Ztunnel) admit(ctx context.Context, p *pod, peer state.Peer, dst netip.AddrPort, e *AccessEntry) (net.Conn, string, error) {
+	in, _, err := z.state.Load().InboundInput(peer, dst)
 	if err != nil {
 		return nil, FlagNoRoute, err
 	}
@@ -112,9 +112,9 @@ func (z *Ztunnel) admit(ctx context.Context, p *pod, peer Peer, dst netip.AddrPo
 }
 
 // inboundInputFunc rebuilds an inbound connection's input from a state.
-func inboundInputFunc(peer Peer, dst netip.AddrPort) inputFunc {
+func inboundInputFunc(peer state.Peer, dst netip.AddrPort) inputFunc {
 	return func(snap *state.Snapshot) (policy.Input, error) {
-		in, _, err := inboundInput(snap, peer, dst)
+		in, _, err := snap.InboundInput(peer, dst)
 		return in, err
 	}
 }
@@ -131,7 +131,7 @@ func tunnelError(flag string, err error) error {
 	return err
 }
 
-func inboundReport(p *pod, peer Peer, dst netip.AddrPort, mtls bool) (AccessEntry, ConnLabels) {
+func inboundReport(p *pod, peer state.Peer, dst netip.AddrPort, mtls bool) (AccessEntry, ConnLabels) {
 	e := AccessEntry{
 		Direction: "inbound", Source: peer.Addr.String(), Destination: dst.String(), SourceID: peer.Principal,
 		DestinationID: p.id.String(), DestinationWL: p.workload.Name, Namespace: p.workload.Namespace,

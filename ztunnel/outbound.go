@@ -103,21 +103,8 @@ func (z *Ztunnel) tunnel(p *pod, c net.Conn, r Route) (net.Conn, string, error) 
 // in the state given, so a re-check sees its current labels.
 func passthroughInputFunc(p *pod, c net.Conn, r Route) inputFunc {
 	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	dst := r.Dial
 	return func(snap *state.Snapshot) (policy.Input, error) {
-		in := policy.Input{
-			Layer:       policy.L4,
-			Source:      policy.Source{Principal: p.id.String(), IP: src.Addr().Unmap().String(), Port: int(src.Port())},
-			Destination: policy.Destination{IP: dst.Addr().Unmap().String(), Port: int(dst.Port())},
-		}
-		if snap == nil {
-			return in, nil
-		}
-		if w, ok := snap.WorkloadByIP(dst.Addr().Unmap()); ok {
-			in.Destination.Namespace, in.Destination.Workload = w.Namespace, w.Name
-			in.Destination.ServiceAccount, in.Destination.Labels = w.ServiceAccount, w.Labels
-		}
-		return in, nil
+		return snap.PassthroughInput(p.id.String(), src, r.Dial), nil
 	}
 }
 
