@@ -11,6 +11,9 @@ const (
 	DefaultPingInterval      = 10 * time.Second
 	DefaultPingTimeout       = 5 * time.Second
 	DefaultIdleTimeout       = 5 * time.Minute
+	// DefaultServerIdleTimeout is longer than a Pool's, so the client,
+	// which knows when it is done, usually closes first.
+	DefaultServerIdleTimeout = 10 * time.Minute
 	DefaultHandshakeTimeout  = 10 * time.Second
 )
 
@@ -38,13 +41,29 @@ type ConnConfig struct {
 	PingTimeout time.Duration
 
 	// IdleTimeout closes a connection that has carried no stream for this
-	// long. Default 5 minutes for a Pool; a Server defaults to never (0 and
-	// negative both mean never there) and relies on its clients and PINGs.
+	// long (a Server sends GOAWAY first). Default 5 minutes for a Pool, 10
+	// for a Server, so an idle client cannot hold a Server's connection
+	// slots and window budget for ever; negative means never.
 	IdleTimeout time.Duration
 
 	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface and
 	// SETTINGS exchange. Default 10s.
 	HandshakeTimeout time.Duration
+
+	// Limits bound what clients can make a Server hold: handshakes in
+	// progress, connections in all and per client identity, and receive
+	// window bytes. A Pool ignores them. The zero value means DefaultLimits.
+	Limits Limits
+
+	// Node, if set, bounds the totals of every Server that shares it, on
+	// top of each one's Limits (ztunnel: one for all its pods' Servers).
+	// A Pool ignores it.
+	Node *NodeLimits
+
+	// OnRefuse, if set, is called each time a Server refuses a client
+	// something under Limits or Node, or cuts off a client that resets
+	// streams faster than their handlers end. It must not block.
+	OnRefuse func(Refusal)
 }
 
 // withDefaults fills zero fields; idle is the side's default idle timeout.

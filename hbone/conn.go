@@ -89,10 +89,14 @@ type conn struct {
 	peerMaxStreams uint32
 	peerMaxFrame   uint32
 	peerInitWindow int64
-	sendWindow     int64 // connection send window
-	recvWindow     int64 // connection receive window left to the peer
-	recvUnacked    int64 // bytes read by streams, not yet returned to the peer
-	goingAway      bool  // GOAWAY sent or received: no new streams
+	sendWindow     int64  // connection send window
+	recvWindow     int64  // connection receive window left to the peer
+	recvUnacked    int64  // bytes read by streams, not yet returned to the peer
+	window         int64  // the connection window granted: ConnWindow, or less from a budget
+	levels         levels // server: the window budgets window is taken from
+	handlers       int    // server: handlers running, at most maxStreams
+	waiting        []waitingHandler
+	goingAway      bool // GOAWAY sent or received: no new streams
 	idleTimer      *time.Timer
 	pingTx         [8]byte       // payload of the PING in flight
 	pingAck        chan struct{} // closed when it is answered
@@ -112,9 +116,10 @@ type conn struct {
 
 // connHooks let the owner (Server or Pool) follow a connection.
 type connHooks struct {
-	// stream is called by readLoop for each stream a client opens (server
-	// side only); it must not block.
-	stream func(s *Stream, req requestHeaders)
+	// serve handles a stream a client opened (server side only), on a
+	// goroutine of its own: at most maxStreams run at once (see
+	// startHandler).
+	serve func(s *Stream, req requestHeaders)
 	// unusable is called once, with no lock held, when the connection can
 	// take no new stream (GOAWAY, closing, closed).
 	unusable func(c *conn)
@@ -158,6 +163,7 @@ func newConn(nc net.Conn, batch *batchConn, client bool, cfg ConnConfig, hooks c
 		peerInitWindow: initialWindow,
 		sendWindow:     initialWindow,
 		recvWindow:     int64(cfg.ConnWindow),
+		window:         int64(cfg.ConnWindow),
 		done:           make(chan struct{}),
 		ctrlWake:       make(chan struct{}, 1),
 	}
@@ -169,6 +175,20 @@ func newConn(nc net.Conn, batch *batchConn, client bool, cfg ConnConfig, hooks c
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.lastRead.Store(time.Now().UnixNano())
 	return c
+}
+
+// budgetWindow takes the connection's receive window from the budgets of
+// ls (server side, before handshake): ConnWindow, or what is left of it
+// but at least HTTP/2's initial 64 KiB. It reports whether the window is
+// whole; a short one grows back as the budgets free (takeConnCreditLocked).
+func (c *conn) budgetWindow(ls levels) bool {
+	got := ls.takeWindow(int64(c.cfg.ConnWindow))
+	if got < initialWindow {
+		ls.forceWindow(initialWindow - got)
+		got = initialWindow
+	}
+	c.levels, c.window, c.recvWindow = ls, got, got
+	return got == int64(c.cfg.ConnWindow)
 }
 
 // handshake exchanges the preface and SETTINGS, then starts the
@@ -242,7 +262,7 @@ func (c *conn) writeSettings() error {
 		if err := c.wfr.WriteSettings(settings...); err != nil {
 			return err
 		}
-		if extra := c.cfg.ConnWindow - initialWindow; extra > 0 {
+		if extra := c.window - initialWindow; extra > 0 {
 			return c.wfr.WriteWindowUpdate(0, uint32(extra))
 		}
 		return nil
@@ -439,12 +459,16 @@ func (c *conn) close(err error) {
 		}
 		clear(c.streams)
 		c.active = 0
+		c.waiting = nil
+		window := c.window
+		c.window = 0
 		if c.idleTimer != nil {
 			c.idleTimer.Stop()
 		}
 		close(c.done)
 		c.mu.Unlock()
 		c.nc.Close()
+		c.levels.releaseWindow(window)
 		if c.hooks.unusable != nil {
 			c.hooks.unusable(c) // before the streams fail: their owners may redial at once
 		}

@@ -107,6 +107,11 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 	}
 	n := int(fh.Length)
 	if cap(c.rbuf) < n {
+		// Never grow the scratch past what the peer may send: a frame
+		// over the window is refused before its payload takes memory.
+		if int64(n) > c.recvWindowNow() {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
 		c.rbuf = make([]byte, n)
 	}
 	payload := c.rbuf[:n]
@@ -215,8 +220,13 @@ func (c *conn) onRequest(f *http2.MetaHeadersFrame) error {
 	if s.recvEnd {
 		s.deliver(nil, true)
 	}
-	c.hooks.stream(s, readRequest(f))
-	return nil
+	return c.startHandler(s, readRequest(f))
+}
+
+func (c *conn) recvWindowNow() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.recvWindow
 }
 
 func readRequest(f *http2.MetaHeadersFrame) requestHeaders {

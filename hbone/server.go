@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -54,18 +56,23 @@ type ServerConfig struct {
 // CONNECT, or whose :authority or Forwarded header cannot be read, are
 // answered 400 before the Handler sees them.
 //
-// Invariants: every accepted connection is in conns until it closes;
-// after Shutdown or Close no new connection or stream is accepted.
+// Invariants: every accepted connection is in conns until it closes, and
+// counted in the limits of levels (its own, then cfg.Conn.Node's) while it
+// is; after Shutdown or Close no new connection or stream is accepted.
 type Server struct {
 	cfg    ServerConfig
 	tls    *tls.Config
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
+	levels levels
+	// peerOf reads the client's identity once TLS is done; tests that let
+	// clients without certificates in (h2spec) replace it.
+	peerOf func(tls.ConnectionState) (spiffeid.ID, error)
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
+	conns     map[*conn]spiffeid.ID
 	stopping  bool
 	drained   chan struct{} // closed when stopping and conns is empty
 }
@@ -83,7 +90,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxConcurrentStreams <= 0 {
 		cfg.MaxConcurrentStreams = DefaultMaxStreamsPerConn
 	}
-	cfg.Conn = cfg.Conn.withDefaults(0)
+	cfg.Conn = cfg.Conn.withDefaults(DefaultServerIdleTimeout)
+	cfg.Conn.Limits = cfg.Conn.Limits.withDefaults(DefaultLimits)
+	lv := levels{newLimiter(cfg.Conn.Limits)}
+	if cfg.Conn.Node != nil {
+		lv = append(lv, cfg.Conn.Node.l)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -94,8 +106,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:       cfg.Logger.With("component", "hbone-server"),
 		ctx:       ctx,
 		cancel:    cancel,
+		levels:    lv,
+		peerOf:    peerID,
 		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
+		conns:     make(map[*conn]spiffeid.ID),
 		drained:   make(chan struct{}),
 	}, nil
 }
@@ -130,44 +144,75 @@ func (s *Server) Serve(l net.Listener) error {
 
 // ServeConn serves one accepted TCP connection until it closes. It is
 // for callers that accept connections themselves (ztunnel listens inside
-// each workload's network namespace).
+// each workload's network namespace). The connection holds a handshake
+// slot until its TLS and HTTP/2 handshakes are done, then counts as its
+// client's connection (see Limits).
 func (s *Server) ServeConn(nc net.Conn) {
+	h, ok := s.admitHandshake(nc)
+	if !ok {
+		s.refused(RefusedHandshakesPerIP)
+		s.log.Debug("too many handshakes in progress from one address: connection closed", "peer", nc.RemoteAddr())
+		nc.Close()
+		return
+	}
+	err := s.handshake(nc)
+	s.endHandshake(h)
+	if err != nil {
+		s.log.Debug("handshake failed", "peer", nc.RemoteAddr(), "error", err)
+	}
+}
+
+// handshake runs TLS, admits the client's identity, then exchanges HTTP/2
+// SETTINGS; the connection then serves its streams on its own goroutines.
+func (s *Server) handshake(nc net.Conn) error {
 	bc := newBatchConn(nc)
 	tc := tls.Server(bc, s.tls)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Conn.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		s.log.Debug("TLS handshake failed", "peer", nc.RemoteAddr(), "error", err)
 		nc.Close()
-		return
+		return fmt.Errorf("hbone: TLS handshake: %w", err)
 	}
-	peer, err := peerID(tc.ConnectionState())
+	peer, err := s.peerOf(tc.ConnectionState())
 	if err != nil {
-		s.log.Debug("peer without SPIFFE ID", "peer", nc.RemoteAddr(), "error", err)
 		tc.Close()
-		return
+		return fmt.Errorf("hbone: peer without SPIFFE ID: %w", err)
 	}
 	c := newConn(tc, bc, false, s.cfg.Conn, connHooks{})
 	c.baseCtx = s.ctx
 	c.maxStreams = s.cfg.MaxConcurrentStreams
 	c.hooks = connHooks{
-		stream:   func(st *Stream, req requestHeaders) { s.startTunnel(c, st, peer, req) },
+		serve:    func(st *Stream, req requestHeaders) { s.serveTunnel(st.ctx, st, peer, req) },
 		unusable: s.forget,
 	}
-	if !s.remember(c) {
-		tc.Close()
-		return
+	if refusal, ok := s.remember(c, peer); !ok {
+		if refusal == "" {
+			tc.Close()
+			return fmt.Errorf("%w: server stopping", ErrConnClosed)
+		}
+		return s.refuseConn(c, peer, refusal)
+	}
+	if !c.budgetWindow(s.levels) {
+		s.refused(RefusedWindow)
 	}
 	if err := c.handshake(); err != nil {
-		s.log.Debug("HTTP/2 handshake failed", "peer", nc.RemoteAddr(), "error", err)
 		c.close(err)
+		return err
 	}
+	return nil
 }
 
-// startTunnel runs the request on its own goroutine (called by readLoop).
-func (s *Server) startTunnel(c *conn, st *Stream, peer spiffeid.ID, req requestHeaders) {
-	go s.serveTunnel(st.ctx, st, peer, req)
+// refuseConn answers a connection over a limit with SETTINGS and GOAWAY
+// ENHANCE_YOUR_CALM, saying why, and closes it.
+func (s *Server) refuseConn(c *conn, peer spiffeid.ID, r Refusal) error {
+	s.refused(r)
+	err := fmt.Errorf("hbone: %s has too many connections (%s): refused", peer, r)
+	c.nc.SetDeadline(time.Now().Add(s.cfg.Conn.HandshakeTimeout))
+	c.writeSettings()
+	c.writeFrames(func() error { return c.wfr.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(err.Error())) })
+	c.nc.Close()
+	return err
 }
 
 // serveTunnel validates the request, then hands it to the Handler; a
@@ -186,6 +231,40 @@ func (s *Server) serveTunnel(ctx context.Context, st *Stream, peer spiffeid.ID, 
 	}
 	t.Reject(fmt.Errorf("%w: the handler returned without answering", ErrUpstream))
 	st.Close()
+}
+
+// admitHandshake takes a handshake slot at every level, dropping the
+// oldest handshake of a level that is full (see Limits).
+func (s *Server) admitHandshake(nc net.Conn) (*handshake, bool) {
+	h := &handshake{nc: nc}
+	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
+		h.ip = ap.Addr().Unmap()
+	}
+	for i, l := range s.levels {
+		victim, ok := l.admitHandshake(h, i)
+		if !ok {
+			s.endHandshake(h)
+			return nil, false
+		}
+		if victim != nil {
+			s.endHandshake(victim)
+			victim.nc.Close()
+			s.refused(RefusedHandshakes)
+		}
+	}
+	return h, true
+}
+
+func (s *Server) endHandshake(h *handshake) {
+	for i, l := range s.levels {
+		l.endHandshake(h, i)
+	}
+}
+
+func (s *Server) refused(r Refusal) {
+	if s.cfg.Conn.OnRefuse != nil {
+		s.cfg.Conn.OnRefuse(r)
+	}
 }
 
 func (s *Server) track(l net.Listener) bool {
@@ -210,14 +289,24 @@ func (s *Server) isStopping() bool {
 	return s.stopping
 }
 
-func (s *Server) remember(c *conn) bool {
+// remember tracks a connection and counts it at every level, unless the
+// server is stopping or a limit refuses it.
+func (s *Server) remember(c *conn, peer spiffeid.ID) (Refusal, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping {
-		return false
+		return "", false
 	}
-	s.conns[c] = struct{}{}
-	return true
+	for i, l := range s.levels {
+		if r, ok := l.admitConn(peer); !ok {
+			for _, prev := range s.levels[:i] {
+				prev.endConn(peer)
+			}
+			return r, false
+		}
+	}
+	s.conns[c] = peer
+	return "", true
 }
 
 // forget drops a connection that takes no new streams; closing
@@ -226,7 +315,12 @@ func (s *Server) forget(c *conn) {
 	go func() {
 		<-c.done
 		s.mu.Lock()
-		delete(s.conns, c)
+		if peer, ok := s.conns[c]; ok {
+			delete(s.conns, c)
+			for _, l := range s.levels {
+				l.endConn(peer)
+			}
+		}
 		if s.stopping && len(s.conns) == 0 {
 			closeOnce(s.drained)
 		}

@@ -285,13 +285,20 @@ func (c *conn) creditConn(n int) {
 }
 
 // takeConnCreditLocked returns the connection window increment to send,
-// once enough has been consumed to be worth a frame (a quarter window).
+// once enough has been consumed to be worth a frame (a quarter window). A
+// window cut short by its budget grows back towards ConnWindow here, as
+// far as the budget has room again.
 func (c *conn) takeConnCreditLocked() uint32 {
-	if c.recvUnacked < int64(c.cfg.ConnWindow)/4 {
+	if c.recvUnacked < c.window/4 {
 		return 0
 	}
 	incr := c.recvUnacked
 	c.recvUnacked = 0
+	if c.window < int64(c.cfg.ConnWindow) && c.levels != nil && c.err == nil {
+		grow := c.levels.takeWindow(int64(c.cfg.ConnWindow) - c.window)
+		c.window += grow
+		incr += grow
+	}
 	c.recvWindow += incr
 	return uint32(incr)
 }
