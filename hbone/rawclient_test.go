@@ -2,8 +2,8 @@ package hbone
 
 import (
 	"bytes"
-	"errors"
 	"crypto/tls"
+	"errors"
 	"net"
 	"testing"
 	"time"
