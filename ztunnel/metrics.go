@@ -2,6 +2,8 @@ package ztunnel
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regomesh/regomesh/hbone"
 )
 
 // Response flags, as Istio reports them on TCP metrics.
@@ -76,6 +78,7 @@ type Metrics struct {
 	closed   *prometheus.CounterVec
 	sent     *prometheus.CounterVec
 	received *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors on reg.
@@ -93,9 +96,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the client during the connection.",
 		}, tcpLabels),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "regomesh", Subsystem: "hbone", Name: "refused_total",
+			Help: "What the HBONE servers (port 15008) refused clients under their limits, by reason: " +
+				"handshakes_per_ip, handshakes (oldest handshake dropped), conns_per_peer, conns, " +
+				"window_budget (a smaller receive window), rapid_reset (GOAWAY ENHANCE_YOUR_CALM).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opened, m.closed, m.sent, m.received)
+		reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused)
 	}
 	return m
 }
@@ -117,4 +126,12 @@ func (m *Metrics) Closed(l ConnLabels, sent, received int64) {
 	m.closed.WithLabelValues(v...).Inc()
 	m.sent.WithLabelValues(v...).Add(float64(sent))
 	m.received.WithLabelValues(v...).Add(float64(received))
+}
+
+// HBONERefused counts a refusal of an HBONE server; it is
+// hbone.ConnConfig.OnRefuse.
+func (m *Metrics) HBONERefused(r hbone.Refusal) {
+	if m != nil {
+		m.refused.WithLabelValues(string(r)).Inc()
+	}
 }

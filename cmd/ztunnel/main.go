@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/regomesh/regomesh/hbone"
 )
 
 // config is every flag; each has a default fit for a node.
@@ -39,6 +41,17 @@ type config struct {
 	logLevel      string
 	accessLog     string
 	decisionLog   string
+	hbone         hboneFlags
+}
+
+// hboneFlags bound what HBONE clients can make ztunnel hold: per pod
+// (each pod has its own server on 15008) and for the node.
+type hboneFlags struct {
+	pod           hbone.Limits
+	podWindowMiB  int64
+	node          hbone.Limits
+	nodeWindowMiB int64
+	idleTimeout   time.Duration
 }
 
 type stringList []string
@@ -67,6 +80,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
 	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log: a file, - for stdout, or off")
 	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty)")
+	c.hbone.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -82,6 +96,27 @@ func parseFlags(args []string) (config, error) {
 		}
 	}
 	return c, nil
+}
+
+func (h *hboneFlags) register(fs *flag.FlagSet) {
+	d, n := hbone.DefaultLimits, hbone.DefaultNodeLimits
+	fs.IntVar(&h.pod.Handshakes, "hbone-handshakes", d.Handshakes, "HBONE handshakes in progress per pod; at the cap the oldest is dropped for the new one")
+	fs.IntVar(&h.pod.HandshakesPerIP, "hbone-handshakes-per-ip", d.HandshakesPerIP, "HBONE handshakes in progress per pod from one source address; more are closed at once")
+	fs.IntVar(&h.pod.Conns, "hbone-conns", d.Conns, "HBONE connections per pod; more are refused with GOAWAY")
+	fs.IntVar(&h.pod.ConnsPerPeer, "hbone-conns-per-peer", d.ConnsPerPeer, "HBONE connections per pod from one client identity (SPIFFE ID)")
+	fs.Int64Var(&h.podWindowMiB, "hbone-window-budget-mib", d.WindowBytes>>20, "MiB of receive window per pod, all HBONE connections together: the memory clients can fill with data not yet read")
+	fs.IntVar(&h.node.Handshakes, "hbone-node-handshakes", n.Handshakes, "HBONE handshakes in progress on the node, all pods together")
+	fs.IntVar(&h.node.Conns, "hbone-node-conns", n.Conns, "HBONE connections on the node, all pods together")
+	fs.Int64Var(&h.nodeWindowMiB, "hbone-node-window-budget-mib", n.WindowBytes>>20, "MiB of HBONE receive window on the node, all pods together")
+	fs.DurationVar(&h.idleTimeout, "hbone-idle-timeout", 0, "close an HBONE connection that has carried no tunnel this long (default: 5m for those ztunnel opens, 10m for those it accepts; negative: never)")
+}
+
+// conn is the HBONE configuration of every pod's server and pool: the
+// node limits are shared by all of them, and refusals are counted.
+func (h hboneFlags) conn(onRefuse func(hbone.Refusal)) hbone.ConnConfig {
+	pod, node := h.pod, h.node
+	pod.WindowBytes, node.WindowBytes = h.podWindowMiB<<20, h.nodeWindowMiB<<20
+	return hbone.ConnConfig{IdleTimeout: h.idleTimeout, Limits: pod, Node: hbone.NewNodeLimits(node), OnRefuse: onRefuse}
 }
 
 // servicePorts are the ports of the admin, metrics and readiness

@@ -50,9 +50,10 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	metrics := ztunnel.NewMetrics(reg)
 	z, err := ztunnel.New(ztunnel.Config{
-		Node: cfg.node, TrustDomain: td, Policy: engine, Identities: ids,
-		Metrics: ztunnel.NewMetrics(reg), AccessLog: ztunnel.NewAccessLog(accessOut), Logger: log, PodsFile: cfg.podsFile,
+		Node: cfg.node, TrustDomain: td, Policy: engine, Identities: ids, Conn: cfg.hbone.conn(metrics.HBONERefused),
+		Metrics: metrics, AccessLog: ztunnel.NewAccessLog(accessOut), Logger: log, PodsFile: cfg.podsFile,
 		ServicePorts: cfg.servicePorts(),
 	})
 	if err != nil {
