@@ -80,3 +80,76 @@ func (s *Snapshot) destination(w *Workload, dst netip.AddrPort) policy.Destinati
 	}
 	return d
 }
+
+// Target is what a CONNECT authority names at a waypoint: a service, by
+// one of its VIPs and one of its ports, or a workload, by one of its IPs.
+type Target struct {
+	// Addr is the authority as the client sent it.
+	Addr netip.AddrPort
+	// Service and Port are set when Addr is a service VIP:port.
+	Service *Service
+	Port    ServicePort
+	// Workload is set when Addr is a workload IP:port.
+	Workload *Workload
+}
+
+// Protocol is the target's declared protocol: the service port's (see
+// ServicePort.Protocol); PortUnknown for a workload addressed directly,
+// which declares none.
+func (t Target) Protocol() PortProtocol {
+	if t.Service == nil {
+		return PortUnknown
+	}
+	return t.Port.Protocol()
+}
+
+// ResolveTarget finds what addr names: a service VIP with that port, or a
+// workload IP.
+func (s *Snapshot) ResolveTarget(addr netip.AddrPort) (Target, error) {
+	ip := addr.Addr().Unmap()
+	if svc, ok := s.ServiceByVIP(ip); ok {
+		port, ok := svc.Port(addr.Port())
+		if !ok {
+			return Target{}, fmt.Errorf("state: service %s has no port %d", svc.Hostname, addr.Port())
+		}
+		return Target{Addr: addr, Service: svc, Port: port}, nil
+	}
+	if w, ok := s.WorkloadByIP(ip); ok {
+		return Target{Addr: addr, Workload: w}, nil
+	}
+	return Target{}, fmt.Errorf("state: nothing at %s: neither a service VIP nor a workload IP", addr)
+}
+
+// WaypointInput is the policy input of what a waypoint receives from peer
+// for dst (a service VIP:port or a workload IP:port): a connection at
+// layer l4 when req is nil (opaque TCP), else the request at layer l7.
+// The source is built as InboundInput builds it; the destination is the
+// workload's facts, or, for a service, its namespace and hostname (the
+// endpoint is chosen after the decision, so policies on a service match
+// destination.service, as translated targetRefs do).
+func (s *Snapshot) WaypointInput(peer Peer, dst netip.AddrPort, req *policy.Request) (policy.Input, Target, error) {
+	t, err := s.ResolveTarget(dst)
+	if err != nil {
+		return policy.Input{}, Target{}, err
+	}
+	in := policy.Input{
+		Layer:      policy.L4,
+		Source:     source(peer.Principal, peer.Addr),
+		Connection: policy.Connection{MTLS: peer.Principal != ""},
+	}
+	if peer.Remote.IsValid() {
+		in.Source.RemoteIP = peer.Remote.String()
+	}
+	if req != nil {
+		in.Layer, in.Request = policy.L7, req
+	}
+	if t.Workload != nil {
+		in.Destination = s.destination(t.Workload, dst)
+	} else {
+		in.Destination = policy.Destination{
+			IP: dst.Addr().Unmap().String(), Port: int(dst.Port()),
+			Namespace: t.Service.Namespace, Service: t.Service.Hostname,
+		}
+	}
+	return in, t, nil
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // Protocol says how a workload's traffic is carried.
@@ -57,6 +58,73 @@ type Service struct {
 type ServicePort struct {
 	Port       int `yaml:"port" json:"port"`
 	TargetPort int `yaml:"targetPort" json:"targetPort"`
+	// Name is the Kubernetes port name. As in Istio, a name of the form
+	// <protocol>[-<suffix>] ("http", "grpc-api", "tcp-db") declares the
+	// port's protocol when AppProtocol does not.
+	Name string `yaml:"name,omitempty" json:"name,omitempty"`
+	// AppProtocol is the Kubernetes appProtocol ("http", "http2", "grpc",
+	// "kubernetes.io/h2c", "tcp", ...); it wins over Name.
+	AppProtocol string `yaml:"appProtocol,omitempty" json:"appProtocol,omitempty"`
+}
+
+// PortProtocol is what a service port carries, as a waypoint needs to
+// know it: HTTP it parses and decides per request, TCP it relays with L4
+// policy only, and an undeclared port it sniffs.
+type PortProtocol string
+
+const (
+	// PortUnknown: nothing declared; a waypoint sniffs the first bytes.
+	PortUnknown PortProtocol = ""
+	// PortHTTP is HTTP/1.1 (or HTTP/2 with prior knowledge, which a
+	// waypoint accepts on any HTTP port).
+	PortHTTP PortProtocol = "HTTP"
+	// PortHTTP2 is HTTP/2 without TLS (h2c, prior knowledge).
+	PortHTTP2 PortProtocol = "HTTP2"
+	// PortGRPC is gRPC: HTTP/2 with prior knowledge.
+	PortGRPC PortProtocol = "GRPC"
+	// PortTCP is opaque: TLS, databases, anything not HTTP in the clear.
+	PortTCP PortProtocol = "TCP"
+)
+
+// Protocol is the port's declared protocol, read as Istio reads it: the
+// appProtocol if it names one Istio knows, else the port name's prefix
+// before the first "-" (the whole name for "grpc-web"), else PortUnknown.
+func (p ServicePort) Protocol() PortProtocol {
+	if proto := parsePortProtocol(p.AppProtocol); proto != PortUnknown {
+		return proto
+	}
+	if proto := parsePortProtocol(p.Name); proto != PortUnknown {
+		return proto
+	}
+	prefix, _, _ := strings.Cut(p.Name, "-")
+	return parsePortProtocol(prefix)
+}
+
+// parsePortProtocol maps Istio's protocol names (case-insensitive) to what
+// a waypoint does with them. Protocols Istio treats as opaque TCP (tls,
+// https, mongo, mysql, redis, ...) are PortTCP.
+func parsePortProtocol(name string) PortProtocol {
+	switch strings.ToLower(name) {
+	case "http", "http_proxy", "grpc-web":
+		return PortHTTP
+	case "http2", "h2c", "kubernetes.io/h2c":
+		return PortHTTP2
+	case "grpc":
+		return PortGRPC
+	case "tcp", "tls", "https", "mongo", "mysql", "redis", "udp":
+		return PortTCP
+	}
+	return PortUnknown
+}
+
+// Port returns the service's port numbered port.
+func (svc *Service) Port(port uint16) (ServicePort, bool) {
+	for _, p := range svc.Ports {
+		if p.Port == int(port) {
+			return p, true
+		}
+	}
+	return ServicePort{}, false
 }
 
 // Snapshot is the whole state at one moment; it is never modified once
