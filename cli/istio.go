@@ -15,7 +15,8 @@ import (
 	"github.com/regomesh/regomesh/policy/istio"
 )
 
-// istioFlags name AuthorizationPolicy YAML and how to translate it.
+// istioFlags name AuthorizationPolicy and PeerAuthentication YAML and how
+// to translate it.
 type istioFlags struct {
 	paths         []string
 	rootNamespace string
@@ -37,7 +38,7 @@ func (f *istioFlags) displayLocation(loc string) string {
 }
 
 func (f *istioFlags) register(flags *pflag.FlagSet) {
-	flags.StringArrayVar(&f.paths, "policies", nil, "Kubernetes YAML file or directory of AuthorizationPolicies (repeatable; other kinds are skipped with a note)")
+	flags.StringArrayVar(&f.paths, "policies", nil, "Kubernetes YAML file or directory of AuthorizationPolicies and PeerAuthentications (repeatable; other kinds are skipped with a note)")
 	f.registerOptions(flags)
 }
 
@@ -54,20 +55,21 @@ func (f *istioFlags) options() istio.Options {
 		Providers: f.providers, Waypoint: f.waypoint}
 }
 
-// decodePolicies reads every AuthorizationPolicy under paths (files, or
-// directories walked for .yaml, .yml and .json), with notes on what was
-// skipped.
-func decodePolicies(paths []string) ([]*istio.Policy, []string, error) {
+// decodePolicies reads every AuthorizationPolicy and PeerAuthentication
+// under paths (files, or directories walked for .yaml, .yml and .json),
+// with notes on what was skipped.
+func decodePolicies(paths []string) (*istio.Resources, []string, error) {
 	files, err := yamlFiles(paths)
 	if err != nil {
 		return nil, nil, err
 	}
-	var policies []*istio.Policy
+	all := &istio.Resources{}
 	var notes []string
 	var errs []error
 	for _, file := range files {
-		ps, ns, err := decodeFile(file)
-		policies = append(policies, ps...)
+		res, ns, err := decodeFile(file)
+		all.AuthorizationPolicies = append(all.AuthorizationPolicies, res.AuthorizationPolicies...)
+		all.PeerAuthentications = append(all.PeerAuthentications, res.PeerAuthentications...)
 		for _, n := range ns {
 			notes = append(notes, n.String())
 		}
@@ -75,19 +77,24 @@ func decodePolicies(paths []string) ([]*istio.Policy, []string, error) {
 			errs = append(errs, err)
 		}
 	}
-	return policies, notes, errors.Join(errs...)
+	return all, notes, errors.Join(errs...)
 }
 
-func decodeFile(path string) ([]*istio.Policy, []istio.Note, error) {
+// empty says whether res holds no resource at all.
+func empty(res *istio.Resources) bool {
+	return len(res.AuthorizationPolicies)+len(res.PeerAuthentications) == 0
+}
+
+func decodeFile(path string) (*istio.Resources, []istio.Note, error) {
 	if path == "-" {
-		return istio.Decode(os.Stdin, "-")
+		return istio.DecodeAll(os.Stdin, "-")
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, err
+		return &istio.Resources{}, nil, err
 	}
 	defer f.Close()
-	return istio.Decode(f, path)
+	return istio.DecodeAll(f, path)
 }
 
 func yamlFiles(paths []string) ([]string, error) {
@@ -124,14 +131,14 @@ func (f *istioFlags) translated() (*policy.Bundle, []string, error) {
 	if len(f.paths) == 0 {
 		return nil, nil, nil
 	}
-	policies, notes, err := decodePolicies(f.paths)
+	res, notes, err := decodePolicies(f.paths)
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(policies) == 0 {
+	if empty(res) {
 		return nil, nil, fmt.Errorf("--policies: %w", noPolicies(f.paths, notes))
 	}
-	tr, err := istio.Translate(policies, f.options())
+	tr, err := istio.TranslateAll(res, f.options())
 	if err != nil {
 		return nil, nil, err
 	}

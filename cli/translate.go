@@ -18,9 +18,10 @@ func newTranslateCommand() *cobra.Command {
 	var output, out string
 	cmd := &cobra.Command{
 		Use:   "translate PATH... [-o rego|bundle] [--out DIR|FILE.tar.gz]",
-		Short: "Translate AuthorizationPolicy YAML to Rego, with Istio's warnings on stderr",
-		Long: `translate reads AuthorizationPolicies (files or directories of Kubernetes YAML;
-other kinds are skipped with a note) and prints the Rego each becomes (-o rego,
+		Short: "Translate AuthorizationPolicy and PeerAuthentication YAML to Rego, with Istio's warnings on stderr",
+		Long: `translate reads AuthorizationPolicies and PeerAuthentications (files or directories
+of Kubernetes YAML; other kinds are skipped with a note) and prints the Rego each
+becomes (-o rego,
 the default), or writes an OPA bundle (-o bundle) to a directory or a .tar.gz
 that ztunnel, waypoints, regomesh policy check and the stock opa CLI all load.
 Where a policy is enforced otherwise than written (at L4, most often), a warning
@@ -30,14 +31,14 @@ in Istio's words goes to stderr.`,
   regomesh policy translate -o bundle --out policies.tar.gz policies/`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, paths []string) error {
-			policies, notes, err := decodePolicies(paths)
+			res, notes, err := decodePolicies(paths)
 			if err != nil {
 				return err
 			}
-			if output == "bundle" && len(policies) == 0 {
+			if output == "bundle" && empty(res) {
 				return noPolicies(paths, notes)
 			}
-			tr, err := istio.Translate(policies, f.options())
+			tr, err := istio.TranslateAll(res, f.options())
 			if err != nil {
 				return err
 			}
@@ -62,10 +63,11 @@ in Istio's words goes to stderr.`,
 	return cmd
 }
 
-// noPolicies refuses to make a bundle of no AuthorizationPolicy: loaded,
-// it would replace the policies in force with none, allowing everything.
+// noPolicies refuses to make a bundle of no AuthorizationPolicy (nor
+// PeerAuthentication): loaded, it would replace the policies in force with
+// none, allowing everything.
 func noPolicies(paths, notes []string) error {
-	msg := fmt.Sprintf("no AuthorizationPolicy in %s: check the paths", strings.Join(paths, " "))
+	msg := fmt.Sprintf("no AuthorizationPolicy or PeerAuthentication in %s: check the paths", strings.Join(paths, " "))
 	if len(notes) > 0 {
 		msg += " (skipped: " + strings.Join(notes, "; ") + ")"
 	}
@@ -107,32 +109,39 @@ func newValidateCommand() *cobra.Command {
 	var f istioFlags
 	cmd := &cobra.Command{
 		Use:   "validate PATH...",
-		Short: "Validate AuthorizationPolicy YAML as Istio does; exit 1 on errors",
-		Long: `validate reads AuthorizationPolicies (files or directories of Kubernetes YAML) and
-reports every problem Istio's validation would, naming the policy, the field
-and the file:line. Exit status: 0 valid, 1 errors.`,
+		Short: "Validate AuthorizationPolicy and PeerAuthentication YAML as Istio does; exit 1 on errors",
+		Long: `validate reads AuthorizationPolicies and PeerAuthentications (files or directories
+of Kubernetes YAML) and reports every problem Istio's validation would, naming
+the policy, the field and the file:line. Exit status: 0 valid, 1 errors.`,
 		Example: `  regomesh policy validate examples/istio
   kubectl get authorizationpolicies -A -o yaml | regomesh policy validate -`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, paths []string) error {
-			policies, notes, err := decodePolicies(paths)
+			res, notes, err := decodePolicies(paths)
 			if err != nil {
 				return err
 			}
 			for _, n := range notes {
 				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s\n", n)
 			}
+			var errs []error
+			for _, p := range res.AuthorizationPolicies {
+				errs = append(errs, istio.Validate(p, f.options()))
+			}
+			for _, pa := range res.PeerAuthentications {
+				errs = append(errs, istio.ValidatePeerAuthentication(pa))
+			}
 			var bad int
-			for _, p := range policies {
-				if err := istio.Validate(p, f.options()); err != nil {
+			for _, err := range errs {
+				if err != nil {
 					fmt.Fprintln(cmd.OutOrStdout(), err)
 					bad++
 				}
 			}
 			if bad > 0 {
-				return &exitError{code: ExitError, err: fmt.Errorf("%d of %d policies are invalid", bad, len(policies))}
+				return &exitError{code: ExitError, err: fmt.Errorf("%d of %d policies are invalid", bad, len(errs))}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d policies valid\n", len(policies))
+			fmt.Fprintf(cmd.OutOrStdout(), "%d policies valid\n", len(errs))
 			return nil
 		},
 	}

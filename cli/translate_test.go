@@ -18,8 +18,8 @@ func TestTranslateRefusesEmptyBundle(t *testing.T) {
 		name, dir string
 		stderr    []string
 	}{
-		{"empty directory", t.TempDir(), []string{"no AuthorizationPolicy in ", "would allow all traffic"}},
-		{"only other kinds", onlyConfigMap, []string{"no AuthorizationPolicy in " + onlyConfigMap, "skipped: ", "ConfigMap"}},
+		{"empty directory", t.TempDir(), []string{"no AuthorizationPolicy or PeerAuthentication in ", "would allow all traffic"}},
+		{"only other kinds", onlyConfigMap, []string{"no AuthorizationPolicy or PeerAuthentication in " + onlyConfigMap, "skipped: ", "ConfigMap"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -37,7 +37,7 @@ func TestTranslateRefusesEmptyBundle(t *testing.T) {
 				t.Errorf("--out %s was written (stat: %v)", out, err)
 			}
 			_, stderr, code = runBinary(t, "", "policy", "check", "--policies", tt.dir, "-i", inputs+"frontend-to-postgres-denied.json")
-			if code != ExitError || !strings.Contains(stderr, "--policies: no AuthorizationPolicy in ") {
+			if code != ExitError || !strings.Contains(stderr, "--policies: no AuthorizationPolicy or PeerAuthentication in ") {
 				t.Errorf("check --policies %s: exit %d, stderr %q; want exit 1 naming the empty input", tt.dir, code, stderr)
 			}
 		})

@@ -12,12 +12,20 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 )
 
 // manifest is the bundle's .manifest: the revision is a hash of the
 // modules, so equal translations are equal bundles.
 func (tr *Translation) manifest() []byte {
-	m, _ := json.MarshalIndent(map[string]any{"revision": tr.Revision(), "roots": []string{Root}}, "", "  ")
+	roots := []string{Root}
+	for name := range tr.Modules {
+		if strings.HasPrefix(name, PeerRoot+"/") {
+			roots = append(roots, PeerRoot)
+			break
+		}
+	}
+	m, _ := json.MarshalIndent(map[string]any{"revision": tr.Revision(), "roots": roots}, "", "  ")
 	return append(m, '\n')
 }
 

@@ -2,6 +2,7 @@ package istio
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -35,29 +37,42 @@ const defaultNamespace = "default"
 
 // Decode reads every AuthorizationPolicy (security.istio.io/v1 or v1beta1,
 // alone or in a List) from a multi-document YAML or JSON stream. Other kinds
-// are skipped with a note. source names the stream in messages ("-" for
-// standard input). The policies are converted but not validated: Translate
-// (or Validate) does that. On error the policies decoded so far are
-// returned with every problem found, each naming source:line, the
-// document's index and the field.
+// are skipped with a note; so are PeerAuthentications, which DecodeAll
+// reads too. source names the stream in messages ("-" for standard input).
+// The policies are converted but not validated: Translate (or Validate)
+// does that. On error the policies decoded so far are returned with every
+// problem found, each naming source:line, the document's index and the
+// field.
 func Decode(r io.Reader, source string) ([]*Policy, []Note, error) {
+	res, notes, err := DecodeAll(r, source)
+	for _, pa := range res.PeerAuthentications {
+		notes = append(notes, Note{Pos: pa.Origin, Message: fmt.Sprintf("skipped PeerAuthentication %s: read it with DecodeAll", pa.ID())})
+	}
+	return res.AuthorizationPolicies, notes, err
+}
+
+// DecodeAll reads every AuthorizationPolicy and PeerAuthentication
+// (security.istio.io/v1 or v1beta1, alone or in a List) from a
+// multi-document YAML or JSON stream, as Decode does. The result is never
+// nil.
+func DecodeAll(r io.Reader, source string) (*Resources, []Note, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: read %s: %w", ErrDecode, source, err)
+		return &Resources{}, nil, fmt.Errorf("%w: read %s: %w", ErrDecode, source, err)
 	}
 	d := &decoder{source: source}
 	for _, doc := range splitDocuments(data) {
 		d.document(doc)
 	}
-	return d.policies, d.notes, d.problems.err()
+	return &d.resources, d.notes, d.problems.err()
 }
 
 // decoder accumulates the results of one Decode.
 type decoder struct {
-	source   string
-	policies []*Policy
-	notes    []Note
-	problems problems
+	source    string
+	resources Resources
+	notes     []Note
+	problems  problems
 }
 
 // document is one YAML document of the stream.
@@ -136,13 +151,17 @@ func (d *decoder) object(doc document, obj any, path string, lines map[string]in
 		return
 	}
 	group, version, _ := strings.Cut(apiVersion, "/")
-	if kind != "AuthorizationPolicy" || group != "security.istio.io" {
+	if (kind != "AuthorizationPolicy" && kind != "PeerAuthentication") || group != "security.istio.io" {
 		what := strings.TrimSpace(describeKind(apiVersion, kind) + " " + objectName(m))
-		d.notes = append(d.notes, Note{Pos: d.pos(line), Message: fmt.Sprintf("document %d: skipped %s: not an AuthorizationPolicy", doc.index, what)})
+		d.notes = append(d.notes, Note{Pos: d.pos(line), Message: fmt.Sprintf("document %d: skipped %s: not an AuthorizationPolicy or a PeerAuthentication", doc.index, what)})
 		return
 	}
 	if version != "v1" && version != "v1beta1" {
 		d.fail(line, "document %d: apiVersion %s: expected security.istio.io/v1 or security.istio.io/v1beta1", doc.index, apiVersion)
+		return
+	}
+	if kind == "PeerAuthentication" {
+		d.peerAuthentication(doc, m, path, lines)
 		return
 	}
 	d.policy(doc, m, version, path, lines)
@@ -167,7 +186,7 @@ func (d *decoder) policy(doc document, m map[string]any, version, path string, l
 	if meta.Name == "" {
 		ps.add("metadata.name", "required")
 	}
-	decodeSpec(m["spec"], spec, ps)
+	decodeSpec(m["spec"], spec, checkSpecShape, ps)
 	if len(ps.errs) > 0 {
 		d.problems.errs = append(d.problems.errs, ps.sorted()...)
 		return
@@ -177,19 +196,13 @@ func (d *decoder) policy(doc document, m map[string]any, version, path string, l
 		d.problems.errs = append(d.problems.errs, err)
 		return
 	}
-	d.policies = append(d.policies, p)
+	d.resources.AuthorizationPolicies = append(d.resources.AuthorizationPolicies, p)
 }
 
 // clientObject decodes the object, but its spec and status, with the
 // client-go type of its version; the spec is decoded strictly apart.
 func clientObject(m map[string]any, version string) (*metav1.ObjectMeta, *apiv1beta1.AuthorizationPolicy, error) {
-	envelope := make(map[string]any, len(m))
-	for k, v := range m {
-		if k != "spec" && k != "status" {
-			envelope[k] = v
-		}
-	}
-	raw, _ := json.Marshal(envelope)
+	raw, _ := json.Marshal(envelope(m))
 	if version == "v1" {
 		var obj clientv1.AuthorizationPolicy
 		err := json.Unmarshal(raw, &obj)
@@ -200,16 +213,28 @@ func clientObject(m map[string]any, version string) (*metav1.ObjectMeta, *apiv1b
 	return &obj.ObjectMeta, &obj.Spec, err
 }
 
+// envelope is the object without its spec and status.
+func envelope(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if k != "spec" && k != "status" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // decodeSpec fills spec from its JSON form, refusing unknown fields (a
 // misspelt field would otherwise be dropped, and a DENY rule would deny
 // more, or an ALLOW allow more, than written) and values of the wrong
 // type, each reported with its path.
-func decodeSpec(raw any, spec *apiv1beta1.AuthorizationPolicy, ps *problems) {
+// checkKind reports what the kind refuses beyond the shape of its message.
+func decodeSpec(raw any, spec proto.Message, checkKind func(any, *problems), ps *problems) {
 	if raw == nil {
 		return
 	}
 	checkShape(raw, spec.ProtoReflect().Descriptor(), "spec", ps)
-	checkSpecShape(raw, ps)
+	checkKind(raw, ps)
 	if len(ps.errs) > 0 {
 		return
 	}
@@ -238,7 +263,9 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, ps *probl
 		at := path + "." + key
 		switch {
 		case fd == nil:
-			ps.add(at, "unknown field (check its spelling against the AuthorizationPolicy reference)")
+			ps.add(at, "unknown field (check its spelling against the %s reference)", cmp.Or(ps.reference, "AuthorizationPolicy"))
+		case fd.IsMap() && fd.MapValue().Kind() == protoreflect.MessageKind:
+			checkMessageMap(m[key], fd, at, ps)
 		case fd.IsMap():
 			checkStringMap(m[key], at, ps)
 		case fd.IsList():
@@ -246,6 +273,25 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, ps *probl
 		default:
 			checkValue(m[key], fd, at, false, ps)
 		}
+	}
+}
+
+// checkMessageMap checks a map of messages (portLevelMtls) whose keys are
+// unsigned integers (ports).
+func checkMessageMap(v any, fd protoreflect.FieldDescriptor, path string, ps *problems) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		if v != nil {
+			ps.add(path, "expected a mapping")
+		}
+		return
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if _, err := strconv.ParseUint(k, 10, 32); err != nil {
+			ps.add(path+"."+k, "%q is not a port number", k)
+			continue
+		}
+		checkShape(m[k], fd.MapValue().Message(), path+"."+k, ps)
 	}
 }
 

@@ -42,11 +42,20 @@ func (e *FieldError) Error() string {
 // Unwrap lets callers test errors.Is(err, ErrInvalid) or ErrDecode.
 func (e *FieldError) Unwrap() error { return e.kind }
 
-// problems collects the FieldErrors of one policy.
+// problems collects the FieldErrors of one resource.
 type problems struct {
-	p    *Policy
+	p    resource // nil: problems of no one resource
 	kind error
 	errs []error
+	// reference names the Istio reference unknown fields are checked
+	// against: "AuthorizationPolicy" when empty.
+	reference string
+}
+
+// resource is an Istio resource that messages name and locate.
+type resource interface {
+	ID() string
+	position(field string) string
 }
 
 // add records a problem with field (a path under the policy, "" for the
@@ -81,12 +90,18 @@ func lineNumber(err error) int {
 // position names the file and line of field, or of its closest ancestor
 // with a known line, or the policy's origin.
 func (p *Policy) position(field string) string {
+	return positionIn(p.file, p.lines, field, p.Origin)
+}
+
+// positionIn is file:line of field, or of its closest ancestor in lines,
+// or origin.
+func positionIn(file string, lines map[string]int, field, origin string) string {
 	for path := field; path != ""; path = parentPath(path) {
-		if line, ok := p.lines[path]; ok {
-			return fmt.Sprintf("%s:%d", p.file, line)
+		if line, ok := lines[path]; ok {
+			return fmt.Sprintf("%s:%d", file, line)
 		}
 	}
-	return p.Origin
+	return origin
 }
 
 // parentPath drops the last element of a field path:

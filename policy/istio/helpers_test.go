@@ -23,14 +23,15 @@ const providersBundle = "testdata/providers"
 // testProviders are the providers the test bundle set supplies.
 var testProviders = []string{"ext-authz"}
 
-// translateYAML decodes and translates a YAML stream of policies.
+// translateYAML decodes and translates a YAML stream of AuthorizationPolicies
+// and PeerAuthentications.
 func translateYAML(t testing.TB, source, src string, opts istio.Options) (*istio.Translation, error) {
 	t.Helper()
-	policies, _, err := istio.Decode(strings.NewReader(src), source)
+	res, _, err := istio.DecodeAll(strings.NewReader(src), source)
 	if err != nil {
 		return nil, err
 	}
-	return istio.Translate(policies, opts)
+	return istio.TranslateAll(res, opts)
 }
 
 // engines is a translation loaded into the real engine twice: the native

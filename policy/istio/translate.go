@@ -40,10 +40,19 @@ func (w Warning) String() string {
 // (or two with one namespace and name) fail the whole set: the error
 // joins every problem found.
 func Translate(policies []*Policy, opts Options) (*Translation, error) {
+	return TranslateAll(&Resources{AuthorizationPolicies: policies}, opts)
+}
+
+// TranslateAll validates and translates AuthorizationPolicies, as
+// Translate does, and PeerAuthentications: one module each, where a STRICT
+// mode denies plaintext wherever that policy decides the mode (the most
+// specific one does, as in Istio; see peerTree). Invalid resources fail
+// the whole set.
+func TranslateAll(res *Resources, opts Options) (*Translation, error) {
 	opts = opts.withDefaults()
 	var errs []error
 	seen := map[string]string{}
-	for _, p := range policies {
+	for _, p := range res.AuthorizationPolicies {
 		if err := Validate(p, opts); err != nil {
 			errs = append(errs, err)
 			continue
@@ -53,14 +62,32 @@ func Translate(policies []*Policy, opts Options) (*Translation, error) {
 		}
 		seen[p.ID()] = p.Origin
 	}
+	seenPeer := map[string]string{}
+	for _, pa := range res.PeerAuthentications {
+		if err := ValidatePeerAuthentication(pa); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if first, dup := seenPeer[pa.ID()]; dup {
+			errs = append(errs, &FieldError{Pos: pa.Origin, Policy: pa.ID(), Problem: "PeerAuthentication defined twice (first at " + first + ")", kind: ErrInvalid})
+		}
+		seenPeer[pa.ID()] = pa.Origin
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	out := &Translation{Modules: make(map[string]string, len(policies))}
-	for _, p := range policies {
+	out := &Translation{Modules: make(map[string]string, len(res.AuthorizationPolicies)+len(res.PeerAuthentications))}
+	for _, p := range res.AuthorizationPolicies {
 		src, warnings := translatePolicy(p, opts)
 		out.Modules[ModuleFile(p)] = src
 		out.Warnings = append(out.Warnings, warnings...)
+	}
+	if len(res.PeerAuthentications) > 0 {
+		tree := newPeerTree(res.PeerAuthentications, opts)
+		for _, pa := range res.PeerAuthentications {
+			out.Modules[PeerModuleFile(pa)] = tree.translate(pa)
+		}
+		out.Warnings = append(out.Warnings, tree.warnings...)
 	}
 	return out, nil
 }

@@ -23,7 +23,7 @@ import (
 // deny), not refused, as in Istio.
 func Validate(p *Policy, _ Options) error {
 	ps := &problems{p: p, kind: ErrInvalid}
-	validateMeta(p, ps)
+	validateNames(p.Namespace, p.Name, ps)
 	validateScope(p, ps)
 	validateAction(p, ps)
 	for i, r := range p.Rules {
@@ -32,19 +32,19 @@ func Validate(p *Policy, _ Options) error {
 	return ps.err()
 }
 
-func validateMeta(p *Policy, ps *problems) {
+func validateNames(namespace, name string, ps *problems) {
 	// The namespace and name become a package key and file names: only
 	// Kubernetes names keep those unique ("<namespace>.<name>": namespaces
 	// have no dots) and inside the bundle directory.
-	if p.Namespace == "" {
+	if namespace == "" {
 		ps.add("metadata.namespace", "required")
-	} else if len(validation.IsDNS1123Label(p.Namespace)) > 0 {
-		ps.add("metadata.namespace", "%q is not a Kubernetes namespace name (a DNS-1123 label: lower-case letters, digits and '-')", p.Namespace)
+	} else if len(validation.IsDNS1123Label(namespace)) > 0 {
+		ps.add("metadata.namespace", "%q is not a Kubernetes namespace name (a DNS-1123 label: lower-case letters, digits and '-')", namespace)
 	}
-	if p.Name == "" {
+	if name == "" {
 		ps.add("metadata.name", "required")
-	} else if len(validation.IsDNS1123Subdomain(p.Name)) > 0 {
-		ps.add("metadata.name", "%q is not a Kubernetes object name (a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')", p.Name)
+	} else if len(validation.IsDNS1123Subdomain(name)) > 0 {
+		ps.add("metadata.name", "%q is not a Kubernetes object name (a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')", name)
 	}
 }
 
@@ -52,17 +52,22 @@ func validateScope(p *Policy, ps *problems) {
 	if p.Selector != nil && len(p.TargetRefs) > 0 {
 		ps.add("spec", "only one of targetRefs or selector can be set")
 	}
-	for _, k := range slices.Sorted(maps.Keys(p.Selector)) {
-		v := p.Selector[k]
+	validateSelector(p.Selector, ps)
+	for i, ref := range p.TargetRefs {
+		validateTargetRef(ref, fmt.Sprintf("spec.targetRefs[%d]", i), ps)
+	}
+}
+
+// validateSelector applies Istio's validateWorkloadSelector.
+func validateSelector(selector map[string]string, ps *problems) {
+	for _, k := range slices.Sorted(maps.Keys(selector)) {
+		v := selector[k]
 		switch {
 		case k == "":
 			ps.add("spec.selector.matchLabels", "empty key is not supported in selector: %q", k+"="+v)
 		case strings.Contains(k, "*") || strings.Contains(v, "*"):
 			ps.add("spec.selector.matchLabels."+k, "wildcard is not supported in selector: %q", k+"="+v)
 		}
-	}
-	for i, ref := range p.TargetRefs {
-		validateTargetRef(ref, fmt.Sprintf("spec.targetRefs[%d]", i), ps)
 	}
 }
 
