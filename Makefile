@@ -92,11 +92,18 @@ demo: spire
 bench-mesh: spire
 	$(GO) run ./test/bench $(ARGS)
 
-tools: $(OPA)
+tools: $(OPA) $(H2SPEC)
 
 # The stock OPA CLI, at the version tools/go.mod pins; rebuilt only when that changes.
 $(OPA): tools/go.mod tools/go.sum
 	$(GO) build -C tools -o ../$(OPA) github.com/open-policy-agent/opa
+	@touch $@
+
+# h2spec, the HTTP/2 conformance suite hbone's TestH2Spec runs against a Server
+# (skipped without it), at the version tools/h2spec/go.mod pins; see docs/h2spec.md.
+H2SPEC := $(BIN)/h2spec
+$(H2SPEC): tools/h2spec/go.mod tools/h2spec/go.sum
+	$(GO) build -C tools/h2spec -o ../../$@ github.com/summerwind/h2spec/cmd/h2spec
 	@touch $@
 
 spire: $(SPIRE)

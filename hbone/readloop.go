@@ -84,17 +84,27 @@ func (c *conn) readControl(fh http2.FrameHeader) error {
 		}
 		c.queueControl(func() error { return c.wfr.WriteSettingsAck() })
 	case *http2.WindowUpdateFrame:
+		if f.StreamID != 0 && c.isIdleStream(f.StreamID) {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 5.1
+		}
 		return c.onWindowUpdate(f)
 	case *http2.PingFrame:
 		return c.onPing(f)
 	case *http2.RSTStreamFrame:
+		if c.isIdleStream(f.StreamID) {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 6.4
+		}
 		c.endStream(f.StreamID, resetError(f.ErrCode))
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("%w: stream depends on itself", ErrStreamReset))
+		}
 	case *http2.GoAwayFrame:
 		c.onGoAway(f)
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // we disabled push
 	}
-	return nil // PRIORITY and unknown frames are ignored, as RFC 9113 asks
+	return nil // other PRIORITY and unknown frames are ignored, as RFC 9113 asks
 }
 
 // readData reads a DATA frame's payload into the stream's buffer,
@@ -209,6 +219,11 @@ func (c *conn) onRequest(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.lastPeerID = id
+	if f.HasPriority() && f.Priority.StreamDep == id { // RFC 9113 5.3.1
+		c.mu.Unlock()
+		c.writeRST(id, http2.ErrCodeProtocol)
+		return nil
+	}
 	if c.goingAway || c.active >= c.maxStreams {
 		c.mu.Unlock()
 		c.writeRST(id, http2.ErrCodeRefusedStream)
