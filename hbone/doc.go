@@ -13,6 +13,11 @@
 // StatusFor is the one mapping from errors to statuses, and the client
 // reads statuses back into the same sentinel errors (errors.go).
 //
+// A hostile client is bounded (Limits, NodeLimits): handshakes in
+// progress, connections per identity and in all, receive-window memory,
+// and handlers in flight per connection; a rapid reset gets GOAWAY
+// ENHANCE_YOUR_CALM. ConnConfig.OnRefuse hears of every refusal.
+//
 //	srv, err := hbone.NewServer(hbone.ServerConfig{SVID: svids, Bundle: bundles, Handler: h})
 //	go srv.Serve(listener)
 //
