@@ -1,0 +1,62 @@
+package waypoint
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// DeniedBody is what a denied HTTP request receives, as Envoy's RBAC
+// filter answers.
+const DeniedBody = "RBAC: access denied"
+
+// gRPC status codes the waypoint answers with itself.
+const (
+	grpcPermissionDenied = 7
+	grpcUnavailable      = 14
+)
+
+// isGRPC reports a gRPC request (content-type application/grpc, or
+// application/grpc+proto and the like).
+func isGRPC(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") || strings.HasPrefix(ct, "application/grpc;")
+}
+
+// deny answers a request that policy refused: 403 with DeniedBody, or,
+// for gRPC, PERMISSION_DENIED in trailers-only form (HTTP 200, the status
+// in the only HEADERS frame).
+func deny(rw http.ResponseWriter, grpc bool) {
+	if grpc {
+		grpcStatus(rw, grpcPermissionDenied, DeniedBody)
+		return
+	}
+	plain(rw, http.StatusForbidden, DeniedBody)
+}
+
+// unavailable answers a request that could not be sent upstream: 503, or
+// gRPC UNAVAILABLE.
+func unavailable(rw http.ResponseWriter, grpc bool) {
+	if grpc {
+		grpcStatus(rw, grpcUnavailable, "no healthy upstream")
+		return
+	}
+	plain(rw, http.StatusServiceUnavailable, "no healthy upstream")
+}
+
+func plain(rw http.ResponseWriter, status int, body string) {
+	h := rw.Header()
+	h.Set("Content-Type", "text/plain")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	rw.WriteHeader(status)
+	io.WriteString(rw, body)
+}
+
+func grpcStatus(rw http.ResponseWriter, code int, msg string) {
+	h := rw.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(code))
+	h.Set("Grpc-Message", msg) // printable ASCII without %: needs no percent-encoding
+	rw.WriteHeader(http.StatusOK)
+}

@@ -1,0 +1,26 @@
+package waypoint
+
+import "errors"
+
+var (
+	// ErrNoState: no mesh state has been loaded yet, so no authority can be
+	// resolved; tunnels are refused with 503.
+	ErrNoState = errors.New("waypoint: no mesh state loaded")
+	// ErrNoEndpoint: the target service selects no workload the waypoint
+	// can tunnel to (503, response flag UH).
+	ErrNoEndpoint = errors.New("waypoint: no endpoint for the target")
+	// ErrLoop: the authority names the waypoint itself; serving it would
+	// send the waypoint's traffic back to it.
+	ErrLoop = errors.New("waypoint: the target is the waypoint itself")
+)
+
+// Response flags, as Envoy reports them in metrics and access logs.
+const (
+	FlagNone        = "-"
+	FlagDenied      = "DENY" // policy refused the request or connection
+	FlagNoRoute     = "NR"   // the authority names nothing in the state
+	FlagNoHealthy   = "UH"   // the target has no endpoint
+	FlagUpstream    = "UF"   // the upstream tunnel or request failed
+	FlagLoop        = "LOOP" // addressed to the waypoint itself
+	FlagDownstreamR = "DR"   // the client went away before the response
+)

@@ -1,0 +1,169 @@
+package waypoint
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/regomesh/regomesh/policy"
+)
+
+// ServeHTTP handles one request from a tunnel, in phases: build the l7
+// input, authorize, choose the endpoint, proxy; then report. Any failure
+// answers the client itself (403, 503, or their gRPC forms) and never
+// reaches upstream.
+func (w *Waypoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	cl := clientFrom(r.Context())
+	if cl == nil {
+		http.Error(rw, "waypoint: request without a tunnel", http.StatusInternalServerError)
+		return
+	}
+	x := newExchange(cl, r)
+	rec := &recorder{ResponseWriter: rw}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, n: &x.reqCount}
+	}
+	defer w.finish(x, rec)
+	snap := w.state.Load()
+	in, target, err := snap.WaypointInput(cl.peer, cl.target.Addr, RequestOf(r))
+	if err != nil {
+		x.fail(FlagNoRoute, err)
+		unavailable(rec, x.grpc)
+		return
+	}
+	x.target = target
+	if !w.authorize(r.Context(), in, x) {
+		deny(rec, x.grpc)
+		return
+	}
+	if x.endpoint, x.upstream, err = w.pickEndpoint(snap, target); err != nil {
+		x.fail(FlagNoHealthy, err)
+		unavailable(rec, x.grpc)
+		return
+	}
+	w.proxy.ServeHTTP(rec, r.WithContext(withExchange(r.Context(), x)))
+}
+
+// RequestOf is the input document's request for r: method, the path as
+// received (query included; the engine derives url_path), host, protocol,
+// and headers by lower-case name, repeated values joined with "," as
+// Envoy presents them to policy.
+func RequestOf(r *http.Request) *policy.Request {
+	headers := make(map[string]string, len(r.Header))
+	for name, values := range r.Header {
+		headers[strings.ToLower(name)] = strings.Join(values, ",")
+	}
+	path := r.RequestURI
+	if !strings.HasPrefix(path, "/") && path != "*" {
+		path = r.URL.RequestURI() // absolute-form ("GET http://host/p"): its path and query
+	}
+	return &policy.Request{Method: r.Method, Path: path, Host: r.Host, Protocol: r.Proto, Headers: headers}
+}
+
+// authorize asks the policy; a deny or an error refuses.
+func (w *Waypoint) authorize(ctx context.Context, in policy.Input, x *exchange) bool {
+	d, err := w.cfg.Policy.Decide(ctx, in)
+	x.decided(d)
+	if err != nil {
+		x.fail(FlagDenied, fmt.Errorf("waypoint: policy error, denied: %w", err))
+		return false
+	}
+	if !d.Allow {
+		x.fail(FlagDenied, nil)
+		return false
+	}
+	return true
+}
+
+func newExchange(cl *client, r *http.Request) *exchange {
+	return &exchange{
+		kind: "http", start: time.Now(), peer: cl.peer, source: cl.source, target: cl.target,
+		method: r.Method, path: r.RequestURI, host: r.Host, proto: r.Proto,
+		traceparent: r.Header.Get("Traceparent"), grpc: isGRPC(r),
+	}
+}
+
+// finish reports the exchange: metrics and one access-log line.
+func (w *Waypoint) finish(x *exchange, rec *recorder) {
+	x.end = time.Now()
+	x.status = rec.status
+	if x.status == 0 {
+		x.status = http.StatusOK
+	}
+	x.reqBytes, x.respBytes = x.reqCount.Load(), rec.n
+	if x.grpc {
+		x.grpcStatus = grpcStatusOf(rec.Header())
+	}
+	w.cfg.Metrics.record(x)
+	w.cfg.AccessLog.Write(x.entry())
+}
+
+// grpcStatusOf finds grpc-status where the proxy left it: in the headers
+// (trailers-only), or among the trailers, declared or not.
+func grpcStatusOf(h http.Header) string {
+	for _, k := range []string{"Grpc-Status", http.TrailerPrefix + "Grpc-Status"} {
+		if v := h.Get(k); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+type exchangeKey struct{}
+
+func withExchange(ctx context.Context, x *exchange) context.Context {
+	return context.WithValue(ctx, exchangeKey{}, x)
+}
+
+func exchangeFrom(ctx context.Context) *exchange {
+	x, _ := ctx.Value(exchangeKey{}).(*exchange)
+	if x == nil {
+		return &exchange{}
+	}
+	return x
+}
+
+// recorder notes the status and counts the body bytes of a response.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 && code >= 200 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection's Flusher.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Flush lets the proxy stream (it asserts http.Flusher on older paths).
+func (r *recorder) Flush() { http.NewResponseController(r.ResponseWriter).Flush() }
+
+// countingBody counts the request body bytes read.
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}

@@ -1,0 +1,47 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/regomesh/regomesh/hbone"
+)
+
+// relayTCP serves a tunnel that does not carry HTTP: one L4 decision for
+// the connection, then the bytes relayed to the chosen endpoint's ztunnel.
+func (w *Waypoint) relayTCP(ctx context.Context, cl *client, c *tunnelConn) {
+	x := &exchange{kind: "tcp", start: time.Now(), peer: cl.peer, source: cl.source, target: cl.target}
+	defer func() {
+		x.end = time.Now()
+		w.cfg.AccessLog.Write(x.entry())
+	}()
+	snap := w.state.Load()
+	in, target, err := snap.WaypointInput(cl.peer, cl.target.Addr, nil)
+	if err != nil {
+		x.fail(FlagNoRoute, err)
+		c.Close()
+		return
+	}
+	x.target = target
+	if !w.authorize(ctx, in, x) {
+		c.Close()
+		return
+	}
+	if x.endpoint, x.upstream, err = w.pickEndpoint(snap, target); err != nil {
+		x.fail(FlagNoHealthy, err)
+		c.Close()
+		return
+	}
+	up, err := w.dialUpstream(ctx, cl, x.upstream.String())
+	if err != nil {
+		x.fail(FlagUpstream, err)
+		c.Close()
+		return
+	}
+	counts, err := hbone.Relay(ctx, c, up)
+	x.reqBytes, x.respBytes = counts.FromClient, counts.FromServer
+	if err != nil && !errors.Is(err, context.Canceled) {
+		x.err = err
+	}
+}

@@ -1,0 +1,139 @@
+package waypoint
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
+
+	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+// newProxy is the one reverse proxy of the waypoint: the request's
+// exchange says where it goes, and the request's client which transport
+// carries it.
+func (w *Waypoint) newProxy() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			x := exchangeFrom(pr.In.Context())
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = x.upstream.String()
+			// pr.Out.Host keeps the client's Host (:authority).
+		},
+		Transport:     upstreamTransport{w},
+		FlushInterval: -1, // stream: gRPC and server-sent events must not wait in a buffer
+		ErrorLog:      nil,
+		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
+			x := exchangeFrom(r.Context())
+			x.fail(FlagUpstream, err)
+			unavailable(rw, x.grpc)
+		},
+	}
+}
+
+// upstreamTransport sends each request on its client's transport:
+// HTTP/1.1 for HTTP/1.1 clients, h2c for HTTP/2 ones (gRPC).
+type upstreamTransport struct{ w *Waypoint }
+
+func (t upstreamTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	cl := clientFrom(r.Context())
+	if cl == nil {
+		return nil, fmt.Errorf("waypoint: request without a tunnel")
+	}
+	rt, err := cl.transport(t.w, r.ProtoMajor == 2)
+	if err != nil {
+		return nil, err
+	}
+	return rt.RoundTrip(r)
+}
+
+// transport returns the client's upstream transport for the protocol,
+// making it on first use.
+func (cl *client) transport(w *Waypoint, h2 bool) (http.RoundTripper, error) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.closed {
+		return nil, fmt.Errorf("waypoint: the client's tunnel has ended")
+	}
+	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return w.dialUpstream(ctx, cl, addr) }
+	if h2 {
+		if cl.h2 == nil {
+			cl.h2 = &http2.Transport{
+				AllowHTTP: true, DisableCompression: true, ReadIdleTimeout: 30 * time.Second,
+				DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+					return dial(ctx, network, addr)
+				},
+			}
+		}
+		return cl.h2, nil
+	}
+	if cl.h1 == nil {
+		cl.h1 = &http.Transport{
+			DialContext: dial, DisableCompression: true, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second,
+		}
+	}
+	return cl.h1, nil
+}
+
+// dialUpstream opens a tunnel to the ztunnel of the endpoint at addr
+// (ip:targetPort): its HBONE port, presenting the waypoint's SVID,
+// requiring the endpoint's identity, with Forwarded naming the original
+// client and the client tunnel's trace context.
+func (w *Waypoint) dialUpstream(ctx context.Context, cl *client, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("waypoint: upstream %q: %w", addr, err)
+	}
+	snap := w.state.Load()
+	ep, ok := snap.WorkloadByIP(ap.Addr())
+	if !ok {
+		return nil, fmt.Errorf("waypoint: upstream %s: %w: no workload there", addr, ErrNoEndpoint)
+	}
+	peer, err := spiffeid.FromString(ep.Identity())
+	if err != nil {
+		return nil, fmt.Errorf("waypoint: upstream %s: identity %q: %w", addr, ep.Identity(), err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
+	defer cancel()
+	s, err := w.cfg.Pool.Dial(ctx, hbone.Request{
+		Source: w.cfg.SVID, Peer: peer,
+		Addr:      netip.AddrPortFrom(ap.Addr(), HBONEPort),
+		Authority: ap, Forwarded: cl.original(), TraceParent: cl.trace,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waypoint: upstream %s: %w", addr, err)
+	}
+	return s, nil
+}
+
+// pickEndpoint chooses where a request for target goes: the workload
+// itself, or one of the service's endpoints (round robin) at the port's
+// targetPort. The waypoint never picks itself, and only tunnels to
+// workloads in the mesh.
+func (w *Waypoint) pickEndpoint(snap *state.Snapshot, target state.Target) (*state.Workload, netip.AddrPort, error) {
+	if wl := target.Workload; wl != nil {
+		if wl.Protocol != state.HBONE {
+			return nil, netip.AddrPort{}, fmt.Errorf("%w: %s/%s is outside the mesh", ErrNoEndpoint, wl.Namespace, wl.Name)
+		}
+		return wl, netip.AddrPortFrom(target.Addr.Addr().Unmap(), target.Addr.Port()), nil
+	}
+	var eps []*state.Workload
+	for _, ep := range snap.Endpoints(target.Service) {
+		if ep.Protocol == state.HBONE && len(ep.IPs) > 0 && ep.Identity() != w.id.String() {
+			eps = append(eps, ep)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, netip.AddrPort{}, fmt.Errorf("%w: service %s", ErrNoEndpoint, target.Service.Hostname)
+	}
+	ep := eps[w.next.Add(1)%uint64(len(eps))]
+	return ep, netip.AddrPortFrom(ep.IPs[0], uint16(target.Port.TargetPort)), nil
+}
