@@ -31,6 +31,15 @@
 // policies whose provider Rego is not native and wildcard patterns
 // against list-valued claims or audiences, which need iteration.
 //
+// PeerAuthentications (DecodeAll, TranslateAll) become modules of their
+// own, package mesh.policies.istio_peerauthentication["<namespace>.<name>"]:
+// Istio's precedence (port, workload, namespace, mesh; UNSET inherits;
+// PERMISSIVE by default) is resolved at translation, and a STRICT mode is
+// a deny of plaintext (input.connection.mtls false) in the module of the
+// policy that decides it, except where a more specific policy or port
+// sets a mode (peerauthn_translate.go). Where Istio takes the oldest of
+// several at one level, the translation takes the first by name and warns.
+//
 // WriteBundleDir and WriteBundleTarGz write the result as an OPA bundle
 // (root mesh/policies/istio) that policy.ReadBundle and the stock opa CLI
 // both load.
