@@ -227,7 +227,15 @@ func (c *conn) finishLocked(s *Stream) {
 	c.active--
 	c.armIdleLocked()
 	if c.goingAway && c.active == 0 {
-		go c.close(fmt.Errorf("%w: drained after GOAWAY", ErrConnClosed))
+		// Through the write lock: whoever finished the stream may be about
+		// to write its last frame (closeWriteLocked retires the stream
+		// before its END_STREAM goes out), which must reach the peer
+		// before the connection closes.
+		go func() {
+			c.lockWrite()
+			c.unlockWrite()
+			c.close(fmt.Errorf("%w: drained after GOAWAY", ErrConnClosed))
+		}()
 	}
 }
 
