@@ -47,8 +47,9 @@ const (
 // Accept until its TLS and HTTP/2 handshakes are done, at most
 // ConnConfig.HandshakeTimeout (10s). Refusing new connections at a full
 // cap would let a few hundred bare TCP connections, renewed every 10s,
-// keep every real client out. Instead a source address may hold only
-// HandshakesPerIP slots (its next connection is closed at once), and at
+// keep every real client out. Instead, once half the slots are taken, a
+// source address may hold only HandshakesPerIP of them (its next
+// connection is closed at once), and at
 // the overall cap the oldest handshake in progress is dropped for the
 // new one: a real client finishes its handshake in milliseconds, so an
 // attacker must open connections faster than that, from many addresses,
@@ -60,8 +61,9 @@ type Limits struct {
 	Handshakes int
 
 	// HandshakesPerIP bounds the handshakes in progress from one source
-	// address; over it a new connection is closed at once. Default 16 per
-	// Server, 64 per NodeLimits.
+	// address once half of Handshakes are in progress; over it a new
+	// connection is closed at once. Default 16 per Server, 64 per
+	// NodeLimits.
 	HandshakesPerIP int
 
 	// Conns bounds the established connections. Over it a new connection
@@ -157,12 +159,13 @@ type handshake struct {
 }
 
 // admitHandshake takes a handshake slot at level i. It refuses when the
-// address has too many in progress; at the overall cap it returns the
-// oldest handshake, which the caller drops.
+// address has too many in progress and half the slots are taken (below
+// that, parallel clients behind one address are not held back); at the
+// overall cap it returns the oldest handshake, which the caller drops.
 func (l *limiter) admitHandshake(h *handshake, i int) (victim *handshake, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.perIP[h.ip] >= l.lim.HandshakesPerIP {
+	if l.perIP[h.ip] >= l.lim.HandshakesPerIP && 2*l.pending.Len() >= l.lim.Handshakes {
 		return nil, false
 	}
 	if l.pending.Len() >= l.lim.Handshakes {

@@ -101,7 +101,7 @@ func parseFlags(args []string) (config, error) {
 func (h *hboneFlags) register(fs *flag.FlagSet) {
 	d, n := hbone.DefaultLimits, hbone.DefaultNodeLimits
 	fs.IntVar(&h.pod.Handshakes, "hbone-handshakes", d.Handshakes, "HBONE handshakes in progress per pod; at the cap the oldest is dropped for the new one")
-	fs.IntVar(&h.pod.HandshakesPerIP, "hbone-handshakes-per-ip", d.HandshakesPerIP, "HBONE handshakes in progress per pod from one source address; more are closed at once")
+	fs.IntVar(&h.pod.HandshakesPerIP, "hbone-handshakes-per-ip", d.HandshakesPerIP, "HBONE handshakes in progress per pod from one source address once half of --hbone-handshakes are taken; more are closed at once")
 	fs.IntVar(&h.pod.Conns, "hbone-conns", d.Conns, "HBONE connections per pod; more are refused with GOAWAY")
 	fs.IntVar(&h.pod.ConnsPerPeer, "hbone-conns-per-peer", d.ConnsPerPeer, "HBONE connections per pod from one client identity (SPIFFE ID)")
 	fs.Int64Var(&h.podWindowMiB, "hbone-window-budget-mib", d.WindowBytes>>20, "MiB of receive window per pod, all HBONE connections together: the memory clients can fill with data not yet read")
