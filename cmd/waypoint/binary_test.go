@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/spire/harness"
+)
+
+// TestBinaryWithSPIRE runs the real waypoint binary with its SVID from a
+// real SPIRE agent's Workload API: it becomes ready, answers a request
+// over HBONE (mTLS with SPIRE's SVIDs) with the policy's 403, counts it in
+// Istio's metrics, dumps its config without keys, and exits cleanly on
+// SIGTERM.
+func TestBinaryWithSPIRE(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs SPIRE")
+	}
+	server := harness.NewServer(t, harness.ServerConfig{})
+	td := server.TrustDomain()
+	wpID := spiffeid.RequireFromSegments(td, "ns", "shop", "sa", "waypoint")
+	agent := server.NewAgent(t, harness.AgentConfig{Delegate: wpID})
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "waypoint")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	stateFile := filepath.Join(dir, "state.yaml")
+	os.WriteFile(stateFile, []byte(`workloads:
+- {name: waypoint, namespace: shop, serviceAccount: waypoint, ips: [10.1.0.2]}
+- {name: web-1, namespace: shop, serviceAccount: web, ips: [10.1.0.9], labels: {app: web}}
+services:
+- {name: web, namespace: shop, vips: [10.96.0.9], ports: [{port: 80, targetPort: 8080, name: http}], selector: {app: web}, waypoint: shop/waypoint}
+`), 0o644)
+	bundle := filepath.Join(dir, "bundle")
+	os.MkdirAll(bundle, 0o755)
+	os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "r1", "roots": ["mesh/policies/t"]}`), 0o644)
+	os.WriteFile(filepath.Join(bundle, "p.rego"), []byte("package mesh.policies.t.p\n\ndeny contains {\"policy\": \"t/p\", \"rule\": \"no-admin\"} if input.request.url_path == \"/admin\"\n"), 0o644)
+	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(),
+		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
+		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s")
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
+
+	source, err := workloadapi.NewX509Source(t.Context(), workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+agent.WorkloadSocket())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer source.Close()
+	pool, err := hbone.NewPool(hbone.PoolConfig{Bundle: source})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return pool.Dial(ctx, hbone.Request{Source: source, Peer: wpID, Addr: netip.MustParseAddrPort(hboneAddr),
+			Authority: netip.MustParseAddrPort("10.96.0.9:80")})
+	}}}
+	resp, err := client.Get("http://web.shop/admin")
+	if err != nil {
+		t.Fatalf("request through the waypoint: %v\n%s", err, logs.String())
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 403 || string(body) != "RBAC: access denied" {
+		t.Fatalf("got %d %q, want 403 RBAC: access denied\n%s", resp.StatusCode, body, logs.String())
+	}
+	if m := fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, `istio_requests_total{`) || !strings.Contains(m, `reporter="waypoint"`) {
+		t.Errorf("metrics lack the denied request:\n%.2000s", m)
+	}
+	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, wpID.String()) || strings.Contains(dump, "PRIVATE KEY") {
+		t.Errorf("config dump:\n%s", dump)
+	}
+	waitLog(t, &logs, `"policy":"t/p","rule":"no-admin"`)
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
+	}
+}
+
+func waitLog(t *testing.T, logs *syncBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the access log never said %s:\n%s", want, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(t *testing.T, url string, status int, logs *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == status {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s never answered %d; waypoint log:\n%s", url, status, logs.String())
+}
+
+func fetch(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}

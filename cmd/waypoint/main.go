@@ -1,0 +1,113 @@
+// Command waypoint is regomesh's L7 proxy for a namespace or service
+// account: it terminates the HBONE tunnels ztunnels send it, decides every
+// HTTP and gRPC request with Rego compiled from OPA bundles, and tunnels
+// allowed requests to the endpoints' ztunnels with its own SVID, which it
+// gets from the SPIRE agent's Workload API like any other workload.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// config is every flag; each has a default fit for a waypoint pod.
+type config struct {
+	trustDomain   string
+	localConfig   string
+	bundles       stringList
+	verifyKey     string
+	spireSocket   string
+	spireTimeout  time.Duration
+	hboneAddr     string
+	adminAddr     string
+	adminExpose   bool
+	metricsAddr   string
+	readinessAddr string
+	drainTimeout  time.Duration
+	statePoll     time.Duration
+	bundlePoll    time.Duration
+	logLevel      string
+	accessLog     string
+	decisionLog   string
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return fmt.Sprint(*s) }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("waypoint", flag.ContinueOnError)
+	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services, the same file ztunnel reads (reloaded on change); required")
+	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept)")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
+	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API socket, where the waypoint gets its own SVID")
+	fs.DurationVar(&c.spireTimeout, "spire-timeout", 30*time.Second, "how long to wait at start for the first SVID from the Workload API")
+	fs.StringVar(&c.hboneAddr, "hbone-addr", ":15008", "HBONE listener (tunnels from ztunnels)")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (config dump, log level, pprof): a loopback address unless --admin-expose")
+	fs.BoolVar(&c.adminExpose, "admin-expose", false, "let --admin-addr bind a non-loopback address; anyone who reaches it can change the log level and profile the waypoint")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint (read-only)")
+	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready, for the kubelet's probe; read-only)")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long requests in flight may finish before connections are closed")
+	fs.DurationVar(&c.statePoll, "state-poll", time.Second, "how often --local-config is checked for changes")
+	fs.DurationVar(&c.bundlePoll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
+	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log, one line per request: a file, - for stdout, or off")
+	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.localConfig == "" {
+		return c, errors.New("--local-config is required")
+	}
+	if len(c.bundles) == 0 {
+		return c, errors.New("at least one --bundle is required: without policy every request is denied")
+	}
+	if !c.adminExpose {
+		if err := checkLoopback(c.adminAddr); err != nil {
+			return c, fmt.Errorf("--admin-addr %s: %w", c.adminAddr, err)
+		}
+	}
+	return c, nil
+}
+
+// checkLoopback accepts host:port whose host is a loopback address or
+// "localhost". An empty host would listen on every address.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	return errors.New("the admin endpoint changes the log level and serves pprof, so it binds a loopback address only (127.0.0.1, ::1 or localhost); pass --admin-expose to bind it elsewhere on purpose")
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "waypoint:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		slog.Error("waypoint stopped", "error", err)
+		os.Exit(1)
+	}
+}

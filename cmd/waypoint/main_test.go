@@ -1,0 +1,36 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		err  string
+	}{
+		{name: "defaults", args: []string{"--local-config", "s.yaml", "--bundle", "b"}},
+		{name: "state required", args: []string{"--bundle", "b"}, err: "--local-config is required"},
+		{name: "policy required", args: []string{"--local-config", "s.yaml"}, err: "--bundle is required"},
+		{name: "admin stays on loopback", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000"}, err: "loopback"},
+		{name: "admin exposed on purpose", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000", "--admin-expose"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseFlags(tc.args)
+			if tc.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.name == "defaults" && (cfg.hboneAddr != ":15008" || cfg.readinessAddr != ":15021" || cfg.metricsAddr != ":15020" || cfg.adminAddr != "127.0.0.1:15000") {
+					t.Errorf("default ports: %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("error %v, want one saying %q", err, tc.err)
+			}
+		})
+	}
+}

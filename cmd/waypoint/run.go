@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/waypoint"
+	"github.com/regomesh/regomesh/ztunnel"
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+func run(ctx context.Context, cfg config) error {
+	level := new(slog.LevelVar)
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	engine, closeLog, err := policyEngine(ctx, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	source, err := x509Source(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer source.Close()
+	accessOut, err := openLog(cfg.accessLog)
+	if err != nil {
+		return err
+	}
+	w, err := waypoint.New(waypoint.Config{
+		SVID: source, Bundle: source, Policy: engine,
+		Metrics: waypoint.NewMetrics(reg), AccessLog: waypoint.NewAccessLog(accessOut), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := watchState(ctx, cfg, w, log); err != nil {
+		return err
+	}
+	go watchBundles(ctx, cfg, engine, log)
+	l, err := net.Listen("tcp", cfg.hboneAddr)
+	if err != nil {
+		return fmt.Errorf("--hbone-addr: %w", err)
+	}
+	go w.Serve(l)
+	servers, err := serve(cfg, w, engine, source, reg, level)
+	if err != nil {
+		return err
+	}
+	log.Info("waypoint ready", "id", w.ID().String(), "hbone", cfg.hboneAddr, "admin", cfg.adminAddr)
+	<-ctx.Done()
+	log.Info("shutting down: draining requests in flight", "deadline", cfg.drainTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+	defer cancel()
+	err = w.Shutdown(drainCtx)
+	for _, s := range servers {
+		s.Shutdown(drainCtx)
+	}
+	return err
+}
+
+// x509Source is the waypoint's own identity and trust bundles, from the
+// SPIRE agent's Workload API; it waits for the first SVID.
+func x509Source(ctx context.Context, cfg config) (*workloadapi.X509Source, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.spireTimeout)
+	defer cancel()
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+cfg.spireSocket)))
+	if err != nil {
+		return nil, fmt.Errorf("no SVID from the SPIRE agent's Workload API at %s within %s: %w (is the agent running, the socket mounted, and an entry registered for this waypoint?)",
+			cfg.spireSocket, cfg.spireTimeout, err)
+	}
+	return source, nil
+}
+
+// watchState loads --local-config and keeps it current; a broken file
+// keeps the last good state.
+func watchState(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog.Logger) error {
+	opts := state.Options{TrustDomain: cfg.trustDomain}
+	snap, loaded, err := state.ReadFile(cfg.localConfig, opts)
+	if err != nil {
+		return err
+	}
+	w.SetState(snap)
+	go state.Watch(ctx, cfg.localConfig, loaded, opts, cfg.statePoll,
+		func(s *state.Snapshot) {
+			w.SetState(s)
+			log.Info("mesh state reloaded", "workloads", len(s.Workloads), "services", len(s.Services))
+		},
+		func(err error) { log.Error("local config rejected; the last good state stays in force", "error", err) })
+	return nil
+}
+
+func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, func(), error) {
+	metrics := policy.NewMetrics(reg)
+	pcfg := policy.Config{Metrics: metrics, Logger: log}
+	closeLog := func() {}
+	if cfg.decisionLog != "" {
+		f, err := os.OpenFile(cfg.decisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--decision-log: %w", err)
+		}
+		dl, err := policy.NewDecisionLogger(f, policy.DecisionLogConfig{}, metrics)
+		if err != nil {
+			return nil, nil, err
+		}
+		pcfg.DecisionLog = dl
+		closeLog = func() { dl.Close(); f.Close() }
+	}
+	engine, err := policy.NewEngine(pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := loadBundles(ctx, cfg, engine); err != nil {
+		return nil, nil, err
+	}
+	return engine, closeLog, nil
+}
+
+func openLog(path string) (io.Writer, error) {
+	switch path {
+	case "off", "":
+		return nil, nil
+	case "-":
+		return os.Stdout, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("--access-log: %w", err)
+	}
+	return f, nil
+}
+
+// serve starts the admin (ztunnel's handler: config dump, log level,
+// pprof), metrics and readiness endpoints.
+func serve(cfg config, w *waypoint.Waypoint, engine *policy.Engine, source *workloadapi.X509Source,
+	reg *prometheus.Registry, level *slog.LevelVar) ([]*http.Server, error) {
+	handlers := map[string]http.Handler{
+		cfg.adminAddr: ztunnel.AdminHandler(ztunnel.AdminSources{
+			State: w.State, Revisions: engine.Revisions, Generation: engine.Generation,
+			Certificates: func() []ztunnel.CertificateInfo { return certificates(source) },
+			LogLevel:     level, Ready: w.Ready,
+		}),
+		cfg.metricsAddr:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		cfg.readinessAddr: ztunnel.ReadinessHandler(w.Ready),
+	}
+	var servers []*http.Server
+	for addr, h := range handlers {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		servers = append(servers, srv)
+	}
+	return servers, nil
+}
+
+// certificates describes the waypoint's SVID for the config dump, without
+// its key.
+func certificates(source *workloadapi.X509Source) []ztunnel.CertificateInfo {
+	svid, err := source.GetX509SVID()
+	if err != nil {
+		return []ztunnel.CertificateInfo{{Error: err.Error()}}
+	}
+	if len(svid.Certificates) == 0 {
+		return []ztunnel.CertificateInfo{{Identity: svid.ID.String(), Error: errors.New("empty SVID").Error()}}
+	}
+	leaf := svid.Certificates[0]
+	return []ztunnel.CertificateInfo{{
+		Identity: svid.ID.String(), SerialNumber: leaf.SerialNumber.String(),
+		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Chain: len(svid.Certificates),
+	}}
+}
