@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -97,7 +98,8 @@ type testMesh struct {
 	clients   *hbone.Pool
 	clientID  *x509svid.SVID
 	upstream  upstreamSeen
-	tunnels   atomic.Int64 // tunnels the client opened to the waypoint
+	tunnels   atomic.Int64  // tunnels the client opened to the waypoint
+	slow      chan struct{} // a request reached the backend's slow path
 	backendHs *http.Server
 }
 
@@ -214,7 +216,12 @@ func write(t *testing.T, path, data string) {
 // echo. It returns their addresses by target port.
 func (m *testMesh) startBackends(t *testing.T) map[uint16]netip.AddrPort {
 	hl, gl, el := listen(t), listen(t), listen(t)
+	m.slow = make(chan struct{}, 1)
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/slow" {
+			m.slow <- struct{}{}
+			time.Sleep(300 * time.Millisecond)
+		}
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Seen-Proto", r.Proto)
 		w.Header().Set("X-Seen-Host", r.Host)
@@ -271,6 +278,11 @@ func (m *testMesh) startEndpointZtunnel(t *testing.T, backends map[uint16]netip.
 func (m *testMesh) dial(ctx context.Context, authority netip.AddrPort) (net.Conn, error) {
 	m.tunnels.Add(1)
 	return m.clients.Dial(ctx, hbone.Request{Source: m.clientID, Peer: waypointID, Addr: m.wpAddr, Authority: authority})
+}
+
+// dialAs opens a tunnel with another SVID and a Forwarded header.
+func (m *testMesh) dialAs(ctx context.Context, svid *x509svid.SVID, authority, forwarded netip.AddrPort) (net.Conn, error) {
+	return m.clients.Dial(ctx, hbone.Request{Source: svid, Peer: waypointID, Addr: m.wpAddr, Authority: authority, Forwarded: forwarded})
 }
 
 func redirect(to map[netip.AddrPort]netip.AddrPort) func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -334,3 +334,23 @@ func series(t *testing.T, m *testMesh, name string, want map[string]string) []*d
 	}
 	return out
 }
+
+// The gRPC deny is trailers-only: HTTP 200 whose one HEADERS frame
+// carries grpc-status 7, with no body and no trailers.
+func TestGRPCDenyIsTrailersOnly(t *testing.T) {
+	m := newTestMesh(t)
+	c := m.h2cClient(netip.AddrPortFrom(webVIP, 9090))
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", "http://web.shop/grpc.health.v1.Health/Watch", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "7" || resp.Header.Get("Grpc-Message") != DeniedBody ||
+		len(body) != 0 || len(resp.Trailer) != 0 || resp.Header.Get("Content-Type") != "application/grpc" {
+		t.Fatalf("got %d %v body %q trailers %v; want trailers-only grpc-status 7", resp.StatusCode, resp.Header, body, resp.Trailer)
+	}
+}
