@@ -18,6 +18,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 OPA := $(BIN)/opa
+H2SPEC := $(BIN)/h2spec
 SPIRE := $(BIN)/spire-server $(BIN)/spire-agent
 
 # Every cmd/<name>/main.go is a binary bin/<name>: new commands need no edit here.
@@ -101,7 +102,6 @@ $(OPA): tools/go.mod tools/go.sum
 
 # h2spec, the HTTP/2 conformance suite hbone's TestH2Spec runs against a Server
 # (skipped without it), at the version tools/h2spec/go.mod pins; see docs/h2spec.md.
-H2SPEC := $(BIN)/h2spec
 $(H2SPEC): tools/h2spec/go.mod tools/h2spec/go.sum
 	$(GO) build -C tools/h2spec -o ../../$@ github.com/summerwind/h2spec/cmd/h2spec
 	@touch $@
