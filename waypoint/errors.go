@@ -16,11 +16,10 @@ var (
 
 // Response flags, as Envoy reports them in metrics and access logs.
 const (
-	FlagNone        = "-"
-	FlagDenied      = "DENY" // policy refused the request or connection
-	FlagNoRoute     = "NR"   // the authority names nothing in the state
-	FlagNoHealthy   = "UH"   // the target has no endpoint
-	FlagUpstream    = "UF"   // the upstream tunnel or request failed
-	FlagLoop        = "LOOP" // addressed to the waypoint itself
-	FlagDownstreamR = "DR"   // the client went away before the response
+	FlagNone      = "-"
+	FlagDenied    = "DENY" // policy refused the request or connection
+	FlagNoRoute   = "NR"   // the authority names nothing in the state
+	FlagNoHealthy = "UH"   // the target has no endpoint
+	FlagUpstream  = "UF"   // the upstream tunnel or request failed
+	FlagLoop      = "LOOP" // addressed to the waypoint itself
 )

@@ -3,6 +3,7 @@ package waypoint
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -169,14 +170,32 @@ func (c *tunnelConn) CloseWrite() error {
 	return nil
 }
 
-// Close closes the stream and runs onClose once (net/http calls Close once
-// per connection; the tunnel's owner may too).
+// lingerTimeout bounds how long a closed tunnel waits for its client to
+// end its side, as net/http lingers before closing a TCP connection.
+const lingerTimeout = 2 * time.Second
+
+// Close ends the client-bound direction at once, so the client reads the
+// whole last response and EOF, and closes the stream once the client has
+// ended its side too (or after lingerTimeout): closing a stream whose
+// client has not ended its side resets it, and a reset may overtake the
+// response still unread in the client's buffer. onClose runs once the
+// stream is closed. Close never blocks: net/http calls it with its server
+// lock held when it closes idle connections.
 func (c *tunnelConn) Close() error {
-	err := c.Conn.Close()
+	c.closed.Do(func() {
+		c.CloseWrite()
+		go c.linger()
+	})
+	return nil
+}
+
+func (c *tunnelConn) linger() {
+	c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, c.Conn) // until the client's EOF, a reset or the deadline
+	c.Conn.Close()
 	if c.onClose != nil {
-		c.closed.Do(c.onClose)
+		c.onClose()
 	}
-	return err
 }
 
 func (c *tunnelConn) peeked() []byte {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -30,7 +31,7 @@ func (w *Waypoint) newProxy() *httputil.ReverseProxy {
 		},
 		Transport:     upstreamTransport{w},
 		FlushInterval: -1, // stream: gRPC and server-sent events must not wait in a buffer
-		ErrorLog:      nil,
+		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
 			x := exchangeFrom(r.Context())
 			x.fail(FlagUpstream, err)

@@ -139,6 +139,7 @@ func TestGRPC(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != "RBAC: access denied" {
 		t.Fatalf("denied Watch: %v, want PermissionDenied: RBAC: access denied", err)
 	}
+	waitRequests(t, m, 2)
 	if got := metricSum(t, m, "istio_requests_total", map[string]string{"grpc_response_status": "7", "request_protocol": "grpc"}); got != 1 {
 		t.Errorf("denied gRPC requests counted: %v, want 1", got)
 	}
@@ -161,6 +162,7 @@ deny contains {"policy": "test/lockdown", "rule": "everything"} if input.layer =
 	if n := m.tunnels.Load(); n != 1 {
 		t.Fatalf("the client opened %d tunnels; the test needs one kept-alive connection", n)
 	}
+	waitRequests(t, m, 2)
 	lines := accessLines(t, m)
 	last := lines[len(lines)-1]
 	if last.Decision != "deny" || last.Policy != "test/lockdown" || last.Rule != "everything" || last.Status != 403 || last.Path != "/public/x" {
@@ -216,6 +218,7 @@ func TestRequestMetrics(t *testing.T) {
 	do(t, c, "GET", "http://web.shop/public/a", nil)
 	do(t, c, "GET", "http://web.shop/public/b", nil)
 	do(t, c, "GET", "http://web.shop/private", nil)
+	waitRequests(t, m, 3)
 	want := map[string]string{
 		"reporter": "waypoint", "source_principal": clientIDText, "destination_service": "web.shop.svc.cluster.local",
 		"destination_service_name": "web", "destination_service_namespace": "shop", "request_protocol": "http",
@@ -249,6 +252,7 @@ func TestTraceParentPropagated(t *testing.T) {
 	if a.header.Get("X-Seen-Traceparent") != tp {
 		t.Fatalf("backend saw traceparent %q, want %q", a.header.Get("X-Seen-Traceparent"), tp)
 	}
+	waitRequests(t, m, 1)
 	if lines := accessLines(t, m); lines[len(lines)-1].TraceParent != tp {
 		t.Errorf("access log: %+v", lines[len(lines)-1])
 	}
@@ -258,6 +262,19 @@ type failingPolicy struct{}
 
 func (failingPolicy) Decide(context.Context, policyInput) (policyDecision, error) {
 	return policyDecision{}, errTestPolicy
+}
+
+// waitRequests waits until the waypoint has reported n requests: it
+// reports each after its response has gone, so a client can be faster.
+func waitRequests(t *testing.T, m *testMesh, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(m.access.String(), `"kind":"http"`) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the waypoint reported fewer than %d requests:\n%s", n, m.access.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func accessLines(t *testing.T, m *testMesh) []AccessEntry {
