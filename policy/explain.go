@@ -25,6 +25,10 @@ type Explanation struct {
 	// Topdown names the packages evaluated by topdown; "*" when the whole
 	// bundle set is (Config.Topdown, or a shape the native program refuses).
 	Topdown []string `json:"topdown,omitempty"`
+	// Candidates is how many native rules the rule index left to test for
+	// the input, every contribution point together; the rest could not
+	// match. Rules lists them all either way.
+	Candidates int `json:"candidates"`
 }
 
 // RuleTrace is one contribution rule's outcome for the input.
@@ -74,6 +78,7 @@ func (e *Engine) Explain(ctx context.Context, in Input) (Explanation, error) {
 		return x, err
 	}
 	x.Rules = g.prog.explain(&in)
+	x.Candidates = g.prog.candidates(&in)
 	if g.prog.fallback != nil {
 		found, err := g.prog.fallback.contributions(ctx, &in)
 		if err != nil {

@@ -1,5 +1,7 @@
 package policy
 
+import "slices"
+
 // ruleIndex finds the rules of one contribution point that can match an
 // input without testing them all, as OPA's rule index does: each rule is
 // filed under one equality (or set membership) condition on one field, so
@@ -10,6 +12,9 @@ package policy
 // so the index only ever prunes rules that cannot match.
 type ruleIndex struct {
 	rules []nativeRule
+	// tests[i] is what a lookup leaves to test of rules[i]: its condition
+	// without the one it is filed under, which the lookup decided.
+	tests []allOf
 	keyed []keyedRules
 	scan  []int32
 }
@@ -19,22 +24,25 @@ type keyedRules struct {
 	byValue map[valueKey][]int32
 }
 
-// keyCandidate is one condition a rule could be filed under.
+// keyCandidate is one condition a rule could be filed under: cond[at].
 type keyCandidate struct {
 	field  *field
 	values []valueKey
+	at     int
 }
 
 func buildIndex(rules []nativeRule) *ruleIndex {
-	idx := &ruleIndex{rules: rules}
+	idx := &ruleIndex{rules: rules, tests: make([]allOf, len(rules))}
 	distinct := distinctValues(rules)
 	byField := map[*field]*keyedRules{}
 	for i, r := range rules {
 		best, ok := bestKey(r.cond, distinct)
 		if !ok {
 			idx.scan = append(idx.scan, int32(i))
+			idx.tests[i] = r.cond
 			continue
 		}
+		idx.tests[i] = slices.Delete(slices.Clone(r.cond), best.at, best.at+1)
 		k := byField[best.field]
 		if k == nil {
 			k = &keyedRules{field: best.field, byValue: map[valueKey][]int32{}}
@@ -53,18 +61,18 @@ func buildIndex(rules []nativeRule) *ruleIndex {
 // keyCandidates lists a condition's top-level equalities and memberships.
 func keyCandidates(cond allOf) []keyCandidate {
 	var out []keyCandidate
-	for _, c := range cond {
+	for at, c := range cond {
 		switch m := c.(type) {
 		case compare:
 			if m.op == opEq {
-				out = append(out, keyCandidate{field: m.f, values: []valueKey{m.want.key()}})
+				out = append(out, keyCandidate{field: m.f, values: []valueKey{m.want.key()}, at: at})
 			}
 		case memberOf:
 			values := make([]valueKey, 0, len(m.set))
 			for v := range m.set {
 				values = append(values, v)
 			}
-			out = append(out, keyCandidate{field: m.f, values: values})
+			out = append(out, keyCandidate{field: m.f, values: values, at: at})
 		}
 	}
 	return out
@@ -105,25 +113,38 @@ func bestKey(cond allOf, distinct map[*field]int) (keyCandidate, bool) {
 	return best, bestScore > 0
 }
 
-// matches calls visit for every rule whose condition holds for in.
-func (idx *ruleIndex) matches(in *Input, visit func(*entry)) {
+// matches adds to acc, as point pt, every rule whose condition holds for in.
+func (idx *ruleIndex) matches(in *Input, pt int, acc *accumulator) {
 	for i := range idx.keyed {
-		k := &idx.keyed[i]
-		v, ok := k.field.get(in)
-		if !ok || v.kind == kindComposite {
-			continue
-		}
-		for _, r := range k.byValue[v.key()] {
-			idx.test(r, in, visit)
+		for _, r := range idx.keyed[i].lookup(in) {
+			idx.test(r, in, pt, acc)
 		}
 	}
 	for _, r := range idx.scan {
-		idx.test(r, in, visit)
+		idx.test(r, in, pt, acc)
 	}
 }
 
-func (idx *ruleIndex) test(r int32, in *Input, visit func(*entry)) {
-	if rule := &idx.rules[r]; rule.cond.match(in) {
-		visit(rule.entry)
+// lookup is the rules filed under in's value of the field.
+func (k *keyedRules) lookup(in *Input) []int32 {
+	v, ok := k.field.get(in)
+	if !ok || v.kind == kindComposite {
+		return nil
+	}
+	return k.byValue[v.key()]
+}
+
+// candidates counts the rules matches tests for in (benchmarks report it).
+func (idx *ruleIndex) candidates(in *Input) int {
+	n := len(idx.scan)
+	for i := range idx.keyed {
+		n += len(idx.keyed[i].lookup(in))
+	}
+	return n
+}
+
+func (idx *ruleIndex) test(r int32, in *Input, pt int, acc *accumulator) {
+	if idx.tests[r].match(in) {
+		acc.add(pt, idx.rules[r].entry)
 	}
 }

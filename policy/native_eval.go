@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -13,16 +14,38 @@ import (
 
 // decide evaluates the program for a prepared input.
 func (p *program) decide(ctx context.Context, in *Input) (Decision, error) {
-	var acc accumulator
+	acc := accumulators.Get().(*accumulator)
+	defer acc.release()
 	for pt, idx := range p.points {
-		idx.matches(in, func(e *entry) { acc.add(pt, e) })
+		idx.matches(in, pt, acc)
 	}
 	if p.fallback != nil {
-		if err := p.fallback.eval(ctx, in, &acc); err != nil {
+		if err := p.fallback.eval(ctx, in, acc); err != nil {
 			return deny(err.Error()), err
 		}
 	}
 	return acc.decision(), nil
+}
+
+// accumulators are pooled so a decision allocates nothing to gather
+// entries: their slices keep their capacity from one decision to the next.
+var accumulators = sync.Pool{New: func() any { return new(accumulator) }}
+
+func (a *accumulator) release() {
+	clear(a.scope)
+	clear(a.audit)
+	*a = accumulator{scope: a.scope[:0], audit: a.audit[:0], names: a.names[:0]}
+	accumulators.Put(a)
+}
+
+// candidates counts the native rules decide tests for a prepared input,
+// every point together: the work the rule index leaves.
+func (p *program) candidates(in *Input) int {
+	n := 0
+	for _, idx := range p.points {
+		n += idx.candidates(in)
+	}
+	return n
 }
 
 // accumulator gathers matched entries the way the library reads them: the
@@ -34,6 +57,7 @@ type accumulator struct {
 	scope     []*entry                // allow_scope, all
 	audit     []*entry                // enforced audit
 	hasDryRun bool
+	names     []*entry // scratch for a verdict's selecting policies
 }
 
 func (a *accumulator) add(pt int, e *entry) {
@@ -61,44 +85,80 @@ func smaller(have, e *entry) *entry {
 }
 
 func (a *accumulator) decision() Decision {
-	d := Decision{Verdict: verdict(a.enforced, a.scope, true), Audit: a.auditRules()}
+	d := Decision{Verdict: a.verdict(a.enforced, true), Audit: a.auditRules()}
 	if a.hasDryRun {
-		dry := verdict(a.all, a.scope, false)
+		dry := a.verdict(a.all, false)
 		d.DryRun = &dry
 	}
 	return d
 }
 
 // verdict mirrors the library's verdict(sets).
-func verdict(smallest [pointAllowScope]*entry, scope []*entry, enforcedOnly bool) Verdict {
+func (a *accumulator) verdict(smallest [pointAllowScope]*entry, enforcedOnly bool) Verdict {
 	switch {
 	case smallest[pointCustomDeny] != nil:
-		return decided(false, smallest[pointCustomDeny].value, "denied by CUSTOM policy")
+		return decided(false, smallest[pointCustomDeny], "denied by CUSTOM policy")
 	case smallest[pointDeny] != nil:
-		return decided(false, smallest[pointDeny].value, "denied by DENY policy")
+		return decided(false, smallest[pointDeny], "denied by DENY policy")
 	case smallest[pointAllow] != nil:
-		return decided(true, smallest[pointAllow].value, "allowed by ALLOW policy")
+		return decided(true, smallest[pointAllow], "allowed by ALLOW policy")
 	}
-	var names []string
-	for _, s := range scope {
+	names := a.names[:0]
+	for _, s := range a.scope {
 		if s.enforced || !enforcedOnly {
-			names = append(names, scopeName(s.value))
+			names = append(names, s)
 		}
 	}
+	a.names = names
 	if len(names) == 0 {
 		return Verdict{Allow: true, Reason: "no ALLOW policy selects the destination"}
 	}
-	slices.Sort(names)
-	return Verdict{Reason: "no ALLOW policy matched; selecting the destination: " + strings.Join(slices.Compact(names), ", ")}
+	if !slices.IsSortedFunc(names, byRank) {
+		slices.SortFunc(names, byRank)
+	}
+	return Verdict{Reason: selectingReason(names)}
 }
 
-func decided(allow bool, entry ast.Value, why string) Verdict {
-	return Verdict{
-		Allow:  allow,
-		Policy: text(entryField(entry, "policy", ast.String(""))),
-		Rule:   text(entryField(entry, "rule", ast.String(""))),
-		Reason: text(entryField(entry, "reason", ast.String(why))),
+// byRank orders scope entries by name: by rank when both have one (native
+// entries), else by the name itself (topdown's entries have none).
+func byRank(x, y *entry) int {
+	if x.rank > 0 && y.rank > 0 {
+		return int(x.rank) - int(y.rank)
 	}
+	return strings.Compare(x.name, y.name)
+}
+
+const noAllowMatched = "no ALLOW policy matched; selecting the destination: "
+
+// selectingReason lists the distinct names of ranked scope entries.
+func selectingReason(names []*entry) string {
+	n := len(noAllowMatched)
+	for i, e := range names {
+		if i == 0 || e.name != names[i-1].name {
+			n += len(e.name) + 2
+		}
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(noAllowMatched)
+	for i, e := range names {
+		if i > 0 && e.name == names[i-1].name {
+			continue
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(e.name)
+	}
+	return b.String()
+}
+
+func decided(allow bool, e *entry, why string) Verdict {
+	v := Verdict{Allow: allow, Policy: e.policy, Rule: e.rule, Reason: why}
+	if e.hasReason {
+		v.Reason = e.reason
+	}
+	return v
 }
 
 func entryField(entry ast.Value, key string, def ast.Value) ast.Value {
@@ -126,10 +186,7 @@ func (a *accumulator) auditRules() []PolicyRule {
 	a.audit = slices.CompactFunc(a.audit, func(x, y *entry) bool { return x.value.Compare(y.value) == 0 })
 	out := make([]PolicyRule, len(a.audit))
 	for i, e := range a.audit {
-		out[i] = PolicyRule{
-			Policy: text(entryField(e.value, "policy", ast.String(""))),
-			Rule:   text(entryField(e.value, "rule", ast.String(""))),
-		}
+		out[i] = PolicyRule{Policy: e.policy, Rule: e.rule}
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/util"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/istio"
@@ -68,24 +69,6 @@ func benchPolicies(n int) []*istio.Policy {
 	return out
 }
 
-// benchInput is a connection (or request) to the workload policy 1203
-// (an ALLOW) selects, from the principal its L4 rule allows.
-func benchInput(layer policy.Layer) policy.Input {
-	const i = 203
-	in := policy.Input{
-		Layer: layer,
-		Source: policy.Source{Principal: fmt.Sprintf("spiffe://cluster.local/ns/src-%d/sa/sa-%d", i%50, i%7),
-			IP: "10.1.2.3", Port: 40222},
-		Destination: policy.Destination{Namespace: fmt.Sprintf("ns-%d", i%100), Port: 8000 + i%50,
-			Labels: map[string]string{"app": fmt.Sprintf("app-%d", i)}, IP: "10.9.0.7", Workload: "app-203-7c9"},
-		Connection: policy.Connection{MTLS: true},
-	}
-	if layer == policy.L7 {
-		in.Request = &policy.Request{Method: "GET", Path: fmt.Sprintf("/api/%d/items?page=2", i%13), Host: "app.ns-3"}
-	}
-	return in
-}
-
 func BenchmarkTranslate(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		policies := benchPolicies(n)
@@ -109,28 +92,100 @@ func BenchmarkTranslate(b *testing.B) {
 	}
 }
 
+// BenchmarkDecide decides over AuthorizationPolicies of the shapes meshes
+// write (meshPolicies: exact and prefix principals, namespaces, service
+// accounts, workload selectors and namespace-wide policies, ports and
+// not-ports, CIDRs), translated, per input family (decideFamilies), beside
+// plain OPA on the same bundle:
+//
+//	go test -run '^$' -bench 'Decide' -benchtime 0.5s -count 5 ./policy/istio
+//
+// It reports p50-ns, p99-ns and mean-ns, and candidates/op: the rules the
+// engine's index left to test (Explanation.Candidates). The L4 cache stays
+// on, as in ztunnel, and every iteration misses it: source IPs vary over
+// benchIPs addresses, 64 times what the cache holds, and checkMisses
+// proves a whole ring is evaluated, none served from the cache. L7
+// decisions are never cached.
 func BenchmarkDecide(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
-		tr, err := istio.Translate(benchPolicies(n), istio.Options{})
+		tr, err := istio.Translate(meshPolicies(n), istio.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		uncached := loadBenchEngine(b, tr, policy.Config{CacheSize: -1, Logger: quietLogger()})
-		cached := loadBenchEngine(b, tr, policy.Config{Logger: quietLogger()})
 		dir := b.TempDir()
 		if err := tr.WriteBundleDir(dir); err != nil {
 			b.Fatal(err)
 		}
-		rules := 2 * n
+		native := loadBenchEngine(b, tr, policy.Config{CacheSize: benchCacheSize, Logger: quietLogger()})
+		checkMisses(b, tr)
 		for _, layer := range []policy.Layer{policy.L4, policy.L7} {
-			in := benchInput(layer)
-			b.Run(fmt.Sprintf("rules=%d/%s/native-uncached", rules, layer), func(b *testing.B) { benchDecide(b, uncached, in) })
-			if layer == policy.L4 {
-				b.Run(fmt.Sprintf("rules=%d/%s/native-cached", rules, layer), func(b *testing.B) { benchDecide(b, cached, in) })
+			for _, f := range decideFamilies(layer) {
+				prefix := fmt.Sprintf("policies=%d/%s/%s", n, layer, f.name)
+				b.Run(prefix+"/native", func(b *testing.B) { benchDecide(b, native, f) })
+				if f.name == "100-selecting-one-matches" {
+					b.Run(prefix+"/opa-prepared-eval", func(b *testing.B) { benchPlainOPA(b, dir, f) })
+				}
 			}
-			b.Run(fmt.Sprintf("rules=%d/%s/opa-prepared-eval", rules, layer), func(b *testing.B) { benchPlainOPA(b, dir, in) })
 		}
 	}
+}
+
+// benchIPs source addresses (10.3.0.0/16) make L4 inputs that a cache of
+// benchCacheSize entries cannot hold.
+const (
+	benchIPs       = 1 << 16
+	benchCacheSize = benchIPs / 64
+)
+
+var benchIPRing = func() []string {
+	ips := make([]string, benchIPs)
+	for i := range ips {
+		ips[i] = fmt.Sprintf("10.3.%d.%d", i>>8, i&0xff)
+	}
+	return ips
+}()
+
+// checkMisses decides every family's input twice around the ring of
+// source IPs on an engine configured as the benchmark's, with metrics:
+// every decision must have been evaluated, none answered by the cache.
+func checkMisses(b *testing.B, tr *istio.Translation) {
+	reg := prometheus.NewRegistry()
+	e := loadBenchEngine(b, tr, policy.Config{CacheSize: benchCacheSize, Logger: quietLogger(), Metrics: policy.NewMetrics(reg)})
+	want := 0
+	for _, f := range decideFamilies(policy.L4) {
+		in := f.in
+		for i := range 2 * benchIPs {
+			in.Source.IP = benchIPRing[i%benchIPs]
+			if _, err := e.Decide(context.Background(), in); err != nil {
+				b.Fatal(err)
+			}
+		}
+		want += 2 * benchIPs
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	evaluated := uint64(0)
+	for _, mf := range families {
+		if mf.GetName() == "regomesh_policy_eval_seconds" {
+			for _, m := range mf.GetMetric() {
+				evaluated += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if evaluated != uint64(want) {
+		b.Fatalf("%d of %d decisions evaluated: the L4 cache answered some, the benchmark would measure hits", evaluated, want)
+	}
+}
+
+// decideFamily is one kind of input and what the engine must answer.
+type decideFamily struct {
+	name       string
+	in         policy.Input
+	policy     string // the deciding policy
+	allow      bool
+	candidates int // rules the index leaves to test
 }
 
 func loadBenchEngine(b *testing.B, tr *istio.Translation, cfg policy.Config) *policy.Engine {
@@ -153,13 +208,21 @@ func loadBenchEngine(b *testing.B, tr *istio.Translation, cfg policy.Config) *po
 	return e
 }
 
-func benchDecide(b *testing.B, e *policy.Engine, in policy.Input) {
+func benchDecide(b *testing.B, e *policy.Engine, f decideFamily) {
 	ctx := context.Background()
-	d, err := e.Decide(ctx, in)
-	if err != nil || !d.Allow || d.Policy != "ns-3/policy-203" {
-		b.Fatalf("the benchmark input must be allowed by ns-3/policy-203: %+v %v", d, err)
+	x, err := e.Explain(ctx, f.in)
+	if err != nil || x.Decision.Allow != f.allow || x.Decision.Policy != f.policy {
+		b.Fatalf("%s: want allow=%v by %q: %+v %v", f.name, f.allow, f.policy, x.Decision, err)
 	}
-	measure(b, func() {
+	if x.Candidates != f.candidates {
+		b.Fatalf("%s: the index leaves %d rules to test, want %d", f.name, x.Candidates, f.candidates)
+	}
+	b.ReportMetric(float64(x.Candidates), "candidates/op")
+	in := f.in
+	measure(b, func(i int) {
+		if in.Layer == policy.L4 {
+			in.Source.IP = benchIPRing[i%benchIPs]
+		}
 		if _, err := e.Decide(ctx, in); err != nil {
 			b.Fatal(err)
 		}
@@ -168,7 +231,8 @@ func benchDecide(b *testing.B, e *policy.Engine, in policy.Input) {
 
 // benchPlainOPA is the baseline: the stock OPA API on the same bundle and
 // library, PrepareForEval once, Eval per decision.
-func benchPlainOPA(b *testing.B, dir string, in policy.Input) {
+func benchPlainOPA(b *testing.B, dir string, f decideFamily) {
+	in := f.in
 	ctx := context.Background()
 	opts := []func(*rego.Rego){rego.Query(meshrego.DecisionPath), rego.LoadBundle(dir)}
 	library, err := meshrego.Modules()
@@ -187,10 +251,10 @@ func benchPlainOPA(b *testing.B, dir string, in policy.Input) {
 	if err != nil || len(rs) != 1 {
 		b.Fatal(err, rs)
 	}
-	if allow, _ := rs[0].Expressions[0].Value.(map[string]any)["allow"].(bool); !allow {
-		b.Fatalf("plain OPA denies the benchmark input: %v", rs[0].Expressions[0].Value)
+	if allow, _ := rs[0].Expressions[0].Value.(map[string]any)["allow"].(bool); allow != f.allow {
+		b.Fatalf("plain OPA disagrees on the benchmark input: %v", rs[0].Expressions[0].Value)
 	}
-	measure(b, func() {
+	measure(b, func(int) {
 		if rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc)); err != nil || len(rs) != 1 {
 			b.Fatal(err, rs)
 		}
@@ -217,21 +281,128 @@ func inputValue(b *testing.B, in policy.Input) ast.Value {
 	return v
 }
 
-// measure runs op b.N times and reports p50 and p99 latency, as the
-// engine's benchmarks do.
-func measure(b *testing.B, op func()) {
+// measure runs op(i) for i in [0, b.N) and reports the p50, p99 and mean
+// latency of the calls, as the engine's benchmarks do.
+func measure(b *testing.B, op func(i int)) {
 	samples := make([]time.Duration, 0, min(b.N, 1<<20))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		op()
+		op(i)
 		if len(samples) < cap(samples) {
 			samples = append(samples, time.Since(start))
 		}
 	}
 	b.StopTimer()
+	var sum time.Duration
+	for _, s := range samples {
+		sum += s
+	}
 	slices.Sort(samples)
 	b.ReportMetric(float64(samples[len(samples)/2].Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(samples[len(samples)*99/100].Nanoseconds()), "p99-ns")
+	b.ReportMetric(float64(sum.Nanoseconds())/float64(len(samples)), "mean-ns")
+}
+
+// hotPolicies is how many ALLOW policies select,
+// each admitting the sources of one team by principal prefix.
+const hotPolicies = 100
+
+// meshPolicies is a mesh of n policies: two mesh-wide DENYs (no
+// plaintext, no admin port), 100 ALLOWs selecting one workload
+// (shop/checkout) by prefix principals, ports and CIDRs, and the rest
+// spread over 100 namespaces, cycling through five shapes, one in ten of
+// them namespace-wide.
+func meshPolicies(n int) []*istio.Policy {
+	out := []*istio.Policy{
+		{Namespace: "istio-system", Name: "require-mtls", Action: istio.Deny,
+			Rules: []istio.Rule{{From: []istio.Source{{NotPrincipals: []string{"*"}}}}}},
+		{Namespace: "istio-system", Name: "no-admin-port", Action: istio.Deny,
+			Rules: []istio.Rule{{To: []istio.Operation{{Ports: []string{"15000"}}}}}},
+	}
+	for j := range hotPolicies {
+		out = append(out, &istio.Policy{
+			Namespace: "shop", Name: fmt.Sprintf("checkout-team-%d", j), Action: istio.Allow,
+			Selector: map[string]string{"app": "checkout"},
+			Rules: []istio.Rule{{
+				From: []istio.Source{{
+					Principals: []string{fmt.Sprintf("cluster.local/ns/team-%d/*", j)},
+					IPBlocks:   []string{"10.0.0.0/8", fmt.Sprintf("172.%d.0.0/16", 16+j%16)},
+				}},
+				To: []istio.Operation{{Ports: []string{"8443", fmt.Sprint(9000 + j)}}},
+			}},
+		})
+	}
+	for i := range n - len(out) {
+		out = append(out, meshPolicy(i))
+	}
+	return out
+}
+
+// meshPolicy is policy i of the rest of the mesh, in namespace
+// ns-<i%100>, selecting app=app-<i> (namespace-wide when i%10 == 9).
+func meshPolicy(i int) *istio.Policy {
+	p := &istio.Policy{
+		Namespace: fmt.Sprintf("ns-%d", i%100), Name: fmt.Sprintf("policy-%d", i), Action: istio.Allow,
+		Selector: map[string]string{"app": fmt.Sprintf("app-%d", i)},
+	}
+	if i%10 == 9 {
+		p.Selector = nil
+	}
+	src := fmt.Sprintf("src-%d", i%50)
+	switch i % 5 {
+	case 0: // exact principals and a port
+		p.Rules = []istio.Rule{{
+			From: []istio.Source{{Principals: []string{
+				fmt.Sprintf("cluster.local/ns/%s/sa/sa-%d", src, i%7), fmt.Sprintf("cluster.local/ns/%s/sa/batch", src)}}},
+			To: []istio.Operation{{Ports: []string{fmt.Sprint(8000 + i%50)}}},
+		}}
+	case 1: // a namespace from a CIDR
+		p.Rules = []istio.Rule{{From: []istio.Source{{
+			Namespaces: []string{src}, IPBlocks: []string{fmt.Sprintf("10.%d.0.0/16", i%250)}}}}}
+	case 2: // prefix principals, any port but the debug one
+		p.Rules = []istio.Rule{{
+			From: []istio.Source{{Principals: []string{fmt.Sprintf("cluster.local/ns/%s/*", src)}}},
+			To:   []istio.Operation{{NotPorts: []string{"9090"}}},
+		}}
+	case 3: // a DENY of a namespace, except a CIDR
+		p.Action = istio.Deny
+		p.Rules = []istio.Rule{{From: []istio.Source{{
+			Namespaces: []string{fmt.Sprintf("bad-%d", i%20)}, NotIPBlocks: []string{"10.250.0.0/16"}}}}}
+	case 4: // service accounts on two ports
+		p.Rules = []istio.Rule{{
+			From: []istio.Source{{ServiceAccounts: []string{fmt.Sprintf("%s/sa-%d", src, i%7)}}},
+			To:   []istio.Operation{{Ports: []string{"8080", "8443"}}},
+		}}
+	}
+	return p
+}
+
+// decideFamilies: a connection or request that exact principals admit,
+// among few candidates; and ones to the workload 100 ALLOWs select, from
+// a principal none admits, or one the last of them admits.
+func decideFamilies(layer policy.Layer) []decideFamily {
+	to := func(ns, app string, port int) policy.Destination {
+		return policy.Destination{IP: "10.9.0.7", Port: port, Namespace: ns, Workload: app + "-7c9", ServiceAccount: app,
+			Labels: map[string]string{"app": app}}
+	}
+	in := func(principal string, dst policy.Destination) policy.Input {
+		in := policy.Input{Layer: layer, Destination: dst, Connection: policy.Connection{MTLS: true},
+			Source: policy.Source{Principal: "spiffe://cluster.local/ns/" + principal, IP: "10.3.0.7", Port: 40222}}
+		if layer == policy.L7 {
+			in.Request = &policy.Request{Method: "GET", Path: "/api/items?page=2", Host: dst.Workload, Headers: map[string]string{"x-request-id": "7"}}
+		}
+		return in
+	}
+	const i = 600 // policy-600: exact principals src-0/sa-5 and src-0/batch, port 8000, app-600 in ns-0
+	hot := to("shop", "checkout", 8443)
+	return []decideFamily{
+		{name: "exact-principal-match", allow: true, policy: "ns-0/policy-600", candidates: 5,
+			in: in("src-0/sa/batch", to("ns-0", fmt.Sprintf("app-%d", i), 8000))},
+		{name: "100-selecting-none-match", allow: false, candidates: 2*hotPolicies + 2,
+			in: in("outsider/sa/x", hot)},
+		{name: "100-selecting-one-matches", allow: true, policy: fmt.Sprintf("shop/checkout-team-%d", hotPolicies-1), candidates: 2*hotPolicies + 2,
+			in: in(fmt.Sprintf("team-%d/sa/x", hotPolicies-1), hot)},
+	}
 }
