@@ -11,35 +11,43 @@ import (
 	"github.com/regomesh/regomesh/hbone"
 )
 
-// Shutdown lets a request in flight finish, then refuses new tunnels.
+// Shutdown lets a request in flight finish, over HTTP/1.1 and over h2c
+// (GOAWAY), then refuses new tunnels.
 func TestShutdownFinishesRequestsInFlight(t *testing.T) {
-	m := newTestMesh(t)
-	c := m.http1Client(netip.AddrPortFrom(webVIP, 80))
-	done := make(chan answer, 1)
-	go func() {
-		resp, err := c.Get("http://web.shop/public/slow")
-		if err != nil {
-			done <- answer{body: err.Error()}
-			return
-		}
-		resp.Body.Close()
-		done <- answer{status: resp.StatusCode}
-	}()
-	select {
-	case <-m.slow:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request never reached the backend")
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := m.wp.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	if a := <-done; a.status != http.StatusOK {
-		t.Fatalf("the request in flight: %+v, want 200", a)
-	}
-	if _, err := m.dial(t.Context(), netip.AddrPortFrom(webVIP, 80)); err == nil {
-		t.Fatal("a new tunnel opened after Shutdown")
+	for _, proto := range []string{"HTTP/1.1", "h2c"} {
+		t.Run(proto, func(t *testing.T) {
+			m := newTestMesh(t)
+			c := m.http1Client(netip.AddrPortFrom(webVIP, 80))
+			if proto == "h2c" {
+				c = m.h2cClient(netip.AddrPortFrom(webVIP, 80))
+			}
+			done := make(chan answer, 1)
+			go func() {
+				resp, err := c.Get("http://web.shop/public/slow")
+				if err != nil {
+					done <- answer{body: err.Error()}
+					return
+				}
+				resp.Body.Close()
+				done <- answer{status: resp.StatusCode, header: resp.Header}
+			}()
+			select {
+			case <-m.slow:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request never reached the backend")
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if err := m.wp.Shutdown(ctx); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			if a := <-done; a.status != http.StatusOK {
+				t.Fatalf("the request in flight: %+v, want 200", a)
+			}
+			if _, err := m.dial(t.Context(), netip.AddrPortFrom(webVIP, 80)); err == nil {
+				t.Fatal("a new tunnel opened after Shutdown")
+			}
+		})
 	}
 }
 
