@@ -13,7 +13,10 @@ import (
 // by the input fields the policy can observe (a key holds only those; the
 // rest stay zero). It is replaced, never cleared in place, when the
 // generation or the mesh state changes, so an entry never outlives the
-// policy that produced it. A full shard drops an arbitrary entry.
+// policy that produced it. A full shard drops an arbitrary entry and
+// reuses its slot, so a miss stores its decision without allocating once
+// the shard has filled (allocation on every miss drove the collector,
+// which marks the whole compiled bundle set, and with it the mean latency).
 type decisionCache struct {
 	spec     cacheSpec
 	seed     maphash.Seed
@@ -23,9 +26,12 @@ type decisionCache struct {
 
 const cacheShards = 16
 
+// cacheShard: index maps a key's hash to its slot in slots; every slot is
+// in index exactly once.
 type cacheShard struct {
-	mu      sync.RWMutex
-	entries map[uint64]*cacheEntry
+	mu    sync.RWMutex
+	index map[uint64]int32
+	slots []cacheEntry
 }
 
 // cacheEntry keeps the whole key: a hash collision is a miss, never a hit.
@@ -116,7 +122,7 @@ func basePath(p string) string {
 func newDecisionCache(spec cacheSpec, size int) *decisionCache {
 	c := &decisionCache{spec: spec, seed: maphash.MakeSeed(), perShard: max(1, size/cacheShards)}
 	for i := range c.shards {
-		c.shards[i].entries = make(map[uint64]*cacheEntry)
+		c.shards[i].index = make(map[uint64]int32)
 	}
 	return c
 }
@@ -224,23 +230,31 @@ func (c *decisionCache) get(k *l4Key) (Decision, uint64, bool) {
 	h := c.hash(k)
 	s := &c.shards[h%cacheShards]
 	s.mu.RLock()
-	e := s.entries[h]
-	s.mu.RUnlock()
-	if e == nil || e.key != *k {
+	defer s.mu.RUnlock()
+	i, ok := s.index[h]
+	if !ok || s.slots[i].key != *k {
 		return Decision{}, h, false
 	}
-	return e.d, h, true
+	return s.slots[i].d, h, true
 }
 
 func (c *decisionCache) put(h uint64, k *l4Key, d Decision) {
 	s := &c.shards[h%cacheShards]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.entries) >= c.perShard {
-		for old := range s.entries {
-			delete(s.entries, old)
+	i, ok := s.index[h]
+	switch {
+	case ok: // the same key, or a collision: the newer decision wins
+	case len(s.slots) < c.perShard:
+		i = int32(len(s.slots))
+		s.slots = append(s.slots, cacheEntry{})
+	default:
+		for old, slot := range s.index {
+			delete(s.index, old)
+			i = slot
 			break
 		}
 	}
-	s.entries[h] = &cacheEntry{key: *k, d: d}
+	s.index[h] = i
+	s.slots[i] = cacheEntry{key: *k, d: d}
 }

@@ -26,11 +26,19 @@ var pointNames = [numPoints]string{"custom_deny", "deny", "allow", "allow_scope"
 var policiesRef = ast.MustParseRef("data.mesh.policies")
 
 // entry is one contributed set element, with what the library reads of it
-// precomputed.
+// precomputed, so a decision renders it without allocating.
 type entry struct {
 	value    ast.Value
 	enforced bool // every entry but dry-run ones
 	dryRun   bool // "dry_run": true
+	// policy, rule and reason are its fields as a decision shows them
+	// ("" when absent; hasReason tells an absent reason from an empty one);
+	// name is what the library's name(entry) gives for an allow_scope entry.
+	policy, rule, reason, name string
+	hasReason                  bool
+	// rank orders allow_scope entries by name within one program (see
+	// rankScopes), so a verdict sorts integers, not strings.
+	rank int32
 }
 
 func newEntry(v ast.Value) *entry {
@@ -41,6 +49,12 @@ func newEntry(v ast.Value) *entry {
 		}
 	}
 	e.enforced = !e.dryRun
+	e.policy = text(entryField(v, "policy", ast.String("")))
+	e.rule = text(entryField(v, "rule", ast.String("")))
+	if r := entryField(v, "reason", nil); r != nil {
+		e.reason, e.hasReason = text(r), true
+	}
+	e.name = scopeName(v)
 	return e
 }
 
@@ -94,6 +108,7 @@ func compileProgram(ctx context.Context, act *activation) (*program, error) {
 			rules[pt] = append(rules[pt], lowered[pt]...)
 		}
 	}
+	rankScopes(rules[pointAllowScope])
 	for pt := range rules {
 		p.points[pt] = buildIndex(rules[pt])
 	}
@@ -107,6 +122,21 @@ func compileProgram(ctx context.Context, act *activation) (*program, error) {
 		}
 	}
 	return p, nil
+}
+
+// rankScopes numbers allow_scope entries in the order of their names, from
+// 1, equal names alike.
+func rankScopes(rules []nativeRule) {
+	names := make([]string, 0, len(rules))
+	for _, r := range rules {
+		names = append(names, r.entry.name)
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	for _, r := range rules {
+		i, _ := slices.BinarySearch(names, r.entry.name)
+		r.entry.rank = int32(i + 1)
+	}
 }
 
 // contributingPackage is data.mesh.policies.<owner>.<name> with its rules.
