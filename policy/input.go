@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -324,14 +325,22 @@ func spaceSeparated(s string) []any {
 }
 
 // lowerKeys returns h with lower-case keys, copying only when a key is not.
+// Names that differ only in case are one header: their values are joined
+// with "," (as the waypoint joins a repeated header's), in the order of
+// the names as given, so the result never depends on map order.
 func lowerKeys(h map[string]string) map[string]string {
 	for name := range h {
 		if strings.ToLower(name) == name {
 			continue
 		}
 		out := make(map[string]string, len(h))
-		for k, v := range h {
-			out[strings.ToLower(k)] = v
+		for _, k := range slices.Sorted(maps.Keys(h)) {
+			lk := strings.ToLower(k)
+			if have, ok := out[lk]; ok {
+				out[lk] = have + "," + h[k]
+				continue
+			}
+			out[lk] = h[k]
 		}
 		return out
 	}

@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -193,5 +194,20 @@ func TestWithSpaceDelimitedClaims(t *testing.T) {
 	}
 	if same := auth.WithSpaceDelimitedClaims("absent"); same != auth {
 		t.Errorf("no claim to split, yet a copy: %#v", same)
+	}
+}
+
+// Header names that differ only in case are one header, whatever the map
+// order: the differential test found decisions changing between runs.
+func TestPrepareJoinsHeadersDifferingInCase(t *testing.T) {
+	for range 20 {
+		in := Input{Layer: L7, Request: &Request{Path: "/", Headers: map[string]string{"X-Team": "red", "x-team": "blue", "X-TEAM": "green", "Accept": "*/*"}}}
+		if err := in.Prepare(); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"x-team": "green,red,blue", "accept": "*/*"}
+		if !maps.Equal(in.Request.Headers, want) {
+			t.Fatalf("headers %v, want %v", in.Request.Headers, want)
+		}
 	}
 }
