@@ -397,12 +397,14 @@ func decideFamilies(layer policy.Layer) []decideFamily {
 	}
 	const i = 600 // policy-600: exact principals src-0/sa-5 and src-0/batch, port 8000, app-600 in ns-0
 	hot := to("shop", "checkout", 8443)
+	// Candidates: the ALLOW rule and the allow_scope of each policy that
+	// selects the destination, and require-mtls (not-principals: scanned).
 	return []decideFamily{
-		{name: "exact-principal-match", allow: true, policy: "ns-0/policy-600", candidates: 5,
+		{name: "exact-principal-match", allow: true, policy: "ns-0/policy-600", candidates: 3,
 			in: in("src-0/sa/batch", to("ns-0", fmt.Sprintf("app-%d", i), 8000))},
-		{name: "100-selecting-none-match", allow: false, candidates: 2*hotPolicies + 2,
+		{name: "100-selecting-none-match", allow: false, candidates: 2*hotPolicies + 1,
 			in: in("outsider/sa/x", hot)},
-		{name: "100-selecting-one-matches", allow: true, policy: fmt.Sprintf("shop/checkout-team-%d", hotPolicies-1), candidates: 2*hotPolicies + 2,
+		{name: "100-selecting-one-matches", allow: true, policy: fmt.Sprintf("shop/checkout-team-%d", hotPolicies-1), candidates: 2*hotPolicies + 1,
 			in: in(fmt.Sprintf("team-%d/sa/x", hotPolicies-1), hot)},
 	}
 }
