@@ -49,6 +49,7 @@ var demoCalls = []demoCall{
 	{"checkout", "postgres", 5432},
 	{"api", "postgres", 5433},
 	{"legacy", "postgres", 5432},
+	{"frontend", "api", 15001}, // ztunnel's own outbound port: refused, it would loop
 }
 
 // meshDemo runs the sample app in a mesh on this machine and shows each
@@ -160,14 +161,22 @@ func tryCall(m *meshbed.Mesh, c demoCall) bool {
 }
 
 // decisionFor waits briefly for the destination side's access-log entry
-// written after mark.
+// written after mark, or the source side's refusal of a call to one of
+// ztunnel's own ports.
 func decisionFor(log *lockedWriter, mark int) ztunnel.AccessEntry {
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		sc := bufio.NewScanner(bytes.NewReader(log.since(mark)))
 		for sc.Scan() {
 			var e ztunnel.AccessEntry
-			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Direction == "inbound" && e.Decision != "" {
+			if json.Unmarshal(sc.Bytes(), &e) != nil {
+				continue
+			}
+			if e.Direction == "inbound" && e.Decision != "" {
+				return e
+			}
+			if e.Flags == ztunnel.FlagLoop { // refused before any policy
+				e.Reason = ztunnel.FlagLoop + ": " + e.Error
 				return e
 			}
 		}
