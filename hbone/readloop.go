@@ -94,7 +94,7 @@ func (c *conn) readControl(fh http2.FrameHeader) error {
 		if c.isIdleStream(f.StreamID) {
 			return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 6.4
 		}
-		c.endStream(f.StreamID, resetError(f.ErrCode))
+		c.peerReset(f.StreamID, resetError(f.ErrCode))
 	case *http2.PriorityFrame:
 		if f.StreamDep == f.StreamID {
 			c.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("%w: stream depends on itself", ErrStreamReset))

@@ -262,8 +262,9 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode, err error) {
 	c.writeRST(id, code)
 }
 
-// endStream ends a stream abruptly on our side only: the peer reset it,
-// or never saw it.
+// endStream ends a stream abruptly on our side only, dropping what it had
+// received: we reset it, or the peer never saw it (a peer's reset is
+// peerReset, which keeps the data).
 func (c *conn) endStream(id uint32, err error) {
 	c.mu.Lock()
 	s := c.streams[id]
@@ -274,6 +275,23 @@ func (c *conn) endStream(id uint32, err error) {
 	if s != nil {
 		s.fail(err)
 		s.discard()
+	}
+}
+
+// peerReset ends a stream the peer reset (RST_STREAM). What the peer sent
+// before the reset stays readable, as x/net's streams keep it: a reader
+// meets the reset only after those bytes, and a relay writes them out
+// first. Their window credit returns as they are read, or when the
+// stream is closed (Close discards what is left).
+func (c *conn) peerReset(id uint32, err error) {
+	c.mu.Lock()
+	s := c.streams[id]
+	if s != nil {
+		c.retireLocked(s)
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.fail(err)
 	}
 }
 
