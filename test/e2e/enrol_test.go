@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/ztunnel/capture"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
@@ -34,8 +35,8 @@ func TestEnrolRefusesANetnsThatIsNotThePods(t *testing.T) {
 		pod  cni.Pod
 		want string
 	}{
-		{"ztunnel's own namespace", pod("/proc/self/ns/net"), "ztunnel's own network namespace"},
-		{"ztunnel's own namespace by another path", pod(fmt.Sprintf("/proc/%d/ns/net", os.Getpid())), "ztunnel's own network namespace"},
+		{"ztunnel's own namespace", pod(capture.SelfNetnsPath), "ztunnel's own network namespace"},
+		{"ztunnel's own namespace by another path", pod(ownNetnsByFD(t)), "ztunnel's own network namespace"},
 		{"another pod's namespace", pod(m.Pods["api"].Path), "does not hold " + late.IP.String()},
 		{"an address the namespace lacks", pod(late.Path, late.IP.String(), "10.99.0.7"), "does not hold 10.99.0.7"},
 	} {
@@ -75,4 +76,18 @@ func addToState(t *testing.T, m *mesh, p *netbed.Pod) {
 	for _, z := range m.Ztunnels {
 		z.SetState(context.Background(), snap)
 	}
+}
+
+// ownNetnsByFD is another path to the test process's own network
+// namespace: an open descriptor of it, opened from this goroutine's
+// thread (never /proc/self, whose main thread may be inside a pod's
+// namespace for a moment).
+func ownNetnsByFD(t *testing.T) string {
+	t.Helper()
+	f, err := os.Open(capture.SelfNetnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return fmt.Sprintf("/proc/self/fd/%d", f.Fd())
 }

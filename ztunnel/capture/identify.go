@@ -10,10 +10,14 @@ import (
 
 // These paths name the two network namespaces a pod's never is: the
 // node's (the one PID 1 lives in, when ztunnel shares the node's PID
-// namespace) and ztunnel's own.
+// namespace) and ztunnel's own. Ztunnel's own is read through the calling
+// thread, not /proc/self (the main thread's): Netns.Do switches whichever
+// thread runs it, the main thread included, and only while that thread is
+// locked to it, so a goroutine that has not locked its thread always runs
+// in ztunnel's own namespace.
 const (
 	HostNetnsPath = "/proc/1/ns/net"
-	SelfNetnsPath = "/proc/self/ns/net"
+	SelfNetnsPath = "/proc/thread-self/ns/net"
 )
 
 // NetnsID identifies a network namespace whatever path names it (a bind
