@@ -17,6 +17,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/regomesh/regomesh/policy"
 )
 
 // config is every flag; each has a default fit for a waypoint pod.
@@ -110,4 +112,9 @@ func main() {
 		slog.Error("waypoint stopped", "error", err)
 		os.Exit(1)
 	}
+}
+
+// bundleFiles is the --bundle set with its --verification-key.
+func (c config) bundleFiles() policy.BundleFiles {
+	return policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey}
 }

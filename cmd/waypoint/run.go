@@ -54,7 +54,7 @@ func run(ctx context.Context, cfg config) error {
 	if err := watchState(ctx, cfg, w, log); err != nil {
 		return err
 	}
-	go watchBundles(ctx, cfg, engine, log)
+	go cfg.bundleFiles().Watch(ctx, engine, cfg.bundlePoll, log, nil)
 	l, err := net.Listen("tcp", cfg.hboneAddr)
 	if err != nil {
 		return fmt.Errorf("--hbone-addr: %w", err)
@@ -127,7 +127,7 @@ func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, lo
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := loadBundles(ctx, cfg, engine); err != nil {
+	if err := cfg.bundleFiles().Load(ctx, engine); err != nil {
 		return nil, nil, err
 	}
 	return engine, closeLog, nil

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/policy"
 )
 
 // config is every flag; each has a default fit for a node.
@@ -181,4 +182,9 @@ func main() {
 		slog.Error("ztunnel stopped", "error", err)
 		os.Exit(1)
 	}
+}
+
+// bundleFiles is the --bundle set with its --verification-key.
+func (c config) bundleFiles() policy.BundleFiles {
+	return policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey}
 }

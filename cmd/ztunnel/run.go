@@ -74,7 +74,7 @@ func run(ctx context.Context, cfg config) error {
 			releaseMemory()
 		},
 		func(err error) { log.Error("local config rejected; the last good state stays in force", "error", err) })
-	go watchBundles(ctx, cfg, engine, log)
+	go cfg.bundleFiles().Watch(ctx, engine, cfg.bundlePoll, log, releaseMemory)
 	go z.WatchPolicy(ctx)
 	servers, err := serve(ctx, cfg, z, engine, ids, reg, level, log)
 	if err != nil {
@@ -113,50 +113,10 @@ func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, lo
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := loadBundles(ctx, cfg, engine); err != nil {
+	if err := cfg.bundleFiles().Load(ctx, engine); err != nil {
 		return nil, nil, err
 	}
 	return engine, closeLog, nil
-}
-
-func loadBundles(ctx context.Context, cfg config, engine *policy.Engine) error {
-	var v *policy.Verification
-	if cfg.verifyKey != "" {
-		key, err := policy.ReadVerificationKey(cfg.verifyKey, "RS256")
-		if err != nil {
-			return err
-		}
-		v = &policy.Verification{Keys: map[string]policy.VerificationKey{"default": key}, KeyID: "default"}
-	}
-	bundles, err := policy.ReadBundles(cfg.bundles, v)
-	if err != nil {
-		return err
-	}
-	return engine.Load(ctx, bundles...)
-}
-
-// watchBundles reloads the bundles when a file under them changes; a
-// broken set is rejected and the last good one stays in force.
-func watchBundles(ctx context.Context, cfg config, engine *policy.Engine, log *slog.Logger) {
-	last := policy.BundlesStamp(cfg.bundles)
-	tick := time.NewTicker(cfg.bundlePoll)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		stamp := policy.BundlesStamp(cfg.bundles)
-		if stamp == last {
-			continue
-		}
-		last = stamp
-		if err := loadBundles(ctx, cfg, engine); err != nil {
-			log.Error("policy bundles rejected; the last good policy stays in force", "error", err)
-		}
-		releaseMemory()
-	}
 }
 
 // releaseMemory returns the memory a load just used to the system. Loading
