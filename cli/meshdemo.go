@@ -20,15 +20,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/policy"
-	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // demoPods is the sample app: a frontend and a checkout on node-1, an api
 // and a postgres on node-2, and a legacy pod outside the mesh.
-var demoPods = []meshbed.PodSpec{
+var demoPods = []localmesh.PodSpec{
 	{Name: "frontend", Node: "node-1", Namespace: "shop", ServiceAccount: "frontend"},
 	{Name: "checkout", Node: "node-1", Namespace: "shop", ServiceAccount: "checkout"},
 	{Name: "api", Node: "node-2", Namespace: "shop", ServiceAccount: "api"},
@@ -70,7 +70,7 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	regs := map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
 	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 5 pods)...\n")
 	start := time.Now()
-	m, err := meshbed.Start(ctx, meshbed.Config{
+	m, err := localmesh.Start(ctx, localmesh.Config{
 		Prefix: "rmdemo", Net: 199, Nodes: []string{"node-1", "node-2"}, Pods: demoPods,
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		Bundles:     []string{bundle}, AccessLog: log, Registries: regs,
@@ -104,22 +104,22 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 }
 
 // startApps runs echo servers as the api and postgres.
-func startApps(m *meshbed.Mesh) error {
+func startApps(m *localmesh.Mesh) error {
 	for _, s := range []struct {
 		pod  string
 		port int
 	}{{"api", 8080}, {"postgres", 5432}, {"postgres", 5433}} {
-		l, err := meshbed.Listen(m.Pods[s.pod], fmt.Sprintf(":%d", s.port))
+		l, err := localmesh.Listen(m.Pods[s.pod], fmt.Sprintf(":%d", s.port))
 		if err != nil {
 			return err
 		}
-		go meshbed.Echo(l)
+		go localmesh.Echo(l)
 	}
 	return nil
 }
 
 // runCalls tries every call and prints what the destination's ztunnel decided.
-func runCalls(out io.Writer, m *meshbed.Mesh, log *lockedWriter) {
+func runCalls(out io.Writer, m *localmesh.Mesh, log *lockedWriter) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FROM\tTO\tRESULT\tPOLICY/RULE\tREASON")
 	for _, c := range demoCalls {
@@ -145,8 +145,8 @@ func runCalls(out io.Writer, m *meshbed.Mesh, log *lockedWriter) {
 	tw.Flush()
 }
 
-func tryCall(m *meshbed.Mesh, c demoCall) bool {
-	conn, err := meshbed.Dial(m.Pods[c.from], fmt.Sprintf("%s:%d", m.Pods[c.to].IP, c.port), 5*time.Second)
+func tryCall(m *localmesh.Mesh, c demoCall) bool {
+	conn, err := localmesh.Dial(m.Pods[c.from], fmt.Sprintf("%s:%d", m.Pods[c.to].IP, c.port), 5*time.Second)
 	if err != nil {
 		return false
 	}
@@ -188,7 +188,7 @@ func decisionFor(log *lockedWriter, mark int) ztunnel.AccessEntry {
 // writeExplainInput writes the input of the frontend's call to postgres,
 // built as ztunnel builds it (state.Snapshot.InboundInput), for `policy
 // explain`.
-func writeExplainInput(path string, m *meshbed.Mesh) {
+func writeExplainInput(path string, m *localmesh.Mesh) {
 	peer := state.Peer{
 		Principal: "spiffe://cluster.local/ns/shop/sa/frontend",
 		Addr:      netip.AddrPortFrom(m.Pods["frontend"].IP, 0),
@@ -205,7 +205,7 @@ func writeExplainInput(path string, m *meshbed.Mesh) {
 }
 
 // watchAndRerun reloads the bundle on every change and runs the calls again.
-func watchAndRerun(ctx context.Context, out io.Writer, m *meshbed.Mesh, log *lockedWriter, bundle string) error {
+func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log *lockedWriter, bundle string) error {
 	last := policy.BundlesStamp([]string{bundle})
 	for {
 		select {
@@ -221,7 +221,7 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *meshbed.Mesh, log *loc
 		last = stamp
 		failed := false
 		for node, engine := range m.Engines {
-			if err := meshbed.LoadBundles(ctx, engine, []string{bundle}); err != nil {
+			if err := (policy.BundleFiles{Paths: []string{bundle}}).Load(ctx, engine); err != nil {
 				fmt.Fprintf(out, "\n%s rejected the new policy (the last good one stays in force): %v\n", node, err)
 				failed = true
 				break

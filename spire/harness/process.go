@@ -128,7 +128,7 @@ func tail(s string, n int) string {
 // as the test process. Linux sends the parent-death signal (Pdeathsig)
 // when the *thread* that forked a child exits, and Go retires threads that
 // a goroutine locked and never unlocked, as network namespace code does
-// (test/netbed, ztunnel/capture): a child forked from such a thread would
+// (localmesh/netbed, ztunnel/capture): a child forked from such a thread would
 // be killed mid-test.
 var spawner = struct {
 	once sync.Once

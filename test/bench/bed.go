@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/regomesh/regomesh/test/meshbed"
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh"
+	"github.com/regomesh/regomesh/localmesh/netbed"
 )
 
 // appPort is where the benchmark server listens in both server pods.
@@ -20,7 +20,7 @@ const appPort = 9000
 // The pods: a client on node-1 and a server on node-2 in the mesh, and
 // the same pair outside it (never enrolled, so never captured) for the
 // direct and haproxy baselines. Both pairs cross the same fabric.
-var pods = []meshbed.PodSpec{
+var pods = []localmesh.PodSpec{
 	{Name: "client", Node: "node-1", Namespace: "bench", ServiceAccount: "client"},
 	{Name: "server", Node: "node-2", Namespace: "bench", ServiceAccount: "server"},
 	{Name: "plain-client", Node: "node-1", Namespace: "plain", ServiceAccount: "client", Outside: true},
@@ -41,20 +41,20 @@ allow contains {"policy": "bench/x", "rule": "client-to-server"} if {
 
 // bed is the running mesh with a benchmark server in both server pods.
 type bed struct {
-	mesh      *meshbed.Mesh
+	mesh      *localmesh.Mesh
 	servers   map[string]*server
 	plain     *plainPair
 	policyDir string
 }
 
 func startBed(ctx context.Context, netNum int) (*bed, error) {
-	return startBedWith(ctx, meshbed.Config{Prefix: bedPrefix(""), Net: netNum})
+	return startBedWith(ctx, localmesh.Config{Prefix: bedPrefix(""), Net: netNum})
 }
 
 // startBedWith starts a bed named by mc (Prefix, Net), which may also run
 // ztunnels as processes and add workloads to their state; the nodes,
 // pods, policy and servers are always the ones above.
-func startBedWith(ctx context.Context, mc meshbed.Config) (*bed, error) {
+func startBedWith(ctx context.Context, mc localmesh.Config) (*bed, error) {
 	b := &bed{servers: map[string]*server{}}
 	if err := b.start(ctx, mc); err != nil {
 		b.Close()
@@ -72,7 +72,7 @@ func bedPrefix(tag string) string {
 	return fmt.Sprintf("rmb%d-%s", os.Getpid()%100000, tag)
 }
 
-func (b *bed) start(ctx context.Context, mc meshbed.Config) error {
+func (b *bed) start(ctx context.Context, mc localmesh.Config) error {
 	var err error
 	if b.policyDir, err = writePolicy(allowClientToServer); err != nil {
 		return err
@@ -81,7 +81,7 @@ func (b *bed) start(ctx context.Context, mc meshbed.Config) error {
 	defer cancel()
 	mc.Nodes, mc.Pods, mc.Bundles = []string{"node-1", "node-2"}, pods, []string{b.policyDir}
 	mc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	b.mesh, err = meshbed.Start(ctx, mc)
+	b.mesh, err = localmesh.Start(ctx, mc)
 	if err != nil {
 		return fmt.Errorf("bench: start the mesh (is bin/spire-* built? make spire): %w", err)
 	}

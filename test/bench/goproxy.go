@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/hbone"
-	"github.com/regomesh/regomesh/test/meshbed"
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh"
+	"github.com/regomesh/regomesh/localmesh/netbed"
 )
 
 // Ports of the plain pair, beside the haproxy pair's.
@@ -45,7 +45,7 @@ func startPlainPair(b *bed) (*plainPair, error) {
 		{client, p.Addr(), peer},
 	}
 	for _, h := range hops {
-		l, err := meshbed.Listen(h.pod, h.listen)
+		l, err := localmesh.Listen(h.pod, h.listen)
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("bench: plain pair: listen on %s in %s: %w", h.listen, h.pod.Name, err)
@@ -70,7 +70,7 @@ func (p *plainPair) serve(l net.Listener, pod *netbed.Pod, next string) {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			up, err := meshbed.Dial(pod, next, 5*time.Second)
+			up, err := localmesh.Dial(pod, next, 5*time.Second)
 			if err != nil {
 				c.Close()
 				return

@@ -12,8 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/spire"
-	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/ztunnel/capture"
 )
 
@@ -134,8 +134,8 @@ func (t *tunneler) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 
 // podSVID is a pod's current SVID, as its ztunnel holds it.
 type podSVID struct {
-	mesh *meshbed.Mesh
-	pod  meshbed.PodSpec
+	mesh *localmesh.Mesh
+	pod  localmesh.PodSpec
 }
 
 func (s podSVID) GetX509SVID() (*x509svid.SVID, error) { return s.mesh.SVID(s.pod) }

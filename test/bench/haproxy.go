@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/regomesh/regomesh/test/meshbed"
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh"
+	"github.com/regomesh/regomesh/localmesh/netbed"
 )
 
 // Ports of the haproxy pair: the client side listens on loopback in the
@@ -173,7 +173,7 @@ backend tls-fresh
 func waitListening(pod *netbed.Pod, addr string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := meshbed.Dial(pod, addr, time.Second)
+		c, err := localmesh.Dial(pod, addr, time.Second)
 		if err == nil {
 			return c.Close()
 		}

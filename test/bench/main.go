@@ -1,5 +1,5 @@
 // Command bench measures regomesh's data path against baselines measured
-// in the same run, on the same kind of bed (test/meshbed: two nodes as
+// in the same run, on the same kind of bed (localmesh: two nodes as
 // network namespaces, real SPIRE, both ztunnels in this process):
 //
 //   - direct TCP between two pods outside the mesh;

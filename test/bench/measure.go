@@ -11,8 +11,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/regomesh/regomesh/test/meshbed"
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh"
+	"github.com/regomesh/regomesh/localmesh/netbed"
 )
 
 // path is one way from a client pod to a benchmark server.
@@ -136,7 +136,7 @@ func step(path, what string) { fmt.Fprintf(os.Stderr, "bench: %s: %s\n", path, w
 
 // open dials p from its client pod and sends the mode byte.
 func open(p path, mode byte) (net.Conn, error) {
-	c, err := meshbed.Dial(p.client, p.addr, 5*time.Second)
+	c, err := localmesh.Dial(p.client, p.addr, 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %s: dial %s from %s: %w", p.name, p.addr, p.client.Name, err)
 	}
@@ -209,7 +209,7 @@ func bulk(ctx context.Context, p path, d time.Duration) (float64, error) {
 func connRate(ctx context.Context, p path, d time.Duration) (rate float64, failed int, err error) {
 	var done int
 	var elapsed time.Duration
-	err = meshbed.InPod(p.client, func() error {
+	err = localmesh.InPod(p.client, func() error {
 		start := time.Now()
 		for time.Since(start) < d && ctx.Err() == nil {
 			if err := pingOnce(p.addr); err != nil {
@@ -227,7 +227,7 @@ func connRate(ctx context.Context, p path, d time.Duration) (rate float64, faile
 }
 
 // pingOnce connects to addr, echoes one byte and closes. It runs in the
-// client pod's thread (meshbed.InPod).
+// client pod's thread (localmesh.InPod).
 func pingOnce(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -269,7 +269,7 @@ func holdOpen(ctx context.Context, p path, n int) (memory, error) {
 // end to end by a 1-byte echo. On error it returns those it opened.
 func openEchoed(ctx context.Context, p path, n int) ([]net.Conn, error) {
 	conns := make([]net.Conn, 0, n)
-	err := meshbed.InPod(p.client, func() error {
+	err := localmesh.InPod(p.client, func() error {
 		for range n {
 			if ctx.Err() != nil {
 				return ctx.Err()

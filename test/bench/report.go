@@ -90,7 +90,7 @@ func notes(cfg config, ceiling float64, r *results, haproxyVersion string) []str
 		"haproxy pair: " + haproxyVersion + ", one thread each; client side in the client pod on 127.0.0.1, mutual TLS 1.3 (TLS_AES_128_GCM_SHA256, ECDSA P-256) to the server side in the server pod, which forwards to the server on loopback.",
 		"regomesh/haproxy: above 1 is better for throughput and connection rates, below 1 is better for latency.",
 		plainNote(r),
-		"Both ztunnels, SPIRE's Go clients, the servers and this client run IN THIS PROCESS (meshbed): the process's RSS is not a ztunnel's " +
+		"Both ztunnels, SPIRE's Go clients, the servers and this client run IN THIS PROCESS (localmesh): the process's RSS is not a ztunnel's " +
 			"(the proxy VmRSS rows are, from ztunnel processes). Go heap rows: Go HeapInuse/StackInuse after GC; the direct column is the application's own cost (client and server sides), " +
 			fmt.Sprintf("so both ztunnels together cost %.1f KiB heap + %.1f KiB stacks per open tunnel (regomesh minus direct).", ztHeap, ztStack),
 		connNote(cfg, r),

@@ -13,7 +13,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/regomesh/regomesh/test/meshbed"
+	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
@@ -21,7 +21,7 @@ import (
 // cluster's worth of workloads in its state and 1,000 tunnels open. It
 // needs ztunnels that are processes of their own, so it runs on a second
 // bed where both nodes run the cmd/ztunnel binary built from this tree
-// (meshbed ProcessNodes), with a fresh haproxy pair beside them measured
+// (localmesh ProcessNodes), with a fresh haproxy pair beside them measured
 // the same way.
 
 // Shape of the synthetic state: Deployments of replicasPerApp pods spread
@@ -68,13 +68,13 @@ func measureRSS(ctx context.Context, cfg config) (*rssResult, error) {
 	}
 	defer os.RemoveAll(dir)
 	step("memory", "building cmd/ztunnel")
-	bin, err := meshbed.BuildZtunnel(ctx, dir)
+	bin, err := localmesh.BuildZtunnel(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
 	workloads, services := syntheticState(cfg.workloads)
 	step("memory", fmt.Sprintf("starting a bed with both ztunnels as processes, %d synthetic workloads", len(workloads)))
-	b, err := startBedWith(ctx, meshbed.Config{
+	b, err := startBedWith(ctx, localmesh.Config{
 		Prefix: bedPrefix("m"), Net: cfg.net, ProcessNodes: []string{"node-1", "node-2"}, ZtunnelBinary: bin,
 		Workloads: workloads, Services: services, JSONState: cfg.jsonState,
 	})

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/regomesh/regomesh/test/meshbed"
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh"
+	"github.com/regomesh/regomesh/localmesh/netbed"
 )
 
 // The first byte a client sends picks what the server does with the
@@ -36,7 +36,7 @@ type server struct {
 }
 
 func listenServer(p *netbed.Pod) (*server, error) {
-	l, err := meshbed.Listen(p, fmt.Sprintf(":%d", appPort))
+	l, err := localmesh.Listen(p, fmt.Sprintf(":%d", appPort))
 	if err != nil {
 		return nil, fmt.Errorf("bench: listen in %s: %w", p.Name, err)
 	}

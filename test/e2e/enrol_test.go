@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh/netbed"
 	"github.com/regomesh/regomesh/ztunnel/capture"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 	"github.com/regomesh/regomesh/ztunnel/state"

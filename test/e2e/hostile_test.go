@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/hbone"
-	"github.com/regomesh/regomesh/test/meshbed"
+	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/capture"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -142,7 +142,7 @@ func (m *mesh) setWaypoint(t *testing.T, name, ref string) {
 // sockets marked, so not captured), presenting the pod's SVID.
 type hboneClient struct {
 	pool *hbone.Pool
-	spec meshbed.PodSpec
+	spec localmesh.PodSpec
 }
 
 func (m *mesh) hboneClient(t *testing.T, name string) *hboneClient {

@@ -11,14 +11,14 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/internal/testgo"
-	"github.com/regomesh/regomesh/test/meshbed"
+	"github.com/regomesh/regomesh/localmesh"
 )
 
 // TestHTTPThroughTheMesh: an HTTP server and client, unchanged, talk
 // through both ztunnels; the intruder's requests never reach the server.
 func TestHTTPThroughTheMesh(t *testing.T) {
 	m := newMesh(t, allowFrontendToAPI)
-	l, err := meshbed.Listen(m.Pods["api"], ":8080")
+	l, err := localmesh.Listen(m.Pods["api"], ":8080")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestHTTPThroughTheMesh(t *testing.T) {
 func get(m *mesh, pod, url string) (string, error) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
-			return meshbed.Dial(m.Pods[pod], addr, 5*time.Second)
+			return localmesh.Dial(m.Pods[pod], addr, 5*time.Second)
 		},
 	}}
 	resp, err := client.Get(url)

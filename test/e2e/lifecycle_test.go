@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/internal/testgo"
-	"github.com/regomesh/regomesh/test/meshbed"
+	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -129,7 +129,7 @@ func TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate(t *testing.T) {
 			os.Mkdir(bundle, 0o755)
 			os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "e2e", "roots": ["mesh/policies/e2e"]}`), 0o644)
 			os.WriteFile(filepath.Join(bundle, "policy.rego"), []byte(allowFrontendToAPI+fmt.Sprintf("\n# revision %d\n", i)), 0o644)
-			if err := meshbed.LoadBundles(ctx, m.Engines["node-2"], []string{bundle}); err != nil {
+			if err := (policy.BundleFiles{Paths: []string{bundle}}).Load(ctx, m.Engines["node-2"]); err != nil {
 				t.Errorf("policy reload %d: %v", i, err)
 				return
 			}

@@ -1,4 +1,4 @@
-// Package e2e runs the mesh end to end on one machine (test/meshbed):
+// Package e2e runs the mesh end to end on one machine (localmesh):
 // nodes and pods as network namespaces, real SPIRE (server and one agent
 // per node), one ztunnel per node capturing its pods with nftables, and
 // policy as Rego bundles. The tests need root; CI runs them as root.
@@ -25,12 +25,13 @@ import (
 
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/internal/testgo"
-	"github.com/regomesh/regomesh/test/meshbed"
-	"github.com/regomesh/regomesh/test/netbed"
+	"github.com/regomesh/regomesh/localmesh"
+	"github.com/regomesh/regomesh/localmesh/netbed"
+	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/ztunnel"
 )
 
-var app = []meshbed.PodSpec{
+var app = []localmesh.PodSpec{
 	{Name: "frontend", Node: "node-1", Namespace: "shop", ServiceAccount: "frontend"},
 	{Name: "intruder", Node: "node-1", Namespace: "shop", ServiceAccount: "intruder"},
 	{Name: "api", Node: "node-2", Namespace: "shop", ServiceAccount: "api"},
@@ -53,7 +54,7 @@ allow contains {"policy": "e2e/api", "rule": "frontend-only"} if {
 
 // mesh is a running test mesh, its access log and its metrics.
 type mesh struct {
-	*meshbed.Mesh
+	*localmesh.Mesh
 	accessLog  *syncBuffer
 	registries map[string]*prometheus.Registry
 }
@@ -80,12 +81,12 @@ func startMesh(t *testing.T, bundles []string, metrics bool) *mesh {
 
 func startMeshWith(t *testing.T, bundles []string, metrics bool, svidTTL time.Duration) *mesh {
 	t.Helper()
-	return startMeshFrom(t, meshbed.Config{Bundles: bundles, SVIDTTL: svidTTL}, metrics)
+	return startMeshFrom(t, localmesh.Config{Bundles: bundles, SVIDTTL: svidTTL}, metrics)
 }
 
 // startMeshFrom starts the app's mesh from cfg, filling in the names,
 // addresses, pods, access log, metrics and logger every test mesh shares.
-func startMeshFrom(t *testing.T, cfg meshbed.Config, metrics bool) *mesh {
+func startMeshFrom(t *testing.T, cfg localmesh.Config, metrics bool) *mesh {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e tests need root (network namespaces, nftables); CI runs them as root")
@@ -106,7 +107,7 @@ func startMeshFrom(t *testing.T, cfg meshbed.Config, metrics bool) *mesh {
 	cfg.AccessLog, cfg.Registries = m.accessLog, m.registries
 	logs := &testLog{t: t}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m.Mesh, err = meshbed.Start(ctx, cfg)
+	m.Mesh, err = localmesh.Start(ctx, cfg)
 	if err != nil {
 		logs.end()
 		t.Fatal(err)
@@ -154,7 +155,7 @@ func writePolicy(t *testing.T, src string) string {
 // loadPolicy replaces one node's policy.
 func (m *mesh) loadPolicy(t *testing.T, node, src string) {
 	t.Helper()
-	if err := meshbed.LoadBundles(context.Background(), m.Engines[node], []string{writePolicy(t, src)}); err != nil {
+	if err := (policy.BundleFiles{Paths: []string{writePolicy(t, src)}}).Load(context.Background(), m.Engines[node]); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -162,20 +163,20 @@ func (m *mesh) loadPolicy(t *testing.T, node, src string) {
 // echoServer runs a TCP echo server on port inside the pod.
 func echoServer(t *testing.T, p *netbed.Pod, port int) {
 	t.Helper()
-	l, err := meshbed.Listen(p, fmt.Sprintf(":%d", port))
+	l, err := localmesh.Listen(p, fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
 	testgo.Go(t, func(ctx context.Context) {
 		defer context.AfterFunc(ctx, func() { l.Close() })()
-		meshbed.Echo(l)
+		localmesh.Echo(l)
 	})
 }
 
 // dialFrom opens a connection from inside pod p, as its app would.
 func dialFrom(t *testing.T, p *netbed.Pod, addr string) (net.Conn, error) {
-	return meshbed.Dial(p, addr, 5*time.Second)
+	return localmesh.Dial(p, addr, 5*time.Second)
 }
 
 // roundTrip writes msg and reads the echo; an error means the mesh refused.

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/istio"
-	"github.com/regomesh/regomesh/test/meshbed"
 	"github.com/regomesh/regomesh/ztunnel"
 )
 
@@ -58,7 +58,7 @@ func TestPeerAuthenticationStrict(t *testing.T) {
 
 	permissive := peerBundle(t, strictShop+"---"+apiPermissive)
 	for node, engine := range m.Engines {
-		if err := meshbed.LoadBundles(context.Background(), engine, []string{permissive}); err != nil {
+		if err := (policy.BundleFiles{Paths: []string{permissive}}).Load(context.Background(), engine); err != nil {
 			t.Fatalf("%s: %v", node, err)
 		}
 	}

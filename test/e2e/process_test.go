@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regomesh/regomesh/test/meshbed"
+	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 )
@@ -26,7 +26,7 @@ func TestZtunnelProcess(t *testing.T) {
 		t.Skip("builds the ztunnel binary; e2e tests need root")
 	}
 	bin := buildZtunnel(t)
-	m := startMeshFrom(t, meshbed.Config{
+	m := startMeshFrom(t, localmesh.Config{
 		Bundles: []string{writePolicy(t, allowFrontendToAPI)}, ProcessNodes: []string{"node-2"}, ZtunnelBinary: bin,
 	}, false)
 	proc := m.Processes["node-2"]
@@ -39,7 +39,7 @@ func TestZtunnelProcess(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("endpoints in the node's namespace", func(t *testing.T) {
-		if status, body, err := proc.Get(ctx, meshbed.ReadinessPort, "/healthz/ready"); err != nil || status != http.StatusOK {
+		if status, body, err := proc.Get(ctx, localmesh.ReadinessPort, "/healthz/ready"); err != nil || status != http.StatusOK {
 			t.Errorf("readiness: %d %s, %v", status, body, err)
 		}
 		certs, err := proc.Certificates(ctx)
@@ -66,7 +66,7 @@ func TestZtunnelProcess(t *testing.T) {
 		if e.Decision != "allow" || e.Policy != "e2e/api" || e.Rule != "frontend-only" {
 			t.Errorf("the process's inbound entry = %+v", e)
 		}
-		_, metrics, err := proc.Get(ctx, meshbed.MetricsPort, "/metrics")
+		_, metrics, err := proc.Get(ctx, localmesh.MetricsPort, "/metrics")
 		if err != nil || !strings.Contains(string(metrics), `istio_tcp_connections_opened_total{`) {
 			t.Errorf("metrics after a connection (%v):\n%.1000s", err, metrics)
 		}
@@ -104,7 +104,7 @@ func buildZtunnel(t *testing.T) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	bin, err := meshbed.BuildZtunnel(ctx, t.TempDir(), flags...)
+	bin, err := localmesh.BuildZtunnel(ctx, t.TempDir(), flags...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,7 +119,7 @@ func FuzzDecode(f *testing.F) {
 }
 
 // TestLocalConfigRoundTrip: a LocalConfig written with a YAML encoder
-// (as test/meshbed writes ztunnel's --local-config) or a JSON one decodes
+// (as localmesh writes ztunnel's --local-config) or a JSON one decodes
 // to what the hand-written file does.
 func TestLocalConfigRoundTrip(t *testing.T) {
 	want, err := Decode([]byte(shop), Options{TrustDomain: "td"})

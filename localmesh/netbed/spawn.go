@@ -12,7 +12,7 @@ import (
 )
 
 // Start starts cmd inside the node's network namespace, as a node's
-// daemon runs (the ztunnel binary, for test/meshbed). The child gets
+// daemon runs (the ztunnel binary, for localmesh). The child gets
 // SIGKILL when this process dies, even when it is killed before its
 // cleanups run; stopping it earlier, and waiting for it, is the caller's
 // job. Other namespaces (mount, PID) are this process's.
@@ -43,7 +43,7 @@ func start(ns netns.NsHandle, name string, cmd *exec.Cmd) error {
 // spawner forks every child from one OS thread that lives as long as this
 // process. Linux sends the parent-death signal when the *thread* that
 // forked a child exits, and Go retires threads that were locked and never
-// unlocked, as every namespace switch in this package and in meshbed does:
+// unlocked, as every namespace switch in this package and in localmesh does:
 // a child forked from such a thread would be killed as soon as the
 // goroutine that switched ended. The thread enters the child's namespace
 // only for the fork and then goes home, so it keeps no namespace alive

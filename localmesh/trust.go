@@ -1,4 +1,4 @@
-package meshbed
+package localmesh
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package meshbed
+package localmesh
 
 import (
 	"bytes"
@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/regomesh/regomesh/localmesh/netbed"
 	"github.com/regomesh/regomesh/spire/harness"
-	"github.com/regomesh/regomesh/test/netbed"
 	"github.com/regomesh/regomesh/ztunnel"
 )
 
@@ -47,7 +47,7 @@ func BuildZtunnel(ctx context.Context, dir string, flags ...string) (string, err
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as shipped (make build)
 	}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("meshbed: go %s: %w\n%s", strings.Join(args, " "), err, out)
+		return "", fmt.Errorf("localmesh: go %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return bin, nil
 }
@@ -127,7 +127,7 @@ func startProcess(ctx context.Context, node *netbed.Node, c processConfig) (*Ztu
 	p.http = &http.Client{Transport: &http.Transport{DialContext: p.dial}, Timeout: 5 * time.Second}
 	log, err := os.Create(p.logPath())
 	if err != nil {
-		return nil, fmt.Errorf("meshbed: ztunnel log: %w", err)
+		return nil, fmt.Errorf("localmesh: ztunnel log: %w", err)
 	}
 	defer log.Close() // the child has its own descriptor
 	p.cmd = exec.Command(c.binary, p.args(c)...)
@@ -136,7 +136,7 @@ func startProcess(ctx context.Context, node *netbed.Node, c processConfig) (*Ztu
 		p.cmd.Stdout = &lineWriter{w: c.accessLog}
 	}
 	if err := node.Start(p.cmd); err != nil {
-		return nil, fmt.Errorf("meshbed: %w", err)
+		return nil, fmt.Errorf("localmesh: %w", err)
 	}
 	go func() {
 		p.waitErr = p.cmd.Wait()
@@ -183,7 +183,7 @@ func (p *ZtunnelProcess) Get(ctx context.Context, port int, path string) (status
 	}
 	resp, err := p.http.Do(req)
 	if err != nil {
-		return 0, nil, fmt.Errorf("meshbed: ztunnel on %s: %w", p.Node.Name, err)
+		return 0, nil, fmt.Errorf("localmesh: ztunnel on %s: %w", p.Node.Name, err)
 	}
 	defer resp.Body.Close()
 	body, err = io.ReadAll(resp.Body)
@@ -240,13 +240,13 @@ func (p *ZtunnelProcess) Certificates(ctx context.Context) ([]ztunnel.Certificat
 		return nil, err
 	}
 	if status != http.StatusOK {
-		return nil, fmt.Errorf("meshbed: config dump: %d %s", status, body)
+		return nil, fmt.Errorf("localmesh: config dump: %d %s", status, body)
 	}
 	var dump struct {
 		Certificates []ztunnel.CertificateInfo `json:"certificates"`
 	}
 	if err := json.Unmarshal(body, &dump); err != nil {
-		return nil, fmt.Errorf("meshbed: config dump: %w", err)
+		return nil, fmt.Errorf("localmesh: config dump: %w", err)
 	}
 	return dump.Certificates, nil
 }
@@ -261,9 +261,9 @@ func (p *ZtunnelProcess) poll(ctx context.Context, what string, check func() err
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("meshbed: ztunnel on %s exited (%s) before %s; its log:\n%s", p.Node.Name, exitText(p.waitErr), what, p.logTail())
+			return fmt.Errorf("localmesh: ztunnel on %s exited (%s) before %s; its log:\n%s", p.Node.Name, exitText(p.waitErr), what, p.logTail())
 		case <-ctx.Done():
-			return fmt.Errorf("meshbed: ztunnel on %s not %s: %w (last: %w); its log:\n%s", p.Node.Name, what, ctx.Err(), last, p.logTail())
+			return fmt.Errorf("localmesh: ztunnel on %s not %s: %w (last: %w); its log:\n%s", p.Node.Name, what, ctx.Err(), last, p.logTail())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -277,7 +277,7 @@ func (p *ZtunnelProcess) Stop() error {
 		defer p.http.CloseIdleConnections()
 		select {
 		case <-p.done:
-			p.stopErr = fmt.Errorf("meshbed: ztunnel on %s exited before Stop (%s); its log:\n%s", p.Node.Name, exitText(p.waitErr), p.logTail())
+			p.stopErr = fmt.Errorf("localmesh: ztunnel on %s exited before Stop (%s); its log:\n%s", p.Node.Name, exitText(p.waitErr), p.logTail())
 			return
 		default:
 		}
@@ -285,12 +285,12 @@ func (p *ZtunnelProcess) Stop() error {
 		select {
 		case <-p.done:
 			if p.waitErr != nil {
-				p.stopErr = fmt.Errorf("meshbed: ztunnel on %s after SIGTERM: %w; its log:\n%s", p.Node.Name, p.waitErr, p.logTail())
+				p.stopErr = fmt.Errorf("localmesh: ztunnel on %s after SIGTERM: %w; its log:\n%s", p.Node.Name, p.waitErr, p.logTail())
 			}
 		case <-time.After(stopGrace):
 			p.cmd.Process.Kill()
 			<-p.done
-			p.stopErr = fmt.Errorf("meshbed: ztunnel on %s still running %s after SIGTERM: killed; its log:\n%s", p.Node.Name, stopGrace, p.logTail())
+			p.stopErr = fmt.Errorf("localmesh: ztunnel on %s still running %s after SIGTERM: killed; its log:\n%s", p.Node.Name, stopGrace, p.logTail())
 		}
 	})
 	return p.stopErr

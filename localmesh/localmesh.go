@@ -1,16 +1,16 @@
-// Package meshbed starts a whole mesh on one machine, for the e2e tests,
-// `make demo` and the benchmarks: nodes and pods as network namespaces
-// (test/netbed), a real spire-server with one spire-agent per node
-// (spire/harness), and one ztunnel per node capturing its pods with
-// nftables and deciding with the policy bundles given. Close tears
-// everything down.
+// Package localmesh starts a whole mesh on one machine: the mesh behind
+// `regomesh demo`, which the e2e tests and the benchmarks run on too.
+// Nodes and pods are network namespaces (localmesh/netbed); a real
+// spire-server runs with one spire-agent per node (spire/harness), and one
+// ztunnel per node captures its pods with nftables and decides with the
+// policy bundles given. Close tears everything down.
 //
 // A node's ztunnel runs in this process by default (Mesh.Ztunnels), where
 // tests can reach into it. Nodes listed in Config.ProcessNodes run the
 // real cmd/ztunnel binary instead, as a process in the node's namespace
 // configured only through its flags and files (Mesh.Processes), for
 // figures that belong to a ztunnel process, such as its memory.
-package meshbed
+package localmesh
 
 import (
 	"context"
@@ -32,10 +32,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/regomesh/regomesh/localmesh/netbed"
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/spire"
 	"github.com/regomesh/regomesh/spire/harness"
-	"github.com/regomesh/regomesh/test/netbed"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -121,7 +121,7 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if len(cfg.ProcessNodes) > 0 && cfg.ZtunnelBinary == "" {
-		return nil, errors.New("meshbed: ProcessNodes need a ZtunnelBinary (BuildZtunnel)")
+		return nil, errors.New("localmesh: ProcessNodes need a ZtunnelBinary (BuildZtunnel)")
 	}
 	m := &Mesh{cfg: cfg, Pods: map[string]*netbed.Pod{}, Ztunnels: map[string]*ztunnel.Ztunnel{},
 		Engines: map[string]*policy.Engine{}, Processes: map[string]*ZtunnelProcess{},
@@ -151,7 +151,7 @@ func (m *Mesh) start(ctx context.Context) error {
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
 	for _, node := range m.cfg.Nodes {
 		if err := m.startNode(ctx, node); err != nil {
-			return fmt.Errorf("meshbed: node %s: %w", node, err)
+			return fmt.Errorf("localmesh: node %s: %w", node, err)
 		}
 	}
 	if err := m.waitForSVIDs(ctx); err != nil {
@@ -178,7 +178,7 @@ func (m *Mesh) network() error {
 	for _, p := range m.cfg.Pods {
 		n := nodes[p.Node]
 		if n == nil {
-			return fmt.Errorf("meshbed: pod %s on unknown node %s", p.Name, p.Node)
+			return fmt.Errorf("localmesh: pod %s on unknown node %s", p.Name, p.Node)
 		}
 		if m.Pods[p.Name], err = n.AddPod(p.Name); err != nil {
 			return err
@@ -208,7 +208,7 @@ func (m *Mesh) buildState() error {
 	}
 	var err error
 	if m.localConfig, err = marshal(lc); err != nil {
-		return fmt.Errorf("meshbed: local config: %w", err)
+		return fmt.Errorf("localmesh: local config: %w", err)
 	}
 	m.State, err = state.Decode(m.localConfig, state.Options{TrustDomain: m.TrustDomain.Name()})
 	return err
@@ -237,7 +237,7 @@ func (m *Mesh) startNode(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	if err := LoadBundles(ctx, engine, m.cfg.Bundles); err != nil {
+	if err := (policy.BundleFiles{Paths: m.cfg.Bundles}).Load(ctx, engine); err != nil {
 		return err
 	}
 	client, err := spire.Dial(agent.AdminSocket())
@@ -273,7 +273,7 @@ func (m *Mesh) newZtunnel(node string, metrics *ztunnel.Metrics) (*ztunnel.Ztunn
 // as a restarted ztunnel process does.
 func (m *Mesh) RestartZtunnel(ctx context.Context, node string) (int, error) {
 	if m.isProcess(node) {
-		return 0, fmt.Errorf("meshbed: %s's ztunnel is a process; restart it yourself", node)
+		return 0, fmt.Errorf("localmesh: %s's ztunnel is a process; restart it yourself", node)
 	}
 	if err := m.Ztunnels[node].Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return 0, err
@@ -289,7 +289,7 @@ func (m *Mesh) RestartZtunnel(ctx context.Context, node string) (int, error) {
 // SVID returns the current SVID of pod p from its node's store.
 func (m *Mesh) SVID(p PodSpec) (*x509svid.SVID, error) {
 	if m.isProcess(p.Node) {
-		return nil, fmt.Errorf("meshbed: %s's ztunnel is a process: its SVIDs are in its config dump", p.Node)
+		return nil, fmt.Errorf("localmesh: %s's ztunnel is a process: its SVIDs are in its config dump", p.Node)
 	}
 	return m.stores[p.Node].SVID(m.Identity(p))
 }
@@ -334,7 +334,7 @@ func (m *Mesh) waitForSVIDs(ctx context.Context) error {
 				break
 			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
-				return fmt.Errorf("meshbed: no SVID for %s: %w", id, err)
+				return fmt.Errorf("localmesh: no SVID for %s: %w", id, err)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -359,7 +359,7 @@ func (m *Mesh) enrolAll(ctx context.Context) error {
 			err = m.Ztunnels[p.Node].AddPod(ctx, info)
 		}
 		if err != nil {
-			return fmt.Errorf("meshbed: enrol %s: %w", p.Name, err)
+			return fmt.Errorf("localmesh: enrol %s: %w", p.Name, err)
 		}
 	}
 	return nil
@@ -423,15 +423,6 @@ func (m *Mesh) Logs() string {
 		}
 	}
 	return b.String()
-}
-
-// LoadBundles reads the bundles and loads them into engine.
-func LoadBundles(ctx context.Context, engine *policy.Engine, paths []string) error {
-	bundles, err := policy.ReadBundles(paths, nil)
-	if err != nil {
-		return err
-	}
-	return engine.Load(ctx, bundles...)
 }
 
 // Identities adapts a SPIRE store to ztunnel, as cmd/ztunnel does.
