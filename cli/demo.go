@@ -24,6 +24,9 @@ type demoConfig struct {
 	Examples string
 	// Once runs the calls once and exits instead of staying up.
 	Once bool
+	// WaypointBinary is the cmd/waypoint the waypoint pod runs; empty
+	// builds one with the Go toolchain.
+	WaypointBinary string
 }
 
 func newDemoCommand() *cobra.Command {
@@ -32,12 +35,14 @@ func newDemoCommand() *cobra.Command {
 		Use:   "demo",
 		Short: "Run the sample app in a mesh on this machine and show each call's decision",
 		Long: `demo starts, on this machine, a real SPIRE server, two "nodes" (network
-namespaces) each with a SPIRE agent and a ztunnel, and five pods; the
-ztunnels capture the pods' traffic with nftables, tunnel it over HBONE with
-the pods' SVIDs, and decide every connection with the example bundle
-(examples/bundle). It prints each call tried, allowed or denied, and the
-policy and rule that decided, then stays up and re-runs the calls whenever
-the bundle changes, until Ctrl-C.
+namespaces) each with a SPIRE agent and a ztunnel, five pods and a
+waypoint; the ztunnels capture the pods' traffic with nftables, tunnel it
+over HBONE with the pods' SVIDs, and decide every connection with the
+example bundle (examples/bundle); the waypoint, with an SVID of its own,
+decides every HTTP request to the api service with the same bundle. It
+prints each call tried, allowed or denied, and the policy and rule that
+decided, then stays up and re-runs the calls whenever the bundle changes,
+until Ctrl-C.
 
 It needs root (network namespaces, nftables) and SPIRE in bin/ (make spire).
 Without root it shows the policy engine deciding the example inputs instead.`,
@@ -49,6 +54,7 @@ Without root it shows the policy engine deciding the example inputs instead.`,
 	}
 	cmd.Flags().StringVar(&cfg.Examples, "examples", "examples", "directory with the example bundle/ and inputs/")
 	cmd.Flags().BoolVar(&cfg.Once, "once", false, "run the calls once and exit instead of staying up")
+	cmd.Flags().StringVar(&cfg.WaypointBinary, "waypoint-binary", "", "cmd/waypoint binary for the waypoint pod (default: built with go from the source tree)")
 	return cmd
 }
 

@@ -22,19 +22,34 @@ import (
 
 	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/waypoint"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // demoPods is the sample app: a frontend and a checkout on node-1, an api
-// and a postgres on node-2, and a legacy pod outside the mesh.
+// and a postgres on node-2, a legacy pod outside the mesh, and the shop's
+// waypoint on node-2.
 var demoPods = []localmesh.PodSpec{
 	{Name: "frontend", Node: "node-1", Namespace: "shop", ServiceAccount: "frontend"},
 	{Name: "checkout", Node: "node-1", Namespace: "shop", ServiceAccount: "checkout"},
 	{Name: "api", Node: "node-2", Namespace: "shop", ServiceAccount: "api"},
 	{Name: "postgres", Node: "node-2", Namespace: "shop", ServiceAccount: "postgres"},
 	{Name: "legacy", Node: "node-1", Namespace: "legacy", ServiceAccount: "default", Outside: true},
+	{Name: "waypoint", Node: "node-2", Namespace: "shop", ServiceAccount: "waypoint", Waypoint: true},
 }
+
+// The api service: HTTP on port 80 of its VIP, served by the api pod's
+// 8081 through the shop's waypoint, which decides every request (L7).
+const (
+	apiVIP      = "10.96.0.20"
+	apiHTTPPort = 8081
+)
+
+var demoServices = []state.LocalService{{
+	Name: "api", Namespace: "shop", VIPs: []string{apiVIP}, Selector: map[string]string{"app": "api"},
+	Waypoint: "shop/waypoint", Ports: []state.ServicePort{{Port: 80, TargetPort: apiHTTPPort, Name: "http"}},
+}}
 
 // demoCall is one connection the demo tries.
 type demoCall struct {
@@ -52,6 +67,16 @@ var demoCalls = []demoCall{
 	{"frontend", "api", 15001}, // ztunnel's own outbound port: refused, it would loop
 }
 
+// demoRequest is one HTTP request the demo sends to the api service.
+type demoRequest struct{ from, method, path string }
+
+var demoRequests = []demoRequest{
+	{"frontend", "GET", "/catalog/42"},
+	{"checkout", "GET", "/catalog/42"},
+	{"checkout", "GET", "/admin/users"},
+	{"checkout", "GET", "/catalog/../admin/users"}, // normalized to /admin/users before any rule
+}
+
 // meshDemo runs the sample app in a mesh on this machine and shows each
 // call, allowed or denied, with the policy and rule that decided.
 func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
@@ -67,55 +92,169 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	defer access.Close()
 	log := &lockedWriter{w: access}
 	bundle := filepath.Join(cfg.Examples, "bundle")
+	wpPath := filepath.Join(dir, "waypoint-access.log")
+	wpAccess, err := createNew(wpPath)
+	if err != nil {
+		return fmt.Errorf("demo: waypoint access log: %w", err)
+	}
+	defer wpAccess.Close()
+	wpLog := &lockedWriter{w: wpAccess}
+	waypointBin, err := demoWaypoint(ctx, out, cfg, dir)
+	if err != nil {
+		return err
+	}
 	regs := map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
-	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 5 pods)...\n")
+	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 5 pods and a waypoint)...\n")
 	start := time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Config{
-		Prefix: "rmdemo", Net: 199, Nodes: []string{"node-1", "node-2"}, Pods: demoPods,
+		Prefix: "rmdemo", Net: 199, Nodes: []string{"node-1", "node-2"}, Pods: demoPods, Services: demoServices,
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		Bundles:     []string{bundle}, AccessLog: log, Registries: regs,
+		WaypointBinary: waypointBin, WaypointAccessLog: wpLog,
 	})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer m.Close()
 	fmt.Fprintf(out, "up in %.1fs; policy: %s (the mesh.authz library + your Rego)\n\n", time.Since(start).Seconds(), bundle)
-	if err := startApps(m); err != nil {
+	stopApps, err := startApps(m)
+	if err != nil {
 		return err
 	}
+	defer stopApps()
 	metrics, err := serveDemoMetrics(regs)
 	if err != nil {
 		return err
 	}
 	defer metrics.Close()
 	runCalls(out, m, log)
+	runRequests(out, m, wpLog)
 	explainInput := filepath.Join(dir, "frontend-to-postgres.json")
 	writeExplainInput(explainInput, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
 	fmt.Fprintf(out, "  metrics (Istio names):  curl -s http://%s/metrics | grep istio_tcp\n", metrics.addrs["node-2"])
-	fmt.Fprintf(out, "  access log (JSON):      %s\n", accessPath)
+	fmt.Fprintf(out, "  access log (JSON):      %s (ztunnels), %s (waypoint)\n", accessPath, wpPath)
 	fmt.Fprintf(out, "  why a call was denied:  go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainInput)
 	if cfg.Once {
 		return nil
 	}
 	fmt.Fprintf(out, "\nThe mesh stays up. Edit the Rego under %s (for example let the frontend reach postgres):\n", bundle)
 	fmt.Fprintf(out, "every ztunnel reloads it and the calls run again. Ctrl-C stops and cleans up.\n")
-	return watchAndRerun(ctx, out, m, log, bundle)
+	return watchAndRerun(ctx, out, m, log, wpLog, bundle)
 }
 
-// startApps runs echo servers as the api and postgres.
-func startApps(m *localmesh.Mesh) error {
+// demoWaypoint is the cmd/waypoint binary the waypoint pod runs: the one
+// given, or one built into dir with the Go toolchain (make demo runs from
+// the source tree).
+func demoWaypoint(ctx context.Context, out io.Writer, cfg demoConfig, dir string) (string, error) {
+	if cfg.WaypointBinary != "" {
+		return cfg.WaypointBinary, nil
+	}
+	fmt.Fprintf(out, "building cmd/waypoint for the waypoint pod (--waypoint-binary skips this)...\n")
+	bin, err := localmesh.Build(ctx, dir, "waypoint")
+	if err != nil {
+		return "", fmt.Errorf("demo: %w (run from the regomesh source tree with Go installed, or pass --waypoint-binary)", err)
+	}
+	return bin, nil
+}
+
+// startApps runs the sample app: echo servers as the api (8080) and
+// postgres, and the api's HTTP server, which answers every request it
+// receives (what it never sees, the waypoint refused). stop closes them
+// and waits until they have returned.
+func startApps(m *localmesh.Mesh) (stop func(), err error) {
+	var (
+		wg      sync.WaitGroup
+		closers []io.Closer
+	)
+	stop = func() {
+		for _, c := range closers {
+			c.Close()
+		}
+		wg.Wait()
+	}
 	for _, s := range []struct {
 		pod  string
 		port int
-	}{{"api", 8080}, {"postgres", 5432}, {"postgres", 5433}} {
+	}{{"api", 8080}, {"postgres", 5432}, {"postgres", 5433}, {"api", apiHTTPPort}} {
 		l, err := localmesh.Listen(m.Pods[s.pod], fmt.Sprintf(":%d", s.port))
 		if err != nil {
-			return err
+			stop()
+			return nil, err
 		}
-		go localmesh.Echo(l)
+		if s.port != apiHTTPPort {
+			closers = append(closers, l)
+			wg.Go(func() { localmesh.Echo(l) })
+			continue
+		}
+		srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "api: %s %s\n", r.Method, r.URL.Path)
+		})}
+		closers = append(closers, srv)
+		wg.Go(func() { srv.Serve(l) })
 	}
-	return nil
+	return stop, nil
+}
+
+// runRequests sends every HTTP request to the api service and prints what
+// the waypoint decided.
+func runRequests(out io.Writer, m *localmesh.Mesh, log *lockedWriter) {
+	fmt.Fprintf(out, "\nHTTP to the api service (http://%s), each request decided by the shop's waypoint (L7):\n", apiVIP)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM\tREQUEST\tRESULT\tPOLICY/RULE\tREASON")
+	for _, r := range demoRequests {
+		mark := log.size()
+		status, err := tryRequest(m, r)
+		result := fmt.Sprintf("%d", status)
+		if err != nil {
+			result = "error: " + err.Error()
+		}
+		e := requestDecision(log, mark)
+		rule := "-"
+		if e.Policy != "" {
+			rule = e.Policy + " " + e.Rule
+		}
+		fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\n", r.from, r.method, r.path, result, rule, e.Reason)
+	}
+	tw.Flush()
+}
+
+// tryRequest sends one request from a pod to the api service, on a
+// connection of its own, and returns the response's status.
+func tryRequest(m *localmesh.Mesh, r demoRequest) (int, error) {
+	transport := &http.Transport{DisableKeepAlives: true, DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
+		return localmesh.Dial(m.Pods[r.from], addr, 5*time.Second)
+	}}
+	defer transport.CloseIdleConnections()
+	req, err := http.NewRequest(r.method, "http://"+apiVIP+r.path, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.URL.Opaque = r.path // sent as written: the waypoint normalizes it, not the client
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: transport}).Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+// requestDecision waits briefly for the waypoint's access-log entry
+// written after mark.
+func requestDecision(log *lockedWriter, mark int) waypoint.AccessEntry {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		sc := bufio.NewScanner(bytes.NewReader(log.since(mark)))
+		for sc.Scan() {
+			var e waypoint.AccessEntry
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Kind == "http" {
+				return e
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return waypoint.AccessEntry{Reason: "no decision logged"}
 }
 
 // runCalls tries every call and prints what the destination's ztunnel decided.
@@ -205,7 +344,7 @@ func writeExplainInput(path string, m *localmesh.Mesh) {
 }
 
 // watchAndRerun reloads the bundle on every change and runs the calls again.
-func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log *lockedWriter, bundle string) error {
+func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log, wpLog *lockedWriter, bundle string) error {
 	last := policy.BundlesStamp([]string{bundle})
 	for {
 		select {
@@ -219,6 +358,8 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log *l
 			continue
 		}
 		last = stamp
+		wp := m.Waypoints["waypoint"]
+		gen, genErr := wp.PolicyGeneration(ctx)
 		failed := false
 		for node, engine := range m.Engines {
 			if err := (policy.BundleFiles{Paths: []string{bundle}}).Load(ctx, engine); err != nil {
@@ -227,10 +368,21 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log *l
 				break
 			}
 		}
-		if !failed {
-			fmt.Fprintf(out, "\npolicy reloaded at %s:\n", time.Now().Format("15:04:05"))
-			runCalls(out, m, log)
+		if failed {
+			continue
 		}
+		fmt.Fprintf(out, "\npolicy reloaded at %s:\n", time.Now().Format("15:04:05"))
+		runCalls(out, m, log)
+		wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if genErr == nil {
+			genErr = wp.WaitPolicyAfter(wait, gen) // the waypoint polls the bundle itself
+		}
+		cancel()
+		if genErr != nil {
+			fmt.Fprintf(out, "\nthe waypoint did not load the new policy: %v\n", genErr)
+			continue
+		}
+		runRequests(out, m, wpLog)
 	}
 }
 
@@ -238,6 +390,7 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log *l
 type demoMetrics struct {
 	addrs   map[string]string
 	servers []*http.Server
+	serving sync.WaitGroup
 }
 
 func serveDemoMetrics(regs map[string]*prometheus.Registry) (*demoMetrics, error) {
@@ -245,20 +398,23 @@ func serveDemoMetrics(regs map[string]*prometheus.Registry) (*demoMetrics, error
 	for node, reg := range regs {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
+			d.Close()
 			return nil, err
 		}
 		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(l)
+		d.serving.Go(func() { srv.Serve(l) })
 		d.addrs[node] = l.Addr().String()
 		d.servers = append(d.servers, srv)
 	}
 	return d, nil
 }
 
+// Close stops the servers and waits until they have returned.
 func (d *demoMetrics) Close() {
 	for _, s := range d.servers {
 		s.Close()
 	}
+	d.serving.Wait()
 }
 
 // lockedWriter is the access log file, also kept in memory for the table.

@@ -48,7 +48,14 @@ type PodSpec struct {
 	Outside bool
 	// NoEntry: enrolled, but SPIRE has no entry for it (no SVID).
 	NoEntry bool
+	// Waypoint: the pod runs a waypoint (Config.WaypointBinary, see
+	// WaypointProcess) instead of an app; it is not enrolled with its
+	// node's ztunnel, and gets its own SVID from the Workload API.
+	Waypoint bool
 }
+
+// enrolled says whether the pod's traffic goes through its node's ztunnel.
+func (p PodSpec) enrolled() bool { return !p.Outside && !p.Waypoint }
 
 // Config describes the mesh.
 type Config struct {
@@ -76,7 +83,7 @@ type Config struct {
 	// own in the node's namespace (see ZtunnelProcess); the other nodes'
 	// ztunnels run in this process.
 	ProcessNodes []string
-	// ZtunnelBinary is a built cmd/ztunnel (BuildZtunnel); required with
+	// ZtunnelBinary is a built cmd/ztunnel (Build); required with
 	// ProcessNodes.
 	ZtunnelBinary string
 	// Workloads and Services join the pods' workloads in the mesh state
@@ -86,6 +93,12 @@ type Config struct {
 	Services  []state.LocalService
 	// JSONState writes the local config as JSON instead of YAML.
 	JSONState bool
+	// WaypointBinary is a built cmd/waypoint (Build); required with a
+	// Waypoint pod.
+	WaypointBinary string
+	// WaypointAccessLog receives the waypoints' access log lines (one per
+	// request or relayed connection).
+	WaypointAccessLog io.Writer
 }
 
 // Mesh is a running mesh.
@@ -97,6 +110,8 @@ type Mesh struct {
 	Ztunnels  map[string]*ztunnel.Ztunnel
 	Engines   map[string]*policy.Engine
 	Processes map[string]*ZtunnelProcess
+	// Waypoints are the waypoint pods' processes, by pod name.
+	Waypoints map[string]*WaypointProcess
 	State     *state.Snapshot
 	Bed       *netbed.Bed
 	cfg       Config
@@ -121,10 +136,13 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if len(cfg.ProcessNodes) > 0 && cfg.ZtunnelBinary == "" {
-		return nil, errors.New("localmesh: ProcessNodes need a ZtunnelBinary (BuildZtunnel)")
+		return nil, errors.New("localmesh: ProcessNodes need a ZtunnelBinary (Build)")
+	}
+	if slices.ContainsFunc(cfg.Pods, func(p PodSpec) bool { return p.Waypoint }) && cfg.WaypointBinary == "" {
+		return nil, errors.New("localmesh: a Waypoint pod needs a WaypointBinary (Build)")
 	}
 	m := &Mesh{cfg: cfg, Pods: map[string]*netbed.Pod{}, Ztunnels: map[string]*ztunnel.Ztunnel{},
-		Engines: map[string]*policy.Engine{}, Processes: map[string]*ZtunnelProcess{},
+		Engines: map[string]*policy.Engine{}, Processes: map[string]*ZtunnelProcess{}, Waypoints: map[string]*WaypointProcess{},
 		stores: map[string]*spire.Store{}, agents: map[string]*harness.Agent{}}
 	if err := m.start(ctx); err != nil {
 		m.Close()
@@ -160,7 +178,10 @@ func (m *Mesh) start(ctx context.Context) error {
 	if err := m.enrolAll(ctx); err != nil {
 		return err
 	}
-	return m.waitForProcessSVIDs(ctx)
+	if err := m.waitForProcessSVIDs(ctx); err != nil {
+		return err
+	}
+	return m.startWaypoints(ctx)
 }
 
 func (m *Mesh) network() error {
@@ -308,6 +329,9 @@ func (m *Mesh) register(ctx context.Context, agent *harness.Agent, node string) 
 			return err
 		}
 		reg.X509SVIDTTL = m.cfg.SVIDTTL
+		if p.Waypoint {
+			reg = m.waypointRegistration(p, agent)
+		}
 		if _, _, err := m.server.Registrar().Apply(ctx, reg); err != nil {
 			return err
 		}
@@ -319,7 +343,7 @@ func (m *Mesh) register(ctx context.Context, agent *harness.Agent, node string) 
 // first connection does not race the agents' sync interval.
 func (m *Mesh) waitForSVIDs(ctx context.Context) error {
 	for _, p := range m.cfg.Pods {
-		if p.Outside || p.NoEntry || m.isProcess(p.Node) {
+		if !p.enrolled() || p.NoEntry || m.isProcess(p.Node) {
 			continue
 		}
 		store := m.stores[p.Node]
@@ -346,7 +370,7 @@ func (m *Mesh) waitForSVIDs(ctx context.Context) error {
 // in this process, through the CNI socket for a process.
 func (m *Mesh) enrolAll(ctx context.Context) error {
 	for _, p := range m.cfg.Pods {
-		if p.Outside {
+		if !p.enrolled() {
 			continue
 		}
 		pod := m.Pods[p.Name]
@@ -386,6 +410,9 @@ func (m *Mesh) Close() error {
 		m.cancel()
 	}
 	var errs []error
+	for _, w := range m.Waypoints {
+		errs = append(errs, w.Stop())
+	}
 	for _, z := range m.Ztunnels {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		errs = append(errs, z.Shutdown(ctx))
@@ -421,6 +448,9 @@ func (m *Mesh) Logs() string {
 		if p := m.Processes[node]; p != nil {
 			fmt.Fprintf(&b, "\nztunnel process on %s:\n%s", node, p.Logs())
 		}
+	}
+	for name, w := range m.Waypoints {
+		fmt.Fprintf(&b, "\nwaypoint %s:\n%s", name, w.Logs())
 	}
 	return b.String()
 }

@@ -23,7 +23,7 @@ import (
 	"github.com/regomesh/regomesh/ztunnel"
 )
 
-// Ports a ztunnel process serves on inside its node's namespace, its
+// Ports a ztunnel or waypoint process serves on inside its namespace, its
 // flags' defaults (ARCHITECTURE.md); the admin port on loopback only.
 const (
 	AdminPort     = 15000
@@ -31,17 +31,18 @@ const (
 	ReadinessPort = 15021
 )
 
-// stopGrace is how long a ztunnel process may take to exit after SIGTERM
-// (it drains for a second, --drain-timeout) before it is killed.
+// stopGrace is how long a ztunnel or waypoint process may take to exit
+// after SIGTERM (it drains for a second, --drain-timeout) before it is
+// killed.
 const stopGrace = 5 * time.Second
 
-// BuildZtunnel builds cmd/ztunnel into dir, with extra go build flags
-// (e.g. -race), and returns the binary's path. Without -race the binary is
-// static (CGO_ENABLED=0), as make build ships it. The working directory must
-// be inside the regomesh module.
-func BuildZtunnel(ctx context.Context, dir string, flags ...string) (string, error) {
-	bin := filepath.Join(dir, "ztunnel")
-	args := append(append([]string{"build"}, flags...), "-o", bin, "github.com/regomesh/regomesh/cmd/ztunnel")
+// Build builds cmd/<command> (ztunnel, waypoint) into dir, with extra go
+// build flags (e.g. -race), and returns the binary's path. Without -race
+// the binary is static (CGO_ENABLED=0), as make build ships it. The working
+// directory must be inside the regomesh module.
+func Build(ctx context.Context, dir, command string, flags ...string) (string, error) {
+	bin := filepath.Join(dir, command)
+	args := append(append([]string{"build"}, flags...), "-o", bin, "github.com/regomesh/regomesh/cmd/"+command)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	if !slices.Contains(flags, "-race") { // the race detector needs cgo
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as shipped (make build)
@@ -57,23 +58,54 @@ func (m *Mesh) isProcess(node string) bool { return slices.Contains(m.cfg.Proces
 // startProcess writes the node's files and starts its ztunnel process.
 func (m *Mesh) startProcess(ctx context.Context, node string, agent *harness.Agent) error {
 	dir := filepath.Join(m.dir, node)
-	localConfig := filepath.Join(dir, "local-config.yaml")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(localConfig, m.localConfig, 0o644); err != nil {
+	localConfig, err := m.writeLocalConfig(dir)
+	if err != nil {
 		return err
 	}
 	i := slices.IndexFunc(m.Bed.Nodes(), func(n *netbed.Node) bool { return n.Name == node })
-	p, err := startProcess(ctx, m.Bed.Nodes()[i], processConfig{
-		binary: m.cfg.ZtunnelBinary, dir: dir, trustDomain: m.TrustDomain.Name(), localConfig: localConfig,
-		adminSocket: agent.AdminSocket(), bundles: m.cfg.Bundles, accessLog: m.cfg.AccessLog,
-	})
+	n := m.Bed.Nodes()[i]
+	p := &ZtunnelProcess{Node: n, CNISocket: filepath.Join(dir, "cni.sock")}
+	args := []string{
+		"--node", node, "--trust-domain", m.TrustDomain.Name(), "--local-config", localConfig,
+		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", p.CNISocket,
+		"--pods-file", filepath.Join(dir, "pods.json"),
+	}
+	cmd := exec.Command(m.cfg.ZtunnelBinary, append(args, m.daemonFlags(m.cfg.AccessLog)...)...)
+	p.daemon, err = startDaemon(ctx, "ztunnel on "+node, n.Path, dir, cmd, n.Start, m.cfg.AccessLog)
 	if err != nil {
 		return err
 	}
 	m.Processes[node] = p
 	return nil
+}
+
+// writeLocalConfig writes the mesh state as --local-config into dir.
+func (m *Mesh) writeLocalConfig(dir string) (string, error) {
+	path := filepath.Join(dir, "local-config.yaml")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, m.localConfig, 0o644)
+}
+
+// daemonFlags are the flags ztunnel and waypoint processes share: the
+// bundles, and every port inside the daemon's own namespace (the admin
+// port on loopback only).
+func (m *Mesh) daemonFlags(accessLog io.Writer) []string {
+	access := "off"
+	if accessLog != nil {
+		access = "-"
+	}
+	args := []string{
+		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", AdminPort),
+		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort),
+		"--readiness-addr", fmt.Sprintf(":%d", ReadinessPort),
+		"--access-log", access, "--drain-timeout", "1s",
+	}
+	for _, b := range m.cfg.Bundles {
+		args = append(args, "--bundle", b)
+	}
+	return args
 }
 
 // waitForProcessSVIDs waits until every ztunnel process holds the SVIDs
@@ -82,7 +114,7 @@ func (m *Mesh) waitForProcessSVIDs(ctx context.Context) error {
 	for node, p := range m.Processes {
 		var ids []string
 		for _, pod := range m.cfg.Pods {
-			if pod.Node == node && !pod.Outside && !pod.NoEntry {
+			if pod.Node == node && pod.enrolled() && !pod.NoEntry {
 				ids = append(ids, m.Identity(pod).String())
 			}
 		}
@@ -101,115 +133,10 @@ func (m *Mesh) waitForProcessSVIDs(ctx context.Context) error {
 // regomesh-cni enrols them. Its JSON logs (stderr) go to a file (Logs),
 // its access log (stdout) to Config.AccessLog.
 type ZtunnelProcess struct {
+	*daemon
 	Node *netbed.Node
 	// CNISocket is the unix socket pods are enrolled through.
 	CNISocket string
-	dir       string
-	cmd       *exec.Cmd
-	http      *http.Client
-	done      chan struct{} // closed when the process has exited
-	waitErr   error         // its exit status, set before done closes
-	stopOnce  sync.Once
-	stopErr   error
-}
-
-// processConfig is what the mesh hands a ztunnel process.
-type processConfig struct {
-	binary, dir, trustDomain, localConfig, adminSocket string
-	bundles                                            []string
-	accessLog                                          io.Writer
-}
-
-// startProcess starts the node's ztunnel and waits until its readiness
-// endpoint answers 200 (state, policy and trust bundles loaded).
-func startProcess(ctx context.Context, node *netbed.Node, c processConfig) (*ZtunnelProcess, error) {
-	p := &ZtunnelProcess{Node: node, CNISocket: filepath.Join(c.dir, "cni.sock"), dir: c.dir, done: make(chan struct{})}
-	p.http = &http.Client{Transport: &http.Transport{DialContext: p.dial}, Timeout: 5 * time.Second}
-	log, err := os.Create(p.logPath())
-	if err != nil {
-		return nil, fmt.Errorf("localmesh: ztunnel log: %w", err)
-	}
-	defer log.Close() // the child has its own descriptor
-	p.cmd = exec.Command(c.binary, p.args(c)...)
-	p.cmd.Stderr = log
-	if c.accessLog != nil {
-		p.cmd.Stdout = &lineWriter{w: c.accessLog}
-	}
-	if err := node.Start(p.cmd); err != nil {
-		return nil, fmt.Errorf("localmesh: %w", err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	if err := p.waitReady(ctx); err != nil {
-		p.Stop()
-		return nil, err
-	}
-	return p, nil
-}
-
-// args are the ztunnel's flags: every path in the node's directory, every
-// port inside the node's namespace.
-func (p *ZtunnelProcess) args(c processConfig) []string {
-	accessLog := "off"
-	if c.accessLog != nil {
-		accessLog = "-"
-	}
-	args := []string{
-		"--node", p.Node.Name, "--trust-domain", c.trustDomain, "--local-config", c.localConfig,
-		"--spire-admin-socket", c.adminSocket, "--cni-socket", p.CNISocket,
-		"--pods-file", filepath.Join(c.dir, "pods.json"),
-		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", AdminPort),
-		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort),
-		"--readiness-addr", fmt.Sprintf(":%d", ReadinessPort),
-		"--access-log", accessLog, "--drain-timeout", "1s",
-	}
-	for _, b := range c.bundles {
-		args = append(args, "--bundle", b)
-	}
-	return args
-}
-
-// Pid is the ztunnel's process ID (its memory is in /proc/<Pid>/status).
-func (p *ZtunnelProcess) Pid() int { return p.cmd.Process.Pid }
-
-// Get fetches http://127.0.0.1:<port><path> from inside the node's
-// namespace, where the ztunnel's endpoints are.
-func (p *ZtunnelProcess) Get(ctx context.Context, port int, path string) (status int, body []byte, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", port, path), nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := p.http.Do(req)
-	if err != nil {
-		return 0, nil, fmt.Errorf("localmesh: ztunnel on %s: %w", p.Node.Name, err)
-	}
-	defer resp.Body.Close()
-	body, err = io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
-}
-
-func (p *ZtunnelProcess) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := inNetns(p.Node.Path, func() (err error) {
-		var d net.Dialer
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
-}
-
-// waitReady polls /healthz/ready until it answers 200, the process exits,
-// or ctx ends.
-func (p *ZtunnelProcess) waitReady(ctx context.Context) error {
-	return p.poll(ctx, "ready", func() error {
-		status, body, err := p.Get(ctx, ReadinessPort, "/healthz/ready")
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("%d %s", status, bytes.TrimSpace(body))
-		}
-		return err
-	})
 }
 
 // waitSVIDs polls /config_dump until it lists an SVID for every one of ids
@@ -251,49 +178,137 @@ func (p *ZtunnelProcess) Certificates(ctx context.Context) ([]ztunnel.Certificat
 	return dump.Certificates, nil
 }
 
+// daemon is one of the mesh's binaries running as a process of its own in
+// a network namespace (a node's or a pod's), configured only through its
+// flags and files. Its JSON logs (stderr) go to a file in its directory
+// (Logs), its access log (stdout), if any, to the writer it was given.
+type daemon struct {
+	name     string // for errors: "ztunnel on node-1"
+	netns    string // the namespace's path, where Get connects from
+	dir      string
+	cmd      *exec.Cmd
+	http     *http.Client
+	done     chan struct{} // closed when the process has exited
+	waitErr  error         // its exit status, set before done closes
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// startDaemon starts cmd with start (a Node's or a Pod's Start, which puts
+// it in that namespace) and waits until its readiness endpoint answers 200.
+func startDaemon(ctx context.Context, name, netnsPath, dir string, cmd *exec.Cmd, start func(*exec.Cmd) error, accessLog io.Writer) (*daemon, error) {
+	d := &daemon{name: name, netns: netnsPath, dir: dir, cmd: cmd, done: make(chan struct{})}
+	d.http = &http.Client{Transport: &http.Transport{DialContext: d.dial}, Timeout: 5 * time.Second}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	log, err := os.Create(d.logPath())
+	if err != nil {
+		return nil, fmt.Errorf("localmesh: %s log: %w", name, err)
+	}
+	defer log.Close() // the child has its own descriptor
+	cmd.Stderr = log
+	if accessLog != nil {
+		cmd.Stdout = &lineWriter{w: accessLog}
+	}
+	if err := start(cmd); err != nil {
+		return nil, fmt.Errorf("localmesh: %w", err)
+	}
+	go func() {
+		d.waitErr = cmd.Wait()
+		close(d.done)
+	}()
+	if err := d.waitReady(ctx); err != nil {
+		d.Stop()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Pid is the process ID (its memory is in /proc/<Pid>/status).
+func (d *daemon) Pid() int { return d.cmd.Process.Pid }
+
+// Get fetches http://127.0.0.1:<port><path> from inside the process's
+// namespace, where its endpoints are.
+func (d *daemon) Get(ctx context.Context, port int, path string) (status int, body []byte, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", port, path), nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("localmesh: %s: %w", d.name, err)
+	}
+	defer resp.Body.Close()
+	body, err = io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+func (d *daemon) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := inNetns(d.netns, func() (err error) {
+		var dialer net.Dialer
+		c, err = dialer.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// waitReady polls /healthz/ready until it answers 200, the process exits,
+// or ctx ends.
+func (d *daemon) waitReady(ctx context.Context) error {
+	return d.poll(ctx, "ready", func() error {
+		status, body, err := d.Get(ctx, ReadinessPort, "/healthz/ready")
+		if err == nil && status != http.StatusOK {
+			err = fmt.Errorf("%d %s", status, bytes.TrimSpace(body))
+		}
+		return err
+	})
+}
+
 // poll calls check every 100ms until it returns nil; it gives up with the
 // last error and the log's tail when the process exits or ctx ends.
-func (p *ZtunnelProcess) poll(ctx context.Context, what string, check func() error) error {
+func (d *daemon) poll(ctx context.Context, what string, check func() error) error {
 	for {
 		last := check()
 		if last == nil {
 			return nil
 		}
 		select {
-		case <-p.done:
-			return fmt.Errorf("localmesh: ztunnel on %s exited (%s) before %s; its log:\n%s", p.Node.Name, exitText(p.waitErr), what, p.logTail())
+		case <-d.done:
+			return fmt.Errorf("localmesh: %s exited (%s) before %s; its log:\n%s", d.name, exitText(d.waitErr), what, d.logTail())
 		case <-ctx.Done():
-			return fmt.Errorf("localmesh: ztunnel on %s not %s: %w (last: %w); its log:\n%s", p.Node.Name, what, ctx.Err(), last, p.logTail())
+			return fmt.Errorf("localmesh: %s not %s: %w (last: %w); its log:\n%s", d.name, what, ctx.Err(), last, d.logTail())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
 // Stop sends SIGTERM and waits for the exit, killing the process if it
-// takes longer than stopGrace. It returns an error unless the ztunnel
+// takes longer than stopGrace. It returns an error unless the process
 // exited cleanly (status 0) on SIGTERM; later calls return the same.
-func (p *ZtunnelProcess) Stop() error {
-	p.stopOnce.Do(func() {
-		defer p.http.CloseIdleConnections()
+func (d *daemon) Stop() error {
+	d.stopOnce.Do(func() {
+		defer d.http.CloseIdleConnections()
 		select {
-		case <-p.done:
-			p.stopErr = fmt.Errorf("localmesh: ztunnel on %s exited before Stop (%s); its log:\n%s", p.Node.Name, exitText(p.waitErr), p.logTail())
+		case <-d.done:
+			d.stopErr = fmt.Errorf("localmesh: %s exited before Stop (%s); its log:\n%s", d.name, exitText(d.waitErr), d.logTail())
 			return
 		default:
 		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
+		d.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-p.done:
-			if p.waitErr != nil {
-				p.stopErr = fmt.Errorf("localmesh: ztunnel on %s after SIGTERM: %w; its log:\n%s", p.Node.Name, p.waitErr, p.logTail())
+		case <-d.done:
+			if d.waitErr != nil {
+				d.stopErr = fmt.Errorf("localmesh: %s after SIGTERM: %w; its log:\n%s", d.name, d.waitErr, d.logTail())
 			}
 		case <-time.After(stopGrace):
-			p.cmd.Process.Kill()
-			<-p.done
-			p.stopErr = fmt.Errorf("localmesh: ztunnel on %s still running %s after SIGTERM: killed; its log:\n%s", p.Node.Name, stopGrace, p.logTail())
+			d.cmd.Process.Kill()
+			<-d.done
+			d.stopErr = fmt.Errorf("localmesh: %s still running %s after SIGTERM: killed; its log:\n%s", d.name, stopGrace, d.logTail())
 		}
 	})
-	return p.stopErr
+	return d.stopErr
 }
 
 // exitText is how a process ended, from cmd.Wait's error.
@@ -304,20 +319,20 @@ func exitText(err error) string {
 	return err.Error()
 }
 
-// Logs is the ztunnel's log (JSON lines, stderr) so far.
-func (p *ZtunnelProcess) Logs() string {
-	b, err := os.ReadFile(p.logPath())
+// Logs is the process's log (JSON lines, stderr) so far.
+func (d *daemon) Logs() string {
+	b, err := os.ReadFile(d.logPath())
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
 	}
 	return string(b)
 }
 
-func (p *ZtunnelProcess) logPath() string { return filepath.Join(p.dir, "ztunnel.log") }
+func (d *daemon) logPath() string { return filepath.Join(d.dir, filepath.Base(d.cmd.Path)+".log") }
 
 // logTail is the last 40 lines of the log, for an error.
-func (p *ZtunnelProcess) logTail() string {
-	lines := strings.Split(strings.TrimRight(p.Logs(), "\n"), "\n")
+func (d *daemon) logTail() string {
+	lines := strings.Split(strings.TrimRight(d.Logs(), "\n"), "\n")
 	if n := len(lines) - 40; n > 0 {
 		lines = append([]string{"[... " + strconv.Itoa(n) + " earlier lines]"}, lines[n:]...)
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 // AgentConfig configures a SPIRE agent. The zero value makes the calling
-// process (by its uid) the agent's authorized delegate, as ztunnel is.
+// process (by its uid and gid) the agent's authorized delegate, as ztunnel is.
 type AgentConfig struct {
 	// Name tells agents apart in directories and logs; default agent1,
 	// agent2, ...
@@ -27,7 +27,9 @@ type AgentConfig struct {
 	// DefaultDelegate of the trust domain.
 	Delegate spiffeid.ID
 	// DelegateSelectors name the delegate's processes to the unix workload
-	// attestor; default unix:uid of the calling process.
+	// attestor; default unix:uid and unix:gid of the calling process, so
+	// that a process of the same user in another group (a waypoint, as
+	// localmesh runs them) is not a delegate.
 	DelegateSelectors []spire.Selector
 	// AuthorizedDelegates is the agent's authorized_delegates; default
 	// Delegate alone. Set it to other IDs to have the delegate refused.
@@ -85,7 +87,10 @@ func (s *Server) newAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	callerMatches := cfg.DelegateSelectors == nil
 	if callerMatches {
-		cfg.DelegateSelectors = []spire.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}}
+		cfg.DelegateSelectors = []spire.Selector{
+			{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())},
+			{Type: "unix", Value: "gid:" + strconv.Itoa(os.Getgid())},
+		}
 	}
 	if cfg.AuthorizedDelegates == nil {
 		cfg.AuthorizedDelegates = []spiffeid.ID{cfg.Delegate}

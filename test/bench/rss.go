@@ -68,7 +68,7 @@ func measureRSS(ctx context.Context, cfg config) (*rssResult, error) {
 	}
 	defer os.RemoveAll(dir)
 	step("memory", "building cmd/ztunnel")
-	bin, err := localmesh.BuildZtunnel(ctx, dir)
+	bin, err := localmesh.Build(ctx, dir, "ztunnel")
 	if err != nil {
 		return nil, err
 	}

@@ -84,8 +84,9 @@ func startMeshWith(t *testing.T, bundles []string, metrics bool, svidTTL time.Du
 	return startMeshFrom(t, localmesh.Config{Bundles: bundles, SVIDTTL: svidTTL}, metrics)
 }
 
-// startMeshFrom starts the app's mesh from cfg, filling in the names,
-// addresses, pods, access log, metrics and logger every test mesh shares.
+// startMeshFrom starts a mesh from cfg (the app's pods unless cfg names
+// its own), filling in the names, addresses, access log, metrics and
+// logger every test mesh shares.
 func startMeshFrom(t *testing.T, cfg localmesh.Config, metrics bool) *mesh {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -103,7 +104,10 @@ func startMeshFrom(t *testing.T, cfg localmesh.Config, metrics bool) *mesh {
 	defer cancel()
 	var err error
 	cfg.Prefix, cfg.Net = fmt.Sprintf("rme%d-%d", os.Getpid()%100000, net), net
-	cfg.Nodes, cfg.Pods = []string{"node-1", "node-2"}, app
+	cfg.Nodes = []string{"node-1", "node-2"}
+	if cfg.Pods == nil {
+		cfg.Pods = app
+	}
 	cfg.AccessLog, cfg.Registries = m.accessLog, m.registries
 	logs := &testLog{t: t}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))

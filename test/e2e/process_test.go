@@ -96,7 +96,11 @@ func TestZtunnelProcess(t *testing.T) {
 
 // buildZtunnel builds cmd/ztunnel for this test, with the race detector
 // when the test runs with it.
-func buildZtunnel(t *testing.T) string {
+func buildZtunnel(t *testing.T) string { return buildCommand(t, "ztunnel") }
+
+// buildCommand builds cmd/<command> for this test, with the race detector
+// when the test runs with it.
+func buildCommand(t *testing.T, command string) string {
 	t.Helper()
 	var flags []string
 	if raceEnabled {
@@ -104,7 +108,7 @@ func buildZtunnel(t *testing.T) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	bin, err := localmesh.BuildZtunnel(ctx, t.TempDir(), flags...)
+	bin, err := localmesh.Build(ctx, t.TempDir(), command, flags...)
 	if err != nil {
 		t.Fatal(err)
 	}

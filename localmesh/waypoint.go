@@ -1,0 +1,109 @@
+package localmesh
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/regomesh/regomesh/localmesh/netbed"
+	"github.com/regomesh/regomesh/spire"
+	"github.com/regomesh/regomesh/spire/harness"
+)
+
+// WaypointGID is the primary group a waypoint process runs with. The node
+// agent's unix attestor tells it from the ztunnels by it: a waypoint's
+// SPIRE entry selects unix:gid:1337 (Istio's proxy group), and the
+// ztunnel's delegate entry selects the uid and gid 0 of the processes that
+// may fetch other workloads' SVIDs. The waypoint gets its own SVID from
+// the Workload API, as a waypoint pod does in a cluster (there with k8s
+// selectors), and none of the ztunnel's.
+const WaypointGID = 1337
+
+// WaypointProcess is a waypoint pod: the cmd/waypoint binary running in
+// the pod's network namespace, taking HBONE on 15008 itself (the pod is
+// not enrolled with its node's ztunnel). Its JSON logs (stderr) go to a
+// file (Logs), its access log (stdout) to Config.WaypointAccessLog.
+type WaypointProcess struct {
+	*daemon
+	Pod *netbed.Pod
+	// ID is the waypoint's SPIFFE ID, the SVID it serves with.
+	ID spiffeid.ID
+}
+
+// waypointRegistration is the SPIRE entry of a waypoint pod: its
+// service account's ID, for the node agent's workloads in WaypointGID.
+func (m *Mesh) waypointRegistration(p PodSpec, agent *harness.Agent) spire.Registration {
+	return spire.Registration{
+		ID: m.Identity(p), Parent: agent.ID(), X509SVIDTTL: m.cfg.SVIDTTL,
+		Selectors: []spire.Selector{{Type: "unix", Value: "gid:" + strconv.Itoa(WaypointGID)}},
+	}
+}
+
+// startWaypoints starts every waypoint pod's process and waits until each
+// is ready: state and policy loaded, and its SVID at hand.
+func (m *Mesh) startWaypoints(ctx context.Context) error {
+	for _, spec := range m.cfg.Pods {
+		if !spec.Waypoint {
+			continue
+		}
+		pod := m.Pods[spec.Name]
+		dir := filepath.Join(m.dir, "waypoint-"+spec.Name)
+		localConfig, err := m.writeLocalConfig(dir)
+		if err != nil {
+			return err
+		}
+		args := []string{
+			"--trust-domain", m.TrustDomain.Name(), "--local-config", localConfig,
+			"--spire-workload-socket", m.agents[spec.Node].WorkloadSocket(),
+			"--hbone-addr", ":15008", "--bundle-poll", "250ms",
+		}
+		cmd := exec.Command(m.cfg.WaypointBinary, append(args, m.daemonFlags(m.cfg.WaypointAccessLog)...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Gid: WaypointGID, Groups: []uint32{}}}
+		d, err := startDaemon(ctx, "waypoint "+spec.Namespace+"/"+spec.Name, pod.Path, dir, cmd, pod.Start, m.cfg.WaypointAccessLog)
+		if err != nil {
+			return err
+		}
+		m.Waypoints[spec.Name] = &WaypointProcess{daemon: d, Pod: pod, ID: m.Identity(spec)}
+	}
+	return nil
+}
+
+// PolicyGeneration is the waypoint's policy generation from its config
+// dump: it grows with every bundle set the waypoint loads.
+func (w *WaypointProcess) PolicyGeneration(ctx context.Context) (uint64, error) {
+	status, body, err := w.Get(ctx, AdminPort, "/config_dump")
+	if err != nil {
+		return 0, err
+	}
+	if status != http.StatusOK {
+		return 0, fmt.Errorf("localmesh: %s config dump: %d %s", w.name, status, body)
+	}
+	var dump struct {
+		Policy struct {
+			Generation uint64 `json:"generation"`
+		} `json:"policy"`
+	}
+	if err := json.Unmarshal(body, &dump); err != nil {
+		return 0, fmt.Errorf("localmesh: %s config dump: %w", w.name, err)
+	}
+	return dump.Policy.Generation, nil
+}
+
+// WaitPolicyAfter waits until the waypoint has loaded a bundle set after
+// generation gen (it polls its --bundle paths).
+func (w *WaypointProcess) WaitPolicyAfter(ctx context.Context, gen uint64) error {
+	return w.poll(ctx, "reloading its policy", func() error {
+		now, err := w.PolicyGeneration(ctx)
+		if err == nil && now <= gen {
+			err = fmt.Errorf("policy generation still %d", now)
+		}
+		return err
+	})
+}
