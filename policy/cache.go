@@ -17,6 +17,8 @@ import (
 // reuses its slot, so a miss stores its decision without allocating once
 // the shard has filled (allocation on every miss drove the collector,
 // which marks the whole compiled bundle set, and with it the mean latency).
+// The slot dropped is the next one round the shard (oldest written first,
+// roughly), which costs no map iteration.
 type decisionCache struct {
 	spec     cacheSpec
 	seed     maphash.Seed
@@ -27,17 +29,20 @@ type decisionCache struct {
 const cacheShards = 16
 
 // cacheShard: index maps a key's hash to its slot in slots; every slot is
-// in index exactly once.
+// in index exactly once, under its entry's hash. next is the slot a full
+// shard reuses next.
 type cacheShard struct {
 	mu    sync.RWMutex
 	index map[uint64]int32
 	slots []cacheEntry
+	next  int32
 }
 
 // cacheEntry keeps the whole key: a hash collision is a miss, never a hit.
 type cacheEntry struct {
-	key l4Key
-	d   Decision
+	key  l4Key
+	hash uint64
+	d    Decision
 }
 
 // l4Key holds every field an L4 input has, so equal keys are equal inputs
@@ -249,12 +254,10 @@ func (c *decisionCache) put(h uint64, k *l4Key, d Decision) {
 		i = int32(len(s.slots))
 		s.slots = append(s.slots, cacheEntry{})
 	default:
-		for old, slot := range s.index {
-			delete(s.index, old)
-			i = slot
-			break
-		}
+		i = s.next
+		s.next = (s.next + 1) % int32(len(s.slots))
+		delete(s.index, s.slots[i].hash)
 	}
 	s.index[h] = i
-	s.slots[i] = cacheEntry{key: *k, d: d}
+	s.slots[i] = cacheEntry{key: *k, hash: h, d: d}
 }

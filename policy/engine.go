@@ -186,14 +186,15 @@ func (e *Engine) Revisions() map[string]string {
 // Decide answers one input. It never fails open: on error the decision is
 // a deny whose reason says why.
 func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
-	if d, ok := e.cachedL4(&in); ok {
-		return d, nil
-	}
 	g := e.current.Load()
 	s := scratchPool.Get().(*scratch)
 	defer s.release()
 	if g != nil {
 		g.probe(s, &in) // the key is built from the input as given, before Prepare
+		if s.found && e.answersUnprepared(&in) {
+			e.cfg.Metrics.observeCacheHit(L4, s.cached)
+			return s.cached, nil
+		}
 	}
 	s.in = in
 	if in.Request != nil {
@@ -232,31 +233,14 @@ func (e *Engine) Decide(ctx context.Context, in Input) (Decision, error) {
 	return d, err
 }
 
-// cachedL4 answers an L4 input from the cache without touching the heap,
-// when nothing else (decision log, shadow set) needs to see the decision;
-// anything else, including invalid input, takes the full path.
-func (e *Engine) cachedL4(in *Input) (Decision, bool) {
-	if in.Layer != L4 || in.Request != nil || e.cfg.DecisionLog != nil || e.shadow.Load() != nil {
-		return Decision{}, false
-	}
-	g := e.current.Load()
-	if g == nil {
-		return Decision{}, false
-	}
-	cache := g.cache.Load()
-	if cache == nil || !portsValid(in) {
-		return Decision{}, false
-	}
-	// Every field Prepare validates is in the key as given: a hit is an
-	// input identical, as far as validation and policy go, to one that
-	// passed Prepare and was decided.
-	var key l4Key
-	cache.fillKey(&key, in)
-	d, _, hit := cache.get(&key)
-	if hit {
-		e.cfg.Metrics.observeCacheHit(L4, d)
-	}
-	return d, hit
+// answersUnprepared reports whether a cache hit for in may be answered
+// before Prepare, when nothing else (decision log, shadow set) needs to see
+// the decision. Every field Prepare validates is in the key as given, and
+// the ports are checked here: a hit is an input identical, as far as
+// validation and policy go, to one that passed Prepare and was decided.
+// Anything else, including invalid input, takes the full path.
+func (e *Engine) answersUnprepared(in *Input) bool {
+	return in.Layer == L4 && in.Request == nil && e.cfg.DecisionLog == nil && e.shadow.Load() == nil && portsValid(in)
 }
 
 func portsValid(in *Input) bool {

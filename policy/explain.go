@@ -29,6 +29,13 @@ type Explanation struct {
 	// the input, every contribution point together; the rest could not
 	// match. Rules lists them all either way.
 	Candidates int `json:"candidates"`
+	// Lookups is how many per-field lookups decided conditions for many
+	// candidates at once, and Tested how many candidates were then tested
+	// one by one on the conditions left (Work). The allow_scope point is
+	// not evaluated once a deny or allow decided, so its candidates count
+	// in neither then.
+	Lookups int `json:"lookups"`
+	Tested  int `json:"tested"`
 }
 
 // RuleTrace is one contribution rule's outcome for the input.
@@ -61,8 +68,14 @@ func (e *Engine) Explain(ctx context.Context, in Input) (Explanation, error) {
 	if err != nil {
 		return Explanation{Decision: deny(err.Error())}, err
 	}
-	d, err := g.evaluate(ctx, &in)
-	x := Explanation{Decision: d}
+	var d Decision
+	var work Work
+	if g.prog != nil {
+		d, work, err = g.prog.decideWork(ctx, &in)
+	} else {
+		d, err = g.evaluate(ctx, &in)
+	}
+	x := Explanation{Decision: d, Lookups: work.Lookups, Tested: work.Tested}
 	if err != nil {
 		return x, err
 	}

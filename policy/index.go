@@ -1,11 +1,15 @@
 package policy
 
-import "slices"
+import (
+	"math/bits"
+	"slices"
+)
 
 // ruleIndex finds the rules of one contribution point that can match an
 // input without testing them all, as OPA's rule index does: each rule is
 // filed under one equality (or set membership) condition on one field, so
-// a decision costs a map lookup per indexed field plus the candidates.
+// a decision costs a map lookup per indexed field plus the candidates,
+// which a bucket's plan decides together (plan.go).
 //
 // Invariant: every rule is either in scan or under exactly one field, once
 // per value of its key condition; a rule's full condition is always tested,
@@ -16,12 +20,14 @@ type ruleIndex struct {
 	// without the one it is filed under, which the lookup decided.
 	tests []allOf
 	keyed []keyedRules
-	scan  []int32
+	scan  *bucket
+	// dryRun: some rule contributes a dry-run entry.
+	dryRun bool
 }
 
 type keyedRules struct {
 	field   *field
-	byValue map[valueKey][]int32
+	byValue valueMap[*bucket]
 }
 
 // keyCandidate is one condition a rule could be filed under: cond[at].
@@ -34,26 +40,37 @@ type keyCandidate struct {
 func buildIndex(rules []nativeRule) *ruleIndex {
 	idx := &ruleIndex{rules: rules, tests: make([]allOf, len(rules))}
 	distinct := distinctValues(rules)
-	byField := map[*field]*keyedRules{}
+	byField := map[*field]map[valueKey][]int32{}
+	var fields []*field
+	var scan []int32
 	for i, r := range rules {
+		idx.dryRun = idx.dryRun || r.entry.dryRun
 		best, ok := bestKey(r.cond, distinct)
 		if !ok {
-			idx.scan = append(idx.scan, int32(i))
+			scan = append(scan, int32(i))
 			idx.tests[i] = r.cond
 			continue
 		}
 		idx.tests[i] = slices.Delete(slices.Clone(r.cond), best.at, best.at+1)
 		k := byField[best.field]
 		if k == nil {
-			k = &keyedRules{field: best.field, byValue: map[valueKey][]int32{}}
+			k = map[valueKey][]int32{}
 			byField[best.field] = k
+			fields = append(fields, best.field)
 		}
 		for _, v := range best.values {
-			k.byValue[v] = append(k.byValue[v], int32(i))
+			k[v] = append(k[v], int32(i))
 		}
 	}
-	for _, k := range byField {
-		idx.keyed = append(idx.keyed, *k)
+	for _, f := range fields {
+		k := keyedRules{field: f}
+		for v, rs := range byField[f] {
+			k.byValue.put(v, newBucket(rs, idx.tests))
+		}
+		idx.keyed = append(idx.keyed, k)
+	}
+	if len(scan) > 0 {
+		idx.scan = newBucket(scan, idx.tests)
 	}
 	return idx
 }
@@ -116,35 +133,64 @@ func bestKey(cond allOf, distinct map[*field]int) (keyCandidate, bool) {
 // matches adds to acc, as point pt, every rule whose condition holds for in.
 func (idx *ruleIndex) matches(in *Input, pt int, acc *accumulator) {
 	for i := range idx.keyed {
-		for _, r := range idx.keyed[i].lookup(in) {
-			idx.test(r, in, pt, acc)
+		if b := idx.keyed[i].lookup(in); b != nil {
+			idx.decide(b, in, pt, acc)
 		}
 	}
-	for _, r := range idx.scan {
-		idx.test(r, in, pt, acc)
+	if idx.scan != nil {
+		idx.decide(idx.scan, in, pt, acc)
 	}
 }
 
-// lookup is the rules filed under in's value of the field.
-func (k *keyedRules) lookup(in *Input) []int32 {
+// decide adds the rules of b that hold for in.
+func (idx *ruleIndex) decide(b *bucket, in *Input, pt int, acc *accumulator) {
+	w := &acc.plans
+	w.work.Candidates += len(b.rules)
+	if b.plan == nil {
+		w.work.Tested += len(b.rules)
+		for _, r := range b.rules {
+			if idx.tests[r].match(in) {
+				acc.add(pt, idx.rules[r].entry)
+			}
+		}
+		return
+	}
+	for wi, word := range b.plan.survivors(in, w) {
+		for word != 0 {
+			i := wi<<6 | bits.TrailingZeros64(word)
+			word &= word - 1
+			if rest := b.plan.residual[i]; rest != nil {
+				w.work.Tested++
+				if !rest.match(in) {
+					continue
+				}
+			}
+			acc.add(pt, idx.rules[b.rules[i]].entry)
+		}
+	}
+}
+
+// lookup is the bucket filed under in's value of the field, if any.
+func (k *keyedRules) lookup(in *Input) *bucket {
 	v, ok := k.field.get(in)
-	if !ok || v.kind == kindComposite {
+	if !ok {
 		return nil
 	}
-	return k.byValue[v.key()]
+	b, _ := k.byValue.get(v)
+	return b
 }
 
-// candidates counts the rules matches tests for in (benchmarks report it).
+// candidates counts the rules the index hands over for in (benchmarks
+// and explanations report it).
 func (idx *ruleIndex) candidates(in *Input) int {
-	n := len(idx.scan)
+	n := 0
+	if idx.scan != nil {
+		n = len(idx.scan.rules)
+	}
 	for i := range idx.keyed {
-		n += len(idx.keyed[i].lookup(in))
+		if b := idx.keyed[i].lookup(in); b != nil {
+			n += len(b.rules)
+		}
 	}
 	return n
-}
-
-func (idx *ruleIndex) test(r int32, in *Input, pt int, acc *accumulator) {
-	if idx.tests[r].match(in) {
-		acc.add(pt, idx.rules[r].entry)
-	}
 }

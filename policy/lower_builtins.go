@@ -16,12 +16,8 @@ func (l *lowerer) stringBuiltin(e *ast.Expr, name string, args []*ast.Term, s *s
 	if err != nil || f == nil {
 		return constant(false), err
 	}
-	test := map[string]func(string) bool{
-		"startswith": func(v string) bool { return strings.HasPrefix(v, arg) },
-		"endswith":   func(v string) bool { return strings.HasSuffix(v, arg) },
-		"contains":   func(v string) bool { return strings.Contains(v, arg) },
-	}[name]
-	return stringTest{f: f, test: test}, nil
+	op := map[string]stringOp{"startswith": opPrefix, "endswith": opSuffix, "contains": opContains}[name]
+	return stringTest{f: f, op: op, arg: arg}, nil
 }
 
 func (l *lowerer) cidr(e *ast.Expr, args []*ast.Term, s *scope) (matcher, error) {

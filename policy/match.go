@@ -37,10 +37,12 @@ type (
 		f    *field
 		want value
 	}
-	// stringTest applies a string builtin with a constant argument.
+	// stringTest applies a string builtin with a constant argument:
+	// startswith, endswith or contains(field, arg).
 	stringTest struct {
-		f    *field
-		test func(s string) bool
+		f   *field
+		op  stringOp
+		arg string
 	}
 	// cidrContains is net.cidr_contains(constant CIDR, field).
 	cidrContains struct {
@@ -54,6 +56,24 @@ type (
 )
 
 type compareOp uint8
+
+type stringOp uint8
+
+const (
+	opPrefix stringOp = iota
+	opSuffix
+	opContains
+)
+
+func (op stringOp) test(s, arg string) bool {
+	switch op {
+	case opPrefix:
+		return strings.HasPrefix(s, arg)
+	case opSuffix:
+		return strings.HasSuffix(s, arg)
+	}
+	return strings.Contains(s, arg)
+}
 
 const (
 	opEq compareOp = iota
@@ -142,7 +162,7 @@ func (m memberOf) check(v value, ok bool) bool {
 }
 
 func (m stringTest) check(v value, ok bool) bool {
-	return ok && v.kind == kindString && m.test(v.s)
+	return ok && v.kind == kindString && m.op.test(v.s, m.arg)
 }
 
 func (m cidrContains) check(v value, ok bool) bool {

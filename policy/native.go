@@ -78,6 +78,7 @@ type program struct {
 	fallback *fallbackQuery // nil when every package is native
 	fields   []*field       // every input field the native rules read
 	notes    []string       // why packages fell back to topdown
+	reasons  *reasonMemo
 }
 
 // errNoProgram: the bundle set defines contributions in a shape only
@@ -92,7 +93,7 @@ func compileProgram(ctx context.Context, act *activation) (*program, error) {
 	}
 	l := newLowerer(act.compiler, act.data)
 	var rules [numPoints][]nativeRule
-	p := &program{}
+	p := &program{reasons: newReasonMemo()}
 	var fallback []ast.Ref
 	for _, pkg := range pkgs {
 		lowered, err := lowerPackage(l, pkg)

@@ -14,17 +14,39 @@ import (
 
 // decide evaluates the program for a prepared input.
 func (p *program) decide(ctx context.Context, in *Input) (Decision, error) {
+	d, _, err := p.decideWork(ctx, in)
+	return d, err
+}
+
+// decideWork evaluates the program for a prepared input and says what it
+// took. The allow_scope point is evaluated only when the verdict may read
+// it: not once a custom_deny, deny or allow entry decided, unless an
+// allow_scope rule contributes a dry-run entry (which would show in the
+// decision's dry-run verdict).
+func (p *program) decideWork(ctx context.Context, in *Input) (Decision, Work, error) {
 	acc := accumulators.Get().(*accumulator)
 	defer acc.release()
 	for pt, idx := range p.points {
-		idx.matches(in, pt, acc)
-	}
-	if p.fallback != nil {
-		if err := p.fallback.eval(ctx, in, acc); err != nil {
-			return deny(err.Error()), err
+		if pt != pointAllowScope {
+			idx.matches(in, pt, acc)
 		}
 	}
-	return acc.decision(), nil
+	if p.points[pointAllowScope].dryRun || !acc.decided() {
+		p.points[pointAllowScope].matches(in, pointAllowScope, acc)
+	}
+	work := acc.plans.work
+	if p.fallback != nil {
+		if err := p.fallback.eval(ctx, in, acc); err != nil {
+			return deny(err.Error()), work, err
+		}
+	}
+	return acc.decision(p.reasons), work, nil
+}
+
+// decided reports whether an enforced custom_deny, deny or allow entry
+// was found: the enforced verdict no longer depends on allow_scope.
+func (a *accumulator) decided() bool {
+	return a.enforced[pointCustomDeny] != nil || a.enforced[pointDeny] != nil || a.enforced[pointAllow] != nil
 }
 
 // accumulators are pooled so a decision allocates nothing to gather
@@ -34,7 +56,10 @@ var accumulators = sync.Pool{New: func() any { return new(accumulator) }}
 func (a *accumulator) release() {
 	clear(a.scope)
 	clear(a.audit)
-	*a = accumulator{scope: a.scope[:0], audit: a.audit[:0], names: a.names[:0]}
+	plans := a.plans
+	plans.hits = plans.hits[:0]
+	plans.work = Work{}
+	*a = accumulator{scope: a.scope[:0], audit: a.audit[:0], names: a.names[:0], plans: plans}
 	accumulators.Put(a)
 }
 
@@ -58,6 +83,7 @@ type accumulator struct {
 	audit     []*entry                // enforced audit
 	hasDryRun bool
 	names     []*entry // scratch for a verdict's selecting policies
+	plans     planWork // the bucket plans' working memory, and the work done
 }
 
 func (a *accumulator) add(pt int, e *entry) {
@@ -84,17 +110,19 @@ func smaller(have, e *entry) *entry {
 	return have
 }
 
-func (a *accumulator) decision() Decision {
-	d := Decision{Verdict: a.verdict(a.enforced, true), Audit: a.auditRules()}
+// decision is the library's verdict on the gathered entries; reasons
+// (nil: none) remembers the reasons that list selecting policies.
+func (a *accumulator) decision(reasons *reasonMemo) Decision {
+	d := Decision{Verdict: a.verdict(a.enforced, true, reasons), Audit: a.auditRules()}
 	if a.hasDryRun {
-		dry := a.verdict(a.all, false)
+		dry := a.verdict(a.all, false, reasons)
 		d.DryRun = &dry
 	}
 	return d
 }
 
 // verdict mirrors the library's verdict(sets).
-func (a *accumulator) verdict(smallest [pointAllowScope]*entry, enforcedOnly bool) Verdict {
+func (a *accumulator) verdict(smallest [pointAllowScope]*entry, enforcedOnly bool, reasons *reasonMemo) Verdict {
 	switch {
 	case smallest[pointCustomDeny] != nil:
 		return decided(false, smallest[pointCustomDeny], "denied by CUSTOM policy")
@@ -116,7 +144,7 @@ func (a *accumulator) verdict(smallest [pointAllowScope]*entry, enforcedOnly boo
 	if !slices.IsSortedFunc(names, byRank) {
 		slices.SortFunc(names, byRank)
 	}
-	return Verdict{Reason: selectingReason(names)}
+	return Verdict{Reason: reasons.selecting(names)}
 }
 
 // byRank orders scope entries by name: by rank when both have one (native
