@@ -24,11 +24,23 @@ type AccessEntry struct {
 	Policy        string    `json:"policy,omitempty"`
 	Rule          string    `json:"rule,omitempty"`
 	Reason        string    `json:"reason,omitempty"`
-	Flags         string    `json:"response_flags,omitempty"`
+	Flags         Flag      `json:"response_flags,omitempty"`
 	Sent          int64     `json:"bytes_sent"`
 	Received      int64     `json:"bytes_recv"`
 	DurationMS    float64   `json:"duration_ms"`
 	Error         string    `json:"error,omitempty"`
+}
+
+// accessEntry is the report's access-log line.
+func (r *report) accessEntry() AccessEntry {
+	return AccessEntry{
+		Time: r.start, Direction: r.direction, Source: r.src.addr, Destination: r.dst.addr,
+		SourceID: r.src.principal, DestinationID: r.dst.principal, SourceWL: r.src.workload,
+		DestinationWL: r.dst.workload, Namespace: r.dst.namespace, Hbone: r.hbone,
+		Decision: r.decision, Policy: r.policy, Rule: r.rule, Reason: r.reason, Flags: r.flag,
+		Sent: r.sent, Received: r.received, DurationMS: float64(r.duration.Microseconds()) / 1000,
+		Error: r.err,
+	}
 }
 
 // AccessLog writes AccessEntry lines; safe for concurrent use.
@@ -47,11 +59,12 @@ func NewAccessLog(w io.Writer) *AccessLog {
 	return &AccessLog{enc: enc}
 }
 
-// Write logs one entry; a nil log does nothing.
-func (l *AccessLog) Write(e AccessEntry) {
+// write logs the report's line; a nil log does nothing.
+func (l *AccessLog) write(r *report) {
 	if l == nil {
 		return
 	}
+	e := r.accessEntry()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	_ = l.enc.Encode(e) // an access log that cannot be written must not stop traffic

@@ -34,9 +34,9 @@ func (g loopGuard) own(port uint16) bool {
 	return slices.Contains(captureListeners, port) || slices.Contains(g.servicePorts, port)
 }
 
-// outbound refuses an original destination on one of ztunnel's ports at
-// loopback, an unspecified address, or any workload's address (where
-// ztunnel listens in the workload's namespace).
+// outbound refuses (LOOP) an original destination on one of ztunnel's
+// ports at loopback, an unspecified address, or any workload's address
+// (where ztunnel listens in the workload's namespace).
 func (g loopGuard) outbound(snap *state.Snapshot, dst netip.AddrPort) error {
 	if !g.own(dst.Port()) {
 		return nil
@@ -47,16 +47,17 @@ func (g loopGuard) outbound(snap *state.Snapshot, dst netip.AddrPort) error {
 		_, workload = snap.WorkloadByIP(addr)
 	}
 	if addr.IsLoopback() || addr.IsUnspecified() || workload {
-		return fmt.Errorf("ztunnel: %s: %w", dst, errLoop)
+		return refuse(FlagLoop, fmt.Errorf("ztunnel: %s: %w", dst, errLoop))
 	}
 	return nil
 }
 
-// inbound refuses a tunnel authority or an original destination on one of
-// ztunnel's ports; the address is already known to be the pod's.
+// inbound refuses (LOOP) a tunnel authority or an original destination
+// on one of ztunnel's ports; the address is already known to be the
+// pod's.
 func (g loopGuard) inbound(dst netip.AddrPort) error {
 	if g.own(dst.Port()) {
-		return fmt.Errorf("ztunnel: %s: %w", dst, errLoop)
+		return refuse(FlagLoop, fmt.Errorf("ztunnel: %s: %w", dst, errLoop))
 	}
 	return nil
 }

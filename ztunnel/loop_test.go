@@ -33,10 +33,10 @@ func TestLoopGuard(t *testing.T) {
 		{"192.0.2.1:15008", false, true}, // outside the mesh: not ztunnel's
 	} {
 		dst := netip.MustParseAddrPort(tc.dst)
-		if err := g.outbound(snap, dst); (err != nil) != tc.outbound || err != nil && !errors.Is(err, errLoop) {
-			t.Errorf("outbound %s: %v, want refused=%v", dst, err, tc.outbound)
+		if err := g.outbound(snap, dst); (err != nil) != tc.outbound || err != nil && (!errors.Is(err, errLoop) || flagOf(err) != FlagLoop) {
+			t.Errorf("outbound %s: %v, want refused=%v (LOOP)", dst, err, tc.outbound)
 		}
-		if err := g.inbound(dst); (err != nil) != tc.into {
+		if err := g.inbound(dst); (err != nil) != tc.into || err != nil && flagOf(err) != FlagLoop {
 			t.Errorf("inbound %s: %v, want refused=%v", dst, err, tc.into)
 		}
 	}

@@ -6,19 +6,6 @@ import (
 	"github.com/regomesh/regomesh/hbone"
 )
 
-// Response flags, as Istio reports them on TCP metrics.
-const (
-	FlagNone        = "-"
-	FlagDenied      = "DENY"        // policy refused the connection
-	FlagConnect     = "CONNECT"     // the upstream could not be reached
-	FlagTLSFailure  = "TLS_FAILURE" // the mTLS handshake failed
-	FlagNoSVID      = "NO_SVID"     // no SVID for the source workload: refused, never plaintext
-	FlagNoRoute     = "NO_ROUTE"    // nothing known at the destination address
-	FlagLoop        = "LOOP"        // addressed to one of ztunnel's own ports: it would loop back
-	FlagDrained     = "DRAINED"     // closed at the end of a drain on shutdown
-	FlagPolicyClose = "POLICY"      // closed because new policy denies it
-)
-
 // Reporter says which side of the connection a metric comes from.
 const (
 	ReporterSource      = "source"
@@ -34,34 +21,17 @@ var tcpLabels = []string{
 	"destination_service", "request_protocol", "response_flags", "connection_security_policy",
 }
 
-// ConnLabels are the label values of one connection.
-type ConnLabels struct {
-	Reporter             string
-	SourceWorkload       string
-	SourceNamespace      string
-	SourcePrincipal      string
-	DestinationWorkload  string
-	DestinationNamespace string
-	DestinationPrincipal string
-	DestinationService   string
-	ResponseFlags        string
-	MutualTLS            bool
-}
-
-func (l ConnLabels) values() []string {
+// labelValues are the report's values of tcpLabels.
+func (r *report) labelValues() []string {
 	security := "none"
-	if l.MutualTLS {
+	if r.mtls {
 		security = "mutual_tls"
 	}
-	flags := l.ResponseFlags
-	if flags == "" {
-		flags = FlagNone
-	}
 	return []string{
-		l.Reporter,
-		orUnknown(l.SourceWorkload), orUnknown(l.SourceNamespace), orUnknown(l.SourcePrincipal),
-		orUnknown(l.DestinationWorkload), orUnknown(l.DestinationNamespace), orUnknown(l.DestinationPrincipal),
-		orUnknown(l.DestinationService), "tcp", flags, security,
+		r.reporter,
+		orUnknown(r.src.workload), orUnknown(r.src.namespace), orUnknown(r.src.principal),
+		orUnknown(r.dst.workload), orUnknown(r.dst.namespace), orUnknown(r.dst.principal),
+		orUnknown(r.service), "tcp", string(r.flag), security,
 	}
 }
 
@@ -109,23 +79,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// Opened counts a connection as it opens (and a refused one, with its flag).
-func (m *Metrics) Opened(l ConnLabels) {
+// reportOpened counts a connection as it opens (and a refused one, with its
+// flag).
+func (m *Metrics) reportOpened(r *report) {
 	if m != nil {
-		m.opened.WithLabelValues(l.values()...).Inc()
+		m.opened.WithLabelValues(r.labelValues()...).Inc()
 	}
 }
 
-// Closed counts a connection as it closes, with its byte counts: sent is
+// reportClosed counts a connection as it closes, with its byte counts: sent is
 // what went back to the client, received what came from it.
-func (m *Metrics) Closed(l ConnLabels, sent, received int64) {
+func (m *Metrics) reportClosed(r *report) {
 	if m == nil {
 		return
 	}
-	v := l.values()
+	v := r.labelValues()
 	m.closed.WithLabelValues(v...).Inc()
-	m.sent.WithLabelValues(v...).Add(float64(sent))
-	m.received.WithLabelValues(v...).Add(float64(received))
+	m.sent.WithLabelValues(v...).Add(float64(r.sent))
+	m.received.WithLabelValues(v...).Add(float64(r.received))
 }
 
 // HBONERefused counts a refusal of an HBONE server; it is

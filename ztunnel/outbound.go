@@ -2,16 +2,12 @@ package ztunnel
 
 import (
 	"context"
-	"errors"
 	"net"
-	"net/netip"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/policy"
-	"github.com/regomesh/regomesh/ztunnel/capture"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
@@ -19,122 +15,81 @@ import (
 // where it was going, route it, tunnel it with the pod's own SVID (or pass
 // it through, when the destination is outside the mesh and policy
 // allows), copy. It returns once the copy has started (relay).
-func (z *Ztunnel) serveOutbound(p *pod, c net.Conn) {
-	start := time.Now()
-	entry := AccessEntry{Direction: "outbound", Source: c.RemoteAddr().String(), SourceID: p.id.String(), SourceWL: p.workload.Name}
-	labels := ConnLabels{Reporter: ReporterSource, SourceWorkload: p.workload.Name, SourceNamespace: p.workload.Namespace, SourcePrincipal: p.id.String()}
-	refuse := func(flag string, err error) {
-		c.Close()
-		z.refuse(entry, labels, flag, err, start)
-	}
-	dst, err := capture.OriginalDestination(c)
+func (z *Ztunnel) serveOutbound(p *pod, client net.Conn) {
+	c := newConn(outbound, p, state.Peer{Principal: p.id.String(), Addr: addrPortOf(client.RemoteAddr())})
+	up, input, err := z.connect(c, client)
 	if err != nil {
-		refuse(FlagNoRoute, err)
+		client.Close()
+		z.refuse(c, err)
 		return
 	}
-	entry.Destination = dst.String()
+	z.relay(context.Background(), c, client, up, input)
+}
+
+// connect routes the pod's connection and opens its upstream. A
+// passthrough comes with its input: policy decided it here, so it is
+// tracked and re-checked.
+func (z *Ztunnel) connect(c *conn, client net.Conn) (net.Conn, inputFunc, error) {
+	dst, err := c.pod.net.OriginalDestination(client)
+	if err != nil {
+		return nil, nil, refuse(FlagNoRoute, err)
+	}
+	c.dst = dst
 	if err := z.guard.outbound(z.state.Load(), dst); err != nil {
-		refuse(FlagLoop, err)
-		return
+		return nil, nil, err
 	}
 	route, err := z.router.Route(dst)
 	if err != nil {
-		refuse(FlagNoRoute, err)
-		return
+		return nil, nil, refuse(FlagNoRoute, err)
 	}
-	describeRoute(&entry, &labels, route)
-	var up net.Conn
-	var flag string
-	var input inputFunc // policy decided a passthrough here: tracked, re-checked
-	if route.Kind == RoutePassthrough {
-		input = passthroughInputFunc(p, c, route)
-		up, flag, err = z.passthrough(p, input, route, &entry)
-	} else {
-		up, flag, err = z.tunnel(p, c, route)
+	c.routed(route)
+	if route.Kind != RoutePassthrough {
+		up, err := z.tunnel(c)
+		return up, nil, err
 	}
-	if err != nil {
-		refuse(flag, err)
-		return
-	}
-	z.relay(context.Background(), c, up, entry, labels, start, input)
-}
-
-func describeRoute(e *AccessEntry, l *ConnLabels, r Route) {
-	if r.Workload != nil {
-		e.DestinationWL, e.Namespace = r.Workload.Name, r.Workload.Namespace
-		l.DestinationWorkload, l.DestinationNamespace = r.Workload.Name, r.Workload.Namespace
-	}
-	if r.Service != nil {
-		l.DestinationService = r.Service.Hostname
-	}
-	e.DestinationID, l.DestinationPrincipal = r.Identity, r.Identity
-	if r.Kind != RoutePassthrough {
-		e.Hbone = r.Dial.String()
-		l.MutualTLS = true
-	}
+	input := passthroughInputFunc(c)
+	up, err := z.passthrough(c, input)
+	return up, input, err
 }
 
 // tunnel opens an HBONE stream to the route with the pod's SVID.
-func (z *Ztunnel) tunnel(p *pod, c net.Conn, r Route) (net.Conn, string, error) {
+func (z *Ztunnel) tunnel(c *conn) (net.Conn, error) {
+	r := c.route
 	peer, err := spiffeid.FromString(r.Identity)
 	if err != nil {
-		return nil, FlagNoRoute, err
+		return nil, refuse(FlagNoRoute, err)
 	}
-	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	ctx, cancel := context.WithTimeout(context.Background(), z.cfg.DialTimeout)
 	defer cancel()
-	s, err := p.pool.Dial(ctx, hbone.Request{
-		Source: svidOf{z.cfg.Identities, p.id}, Peer: peer,
-		Addr: r.Dial, Authority: r.Authority, Forwarded: src,
+	s, err := c.pod.pool.Dial(ctx, hbone.Request{
+		Source: svidOf{z.cfg.Identities, c.pod.id}, Peer: peer,
+		Addr: r.Dial, Authority: r.Authority, Forwarded: c.src.Addr,
 	})
-	switch {
-	case errors.Is(err, hbone.ErrNoSVID):
-		return nil, FlagNoSVID, err
-	case errors.Is(err, hbone.ErrDenied):
-		return nil, FlagDenied, err
-	case err != nil:
-		return nil, FlagConnect, err
+	if err != nil {
+		return nil, refuse(tunnelFlag(err), err)
 	}
-	return s, "", nil
+	return s, nil
 }
 
 // passthroughInputFunc builds the input of a passthrough from the pod to
 // the route's address; the destination's workload, if any, is looked up
 // in the state given, so a re-check sees its current labels.
-func passthroughInputFunc(p *pod, c net.Conn, r Route) inputFunc {
-	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+func passthroughInputFunc(c *conn) inputFunc {
+	principal, src, dst := c.src.Principal, c.src.Addr, c.route.Dial
 	return func(snap *state.Snapshot) (policy.Input, error) {
-		return snap.PassthroughInput(p.id.String(), src, r.Dial), nil
+		return snap.PassthroughInput(principal, src, dst), nil
 	}
 }
 
 // passthrough sends plaintext to a destination outside the mesh when the
 // L4 policy allows the pod to reach it.
-func (z *Ztunnel) passthrough(p *pod, input inputFunc, r Route, e *AccessEntry) (net.Conn, string, error) {
+func (z *Ztunnel) passthrough(c *conn, input inputFunc) (net.Conn, error) {
 	in, err := input(z.state.Load())
 	if err != nil {
-		return nil, FlagNoRoute, err
+		return nil, refuse(FlagNoRoute, err)
 	}
-	d, err := z.cfg.Policy.Decide(context.Background(), in)
-	recordDecision(e, d)
-	if err != nil || !d.Allow {
-		return nil, FlagDenied, errors.Join(errDenied, err)
+	if err := z.authorize(context.Background(), c, in); err != nil {
+		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), z.cfg.DialTimeout)
-	defer cancel()
-	up, err := p.ns.Dial(ctx, r.Dial.String())
-	if err != nil {
-		return nil, FlagConnect, err
-	}
-	return up, "", nil
-}
-
-var errDenied = errors.New("denied by policy")
-
-func recordDecision(e *AccessEntry, d policy.Decision) {
-	e.Decision = "deny"
-	if d.Allow {
-		e.Decision = "allow"
-	}
-	e.Policy, e.Rule, e.Reason = d.Policy, d.Rule, d.Reason
+	return z.dial(context.Background(), c.pod, c.route.Dial)
 }

@@ -24,9 +24,13 @@ import (
 // SVID) and its client pool (dialing from the pod's namespace, so tunnels
 // leave with the pod's address).
 type pod struct {
-	info      cni.Pod
-	id        spiffeid.ID
-	workload  *state.Workload
+	info     cni.Pod
+	id       spiffeid.ID
+	workload *state.Workload
+	// net makes the pod's sockets; ns is the network namespace behind it,
+	// whose capture rules ztunnel installs and removes (nil for a pod whose
+	// network is not a namespace: tests run pods on loopback).
+	net       podNet
 	ns        *capture.Netns
 	outbound  net.Listener
 	plaintext net.Listener
@@ -90,20 +94,21 @@ func (z *Ztunnel) Pods() []cni.Pod {
 
 func (z *Ztunnel) releasePod(p *pod) error {
 	err := p.close()
-	if rerr := capture.Remove(p.ns); rerr != nil {
-		err = errors.Join(err, rerr)
+	if p.ns != nil {
+		err = errors.Join(err, capture.Remove(p.ns))
 	}
 	z.cfg.Identities.Release(p.id)
-	return errors.Join(err, p.ns.Close())
+	if p.ns != nil {
+		err = errors.Join(err, p.ns.Close())
+	}
+	return err
 }
 
-// enroll opens everything a pod needs; on failure it undoes what it did.
-func (z *Ztunnel) enroll(info cni.Pod) (p *pod, err error) {
+// enroll opens everything a pod needs: its network namespace, checked to
+// be the pod's, ztunnel's listeners and servers in it (startPod), and
+// its capture rules. On failure it undoes what it did.
+func (z *Ztunnel) enroll(info cni.Pod) (*pod, error) {
 	w, err := z.workloadOf(info)
-	if err != nil {
-		return nil, err
-	}
-	id, err := z.identityOf(w.Namespace, w.ServiceAccount)
 	if err != nil {
 		return nil, err
 	}
@@ -115,25 +120,39 @@ func (z *Ztunnel) enroll(info cni.Pod) (p *pod, err error) {
 		ns.Close()
 		return nil, err
 	}
-	p = &pod{info: info, id: id, workload: w, ns: ns, log: z.log.With("pod", info.Namespace+"/"+info.Name)}
-	defer func() {
-		if err != nil {
-			p.close()
-			ns.Close()
-		}
-	}()
-	if err := z.cfg.Identities.Hold(id, w.Namespace, w.ServiceAccount); err != nil {
-		return nil, fmt.Errorf("ztunnel: pod %s/%s: %w", info.Namespace, info.Name, err)
-	}
-	if err := p.listen(); err != nil {
-		z.cfg.Identities.Release(id)
-		return nil, err
-	}
-	if err := z.startServers(p); err != nil {
-		z.cfg.Identities.Release(id)
+	p, err := z.startPod(info, w, netnsNet{ns})
+	if err != nil {
+		ns.Close()
 		return nil, err
 	}
 	if err := capture.Install(ns); err != nil {
+		p.close()
+		z.cfg.Identities.Release(p.id)
+		ns.Close()
+		return nil, err
+	}
+	p.ns = ns
+	return p, nil
+}
+
+// startPod serves the pod of workload w on pn: it holds the pod's SVID,
+// opens its three listeners, starts its HBONE server, its pool and its
+// accept loops. On failure it undoes what it did.
+func (z *Ztunnel) startPod(info cni.Pod, w *state.Workload, pn podNet) (*pod, error) {
+	id, err := z.identityOf(w.Namespace, w.ServiceAccount)
+	if err != nil {
+		return nil, err
+	}
+	p := &pod{info: info, id: id, workload: w, net: pn, log: z.log.With("pod", info.Namespace+"/"+info.Name)}
+	if err := z.cfg.Identities.Hold(id, w.Namespace, w.ServiceAccount); err != nil {
+		return nil, fmt.Errorf("ztunnel: pod %s/%s: %w", info.Namespace, info.Name, err)
+	}
+	err = p.listen()
+	if err == nil {
+		err = z.startServers(p)
+	}
+	if err != nil {
+		p.close()
 		z.cfg.Identities.Release(id)
 		return nil, err
 	}
@@ -221,16 +240,16 @@ func namespacesNotPods(log *slog.Logger) ([]notPod, error) {
 	return out, nil
 }
 
-// listen opens the pod's three listeners inside its namespace.
+// listen opens the pod's three listeners in its network.
 func (p *pod) listen() error {
 	var err error
-	if p.outbound, err = p.ns.Listen(fmt.Sprintf(":%d", capture.OutboundPort)); err != nil {
+	if p.outbound, err = p.net.Listen(fmt.Sprintf(":%d", capture.OutboundPort)); err != nil {
 		return err
 	}
-	if p.plaintext, err = p.ns.Listen(fmt.Sprintf(":%d", capture.PlaintextPort)); err != nil {
+	if p.plaintext, err = p.net.Listen(fmt.Sprintf(":%d", capture.PlaintextPort)); err != nil {
 		return err
 	}
-	p.hbone, err = p.ns.Listen(fmt.Sprintf(":%d", capture.HBONEPort))
+	p.hbone, err = p.net.Listen(fmt.Sprintf(":%d", capture.HBONEPort))
 	return err
 }
 
@@ -249,7 +268,7 @@ func (z *Ztunnel) startServers(p *pod) error {
 	p.pool, err = hbone.NewPool(hbone.PoolConfig{
 		Bundle: z.cfg.Identities.Bundles(p.id),
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return p.ns.Dial(ctx, addr)
+			return p.net.Dial(ctx, addr)
 		},
 		Conn:   z.cfg.Conn,
 		Logger: p.log,

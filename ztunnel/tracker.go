@@ -29,7 +29,7 @@ type trackedConn struct {
 	// connection was admitted with. An error (the workload left the
 	// state) closes the connection.
 	input  inputFunc
-	close  func(flag string)
+	close  func(Flag)
 	closed sync.Once
 }
 
@@ -39,7 +39,7 @@ type inputFunc func(*state.Snapshot) (policy.Input, error)
 func newTracker() *tracker { return &tracker{open: map[*trackedConn]struct{}{}} }
 
 // add registers a connection; the returned func removes it when it ends.
-func (t *tracker) add(input inputFunc, close func(flag string)) (*trackedConn, func()) {
+func (t *tracker) add(input inputFunc, close func(Flag)) (*trackedConn, func()) {
 	c := &trackedConn{input: input, close: close}
 	t.mu.Lock()
 	t.open[c] = struct{}{}
@@ -55,7 +55,7 @@ func (t *tracker) add(input inputFunc, close func(flag string)) (*trackedConn, f
 	}
 }
 
-func (c *trackedConn) shut(flag string) { c.closed.Do(func() { c.close(flag) }) }
+func (c *trackedConn) shut(flag Flag) { c.closed.Do(func() { c.close(flag) }) }
 
 func (t *tracker) snapshot() []*trackedConn {
 	t.mu.Lock()

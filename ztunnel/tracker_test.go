@@ -53,7 +53,7 @@ func TestTrackerRecheckClosesDenied(t *testing.T) {
 	var closedFlags [3]atomic.Value
 	for i, port := range []int{80, 443, 8080} {
 		in := policy.Input{Layer: policy.L4, Destination: policy.Destination{Port: port}}
-		_, done := tr.add(fixedInput(in), func(flag string) { closedFlags[i].Store(flag) })
+		_, done := tr.add(fixedInput(in), func(flag Flag) { closedFlags[i].Store(flag) })
 		defer done()
 	}
 	if n := tr.recheck(ctx, engine, nil, log); n != 0 {
@@ -65,7 +65,7 @@ func TestTrackerRecheckClosesDenied(t *testing.T) {
 	if n := tr.recheck(ctx, engine, nil, log); n != 1 {
 		t.Errorf("closed %d, want 1", n)
 	}
-	if closedFlags[1].Load() != FlagPolicyClose || closedFlags[0].Load() != nil || closedFlags[2].Load() != nil {
+	if closedFlags[1].Load() != Flag(FlagPolicyClose) || closedFlags[0].Load() != nil || closedFlags[2].Load() != nil {
 		t.Errorf("closed flags = %v %v %v", closedFlags[0].Load(), closedFlags[1].Load(), closedFlags[2].Load())
 	}
 }
@@ -77,17 +77,17 @@ func fixedInput(in policy.Input) inputFunc {
 
 func TestTrackerDrain(t *testing.T) {
 	tr := newTracker()
-	_, quickDone := tr.add(fixedInput(policy.Input{}), func(string) {})
+	_, quickDone := tr.add(fixedInput(policy.Input{}), func(Flag) {})
 	var slowFlag atomic.Value
 	var slowDone func()
-	_, slowDone = tr.add(fixedInput(policy.Input{}), func(flag string) { slowFlag.Store(flag); slowDone() })
+	_, slowDone = tr.add(fixedInput(policy.Input{}), func(flag Flag) { slowFlag.Store(flag); slowDone() })
 	ctx, deadline := context.WithCancel(context.Background())
 	defer deadline()
 	drained := make(chan int, 1)
 	testgo.Go(t, func(context.Context) { drained <- tr.drain(ctx) })
 	quickDone() // the quick one ends by itself, before the deadline
 	deadline()
-	if n := <-drained; n != 1 || slowFlag.Load() != FlagDrained {
+	if n := <-drained; n != 1 || slowFlag.Load() != Flag(FlagDrained) {
 		t.Errorf("drain closed %d (flag %v), want the slow one only", n, slowFlag.Load())
 	}
 	if n := tr.drain(context.Background()); n != 0 {
