@@ -9,6 +9,9 @@
 #   make bench-mesh  mesh benchmarks vs direct TCP and an haproxy TLS pair: go run ./test/bench $(ARGS) (root)
 #   make tools    build-time tools from tools/go.mod into bin/ (cached)
 #   make spire    real spire-server and spire-agent from tools/spire/go.mod into bin/ (cached)
+#   make kube     a real kube-apiserver from tools/kube-apiserver/go.mod into bin/ (cached;
+#                 the first build takes 10-20 minutes), and etcd (Debian's etcd-server,
+#                 installed with apt-get when missing), for controller/kubeharness
 #   make clean    remove bin/
 
 SHELL := /bin/bash
@@ -20,6 +23,7 @@ BIN := bin
 OPA := $(BIN)/opa
 H2SPEC := $(BIN)/h2spec
 SPIRE := $(BIN)/spire-server $(BIN)/spire-agent
+KUBE_APISERVER := $(BIN)/kube-apiserver
 
 # Every cmd/<name>/main.go is a binary bin/<name>: new commands need no edit here.
 CMDS := $(patsubst cmd/%/main.go,%,$(wildcard cmd/*/main.go))
@@ -42,7 +46,7 @@ FULL_SIZE := \
 	./hbone/    '^TestLargeTransferBothWays$$' \
 	./test/e2e/ '^TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate$$'
 
-.PHONY: build test test-prereqs lint bench bench-mesh demo tools spire clean
+.PHONY: build test test-prereqs test-tools lint bench bench-mesh demo tools spire kube etcd clean
 
 build:
 	$(GO) build ./...
@@ -53,7 +57,7 @@ endif
 # Go tests run with the race detector, then the shrunk cases at full size
 # without it. Nothing is skipped quietly: the e2e, capture and netbed tests
 # need root (network namespaces, nftables), and -race needs cgo.
-test: test-prereqs lint tools spire
+test: test-prereqs lint test-tools
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@set -- $(FULL_SIZE); while [ $$# -gt 0 ]; do \
 		echo "$(GO) test -count=1 -run $$2 $$1  (full size, no race detector)"; \
@@ -75,6 +79,15 @@ test-prereqs:
 		fi; \
 		command -v "$$cc" >/dev/null || { echo "make test: the race detector needs cgo and a C compiler ($$cc): install one" >&2; exit 1; }; \
 	fi
+
+# The tools the tests run, two builds at a time even under a plain `make
+# test`: cold, kube-apiserver and SPIRE are the two long ones (10-20
+# minutes each here), in separate modules, so separate go builds, and one
+# alone leaves a core idle while it downloads modules and through its long
+# single-threaded link. kube-apiserver starts first; the other slot builds
+# SPIRE and then OPA and h2spec.
+test-tools:
+	$(MAKE) -j2 kube spire tools
 
 lint:
 	@unformatted="$$(gofmt -l .)"; \
@@ -114,6 +127,36 @@ spire: $(SPIRE)
 $(SPIRE): $(BIN)/spire-%: tools/spire/go.mod tools/spire/go.sum
 	$(GO) build -C tools/spire -o ../../$@ github.com/spiffe/spire/cmd/spire-$*
 	@touch $@
+
+kube: etcd $(KUBE_APISERVER)
+
+# The release that tools/kube-apiserver/go.mod pins, stamped in as
+# Kubernetes' own build does; unstamped, /version says v0.0.0-master.
+KUBE_VERSION = $(shell awk '$$1 == "k8s.io/kubernetes" { print $$2; exit }' tools/kube-apiserver/go.mod)
+KUBE_VERSION_PARTS = $(subst ., ,$(KUBE_VERSION:v%=%))
+KUBE_LDFLAGS = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(KUBE_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(KUBE_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitTreeState=clean
+
+# A real kube-apiserver for controller/kubeharness, at the version
+# tools/kube-apiserver/go.mod pins (its own module: Kubernetes' pins never
+# meet the main module's or SPIRE's); rebuilt only when that changes. The
+# first build takes 10-20 minutes.
+$(KUBE_APISERVER): tools/kube-apiserver/go.mod tools/kube-apiserver/go.sum
+	$(GO) build -C tools/kube-apiserver -ldflags '$(KUBE_LDFLAGS)' -o ../../$@ .
+	@touch $@
+
+# etcd behind that API server: Debian's etcd-server (3.4), installed when
+# missing if apt-get can, else a loud failure.
+etcd:
+	@if ! command -v etcd >/dev/null; then \
+		if command -v apt-get >/dev/null; then \
+			echo "make kube: no etcd for the API server: installing etcd-server" >&2; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >/dev/null || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >/dev/null; }; \
+		fi; \
+		command -v etcd >/dev/null || { echo "make kube: controller/kubeharness needs etcd on PATH: install etcd-server (Debian) or etcd 3.4+" >&2; exit 1; }; \
+	fi
 
 clean:
 	rm -rf $(BIN)
