@@ -1,12 +1,9 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -38,7 +35,7 @@ func (f *istioFlags) displayLocation(loc string) string {
 }
 
 func (f *istioFlags) register(flags *pflag.FlagSet) {
-	flags.StringArrayVar(&f.paths, "policies", nil, "Kubernetes YAML file or directory of AuthorizationPolicies and PeerAuthentications (repeatable; other kinds are skipped with a note)")
+	flags.StringArrayVar(&f.paths, "policies", nil, "Kubernetes YAML file or directory of AuthorizationPolicies and PeerAuthentications (repeatable; RequestAuthentications are validated, other kinds are skipped with a note)")
 	f.registerOptions(flags)
 }
 
@@ -55,74 +52,21 @@ func (f *istioFlags) options() istio.Options {
 		Providers: f.providers, Waypoint: f.waypoint}
 }
 
-// decodePolicies reads every AuthorizationPolicy and PeerAuthentication
-// under paths (files, or directories walked for .yaml, .yml and .json),
+// decodePolicies reads every AuthorizationPolicy, PeerAuthentication and
+// RequestAuthentication in the files and directories (istio.DecodeFiles),
 // with notes on what was skipped.
 func decodePolicies(paths []string) (*istio.Resources, []string, error) {
-	files, err := yamlFiles(paths)
-	if err != nil {
-		return nil, nil, err
-	}
-	all := &istio.Resources{}
+	res, ns, err := istio.DecodeFiles(paths)
 	var notes []string
-	var errs []error
-	for _, file := range files {
-		res, ns, err := decodeFile(file)
-		all.AuthorizationPolicies = append(all.AuthorizationPolicies, res.AuthorizationPolicies...)
-		all.PeerAuthentications = append(all.PeerAuthentications, res.PeerAuthentications...)
-		for _, n := range ns {
-			notes = append(notes, n.String())
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
+	for _, n := range ns {
+		notes = append(notes, n.String())
 	}
-	return all, notes, errors.Join(errs...)
+	return res, notes, err
 }
 
 // empty says whether res holds no resource at all.
 func empty(res *istio.Resources) bool {
 	return len(res.AuthorizationPolicies)+len(res.PeerAuthentications) == 0
-}
-
-func decodeFile(path string) (*istio.Resources, []istio.Note, error) {
-	if path == "-" {
-		return istio.DecodeAll(os.Stdin, "-")
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return &istio.Resources{}, nil, err
-	}
-	defer f.Close()
-	return istio.DecodeAll(f, path)
-}
-
-func yamlFiles(paths []string) ([]string, error) {
-	var out []string
-	for _, p := range paths {
-		if p == "-" {
-			out = append(out, p)
-			continue
-		}
-		info, err := os.Stat(p)
-		if err != nil {
-			return nil, err
-		}
-		if !info.IsDir() {
-			out = append(out, p)
-			continue
-		}
-		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() && slices.Contains([]string{".yaml", ".yml", ".json"}, strings.ToLower(filepath.Ext(path))) {
-				out = append(out, path)
-			}
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
 }
 
 // translated turns the --policies into a bundle, returning its warnings

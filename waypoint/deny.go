@@ -15,6 +15,7 @@ const DeniedBody = "RBAC: access denied"
 const (
 	grpcPermissionDenied = 7
 	grpcUnavailable      = 14
+	grpcUnauthenticated  = 16
 )
 
 // isGRPC reports a gRPC request (content-type application/grpc, or

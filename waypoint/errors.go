@@ -22,4 +22,5 @@ const (
 	FlagNoHealthy = "UH"   // the target has no endpoint
 	FlagUpstream  = "UF"   // the upstream tunnel or request failed
 	FlagLoop      = "LOOP" // addressed to the waypoint itself
+	FlagJWT       = "JWT"  // a RequestAuthentication refused the request's token (401); regomesh's own flag
 )

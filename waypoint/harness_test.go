@@ -226,6 +226,9 @@ func (m *testMesh) startBackends(t *testing.T) map[uint16]netip.AddrPort {
 		w.Header().Set("X-Seen-Proto", r.Proto)
 		w.Header().Set("X-Seen-Host", r.Host)
 		w.Header().Set("X-Seen-Traceparent", r.Header.Get("Traceparent"))
+		for _, h := range []string{"Authorization", "X-Jwt-Sub", "X-Token"} {
+			w.Header().Set("X-Seen-"+h, r.Header.Get(h))
+		}
 		io.WriteString(w, "hello "+r.URL.Path+" "+string(body))
 	})}
 	hs.Protocols = new(http.Protocols)

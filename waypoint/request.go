@@ -13,9 +13,9 @@ import (
 )
 
 // ServeHTTP handles one request from a tunnel, in phases: build the l7
-// input, authorize, choose the endpoint, proxy; then report. Any failure
-// answers the client itself (403, 503, or their gRPC forms) and never
-// reaches upstream.
+// input, authenticate its JWT, authorize, choose the endpoint, proxy; then
+// report. Any failure answers the client itself (401, 403, 503, or their
+// gRPC forms) and never reaches upstream.
 func (w *Waypoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	cl := clientFrom(r.Context())
 	if cl == nil {
@@ -36,6 +36,16 @@ func (w *Waypoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.target = target
+	if a := w.authn.Load(); a != nil {
+		auth, err := a.Authenticate(r, in.Destination)
+		if err != nil {
+			x.fail(FlagJWT, err)
+			unauthenticated(rec, r, x.grpc, err)
+			return
+		}
+		in.Request = RequestOf(r) // as the token left it: maybe without it, with its claims' headers
+		in.Request.Auth = auth
+	}
 	if !w.authorize(r.Context(), in, x) {
 		deny(rec, x.grpc)
 		return

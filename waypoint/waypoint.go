@@ -81,6 +81,7 @@ type Waypoint struct {
 	id       spiffeid.ID
 	log      *slog.Logger
 	state    atomic.Pointer[state.Snapshot]
+	authn    atomic.Pointer[Authn] // nil: no RequestAuthentication in force
 	server   *hbone.Server
 	h1       *http.Server
 	h1in     *connListener
@@ -159,6 +160,10 @@ func (w *Waypoint) initHTTP() {
 // SetState puts a new mesh state in force; requests decided from now on
 // resolve their targets and endpoints in it.
 func (w *Waypoint) SetState(s *state.Snapshot) { w.state.Store(s) }
+
+// SetAuthn puts a set of RequestAuthentications in force (nil: none);
+// requests from now on are authenticated with it.
+func (w *Waypoint) SetAuthn(a *Authn) { w.authn.Store(a) }
 
 // State is the mesh state in force (nil before the first).
 func (w *Waypoint) State() *state.Snapshot { return w.state.Load() }

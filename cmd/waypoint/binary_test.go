@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -52,8 +58,19 @@ services:
 	os.MkdirAll(bundle, 0o755)
 	os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "r1", "roots": ["mesh/policies/t"]}`), 0o644)
 	os.WriteFile(filepath.Join(bundle, "p.rego"), []byte("package mesh.policies.t.p\n\ndeny contains {\"policy\": \"t/p\", \"rule\": \"no-admin\"} if input.request.url_path == \"/admin\"\n"), 0o644)
+	issuer := newTestIssuer(t, "https://issuer.test")
+	jwksFile := filepath.Join(dir, "jwks.json")
+	os.WriteFile(jwksFile, issuer.jwks, 0o644)
+	authn := filepath.Join(dir, "ra.yaml")
+	os.WriteFile(authn, []byte(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: web-jwt, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  jwtRules: [{issuer: "https://issuer.test", jwksUri: "file://`+jwksFile+`"}]
+`), 0o644)
 	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(),
+	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn,
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
 		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s")
 	var logs syncBuffer
@@ -86,6 +103,29 @@ services:
 	resp.Body.Close()
 	if resp.StatusCode != 403 || string(body) != "RBAC: access denied" {
 		t.Fatalf("got %d %q, want 403 RBAC: access denied\n%s", resp.StatusCode, body, logs.String())
+	}
+	// RequestAuthentication: a token of the issuer, its keys read from the
+	// jwksUri file, is valid (policy then denies /admin); another issuer's
+	// is Envoy's 401.
+	for _, tc := range []struct {
+		token  string
+		status int
+		body   string
+	}{
+		{issuer.token(t), 403, "RBAC: access denied"},
+		{newTestIssuer(t, "https://elsewhere.test").token(t), 401, "Jwt issuer is not configured"},
+	} {
+		req, _ := http.NewRequest("GET", "http://web.shop/admin", nil)
+		req.Header.Set("Authorization", "Bearer "+tc.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request with a JWT: %v\n%s", err, logs.String())
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || string(body) != tc.body {
+			t.Errorf("request with a JWT: got %d %q, want %d %q\n%s", resp.StatusCode, body, tc.status, tc.body, logs.String())
+		}
 	}
 	if m := fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, `istio_requests_total{`) || !strings.Contains(m, `reporter="waypoint"`) {
 		t.Errorf("metrics lack the denied request:\n%.2000s", m)
@@ -172,4 +212,34 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.buf.String()
+}
+
+// testIssuer signs JWTs with an EC key it publishes as a JWKS.
+type testIssuer struct {
+	name   string
+	signer jose.Signer
+	jwks   []byte
+}
+
+func newTestIssuer(t *testing.T, name string) *testIssuer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	return &testIssuer{name: name, signer: signer, jwks: jwks}
+}
+
+func (is *testIssuer) token(t *testing.T) string {
+	t.Helper()
+	tok, err := jwt.Signed(is.signer).Claims(map[string]any{"iss": is.name, "sub": "alice", "exp": time.Now().Add(time.Hour).Unix()}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }

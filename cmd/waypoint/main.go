@@ -40,6 +40,10 @@ type config struct {
 	logLevel      string
 	accessLog     string
 	decisionLog   string
+	requestAuthn  stringList
+	gateway       string
+	rootNamespace string
+	jwksRefresh   time.Duration
 }
 
 type stringList []string
@@ -67,6 +71,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
 	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log, one line per request: a file, - for stdout, or off")
 	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty)")
+	fs.Var(&c.requestAuthn, "request-authentication", "Kubernetes YAML file or directory of Istio RequestAuthentications whose JWTs the waypoint validates (repeatable; reloaded on change, the last good set kept); see docs/request-authentication.md")
+	fs.StringVar(&c.gateway, "gateway", "", "NAMESPACE/NAME of this waypoint's Gateway: RequestAuthentications whose targetRefs name it apply")
+	fs.StringVar(&c.rootNamespace, "root-namespace", "istio-system", "Istio root namespace: its RequestAuthentications without a selector apply mesh-wide")
+	fs.DurationVar(&c.jwksRefresh, "jwks-refresh", 20*time.Minute, "how often each jwksUri is fetched again (a failed fetch is retried sooner, and the last good key set kept)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/waypoint"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -53,6 +54,13 @@ func run(ctx context.Context, cfg config) error {
 	}
 	if err := watchState(ctx, cfg, w, log); err != nil {
 		return err
+	}
+	if len(cfg.requestAuthn) > 0 {
+		keys, err := startAuthn(ctx, cfg, w, log)
+		if err != nil {
+			return err
+		}
+		defer keys.Close()
 	}
 	go cfg.bundleFiles().Watch(ctx, engine, cfg.bundlePoll, log, nil)
 	l, err := net.Listen("tcp", cfg.hboneAddr)
@@ -105,6 +113,73 @@ func watchState(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog
 		},
 		func(err error) { log.Error("local config rejected; the last good state stays in force", "error", err) })
 	return nil
+}
+
+// startAuthn loads --request-authentication, waits for its key sets'
+// first fetch (briefly: a failed one is retried in the background), and
+// reloads it on change; a broken set keeps the last good one.
+func startAuthn(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog.Logger) (*waypoint.KeySets, error) {
+	keys := waypoint.NewKeySets(waypoint.KeySetsConfig{Refresh: cfg.jwksRefresh, Logger: log})
+	a, err := loadAuthn(cfg, keys, log)
+	if err != nil {
+		keys.Close()
+		return nil, fmt.Errorf("--request-authentication: %w", err)
+	}
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	keys.WaitFetched(wait)
+	cancel()
+	w.SetAuthn(a)
+	go func() {
+		last := policy.BundlesStamp(cfg.requestAuthn)
+		tick := time.NewTicker(cfg.bundlePoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			stamp := policy.BundlesStamp(cfg.requestAuthn)
+			if stamp == last {
+				continue
+			}
+			last = stamp
+			a, err := loadAuthn(cfg, keys, log)
+			if err != nil {
+				log.Error("RequestAuthentications rejected; the last good set stays in force", "error", err)
+				continue
+			}
+			w.SetAuthn(a)
+		}
+	}()
+	return keys, nil
+}
+
+// loadAuthn reads the RequestAuthentications of --request-authentication
+// (other kinds are skipped with a warning: AuthorizationPolicies reach
+// the waypoint translated, in its bundles).
+func loadAuthn(cfg config, keys *waypoint.KeySets, log *slog.Logger) (*waypoint.Authn, error) {
+	res, notes, err := istio.DecodeFiles(cfg.requestAuthn)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range notes {
+		log.Warn("--request-authentication: "+n.Message, "at", n.Pos)
+	}
+	for _, p := range res.AuthorizationPolicies {
+		log.Warn("--request-authentication: skipped an AuthorizationPolicy: translate it into a --bundle", "policy", p.ID(), "at", p.Origin)
+	}
+	for _, pa := range res.PeerAuthentications {
+		log.Warn("--request-authentication: skipped a PeerAuthentication: translate it into ztunnel's bundle", "policy", pa.ID(), "at", pa.Origin)
+	}
+	a, err := waypoint.NewAuthn(res.RequestAuthentications, waypoint.AuthnConfig{
+		Options: istio.Options{RootNamespace: cfg.rootNamespace}, Waypoint: cfg.gateway, Keys: keys,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("RequestAuthentications loaded", "count", len(res.RequestAuthentications), "gateway", cfg.gateway)
+	return a, nil
 }
 
 func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, func(), error) {

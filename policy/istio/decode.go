@@ -37,8 +37,8 @@ const defaultNamespace = "default"
 
 // Decode reads every AuthorizationPolicy (security.istio.io/v1 or v1beta1,
 // alone or in a List) from a multi-document YAML or JSON stream. Other kinds
-// are skipped with a note; so are PeerAuthentications, which DecodeAll
-// reads too. source names the stream in messages ("-" for standard input).
+// are skipped with a note; so are PeerAuthentications and
+// RequestAuthentications, which DecodeAll reads too. source names the stream in messages ("-" for standard input).
 // The policies are converted but not validated: Translate (or Validate)
 // does that. On error the policies decoded so far are returned with every
 // problem found, each naming source:line, the document's index and the
@@ -48,11 +48,15 @@ func Decode(r io.Reader, source string) ([]*Policy, []Note, error) {
 	for _, pa := range res.PeerAuthentications {
 		notes = append(notes, Note{Pos: pa.Origin, Message: fmt.Sprintf("skipped PeerAuthentication %s: read it with DecodeAll", pa.ID())})
 	}
+	for _, ra := range res.RequestAuthentications {
+		notes = append(notes, Note{Pos: ra.Origin, Message: fmt.Sprintf("skipped RequestAuthentication %s: read it with DecodeAll", ra.ID())})
+	}
 	return res.AuthorizationPolicies, notes, err
 }
 
-// DecodeAll reads every AuthorizationPolicy and PeerAuthentication
-// (security.istio.io/v1 or v1beta1, alone or in a List) from a
+// DecodeAll reads every AuthorizationPolicy, PeerAuthentication and
+// RequestAuthentication (security.istio.io/v1 or v1beta1, alone or in a
+// List) from a
 // multi-document YAML or JSON stream, as Decode does. The result is never
 // nil.
 func DecodeAll(r io.Reader, source string) (*Resources, []Note, error) {
@@ -151,9 +155,9 @@ func (d *decoder) object(doc document, obj any, path string, lines map[string]in
 		return
 	}
 	group, version, _ := strings.Cut(apiVersion, "/")
-	if (kind != "AuthorizationPolicy" && kind != "PeerAuthentication") || group != "security.istio.io" {
+	if (kind != "AuthorizationPolicy" && kind != "PeerAuthentication" && kind != "RequestAuthentication") || group != "security.istio.io" {
 		what := strings.TrimSpace(describeKind(apiVersion, kind) + " " + objectName(m))
-		d.notes = append(d.notes, Note{Pos: d.pos(line), Message: fmt.Sprintf("document %d: skipped %s: not an AuthorizationPolicy or a PeerAuthentication", doc.index, what)})
+		d.notes = append(d.notes, Note{Pos: d.pos(line), Message: fmt.Sprintf("document %d: skipped %s: not an AuthorizationPolicy, a PeerAuthentication or a RequestAuthentication", doc.index, what)})
 		return
 	}
 	if version != "v1" && version != "v1beta1" {
@@ -162,6 +166,10 @@ func (d *decoder) object(doc document, obj any, path string, lines map[string]in
 	}
 	if kind == "PeerAuthentication" {
 		d.peerAuthentication(doc, m, path, lines)
+		return
+	}
+	if kind == "RequestAuthentication" {
+		d.requestAuthentication(doc, m, path, lines)
 		return
 	}
 	d.policy(doc, m, version, path, lines)

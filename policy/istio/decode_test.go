@@ -119,9 +119,9 @@ kind: Unknown
 		got = append(got, n.String())
 	}
 	want := []string{
-		"n.yaml:2: document 0: skipped Service (v1) shop/web: not an AuthorizationPolicy or a PeerAuthentication",
+		"n.yaml:2: document 0: skipped Service (v1) shop/web: not an AuthorizationPolicy, a PeerAuthentication or a RequestAuthentication",
 		`n.yaml:7: document 2: AuthorizationPolicy no-namespace has no metadata.namespace: translated in namespace "default"`,
-		"n.yaml:14: document 3: skipped Unknown: not an AuthorizationPolicy or a PeerAuthentication",
+		"n.yaml:14: document 3: skipped Unknown: not an AuthorizationPolicy, a PeerAuthentication or a RequestAuthentication",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("notes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -64,6 +64,10 @@ func (pa *PeerAuthentication) workloadLevel() bool { return len(pa.Selector) > 0
 type Resources struct {
 	AuthorizationPolicies []*Policy
 	PeerAuthentications   []*PeerAuthentication
+	// RequestAuthentications are not translated to Rego: waypoints
+	// validate the JWTs they describe and hand the result to policy as
+	// input.request.auth.
+	RequestAuthentications []*RequestAuthentication
 }
 
 // ConvertPeerAuthentication turns a PeerAuthentication as the Kubernetes

@@ -46,8 +46,9 @@ func Translate(policies []*Policy, opts Options) (*Translation, error) {
 // TranslateAll validates and translates AuthorizationPolicies, as
 // Translate does, and PeerAuthentications: one module each, where a STRICT
 // mode denies plaintext wherever that policy decides the mode (the most
-// specific one does, as in Istio; see peerTree). Invalid resources fail
-// the whole set.
+// specific one does, as in Istio; see peerTree). RequestAuthentications are
+// validated, and each named in a warning: waypoints enforce them, not the
+// bundle. Invalid resources fail the whole set.
 func TranslateAll(res *Resources, opts Options) (*Translation, error) {
 	opts = opts.withDefaults()
 	var errs []error
@@ -73,6 +74,17 @@ func TranslateAll(res *Resources, opts Options) (*Translation, error) {
 		}
 		seenPeer[pa.ID()] = pa.Origin
 	}
+	seenRequest := map[string]string{}
+	for _, ra := range res.RequestAuthentications {
+		if err := ValidateRequestAuthentication(ra); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if first, dup := seenRequest[ra.ID()]; dup {
+			errs = append(errs, &FieldError{Pos: ra.Origin, Policy: ra.ID(), Problem: "RequestAuthentication defined twice (first at " + first + ")", kind: ErrInvalid})
+		}
+		seenRequest[ra.ID()] = ra.Origin
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -88,6 +100,11 @@ func TranslateAll(res *Resources, opts Options) (*Translation, error) {
 			out.Modules[PeerModuleFile(pa)] = tree.translate(pa)
 		}
 		out.Warnings = append(out.Warnings, tree.warnings...)
+	}
+	for _, ra := range res.RequestAuthentications {
+		out.Warnings = append(out.Warnings, Warning{Policy: ra.ID(), Rule: -1, Message: "a RequestAuthentication is not part of the bundle: " +
+			"waypoints validate its JWTs (waypoint --request-authentication) and policy sees the result as input.request.auth; " +
+			"see docs/request-authentication.md"})
 	}
 	return out, nil
 }

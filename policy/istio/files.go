@@ -1,0 +1,77 @@
+package istio
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// DecodeFiles reads every resource DecodeAll reads from files and from the
+// .yaml, .yml and .json files under directories ("-" is standard input),
+// with notes on what was skipped. It decodes every file before it fails,
+// so the error lists every problem; the resources decoded are returned
+// with it.
+func DecodeFiles(paths []string) (*Resources, []Note, error) {
+	files, err := resourceFiles(paths)
+	if err != nil {
+		return &Resources{}, nil, err
+	}
+	all := &Resources{}
+	var notes []Note
+	var errs []error
+	for _, file := range files {
+		res, ns, err := decodeFile(file)
+		all.AuthorizationPolicies = append(all.AuthorizationPolicies, res.AuthorizationPolicies...)
+		all.PeerAuthentications = append(all.PeerAuthentications, res.PeerAuthentications...)
+		all.RequestAuthentications = append(all.RequestAuthentications, res.RequestAuthentications...)
+		notes = append(notes, ns...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return all, notes, errors.Join(errs...)
+}
+
+func decodeFile(path string) (*Resources, []Note, error) {
+	if path == "-" {
+		return DecodeAll(os.Stdin, "-")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return &Resources{}, nil, err
+	}
+	defer f.Close()
+	return DecodeAll(f, path)
+}
+
+// resourceFiles expands directories into their YAML and JSON files.
+func resourceFiles(paths []string) ([]string, error) {
+	var out []string
+	for _, p := range paths {
+		if p == "-" {
+			out = append(out, p)
+			continue
+		}
+		info, err := os.Stat(p)
+		if err != nil {
+			return nil, err
+		}
+		if !info.IsDir() {
+			out = append(out, p)
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && slices.Contains([]string{".yaml", ".yml", ".json"}, strings.ToLower(filepath.Ext(path))) {
+				out = append(out, path)
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
