@@ -8,8 +8,9 @@ import (
 // ruleIndex finds the rules of one contribution point that can match an
 // input without testing them all, as OPA's rule index does: each rule is
 // filed under one equality (or set membership) condition on one field, so
-// a decision costs a map lookup per indexed field plus the candidates,
-// which a bucket's plan decides together (plan.go).
+// a decision costs a map lookup per indexed field (shared by every point:
+// programKey) plus the candidates, which a bucket's plan decides together
+// (plan.go).
 //
 // Invariant: every rule is either in scan or under exactly one field, once
 // per value of its key condition; a rule's full condition is always tested,
@@ -25,9 +26,10 @@ type ruleIndex struct {
 	dryRun bool
 }
 
+// keyedRules are the buckets of one field, by value.
 type keyedRules struct {
 	field   *field
-	byValue valueMap[*bucket]
+	byValue map[valueKey]*bucket
 }
 
 // keyCandidate is one condition a rule could be filed under: cond[at].
@@ -37,7 +39,7 @@ type keyCandidate struct {
 	at     int
 }
 
-func buildIndex(rules []nativeRule) *ruleIndex {
+func buildIndex(rules []nativeRule, point int) *ruleIndex {
 	idx := &ruleIndex{rules: rules, tests: make([]allOf, len(rules))}
 	distinct := distinctValues(rules)
 	byField := map[*field]map[valueKey][]int32{}
@@ -63,14 +65,14 @@ func buildIndex(rules []nativeRule) *ruleIndex {
 		}
 	}
 	for _, f := range fields {
-		k := keyedRules{field: f}
+		k := keyedRules{field: f, byValue: make(map[valueKey]*bucket, len(byField[f]))}
 		for v, rs := range byField[f] {
-			k.byValue.put(v, newBucket(rs, idx.tests))
+			k.byValue[v] = newBucket(idx, point, rs)
 		}
 		idx.keyed = append(idx.keyed, k)
 	}
 	if len(scan) > 0 {
-		idx.scan = newBucket(scan, idx.tests)
+		idx.scan = newBucket(idx, point, scan)
 	}
 	return idx
 }
@@ -130,32 +132,68 @@ func bestKey(cond allOf, distinct map[*field]int) (keyCandidate, bool) {
 	return best, bestScore > 0
 }
 
-// matches adds to acc, as point pt, every rule whose condition holds for in.
-func (idx *ruleIndex) matches(in *Input, pt int, acc *accumulator) {
-	for i := range idx.keyed {
-		if b := idx.keyed[i].lookup(in); b != nil {
-			idx.decide(b, in, pt, acc)
-		}
-	}
-	if idx.scan != nil {
-		idx.decide(idx.scan, in, pt, acc)
-	}
+// programKey is a field rules are filed under, at any point: one lookup
+// per decision finds the buckets of every point under the input's value.
+type programKey struct {
+	field   *field
+	byValue valueMap[[]*bucket]
 }
 
-// decide adds the rules of b that hold for in.
-func (idx *ruleIndex) decide(b *bucket, in *Input, pt int, acc *accumulator) {
+// programKeys merges the points' keyed fields, in the order first seen.
+func programKeys(points [numPoints]*ruleIndex) []programKey {
+	byField := map[*field]map[valueKey][]*bucket{}
+	var fields []*field
+	for _, idx := range points {
+		for _, k := range idx.keyed {
+			if byField[k.field] == nil {
+				byField[k.field] = map[valueKey][]*bucket{}
+				fields = append(fields, k.field)
+			}
+			for v, b := range k.byValue {
+				byField[k.field][v] = append(byField[k.field][v], b)
+			}
+		}
+	}
+	out := make([]programKey, len(fields))
+	for i, f := range fields {
+		out[i].field = f
+		for v, bs := range byField[f] {
+			out[i].byValue.put(v, bs)
+		}
+	}
+	return out
+}
+
+// lookup is the buckets filed under in's value of the field.
+func (k *programKey) lookup(in *Input) []*bucket {
+	v, ok := k.field.get(in)
+	if !ok {
+		return nil
+	}
+	bs, _ := k.byValue.get(v)
+	return bs
+}
+
+// decide adds to acc, as its point, every rule of b that holds for in.
+func (b *bucket) decide(in *Input, acc *accumulator) {
 	w := &acc.plans
 	w.work.Candidates += len(b.rules)
+	idx := b.idx
 	if b.plan == nil {
 		w.work.Tested += len(b.rules)
 		for _, r := range b.rules {
 			if idx.tests[r].match(in) {
-				acc.add(pt, idx.rules[r].entry)
+				acc.add(b.point, idx.rules[r].entry)
 			}
 		}
 		return
 	}
-	for wi, word := range b.plan.survivors(in, w) {
+	alive := b.plan.survivors(in, w)
+	if b.scope != nil && slices.Equal(alive, b.plan.full) {
+		acc.whole = append(acc.whole, b.scope)
+		return
+	}
+	for wi, word := range alive {
 		for word != 0 {
 			i := wi<<6 | bits.TrailingZeros64(word)
 			word &= word - 1
@@ -165,32 +203,7 @@ func (idx *ruleIndex) decide(b *bucket, in *Input, pt int, acc *accumulator) {
 					continue
 				}
 			}
-			acc.add(pt, idx.rules[b.rules[i]].entry)
+			acc.add(b.point, idx.rules[b.rules[i]].entry)
 		}
 	}
-}
-
-// lookup is the bucket filed under in's value of the field, if any.
-func (k *keyedRules) lookup(in *Input) *bucket {
-	v, ok := k.field.get(in)
-	if !ok {
-		return nil
-	}
-	b, _ := k.byValue.get(v)
-	return b
-}
-
-// candidates counts the rules the index hands over for in (benchmarks
-// and explanations report it).
-func (idx *ruleIndex) candidates(in *Input) int {
-	n := 0
-	if idx.scan != nil {
-		n = len(idx.scan.rules)
-	}
-	for i := range idx.keyed {
-		if b := idx.keyed[i].lookup(in); b != nil {
-			n += len(b.rules)
-		}
-	}
-	return n
 }

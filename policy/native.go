@@ -75,6 +75,7 @@ type nativeRule struct {
 // data.mesh.authz.decision answers (the differential tests hold it to that).
 type program struct {
 	points   [numPoints]*ruleIndex
+	keys     []programKey   // the points' keyed fields, looked up once for all
 	fallback *fallbackQuery // nil when every package is native
 	fields   []*field       // every input field the native rules read
 	notes    []string       // why packages fell back to topdown
@@ -111,8 +112,9 @@ func compileProgram(ctx context.Context, act *activation) (*program, error) {
 	}
 	rankScopes(rules[pointAllowScope])
 	for pt := range rules {
-		p.points[pt] = buildIndex(rules[pt])
+		p.points[pt] = buildIndex(rules[pt], pt)
 	}
+	p.keys = programKeys(p.points)
 	for _, f := range l.fields {
 		p.fields = append(p.fields, f)
 	}

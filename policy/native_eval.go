@@ -26,13 +26,20 @@ func (p *program) decide(ctx context.Context, in *Input) (Decision, error) {
 func (p *program) decideWork(ctx context.Context, in *Input) (Decision, Work, error) {
 	acc := accumulators.Get().(*accumulator)
 	defer acc.release()
-	for pt, idx := range p.points {
-		if pt != pointAllowScope {
-			idx.matches(in, pt, acc)
+	for i := range p.keys {
+		for _, b := range p.keys[i].lookup(in) {
+			acc.decideLater(b, in)
+		}
+	}
+	for _, idx := range p.points {
+		if idx.scan != nil {
+			acc.decideLater(idx.scan, in)
 		}
 	}
 	if p.points[pointAllowScope].dryRun || !acc.decided() {
-		p.points[pointAllowScope].matches(in, pointAllowScope, acc)
+		for _, b := range acc.later {
+			b.decide(in, acc)
+		}
 	}
 	work := acc.plans.work
 	if p.fallback != nil {
@@ -41,6 +48,15 @@ func (p *program) decideWork(ctx context.Context, in *Input) (Decision, Work, er
 		}
 	}
 	return acc.decision(p.reasons), work, nil
+}
+
+// decideLater decides b now, or keeps it for later if it is of allow_scope.
+func (a *accumulator) decideLater(b *bucket, in *Input) {
+	if b.point == pointAllowScope {
+		a.later = append(a.later, b)
+		return
+	}
+	b.decide(in, a)
 }
 
 // decided reports whether an enforced custom_deny, deny or allow entry
@@ -56,19 +72,30 @@ var accumulators = sync.Pool{New: func() any { return new(accumulator) }}
 func (a *accumulator) release() {
 	clear(a.scope)
 	clear(a.audit)
+	clear(a.later)
+	clear(a.whole)
 	plans := a.plans
+	clear(plans.hits)
 	plans.hits = plans.hits[:0]
 	plans.work = Work{}
-	*a = accumulator{scope: a.scope[:0], audit: a.audit[:0], names: a.names[:0], plans: plans}
+	*a = accumulator{scope: a.scope[:0], audit: a.audit[:0], names: a.names[:0], plans: plans,
+		later: a.later[:0], whole: a.whole[:0]}
 	accumulators.Put(a)
 }
 
-// candidates counts the native rules decide tests for a prepared input,
-// every point together: the work the rule index leaves.
+// candidates counts the native rules the index hands over for a prepared
+// input, every point together: the work the rule index leaves.
 func (p *program) candidates(in *Input) int {
 	n := 0
+	for i := range p.keys {
+		for _, b := range p.keys[i].lookup(in) {
+			n += len(b.rules)
+		}
+	}
 	for _, idx := range p.points {
-		n += idx.candidates(in)
+		if idx.scan != nil {
+			n += len(idx.scan.rules)
+		}
 	}
 	return n
 }
@@ -82,8 +109,10 @@ type accumulator struct {
 	scope     []*entry                // allow_scope, all
 	audit     []*entry                // enforced audit
 	hasDryRun bool
-	names     []*entry // scratch for a verdict's selecting policies
-	plans     planWork // the bucket plans' working memory, and the work done
+	names     []*entry      // scratch for a verdict's selecting policies
+	plans     planWork      // the bucket plans' working memory, and the work done
+	later     []*bucket     // allow_scope buckets, decided if the verdict needs them
+	whole     []*wholeScope // allow_scope buckets every rule of which holds
 }
 
 func (a *accumulator) add(pt int, e *entry) {
@@ -113,6 +142,12 @@ func smaller(have, e *entry) *entry {
 // decision is the library's verdict on the gathered entries; reasons
 // (nil: none) remembers the reasons that list selecting policies.
 func (a *accumulator) decision(reasons *reasonMemo) Decision {
+	if len(a.whole) > 1 || len(a.whole) == 1 && len(a.scope) > 0 {
+		for _, ws := range a.whole {
+			a.scope = append(a.scope, ws.entries...)
+		}
+		a.whole = a.whole[:0]
+	}
 	d := Decision{Verdict: a.verdict(a.enforced, true, reasons), Audit: a.auditRules()}
 	if a.hasDryRun {
 		dry := a.verdict(a.all, false, reasons)
@@ -138,6 +173,9 @@ func (a *accumulator) verdict(smallest [pointAllowScope]*entry, enforcedOnly boo
 		}
 	}
 	a.names = names
+	if len(names) == 0 && len(a.whole) == 1 {
+		return Verdict{Reason: a.whole[0].reason} // the only selecting policies
+	}
 	if len(names) == 0 {
 		return Verdict{Allow: true, Reason: "no ALLOW policy selects the destination"}
 	}

@@ -7,8 +7,21 @@ import "net/netip"
 // the conditions its rules put on each input field are looked up once per
 // decision for all of them, instead of once per rule.
 type bucket struct {
-	rules []int32     // into ruleIndex.rules, ascending
+	idx   *ruleIndex
+	point int
+	rules []int32     // into idx.rules, ascending
 	plan  *bucketPlan // nil: the rules are tested one by one
+	// scope stands for every rule of an allow_scope bucket when all hold.
+	scope *wholeScope
+}
+
+// wholeScope is what an allow_scope bucket contributes when every rule in
+// it holds (as for every decision on a workload many ALLOWs select): its
+// enforced entries, by rank, and the reason a verdict gives when they are
+// the only selecting policies, built once.
+type wholeScope struct {
+	entries []*entry
+	reason  string
 }
 
 // planMinRules is the smallest bucket worth a plan: below it, testing the

@@ -6,18 +6,39 @@ import (
 	"slices"
 )
 
-// newBucket files rules (ascending) as a bucket, with a plan when it has
-// enough rules and they share fields a lookup can decide.
-func newBucket(rules []int32, tests []allOf) *bucket {
-	b := &bucket{rules: rules}
+// newBucket files rules (ascending) of idx as a bucket of point, with a
+// plan when it has enough rules and they share fields a lookup can decide.
+func newBucket(idx *ruleIndex, point int, rules []int32) *bucket {
+	b := &bucket{idx: idx, point: point, rules: rules}
 	if len(rules) >= planMinRules {
-		b.plan = planBucket(rules, tests)
+		b.plan = planBucket(rules, idx.tests)
+	}
+	if b.plan != nil && point == pointAllowScope {
+		b.scope = newWholeScope(idx, b)
 	}
 	return b
 }
 
+// newWholeScope summarises an allow_scope bucket for when all its rules
+// hold; nil when some rule contributes a dry-run entry or keeps residual
+// conditions (then its rules are added one by one).
+func newWholeScope(idx *ruleIndex, b *bucket) *wholeScope {
+	ws := &wholeScope{}
+	for i, r := range b.rules {
+		e := idx.rules[r].entry
+		if e.dryRun || b.plan.residual[i] != nil {
+			return nil
+		}
+		ws.entries = append(ws.entries, e)
+	}
+	slices.SortStableFunc(ws.entries, byRank)
+	ws.reason = selectingReason(ws.entries)
+	return ws
+}
+
 // planBucket builds the plan of a bucket; nil when no condition of its
-// rules can be decided by a lookup.
+// rules can be decided by a lookup, and some are left (a bucket whose
+// rules have no condition left has a plan without groups: all hold).
 func planBucket(rules []int32, tests []allOf) *bucketPlan {
 	n := len(rules)
 	p := &bucketPlan{words: (n + 63) / 64, residual: make([]allOf, n)}
@@ -47,7 +68,7 @@ func planBucket(rules []int32, tests []allOf) *bucketPlan {
 		}
 		p.residual[i] = residual
 	}
-	if len(builders) == 0 {
+	if len(builders) == 0 && slices.ContainsFunc(p.residual, func(c allOf) bool { return c != nil }) {
 		return nil
 	}
 	for _, f := range order {

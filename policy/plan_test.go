@@ -1,9 +1,13 @@
 package policy
 
 import (
+	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -31,15 +35,12 @@ func TestPlanAgreesWithMatchers(t *testing.T) {
 					tests[i] = append(tests[i], randomCondition(r))
 				}
 			}
-			b := newBucket(ids, tests)
+			idx := auditIndex(tests)
+			b := newBucket(idx, pointAudit, ids)
 			if b.plan == nil {
 				continue
 			}
 			planned++
-			idx := &ruleIndex{tests: tests}
-			for i := range tests {
-				idx.rules = append(idx.rules, nativeRule{entry: &entry{value: ast.IntNumberTerm(i).Value, enforced: true}})
-			}
 			for range 60 {
 				in := randomPlanInput(r)
 				var want []int
@@ -48,7 +49,7 @@ func TestPlanAgreesWithMatchers(t *testing.T) {
 						want = append(want, i)
 					}
 				}
-				got := planMatches(idx, b, &in)
+				got := planMatches(b, &in)
 				if !slices.Equal(got, want) {
 					t.Fatalf("seed %d: %d rules: the plan passes %v, the matchers %v, for %+v", seed, n, got, want, in)
 				}
@@ -60,12 +61,22 @@ func TestPlanAgreesWithMatchers(t *testing.T) {
 	}
 }
 
-// planMatches decides bucket b of idx for in, as a decision does, and
-// returns the rules it added, in order.
-func planMatches(idx *ruleIndex, b *bucket, in *Input) []int {
+// auditIndex is an index of audit rules with the given tests, each
+// contributing its number.
+func auditIndex(tests []allOf) *ruleIndex {
+	idx := &ruleIndex{tests: tests}
+	for i := range tests {
+		idx.rules = append(idx.rules, nativeRule{entry: &entry{value: ast.IntNumberTerm(i).Value, enforced: true}})
+	}
+	return idx
+}
+
+// planMatches decides bucket b for in, as a decision does, and returns
+// the rules it added, in order.
+func planMatches(b *bucket, in *Input) []int {
 	acc := accumulators.Get().(*accumulator)
 	defer acc.release()
-	idx.decide(b, in, pointAudit, acc)
+	b.decide(in, acc)
 	var out []int
 	for _, e := range acc.audit {
 		n, _ := e.value.(ast.Number).Int()
@@ -193,13 +204,9 @@ func TestPlanLookups(t *testing.T) {
 		{not{compare{f: f, op: opEq, want: stringValue("abc")}}},
 	}
 	ids := []int32{0, 1, 2, 3, 4, 5}
-	b := newBucket(ids, tests)
+	b := newBucket(auditIndex(tests), pointAudit, ids)
 	if b.plan == nil || len(b.plan.groups) != 1 || len(b.plan.residual[0]) != 0 {
 		t.Fatalf("want one group deciding every rule: %+v", b.plan)
-	}
-	idx := &ruleIndex{tests: tests}
-	for i := range tests {
-		idx.rules = append(idx.rules, nativeRule{entry: &entry{value: ast.IntNumberTerm(i).Value, enforced: true}})
 	}
 	for _, tc := range []struct {
 		value string
@@ -216,7 +223,7 @@ func TestPlanLookups(t *testing.T) {
 		{"", []int{5}},
 	} {
 		in := Input{Source: Source{Principal: tc.value}}
-		if got := planMatches(idx, b, &in); !slices.Equal(got, tc.want) {
+		if got := planMatches(b, &in); !slices.Equal(got, tc.want) {
 			t.Errorf("%q: plan passes %v, want %v", tc.value, got, tc.want)
 		}
 		var brute []int
@@ -229,4 +236,153 @@ func TestPlanLookups(t *testing.T) {
 			t.Errorf("%q: the matchers pass %v, want %v (the table is wrong)", tc.value, brute, tc.want)
 		}
 	}
+}
+
+// TestPlannedBucketsAgreeWithTopdown decides, natively and with topdown,
+// bundles whose rules crowd into large buckets (many policies selecting
+// one workload, as a busy service's ALLOWs do), so that decisions go
+// through plans, whole allow_scope buckets, the skipped allow_scope point
+// and remembered reasons; dry-run entries and conditions a plan leaves to
+// the residual included. Explain must agree and name the same rule.
+func TestPlannedBucketsAgreeWithTopdown(t *testing.T) {
+	ctx := context.Background()
+	for _, seed := range []uint64{1, 2, 3, 4, 5, 6, rand.Uint64()} {
+		r := rand.New(rand.NewPCG(seed, 13))
+		files := map[string]string{".manifest": `{"revision": "planned", "roots": ["mesh/policies/hot"]}`}
+		dryRuns := r.IntN(2) == 0 // else no dry-run entry, so allow_scope buckets can be whole
+		for n := range 16 + r.IntN(30) {
+			files[fmt.Sprintf("p%d.rego", n)] = genCrowdedPackage(r, n, dryRuns)
+		}
+		dir := writeBundle(t, t.TempDir(), files)
+		native := loadEngine(t, Config{Logger: quietLogger()}, dir)
+		reference := loadEngine(t, Config{Topdown: true, CacheSize: -1, Logger: quietLogger()}, dir)
+		prog := native.current.Load().prog
+		if prog == nil || prog.fallback != nil {
+			t.Fatalf("seed %d: the bundle must be native throughout: %v", seed, prog)
+		}
+		planned, whole := plannedBuckets(prog)
+		if planned < 2 || whole < 1 && !dryRuns {
+			t.Fatalf("seed %d: only %d buckets have a plan, %d a whole allow_scope", seed, planned, whole)
+		}
+		for i := range 300 {
+			in := genInput(r)
+			if r.IntN(10) < 7 {
+				in.Destination.Labels = map[string]string{"app": "hot"}
+				if r.IntN(3) == 0 {
+					in.Destination.Labels["tier"] = pick(r, []string{"debug", "prod"})
+				}
+			}
+			if r.IntN(3) == 0 { // a source few rules admit
+				in.Source = Source{Principal: principal("outside", "x"), IP: "192.0.2.1"}
+			}
+			want, werr := reference.Decide(ctx, in)
+			got, gerr := native.Decide(ctx, in)
+			again, aerr := native.Decide(ctx, in)
+			x, xerr := native.Explain(ctx, in)
+			if !sameError(werr, gerr) || !sameError(werr, aerr) || !sameError(werr, xerr) ||
+				!reflect.DeepEqual(want, got) || !reflect.DeepEqual(want, again) || !reflect.DeepEqual(want, x.Decision) {
+				t.Fatalf("seed %d input %d disagree\ninput: %+v\ntopdown: %+v %v\nnative:  %+v %v\ncached:  %+v %v\nexplain: %+v %v\npolicies:\n%s",
+					seed, i, in, want, werr, got, gerr, again, aerr, x.Decision, xerr, joinFiles(files))
+			}
+		}
+	}
+}
+
+// plannedBuckets counts the buckets of prog that have a plan, and those
+// of them summarised as a whole allow_scope.
+func plannedBuckets(prog *program) (planned, whole int) {
+	seen := map[*bucket]bool{}
+	count := func(b *bucket) {
+		if b != nil && b.plan != nil && !seen[b] {
+			seen[b] = true
+			planned++
+			if b.scope != nil {
+				whole++
+			}
+		}
+	}
+	for _, idx := range prog.points {
+		count(idx.scan)
+		for _, k := range idx.keyed {
+			for _, b := range k.byValue {
+				count(b)
+			}
+		}
+	}
+	return planned, whole
+}
+
+// genCrowdedPackage is policy n of a crowd selecting app=hot: its scope,
+// ALLOW rules over conditions the plans decide (and some they leave to
+// the residual), and now and then a DENY or an audit rule.
+func genCrowdedPackage(r *rand.Rand, n int, dryRuns bool) string {
+	id := fmt.Sprintf("hot/p%d", n)
+	var b strings.Builder
+	fmt.Fprintf(&b, "package mesh.policies.hot.p%d\n\n", n)
+	switch {
+	case n%10 == 3: // namespace-wide: a bucket of its own, planned or not
+		b.WriteString("applies if input.destination.namespace == \"shop\"\n\n")
+	case r.IntN(2) == 0:
+		b.WriteString("applies if input.destination.labels.app == \"hot\"\n\n")
+	default:
+		b.WriteString("applies if {\n\tinput.destination.labels.app == \"hot\"\n\tinput.destination.namespace == \"shop\"\n}\n\n")
+	}
+	b.WriteString("from_nets if net.cidr_contains(\"10.0.0.0/8\", input.source.ip)\n\n")
+	b.WriteString("from_nets if net.cidr_contains(\"2001:db8::/32\", input.source.ip)\n\n")
+	dryRun := ""
+	if dryRuns && r.IntN(12) == 0 {
+		dryRun = `, "dry_run": true`
+	}
+	fmt.Fprintf(&b, "allow_scope contains {\"policy\": %q%s} if applies\n\n", id, dryRun)
+	for i := range 1 + r.IntN(3) {
+		point := pick(r, []string{"allow", "allow", "allow", "deny", "audit"})
+		fmt.Fprintf(&b, "%s contains {\"policy\": %q, \"rule\": %d%s} if {\n\tapplies\n", point, id, i, dryRun)
+		for c := range 2 + r.IntN(4) {
+			fmt.Fprintf(&b, "\t%s\n", crowdedCondition(r, c))
+		}
+		b.WriteString("}\n\n")
+	}
+	return b.String()
+}
+
+// crowdedCondition is condition c of a body.
+func crowdedCondition(r *rand.Rand, c int) string {
+	ns, sa := pick(r, poolNS), pick(r, poolSA)
+	switch r.IntN(18) {
+	case 0:
+		return fmt.Sprintf("input.source.namespace == %q", ns)
+	case 1:
+		return fmt.Sprintf("input.source.namespace in {%q, %q}", ns, pick(r, poolNS))
+	case 2:
+		return fmt.Sprintf("input.source.namespace != %q", ns)
+	case 3:
+		return fmt.Sprintf("startswith(input.source.principal, %q)", "spiffe://td/ns/"+ns+"/")
+	case 4:
+		return fmt.Sprintf("not startswith(input.source.principal, %q)", "spiffe://td/ns/"+ns+"/")
+	case 5:
+		return fmt.Sprintf("endswith(input.source.principal, %q)", "/sa/"+sa)
+	case 6:
+		return fmt.Sprintf("net.cidr_contains(%q, input.source.ip)", pick(r, []string{"10.0.0.0/24", "10.0.0.0/8", "2001:db8::/32", "192.168.0.0/16"}))
+	case 7:
+		return "from_nets"
+	case 8:
+		return "not from_nets"
+	case 9:
+		return fmt.Sprintf("input.destination.port == %d", pick(r, poolPorts))
+	case 10:
+		return fmt.Sprintf("input.destination.port in {%d, %d}", pick(r, poolPorts), pick(r, poolPorts))
+	case 11:
+		return fmt.Sprintf("input.destination.port >= %d", pick(r, poolPorts))
+	case 12:
+		return `not input.destination.labels.tier == "debug"`
+	case 13:
+		return pick(r, []string{"input.connection.mtls", "not input.connection.mtls"})
+	case 14:
+		return fmt.Sprintf("input.source.service_account == %q", sa)
+	case 15:
+		return fmt.Sprintf("x%d := input.source.service_account\n\tx%d != \"db\"", c, c)
+	case 16:
+		return fmt.Sprintf("contains(input.source.principal, %q)", "/sa/"+sa)
+	}
+	return fmt.Sprintf("input.request.method == %q", pick(r, poolMethods))
 }
