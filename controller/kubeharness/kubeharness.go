@@ -242,18 +242,6 @@ func (c *Cluster) Logs() string { return c.apiserver.logs() }
 // EtcdLogs returns etcd's log.
 func (c *Cluster) EtcdLogs() string { return c.etcd.logs() }
 
-// PIDs returns the process IDs of etcd and kube-apiserver, for tests that
-// check that they are gone after Close.
-func (c *Cluster) PIDs() []int {
-	var pids []int
-	for _, p := range []*process{c.etcd, c.apiserver} {
-		if p != nil {
-			pids = append(pids, p.cmd.Process.Pid)
-		}
-	}
-	return pids
-}
-
 // Close stops kube-apiserver, then etcd, waits for both to exit, and
 // removes the directory if Start made it. Calling it again does nothing.
 func (c *Cluster) Close() error {

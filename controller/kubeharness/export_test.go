@@ -1,0 +1,13 @@
+package kubeharness
+
+// PIDs returns the process IDs of etcd and kube-apiserver, for the test
+// that checks that they are gone after Close.
+func (c *Cluster) PIDs() []int {
+	var pids []int
+	for _, p := range []*process{c.etcd, c.apiserver} {
+		if p != nil {
+			pids = append(pids, p.cmd.Process.Pid)
+		}
+	}
+	return pids
+}
