@@ -19,6 +19,7 @@ type AccessEntry struct {
 	Service       string    `json:"dst.service,omitempty"`
 	DestinationWL string    `json:"dst.workload,omitempty"`
 	Upstream      string    `json:"upstream.addr,omitempty"`
+	Route         string    `json:"route_name,omitempty"` // the HTTPRoute rule, "<namespace>/<name>#<index>"
 	Method        string    `json:"method,omitempty"`
 	Path          string    `json:"path,omitempty"`
 	Host          string    `json:"host,omitempty"`

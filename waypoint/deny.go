@@ -16,6 +16,8 @@ const (
 	grpcPermissionDenied = 7
 	grpcUnavailable      = 14
 	grpcUnauthenticated  = 16
+	grpcUnimplemented    = 12
+	grpcInternal         = 13
 )
 
 // isGRPC reports a gRPC request (content-type application/grpc, or
@@ -44,6 +46,16 @@ func unavailable(rw http.ResponseWriter, grpc bool) {
 		return
 	}
 	plain(rw, http.StatusServiceUnavailable, "no healthy upstream")
+}
+
+// respond is the waypoint's own answer: status and body, or for gRPC the
+// code and message.
+func respond(rw http.ResponseWriter, grpc bool, status, code int, msg string) {
+	if grpc {
+		grpcStatus(rw, code, msg)
+		return
+	}
+	plain(rw, status, msg)
 }
 
 func plain(rw http.ResponseWriter, status int, body string) {

@@ -18,9 +18,10 @@ var (
 const (
 	FlagNone      = "-"
 	FlagDenied    = "DENY" // policy refused the request or connection
-	FlagNoRoute   = "NR"   // the authority names nothing in the state
+	FlagNoRoute   = "NR"   // the authority names nothing in the state, or no HTTPRoute rule matches
 	FlagNoHealthy = "UH"   // the target has no endpoint
 	FlagUpstream  = "UF"   // the upstream tunnel or request failed
+	FlagTimeout   = "UT"   // no response within the HTTPRoute rule's request timeout (504)
 	FlagLoop      = "LOOP" // addressed to the waypoint itself
 	FlagJWT       = "JWT"  // a RequestAuthentication refused the request's token (401); regomesh's own flag
 )

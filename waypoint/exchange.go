@@ -20,6 +20,7 @@ type exchange struct {
 	target   state.Target
 	endpoint *state.Workload
 	upstream netip.AddrPort
+	rule     *routeRule // the HTTPRoute rule that routed the request, if any
 
 	method, path, host, proto, traceparent string
 	grpc                                   bool
@@ -50,6 +51,9 @@ func (x *exchange) entry() AccessEntry {
 		Destination: x.target.Addr.String(), Method: x.method, Path: x.path, Host: x.host, Protocol: x.proto,
 		Status: x.status, GRPCStatus: x.grpcStatus, TraceParent: x.traceparent, Flags: orDash(x.flags),
 		Sent: x.respBytes, Received: x.reqBytes, DurationMS: float64(x.duration().Microseconds()) / 1000,
+	}
+	if x.rule != nil {
+		e.Route = x.rule.name()
 	}
 	if x.source != nil {
 		e.SourceWL = x.source.Namespace + "/" + x.source.Name

@@ -41,6 +41,7 @@ workloads:
 - {name: client, namespace: a, serviceAccount: client, ips: [10.1.0.5]}
 - {name: waypoint, namespace: shop, serviceAccount: waypoint, ips: [10.1.0.2]}
 - {name: web-1, namespace: shop, serviceAccount: web, ips: [10.1.0.9], labels: {app: web}}
+- {name: web2-1, namespace: shop, serviceAccount: web, ips: [10.1.0.10], labels: {app: web2}}
 services:
 - name: web
   namespace: shop
@@ -52,11 +53,19 @@ services:
   - {port: 9090, targetPort: 9090, appProtocol: grpc}
   - {port: 8081, targetPort: 8080}
   - {port: 7000, targetPort: 7000}
+- name: web2
+  namespace: shop
+  vips: [10.96.0.10]
+  waypoint: shop/waypoint
+  selector: {app: web2}
+  ports:
+  - {port: 80, targetPort: 8080, name: http}
 `
 
 var (
 	webVIP       = netip.MustParseAddr("10.96.0.9")
 	webIP        = netip.MustParseAddr("10.1.0.9")
+	web2IP       = netip.MustParseAddr("10.1.0.10") // web2's endpoint, behind the same test ztunnel
 	waypointID   = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/waypoint")
 	clientIDText = "spiffe://cluster.local/ns/a/sa/client"
 )
@@ -137,7 +146,8 @@ func newTestMesh(t *testing.T) *testMesh {
 	backends := m.startBackends(t)
 	ztunnelAddr := m.startEndpointZtunnel(t, backends)
 	upPool, err := hbone.NewPool(hbone.PoolConfig{Bundle: m.bundle, DialContext: redirect(map[netip.AddrPort]netip.AddrPort{
-		netip.AddrPortFrom(webIP, HBONEPort): ztunnelAddr,
+		netip.AddrPortFrom(webIP, HBONEPort):  ztunnelAddr,
+		netip.AddrPortFrom(web2IP, HBONEPort): ztunnelAddr,
 	})})
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +261,7 @@ func (m *testMesh) startEndpointZtunnel(t *testing.T, backends map[uint16]netip.
 		Handler: hbone.HandlerFunc(func(ctx context.Context, tn *hbone.Tunnel) {
 			m.upstream.add(tn)
 			backend, ok := backends[tn.Authority.Port()]
-			if tn.Peer != waypointID || tn.Authority.Addr() != webIP || !ok {
+			if tn.Peer != waypointID || (tn.Authority.Addr() != webIP && tn.Authority.Addr() != web2IP) || !ok {
 				tn.Reject(hbone.ErrDenied)
 				return
 			}

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // ServeHTTP handles one request from a tunnel, in phases: build the l7
@@ -50,12 +52,66 @@ func (w *Waypoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		deny(rec, x.grpc)
 		return
 	}
-	if x.endpoint, x.upstream, err = w.pickEndpoint(snap, target); err != nil {
+	if target, ok := w.applyRoutes(rec, r, snap, target, x); !ok {
+		return
+	} else if x.endpoint, x.upstream, err = w.pickEndpoint(snap, target); err != nil {
 		x.fail(FlagNoHealthy, err)
 		unavailable(rec, x.grpc)
 		return
 	}
-	w.proxy.ServeHTTP(rec, r.WithContext(withExchange(r.Context(), x)))
+	ctx := withExchange(r.Context(), x)
+	if x.rule != nil && x.rule.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, x.rule.timeout)
+		defer cancel()
+	}
+	w.proxy.ServeHTTP(rec, r.WithContext(ctx))
+}
+
+// applyRoutes sends a request to a service by the HTTPRoutes attached to
+// it: the matched rule's filters rewrite the request, and the target
+// becomes one of its backends, by weight. It answers the request itself,
+// and returns false, for a redirect, a service with routes none of which
+// matches (404), or a rule without a backend to send to (500).
+func (w *Waypoint) applyRoutes(rw http.ResponseWriter, r *http.Request, snap *state.Snapshot, target state.Target, x *exchange) (state.Target, bool) {
+	if target.Service == nil {
+		return target, true
+	}
+	m, attached := w.routes.Load().match(target.Service.Hostname, target.Port.Port, r)
+	if !attached {
+		return target, true
+	}
+	if m == nil {
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: no HTTPRoute rule of %s matches", target.Service.Hostname))
+		respond(rw, x.grpc, http.StatusNotFound, grpcUnimplemented, "route not found")
+		return target, false
+	}
+	x.rule = m.rule
+	if loc, status := m.rule.applyRequestFilters(r, m); loc != "" {
+		rw.Header().Set("Location", loc)
+		rw.WriteHeader(status)
+		return target, false
+	}
+	b := m.rule.backend()
+	if b == nil {
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: HTTPRoute rule %s has no backend with a weight", m.rule.name()))
+		respond(rw, x.grpc, http.StatusInternalServerError, grpcInternal, "no backend")
+		return target, false
+	}
+	i := slices.IndexFunc(snap.Services, func(s *state.Service) bool { return s.Namespace == b.namespace && s.Name == b.name })
+	if i < 0 {
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: HTTPRoute rule %s: backend Service %s/%s is not in the state", m.rule.name(), b.namespace, b.name))
+		respond(rw, x.grpc, http.StatusInternalServerError, grpcInternal, "backend not found")
+		return target, false
+	}
+	svc := snap.Services[i]
+	port, ok := svc.Port(uint16(b.port))
+	if !ok {
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: HTTPRoute rule %s: Service %s/%s has no port %d", m.rule.name(), b.namespace, b.name, b.port))
+		respond(rw, x.grpc, http.StatusInternalServerError, grpcInternal, "backend port not found")
+		return target, false
+	}
+	return state.Target{Addr: target.Addr, Service: svc, Port: port}, true
 }
 
 // RequestOf is the input document's request for r: method, the path as

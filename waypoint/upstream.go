@@ -3,6 +3,7 @@ package waypoint
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,11 +30,22 @@ func (w *Waypoint) newProxy() *httputil.ReverseProxy {
 			pr.Out.URL.Host = x.upstream.String()
 			// pr.Out.Host keeps the client's Host (:authority).
 		},
+		ModifyResponse: func(resp *http.Response) error {
+			if x := exchangeFrom(resp.Request.Context()); x != nil && x.rule != nil {
+				x.rule.applyResponseFilters(resp.Header)
+			}
+			return nil
+		},
 		Transport:     upstreamTransport{w},
 		FlushInterval: -1, // stream: gRPC and server-sent events must not wait in a buffer
 		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
 			x := exchangeFrom(r.Context())
+			if x.rule != nil && x.rule.timeout > 0 && errors.Is(err, context.DeadlineExceeded) {
+				x.fail(FlagTimeout, fmt.Errorf("waypoint: HTTPRoute rule %s: no response within its %s request timeout: %w", x.rule.name(), x.rule.timeout, err))
+				respond(rw, x.grpc, http.StatusGatewayTimeout, grpcUnavailable, "upstream request timeout")
+				return
+			}
 			x.fail(FlagUpstream, err)
 			unavailable(rw, x.grpc)
 		},

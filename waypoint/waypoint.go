@@ -81,7 +81,8 @@ type Waypoint struct {
 	id       spiffeid.ID
 	log      *slog.Logger
 	state    atomic.Pointer[state.Snapshot]
-	authn    atomic.Pointer[Authn] // nil: no RequestAuthentication in force
+	authn    atomic.Pointer[Authn]  // nil: no RequestAuthentication in force
+	routes   atomic.Pointer[Routes] // nil: no HTTPRoute in force
 	server   *hbone.Server
 	h1       *http.Server
 	h1in     *connListener
@@ -160,6 +161,10 @@ func (w *Waypoint) initHTTP() {
 // SetState puts a new mesh state in force; requests decided from now on
 // resolve their targets and endpoints in it.
 func (w *Waypoint) SetState(s *state.Snapshot) { w.state.Store(s) }
+
+// SetRoutes puts a set of HTTPRoutes in force (nil: none); requests
+// from now on are routed by it.
+func (w *Waypoint) SetRoutes(r *Routes) { w.routes.Store(r) }
 
 // SetAuthn puts a set of RequestAuthentications in force (nil: none);
 // requests from now on are authenticated with it.

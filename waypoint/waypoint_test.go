@@ -280,7 +280,7 @@ func waitRequests(t *testing.T, m *testMesh, n int) {
 func accessLines(t *testing.T, m *testMesh) []AccessEntry {
 	t.Helper()
 	var out []AccessEntry
-	for _, line := range strings.Split(strings.TrimSpace(m.access.String()), "\n") {
+	for line := range strings.Lines(m.access.String()) {
 		var e AccessEntry
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("access log line %q: %v", line, err)

@@ -69,8 +69,19 @@ spec:
   targetRefs: [{kind: Service, group: "", name: web}]
   jwtRules: [{issuer: "https://issuer.test", jwksUri: "file://`+jwksFile+`"}]
 `), 0o644)
+	routes := filepath.Join(dir, "routes.yaml")
+	os.WriteFile(routes, []byte(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web}]
+  rules:
+  - matches: [{path: {type: Exact, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}}}]
+  - backendRefs: [{name: web, port: 80}]
+`), 0o644)
 	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn,
+	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn, "--routes", routes,
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
 		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s")
 	var logs syncBuffer
@@ -103,6 +114,13 @@ spec:
 	resp.Body.Close()
 	if resp.StatusCode != 403 || string(body) != "RBAC: access denied" {
 		t.Fatalf("got %d %q, want 403 RBAC: access denied\n%s", resp.StatusCode, body, logs.String())
+	}
+	// HTTPRoute: the rule for /old redirects.
+	noFollow := &http.Client{Transport: client.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if resp, err := noFollow.Get("http://web.shop/old"); err != nil {
+		t.Errorf("GET /old: %v", err)
+	} else if resp.Body.Close(); resp.StatusCode != 302 || resp.Header.Get("Location") != "http://web.shop/new" {
+		t.Errorf("GET /old: %d Location %q, want the route's 302 to http://web.shop/new", resp.StatusCode, resp.Header.Get("Location"))
 	}
 	// RequestAuthentication: a token of the issuer, its keys read from the
 	// jwksUri file, is valid (policy then denies /admin); another issuer's

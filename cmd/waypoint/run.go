@@ -55,6 +55,11 @@ func run(ctx context.Context, cfg config) error {
 	if err := watchState(ctx, cfg, w, log); err != nil {
 		return err
 	}
+	if len(cfg.routes) > 0 {
+		if err := startRoutes(ctx, cfg, w, log); err != nil {
+			return err
+		}
+	}
 	if len(cfg.requestAuthn) > 0 {
 		keys, err := startAuthn(ctx, cfg, w, log)
 		if err != nil {
@@ -129,30 +134,69 @@ func startAuthn(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog
 	keys.WaitFetched(wait)
 	cancel()
 	w.SetAuthn(a)
-	go func() {
-		last := policy.BundlesStamp(cfg.requestAuthn)
-		tick := time.NewTicker(cfg.bundlePoll)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			stamp := policy.BundlesStamp(cfg.requestAuthn)
-			if stamp == last {
-				continue
-			}
-			last = stamp
-			a, err := loadAuthn(cfg, keys, log)
-			if err != nil {
-				log.Error("RequestAuthentications rejected; the last good set stays in force", "error", err)
-				continue
-			}
-			w.SetAuthn(a)
+	go watchFiles(ctx, cfg.requestAuthn, cfg.bundlePoll, func() {
+		a, err := loadAuthn(cfg, keys, log)
+		if err != nil {
+			log.Error("RequestAuthentications rejected; the last good set stays in force", "error", err)
+			return
 		}
-	}()
+		w.SetAuthn(a)
+	})
 	return keys, nil
+}
+
+// startRoutes loads --routes and reloads it on change; a set that fails
+// to load keeps the last good one.
+func startRoutes(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog.Logger) error {
+	rs, err := loadRoutes(cfg, log)
+	if err != nil {
+		return fmt.Errorf("--routes: %w", err)
+	}
+	w.SetRoutes(rs)
+	go watchFiles(ctx, cfg.routes, cfg.bundlePoll, func() {
+		rs, err := loadRoutes(cfg, log)
+		if err != nil {
+			log.Error("HTTPRoutes rejected; the last good set stays in force", "error", err)
+			return
+		}
+		w.SetRoutes(rs)
+	})
+	return nil
+}
+
+func loadRoutes(cfg config, log *slog.Logger) (*waypoint.Routes, error) {
+	routes, err := waypoint.ReadHTTPRoutes(cfg.routes)
+	if err != nil {
+		return nil, err
+	}
+	rs, notes, err := waypoint.NewRoutes(routes, cfg.clusterDomain)
+	for _, n := range notes {
+		log.Warn("--routes: " + n)
+	}
+	if err != nil {
+		return nil, err
+	}
+	log.Info("HTTPRoutes loaded", "attachments", rs.Len())
+	return rs, nil
+}
+
+// watchFiles calls reload whenever the files under paths change (checked
+// every poll), until ctx ends.
+func watchFiles(ctx context.Context, paths []string, poll time.Duration, reload func()) {
+	last := policy.BundlesStamp(paths)
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if stamp := policy.BundlesStamp(paths); stamp != last {
+			last = stamp
+			reload()
+		}
+	}
 }
 
 // loadAuthn reads the RequestAuthentications of --request-authentication

@@ -15,7 +15,7 @@ import (
 // so the error lists every problem; the resources decoded are returned
 // with it.
 func DecodeFiles(paths []string) (*Resources, []Note, error) {
-	files, err := resourceFiles(paths)
+	files, err := ResourceFiles(paths)
 	if err != nil {
 		return &Resources{}, nil, err
 	}
@@ -47,8 +47,9 @@ func decodeFile(path string) (*Resources, []Note, error) {
 	return DecodeAll(f, path)
 }
 
-// resourceFiles expands directories into their YAML and JSON files.
-func resourceFiles(paths []string) ([]string, error) {
+// ResourceFiles expands directories into the .yaml, .yml and .json files
+// under them; files and "-" (standard input) stay as given.
+func ResourceFiles(paths []string) ([]string, error) {
 	var out []string
 	for _, p := range paths {
 		if p == "-" {

@@ -1,0 +1,570 @@
+package waypoint
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/regomesh/regomesh/policy/istio"
+)
+
+// Routes are the Gateway API HTTPRoutes in force, attached to Services as
+// GAMMA and Istio's waypoints attach them (parentRefs of kind Service):
+// a request to such a service is matched against the routes' rules, its
+// rule's filters applied, and it is sent to one of the rule's backends,
+// by weight. A service no route attaches to is served as itself. Routes
+// are immutable once built.
+type Routes struct {
+	// byService holds, per service hostname, the rule matches of every
+	// route attached to it, in Gateway API precedence order.
+	byService map[string][]*routeMatch
+	count     int
+}
+
+// routeRule is one rule of an HTTPRoute, compiled.
+type routeRule struct {
+	route    string // "<namespace>/<name>"
+	index    int
+	filters  []gwv1.HTTPRouteFilter
+	backends []routeBackend
+	timeout  time.Duration // 0: none
+}
+
+// name is how the access log names the rule: "<namespace>/<name>#<i>".
+func (r *routeRule) name() string { return r.route + "#" + strconv.Itoa(r.index) }
+
+type routeBackend struct {
+	namespace, name string
+	port            int
+	weight          int
+}
+
+// routeMatch is one match of a rule (a rule without matches has one,
+// on every path), with what orders it among the others.
+type routeMatch struct {
+	rule    *routeRule
+	port    int // the parentRef's port; 0: every port
+	created time.Time
+	order   int // the route's rank by namespace/name, then the rule's and match's position
+
+	pathType string // Exact, PathPrefix or RegularExpression
+	path     string
+	pathRE   *regexp.Regexp
+	method   string
+	headers  []valueMatch
+	query    []valueMatch
+}
+
+type valueMatch struct {
+	name  string
+	value string
+	re    *regexp.Regexp // for RegularExpression
+}
+
+func (v valueMatch) matches(got string, present bool) bool {
+	if !present {
+		return false
+	}
+	if v.re != nil {
+		return v.re.MatchString(got)
+	}
+	return got == v.value
+}
+
+// NewRoutes compiles HTTPRoutes for the waypoint of clusterDomain's
+// services. A route that uses what the waypoint does not implement (a
+// filter other than the header modifiers, redirect and URL rewrite;
+// retries; session persistence; a backend in another namespace, or of
+// another kind than Service) fails the whole set, so that the caller
+// keeps the last good one: serving such a route without its feature would
+// send requests where its author did not mean. parentRefs to anything
+// but a Service (an ingress Gateway) are skipped with a note.
+func NewRoutes(routes []*gwv1.HTTPRoute, clusterDomain string) (*Routes, []string, error) {
+	rs := &Routes{byService: map[string][]*routeMatch{}}
+	var notes []string
+	var errs []error
+	slices.SortFunc(routes, func(a, b *gwv1.HTTPRoute) int {
+		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name))
+	})
+	order := 0
+	for _, hr := range routes {
+		id := hr.Namespace + "/" + hr.Name
+		rules, err := compileRules(hr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("HTTPRoute %s: %w", id, err))
+			continue
+		}
+		for _, parent := range hr.Spec.ParentRefs {
+			if !parentIsService(parent) {
+				notes = append(notes, fmt.Sprintf("HTTPRoute %s: parentRef %s %s skipped: a waypoint serves routes attached to Services", id, ptrOr(parent.Kind, "Gateway"), parent.Name))
+				continue
+			}
+			ns := string(ptrOr(parent.Namespace, gwv1.Namespace(hr.Namespace)))
+			host := fmt.Sprintf("%s.%s.svc.%s", parent.Name, ns, clusterDomain)
+			port := 0
+			if parent.Port != nil {
+				port = int(*parent.Port)
+			}
+			for _, r := range rules {
+				for _, m := range r.matches {
+					m := *m
+					m.port, m.created, m.order = port, hr.CreationTimestamp.Time, order
+					order++
+					rs.byService[host] = append(rs.byService[host], &m)
+				}
+			}
+			rs.count++
+		}
+	}
+	if len(errs) > 0 {
+		return nil, notes, errors.Join(errs...)
+	}
+	for _, ms := range rs.byService {
+		slices.SortStableFunc(ms, precedence)
+	}
+	return rs, notes, nil
+}
+
+// Len is the number of (route, Service) attachments.
+func (rs *Routes) Len() int { return rs.count }
+
+// precedence orders matches as the Gateway API says: an Exact path, then
+// the longest PathPrefix, (then regular expressions, its implementation
+// choice here), a method, the most header matches, the most query
+// matches; then the oldest route, then namespace/name; then the first
+// rule and match in the route.
+func precedence(a, b *routeMatch) int {
+	rank := func(m *routeMatch) int {
+		return map[string]int{"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}[m.pathType]
+	}
+	return cmp.Or(
+		cmp.Compare(rank(a), rank(b)),
+		-cmp.Compare(len(a.path), len(b.path)),
+		-cmp.Compare(boolInt(a.method != ""), boolInt(b.method != "")),
+		-cmp.Compare(len(a.headers), len(b.headers)),
+		-cmp.Compare(len(a.query), len(b.query)),
+		a.created.Compare(b.created),
+		cmp.Compare(a.order, b.order),
+	)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// compiledRule pairs a rule with its matches before they are attached.
+type compiledRule struct {
+	*routeRule
+	matches []*routeMatch
+}
+
+func compileRules(hr *gwv1.HTTPRoute) ([]compiledRule, error) {
+	var out []compiledRule
+	var errs []error
+	for i, rule := range hr.Spec.Rules {
+		at := fmt.Sprintf("spec.rules[%d]", i)
+		r := &routeRule{route: hr.Namespace + "/" + hr.Name, index: i, filters: rule.Filters}
+		if rule.Retry != nil {
+			errs = append(errs, fmt.Errorf("%s.retry: not supported by the waypoint yet", at))
+		}
+		if rule.SessionPersistence != nil {
+			errs = append(errs, fmt.Errorf("%s.sessionPersistence: not supported by the waypoint yet", at))
+		}
+		for j, f := range rule.Filters {
+			if err := checkFilter(f); err != nil {
+				errs = append(errs, fmt.Errorf("%s.filters[%d]: %w", at, j, err))
+			}
+		}
+		if rule.Timeouts != nil && rule.Timeouts.Request != nil {
+			d, err := time.ParseDuration(string(*rule.Timeouts.Request))
+			if err != nil || d < 0 {
+				errs = append(errs, fmt.Errorf("%s.timeouts.request: %q is not a duration", at, *rule.Timeouts.Request))
+			}
+			r.timeout = d
+		}
+		for j, b := range rule.BackendRefs {
+			be, err := compileBackend(hr.Namespace, b)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.backendRefs[%d]: %w", at, j, err))
+			}
+			r.backends = append(r.backends, be)
+		}
+		c := compiledRule{routeRule: r}
+		matches := rule.Matches
+		if len(matches) == 0 {
+			matches = []gwv1.HTTPRouteMatch{{}}
+		}
+		for j, m := range matches {
+			cm, err := compileMatch(m)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.matches[%d]: %w", at, j, err))
+				continue
+			}
+			cm.rule = r
+			c.matches = append(c.matches, cm)
+		}
+		out = append(out, c)
+	}
+	return out, errors.Join(errs...)
+}
+
+func checkFilter(f gwv1.HTTPRouteFilter) error {
+	switch f.Type {
+	case gwv1.HTTPRouteFilterRequestHeaderModifier, gwv1.HTTPRouteFilterResponseHeaderModifier,
+		gwv1.HTTPRouteFilterRequestRedirect, gwv1.HTTPRouteFilterURLRewrite:
+		return nil
+	}
+	return fmt.Errorf("filter type %s is not supported by the waypoint yet", f.Type)
+}
+
+func compileBackend(namespace string, b gwv1.HTTPBackendRef) (routeBackend, error) {
+	if !isService(b.Group, b.Kind) {
+		return routeBackend{}, fmt.Errorf("backend kind %s: only Services are supported", ptrOr(b.Kind, "Service"))
+	}
+	if b.Namespace != nil && string(*b.Namespace) != namespace {
+		return routeBackend{}, fmt.Errorf("backend %s/%s is in another namespace: ReferenceGrants are not supported yet", *b.Namespace, b.Name)
+	}
+	if b.Port == nil {
+		return routeBackend{}, fmt.Errorf("backend %s: port is required for a Service", b.Name)
+	}
+	if len(b.Filters) > 0 {
+		return routeBackend{}, fmt.Errorf("backend %s: per-backend filters are not supported by the waypoint yet", b.Name)
+	}
+	return routeBackend{namespace: namespace, name: string(b.Name), port: int(*b.Port), weight: int(ptrOr(b.Weight, 1))}, nil
+}
+
+func compileMatch(m gwv1.HTTPRouteMatch) (*routeMatch, error) {
+	cm := &routeMatch{pathType: "PathPrefix", path: "/"}
+	if m.Path != nil {
+		cm.pathType = string(ptrOr(m.Path.Type, gwv1.PathMatchPathPrefix))
+		cm.path = ptrOr(m.Path.Value, "/")
+		switch cm.pathType {
+		case "Exact", "PathPrefix":
+			if !strings.HasPrefix(cm.path, "/") {
+				return nil, fmt.Errorf("path %q must start with /", cm.path)
+			}
+		case "RegularExpression":
+			re, err := fullMatch(cm.path)
+			if err != nil {
+				return nil, fmt.Errorf("path: %w", err)
+			}
+			cm.pathRE = re
+		default:
+			return nil, fmt.Errorf("path type %s is not one of Exact, PathPrefix, RegularExpression", cm.pathType)
+		}
+	}
+	if m.Method != nil {
+		cm.method = string(*m.Method)
+	}
+	for _, h := range m.Headers {
+		v, err := compileValue(string(h.Name), h.Value, h.Type)
+		if err != nil {
+			return nil, fmt.Errorf("header %s: %w", h.Name, err)
+		}
+		v.name = http.CanonicalHeaderKey(v.name)
+		cm.headers = append(cm.headers, v)
+	}
+	for _, q := range m.QueryParams {
+		v, err := compileValue(string(q.Name), q.Value, (*gwv1.HeaderMatchType)(q.Type))
+		if err != nil {
+			return nil, fmt.Errorf("query parameter %s: %w", q.Name, err)
+		}
+		cm.query = append(cm.query, v)
+	}
+	return cm, nil
+}
+
+func compileValue(name, value string, typ *gwv1.HeaderMatchType) (valueMatch, error) {
+	v := valueMatch{name: name, value: value}
+	switch ptrOr(typ, gwv1.HeaderMatchExact) {
+	case gwv1.HeaderMatchExact:
+	case gwv1.HeaderMatchRegularExpression:
+		re, err := fullMatch(value)
+		if err != nil {
+			return v, err
+		}
+		v.re = re
+	default:
+		return v, fmt.Errorf("match type %s is not one of Exact, RegularExpression", *typ)
+	}
+	return v, nil
+}
+
+// fullMatch compiles an RE2 expression that must match the whole value,
+// as Envoy's safe_regex does.
+func fullMatch(expr string) (*regexp.Regexp, error) {
+	re, err := regexp.Compile("^(?:" + expr + ")$")
+	if err != nil {
+		return nil, fmt.Errorf("regular expression %q: %w", expr, err)
+	}
+	return re, nil
+}
+
+// parentIsService says whether a parentRef names a Service; a parentRef's
+// kind defaults to Gateway.
+func parentIsService(p gwv1.ParentReference) bool {
+	return p.Kind != nil && isService(p.Group, p.Kind)
+}
+
+// isService says whether a backend reference names a Service (its
+// default kind).
+func isService[G ~string, K ~string](group *G, kind *K) bool {
+	g, k := string(ptrOr(group, "")), string(ptrOr(kind, "Service"))
+	return (g == "" || g == "core") && k == "Service"
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// match is the first match, in precedence order, of a request to service
+// host on port; attached reports whether any route attaches to the
+// service there at all (a request that matches none of them is 404).
+func (rs *Routes) match(host string, port int, r *http.Request) (matched *routeMatch, attached bool) {
+	if rs == nil {
+		return nil, false
+	}
+	query := r.URL.Query()
+	for _, m := range rs.byService[host] {
+		if m.port != 0 && m.port != port {
+			continue
+		}
+		attached = true
+		if m.matches(r, query) {
+			return m, true
+		}
+	}
+	return nil, attached
+}
+
+func (m *routeMatch) matches(r *http.Request, query map[string][]string) bool {
+	path := r.URL.Path
+	switch m.pathType {
+	case "Exact":
+		if path != m.path {
+			return false
+		}
+	case "PathPrefix":
+		if !pathPrefix(path, m.path) {
+			return false
+		}
+	case "RegularExpression":
+		if !m.pathRE.MatchString(path) {
+			return false
+		}
+	}
+	if m.method != "" && r.Method != m.method {
+		return false
+	}
+	for _, h := range m.headers {
+		values := r.Header.Values(h.name)
+		if !h.matches(strings.Join(values, ","), len(values) > 0) {
+			return false
+		}
+	}
+	for _, q := range m.query {
+		values, ok := query[q.name]
+		if !ok || !q.matches(values[0], true) {
+			return false
+		}
+	}
+	return true
+}
+
+// pathPrefix is the Gateway API's PathPrefix: whole path elements, a
+// trailing slash in the prefix ignored ("/foo" matches "/foo" and
+// "/foo/bar", not "/foobar").
+func pathPrefix(path, prefix string) bool {
+	prefix = strings.TrimSuffix(prefix, "/")
+	if prefix == "" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(path, prefix)
+	return ok && (rest == "" || rest[0] == '/')
+}
+
+// backend picks one of the rule's backends by weight: nil when every
+// weight is zero or there is none (the Gateway API's 500).
+func (r *routeRule) backend() *routeBackend {
+	total := 0
+	for _, b := range r.backends {
+		total += b.weight
+	}
+	if total == 0 {
+		return nil
+	}
+	n := rand.IntN(total)
+	for i := range r.backends {
+		if n < r.backends[i].weight {
+			return &r.backends[i]
+		}
+		n -= r.backends[i].weight
+	}
+	return nil
+}
+
+// applyRequestFilters rewrites r as the rule's request filters say; a
+// redirect is returned for the caller to answer.
+func (r *routeRule) applyRequestFilters(req *http.Request, matched *routeMatch) (redirect string, status int) {
+	for _, f := range r.filters {
+		switch f.Type {
+		case gwv1.HTTPRouteFilterRequestHeaderModifier:
+			modifyHeaders(req.Header, f.RequestHeaderModifier)
+		case gwv1.HTTPRouteFilterURLRewrite:
+			if h := f.URLRewrite.Hostname; h != nil {
+				req.Host = string(*h)
+			}
+			if p := f.URLRewrite.Path; p != nil {
+				req.URL.Path = rewritePath(req.URL.Path, p, matched)
+				req.URL.RawPath = ""
+			}
+		case gwv1.HTTPRouteFilterRequestRedirect:
+			return redirectTo(req, f.RequestRedirect, matched)
+		}
+	}
+	return "", 0
+}
+
+// applyResponseFilters edits an upstream response's headers.
+func (r *routeRule) applyResponseFilters(h http.Header) {
+	for _, f := range r.filters {
+		if f.Type == gwv1.HTTPRouteFilterResponseHeaderModifier {
+			modifyHeaders(h, f.ResponseHeaderModifier)
+		}
+	}
+}
+
+func modifyHeaders(h http.Header, m *gwv1.HTTPHeaderFilter) {
+	if m == nil {
+		return
+	}
+	for _, s := range m.Set {
+		h.Set(string(s.Name), s.Value)
+	}
+	for _, a := range m.Add {
+		h.Add(string(a.Name), a.Value)
+	}
+	for _, name := range m.Remove {
+		h.Del(name)
+	}
+}
+
+// rewritePath replaces the whole path, or the part the PathPrefix match
+// matched.
+func rewritePath(path string, p *gwv1.HTTPPathModifier, matched *routeMatch) string {
+	switch p.Type {
+	case gwv1.FullPathHTTPPathModifier:
+		return ptrOr(p.ReplaceFullPath, "/")
+	case gwv1.PrefixMatchHTTPPathModifier:
+		if matched == nil || matched.pathType != "PathPrefix" {
+			return path
+		}
+		prefix := strings.TrimSuffix(matched.path, "/")
+		rest := strings.TrimPrefix(path, prefix)
+		repl := strings.TrimSuffix(ptrOr(p.ReplacePrefixMatch, "/"), "/")
+		if rest == "" {
+			rest = "/"
+			if repl != "" {
+				rest = ""
+			}
+		}
+		return cmp.Or(repl+rest, "/")
+	}
+	return path
+}
+
+func redirectTo(req *http.Request, rd *gwv1.HTTPRequestRedirectFilter, matched *routeMatch) (string, int) {
+	scheme := ptrOr(rd.Scheme, "http")
+	host := req.Host
+	if h, _, ok := strings.Cut(host, ":"); ok {
+		host = h
+	}
+	if rd.Hostname != nil {
+		host = string(*rd.Hostname)
+	}
+	if rd.Port != nil {
+		host += ":" + strconv.Itoa(int(*rd.Port))
+	}
+	path := req.URL.Path
+	if rd.Path != nil {
+		path = rewritePath(path, rd.Path, matched)
+	}
+	loc := scheme + "://" + host + path
+	if req.URL.RawQuery != "" {
+		loc += "?" + req.URL.RawQuery
+	}
+	return loc, ptrOr(rd.StatusCode, 302)
+}
+
+// ReadHTTPRoutes reads every gateway.networking.k8s.io/v1 HTTPRoute from
+// YAML or JSON files and directories of them (multi-document streams),
+// strictly: an unknown field is an error naming the file and document.
+// Other kinds are skipped.
+func ReadHTTPRoutes(paths []string) ([]*gwv1.HTTPRoute, error) {
+	files, err := istio.ResourceFiles(paths)
+	if err != nil {
+		return nil, err
+	}
+	var out []*gwv1.HTTPRoute
+	var errs []error
+	for _, file := range files {
+		f, err := os.Open(file)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		routes, err := decodeHTTPRoutes(f, file)
+		f.Close()
+		out = append(out, routes...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func decodeHTTPRoutes(r io.Reader, source string) ([]*gwv1.HTTPRoute, error) {
+	dec := k8syaml.NewYAMLOrJSONDecoder(r, 4096)
+	var out []*gwv1.HTTPRoute
+	for i := 0; ; i++ {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return out, fmt.Errorf("%s: document %d: %w", source, i, err)
+		}
+		var head struct{ APIVersion, Kind string }
+		if json.Unmarshal(raw, &head) != nil || head.Kind != "HTTPRoute" || head.APIVersion != "gateway.networking.k8s.io/v1" {
+			continue
+		}
+		d := json.NewDecoder(strings.NewReader(string(raw)))
+		d.DisallowUnknownFields()
+		hr := &gwv1.HTTPRoute{}
+		if err := d.Decode(hr); err != nil {
+			return out, fmt.Errorf("%s: document %d: HTTPRoute: %w", source, i, err)
+		}
+		if hr.Namespace == "" {
+			hr.Namespace = "default"
+		}
+		out = append(out, hr)
+	}
+}
