@@ -67,14 +67,22 @@ var demoCalls = []demoCall{
 	{"frontend", "api", 15001}, // ztunnel's own outbound port: refused, it would loop
 }
 
-// demoRequest is one HTTP request the demo sends to the api service.
-type demoRequest struct{ from, method, path string }
+// demoRequest is one HTTP request the demo sends to the api service,
+// with a token of the demo's issuer for user, or an expired one, or none.
+type demoRequest struct{ from, method, path, user string }
+
+// expiredUser asks for a token that expired an hour ago.
+const expiredUser = "expired"
 
 var demoRequests = []demoRequest{
-	{"frontend", "GET", "/catalog/42"},
-	{"checkout", "GET", "/catalog/42"},
-	{"checkout", "GET", "/admin/users"},
-	{"checkout", "GET", "/catalog/../admin/users"}, // normalized to /admin/users before any rule
+	{"frontend", "GET", "/catalog/42", ""},
+	{"checkout", "GET", "/catalog/42", ""},
+	{"checkout", "GET", "/admin/users", ""},
+	{"checkout", "GET", "/catalog/../admin/users", ""}, // normalized to /admin/users before any rule
+	{"frontend", "GET", "/v1/catalog/42", ""},          // rewritten to /catalog/42 by examples/waypoint/routes.yaml
+	{"checkout", "POST", "/orders", ""},                // examples/orders wants a signed-in user
+	{"checkout", "POST", "/orders", "alice"},
+	{"checkout", "POST", "/orders", expiredUser}, // refused by the waypoint's JWT check, before policy
 }
 
 // meshDemo runs the sample app in a mesh on this machine and shows each
@@ -103,6 +111,11 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
+	issuer, err := newDemoIssuer(dir)
+	if err != nil {
+		return fmt.Errorf("demo: JWT issuer: %w", err)
+	}
+	routes := filepath.Join(cfg.Examples, "waypoint", "routes.yaml")
 	regs := map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
 	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 5 pods and a waypoint)...\n")
 	start := time.Now()
@@ -111,6 +124,7 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		Bundles:     []string{bundle}, AccessLog: log, Registries: regs,
 		WaypointBinary: waypointBin, WaypointAccessLog: wpLog,
+		WaypointFlags: []string{"--routes", routes, "--request-authentication", issuer.RequestAuthentication},
 	})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -128,19 +142,20 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	}
 	defer metrics.Close()
 	runCalls(out, m, log)
-	runRequests(out, m, wpLog)
+	runRequests(out, m, wpLog, issuer)
 	explainInput := filepath.Join(dir, "frontend-to-postgres.json")
 	writeExplainInput(explainInput, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
 	fmt.Fprintf(out, "  metrics (Istio names):  curl -s http://%s/metrics | grep istio_tcp\n", metrics.addrs["node-2"])
 	fmt.Fprintf(out, "  access log (JSON):      %s (ztunnels), %s (waypoint)\n", accessPath, wpPath)
+	fmt.Fprintf(out, "  the waypoint's routes:  %s; its JWT issuer: %s\n", routes, issuer.RequestAuthentication)
 	fmt.Fprintf(out, "  why a call was denied:  go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainInput)
 	if cfg.Once {
 		return nil
 	}
 	fmt.Fprintf(out, "\nThe mesh stays up. Edit the Rego under %s (for example let the frontend reach postgres):\n", bundle)
 	fmt.Fprintf(out, "every ztunnel reloads it and the calls run again. Ctrl-C stops and cleans up.\n")
-	return watchAndRerun(ctx, out, m, log, wpLog, bundle)
+	return watchAndRerun(ctx, out, m, log, wpLog, issuer, bundle)
 }
 
 // demoWaypoint is the cmd/waypoint binary the waypoint pod runs: the one
@@ -198,30 +213,40 @@ func startApps(m *localmesh.Mesh) (stop func(), err error) {
 
 // runRequests sends every HTTP request to the api service and prints what
 // the waypoint decided.
-func runRequests(out io.Writer, m *localmesh.Mesh, log *lockedWriter) {
+func runRequests(out io.Writer, m *localmesh.Mesh, log *lockedWriter, issuer *demoIssuer) {
 	fmt.Fprintf(out, "\nHTTP to the api service (http://%s), each request decided by the shop's waypoint (L7):\n", apiVIP)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM\tREQUEST\tRESULT\tPOLICY/RULE\tREASON")
+	fmt.Fprintln(tw, "FROM\tREQUEST\tRESULT\tPOLICY/RULE\tROUTE\tREASON")
 	for _, r := range demoRequests {
 		mark := log.size()
-		status, err := tryRequest(m, r)
+		status, err := tryRequest(m, r, issuer)
 		result := fmt.Sprintf("%d", status)
 		if err != nil {
 			result = "error: " + err.Error()
 		}
 		e := requestDecision(log, mark)
-		rule := "-"
+		rule, route, reason := "-", "-", e.Reason
 		if e.Policy != "" {
 			rule = e.Policy + " " + e.Rule
 		}
-		fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\n", r.from, r.method, r.path, result, rule, e.Reason)
+		if e.Route != "" {
+			route = e.Route
+		}
+		if e.Flags == waypoint.FlagJWT {
+			reason = "JWT refused: " + e.Error
+		}
+		request := r.method + " " + r.path
+		if r.user != "" {
+			request += " (JWT: " + r.user + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.from, request, result, rule, route, reason)
 	}
 	tw.Flush()
 }
 
 // tryRequest sends one request from a pod to the api service, on a
 // connection of its own, and returns the response's status.
-func tryRequest(m *localmesh.Mesh, r demoRequest) (int, error) {
+func tryRequest(m *localmesh.Mesh, r demoRequest, issuer *demoIssuer) (int, error) {
 	transport := &http.Transport{DisableKeepAlives: true, DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
 		return localmesh.Dial(m.Pods[r.from], addr, 5*time.Second)
 	}}
@@ -231,6 +256,17 @@ func tryRequest(m *localmesh.Mesh, r demoRequest) (int, error) {
 		return 0, err
 	}
 	req.URL.Opaque = r.path // sent as written: the waypoint normalizes it, not the client
+	if r.user != "" {
+		exp, sub := time.Now().Add(time.Hour), r.user
+		if r.user == expiredUser {
+			exp, sub = time.Now().Add(-time.Hour), "alice"
+		}
+		tok, err := issuer.token(sub, exp)
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: transport}).Do(req)
 	if err != nil {
 		return 0, err
@@ -344,7 +380,7 @@ func writeExplainInput(path string, m *localmesh.Mesh) {
 }
 
 // watchAndRerun reloads the bundle on every change and runs the calls again.
-func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log, wpLog *lockedWriter, bundle string) error {
+func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log, wpLog *lockedWriter, issuer *demoIssuer, bundle string) error {
 	last := policy.BundlesStamp([]string{bundle})
 	for {
 		select {
@@ -382,7 +418,7 @@ func watchAndRerun(ctx context.Context, out io.Writer, m *localmesh.Mesh, log, w
 			fmt.Fprintf(out, "\nthe waypoint did not load the new policy: %v\n", genErr)
 			continue
 		}
-		runRequests(out, m, wpLog)
+		runRequests(out, m, wpLog, issuer)
 	}
 }
 

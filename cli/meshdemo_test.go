@@ -37,10 +37,14 @@ func TestMeshDemo(t *testing.T) {
 		{"api", "postgres:5433", "DENIED", "examples/db (no rule matched)"},
 		{"legacy (plaintext)", "postgres:5432", "DENIED", "examples/db (no rule matched)"},
 		{"frontend", "api:15001", "DENIED", "-", "LOOP: "},
-		{"frontend", "GET /catalog/42", "200", "-", "no ALLOW policy selects the destination"},
-		{"checkout", "GET /catalog/42", "200", "-"},
-		{"checkout", "GET /admin/users", "403", "examples/admin admin-only-frontend", "only the frontend may call /admin"},
+		{"frontend", "GET /catalog/42", "200", "-", "shop/api#1", "no ALLOW policy selects the destination"},
+		{"checkout", "GET /catalog/42", "200", "-", "shop/api#1"},
+		{"checkout", "GET /admin/users", "403", "examples/admin admin-only-frontend", "-", "only the frontend may call /admin"},
 		{"checkout", "GET /catalog/../admin/users", "403", "examples/admin admin-only-frontend"},
+		{"frontend", "GET /v1/catalog/42", "200", "-", "shop/api#0"},
+		{"checkout", "POST /orders", "403", "examples/orders orders-need-a-user", "-", "POST /orders needs a signed-in user"},
+		{"checkout", "POST /orders (JWT: alice)", "200", "-", "shop/api#1"},
+		{"checkout", "POST /orders (JWT: expired)", "401", "-", "-", "JWT refused: Jwt is expired"},
 	} {
 		cells := make([]string, len(want))
 		for i, c := range want {

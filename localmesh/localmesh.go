@@ -99,6 +99,9 @@ type Config struct {
 	// WaypointAccessLog receives the waypoints' access log lines (one per
 	// request or relayed connection).
 	WaypointAccessLog io.Writer
+	// WaypointFlags are more flags for every waypoint process (its
+	// --routes and --request-authentication, say).
+	WaypointFlags []string
 }
 
 // Mesh is a running mesh.

@@ -64,6 +64,7 @@ func (m *Mesh) startWaypoints(ctx context.Context) error {
 			"--spire-workload-socket", m.agents[spec.Node].WorkloadSocket(),
 			"--hbone-addr", ":15008", "--bundle-poll", "250ms",
 		}
+		args = append(args, m.cfg.WaypointFlags...)
 		cmd := exec.Command(m.cfg.WaypointBinary, append(args, m.daemonFlags(m.cfg.WaypointAccessLog)...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Gid: WaypointGID, Groups: []uint32{}}}
 		d, err := startDaemon(ctx, "waypoint "+spec.Namespace+"/"+spec.Name, pod.Path, dir, cmd, pod.Start, m.cfg.WaypointAccessLog)
