@@ -21,9 +21,22 @@ import (
 //
 // Each benchmark reports p50-ns, p99-ns and mean-ns over its iterations
 // (per-iteration clock reads included, so slightly pessimistic: see
-// BenchmarkClockOverhead), and candidates/op: how many rules the rule index
-// handed to the matchers for the input, each one tested in full. A family
-// with 0 candidates measures the index's map lookups and nothing else.
+// BenchmarkClockOverhead), and the work behind a decision, as
+// Explanation counts it on the same code path:
+//
+//   - candidates/op: the rules the rule index hands over for the input;
+//     every one of them is decided, none skipped;
+//   - shared/op: the evaluations that decide conditions for many
+//     candidates at once (a condition every candidate of a bucket has,
+//     tested once, or a per-field lookup giving the candidates whose
+//     condition on that field holds, as a bitset);
+//   - tested/op: the candidates then tested one by one, on the conditions
+//     no shared evaluation decided.
+//
+// The generated rules of a candidate group differ only in their last
+// condition, so 100 candidates cost a handful of shared evaluations and
+// no test one by one. A family with 0 candidates measures the index's map
+// lookups, the cache probe and store, and nothing else.
 //
 // The L4 cache: "native" engines keep it on, as ztunnel does, but every
 // iteration misses it: the inputs vary their source IP over benchIPs
@@ -103,8 +116,12 @@ type benchFamily struct {
 	name       string
 	in         Input
 	allow      bool
-	candidates int // rules tested, every point together
+	candidates int // rules the index hands over, every point together
 }
+
+// benchConditions is how many conditions a generated rule has: the most
+// shared evaluations a candidate group can need, the index deciding one.
+const benchConditions = 10
 
 func benchFamilies(l7 bool) []benchFamily {
 	in := func(ns string) Input { return benchInput(ns, l7) }
@@ -159,7 +176,9 @@ func benchRules(b *testing.B, rules int, l7 bool) {
 }
 
 // TestBenchFamilies holds the benchmark inputs to what their names say:
-// the decision, and the rules left to test after the index's lookups.
+// the decision, and the rules left to decide after the index's lookups;
+// and the decision to sharing its work across them: at most one shared
+// evaluation per condition of a rule, and no candidate tested one by one.
 func TestBenchFamilies(t *testing.T) {
 	for _, l7 := range []bool{false, true} {
 		e := loadEngine(t, Config{CacheSize: -1, Logger: quietLogger()}, benchBundle(t, 300, l7))
@@ -174,6 +193,10 @@ func TestBenchFamilies(t *testing.T) {
 			x, err := e.Explain(context.Background(), f.in)
 			if err != nil || x.Candidates != f.candidates {
 				t.Errorf("l7=%v %s: Explain says %d candidates, want %d (%v)", l7, f.name, x.Candidates, f.candidates, err)
+			}
+			if x.Tested != 0 || x.Shared >= benchConditions {
+				t.Errorf("l7=%v %s: %d shared evaluations and %d candidates tested one by one, want fewer than %d and none",
+					l7, f.name, x.Shared, x.Tested, benchConditions)
 			}
 		}
 	}
@@ -211,7 +234,7 @@ func benchEngine(b *testing.B, e *Engine, f benchFamily, vary bool) {
 		ring = benchIPRing
 		checkMisses(b, e, in)
 	}
-	b.ReportMetric(float64(f.candidates), "candidates/op")
+	reportWork(b, e, in)
 	measure(b, func(i int) {
 		in.Source.IP = ring[i%len(ring)]
 		if _, err := e.Decide(ctx, in); err != nil {
@@ -220,7 +243,19 @@ func benchEngine(b *testing.B, e *Engine, f benchFamily, vary bool) {
 	})
 }
 
-// candidatesFor is the number of rules the native program tests for in.
+// reportWork reports what the decision of in takes: candidates/op,
+// shared/op and tested/op (see the top of this file).
+func reportWork(b *testing.B, e *Engine, in Input) {
+	x, err := e.Explain(context.Background(), in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(x.Candidates), "candidates/op")
+	b.ReportMetric(float64(x.Shared), "shared/op")
+	b.ReportMetric(float64(x.Tested), "tested/op")
+}
+
+// candidatesFor is the number of rules the index hands over for in.
 func candidatesFor(tb testing.TB, e *Engine, in Input) int {
 	tb.Helper()
 	if err := in.Prepare(); err != nil {

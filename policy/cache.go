@@ -212,23 +212,25 @@ func canonicalLabels(labels map[string]string) string {
 	return b.String()
 }
 
-// hash covers every field of the key. Empty strings (fields the policy
-// does not observe) are skipped; mixing in each field's position keeps
-// equal values in different fields apart.
+// hash covers every field of the key, streamed through one maphash.Hash
+// (one call to the runtime's hasher per 128 bytes, not one per field). Each
+// string is followed by a byte no valid one holds at that place, and equal
+// hashes are only candidates: get compares the whole key.
 func (c *decisionCache) hash(k *l4Key) uint64 {
-	h := uint64(k.srcPort)<<32 | uint64(k.dstPort)<<8 | uint64(k.labelsPresent)
-	if k.mtls {
-		h |= 1 << 63
-	}
+	var h maphash.Hash
+	h.SetSeed(c.seed)
 	strs := [...]string{k.principal, k.trustDomain, k.srcNamespace, k.srcServiceAccount, k.srcIP, k.remoteIP,
 		k.dstIP, k.dstNamespace, k.dstWorkload, k.dstServiceAccount, k.dstSvc, k.sni, k.allLabels,
 		k.labels[0], k.labels[1], k.labels[2], k.labels[3], k.labels[4], k.labels[5], k.labels[6]}
 	for i := range strs {
-		if strs[i] != "" {
-			h = (h ^ (maphash.String(c.seed, strs[i]) + uint64(i))) * 0x100000001b3
-		}
+		h.WriteString(strs[i])
+		h.WriteByte(0)
 	}
-	return h
+	mixed := uint64(k.srcPort)<<32 | uint64(k.dstPort)<<8 | uint64(k.labelsPresent)
+	if k.mtls {
+		mixed |= 1 << 63
+	}
+	return h.Sum64() ^ mixed*0x9e3779b97f4a7c15
 }
 
 func (c *decisionCache) get(k *l4Key) (Decision, uint64, bool) {

@@ -29,13 +29,14 @@ type Explanation struct {
 	// the input, every contribution point together; the rest could not
 	// match. Rules lists them all either way.
 	Candidates int `json:"candidates"`
-	// Lookups is how many per-field lookups decided conditions for many
-	// candidates at once, and Tested how many candidates were then tested
+	// Shared is how many evaluations decided conditions for many
+	// candidates at once (a condition every candidate of a bucket has, or
+	// a per-field lookup), and Tested how many candidates were then tested
 	// one by one on the conditions left (Work). The allow_scope point is
 	// not evaluated once a deny or allow decided, so its candidates count
 	// in neither then.
-	Lookups int `json:"lookups"`
-	Tested  int `json:"tested"`
+	Shared int `json:"shared"`
+	Tested int `json:"tested"`
 }
 
 // RuleTrace is one contribution rule's outcome for the input.
@@ -75,7 +76,7 @@ func (e *Engine) Explain(ctx context.Context, in Input) (Explanation, error) {
 	} else {
 		d, err = g.evaluate(ctx, &in)
 	}
-	x := Explanation{Decision: d, Lookups: work.Lookups, Tested: work.Tested}
+	x := Explanation{Decision: d, Shared: work.Shared, Tested: work.Tested}
 	if err != nil {
 		return x, err
 	}

@@ -43,8 +43,10 @@ const planMinRules = 4
 // residual, and a group decides its conditions with the matchers'
 // semantics (TestPlanAgreesWithMatchers holds it to that).
 type bucketPlan struct {
-	words    int
-	full     []uint64 // every rule of the bucket
+	words int
+	full  []uint64 // every rule of the bucket
+	// common are the conditions every rule has: tested once, first.
+	common   allOf
 	groups   []*fieldGroup
 	residual []allOf // per rule; nil when no condition is left
 }
@@ -64,7 +66,9 @@ type fieldGroup struct {
 	// are the rules that pass when the field is absent (no positive
 	// condition, no requirement that it be defined).
 	notPos, undefined []uint64
-	entries           int // lookup entries, to order groups by selectivity
+	// share is how many rules the entry concerning the most rules
+	// concerns: the fewer, the more the group discriminates.
+	share int
 }
 
 // hit is the rules a lookup entry concerns: pos holds the entry in a
@@ -104,9 +108,10 @@ type planWork struct {
 type Work struct {
 	// Candidates are the rules the index's lookups handed over.
 	Candidates int `json:"candidates"`
-	// Lookups are the per-field lookups that decided conditions for many
-	// candidates at once (one per field a bucket's rules test).
-	Lookups int `json:"lookups"`
+	// Shared are the evaluations that decided conditions for many
+	// candidates at once: a condition every candidate of a bucket has,
+	// tested once, or a per-field lookup.
+	Shared int `json:"shared"`
 	// Tested are the candidates then tested one by one: rules of small
 	// buckets, and survivors of the lookups with conditions left.
 	Tested int `json:"tested"`
@@ -115,9 +120,16 @@ type Work struct {
 // survivors leaves in w.alive, and returns, the rules that pass every group.
 func (p *bucketPlan) survivors(in *Input, w *planWork) []uint64 {
 	alive := grow(&w.alive, p.words)
+	for _, m := range p.common {
+		w.work.Shared++
+		if !m.match(in) {
+			clear(alive)
+			return alive
+		}
+	}
 	copy(alive, p.full)
 	for _, g := range p.groups {
-		w.work.Lookups++
+		w.work.Shared++
 		if !g.apply(in, alive, w) {
 			return alive
 		}

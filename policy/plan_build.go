@@ -2,8 +2,10 @@ package policy
 
 import (
 	"cmp"
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // newBucket files rules (ascending) of idx as a bucket of point, with a
@@ -46,6 +48,8 @@ func planBucket(rules []int32, tests []allOf) *bucketPlan {
 	for i := range n {
 		p.full[i>>6] |= 1 << (i & 63)
 	}
+	var common map[string]bool
+	p.common, common = commonConditions(rules, tests)
 	builders := map[*field]*groupBuilder{}
 	var order []*field
 	for i, r := range rules {
@@ -54,6 +58,9 @@ func planBucket(rules []int32, tests []allOf) *bucketPlan {
 			c, ok := lookupCondition(m)
 			if !ok {
 				residual = append(residual, m)
+				continue
+			}
+			if _, shared := common[c.key()]; shared {
 				continue
 			}
 			g := builders[c.f]
@@ -68,16 +75,99 @@ func planBucket(rules []int32, tests []allOf) *bucketPlan {
 		}
 		p.residual[i] = residual
 	}
-	if len(builders) == 0 && slices.ContainsFunc(p.residual, func(c allOf) bool { return c != nil }) {
+	if len(builders) == 0 && len(common) == 0 && slices.ContainsFunc(p.residual, func(c allOf) bool { return c != nil }) {
 		return nil
 	}
 	for _, f := range order {
 		p.groups = append(p.groups, builders[f].build(p.full))
 	}
-	// The group with the most entries first: it is the likeliest to
-	// leave few rules alive for the others.
-	slices.SortStableFunc(p.groups, func(a, b *fieldGroup) int { return cmp.Compare(b.entries, a.entries) })
+	// The most discriminating group first (the one whose most shared
+	// entry concerns the fewest rules): it is the likeliest to leave few
+	// rules alive for the others.
+	slices.SortStableFunc(p.groups, func(a, b *fieldGroup) int { return cmp.Compare(a.share, b.share) })
 	return p
+}
+
+// commonConditions are the lookup conditions every rule of the bucket
+// has, in the order the first rule has them, with their keys: decided
+// once, with no lookup.
+func commonConditions(rules []int32, tests []allOf) (allOf, map[string]bool) {
+	count := map[string]int{}
+	for _, r := range rules {
+		seen := map[string]bool{}
+		for _, m := range tests[r] {
+			if c, ok := lookupCondition(m); ok && !seen[c.key()] {
+				seen[c.key()] = true
+				count[c.key()]++
+			}
+		}
+	}
+	var out allOf
+	keys := map[string]bool{}
+	for _, m := range tests[rules[0]] {
+		if c, ok := lookupCondition(m); ok && count[c.key()] == len(rules) && !keys[c.key()] {
+			keys[c.key()] = true
+			out = append(out, m)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b matcher) int { return cmp.Compare(cost(a), cost(b)) })
+	return out, keys
+}
+
+// cost ranks conditions by what testing them takes, so the cheap ones
+// are tested first: a comparison of a plain field, then a string test or
+// a map read (labels, headers, sets), then a CIDR (the address is parsed).
+func cost(m matcher) int {
+	switch x := m.(type) {
+	case not:
+		return cost(x.m)
+	case anyOf:
+		n := 0
+		for _, b := range x {
+			n += cost(b)
+		}
+		return n
+	case allOf:
+		n := 0
+		for _, c := range x {
+			n += cost(c)
+		}
+		return n
+	case cidrContains:
+		return 4
+	case memberOf, stringTest:
+		return 2 + mapField(x.(leaf).field())
+	case leaf:
+		return 1 + mapField(x.field())
+	}
+	return 4
+}
+
+// mapField is 1 for a field read from a map (labels, headers, claims).
+func mapField(f *field) int {
+	if strings.Contains(f.path, ".labels.") || strings.Contains(f.path, ".headers.") || strings.Contains(f.path, ".claims.") {
+		return 1
+	}
+	return 0
+}
+
+// key identifies a lookup condition: equal keys, equal conditions.
+func (c lookupCond) key() string {
+	entries := make([]string, len(c.entries))
+	for i, e := range c.entries {
+		switch e.kind {
+		case entryExact:
+			entries[i] = fmt.Sprintf("=%d/%t/%v/%q", e.key.kind, e.key.b, e.key.n, e.key.s)
+		case entryPrefix:
+			entries[i] = fmt.Sprintf("^%q", e.text)
+		case entrySuffix:
+			entries[i] = fmt.Sprintf("$%q", e.text)
+		case entryCIDR:
+			entries[i] = "/" + e.prefix.String()
+		}
+	}
+	slices.Sort(entries)
+	return fmt.Sprintf("%s neg=%t def=%t %s", c.f.path, c.negated, c.defined, strings.Join(entries, " "))
 }
 
 // lookupCond is a condition a fieldGroup can decide: positive (any entry
@@ -229,7 +319,7 @@ func (g *groupBuilder) add(i int32, c lookupCond) bool {
 
 func (g *groupBuilder) build(full []uint64) *fieldGroup {
 	words := len(full)
-	fg := &fieldGroup{f: g.f, notPos: make([]uint64, words), undefined: make([]uint64, words), entries: len(g.entries)}
+	fg := &fieldGroup{f: g.f, notPos: make([]uint64, words), undefined: make([]uint64, words)}
 	for i := range full {
 		fg.notPos[i] = full[i] &^ g.pos[i]
 		fg.undefined[i] = full[i] &^ (g.pos[i] | g.def[i])
@@ -237,6 +327,7 @@ func (g *groupBuilder) build(full []uint64) *fieldGroup {
 	var prefixes, suffixes map[string]*hit
 	for e, hb := range g.entries {
 		h := &hit{pos: newRuleSet(hb.pos, words), neg: newRuleSet(hb.neg, words)}
+		fg.share = max(fg.share, len(hb.pos)+len(hb.neg))
 		switch e.kind {
 		case entryExact:
 			fg.exact.put(e.key, h)
