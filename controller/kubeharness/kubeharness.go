@@ -107,16 +107,12 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 // startEtcd runs a one-member etcd on two free loopback ports and returns
 // its client URL. The API server's readiness covers etcd's.
 func (c *Cluster) startEtcd(bin string) (string, error) {
-	clientPort, err := freePort()
+	ports, err := freePorts(2)
 	if err != nil {
 		return "", err
 	}
-	peerPort, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	clientURL := "http://127.0.0.1:" + strconv.Itoa(clientPort)
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
+	clientURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	c.etcd, err = startProcess("etcd", bin, filepath.Join(c.dir, "etcd.log"),
 		"--name=regomesh",
 		"--data-dir="+filepath.Join(c.dir, "etcd"),
@@ -135,10 +131,11 @@ const serviceCIDR = "10.96.0.0/16"
 // startAPIServer runs kube-apiserver against etcdURL on a free loopback
 // port and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context, bin, etcdURL string, files credentialFiles) error {
-	port, err := freePort()
+	ports, err := freePorts(1)
 	if err != nil {
 		return err
 	}
+	port := ports[0]
 	c.apiserver, err = startProcess("kube-apiserver", bin, filepath.Join(c.dir, "kube-apiserver.log"),
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1",
