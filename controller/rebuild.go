@@ -1,0 +1,135 @@
+package controller
+
+import (
+	"context"
+	"maps"
+	"slices"
+
+	clientv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/regomesh/regomesh/policy/istio"
+)
+
+// rebuild reads the informers' caches, rebuilds what d says changed
+// (what did not change is the previous update's, the same pointers),
+// writes the AuthorizationPolicies' status, and publishes. Every rebuild
+// reads the whole cache: O(cluster) per batch of changes, not O(changed).
+func (c *Controller) rebuild(ctx context.Context, d dirty) {
+	objs := c.objects()
+	next := c.last
+	next.Version++
+	m := &model{cfg: c.cfg, objs: objs, waypoints: map[string]*waypoint{}}
+	m.findWaypoints()
+	if d&dirtyState != 0 {
+		c.stateProblems = c.rebuildState(&next, objs)
+	}
+	if d&dirtyPolicies != 0 {
+		c.policyProblems = c.rebuildPolicies(ctx, &next, m)
+	}
+	next.Problems = slices.Concat(c.stateProblems, c.policyProblems)
+	c.logNew(next.Problems)
+	c.last = next
+	published := next
+	c.cfg.Publish(&published)
+}
+
+func (c *Controller) rebuildState(next *Update, objs objects) []Problem {
+	snap, problems, err := buildSnapshot(objs, c.cfg)
+	var out []Problem
+	for _, err := range problems {
+		out = append(out, Problem{Kind: "State", Err: err})
+	}
+	if err != nil {
+		out = append(out, Problem{Kind: "State", Err: err})
+		return out // the last snapshot stays
+	}
+	next.Snapshot = snap
+	return out
+}
+
+// rebuildPolicies converts and validates the security resources, builds
+// the bundles (keeping the last good one of each when a build fails) and
+// brings the AuthorizationPolicies' status up to date.
+func (c *Controller) rebuildPolicies(ctx context.Context, next *Update, m *model) []Problem {
+	pobjs := c.policyObjects()
+	res, problems := c.store.resources(pobjs)
+	next.Policies = res
+	if b, err := buildBundle(res, c.cfg.istioOptions("")); err != nil {
+		problems = append(problems, Problem{Kind: "Bundle", Err: err})
+	} else {
+		next.Bundle = b
+	}
+	wbs := map[string]*Bundle{}
+	for _, ref := range slices.Sorted(maps.Keys(m.waypoints)) {
+		b, err := buildBundle(res, c.cfg.istioOptions(ref))
+		if err != nil {
+			problems = append(problems, Problem{Kind: "Bundle", Name: ref, Err: err})
+			b = c.last.WaypointBundles[ref]
+		}
+		if b != nil {
+			wbs[ref] = b
+		}
+	}
+	next.WaypointBundles = wbs
+	if c.writeStatus(ctx, m, statusInputs(pobjs.aps, res, problems, c.cfg)) {
+		c.mark(dirtyPolicies)
+	}
+	return problems
+}
+
+// logNew logs the problems the last update did not have.
+func (c *Controller) logNew(problems []Problem) {
+	seen := map[string]bool{}
+	for _, p := range c.last.Problems {
+		seen[p.String()] = true
+	}
+	for _, p := range problems {
+		if !seen[p.String()] {
+			c.log.Warn("left out", "problem", p.String())
+		}
+	}
+}
+
+// statusInputs pairs each AuthorizationPolicy object with what decides
+// its condition.
+func statusInputs(objs []*clientv1.AuthorizationPolicy, res *istio.Resources, problems []Problem, cfg Config) []statusInput {
+	byID := map[string]*istio.Policy{}
+	for _, p := range res.AuthorizationPolicies {
+		byID[p.ID()] = p
+	}
+	bad := map[string]*Problem{}
+	for i, p := range problems {
+		if p.Kind == "AuthorizationPolicy" {
+			bad[p.Namespace+"/"+p.Name] = &problems[i]
+		}
+	}
+	warnings := policyWarnings(res.AuthorizationPolicies, cfg.istioOptions(""))
+	out := make([]statusInput, 0, len(objs))
+	for _, obj := range objs {
+		id := obj.Namespace + "/" + obj.Name
+		out = append(out, statusInput{obj: obj, policy: byID[id], problem: bad[id], warnings: warnings[id]})
+	}
+	return out
+}
+
+func (c *Controller) objects() objects {
+	objs := objects{namespaces: map[string]*corev1.Namespace{}}
+	nss, _ := c.listers.namespaces.List(labels.Everything()) // a cache read: no error
+	for _, ns := range nss {
+		objs.namespaces[ns.Name] = ns
+	}
+	objs.pods, _ = c.listers.pods.List(labels.Everything())
+	objs.services, _ = c.listers.services.List(labels.Everything())
+	objs.gateways, _ = c.listers.gateways.List(labels.Everything())
+	return objs
+}
+
+func (c *Controller) policyObjects() policyObjects {
+	var p policyObjects
+	p.aps, _ = c.listers.aps.List(labels.Everything())
+	p.pas, _ = c.listers.pas.List(labels.Everything())
+	p.ras, _ = c.listers.ras.List(labels.Everything())
+	return p
+}
