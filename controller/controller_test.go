@@ -324,6 +324,47 @@ func testWaypoints(e *env) {
 	if u.Snapshot.IsWaypoint("spiffe://regomesh.test/ns/bank/sa/sa-teller") {
 		e.t.Error("teller's identity is a waypoint's in the state")
 	}
+	testWaypointPolicies(e)
+}
+
+// Policies attached to waypoints by targetRefs get istiod's
+// WaypointAccepted, and the waypoint's own bundle.
+func testWaypointPolicies(e *env) {
+	aps := e.istio.SecurityV1().AuthorizationPolicies("bank")
+	for name, ref := range map[string]*typev1beta1.PolicyTargetReference{
+		"at-waypoint": {Group: "gateway.networking.k8s.io", Kind: "Gateway", Name: "waypoint"},
+		"at-teller":   {Kind: "Service", Name: "teller"},
+		"at-vault":    {Kind: "Service", Name: "vault"},
+		"at-nothing":  {Group: "gateway.networking.k8s.io", Kind: "Gateway", Name: "nothing"},
+	} {
+		_, err := aps.Create(e.ctx, &istiosecurity.AuthorizationPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: securityv1beta1.AuthorizationPolicy{
+				TargetRefs: []*typev1beta1.PolicyTargetReference{ref},
+				Action:     securityv1beta1.AuthorizationPolicy_DENY,
+				Rules:      []*securityv1beta1.Rule{{To: []*securityv1beta1.Rule_To{{Operation: &securityv1beta1.Operation{Methods: []string{"DELETE"}}}}}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	for name, want := range map[string]string{
+		"at-waypoint": "True Accepted: bound to bank/waypoint",
+		"at-teller":   "True Accepted: bound to bank/waypoint",
+		"at-vault":    "False AncestorNotBound: Service bank/vault is not bound to a waypoint",
+		"at-nothing":  "False TargetNotFound: not bound",
+	} {
+		if got := e.conditionOf("bank", name, "WaypointAccepted"); got != want {
+			e.t.Errorf("%s condition = %q; want %q", name, got, want)
+		}
+	}
+	e.waitFor("the waypoint's bundle", func(u *controller.Update) string {
+		if _, ok := u.WaypointBundles["bank/waypoint"].Translation.Modules["mesh/policies/istio/bank/at-waypoint.rego"]; !ok {
+			return "bank/at-waypoint not in the waypoint's bundle: " + moduleNames(u.WaypointBundles["bank/waypoint"])
+		}
+		return ""
+	})
 }
 
 func allowFrom(name, principal string) *istiosecurity.AuthorizationPolicy {
@@ -378,11 +419,18 @@ func (e *env) nextUpdateOr(d time.Duration) {
 	}
 }
 
-func moduleNames(b *controller.Bundle) string {
+// moduleNames lists the bundle's modules whose names hold each of parts.
+func moduleNames(b *controller.Bundle, parts ...string) string {
 	if b == nil {
 		return "<no bundle>"
 	}
-	return strings.Join(slices.Sorted(maps.Keys(b.Translation.Modules)), ",")
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(b.Translation.Modules)) {
+		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(name, p) }) {
+			out = append(out, name)
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 func testPolicies(e *env) {
@@ -407,7 +455,7 @@ func testPolicies(e *env) {
 	}
 	const want = "mesh/policies/istio/pay/allow-get.rego,mesh/policies/istio/pay/allow-web.rego,mesh/policies/istio_peerauthentication/pay/strict.rego"
 	u := e.waitFor("policies translated", func(u *controller.Update) string {
-		if got := moduleNames(u.Bundle); got != want {
+		if got := moduleNames(u.Bundle, "/pay/"); got != want {
 			return "bundle modules = " + got + "; want " + want
 		}
 		return ""

@@ -14,8 +14,9 @@ import (
 
 // rebuild reads the informers' caches, rebuilds what d says changed
 // (what did not change is the previous update's, the same pointers),
-// writes the AuthorizationPolicies' status, and publishes. Every rebuild
-// reads the whole cache: O(cluster) per batch of changes, not O(changed).
+// publishes, then writes the AuthorizationPolicies' status: proxies need
+// not wait for the API server. Every rebuild reads the whole cache:
+// O(cluster) per batch of changes, not O(changed).
 func (c *Controller) rebuild(ctx context.Context, d dirty) {
 	objs := c.objects()
 	next := c.last
@@ -25,14 +26,18 @@ func (c *Controller) rebuild(ctx context.Context, d dirty) {
 	if d&dirtyState != 0 {
 		c.stateProblems = c.rebuildState(&next, objs)
 	}
+	var status []statusInput
 	if d&dirtyPolicies != 0 {
-		c.policyProblems = c.rebuildPolicies(ctx, &next, m)
+		c.policyProblems, status = c.rebuildPolicies(&next, m)
 	}
 	next.Problems = slices.Concat(c.stateProblems, c.policyProblems)
 	c.logNew(next.Problems)
 	c.last = next
 	published := next
 	c.cfg.Publish(&published)
+	if status != nil && c.writeStatus(ctx, m, status) {
+		c.mark(dirtyPolicies)
+	}
 }
 
 func (c *Controller) rebuildState(next *Update, objs objects) []Problem {
@@ -49,10 +54,11 @@ func (c *Controller) rebuildState(next *Update, objs objects) []Problem {
 	return out
 }
 
-// rebuildPolicies converts and validates the security resources, builds
-// the bundles (keeping the last good one of each when a build fails) and
-// brings the AuthorizationPolicies' status up to date.
-func (c *Controller) rebuildPolicies(ctx context.Context, next *Update, m *model) []Problem {
+// rebuildPolicies converts and validates the security resources and
+// builds the bundles (keeping the last good one of each when a build
+// fails). It returns the problems, and what the AuthorizationPolicies'
+// status is to say.
+func (c *Controller) rebuildPolicies(next *Update, m *model) ([]Problem, []statusInput) {
 	pobjs := c.policyObjects()
 	res, problems := c.store.resources(pobjs)
 	next.Policies = res
@@ -73,10 +79,7 @@ func (c *Controller) rebuildPolicies(ctx context.Context, next *Update, m *model
 		}
 	}
 	next.WaypointBundles = wbs
-	if c.writeStatus(ctx, m, statusInputs(pobjs.aps, res, problems, c.cfg)) {
-		c.mark(dirtyPolicies)
-	}
-	return problems
+	return problems, statusInputs(pobjs.aps, res, problems, c.cfg)
 }
 
 // logNew logs the problems the last update did not have.

@@ -81,9 +81,9 @@ func (m *model) policyCondition(in statusInput, rootNamespace string) condition 
 	return c
 }
 
-// waypointBinding is istiod's WaypointAccepted for a policy with
-// targetRefs: one binding per target, flattened as flattenConditions
-// does (pilot/pkg/model/service.go).
+// waypointBinding is istiod's WaypointAccepted for a valid policy with
+// targetRefs (a ServiceEntry is not valid here): one binding per target,
+// flattened as flattenConditions does (pilot/pkg/model/service.go).
 func (m *model) waypointBinding(p *istio.Policy, rootNamespace string) (bool, string, string) {
 	type binding struct {
 		bound           bool
@@ -128,8 +128,6 @@ func (m *model) waypointBinding(p *istio.Policy, rootNamespace string) (bool, st
 			default:
 				b.bound, b.reason, b.message = true, reasonAccepted, "bound to "+wp
 			}
-		case "ServiceEntry":
-			b.reason, b.message = reasonTargetNotFound, fmt.Sprintf("ServiceEntry %s was not found", key)
 		}
 		bs = append(bs, b)
 	}

@@ -1,0 +1,66 @@
+package controller
+
+import (
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+func runningPod(name, ip string, labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: labels},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+	}
+}
+
+// What the API server tests cannot make happen easily: two pods on one
+// address, host-network pods, and a named target port no pod declares.
+func TestBuildSnapshotLeavesOut(t *testing.T) {
+	enrolled := map[string]string{"istio.io/dataplane-mode": "ambient"}
+	host := runningPod("host", "192.168.0.1", enrolled)
+	host.Spec.HostNetwork = true
+	objs := objects{
+		namespaces: map[string]*corev1.Namespace{},
+		pods: []*corev1.Pod{
+			runningPod("b", "10.0.0.1", enrolled),
+			runningPod("a", "10.0.0.1", enrolled),
+			host,
+		},
+		services: []*corev1.Service{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "svc"},
+			Spec: corev1.ServiceSpec{
+				ClusterIP: "None", ClusterIPs: []string{"None"}, Selector: map[string]string{"app": "x"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromString("http")}, {Port: 53, Protocol: corev1.ProtocolUDP}},
+			},
+		}},
+	}
+	snap, problems, err := buildSnapshot(objs, Config{}.withDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, w := range snap.Workloads {
+		names = append(names, w.Name)
+	}
+	if got := strings.Join(names, ","); got != "a" {
+		t.Errorf("workloads = %s; want a (first by name on 10.0.0.1; no host-network pod)", got)
+	}
+	var msgs []string
+	for _, p := range problems {
+		msgs = append(msgs, p.Error())
+	}
+	want := []string{
+		`controller: service ns/svc: port 80: no selected pod declares target port "http"; using 80`,
+		"controller: pod Kubernetes//Pod/ns/b: address 10.0.0.1 already belongs to Kubernetes//Pod/ns/a; left out until one of them goes",
+	}
+	if got := strings.Join(msgs, "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("problems:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	svc := snap.Services[0]
+	if len(svc.VIPs) != 0 || len(svc.Ports) != 1 || svc.Ports[0].TargetPort != 80 {
+		t.Errorf("headless service = vips %v ports %+v; want no VIP, the TCP port only, target 80", svc.VIPs, svc.Ports)
+	}
+}
