@@ -20,7 +20,8 @@ type exchange struct {
 	target   state.Target
 	endpoint *state.Workload
 	upstream netip.AddrPort
-	rule     *routeRule // the HTTPRoute rule that routed the request, if any
+	rule     *routeRule        // the HTTPRoute rule that routed the request, if any
+	balanced []*state.Workload // the endpoints the balancer chose among, until finishEndpoint
 
 	method, path, host, proto, traceparent string
 	grpc                                   bool

@@ -41,7 +41,8 @@ workloads:
 - {name: client, namespace: a, serviceAccount: client, ips: [10.1.0.5]}
 - {name: waypoint, namespace: shop, serviceAccount: waypoint, ips: [10.1.0.2]}
 - {name: web-1, namespace: shop, serviceAccount: web, ips: [10.1.0.9], labels: {app: web}}
-- {name: web2-1, namespace: shop, serviceAccount: web, ips: [10.1.0.10], labels: {app: web2}}
+- {name: web2-1, namespace: shop, serviceAccount: web, ips: [10.1.0.10], labels: {app: web2, lb: pair}}
+- {name: broken-1, namespace: shop, serviceAccount: web, ips: [10.1.0.11], labels: {lb: pair}}
 services:
 - name: web
   namespace: shop
@@ -60,12 +61,20 @@ services:
   selector: {app: web2}
   ports:
   - {port: 80, targetPort: 8080, name: http}
+- name: pair
+  namespace: shop
+  vips: [10.96.0.11]
+  waypoint: shop/waypoint
+  selector: {lb: pair}
+  ports:
+  - {port: 80, targetPort: 8080, name: http}
 `
 
 var (
 	webVIP       = netip.MustParseAddr("10.96.0.9")
 	webIP        = netip.MustParseAddr("10.1.0.9")
-	web2IP       = netip.MustParseAddr("10.1.0.10") // web2's endpoint, behind the same test ztunnel
+	web2IP       = netip.MustParseAddr("10.1.0.10")  // web2's endpoint, behind the same test ztunnel
+	pairVIP      = netip.MustParseAddr("10.96.0.11") // web2-1, and broken-1, whose ztunnel no tunnel reaches
 	waypointID   = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/waypoint")
 	clientIDText = "spiffe://cluster.local/ns/a/sa/client"
 )

@@ -54,7 +54,7 @@ func (w *Waypoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	if target, ok := w.applyRoutes(rec, r, snap, target, x); !ok {
 		return
-	} else if x.endpoint, x.upstream, err = w.pickEndpoint(snap, target); err != nil {
+	} else if err = w.pickEndpoint(snap, target, x); err != nil {
 		x.fail(FlagNoHealthy, err)
 		unavailable(rec, x.grpc)
 		return
@@ -164,6 +164,7 @@ func (w *Waypoint) finish(x *exchange, rec *recorder) {
 	if x.grpc {
 		x.grpcStatus = grpcStatusOf(rec.Header())
 	}
+	w.finishEndpoint(x)
 	w.cfg.Metrics.record(x)
 	w.cfg.AccessLog.Write(x.entry())
 }

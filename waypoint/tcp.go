@@ -14,6 +14,7 @@ func (w *Waypoint) relayTCP(ctx context.Context, cl *client, c *tunnelConn) {
 	x := &exchange{kind: "tcp", start: time.Now(), peer: cl.peer, source: cl.source, target: cl.target}
 	defer func() {
 		x.end = time.Now()
+		w.finishEndpoint(x)
 		w.cfg.AccessLog.Write(x.entry())
 	}()
 	snap := w.state.Load()
@@ -28,7 +29,7 @@ func (w *Waypoint) relayTCP(ctx context.Context, cl *client, c *tunnelConn) {
 		c.Close()
 		return
 	}
-	if x.endpoint, x.upstream, err = w.pickEndpoint(snap, target); err != nil {
+	if err = w.pickEndpoint(snap, target, x); err != nil {
 		x.fail(FlagNoHealthy, err)
 		c.Close()
 		return

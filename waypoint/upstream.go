@@ -127,16 +127,18 @@ func (w *Waypoint) dialUpstream(ctx context.Context, cl *client, addr string) (n
 	return s, nil
 }
 
-// pickEndpoint chooses where a request for target goes: the workload
-// itself, or one of the service's endpoints (round robin) at the port's
-// targetPort. The waypoint never picks itself, and only tunnels to
-// workloads in the mesh.
-func (w *Waypoint) pickEndpoint(snap *state.Snapshot, target state.Target) (*state.Workload, netip.AddrPort, error) {
+// pickEndpoint chooses where a request or connection for target goes,
+// into x: the workload itself, or one of the service's endpoints (see
+// balancer) at the port's targetPort; then w.finishEndpoint must follow.
+// The waypoint never picks itself, and only tunnels to workloads in the
+// mesh.
+func (w *Waypoint) pickEndpoint(snap *state.Snapshot, target state.Target, x *exchange) error {
 	if wl := target.Workload; wl != nil {
 		if wl.Protocol != state.HBONE {
-			return nil, netip.AddrPort{}, fmt.Errorf("%w: %s/%s is outside the mesh", ErrNoEndpoint, wl.Namespace, wl.Name)
+			return fmt.Errorf("%w: %s/%s is outside the mesh", ErrNoEndpoint, wl.Namespace, wl.Name)
 		}
-		return wl, netip.AddrPortFrom(target.Addr.Addr().Unmap(), target.Addr.Port()), nil
+		x.endpoint, x.upstream = wl, netip.AddrPortFrom(target.Addr.Addr().Unmap(), target.Addr.Port())
+		return nil
 	}
 	var eps []*state.Workload
 	for _, ep := range snap.Endpoints(target.Service) {
@@ -145,8 +147,20 @@ func (w *Waypoint) pickEndpoint(snap *state.Snapshot, target state.Target) (*sta
 		}
 	}
 	if len(eps) == 0 {
-		return nil, netip.AddrPort{}, fmt.Errorf("%w: service %s", ErrNoEndpoint, target.Service.Hostname)
+		return fmt.Errorf("%w: service %s", ErrNoEndpoint, target.Service.Hostname)
 	}
-	ep := eps[w.next.Add(1)%uint64(len(eps))]
-	return ep, netip.AddrPortFrom(ep.IPs[0], uint16(target.Port.TargetPort)), nil
+	ep := w.lb.pick(eps)
+	x.endpoint, x.upstream, x.balanced = ep, netip.AddrPortFrom(ep.IPs[0], uint16(target.Port.TargetPort)), eps
+	return nil
+}
+
+// finishEndpoint tells the balancer how the request or connection that
+// pickEndpoint sent to a service's endpoint ended: a 5xx answer, or an
+// upstream that could not be reached, counts against the endpoint.
+func (w *Waypoint) finishEndpoint(x *exchange) {
+	if x.balanced == nil {
+		return
+	}
+	w.lb.done(x.endpoint, x.balanced, x.flags == FlagUpstream || x.flags == FlagTimeout || x.status >= 500)
+	x.balanced = nil
 }

@@ -68,6 +68,12 @@ type Config struct {
 	// IdleTimeout closes a client's HTTP keep-alive connection idle this
 	// long. Default 5 minutes.
 	IdleTimeout time.Duration
+	// EjectAfter consecutive failures of a service's endpoint (a 5xx, or
+	// no tunnel to it) take it out of the balancer's choices for
+	// BaseEjection, longer each time. Defaults DefaultEjectAfter and
+	// DefaultBaseEjection.
+	EjectAfter   int
+	BaseEjection time.Duration
 }
 
 // Waypoint terminates HBONE, decides requests and forwards them.
@@ -88,7 +94,7 @@ type Waypoint struct {
 	h1in     *connListener
 	h2       *http2.Server
 	proxy    *httputil.ReverseProxy
-	next     atomic.Uint64 // round robin across a service's endpoints
+	lb       *balancer
 	wg       sync.WaitGroup
 	ownsPool bool
 }
@@ -103,7 +109,7 @@ func New(cfg Config) (*Waypoint, error) {
 		return nil, fmt.Errorf("waypoint: own SVID: %w (is the SPIRE agent's Workload API reachable and this waypoint registered?)", err)
 	}
 	cfg = withDefaults(cfg)
-	w := &Waypoint{cfg: cfg, id: svid.ID, log: cfg.Logger.With("component", "waypoint")}
+	w := &Waypoint{cfg: cfg, id: svid.ID, log: cfg.Logger.With("component", "waypoint"), lb: newBalancer(cfg.EjectAfter, cfg.BaseEjection)}
 	if w.cfg.Pool == nil {
 		if w.cfg.Pool, err = hbone.NewPool(hbone.PoolConfig{Bundle: cfg.Bundle, Logger: w.log}); err != nil {
 			return nil, err
@@ -130,6 +136,12 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.EjectAfter <= 0 {
+		cfg.EjectAfter = DefaultEjectAfter
+	}
+	if cfg.BaseEjection <= 0 {
+		cfg.BaseEjection = DefaultBaseEjection
 	}
 	return cfg
 }
@@ -160,7 +172,10 @@ func (w *Waypoint) initHTTP() {
 
 // SetState puts a new mesh state in force; requests decided from now on
 // resolve their targets and endpoints in it.
-func (w *Waypoint) SetState(s *state.Snapshot) { w.state.Store(s) }
+func (w *Waypoint) SetState(s *state.Snapshot) {
+	w.state.Store(s)
+	w.lb.forget(s)
+}
 
 // SetRoutes puts a set of HTTPRoutes in force (nil: none); requests
 // from now on are routed by it.
