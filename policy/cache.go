@@ -212,25 +212,28 @@ func canonicalLabels(labels map[string]string) string {
 	return b.String()
 }
 
-// hash covers every field of the key, streamed through one maphash.Hash
-// (one call to the runtime's hasher per 128 bytes, not one per field). Each
-// string is followed by a byte no valid one holds at that place, and equal
-// hashes are only candidates: get compares the whole key.
+// hash covers every field of the key: the non-empty strings (the fields
+// the policy observes) streamed through one maphash.Hash, and their
+// lengths and places folded in beside the ports, so equal values in
+// different fields hash apart. Equal hashes are only candidates: get
+// compares the whole key.
 func (c *decisionCache) hash(k *l4Key) uint64 {
 	var h maphash.Hash
 	h.SetSeed(c.seed)
 	strs := [...]string{k.principal, k.trustDomain, k.srcNamespace, k.srcServiceAccount, k.srcIP, k.remoteIP,
 		k.dstIP, k.dstNamespace, k.dstWorkload, k.dstServiceAccount, k.dstSvc, k.sni, k.allLabels,
 		k.labels[0], k.labels[1], k.labels[2], k.labels[3], k.labels[4], k.labels[5], k.labels[6]}
-	for i := range strs {
-		h.WriteString(strs[i])
-		h.WriteByte(0)
-	}
-	mixed := uint64(k.srcPort)<<32 | uint64(k.dstPort)<<8 | uint64(k.labelsPresent)
+	shape := uint64(k.srcPort)<<32 | uint64(k.dstPort)<<8 | uint64(k.labelsPresent)
 	if k.mtls {
-		mixed |= 1 << 63
+		shape |= 1 << 63
 	}
-	return h.Sum64() ^ mixed*0x9e3779b97f4a7c15
+	for i := range strs {
+		if strs[i] != "" {
+			h.WriteString(strs[i])
+			shape = (shape ^ (uint64(len(strs[i]))<<5 | uint64(i))) * 0x100000001b3
+		}
+	}
+	return h.Sum64() ^ shape
 }
 
 func (c *decisionCache) get(k *l4Key) (Decision, uint64, bool) {
