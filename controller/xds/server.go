@@ -1,0 +1,254 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/regomesh/regomesh/ztunnel/state"
+	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
+)
+
+// Config is the server's settings.
+type Config struct {
+	// TrustDomain of the proxies allowed to subscribe.
+	TrustDomain spiffeid.TrustDomain
+	// Logger receives NACKs, refused subscribers and stream ends; default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the delta xDS server. Update gives it the desired state; each
+// subscriber's stream sends that subscriber what it lacks.
+//
+// Invariants: resources is replaced whole by Update, never modified in
+// place, so a stream may read the map it took under mu without the lock;
+// version grows by one with every Update that changes a resource.
+type Server struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+
+	cfg      Config
+	log      *slog.Logger
+	updateMu sync.Mutex // serializes Update's encoding, outside mu
+	encoded  encoded    // the last Update's, under updateMu
+	nonces   atomic.Uint64
+	streams  sync.WaitGroup // every stream's receiving goroutine
+
+	mu          sync.Mutex
+	snap        *state.Snapshot
+	version     uint64
+	resources   map[string]*resource
+	subscribers map[*subscriber]struct{}
+	proxies     map[string]*ProxyStatus
+}
+
+var _ discoveryv3.AggregatedDiscoveryServiceServer = (*Server)(nil)
+
+// resource is one encoded Address, shared read-only by every stream.
+type resource struct {
+	name    string
+	version string // hash of the encoded bytes
+	node    string // a workload's node; "" for a service
+	service bool
+	body    *anypb.Any
+}
+
+// New returns a server with an empty state; call Update before proxies
+// can expect anything.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Server{
+		cfg: cfg, log: cfg.Logger.With("component", "xds"),
+		resources: map[string]*resource{}, subscribers: map[*subscriber]struct{}{}, proxies: map[string]*ProxyStatus{},
+	}
+}
+
+// NewGRPCServer serves s over mutual TLS: the server presents svid's
+// current SVID and accepts clients with an SVID of its trust domain that
+// bundle verifies; which of them may subscribe, and for what, is decided
+// per stream.
+func NewGRPCServer(s *Server, svid x509svid.Source, bundle x509bundle.Source, opts ...grpc.ServerOption) *grpc.Server {
+	tlsConfig := tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(s.cfg.TrustDomain))
+	opts = append([]grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		// Proxies ping every 30s so a controller that vanished is
+		// noticed; allow it.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true),
+	}, opts...)
+	gs := grpc.NewServer(opts...)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, s)
+	return gs
+}
+
+// Wait returns once the goroutines of every stream have ended: call it
+// after the gRPC server's Stop, which ends the streams.
+func (s *Server) Wait() { s.streams.Wait() }
+
+// Update makes snap the desired state. Resources whose encoding did not
+// change keep their version, so a subscriber is sent only what changed;
+// an Update that changes nothing sends nothing.
+func (s *Server) Update(snap *state.Snapshot) {
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	s.mu.Lock()
+	old := s.resources
+	s.mu.Unlock()
+	next := s.encode(snap, old)
+	changed := len(next) != len(old)
+	for name, r := range next {
+		if old[name] != r {
+			changed = true
+			break
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.snap = snap
+	if !changed {
+		return
+	}
+	s.resources = next
+	s.version++
+	for sub := range s.subscribers {
+		sub.wakeUp()
+	}
+}
+
+// Version is the state's current version, as sent in system_version_info.
+func (s *Server) Version() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return formatVersion(s.version)
+}
+
+func formatVersion(v uint64) string { return fmt.Sprint(v) }
+
+// current is the state a stream diffs against.
+func (s *Server) current() (uint64, map[string]*resource) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version, s.resources
+}
+
+func (s *Server) isWaypoint(id spiffeid.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap != nil && s.snap.IsWaypoint(id.String())
+}
+
+// encoded remembers which resource each workload and service of the
+// last snapshot became. Snapshots are never modified, so the same
+// pointer is the same content: while the services stay the same, a
+// workload that is the same pointer is the same resource, and one pod's
+// change costs one encoding, not the whole state's.
+type encoded struct {
+	services  []*state.Service
+	workloads map[*state.Workload]*resource
+}
+
+// encode turns snap into resources, reusing old's for those whose bytes
+// are the same.
+func (s *Server) encode(snap *state.Snapshot, old map[string]*resource) map[string]*resource {
+	out := make(map[string]*resource, len(snap.Workloads)+len(snap.Services))
+	for _, svc := range snap.Services {
+		out[wire.ServiceName(svc)] = encodeOne(wire.ServiceName(svc), "", true, wire.EncodeService(svc), old)
+	}
+	prev := s.encoded.workloads
+	if !slices.Equal(snap.Services, s.encoded.services) {
+		prev = nil // which services select a workload may have changed
+	}
+	next := encoded{services: snap.Services, workloads: make(map[*state.Workload]*resource, len(snap.Workloads))}
+	var selectors selectorIndex
+	for _, w := range snap.Workloads {
+		r, ok := prev[w]
+		if !ok {
+			if selectors == nil {
+				selectors = indexSelectors(snap.Services)
+			}
+			r = encodeOne(wire.WorkloadName(w), w.Node, false, wire.EncodeWorkload(w, selectors.selecting(w)), old)
+		}
+		out[r.name] = r
+		next.workloads[w] = r
+	}
+	s.encoded = next
+	return out
+}
+
+// selectorIndex finds the services selecting a workload without trying
+// every service: each service is filed under its namespace and one of
+// its selector's pairs, which the workload's labels must hold.
+type selectorIndex map[selectorKey][]*state.Service
+
+type selectorKey struct{ namespace, label, value string }
+
+func indexSelectors(services []*state.Service) selectorIndex {
+	idx := selectorIndex{}
+	for _, svc := range services {
+		if len(svc.Selector) == 0 {
+			continue // selects nothing, as in Kubernetes
+		}
+		k := slices.Min(slices.Collect(maps.Keys(svc.Selector)))
+		key := selectorKey{svc.Namespace, k, svc.Selector[k]}
+		idx[key] = append(idx[key], svc)
+	}
+	return idx
+}
+
+// selecting lists the services selecting w, in no particular order: they
+// become the workload's services map.
+func (idx selectorIndex) selecting(w *state.Workload) []*state.Service {
+	var out []*state.Service
+	for k, v := range w.Labels {
+		for _, svc := range idx[selectorKey{w.Namespace, k, v}] {
+			if selects(svc.Selector, w.Labels) {
+				out = append(out, svc)
+			}
+		}
+	}
+	return out
+}
+
+var deterministic = proto.MarshalOptions{Deterministic: true}
+
+func encodeOne(name, node string, service bool, addr *workloadapi.Address, old map[string]*resource) *resource {
+	b, err := deterministic.Marshal(addr)
+	if err != nil {
+		panic(fmt.Sprintf("xds: marshal %s: %v", name, err)) // generated messages of valid UTF-8 strings marshal
+	}
+	sum := sha256.Sum256(b)
+	version := hex.EncodeToString(sum[:12])
+	if r, ok := old[name]; ok && r.version == version && r.node == node {
+		return r
+	}
+	return &resource{name: name, version: version, node: node, service: service, body: &anypb.Any{TypeUrl: wire.TypeURL, Value: b}}
+}
+
+func selects(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,84 @@
+package xds
+
+import (
+	"slices"
+	"strings"
+	"time"
+)
+
+// ProxyStatus is what the server knows of one proxy (by SPIFFE ID): the
+// state version it has ACKed and the last NACK, for `regomesh status`.
+type ProxyStatus struct {
+	ID   string
+	Kind Kind
+	Node string
+	// Streams is how many streams the proxy has open now.
+	Streams int
+	// AckedVersion is the last system version the proxy ACKed; it holds
+	// that state (or a later one it has not ACKed yet).
+	AckedVersion string
+	AckedAt      time.Time
+	// LastNACK is the last response the proxy refused, nil if none.
+	LastNACK *NACK
+	// LastPush describes the last response sent; TotalBytes sums them all.
+	LastPush   Push
+	TotalBytes int64
+}
+
+// NACK is a response a proxy refused, and why.
+type NACK struct {
+	Version string
+	Nonce   string
+	Reason  string
+	At      time.Time
+}
+
+// Push is one response: its version, how many resources it added or
+// changed and removed, and its encoded size.
+type Push struct {
+	Version   string
+	Nonce     string
+	Resources int
+	Removed   int
+	Bytes     int
+}
+
+// Proxies lists every proxy that has subscribed since the server started,
+// by SPIFFE ID.
+func (s *Server) Proxies() []ProxyStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(s.proxies))
+	for _, p := range s.proxies {
+		c := *p
+		if p.LastNACK != nil {
+			n := *p.LastNACK
+			c.LastNACK = &n
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Proxy returns the status of the proxy with SPIFFE ID id.
+func (s *Server) Proxy(id string) (ProxyStatus, bool) {
+	for _, p := range s.Proxies() {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return ProxyStatus{}, false
+}
+
+// record changes the status of p under the server's lock.
+func (s *Server) record(p Proxy, change func(*ProxyStatus)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.proxies[p.ID.String()]
+	if !ok {
+		st = &ProxyStatus{ID: p.ID.String(), Kind: p.Kind, Node: p.Node}
+		s.proxies[st.ID] = st
+	}
+	change(st)
+}

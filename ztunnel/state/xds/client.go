@@ -1,0 +1,310 @@
+package xds
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/structpb"
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+// ClientConfig is a proxy's connection to the controller.
+type ClientConfig struct {
+	// Addr is the controller's host:port.
+	Addr string
+	// SVID is the proxy's own identity, presented to the controller: a
+	// ztunnel's is spiffe://<trust domain>/regomesh/ztunnel/<node>.
+	SVID x509svid.Source
+	// Bundle verifies the controller's certificate.
+	Bundle x509bundle.Source
+	// Controller is the SPIFFE ID the controller must present.
+	Controller spiffeid.ID
+	// Node is a ztunnel's node, which it subscribes for; empty for a
+	// waypoint.
+	Node string
+	// TrustDomain fills workloads that name none; default "cluster.local".
+	TrustDomain string
+	// Apply receives every state the stream brings, whole: the same
+	// function a local-config watcher feeds.
+	Apply func(*state.Snapshot)
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait between reconnections
+	// (doubling, jittered); default 500ms and 30s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Client holds the state the stream has brought and keeps it while the
+// controller is away.
+//
+// Invariant: held is exactly the state last handed to Apply (and ACKed);
+// a response that cannot be applied whole changes nothing.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+
+	mu      sync.Mutex
+	held    map[string]heldResource
+	version string
+	lastErr error         // why the last stream broke
+	synced  chan struct{} // closed at the first response applied
+}
+
+type heldResource struct {
+	version string
+	Resource
+}
+
+// NewClient returns a client holding no state.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	switch {
+	case cfg.Addr == "":
+		return nil, errors.New("xds: the controller's address is required")
+	case cfg.SVID == nil || cfg.Bundle == nil:
+		return nil, errors.New("xds: an SVID and a trust bundle are required: the controller accepts proxies by their SVIDs")
+	case cfg.Controller.IsZero():
+		return nil, errors.New("xds: the controller's SPIFFE ID is required")
+	case cfg.Apply == nil:
+		return nil, errors.New("xds: ClientConfig.Apply is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.TrustDomain = cmp.Or(cfg.TrustDomain, "cluster.local")
+	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, 500*time.Millisecond)
+	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, 30*time.Second)
+	return &Client{cfg: cfg, log: cfg.Logger.With("component", "xds", "controller", cfg.Addr), held: map[string]heldResource{}, synced: make(chan struct{})}, nil
+}
+
+// Synced is closed once the first response from the controller has been
+// applied.
+func (c *Client) Synced() <-chan struct{} { return c.synced }
+
+// Version is the system version of the state held, "" before the first.
+func (c *Client) Version() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.version
+}
+
+// Start runs the client in the background and waits up to timeout for
+// the first state; stop ends it and waits for it to end.
+func (c *Client) Start(ctx context.Context, timeout time.Duration) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	stop = func() { cancel(); <-done }
+	select {
+	case <-c.synced:
+		return stop, nil
+	case <-time.After(timeout):
+	case <-ctx.Done():
+	}
+	stop()
+	c.mu.Lock()
+	last := c.lastErr
+	c.mu.Unlock()
+	return nil, fmt.Errorf("xds: no state from the controller at %s within %s (last error: %v): is it running and reachable, and does it accept this proxy's SVID (%s)?",
+		c.cfg.Addr, timeout, last, c.svidID())
+}
+
+func (c *Client) svidID() string {
+	svid, err := c.cfg.SVID.GetX509SVID()
+	if err != nil {
+		return err.Error()
+	}
+	return svid.ID.String()
+}
+
+// Run streams the state until ctx is done, reconnecting with backoff when
+// the stream breaks; the state held stays in force meanwhile.
+func (c *Client) Run(ctx context.Context) error {
+	tlsConfig := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundle, tlsconfig.AuthorizeID(c.cfg.Controller))
+	conn, err := grpc.NewClient(c.cfg.Addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}))
+	if err != nil {
+		return fmt.Errorf("xds: controller %s: %w", c.cfg.Addr, err)
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	wait := c.cfg.MinBackoff
+	for {
+		applied, err := c.stream(ctx, ads)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if applied {
+			wait = c.cfg.MinBackoff
+		}
+		c.mu.Lock()
+		c.lastErr = err
+		c.mu.Unlock()
+		delay := wait/2 + rand.N(wait/2+1)
+		c.log.Warn("state stream broke; the last state stays in force until it resumes", "error", err, "retry_in", delay)
+		wait = min(2*wait, c.cfg.MaxBackoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+// stream runs one stream: subscribe with the versions held, then apply
+// and answer each response. It reports whether any response was applied.
+func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) (applied bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := s.Send(c.subscribe()); err != nil {
+		return false, err
+	}
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			return applied, err
+		}
+		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResponseNonce: resp.GetNonce()}
+		if err := c.apply(resp); err != nil {
+			c.log.Error("refused the controller's state; the last good state stays in force", "version", resp.GetSystemVersionInfo(), "error", err)
+			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		} else {
+			applied = true
+		}
+		if err := s.Send(ack); err != nil {
+			return applied, err
+		}
+	}
+}
+
+// subscribe is the first request: everything of type Address, with the
+// versions already held, so a reconnection is sent only what changed.
+func (c *Client) subscribe() *discoveryv3.DeltaDiscoveryRequest {
+	node := &corev3.Node{Id: c.cfg.Node}
+	if c.cfg.Node != "" {
+		node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{NodeMetadata: structpb.NewStringValue(c.cfg.Node)}}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	versions := make(map[string]string, len(c.held))
+	for name, h := range c.held {
+		versions[name] = h.version
+	}
+	return &discoveryv3.DeltaDiscoveryRequest{
+		Node: node, TypeUrl: TypeURL, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions,
+	}
+}
+
+// apply converts a response and applies it whole, or not at all.
+func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) error {
+	if resp.GetTypeUrl() != TypeURL {
+		return fmt.Errorf("xds: type %q is not %s", resp.GetTypeUrl(), TypeURL)
+	}
+	changes, err := c.decode(resp)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(changes) == 0 && len(resp.GetRemovedResources()) == 0 && c.version != "" {
+		c.version = resp.GetSystemVersionInfo()
+		return nil // nothing changed: the proxy's state and its connections stay as they are
+	}
+	next := make(map[string]heldResource, len(c.held)+len(changes))
+	for name, h := range c.held {
+		next[name] = h
+	}
+	for _, name := range resp.GetRemovedResources() {
+		delete(next, name)
+	}
+	for name, h := range changes {
+		next[name] = h
+	}
+	snap, err := snapshot(next)
+	if err != nil {
+		return err
+	}
+	c.held, c.version = next, resp.GetSystemVersionInfo()
+	c.cfg.Apply(snap)
+	select {
+	case <-c.synced:
+	default:
+		close(c.synced)
+	}
+	return nil
+}
+
+// decode converts every resource of resp, refusing one that does not
+// convert or whose name is not its key.
+func (c *Client) decode(resp *discoveryv3.DeltaDiscoveryResponse) (map[string]heldResource, error) {
+	changes := make(map[string]heldResource, len(resp.GetResources()))
+	for _, r := range resp.GetResources() {
+		var addr workloadapi.Address
+		if err := r.GetResource().UnmarshalTo(&addr); err != nil {
+			return nil, fmt.Errorf("xds: resource %s: %w", r.GetName(), err)
+		}
+		res, err := Decode(&addr, c.cfg.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("xds: resource %s: %w", r.GetName(), err)
+		}
+		if key := res.name(); key != r.GetName() {
+			return nil, fmt.Errorf("xds: resource %s holds %s", r.GetName(), key)
+		}
+		if _, dup := changes[r.GetName()]; dup {
+			return nil, fmt.Errorf("xds: resource %s appears twice", r.GetName())
+		}
+		changes[r.GetName()] = heldResource{version: r.GetVersion(), Resource: res}
+	}
+	return changes, nil
+}
+
+func (r Resource) name() string {
+	if r.Workload != nil {
+		return WorkloadName(r.Workload)
+	}
+	return ServiceName(r.Service)
+}
+
+// snapshot builds the state of held, workloads and services by name.
+func snapshot(held map[string]heldResource) (*state.Snapshot, error) {
+	var workloads []*state.Workload
+	var services []*state.Service
+	for _, h := range held {
+		if h.Workload != nil {
+			workloads = append(workloads, h.Workload)
+		} else {
+			services = append(services, h.Service)
+		}
+	}
+	slices.SortFunc(workloads, func(a, b *state.Workload) int { return cmp.Compare(a.UID, b.UID) })
+	slices.SortFunc(services, func(a, b *state.Service) int { return cmp.Compare(ServiceName(a), ServiceName(b)) })
+	snap, err := state.NewSnapshot(workloads, services)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	return snap, nil
+}
