@@ -46,6 +46,11 @@ type config struct {
 	jwksRefresh   time.Duration
 	routes        stringList
 	clusterDomain string
+
+	// controller is the alternative to localConfig: the state stream.
+	controller         string
+	controllerIdentity string
+	controllerTimeout  time.Duration
 }
 
 type stringList []string
@@ -57,7 +62,10 @@ func parseFlags(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("waypoint", flag.ContinueOnError)
 	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
-	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services, the same file ztunnel reads (reloaded on change); required")
+	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services, the same file ztunnel reads (reloaded on change); this or --controller")
+	fs.StringVar(&c.controller, "controller", "", "HOST:PORT of regomesh-controller's state stream (delta xDS over mutual TLS, with the waypoint's SVID); this or --local-config")
+	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/istio-system/sa/regomesh-controller)")
+	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for the first state")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept)")
 	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
 	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API socket, where the waypoint gets its own SVID")
@@ -82,8 +90,8 @@ func parseFlags(args []string) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	if c.localConfig == "" {
-		return c, errors.New("--local-config is required")
+	if (c.localConfig == "") == (c.controller == "") {
+		return c, errors.New("exactly one of --local-config and --controller is required")
 	}
 	if len(c.bundles) == 0 {
 		return c, errors.New("at least one --bundle is required: without policy every request is denied")

@@ -12,7 +12,9 @@ func TestParseFlags(t *testing.T) {
 		err  string
 	}{
 		{name: "defaults", args: []string{"--local-config", "s.yaml", "--bundle", "b"}},
-		{name: "state required", args: []string{"--bundle", "b"}, err: "--local-config is required"},
+		{name: "state required", args: []string{"--bundle", "b"}, err: "exactly one of --local-config and --controller"},
+		{name: "state from the controller", args: []string{"--controller", "controller:15010", "--bundle", "b"}},
+		{name: "one state source", args: []string{"--local-config", "s.yaml", "--controller", "controller:15010", "--bundle", "b"}, err: "exactly one of --local-config and --controller"},
 		{name: "policy required", args: []string{"--local-config", "s.yaml"}, err: "--bundle is required"},
 		{name: "admin stays on loopback", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000"}, err: "loopback"},
 		{name: "admin exposed on purpose", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000", "--admin-expose"}},

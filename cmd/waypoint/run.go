@@ -52,7 +52,13 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	if err := watchState(ctx, cfg, w, log); err != nil {
+	if cfg.controller != "" {
+		stopStream, err := streamState(ctx, cfg, w, source, log)
+		if err != nil {
+			return err
+		}
+		defer stopStream()
+	} else if err := watchState(ctx, cfg, w, log); err != nil {
 		return err
 	}
 	if len(cfg.routes) > 0 {

@@ -43,6 +43,13 @@ type config struct {
 	accessLog     string
 	decisionLog   string
 	hbone         hboneFlags
+
+	// controller is the alternative to localConfig: the state stream,
+	// with ztunnel's own SVID from the Workload API.
+	controller          string
+	controllerIdentity  string
+	controllerTimeout   time.Duration
+	spireWorkloadSocket string
 }
 
 // hboneFlags bound what HBONE clients can make ztunnel hold: per pod
@@ -65,7 +72,11 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	fs.StringVar(&c.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME); pods of other nodes are refused")
 	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
-	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services (reloaded on change); required until the controller stream exists")
+	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services (reloaded on change); this or --controller")
+	fs.StringVar(&c.controller, "controller", "", "HOST:PORT of regomesh-controller's state stream (delta xDS over mutual TLS); this or --local-config")
+	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/istio-system/sa/regomesh-controller)")
+	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for ztunnel's own SVID and the first state")
+	fs.StringVar(&c.spireWorkloadSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "with --controller: the SPIRE agent's Workload API socket, where ztunnel gets its own SVID (spiffe://<trust-domain>/regomesh/ztunnel/<node>)")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change)")
 	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
@@ -85,8 +96,8 @@ func parseFlags(args []string) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	if c.localConfig == "" {
-		return c, fmt.Errorf("--local-config is required")
+	if (c.localConfig == "") == (c.controller == "") {
+		return c, fmt.Errorf("exactly one of --local-config and --controller is required")
 	}
 	if len(c.bundles) == 0 {
 		return c, fmt.Errorf("at least one --bundle is required: without policy every connection is denied")

@@ -21,7 +21,8 @@ func TestParseFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--bundle", "a"}, "--local-config is required"},
+		{[]string{"--bundle", "a"}, "exactly one of --local-config and --controller"},
+		{[]string{"--local-config", "s.yaml", "--controller", "c:15010", "--bundle", "a"}, "exactly one of --local-config and --controller"},
 		{[]string{"--local-config", "s.yaml"}, "at least one --bundle"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--drain-timeout", "soon"}, "invalid value"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", ":15000"}, "binds a loopback address only"},

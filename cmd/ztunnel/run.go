@@ -20,7 +20,6 @@ import (
 	"github.com/regomesh/regomesh/spire"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/cni"
-	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 func run(ctx context.Context, cfg config) error {
@@ -59,21 +58,18 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	snap, loaded, err := state.ReadFile(cfg.localConfig, state.Options{TrustDomain: cfg.trustDomain})
-	if err != nil {
+	if cfg.controller != "" {
+		stopStream, err := streamState(ctx, cfg, td, z, log)
+		if err != nil {
+			return err
+		}
+		defer stopStream()
+	} else if err := watchLocalConfig(ctx, cfg, z, log); err != nil {
 		return err
 	}
-	z.SetState(ctx, snap)
 	if n, err := z.RestorePods(ctx); err != nil || n > 0 {
 		log.Info("restored the pods enrolled before the restart", "restored", n, "error", err)
 	}
-	go state.Watch(ctx, cfg.localConfig, loaded, state.Options{TrustDomain: cfg.trustDomain}, cfg.statePoll,
-		func(s *state.Snapshot) {
-			z.SetState(ctx, s)
-			log.Info("mesh state reloaded", "workloads", len(s.Workloads))
-			releaseMemory()
-		},
-		func(err error) { log.Error("local config rejected; the last good state stays in force", "error", err) })
 	go cfg.bundleFiles().Watch(ctx, engine, cfg.bundlePoll, log, releaseMemory)
 	go z.WatchPolicy(ctx)
 	servers, err := serve(ctx, cfg, z, engine, ids, reg, level, log)
