@@ -142,7 +142,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	istioInf.Start(ctx.Done())
 	gwInf.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("controller: informers not synced: %w", context.Cause(ctx))
+		return nil // only ctx's end stops the wait: a stop before the first list
 	}
 	c.mark(dirtyState | dirtyPolicies)
 	for {

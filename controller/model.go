@@ -214,19 +214,27 @@ func namedPort(pod *corev1.Pod, name string) (int, bool) {
 // workloads are the enrolled pods (HBONE), the pods outside the mesh that
 // a service selects (None), and one workload per waypoint with a ready
 // pod, named as its Gateway, since workloads and services name their
-// waypoint "<namespace>/<gateway>". A pod's first address wins: a later
-// pod (by namespace and name) claiming it is left out and reported.
+// waypoint "<namespace>/<gateway>". Waypoints first, then by namespace
+// and name, the first claim to an address or a name wins: a later pod
+// claiming one is left out and reported.
 func (m *model) workloads(services []*state.Service) []*state.Workload {
 	pods := slices.Clone(m.objs.pods)
 	slices.SortFunc(pods, func(a, b *corev1.Pod) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	waypointPods := m.waypointPods(pods)
+	// Waypoints claim their names and addresses first: a pod named as a
+	// waypoint's Gateway must not take the waypoint's place.
+	slices.SortStableFunc(pods, func(a, b *corev1.Pod) int {
+		_, wa := waypointPods[a]
+		_, wb := waypointPods[b]
+		return cmp.Compare(b2i(wb), b2i(wa))
+	})
 	var out []*state.Workload
-	owner := map[netip.Addr]string{}
+	c := claims{addrs: map[netip.Addr]string{}, names: map[string]bool{}}
 	for _, pod := range pods {
 		w := m.workload(pod, waypointPods, services)
-		if w == nil || !m.claim(owner, w) {
+		if w == nil || !m.claim(c, w) {
 			continue
 		}
 		out = append(out, w)
@@ -237,17 +245,37 @@ func (m *model) workloads(services []*state.Service) []*state.Workload {
 	return out
 }
 
-func (m *model) claim(owner map[netip.Addr]string, w *state.Workload) bool {
+// claims are the addresses and names ("<namespace>/<name>") that
+// workloads have taken; the state refuses two of either.
+type claims struct {
+	addrs map[netip.Addr]string // address -> UID
+	names map[string]bool
+}
+
+func (m *model) claim(c claims, w *state.Workload) bool {
+	name := w.Namespace + "/" + w.Name
+	if c.names[name] {
+		m.problem("pod %s: the name %s belongs to a waypoint; left out", w.UID, name)
+		return false
+	}
 	for _, ip := range w.IPs {
-		if other, dup := owner[ip]; dup {
+		if other, dup := c.addrs[ip]; dup {
 			m.problem("pod %s: address %s already belongs to %s; left out until one of them goes", w.UID, ip, other)
 			return false
 		}
 	}
 	for _, ip := range w.IPs {
-		owner[ip] = w.UID
+		c.addrs[ip] = w.UID
 	}
+	c.names[name] = true
 	return true
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // waypointPods maps the chosen pod of each waypoint (its first ready pod

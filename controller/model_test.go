@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 func runningPod(name, ip string, labels map[string]string) *corev1.Pod {
@@ -62,5 +63,31 @@ func TestBuildSnapshotLeavesOut(t *testing.T) {
 	svc := snap.Services[0]
 	if len(svc.VIPs) != 0 || len(svc.Ports) != 1 || svc.Ports[0].TargetPort != 80 {
 		t.Errorf("headless service = vips %v ports %+v; want no VIP, the TCP port only, target 80", svc.VIPs, svc.Ports)
+	}
+}
+
+// A pod named as a waypoint's Gateway does not take the waypoint's place.
+func TestBuildSnapshotWaypointNameTaken(t *testing.T) {
+	enrolled := map[string]string{"istio.io/dataplane-mode": "ambient"}
+	wpPod := runningPod("waypoint-x", "10.0.0.2", map[string]string{"gateway.networking.k8s.io/gateway-name": "waypoint"})
+	wpPod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	objs := objects{
+		namespaces: map[string]*corev1.Namespace{},
+		pods:       []*corev1.Pod{runningPod("waypoint", "10.0.0.1", enrolled), wpPod},
+		gateways: []*gatewayv1.Gateway{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "waypoint"},
+			Spec:       gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint"},
+		}},
+	}
+	snap, problems, err := buildSnapshot(objs, Config{}.withDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, ok := snap.Workload("ns", "waypoint")
+	if !ok || w.UID != "Kubernetes//Pod/ns/waypoint-x" || len(snap.Workloads) != 1 {
+		t.Errorf("workloads = %v; want only the waypoint, from pod waypoint-x", snap.Workloads)
+	}
+	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "pod Kubernetes//Pod/ns/waypoint: the name ns/waypoint belongs to a waypoint") {
+		t.Errorf("problems = %v; want the pod named waypoint left out", problems)
 	}
 }
