@@ -248,3 +248,39 @@ func TestRestart(t *testing.T) {
 		t.Errorf("an unchanged resync applied %d states and pushed %+v", n-applies, st.LastPush)
 	}
 }
+
+// TestOwnNodeFirst: a ztunnel that holds nothing is sent its own node's
+// workloads alone first, without a system version (it holds no whole
+// version until the rest arrives); a waypoint is sent everything at once.
+func TestOwnNodeFirst(t *testing.T) {
+	ca := newTestCA(t, "td.test")
+	ws, svcs := mesh(t, 9, 3, 2)
+	ws[0].Waypoint = "shop/pod-1" // pod-1 (shop/default) is a waypoint
+	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
+	tests := []struct {
+		name, path, node string
+		want             []string
+		version          string
+	}{
+		{name: "ztunnel", path: "/regomesh/ztunnel/node-2", node: "node-2", want: []string{"uid-00002", "uid-00005", "uid-00008"}},
+		{name: "waypoint", path: "/ns/shop/sa/default", version: "1", want: []string{
+			"shop/svc-0.shop.svc.cluster.local", "shop/svc-1.shop.svc.cluster.local",
+			"uid-00000", "uid-00001", "uid-00002", "uid-00003", "uid-00004", "uid-00005", "uid-00006", "uid-00007", "uid-00008",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := subscribeOnce(t, b, ca, tt.path, tt.node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range resp.GetResources() {
+				got = append(got, r.GetName())
+			}
+			if !reflect.DeepEqual(got, tt.want) || resp.GetSystemVersionInfo() != tt.version {
+				t.Errorf("first response %v at version %q, want %v at %q", got, resp.GetSystemVersionInfo(), tt.want, tt.version)
+			}
+		})
+	}
+}
