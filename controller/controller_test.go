@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -48,13 +50,45 @@ type env struct {
 	istio    istioclient.Interface
 	gateways gatewayclient.Interface
 	updates  *recorder
+	// statusWrites counts the controller's requests to status subresources.
+	statusWrites *statusWrites
 }
+
+// statusWrites counts PUTs to status subresources by path.
+type statusWrites struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (s *statusWrites) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/status") {
+			s.mu.Lock()
+			s.n[r.URL.Path]++
+			s.mu.Unlock()
+		}
+		return rt.RoundTrip(r)
+	})
+}
+
+func (s *statusWrites) count(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n[path]
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func start(t *testing.T) *env {
 	cluster := kubeharness.New(t, kubeharness.Config{})
 	rc := cluster.RESTConfig()
 	rec := &recorder{changed: make(chan struct{})}
-	c, err := controller.New(rc, controller.Config{
+	writes := &statusWrites{n: map[string]int{}}
+	controllerRC := rest.CopyConfig(rc)
+	controllerRC.Wrap(writes.wrap)
+	c, err := controller.New(controllerRC, controller.Config{
 		TrustDomain: trustDomain, ClusterDomain: "example.local",
 		Debounce: 20 * time.Millisecond, Publish: rec.set,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
@@ -72,7 +106,7 @@ func start(t *testing.T) *env {
 		}
 	})
 	return &env{
-		t: t, ctx: ctx, updates: rec,
+		t: t, ctx: ctx, updates: rec, statusWrites: writes,
 		kube:     kubernetes.NewForConfigOrDie(rc),
 		istio:    istioclient.NewForConfigOrDie(rc),
 		gateways: gatewayclient.NewForConfigOrDie(rc),
@@ -486,6 +520,22 @@ func testPolicies(e *env) {
 	got := e.conditionOf("pay", "allow-get", "ZtunnelAccepted")
 	if !strings.HasPrefix(got, "True UnsupportedValue: ") || !strings.Contains(got, "ztunnel does not support HTTP attributes (found: methods)") {
 		e.t.Errorf("allow-get condition = %q; want True UnsupportedValue, ztunnel does not support HTTP attributes (found: methods)", got)
+	}
+
+	// Status is written only when it changes: another policy's arrival
+	// rewrites nobody else's. Policies are written in order of name, so
+	// once "zz-later" has its condition, that round is over.
+	const webStatus = "/apis/security.istio.io/v1/namespaces/pay/authorizationpolicies/allow-web/status"
+	before := e.statusWrites.count(webStatus)
+	if before == 0 {
+		e.t.Errorf("no PUT to %s counted", webStatus)
+	}
+	if _, err := aps.Create(e.ctx, allowFrom("zz-later", "regomesh.test/ns/shop/sa/sa-web-2"), metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.conditionOf("pay", "zz-later", "ZtunnelAccepted")
+	if after := e.statusWrites.count(webStatus); after != before {
+		e.t.Errorf("allow-web's status written %d more times, unchanged", after-before)
 	}
 }
 
