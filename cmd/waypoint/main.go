@@ -64,7 +64,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services, the same file ztunnel reads (reloaded on change); this or --controller")
 	fs.StringVar(&c.controller, "controller", "", "HOST:PORT of regomesh-controller's state stream (delta xDS over mutual TLS, with the waypoint's SVID); this or --local-config")
-	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/istio-system/sa/regomesh-controller)")
+	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for the first state")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept)")
 	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")

@@ -23,7 +23,7 @@ func streamState(ctx context.Context, cfg config, w *waypoint.Waypoint, source *
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
 	}
-	controllerID, err := spiffeid.FromPath(td, "/ns/istio-system/sa/regomesh-controller")
+	controllerID, err := spiffeid.FromPath(td, "/ns/regomesh-system/sa/regomesh-controller")
 	if cfg.controllerIdentity != "" {
 		controllerID, err = spiffeid.FromString(cfg.controllerIdentity)
 	}

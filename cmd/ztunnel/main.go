@@ -74,7 +74,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	fs.StringVar(&c.localConfig, "local-config", "", "YAML (or JSON) file of workloads and services (reloaded on change); this or --controller")
 	fs.StringVar(&c.controller, "controller", "", "HOST:PORT of regomesh-controller's state stream (delta xDS over mutual TLS); this or --local-config")
-	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/istio-system/sa/regomesh-controller)")
+	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for ztunnel's own SVID and the first state")
 	fs.StringVar(&c.spireWorkloadSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "with --controller: the SPIRE agent's Workload API socket, where ztunnel gets its own SVID (spiffe://<trust-domain>/regomesh/ztunnel/<node>)")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change)")

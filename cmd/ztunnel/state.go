@@ -88,7 +88,7 @@ func streamState(ctx context.Context, cfg config, td spiffeid.TrustDomain, z *zt
 // service account in Istio's root namespace.
 func controllerIdentity(flag string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	if flag == "" {
-		return spiffeid.FromPath(td, "/ns/istio-system/sa/regomesh-controller")
+		return spiffeid.FromPath(td, "/ns/regomesh-system/sa/regomesh-controller")
 	}
 	id, err := spiffeid.FromString(flag)
 	if err != nil {

@@ -19,7 +19,7 @@ import (
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
 )
 
-const controllerPath = "/ns/istio-system/sa/regomesh-controller"
+const controllerPath = "/ns/regomesh-system/sa/regomesh-controller"
 
 // bed is a controller's xds server on a loopback port, served over mutual
 // TLS with SVIDs of a test CA.
