@@ -22,6 +22,9 @@ import (
 // values, odd addresses and prefixes included.
 func TestPlanAgreesWithMatchers(t *testing.T) {
 	seeds := []uint64{1, 2, 3, 4, 5, 6, 7, 8, rand.Uint64()}
+	if raceEnabled {
+		seeds = []uint64{1, 2, rand.Uint64()}
+	}
 	planned := 0
 	for _, seed := range seeds {
 		r := rand.New(rand.NewPCG(seed, 11))
@@ -56,7 +59,7 @@ func TestPlanAgreesWithMatchers(t *testing.T) {
 			}
 		}
 	}
-	if planned < 100 {
+	if planned < 10*len(seeds) {
 		t.Fatalf("only %d buckets had a plan: the test exercises too few", planned)
 	}
 }
@@ -246,7 +249,11 @@ func TestPlanLookups(t *testing.T) {
 // the residual included. Explain must agree and name the same rule.
 func TestPlannedBucketsAgreeWithTopdown(t *testing.T) {
 	ctx := context.Background()
-	for _, seed := range []uint64{1, 2, 3, 4, 5, 6, rand.Uint64()} {
+	seeds, inputs := []uint64{1, 2, 3, 4, 5, 6, rand.Uint64()}, 200
+	if raceEnabled { // see raceEnabled: topdown is the slow side
+		seeds, inputs = []uint64{1, 2, rand.Uint64()}, 60
+	}
+	for _, seed := range seeds {
 		r := rand.New(rand.NewPCG(seed, 13))
 		files := map[string]string{".manifest": `{"revision": "planned", "roots": ["mesh/policies/hot"]}`}
 		dryRuns := r.IntN(2) == 0 // else no dry-run entry, so allow_scope buckets can be whole
@@ -264,7 +271,7 @@ func TestPlannedBucketsAgreeWithTopdown(t *testing.T) {
 		if planned < 2 || whole < 1 && !dryRuns {
 			t.Fatalf("seed %d: only %d buckets have a plan, %d a whole allow_scope", seed, planned, whole)
 		}
-		for i := range 300 {
+		for i := range inputs {
 			in := genInput(r)
 			if r.IntN(10) < 7 {
 				in.Destination.Labels = map[string]string{"app": "hot"}
