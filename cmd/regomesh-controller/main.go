@@ -2,8 +2,9 @@
 // cluster (namespaces, pods, services, waypoint Gateways, Istio security
 // resources), builds the state every ztunnel and waypoint needs and the
 // policy bundles translated from the Istio resources, and writes their
-// status. Until the proxies' stream exists, it serves what it built as
-// JSON on the admin endpoint (/debug/state).
+// status. It streams the state to every ztunnel and waypoint (delta xDS
+// over mutual TLS with its SVID, --xds-addr; docs/state-stream.md), and
+// serves it as JSON on the admin endpoint (/debug/state).
 package main
 
 import (
@@ -20,17 +21,23 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/regomesh/regomesh/controller"
+	"github.com/regomesh/regomesh/controller/xds"
 )
 
 // config is every flag; each has a default fit for a cluster.
 type config struct {
-	kubeconfig  string
-	controller  controller.Config
-	adminAddr   string
-	adminExpose bool
+	kubeconfig   string
+	controller   controller.Config
+	adminAddr    string
+	adminExpose  bool
+	xdsAddr      string
+	spireSocket  string
+	spireTimeout time.Duration
 }
 
 func parseFlags(args []string) (config, error) {
@@ -43,6 +50,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.controller.Debounce, "debounce", 100*time.Millisecond, "how long changes are gathered after the first before the state and bundles are rebuilt")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "admin endpoint (/debug/state: every workload, service and policy): a loopback address unless --admin-expose")
 	fs.BoolVar(&c.adminExpose, "admin-expose", false, "let --admin-addr bind a non-loopback address; anyone who reaches it reads the mesh's whole state")
+	fs.StringVar(&c.xdsAddr, "xds-addr", ":15012", "the state stream ztunnels and waypoints subscribe to (delta xDS over mutual TLS, each proxy authenticated by its SVID; docs/state-stream.md); empty: no stream")
+	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API, where the controller gets the SVID it presents on the stream and the bundles it verifies proxies with")
+	fs.DurationVar(&c.spireTimeout, "spire-timeout", 30*time.Second, "how long to wait at start for the first SVID from the Workload API")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -89,24 +99,42 @@ func main() {
 		fmt.Fprintln(os.Stderr, "regomesh-controller: admin endpoint:", err)
 		os.Exit(1)
 	}
-	if err := run(ctx, cfg, ln); err != nil {
+	var xdsLn net.Listener
+	if cfg.xdsAddr != "" {
+		if xdsLn, err = net.Listen("tcp", cfg.xdsAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "regomesh-controller: --xds-addr:", err)
+			os.Exit(1)
+		}
+	}
+	if err := run(ctx, cfg, ln, xdsLn); err != nil {
 		slog.Error("regomesh-controller stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-// run watches the cluster and serves the admin endpoint on ln until ctx
-// ends.
-func run(ctx context.Context, cfg config, ln net.Listener) error {
+// run watches the cluster, serves the admin endpoint on ln and the state
+// stream on xdsLn (nil: none) until ctx ends.
+func run(ctx context.Context, cfg config, ln, xdsLn net.Listener) error {
 	defer ln.Close()
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.kubeconfig) // both empty: in-cluster
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	var stream *xds.Server
+	if xdsLn != nil {
+		var stop func()
+		if stream, stop, err = serveStream(ctx, cfg, xdsLn); err != nil {
+			return err
+		}
+		defer stop()
+	}
 	debug := &controller.Debug{}
 	also := cfg.controller.Publish // tests' hook; nil from the flags
 	cfg.controller.Publish = func(u *controller.Update) {
 		debug.Set(u)
+		if stream != nil {
+			stream.Update(u.Snapshot)
+		}
 		if also != nil {
 			also(u)
 		}
@@ -130,4 +158,34 @@ func run(ctx context.Context, cfg config, ln net.Listener) error {
 		return errors.Join(runErr, fmt.Errorf("admin endpoint: %w", err))
 	}
 	return runErr
+}
+
+// serveStream serves the state stream on l with the controller's own SVID
+// from the Workload API; stop ends the streams and waits for them.
+func serveStream(ctx context.Context, cfg config, l net.Listener) (*xds.Server, func(), error) {
+	td, err := spiffeid.TrustDomainFromString(cfg.controller.TrustDomain)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--trust-domain: %w", err)
+	}
+	wait, cancel := context.WithTimeout(ctx, cfg.spireTimeout)
+	defer cancel()
+	source, err := workloadapi.NewX509Source(wait, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+cfg.spireSocket)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("no SVID from the SPIRE agent's Workload API at %s within %s: %w (is the agent running, the socket mounted, and an entry registered for the controller?)",
+			cfg.spireSocket, cfg.spireTimeout, err)
+	}
+	stream := xds.New(xds.Config{TrustDomain: td, Logger: slog.Default()})
+	gs := xds.NewGRPCServer(stream, source, source)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		gs.Serve(l)
+	}()
+	slog.Info("state stream serving", "addr", l.Addr().String())
+	return stream, func() {
+		gs.Stop()
+		<-served
+		stream.Wait()
+		source.Close()
+	}, nil
 }
