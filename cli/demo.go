@@ -35,7 +35,7 @@ func newDemoCommand() *cobra.Command {
 		Use:   "demo",
 		Short: "Run the sample app in a mesh on this machine and show each call's decision",
 		Long: `demo starts, on this machine, a real SPIRE server, two "nodes" (network
-namespaces) each with a SPIRE agent and a ztunnel, five pods and a
+namespaces) each with a SPIRE agent and a ztunnel, six pods and a
 waypoint; the ztunnels capture the pods' traffic with nftables, tunnel it
 over HBONE with the pods' SVIDs, and decide every connection with the
 example bundle (examples/bundle); the waypoint, with an SVID of its own,

@@ -34,22 +34,33 @@ var demoPods = []localmesh.PodSpec{
 	{Name: "frontend", Node: "node-1", Namespace: "shop", ServiceAccount: "frontend"},
 	{Name: "checkout", Node: "node-1", Namespace: "shop", ServiceAccount: "checkout"},
 	{Name: "api", Node: "node-2", Namespace: "shop", ServiceAccount: "api"},
+	{Name: "api-v2", Node: "node-2", Namespace: "shop", ServiceAccount: "api"}, // the api's next version, behind its own service
 	{Name: "postgres", Node: "node-2", Namespace: "shop", ServiceAccount: "postgres"},
 	{Name: "legacy", Node: "node-1", Namespace: "legacy", ServiceAccount: "default", Outside: true},
 	{Name: "waypoint", Node: "node-2", Namespace: "shop", ServiceAccount: "waypoint", Waypoint: true},
 }
 
 // The api service: HTTP on port 80 of its VIP, served by the api pod's
-// 8081 through the shop's waypoint, which decides every request (L7).
+// 8081 through the shop's waypoint, which decides every request (L7) and
+// routes it (examples/waypoint/routes.yaml), to the api or, for some of
+// /catalog, the api-v2 service.
 const (
 	apiVIP      = "10.96.0.20"
+	apiV2VIP    = "10.96.0.21"
 	apiHTTPPort = 8081
 )
 
 var demoServices = []state.LocalService{{
 	Name: "api", Namespace: "shop", VIPs: []string{apiVIP}, Selector: map[string]string{"app": "api"},
 	Waypoint: "shop/waypoint", Ports: []state.ServicePort{{Port: 80, TargetPort: apiHTTPPort, Name: "http"}},
+}, {
+	Name: "api-v2", Namespace: "shop", VIPs: []string{apiV2VIP}, Selector: map[string]string{"app": "api-v2"},
+	Waypoint: "shop/waypoint", Ports: []state.ServicePort{{Port: 80, TargetPort: apiHTTPPort, Name: "http"}},
 }}
+
+// splitRequests is how many requests the demo sends to show the weighted
+// split of /catalog between the api and api-v2.
+const splitRequests = 40
 
 // demoCall is one connection the demo tries.
 type demoCall struct {
@@ -117,7 +128,7 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	}
 	routes := filepath.Join(cfg.Examples, "waypoint", "routes.yaml")
 	regs := map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
-	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 5 pods and a waypoint)...\n")
+	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 6 pods and a waypoint)...\n")
 	start := time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Config{
 		Prefix: "rmdemo", Net: 199, Nodes: []string{"node-1", "node-2"}, Pods: demoPods, Services: demoServices,
@@ -143,6 +154,7 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	defer metrics.Close()
 	runCalls(out, m, log)
 	runRequests(out, m, wpLog, issuer)
+	runSplit(out, m, issuer)
 	explainInput := filepath.Join(dir, "frontend-to-postgres.json")
 	writeExplainInput(explainInput, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
@@ -191,7 +203,7 @@ func startApps(m *localmesh.Mesh) (stop func(), err error) {
 	for _, s := range []struct {
 		pod  string
 		port int
-	}{{"api", 8080}, {"postgres", 5432}, {"postgres", 5433}, {"api", apiHTTPPort}} {
+	}{{"api", 8080}, {"postgres", 5432}, {"postgres", 5433}, {"api", apiHTTPPort}, {"api-v2", apiHTTPPort}} {
 		l, err := localmesh.Listen(m.Pods[s.pod], fmt.Sprintf(":%d", s.port))
 		if err != nil {
 			stop()
@@ -203,7 +215,7 @@ func startApps(m *localmesh.Mesh) (stop func(), err error) {
 			continue
 		}
 		srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "api: %s %s\n", r.Method, r.URL.Path)
+			fmt.Fprintf(w, "%s: %s %s\n", s.pod, r.Method, r.URL.Path)
 		})}
 		closers = append(closers, srv)
 		wg.Go(func() { srv.Serve(l) })
@@ -219,7 +231,7 @@ func runRequests(out io.Writer, m *localmesh.Mesh, log *lockedWriter, issuer *de
 	fmt.Fprintln(tw, "FROM\tREQUEST\tRESULT\tPOLICY/RULE\tROUTE\tREASON")
 	for _, r := range demoRequests {
 		mark := log.size()
-		status, err := tryRequest(m, r, issuer)
+		status, _, err := tryRequest(m, r, issuer)
 		result := fmt.Sprintf("%d", status)
 		if err != nil {
 			result = "error: " + err.Error()
@@ -246,14 +258,14 @@ func runRequests(out io.Writer, m *localmesh.Mesh, log *lockedWriter, issuer *de
 
 // tryRequest sends one request from a pod to the api service, on a
 // connection of its own, and returns the response's status.
-func tryRequest(m *localmesh.Mesh, r demoRequest, issuer *demoIssuer) (int, error) {
+func tryRequest(m *localmesh.Mesh, r demoRequest, issuer *demoIssuer) (status int, body string, err error) {
 	transport := &http.Transport{DisableKeepAlives: true, DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
 		return localmesh.Dial(m.Pods[r.from], addr, 5*time.Second)
 	}}
 	defer transport.CloseIdleConnections()
 	req, err := http.NewRequest(r.method, "http://"+apiVIP+r.path, nil)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	req.URL.Opaque = r.path // sent as written: the waypoint normalizes it, not the client
 	if r.user != "" {
@@ -263,17 +275,37 @@ func tryRequest(m *localmesh.Mesh, r demoRequest, issuer *demoIssuer) (int, erro
 		}
 		tok, err := issuer.token(sub, exp)
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: transport}).Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, nil
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// runSplit sends splitRequests requests to /catalog and counts which
+// version of the api answered each, as the HTTPRoute's weights split them.
+func runSplit(out io.Writer, m *localmesh.Mesh, issuer *demoIssuer) {
+	counts := map[string]int{}
+	for range splitRequests {
+		status, body, err := tryRequest(m, demoRequest{from: "frontend", method: "GET", path: "/catalog/7"}, issuer)
+		who, _, _ := strings.Cut(body, ":")
+		if err != nil || status != http.StatusOK {
+			who = "failed"
+		}
+		counts[who]++
+	}
+	fmt.Fprintf(out, "\nWeighted split of /catalog (examples/waypoint/routes.yaml, api 75 : api-v2 25): %d requests, %d to api, %d to api-v2",
+		splitRequests, counts["api"], counts["api-v2"])
+	if counts["failed"] > 0 {
+		fmt.Fprintf(out, ", %d failed", counts["failed"])
+	}
+	fmt.Fprintln(out)
 }
 
 // requestDecision waits briefly for the waypoint's access-log entry

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestMeshDemo(t *testing.T) {
 		{"checkout", "GET /catalog/../admin/users", "403", "examples/admin admin-only-frontend"},
 		{"frontend", "GET /v1/catalog/42", "200", "-", "shop/api#0"},
 		{"checkout", "POST /orders", "403", "examples/orders orders-need-a-user", "-", "POST /orders needs a signed-in user"},
-		{"checkout", "POST /orders (JWT: alice)", "200", "-", "shop/api#1"},
+		{"checkout", "POST /orders (JWT: alice)", "200", "-", "shop/api#2"},
 		{"checkout", "POST /orders (JWT: expired)", "401", "-", "-", "JWT refused: Jwt is expired"},
 	} {
 		cells := make([]string, len(want))
@@ -55,4 +56,22 @@ func TestMeshDemo(t *testing.T) {
 			t.Errorf("no row %q in the demo's output:\n%s", want, out.String())
 		}
 	}
+	// The canary split: every request answered, by both versions.
+	split := regexp.MustCompile(`(?m)^Weighted split of /catalog .*: (\d+) requests, (\d+) to api, (\d+) to api-v2$`).FindStringSubmatch(out.String())
+	if split == nil {
+		t.Fatalf("no weighted split line in the demo's output:\n%s", out.String())
+	}
+	total, api, v2 := atoi(t, split[1]), atoi(t, split[2]), atoi(t, split[3])
+	if api+v2 != total || api == 0 || v2 == 0 {
+		t.Errorf("split %s: want all %d answered, by both versions (a quarter to api-v2: none at all has odds 0.75^40)", split[0], total)
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
