@@ -234,13 +234,13 @@ func benchEngine(b *testing.B, e *Engine, f benchFamily, vary bool) {
 		ring = benchIPRing
 		checkMisses(b, e, in)
 	}
-	reportWork(b, e, in)
 	measure(b, func(i int) {
 		in.Source.IP = ring[i%len(ring)]
 		if _, err := e.Decide(ctx, in); err != nil {
 			b.Fatal(err)
 		}
 	})
+	reportWork(b, e, f.in) // after measure: its ResetTimer drops metrics reported before
 }
 
 // reportWork reports what the decision of in takes: candidates/op,

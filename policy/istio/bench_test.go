@@ -224,9 +224,6 @@ func benchDecide(b *testing.B, e *policy.Engine, f decideFamily) {
 	if x.Candidates != f.candidates {
 		b.Fatalf("%s: the index leaves %d rules to test, want %d", f.name, x.Candidates, f.candidates)
 	}
-	b.ReportMetric(float64(x.Candidates), "candidates/op")
-	b.ReportMetric(float64(x.Shared), "shared/op")
-	b.ReportMetric(float64(x.Tested), "tested/op")
 	in := f.in
 	measure(b, func(i int) {
 		if in.Layer == policy.L4 {
@@ -236,6 +233,10 @@ func benchDecide(b *testing.B, e *policy.Engine, f decideFamily) {
 			b.Fatal(err)
 		}
 	})
+	// After measure: its ResetTimer drops metrics reported before.
+	b.ReportMetric(float64(x.Candidates), "candidates/op")
+	b.ReportMetric(float64(x.Shared), "shared/op")
+	b.ReportMetric(float64(x.Tested), "tested/op")
 }
 
 // benchPlainOPA is the baseline: the stock OPA API on the same bundle and
