@@ -230,7 +230,7 @@ func (m *mesh) refused(t *testing.T, p *netbed.Pod, id, target string) ztunnel.A
 	t.Helper()
 	before := len(m.accessEntries(t))
 	promptlyRefused(t, p, target)
-	return m.denyLogged(t, before, p, id)
+	return m.denyLoggedTo(t, before, p, id, target)
 }
 
 // promptlyRefused checks that a connection from p to target fails to
@@ -260,6 +260,14 @@ func promptlyRefused(t *testing.T, p *netbed.Pod, target string) {
 // before: the inbound deny and, from a pod in the mesh, the outbound 401.
 func (m *mesh) denyLogged(t *testing.T, before int, p *netbed.Pod, id string) ztunnel.AccessEntry {
 	t.Helper()
+	return m.denyLoggedTo(t, before, p, id, "")
+}
+
+// denyLoggedTo is denyLogged for an attempt to target (host:port; "" for
+// any): the outbound entry checked is that attempt's, not the end of an
+// earlier connection of p's logged meanwhile.
+func (m *mesh) denyLoggedTo(t *testing.T, before int, p *netbed.Pod, id, target string) ztunnel.AccessEntry {
+	t.Helper()
 	in := m.waitForEntrySince(t, before, func(e ztunnel.AccessEntry) bool {
 		if e.Direction != "inbound" || e.Decision != "deny" {
 			return false
@@ -273,7 +281,9 @@ func (m *mesh) denyLogged(t *testing.T, before int, p *netbed.Pod, id string) zt
 		t.Errorf("inbound deny entry = %+v, want flag %s and nothing sent", in, ztunnel.FlagDenied)
 	}
 	if id != "" {
-		out := m.waitForEntrySince(t, before, func(e ztunnel.AccessEntry) bool { return e.Direction == "outbound" && e.SourceID == id })
+		out := m.waitForEntrySince(t, before, func(e ztunnel.AccessEntry) bool {
+			return e.Direction == "outbound" && e.SourceID == id && (target == "" || e.Destination == target)
+		})
 		if out.Flags != ztunnel.FlagDenied || !strings.Contains(out.Error, hbone.ErrDenied.Error()) {
 			t.Errorf("outbound entry of the refused tunnel = %+v, want the 401 (flag %s)", out, ztunnel.FlagDenied)
 		}

@@ -4,14 +4,29 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/localmesh"
@@ -43,6 +58,17 @@ deny contains {"policy": "e2e/web", "rule": "no-private", "reason": "/private st
 	startswith(input.request.url_path, "/private")
 }
 
+deny contains {"policy": "e2e/web", "rule": "admins-only", "reason": "/admin needs the admin role"} if {
+	input.layer == "l7"
+	startswith(input.request.url_path, "/admin")
+	not input.request.auth.claims.role == "admin"
+}
+
+deny contains {"policy": "e2e/web", "rule": "no-blue-team", "reason": "the blue team calls no gRPC"} if {
+	input.layer == "l7"
+	input.request.headers["x-team"] == "blue"
+}
+
 allow_scope contains {"policy": "e2e/server"} if {
 	input.layer == "l4"
 	input.destination.labels.app == "server"
@@ -63,6 +89,7 @@ allow contains {"policy": "e2e/server", "rule": "via-waypoint"} if {
 // the client's address it forwarded.
 func TestWaypointFullPath(t *testing.T) {
 	wpLog := &syncBuffer{}
+	issuer := newIssuer(t)
 	m := startMeshFrom(t, localmesh.Config{
 		Pods:     waypointApp,
 		Bundles:  []string{writePolicy(t, fmt.Sprintf(webPolicy, "unknown until the mesh is up"))},
@@ -70,10 +97,12 @@ func TestWaypointFullPath(t *testing.T) {
 		// The waypoint loads the bundle at start; node-2's engine is
 		// reloaded below with the client's address.
 		WaypointBinary: buildCommand(t, "waypoint"), WaypointAccessLog: wpLog,
+		WaypointFlags: []string{"--request-authentication", writeFile(t, "ra.yaml", fmt.Sprintf(webJWT, issuer.jwks(t)))},
 	}, false)
 	client, server := m.Pods["client"], m.Pods["server"]
 	m.loadPolicy(t, "node-2", fmt.Sprintf(webPolicy, client.IP))
 	serveHTTP(t, m, "server", 8080)
+	serveGRPC(t, m, "server", 9090)
 
 	t.Run("allowed request", func(t *testing.T) {
 		before := len(m.accessEntries(t))
@@ -109,6 +138,56 @@ func TestWaypointFullPath(t *testing.T) {
 		m.viaWaypoint(t, before)
 	})
 
+	t.Run("JWT claim", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, token string
+			status      int
+			body        string
+		}{
+			{"admin role", issuer.token(t, "admin"), 200, "GET /admin/users served by server"},
+			{"user role", issuer.token(t, "user"), 403, "RBAC: access denied"},
+			{"no token", "", 403, "RBAC: access denied"},
+			{"forged token", newIssuer(t).token(t, "admin"), 401, "Jwt verification fails"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				header := map[string]string{}
+				if tc.token != "" {
+					header["Authorization"] = "Bearer " + tc.token
+				}
+				status, body := requestWith(t, m, "client", http.MethodGet, "http://"+webVIP+"/admin/users", header)
+				if status != tc.status || body != tc.body {
+					t.Fatalf("GET /admin/users: %d %q, want %d %q", status, body, tc.status, tc.body)
+				}
+			})
+		}
+	})
+
+	t.Run("gRPC", func(t *testing.T) {
+		conn, err := grpc.NewClient("passthrough:///"+webVIP+":9090", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(_ context.Context, addr string) (net.Conn, error) {
+				return localmesh.Dial(client, addr, 5*time.Second)
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		health := healthpb.NewHealthClient(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("Check through the waypoint: %v, %v; want SERVING", resp, err)
+		}
+		_, err = health.Check(metadata.AppendToOutgoingContext(ctx, "x-team", "blue"), &healthpb.HealthCheckRequest{})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("Check as the blue team: %v, want PermissionDenied", err)
+		}
+		e := waypointEntry(t, wpLog, func(e waypoint.AccessEntry) bool { return e.Decision == "deny" && e.Rule == "no-blue-team" })
+		if e.GRPCStatus != "7" || e.Path != "/grpc.health.v1.Health/Check" {
+			t.Errorf("waypoint access log = %+v, want grpc_status 7 on /grpc.health.v1.Health/Check", e)
+		}
+	})
+
 	t.Run("around the waypoint", func(t *testing.T) {
 		// The client dials the server's own address: no waypoint on that
 		// route, so the server's ztunnel sees the client itself, which its
@@ -135,13 +214,90 @@ func (m *mesh) viaWaypoint(t *testing.T, before int) {
 	}
 }
 
-// webService is the web service: port 80 (HTTP) on the server's 8080,
-// served through the shop's waypoint.
+// webService is the web service: port 80 (HTTP) on the server's 8080 and
+// 9090 (gRPC), served through the shop's waypoint.
 func webService() state.LocalService {
 	return state.LocalService{
 		Name: "web", Namespace: "shop", VIPs: []string{webVIP}, Selector: map[string]string{"app": "server"},
-		Waypoint: "shop/waypoint", Ports: []state.ServicePort{{Port: 80, TargetPort: 8080, Name: "http"}},
+		Waypoint: "shop/waypoint", Ports: []state.ServicePort{
+			{Port: 80, TargetPort: 8080, Name: "http"},
+			{Port: 9090, TargetPort: 9090, AppProtocol: "grpc"},
+		},
 	}
+}
+
+// webJWT is the web service's RequestAuthentication: tokens of the test
+// issuer, whose key set (%s) is inline.
+const webJWT = `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: web-jwt, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: web}]
+  jwtRules: [{issuer: "https://issuer.e2e.test", jwks: '%s'}]
+`
+
+// testIssuer signs JWTs with a key of its own.
+type testIssuer struct {
+	key *ecdsa.PrivateKey
+}
+
+func newIssuer(t *testing.T) *testIssuer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testIssuer{key: key}
+}
+
+func (is *testIssuer) jwks(t *testing.T) string {
+	t.Helper()
+	b, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &is.key.PublicKey, KeyID: "e2e", Algorithm: "ES256", Use: "sig"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// token is a token for alice with the role claim.
+func (is *testIssuer) token(t *testing.T, role string) string {
+	t.Helper()
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: is.key, KeyID: "e2e"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(signer).Claims(map[string]any{
+		"iss": "https://issuer.e2e.test", "sub": "alice", "role": role, "exp": time.Now().Add(time.Hour).Unix(),
+	}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func writeFile(t *testing.T, name, data string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// serveGRPC runs gRPC's health service, SERVING, in the pod.
+func serveGRPC(t *testing.T, m *mesh, pod string, port int) {
+	t.Helper()
+	l, err := localmesh.Listen(m.Pods[pod], fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	t.Cleanup(gs.Stop)
+	testgo.Go(t, func(ctx context.Context) {
+		defer context.AfterFunc(ctx, gs.Stop)()
+		gs.Serve(l)
+	})
 }
 
 func spec(t *testing.T, m *mesh, name string) localmesh.PodSpec {
@@ -174,6 +330,12 @@ func serveHTTP(t *testing.T, m *mesh, pod string, port int) {
 // connection of its own.
 func request(t *testing.T, m *mesh, pod, method, url string) (int, string) {
 	t.Helper()
+	return requestWith(t, m, pod, method, url, nil)
+}
+
+// requestWith is request with headers.
+func requestWith(t *testing.T, m *mesh, pod, method, url string, header map[string]string) (int, string) {
+	t.Helper()
 	transport := &http.Transport{DisableKeepAlives: true, DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
 		return localmesh.Dial(m.Pods[pod], addr, 5*time.Second)
 	}}
@@ -181,6 +343,9 @@ func request(t *testing.T, m *mesh, pod, method, url string) (int, string) {
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
 	}
 	resp, err := (&http.Client{Timeout: 10 * time.Second, Transport: transport}).Do(req)
 	if err != nil {
