@@ -157,11 +157,14 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	runSplit(out, m, issuer)
 	explainInput := filepath.Join(dir, "frontend-to-postgres.json")
 	writeExplainInput(explainInput, m)
+	explainRequest := filepath.Join(dir, "checkout-admin.json")
+	writeExplainRequest(explainRequest, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
 	fmt.Fprintf(out, "  metrics (Istio names):  curl -s http://%s/metrics | grep istio_tcp\n", metrics.addrs["node-2"])
 	fmt.Fprintf(out, "  access log (JSON):      %s (ztunnels), %s (waypoint)\n", accessPath, wpPath)
 	fmt.Fprintf(out, "  the waypoint's routes:  %s; its JWT issuer: %s\n", routes, issuer.RequestAuthentication)
 	fmt.Fprintf(out, "  why a call was denied:  go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainInput)
+	fmt.Fprintf(out, "  and a request:          go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainRequest)
 	if cfg.Once {
 		return nil
 	}
@@ -404,6 +407,26 @@ func writeExplainInput(path string, m *localmesh.Mesh) {
 	if err != nil {
 		return
 	}
+	writeInput(path, in)
+}
+
+// writeExplainRequest writes the input of the checkout's GET /admin/users
+// to the api service, built as the waypoint builds it
+// (state.Snapshot.WaypointInput), for `policy explain`.
+func writeExplainRequest(path string, m *localmesh.Mesh) {
+	peer := state.Peer{
+		Principal: "spiffe://cluster.local/ns/shop/sa/checkout",
+		Addr:      netip.AddrPortFrom(m.Pods["checkout"].IP, 0),
+	}
+	req := &policy.Request{Method: "GET", Path: "/admin/users", Host: apiVIP, Protocol: "HTTP/1.1"}
+	in, _, err := m.State.WaypointInput(peer, netip.AddrPortFrom(netip.MustParseAddr(apiVIP), 80), req)
+	if err != nil {
+		return
+	}
+	writeInput(path, in)
+}
+
+func writeInput(path string, in policy.Input) {
 	b, _ := json.MarshalIndent(in, "", "  ")
 	if f, err := createNew(path); err == nil {
 		f.Write(b)

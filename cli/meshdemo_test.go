@@ -56,6 +56,17 @@ func TestMeshDemo(t *testing.T) {
 			t.Errorf("no row %q in the demo's output:\n%s", want, out.String())
 		}
 	}
+	// The explain command for a denied request names the rule.
+	cmd := regexp.MustCompile(`and a request: +go run \./cmd/regomesh policy explain --bundle (\S+) -i (\S+)`).FindStringSubmatch(out.String())
+	if cmd == nil {
+		t.Fatalf("no explain command for a request in the demo's output:\n%s", out.String())
+	}
+	var explained bytes.Buffer
+	code := Run([]string{"policy", "explain", "--bundle", cmd[1], "-i", cmd[2]}, &explained, &explained)
+	if code != ExitDenied || !strings.Contains(explained.String(), "admin-only-frontend") {
+		t.Errorf("policy explain of the denied request: exit %d\n%s\nwant a deny naming admin-only-frontend", code, explained.String())
+	}
+
 	// The canary split: every request answered, by both versions.
 	split := regexp.MustCompile(`(?m)^Weighted split of /catalog .*: (\d+) requests, (\d+) to api, (\d+) to api-v2$`).FindStringSubmatch(out.String())
 	if split == nil {
