@@ -67,6 +67,8 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 	var first *discoveryv3.DeltaDiscoveryRequest
 	for first == nil {
 		select {
+		case <-stream.Context().Done(): // receive may end on this without a word
+			return stream.Context().Err()
 		case err := <-recvErr:
 			return streamEnd(err)
 		case req := <-reqs:
@@ -88,6 +90,9 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 	}
 	for {
 		select {
+		case <-stream.Context().Done(): // receive may end on this without a word
+			log.Info("stream ended", "error", stream.Context().Err())
+			return stream.Context().Err()
 		case err := <-recvErr:
 			log.Info("stream ended", "error", err)
 			return streamEnd(err)
@@ -104,7 +109,9 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 }
 
 // receive forwards requests until the stream ends, which it does when
-// the handler returns.
+// the handler returns. When the stream's context ends while a request
+// waits to be handed over, it returns without sending an error: the
+// handler watches the context too.
 func receive(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, reqs chan<- *discoveryv3.DeltaDiscoveryRequest, errc chan<- error) {
 	for {
 		req, err := stream.Recv()
