@@ -1,0 +1,237 @@
+package chartstest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regomesh/regomesh/controller/kubeharness"
+	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+)
+
+// TestAPIServerAccepts applies every object the charts render, for each
+// value set, to a real kube-apiserver by server-side apply with strict
+// field validation: the base chart's CRDs first, then the regomesh chart.
+// It then checks the controller's service account, with a token of its
+// own, can list and watch everything the controller reads and write
+// AuthorizationPolicy status, and nothing else it was not granted.
+func TestAPIServerAccepts(t *testing.T) {
+	cluster := kubeharness.New(t, kubeharness.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a := newApplier(t, cluster.RESTConfig())
+
+	a.applyAll(ctx, t, decode(t, mustRender(t, "regomesh-base", nil)))
+	a.waitCRDs(ctx, t)
+	for _, ns := range []string{namespace, "bookinfo"} {
+		if _, err := a.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, set := range valueSets {
+		a.applyAll(ctx, t, objects(t, "regomesh", values(t, set)))
+	}
+
+	// The API server does check what it is sent: ztunnel made privileged
+	// beside its allowPrivilegeEscalation false is refused, and a field
+	// the API does not have is refused too.
+	ds := one[*appsv1.DaemonSet](t, objects(t, "regomesh", nil), "ztunnel")
+	yes := true
+	ds.Spec.Template.Spec.Containers[0].SecurityContext.Privileged = &yes
+	if err := a.apply(ctx, ds); !apierrors.IsInvalid(err) {
+		t.Errorf("ztunnel privileged without privilege escalation: %v, want Invalid", err)
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"})
+	u.SetName("misspelt")
+	u.SetNamespace(namespace)
+	u.Object["automountServiceAccountTokens"] = false
+	if err := a.apply(ctx, u); err == nil || !strings.Contains(err.Error(), "automountServiceAccountTokens") {
+		t.Errorf("a ServiceAccount with a misspelt field: %v, want an error naming it", err)
+	}
+
+	checkControllerAccess(ctx, t, cluster, a.kube)
+}
+
+func mustRender(t *testing.T, chart string, vals map[string]any) string {
+	t.Helper()
+	m, err := render(t, chart, vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+type applier struct {
+	kube   kubernetes.Interface
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func newApplier(t *testing.T, cfg *rest.Config) *applier {
+	disco, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &applier{
+		kube:   kubernetes.NewForConfigOrDie(cfg),
+		dyn:    dynamic.NewForConfigOrDie(cfg),
+		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco)),
+	}
+}
+
+func (a *applier) applyAll(ctx context.Context, t *testing.T, objs []runtime.Object) {
+	t.Helper()
+	if len(objs) == 0 {
+		t.Fatal("nothing rendered")
+	}
+	for _, o := range objs {
+		if err := a.apply(ctx, o); err != nil {
+			t.Errorf("apply %s: %v", kindName(o), err)
+		}
+	}
+}
+
+// apply server-side applies o with strict field validation: an unknown or
+// duplicated field is an error, as a bad value is.
+func (a *applier) apply(ctx context.Context, o runtime.Object) error {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+	if err != nil {
+		return err
+	}
+	u := &unstructured.Unstructured{Object: m}
+	gvk := o.GetObjectKind().GroupVersionKind()
+	if gvk.Empty() {
+		gvks, _, err := clientScheme().ObjectKinds(o)
+		if err != nil {
+			return err
+		}
+		gvk = gvks[0]
+	}
+	u.SetGroupVersionKind(gvk)
+	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(u.Object, "status")
+	mapping, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		a.mapper.Reset()
+		if mapping, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			return err
+		}
+	}
+	var ri dynamic.ResourceInterface = a.dyn.Resource(mapping.Resource)
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		ns := u.GetNamespace()
+		if ns == "" {
+			return fmt.Errorf("%s %s: no namespace", gvk.Kind, u.GetName())
+		}
+		ri = a.dyn.Resource(mapping.Resource).Namespace(ns)
+	}
+	body, err := json.Marshal(u.Object)
+	if err != nil {
+		return err
+	}
+	force := true
+	_, err = ri.Patch(ctx, u.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{
+		FieldManager: "chartstest", Force: &force, FieldValidation: "Strict",
+	})
+	return err
+}
+
+// waitCRDs waits until the base chart's CRDs are all served.
+func (a *applier) waitCRDs(ctx context.Context, t *testing.T) {
+	t.Helper()
+	want := []schema.GroupVersionResource{
+		{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"},
+		{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "grpcroutes"},
+		{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "referencegrants"},
+	}
+	for _, gvr := range want {
+		for {
+			_, err := a.dyn.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s never served: %v", gvr, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	a.mapper.Reset()
+}
+
+// checkControllerAccess: the permissions the controller needs, asked as
+// its service account with its own token; and a few it must not have.
+func checkControllerAccess(ctx context.Context, t *testing.T, cluster *kubeharness.Cluster, admin kubernetes.Interface) {
+	tok, err := admin.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, "regomesh-controller", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := kubernetes.NewForConfigOrDie(cluster.RESTConfigWithToken(tok.Status.Token))
+	can := func(verb, group, resource, sub string) bool {
+		r, err := as.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: verb, Group: group, Resource: resource, Subresource: sub,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status.Allowed
+	}
+	for _, p := range controllerPermissions {
+		gr, verb, _ := strings.Cut(p, ":")
+		group, res, _ := strings.Cut(gr, "/")
+		res, sub, _ := strings.Cut(res, "/")
+		if !can(verb, group, res, sub) {
+			t.Errorf("the controller's service account may not %s %s", verb, gr)
+		}
+	}
+	for _, p := range []string{"get::secrets:", "list::secrets:", "update::pods:", "delete::pods:", "create:coordination.k8s.io:leases:", "update:security.istio.io:authorizationpolicies:", "update:gateway.networking.k8s.io:gateways:status"} {
+		f := strings.Split(p, ":")
+		if can(f[0], f[1], f[2], f[3]) {
+			t.Errorf("the controller's service account may %s %s/%s/%s", f[0], f[1], f[2], f[3])
+		}
+	}
+	// And for real: the lists and watches its informers make.
+	dyn := dynamic.NewForConfigOrDie(cluster.RESTConfigWithToken(tok.Status.Token))
+	for _, gvr := range []schema.GroupVersionResource{
+		{Version: "v1", Resource: "namespaces"}, {Version: "v1", Resource: "pods"}, {Version: "v1", Resource: "services"},
+		{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"},
+		{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"},
+		{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"},
+		{Group: "security.istio.io", Version: "v1", Resource: "requestauthentications"},
+	} {
+		if _, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("list %s as the controller: %v", gvr, err)
+		}
+		w, err := dyn.Resource(gvr).Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Errorf("watch %s as the controller: %v", gvr, err)
+			continue
+		}
+		w.Stop()
+	}
+	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).Namespace(namespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("list secrets as the controller: %v, want forbidden", err)
+	}
+}

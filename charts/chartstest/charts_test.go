@@ -1,0 +1,437 @@
+package chartstest
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+func TestLint(t *testing.T) {
+	cases := map[string][]string{"regomesh": valueSets, "regomesh-base": {"defaults"}}
+	for chart, sets := range cases {
+		for _, set := range sets {
+			t.Run(chart+"/"+set, func(t *testing.T) {
+				lint := action.NewLint()
+				lint.Strict = true
+				lint.Namespace = namespace
+				lint.KubeVersion = kubeVersion
+				res := lint.Run([]string{chartDir(chart)}, values(t, set))
+				for _, m := range res.Messages {
+					if m.Severity >= support.WarningSev {
+						t.Errorf("lint: %s", m)
+					}
+				}
+				for _, err := range res.Errors {
+					t.Errorf("lint: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// TestLabels: every object and pod template has the standard labels.
+func TestLabels(t *testing.T) {
+	want := []string{
+		"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+		"app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by",
+		"helm.sh/chart",
+	}
+	for _, set := range valueSets {
+		objs := objects(t, "regomesh", values(t, set))
+		for _, o := range objs {
+			m, ok := o.(metav1.Object)
+			if !ok {
+				t.Fatalf("%s: no metadata", kindName(o))
+			}
+			check := func(where string, labels map[string]string) {
+				for _, k := range want {
+					if labels[k] == "" {
+						t.Errorf("%s: %s: %s %s has no label %s", set, where, kindName(o), m.GetName(), k)
+					}
+				}
+				if labels["app.kubernetes.io/part-of"] != "regomesh" || labels["app.kubernetes.io/instance"] != "regomesh" {
+					t.Errorf("%s: %s %s labels %v", set, kindName(o), where, labels)
+				}
+			}
+			check("metadata", m.GetLabels())
+			if spec := podSpecOf(o); spec != nil {
+				check("pod template", spec.Labels)
+			}
+		}
+	}
+}
+
+func podSpecOf(o runtime.Object) *corev1.PodTemplateSpec {
+	switch v := o.(type) {
+	case *appsv1.Deployment:
+		return &v.Spec.Template
+	case *appsv1.DaemonSet:
+		return &v.Spec.Template
+	}
+	return nil
+}
+
+// TestZtunnelPrivileges: exactly the capabilities in-pod capture needs,
+// never privileged, no host namespaces, and the mounts it uses.
+func TestZtunnelPrivileges(t *testing.T) {
+	for _, set := range valueSets {
+		ds := one[*appsv1.DaemonSet](t, objects(t, "regomesh", values(t, set)), "ztunnel")
+		spec := ds.Spec.Template.Spec
+		if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+			t.Errorf("%s: ztunnel shares a host namespace: network %v pid %v ipc %v", set, spec.HostNetwork, spec.HostPID, spec.HostIPC)
+		}
+		if len(spec.InitContainers) != 0 || len(spec.Containers) != 1 {
+			t.Fatalf("%s: ztunnel pod has %d init containers and %d containers, want 0 and 1", set, len(spec.InitContainers), len(spec.Containers))
+		}
+		c := spec.Containers[0]
+		sc := c.SecurityContext
+		if sc == nil || sc.Capabilities == nil {
+			t.Fatalf("%s: ztunnel has no security context with capabilities", set)
+		}
+		if sc.Privileged == nil || *sc.Privileged {
+			t.Errorf("%s: ztunnel privileged = %v, want an explicit false", set, sc.Privileged)
+		}
+		if got := caps(sc.Capabilities.Add); !slices.Equal(got, []string{"NET_ADMIN", "SYS_ADMIN"}) {
+			t.Errorf("%s: ztunnel adds capabilities %v, want exactly [NET_ADMIN SYS_ADMIN]", set, got)
+		}
+		if got := caps(sc.Capabilities.Drop); !slices.Equal(got, []string{"ALL"}) {
+			t.Errorf("%s: ztunnel drops %v, want [ALL]", set, got)
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			t.Errorf("%s: ztunnel may escalate privileges", set)
+		}
+		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			t.Errorf("%s: ztunnel's root filesystem is writable", set)
+		}
+		if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s: ztunnel seccomp %v, want RuntimeDefault", set, sc.SeccompProfile)
+		}
+		if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+			t.Errorf("%s: ztunnel mounts a service account token it never uses", set)
+		}
+		mounts := map[string]corev1.VolumeMount{}
+		for _, m := range c.VolumeMounts {
+			mounts[m.MountPath] = m
+		}
+		for path, readOnly := range map[string]bool{
+			"/run/spire/agent/public": true, "/run/spire/admin": true, "/var/run/regomesh": false, "/var/run/netns": true,
+		} {
+			m, ok := mounts[path]
+			if !ok {
+				t.Errorf("%s: ztunnel does not mount %s", set, path)
+			} else if m.ReadOnly != readOnly {
+				t.Errorf("%s: ztunnel mounts %s read-only %v, want %v", set, path, m.ReadOnly, readOnly)
+			}
+		}
+		if p := mounts["/var/run/netns"].MountPropagation; p == nil || *p != corev1.MountPropagationHostToContainer {
+			t.Errorf("%s: /var/run/netns propagation %v, want HostToContainer", set, p)
+		}
+		args := argMap(c.Args)
+		for flag, want := range map[string]string{
+			"spire-admin-socket":    "/run/spire/admin/" + str(values(t, set), "spire", "adminSocketName", "admin.sock"),
+			"spire-workload-socket": "/run/spire/agent/public/" + str(values(t, set), "spire", "workloadSocketName", "spire-agent.sock"),
+			"cni-socket":            "/var/run/regomesh/ztunnel.sock",
+			"controller":            "regomesh-controller.regomesh-system.svc." + str(values(t, set), "global", "clusterDomain", "cluster.local") + ":15012",
+			"controller-identity":   "spiffe://" + str(values(t, set), "global", "trustDomain", "cluster.local") + "/ns/regomesh-system/sa/regomesh-controller",
+		} {
+			if args[flag] != want {
+				t.Errorf("%s: ztunnel --%s=%q, want %q", set, flag, args[flag], want)
+			}
+		}
+		if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+			return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+		}) {
+			t.Errorf("%s: ztunnel has no NODE_NAME from spec.nodeName", set)
+		}
+	}
+}
+
+// TestNonRoot: every container but ztunnel's runs as non-root with nothing
+// added, all capabilities dropped and a read-only root.
+func TestNonRoot(t *testing.T) {
+	for _, set := range valueSets {
+		for _, o := range objects(t, "regomesh", values(t, set)) {
+			spec := podSpecOf(o)
+			if spec == nil || nameOf(o) == "ztunnel" {
+				continue
+			}
+			for _, c := range spec.Spec.Containers {
+				sc := c.SecurityContext
+				if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.Capabilities == nil ||
+					len(sc.Capabilities.Add) != 0 || !slices.Equal(caps(sc.Capabilities.Drop), []string{"ALL"}) ||
+					sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+					sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+					t.Errorf("%s: %s container %s: security context %+v is not restricted", set, kindName(o), c.Name, sc)
+				}
+				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+					t.Errorf("%s: %s container %s has no resource requests", set, kindName(o), c.Name)
+				}
+			}
+		}
+	}
+}
+
+// TestControllerRBAC: what the controller's informers list and watch, and
+// AuthorizationPolicy status, nothing more.
+func TestControllerRBAC(t *testing.T) {
+	objs := objects(t, "regomesh", nil)
+	roles := find[*rbacv1.ClusterRole](objs, "")
+	if len(roles) != 1 {
+		t.Fatalf("%d ClusterRoles, want 1 (the controller's)", len(roles))
+	}
+	if n := len(find[*rbacv1.Role](objs, "")); n != 0 {
+		t.Errorf("%d Roles, want none", n)
+	}
+	var got []string
+	for _, r := range roles[0].Rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					got = append(got, g+"/"+res+":"+v)
+				}
+			}
+		}
+		if len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
+			t.Errorf("rule %+v names resources or URLs", r)
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, controllerPermissions) {
+		t.Errorf("controller's ClusterRole grants\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(controllerPermissions, "\n"))
+	}
+	b := one[*rbacv1.ClusterRoleBinding](t, objs, roles[0].Name)
+	if b.RoleRef.Name != roles[0].Name || len(b.Subjects) != 1 || b.Subjects[0].Name != "regomesh-controller" || b.Subjects[0].Namespace != namespace {
+		t.Errorf("binding %+v does not bind the controller's service account", b)
+	}
+}
+
+// controllerPermissions, sorted: group/resource:verb.
+var controllerPermissions = []string{
+	"/namespaces:list", "/namespaces:watch",
+	"/pods:list", "/pods:watch",
+	"/services:list", "/services:watch",
+	"gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
+	"security.istio.io/authorizationpolicies/status:update",
+	"security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
+	"security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
+	"security.istio.io/requestauthentications:list", "security.istio.io/requestauthentications:watch",
+}
+
+func TestControllerShape(t *testing.T) {
+	for _, set := range valueSets {
+		objs := objects(t, "regomesh", values(t, set))
+		d := one[*appsv1.Deployment](t, objs, "regomesh-controller")
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
+			t.Errorf("%s: controller replicas %v, want 1 (no leader election)", set, d.Spec.Replicas)
+		}
+		pdbs := find[*policyv1.PodDisruptionBudget](objs, "regomesh-controller")
+		if set == "custom" {
+			if len(pdbs) != 0 {
+				t.Errorf("%s: a PDB although podDisruptionBudget.enabled is false", set)
+			}
+		} else if len(pdbs) != 1 || pdbs[0].Spec.MaxUnavailable == nil || pdbs[0].Spec.MaxUnavailable.IntValue() != 1 {
+			t.Errorf("%s: controller PDB %v, want one of maxUnavailable 1", set, pdbs)
+		}
+		svc := one[*corev1.Service](t, objs, "regomesh-controller")
+		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 15012 {
+			t.Errorf("%s: controller Service ports %+v, want 15012", set, svc.Spec.Ports)
+		}
+		if got := argMap(d.Spec.Template.Spec.Containers[0].Args)["xds-addr"]; got != ":15012" {
+			t.Errorf("%s: --xds-addr=%q", set, got)
+		}
+		if set == "custom" {
+			spec := d.Spec.Template.Spec
+			if len(spec.ImagePullSecrets) != 1 || spec.ImagePullSecrets[0].Name != "regcred" {
+				t.Errorf("custom: pull secrets %v", spec.ImagePullSecrets)
+			}
+			if img := spec.Containers[0].Image; img != "registry.example.org/mesh/regomesh-controller:v0.1.0-rc.1" {
+				t.Errorf("custom: image %s", img)
+			}
+		}
+	}
+}
+
+func TestWaypoints(t *testing.T) {
+	if n := len(find[*appsv1.Deployment](objects(t, "regomesh", nil), "reviews-waypoint")); n != 0 {
+		t.Fatalf("defaults render %d waypoints, want none", n)
+	}
+	objs := objects(t, "regomesh", values(t, "waypoints"))
+	d := one[*appsv1.Deployment](t, objs, "reviews-waypoint")
+	if d.Namespace != "bookinfo" || d.Spec.Replicas != nil {
+		t.Errorf("reviews-waypoint: namespace %s replicas %v, want bookinfo and none (the HPA's)", d.Namespace, d.Spec.Replicas)
+	}
+	args := argMap(d.Spec.Template.Spec.Containers[0].Args)
+	if args["gateway"] != "bookinfo/reviews-waypoint" || args["hbone-addr"] != ":15008" || args["verification-key"] == "" {
+		t.Errorf("reviews-waypoint args %v", args)
+	}
+	hpa := one[*autoscalingv2.HorizontalPodAutoscaler](t, objs, "reviews-waypoint")
+	if hpa.Spec.ScaleTargetRef.Name != "reviews-waypoint" || *hpa.Spec.MinReplicas != 2 || hpa.Spec.MaxReplicas != 10 {
+		t.Errorf("reviews-waypoint HPA %+v", hpa.Spec)
+	}
+	r := one[*appsv1.Deployment](t, objs, "ratings-waypoint")
+	if r.Spec.Replicas == nil || *r.Spec.Replicas != 3 || r.Spec.Template.Spec.ServiceAccountName != "ratings-wp" {
+		t.Errorf("ratings-waypoint replicas %v service account %s", r.Spec.Replicas, r.Spec.Template.Spec.ServiceAccountName)
+	}
+	if n := len(find[*autoscalingv2.HorizontalPodAutoscaler](objs, "ratings-waypoint")); n != 0 {
+		t.Errorf("ratings-waypoint has %d HPAs with autoscaling off", n)
+	}
+	one[*corev1.ServiceAccount](t, objs, "ratings-wp")
+}
+
+func TestBaseCRDs(t *testing.T) {
+	for _, c := range []struct {
+		vals map[string]any
+		want int
+	}{
+		{nil, 13},
+		{map[string]any{"crds": map[string]any{"enabled": false}}, 0},
+		{map[string]any{"crds": map[string]any{"gatewayAPI": false}}, 3},
+	} {
+		objs := objects(t, "regomesh-base", c.vals)
+		crds := find[*apiextensionsv1.CustomResourceDefinition](objs, "")
+		if len(crds) != c.want || len(objs) != c.want {
+			t.Errorf("values %v: %d objects, %d CRDs, want %d", c.vals, len(objs), len(crds), c.want)
+		}
+		for _, crd := range crds {
+			if crd.Annotations["helm.sh/resource-policy"] != "keep" {
+				t.Errorf("CRD %s is not kept on uninstall", crd.Name)
+			}
+		}
+	}
+}
+
+// TestSchemaRejects: values.schema.json refuses bad values, naming them.
+func TestSchemaRejects(t *testing.T) {
+	for _, c := range []struct {
+		vals map[string]any
+		want string
+	}{
+		{map[string]any{"global": map[string]any{"trustDomain": "Prod Example"}}, "trustDomain"},
+		{map[string]any{"global": map[string]any{"logLevel": "verbose"}}, "logLevel"},
+		{map[string]any{"controller": map[string]any{"replicas": 2}}, "replicas"},
+		{map[string]any{"controller": map[string]any{"debounce": "soon"}}, "debounce"},
+		{map[string]any{"ztunnel": map[string]any{"privileged": true}}, "privileged"},
+		{map[string]any{"waypoints": map[string]any{"instances": []any{map[string]any{"name": "w", "namespace": "ns"}}}}, "gateway"},
+		{map[string]any{"spire": map[string]any{"adminSocketDir": "relative/dir"}}, "adminSocketDir"},
+	} {
+		_, err := render(t, "regomesh", c.vals)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("values %v: error %v, want one naming %s", c.vals, err, c.want)
+		}
+	}
+}
+
+// TestFlags: every flag the charts pass is one the binary accepts, as its
+// -h lists them.
+func TestFlags(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	for _, set := range valueSets {
+		for _, o := range objects(t, "regomesh", values(t, set)) {
+			spec := podSpecOf(o)
+			if spec == nil {
+				continue
+			}
+			for _, c := range spec.Spec.Containers {
+				bin := map[string]string{"controller": "regomesh-controller", "ztunnel": "ztunnel", "waypoint": "waypoint"}[c.Name]
+				if bin == "" {
+					t.Fatalf("%s: container %s runs no known binary", kindName(o), c.Name)
+				}
+				known := flagsOf(t, bin)
+				for _, a := range c.Args {
+					name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+					if !strings.HasPrefix(a, "--") || !known[name] {
+						t.Errorf("%s: %s: %s does not take %q", set, kindName(o), bin, a)
+					}
+				}
+			}
+		}
+	}
+}
+
+var (
+	flagsMu    sync.Mutex
+	flagsCache = map[string]map[string]bool{}
+)
+
+// flagsOf builds cmd/<bin> and reads its flags from -h.
+func flagsOf(t *testing.T, bin string) map[string]bool {
+	t.Helper()
+	flagsMu.Lock()
+	defer flagsMu.Unlock()
+	if f, ok := flagsCache[bin]; ok {
+		return f
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, bin)
+	build := exec.Command("go", "build", "-o", out, "./cmd/"+bin)
+	build.Dir = repoRoot()
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", bin, err, b)
+	}
+	var help bytes.Buffer
+	cmd := exec.Command(out, "-h")
+	cmd.Stdout, cmd.Stderr = &help, &help
+	_ = cmd.Run() // -h exits 0 or 2, as flag's ContinueOnError makes it
+	flags := map[string]bool{}
+	re := regexp.MustCompile(`^\s+-{1,2}([a-z0-9][a-z0-9-]*)`)
+	sc := bufio.NewScanner(&help)
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			flags[m[1]] = true
+		}
+	}
+	if len(flags) < 5 {
+		t.Fatalf("%s -h lists %d flags:\n%s", bin, len(flags), help.String())
+	}
+	flagsCache[bin] = flags
+	return flags
+}
+
+func caps(cs []corev1.Capability) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, string(c))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func argMap(args []string) map[string]string {
+	m := map[string]string{}
+	for _, a := range args {
+		k, v, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		m[k] = v
+	}
+	return m
+}
+
+// str is vals[a][b], or def.
+func str(vals map[string]any, a, b, def string) string {
+	if m, ok := vals[a].(map[string]any); ok {
+		if s, ok := m[b].(string); ok {
+			return s
+		}
+	}
+	return def
+}

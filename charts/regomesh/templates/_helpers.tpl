@@ -1,0 +1,53 @@
+{{/* The standard labels of every object; component names the part. */}}
+{{- define "regomesh.labels" -}}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: regomesh
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* Selector labels: immutable in a Deployment or DaemonSet, so never the version. */}}
+{{- define "regomesh.selector" -}}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end }}
+
+{{- define "regomesh.image" -}}
+{{- $g := .root.Values.global.image -}}
+{{ printf "%s/%s:%s" $g.registry .name (default .root.Chart.AppVersion $g.tag) }}
+{{- end }}
+
+{{- define "regomesh.pullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The container security context of every non-root container. */}}
+{{- define "regomesh.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "regomesh.workloadSocketPath" -}}
+/run/spire/agent/public/{{ .Values.spire.workloadSocketName }}
+{{- end }}
+
+{{- define "regomesh.controllerIdentity" -}}
+spiffe://{{ .Values.global.trustDomain }}/ns/{{ .Release.Namespace }}/sa/regomesh-controller
+{{- end }}
+
+{{- define "regomesh.controllerAddr" -}}
+regomesh-controller.{{ .Release.Namespace }}.svc.{{ .Values.global.clusterDomain }}:{{ .Values.controller.xdsPort }}
+{{- end }}
