@@ -12,6 +12,11 @@
 #   make kube     a real kube-apiserver from tools/kube-apiserver/go.mod into bin/ (cached;
 #                 the first build takes 10-20 minutes), and etcd (Debian's etcd-server,
 #                 installed with apt-get when missing), for controller/kubeharness
+#   make images   one container image per images/<name>/Dockerfile, with docker, podman
+#                 or buildah (IMAGE_REGISTRY, IMAGE_TAG); fails when none is installed
+#   make charts-crds  copy the CRDs the go.mod-pinned istio.io/api and gateway-api ship
+#                 into charts/regomesh-base/files (charts/chartstest checks they match)
+#   make charts-test  the chart tests alone: lint, renders, schema, a real API server
 #   make clean    remove bin/
 
 SHELL := /bin/bash
@@ -46,7 +51,7 @@ FULL_SIZE := \
 	./hbone/    '^TestLargeTransferBothWays$$' \
 	./test/e2e/ '^TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate$$'
 
-.PHONY: build test test-prereqs test-tools lint bench bench-mesh demo tools spire kube etcd clean
+.PHONY: build test test-prereqs test-tools lint bench bench-mesh demo tools spire kube etcd images charts-crds charts-test clean
 
 build:
 	$(GO) build ./...
@@ -157,6 +162,34 @@ etcd:
 		fi; \
 		command -v etcd >/dev/null || { echo "make kube: controller/kubeharness needs etcd on PATH: install etcd-server (Debian) or etcd 3.4+" >&2; exit 1; }; \
 	fi
+
+# Container images: images/<name>/Dockerfile, built from the repository's
+# root. No container engine runs in CI here, so nothing tests this target.
+IMAGES := $(patsubst images/%/Dockerfile,%,$(wildcard images/*/Dockerfile))
+IMAGE_REGISTRY ?= ghcr.io/regomesh
+IMAGE_TAG ?= $(shell awk '$$1 == "appVersion:" { gsub(/"/, "", $$2); print $$2 }' charts/regomesh/Chart.yaml)
+CONTAINER_ENGINE ?= $(firstword $(foreach e,docker podman buildah,$(if $(shell command -v $(e)),$(e))))
+
+images:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+		echo "make images: no container engine: install docker, podman or buildah (or set CONTAINER_ENGINE)" >&2; exit 1; fi
+	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { \
+		echo "make images: $(CONTAINER_ENGINE) is installed but cannot build ($(CONTAINER_ENGINE) info fails: is its daemon running?)" >&2; exit 1; }
+	@for n in $(IMAGES); do \
+		echo "$(CONTAINER_ENGINE) build -f images/$$n/Dockerfile -t $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) ."; \
+		if [ "$(CONTAINER_ENGINE)" = buildah ]; then \
+			buildah bud -f images/$$n/Dockerfile -t $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) . ; \
+		else \
+			$(CONTAINER_ENGINE) build -f images/$$n/Dockerfile -t $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) . ; \
+		fi; \
+	done
+
+charts-crds:
+	$(GO) test -count=1 -run '^TestCRDsMatchModules$$' ./charts/chartstest -update
+
+# The chart tests; TestAPIServerAccepts skips without `make kube`'s binaries.
+charts-test:
+	$(GO) test -count=1 ./charts/...
 
 clean:
 	rm -rf $(BIN)
