@@ -16,24 +16,25 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/internal/testpki"
 )
 
 // mesh is one trust domain with a server workload and a client workload,
 // each with its SVID, as two ztunnels would hold them.
 type mesh struct {
-	ca         *testCA
+	ca         *testpki.CA
 	bundle     x509bundle.Source
 	serverSVID *x509svid.SVID
 	clientSVID *x509svid.SVID
 }
 
 func newMesh(t testing.TB) *mesh {
-	ca := newTestCA(t, "td.test")
+	ca := testpki.New(t, "td.test")
 	return &mesh{
 		ca:         ca,
-		bundle:     ca.bundle(),
-		serverSVID: ca.svid(t, "/ns/b/sa/web"),
-		clientSVID: ca.svid(t, "/ns/a/sa/client"),
+		bundle:     ca.Bundle(),
+		serverSVID: ca.SVID(t, "/ns/b/sa/web"),
+		clientSVID: ca.SVID(t, "/ns/a/sa/client"),
 	}
 }
 

@@ -9,14 +9,16 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/regomesh/regomesh/internal/testpki"
 )
 
 // TestIdentityRefusals: every way a tunnel must fail closed on identity.
 // None of them may reach the handler.
 func TestIdentityRefusals(t *testing.T) {
 	m := newMesh(t)
-	other := newTestCA(t, "other.test")
-	impostor := newTestCA(t, "td.test") // same trust domain name, different key
+	other := testpki.New(t, "other.test")
+	impostor := testpki.New(t, "td.test") // same trust domain name, different key
 	reached := make(chan struct{}, 10)
 	ts := startServer(t, m, HandlerFunc(func(_ context.Context, tun *Tunnel) {
 		reached <- struct{}{}
@@ -31,26 +33,26 @@ func TestIdentityRefusals(t *testing.T) {
 		wantErr error
 	}{
 		{name: "client from another trust domain", req: func(r Request) Request {
-			r.Source = other.svid(t, "/ns/a/sa/client")
+			r.Source = other.SVID(t, "/ns/a/sa/client")
 			return r
 		}},
 		{name: "client signed by an unknown CA of the same trust domain", req: func(r Request) Request {
-			r.Source = impostor.svid(t, "/ns/a/sa/client")
+			r.Source = impostor.SVID(t, "/ns/a/sa/client")
 			return r
 		}},
 		{name: "expired client certificate", req: func(r Request) Request {
-			r.Source = m.ca.svidValid(t, "/ns/a/sa/client", time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+			r.Source = m.ca.SVIDValid(t, "/ns/a/sa/client", time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
 			return r
 		}},
 		{name: "client certificate not yet valid", req: func(r Request) Request {
-			r.Source = m.ca.svidValid(t, "/ns/a/sa/client", time.Now().Add(time.Hour), time.Now().Add(2*time.Hour))
+			r.Source = m.ca.SVIDValid(t, "/ns/a/sa/client", time.Now().Add(time.Hour), time.Now().Add(2*time.Hour))
 			return r
 		}},
 		{name: "server is not the expected peer", req: func(r Request) Request {
 			r.Peer = idOf("spiffe://td.test/ns/b/sa/someone-else")
 			return r
 		}},
-		{name: "client does not trust the server's trust domain", bundles: other.bundle()},
+		{name: "client does not trust the server's trust domain", bundles: other.Bundle()},
 		{name: "no SVID source", wantErr: ErrNoSVID, req: func(r Request) Request {
 			r.Source = nil
 			return r

@@ -232,7 +232,7 @@ func TestConnLimits(t *testing.T) {
 			echo := startEcho(t)
 			req := m.request(second, echo)
 			if tc.otherPeer {
-				req.Source = m.ca.svid(t, "/ns/c/sa/other")
+				req.Source = m.ca.SVID(t, "/ns/c/sa/other")
 			}
 
 			p1 := newTestPool(t, m)

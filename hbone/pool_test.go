@@ -104,7 +104,7 @@ func TestPoolKeysBySourceDestinationAndAddress(t *testing.T) {
 	pool := newTestPool(t, m)
 	req := m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))
 	other := req
-	other.Source = m.ca.svid(t, "/ns/a/sa/other")
+	other.Source = m.ca.SVID(t, "/ns/a/sa/other")
 	elsewhere := req
 	elsewhere.Addr = ts2.addr
 	for _, r := range []Request{req, req, other, elsewhere} {

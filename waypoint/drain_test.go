@@ -66,7 +66,7 @@ func TestForwardedOnlyFromWaypoints(t *testing.T) {
 		{name: "a waypoint", path: "/ns/shop/sa/waypoint", want: claimed.Addr()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			svid := m.ca.svid(t, tc.path)
+			svid := m.ca.SVID(t, tc.path)
 			c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				return m.dialAs(ctx, svid, netip.AddrPortFrom(webVIP, 8081), claimed)
 			}}}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/internal/testpki"
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -106,7 +107,7 @@ spec:
 
 // testMesh is the running mesh of one test.
 type testMesh struct {
-	ca        *testCA
+	ca        *testpki.CA
 	bundle    x509bundle.Source
 	engine    *policy.Engine
 	reg       *prometheus.Registry
@@ -140,9 +141,9 @@ func (u *upstreamSeen) add(t *hbone.Tunnel) {
 
 func newTestMesh(t *testing.T) *testMesh {
 	t.Helper()
-	m := &testMesh{ca: newTestCA(t, "cluster.local"), reg: prometheus.NewRegistry(), access: &syncBuffer{}}
-	m.bundle = m.ca.bundle()
-	m.clientID = m.ca.svid(t, "/ns/a/sa/client")
+	m := &testMesh{ca: testpki.New(t, "cluster.local"), reg: prometheus.NewRegistry(), access: &syncBuffer{}}
+	m.bundle = m.ca.Bundle()
+	m.clientID = m.ca.SVID(t, "/ns/a/sa/client")
 	snap, err := state.Decode([]byte(testState), state.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +164,7 @@ func newTestMesh(t *testing.T) *testMesh {
 	}
 	t.Cleanup(func() { upPool.Close() })
 	m.wp, err = New(Config{
-		SVID: m.ca.svid(t, "/ns/shop/sa/waypoint"), Bundle: m.bundle, Policy: m.engine, Pool: upPool,
+		SVID: m.ca.SVID(t, "/ns/shop/sa/waypoint"), Bundle: m.bundle, Policy: m.engine, Pool: upPool,
 		Metrics: NewMetrics(m.reg), AccessLog: NewAccessLog(m.access), SniffTimeout: 200e6,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -266,7 +267,7 @@ func (m *testMesh) startBackends(t *testing.T) map[uint16]netip.AddrPort {
 // backend for the authority's port.
 func (m *testMesh) startEndpointZtunnel(t *testing.T, backends map[uint16]netip.AddrPort) netip.AddrPort {
 	srv, err := hbone.NewServer(hbone.ServerConfig{
-		SVID: m.ca.svid(t, "/ns/shop/sa/web"), Bundle: m.bundle,
+		SVID: m.ca.SVID(t, "/ns/shop/sa/web"), Bundle: m.bundle,
 		Handler: hbone.HandlerFunc(func(ctx context.Context, tn *hbone.Tunnel) {
 			m.upstream.add(tn)
 			backend, ok := backends[tn.Authority.Port()]

@@ -3,19 +3,12 @@ package ztunnel
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/internal/testpki"
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/ztunnel/cni"
@@ -93,7 +87,7 @@ type pathMesh struct {
 	reg     *prometheus.Registry
 	access  *syncBuffer
 	pods    map[string]*pod // by workload name
-	ca      *testCA
+	ca      *testpki.CA
 	bundle  *x509bundle.Bundle
 	snap    *state.Snapshot
 	idsHeld *testIdentities
@@ -102,14 +96,14 @@ type pathMesh struct {
 
 func newPathMesh(t *testing.T) *pathMesh {
 	t.Helper()
-	ca := newTestCA(t, "cluster.local")
+	ca := testpki.New(t, "cluster.local")
 	m := &pathMesh{
 		net: newLoopbackNet(), reg: prometheus.NewRegistry(), access: &syncBuffer{},
-		pods: map[string]*pod{}, ca: ca, bundle: ca.bundle(),
+		pods: map[string]*pod{}, ca: ca, bundle: ca.Bundle(),
 	}
 	m.idsHeld = &testIdentities{bundle: m.bundle, svids: map[spiffeid.ID]*x509svid.SVID{}}
 	for _, sa := range []string{"web", "api", "intruder"} { // orphan has none
-		svid := ca.svid(t, "/ns/shop/sa/"+sa)
+		svid := ca.SVID(t, "/ns/shop/sa/"+sa)
 		m.idsHeld.svids[svid.ID] = svid
 	}
 	var err error
@@ -492,74 +486,6 @@ func (ids *testIdentities) Hold(spiffeid.ID, string, string) error {
 	return nil
 }
 func (ids *testIdentities) Release(spiffeid.ID) {}
-
-// testCA is a trust domain's certificate authority, made with crypto/x509
-// the way SPIRE makes them: an EC P-256 root, and SVIDs whose only name is
-// a SPIFFE ID URI SAN.
-type testCA struct {
-	td   spiffeid.TrustDomain
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t testing.TB, td string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{Organization: []string{"regomesh test"}, CommonName: td},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{td: spiffeid.RequireTrustDomainFromString(td), cert: cert, key: key}
-}
-
-func (ca *testCA) bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
-}
-
-// svid issues an SVID for path (e.g. "/ns/a/sa/x") valid for an hour.
-func (ca *testCA) svid(t testing.TB, path string) *x509svid.SVID {
-	t.Helper()
-	id := spiffeid.RequireFromPath(ca.td, path)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
-}
 
 // syncBuffer is the access log's writer.
 type syncBuffer struct {

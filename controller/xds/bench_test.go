@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"testing"
+
+	"github.com/regomesh/regomesh/internal/testpki"
 )
 
 // BenchmarkPodChange measures what one pod's change costs on the wire
@@ -13,7 +15,7 @@ import (
 //
 //	go test -run XXX -bench PodChange ./controller/xds/
 func BenchmarkPodChange(b *testing.B) {
-	ca := newTestCA(b, "td.test")
+	ca := testpki.New(b, "td.test")
 	ws, svcs := mesh(b, 5000, 50, 500)
 	bed := newBed(b, ca, "127.0.0.1:0", snapshot(b, ws, svcs))
 	p := bed.connect(b, "/regomesh/ztunnel/node-0", "node-0")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/testpki"
 	"github.com/regomesh/regomesh/ztunnel/state"
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
 )
@@ -25,7 +26,7 @@ const controllerPath = "/ns/regomesh-system/sa/regomesh-controller"
 // TLS with SVIDs of a test CA.
 type bed struct {
 	t    testing.TB
-	ca   *testCA
+	ca   *testpki.CA
 	addr string
 	srv  *xds.Server
 	gs   *grpc.Server
@@ -34,16 +35,16 @@ type bed struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newBed(t testing.TB, ca *testCA, addr string, snap *state.Snapshot) *bed {
+func newBed(t testing.TB, ca *testpki.CA, addr string, snap *state.Snapshot) *bed {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := &bed{t: t, ca: ca, addr: l.Addr().String(), done: make(chan struct{})}
-	b.srv = xds.New(xds.Config{TrustDomain: ca.td, Logger: quiet()})
+	b.srv = xds.New(xds.Config{TrustDomain: ca.TD, Logger: quiet()})
 	b.srv.Update(snap)
-	b.gs = xds.NewGRPCServer(b.srv, ca.svid(t, controllerPath), ca.bundle())
+	b.gs = xds.NewGRPCServer(b.srv, ca.SVID(t, controllerPath), ca.Bundle())
 	go func() { defer close(b.done); b.gs.Serve(l) }()
 	t.Cleanup(b.stop)
 	return b
@@ -70,11 +71,11 @@ type proxy struct {
 // node; it stops when the test ends.
 func (b *bed) connect(t testing.TB, path, node string) *proxy {
 	t.Helper()
-	svid := b.ca.svid(t, path)
+	svid := b.ca.SVID(t, path)
 	p := &proxy{id: svid.ID}
 	c, err := wire.NewClient(wire.ClientConfig{
-		Addr: b.addr, SVID: svid, Bundle: b.ca.bundle(), Controller: spiffeid.RequireFromPath(b.ca.td, controllerPath),
-		Node: node, TrustDomain: b.ca.td.Name(), Logger: quiet(), MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		Addr: b.addr, SVID: svid, Bundle: b.ca.Bundle(), Controller: spiffeid.RequireFromPath(b.ca.TD, controllerPath),
+		Node: node, TrustDomain: b.ca.TD.Name(), Logger: quiet(), MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		Apply: func(s *state.Snapshot) {
 			p.mu.Lock()
 			defer p.mu.Unlock()

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/testpki"
 	"github.com/regomesh/regomesh/ztunnel/state"
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
 )
@@ -52,7 +53,7 @@ func sameState(t *testing.T, got *state.Snapshot, want *state.Snapshot) {
 }
 
 func TestDeltas(t *testing.T) {
-	ca := newTestCA(t, "td.test")
+	ca := testpki.New(t, "td.test")
 	ws, svcs := mesh(t, 20, 2, 3)
 	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
 	p := b.connect(t, "/regomesh/ztunnel/node-0", "node-0")
@@ -106,7 +107,7 @@ func TestDeltas(t *testing.T) {
 }
 
 func TestNACK(t *testing.T) {
-	ca := newTestCA(t, "td.test")
+	ca := testpki.New(t, "td.test")
 	ws, svcs := mesh(t, 4, 1, 1)
 	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
 	p := b.connect(t, "/regomesh/ztunnel/node-0", "node-0")
@@ -145,14 +146,14 @@ func TestNACK(t *testing.T) {
 // TestNodeIdentity: a ztunnel's node is its SVID's; it cannot subscribe
 // for another node, and only ztunnels and waypoints subscribe at all.
 func TestNodeIdentity(t *testing.T) {
-	ca := newTestCA(t, "td.test")
+	ca := testpki.New(t, "td.test")
 	ws, svcs := mesh(t, 2, 2, 0)
 	ws[1].Waypoint = "shop/pod-0" // pod-0 (shop/default) is a waypoint
 	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
-	other := newTestCA(t, "other.test")
+	other := testpki.New(t, "other.test")
 	tests := []struct {
 		name string
-		ca   *testCA
+		ca   *testpki.CA
 		path string
 		node string
 		want codes.Code
@@ -174,20 +175,20 @@ func TestNodeIdentity(t *testing.T) {
 	}
 	// The refused client never got a workload, and the server holds no
 	// status for it.
-	if _, ok := b.srv.Proxy(spiffeid.RequireFromPath(ca.td, "/ns/shop/sa/web").String()); ok {
+	if _, ok := b.srv.Proxy(spiffeid.RequireFromPath(ca.TD, "/ns/shop/sa/web").String()); ok {
 		t.Error("a refused subscriber has a status")
 	}
 }
 
 // subscribeOnce opens a raw stream with an SVID for path from ca, sends
 // the first request for node and reads the first response.
-func subscribeOnce(t *testing.T, b *bed, ca *testCA, path, node string) (*discoveryv3.DeltaDiscoveryResponse, error) {
+func subscribeOnce(t *testing.T, b *bed, ca *testpki.CA, path, node string) (*discoveryv3.DeltaDiscoveryResponse, error) {
 	t.Helper()
-	bundle := ca.bundle()
+	bundle := ca.Bundle()
 	if ca != b.ca {
-		bundle = b.ca.bundle() // trust the controller, present a foreign SVID
+		bundle = b.ca.Bundle() // trust the controller, present a foreign SVID
 	}
-	tlsConfig := tlsconfig.MTLSClientConfig(ca.svid(t, path), bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromPath(b.ca.td, controllerPath)))
+	tlsConfig := tlsconfig.MTLSClientConfig(ca.SVID(t, path), bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromPath(b.ca.TD, controllerPath)))
 	conn, err := grpc.NewClient(b.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)))
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +213,7 @@ func subscribeOnce(t *testing.T, b *bed, ca *testCA, path, node string) (*discov
 // TestRestart: the client keeps its state while the controller is away,
 // and on reconnect is sent only what changed meanwhile, removals included.
 func TestRestart(t *testing.T) {
-	ca := newTestCA(t, "td.test")
+	ca := testpki.New(t, "td.test")
 	ws, svcs := mesh(t, 10, 1, 2)
 	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
 	p := b.connect(t, "/regomesh/ztunnel/node-0", "node-0")
@@ -253,7 +254,7 @@ func TestRestart(t *testing.T) {
 // workloads alone first, without a system version (it holds no whole
 // version until the rest arrives); a waypoint is sent everything at once.
 func TestOwnNodeFirst(t *testing.T) {
-	ca := newTestCA(t, "td.test")
+	ca := testpki.New(t, "td.test")
 	ws, svcs := mesh(t, 9, 3, 2)
 	ws[0].Waypoint = "shop/pod-1" // pod-1 (shop/default) is a waypoint
 	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))

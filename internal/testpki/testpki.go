@@ -1,4 +1,8 @@
-package waypoint
+// Package testpki is the tests' certificate authority: SVIDs made with
+// crypto/x509 the way SPIRE makes them (an EC P-256 root, leaves whose
+// only name is a SPIFFE ID URI SAN), for tests of mutual TLS that run
+// without a SPIRE server.
+package testpki
 
 import (
 	"crypto/ecdsa"
@@ -16,16 +20,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// testCA is a trust domain's certificate authority, made with crypto/x509
-// the way SPIRE makes them: an EC P-256 root, and SVIDs whose only name is
-// a SPIFFE ID URI SAN.
-type testCA struct {
-	td   spiffeid.TrustDomain
+// CA is a trust domain's certificate authority.
+type CA struct {
+	TD   spiffeid.TrustDomain
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
 }
 
-func newTestCA(t testing.TB, td string) *testCA {
+// New makes the CA of trust domain td, valid for a day.
+func New(t testing.TB, td string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -49,22 +52,24 @@ func newTestCA(t testing.TB, td string) *testCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testCA{td: spiffeid.RequireTrustDomainFromString(td), cert: cert, key: key}
+	return &CA{TD: spiffeid.RequireTrustDomainFromString(td), cert: cert, key: key}
 }
 
-// bundle is the trust bundle of the CA's trust domain.
-func (ca *testCA) bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+// Bundle is the trust bundle of the CA's trust domain.
+func (ca *CA) Bundle() *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(ca.TD, []*x509.Certificate{ca.cert})
 }
 
-// svid issues an SVID for path (e.g. "/ns/a/sa/x") valid for an hour.
-func (ca *testCA) svid(t testing.TB, path string) *x509svid.SVID {
-	return ca.svidValid(t, path, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
-}
-
-func (ca *testCA) svidValid(t testing.TB, path string, notBefore, notAfter time.Time) *x509svid.SVID {
+// SVID issues an SVID for path (e.g. "/ns/a/sa/x") valid for an hour.
+func (ca *CA) SVID(t testing.TB, path string) *x509svid.SVID {
 	t.Helper()
-	id := spiffeid.RequireFromPath(ca.td, path)
+	return ca.SVIDValid(t, path, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+}
+
+// SVIDValid issues an SVID for path valid from notBefore to notAfter.
+func (ca *CA) SVIDValid(t testing.TB, path string, notBefore, notAfter time.Time) *x509svid.SVID {
+	t.Helper()
+	id := spiffeid.RequireFromPath(ca.TD, path)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
