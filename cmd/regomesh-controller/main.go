@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/adminaddr"
 )
 
 // config is every flag; each has a default fit for a cluster.
@@ -63,27 +63,11 @@ func parseFlags(args []string) (config, error) {
 		return c, errors.New("--debounce must be positive")
 	}
 	if !c.adminExpose {
-		if err := checkLoopback(c.adminAddr); err != nil {
+		if err := adminaddr.CheckLoopback(c.adminAddr, "shows every workload, service and policy of the mesh"); err != nil {
 			return c, fmt.Errorf("--admin-addr %s: %w", c.adminAddr, err)
 		}
 	}
 	return c, nil
-}
-
-// checkLoopback accepts host:port whose host is a loopback address or
-// "localhost". An empty host would listen on every address.
-func checkLoopback(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
-		return nil
-	}
-	return errors.New("the admin endpoint shows every workload, service and policy of the mesh, so it binds a loopback address only (127.0.0.1, ::1 or localhost); pass --admin-expose to bind it elsewhere on purpose")
 }
 
 func main() {

@@ -11,13 +11,12 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/regomesh/regomesh/internal/adminaddr"
 	"github.com/regomesh/regomesh/policy"
 )
 
@@ -97,27 +96,11 @@ func parseFlags(args []string) (config, error) {
 		return c, errors.New("at least one --bundle is required: without policy every request is denied")
 	}
 	if !c.adminExpose {
-		if err := checkLoopback(c.adminAddr); err != nil {
+		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {
 			return c, fmt.Errorf("--admin-addr %s: %w", c.adminAddr, err)
 		}
 	}
 	return c, nil
-}
-
-// checkLoopback accepts host:port whose host is a loopback address or
-// "localhost". An empty host would listen on every address.
-func checkLoopback(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
-		return nil
-	}
-	return errors.New("the admin endpoint changes the log level and serves pprof, so it binds a loopback address only (127.0.0.1, ::1 or localhost); pass --admin-expose to bind it elsewhere on purpose")
 }
 
 func main() {

@@ -5,12 +5,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/adminaddr"
 	"github.com/regomesh/regomesh/policy"
 )
 
@@ -103,7 +102,7 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("at least one --bundle is required: without policy every connection is denied")
 	}
 	if !c.adminExpose {
-		if err := checkLoopback(c.adminAddr); err != nil {
+		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {
 			return c, fmt.Errorf("--admin-addr %s: %w", c.adminAddr, err)
 		}
 	}
@@ -142,22 +141,6 @@ func (c config) servicePorts() []uint16 {
 		}
 	}
 	return ports
-}
-
-// checkLoopback accepts host:port whose host is a loopback address or
-// "localhost". An empty host would listen on every address.
-func checkLoopback(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
-		return nil
-	}
-	return errors.New("the admin endpoint changes the log level and serves pprof, so it binds a loopback address only (127.0.0.1, ::1 or localhost); pass --admin-expose to bind it elsewhere on purpose")
 }
 
 // defaultGCPercent is ztunnel's GOGC unless the environment sets one. The
