@@ -39,17 +39,51 @@ func (s *Server) authenticate(ctx context.Context) (Proxy, error) {
 	if err != nil {
 		return Proxy{}, status.Error(codes.Unauthenticated, err.Error())
 	}
+	p, err := s.Identify(id)
+	if err != nil {
+		return Proxy{}, status.Error(codes.PermissionDenied, err.Error())
+	}
+	return p, nil
+}
+
+// Identify names the proxy that id, a verified SVID's SPIFFE ID, belongs
+// to: a ztunnel (spiffe://<trust domain>/regomesh/ztunnel/<node>, its node
+// from the ID) or a waypoint (a workload the current state names as some
+// workload's or service's waypoint). Anything else is refused with an
+// error wrapping ErrNotProxy. The state stream and the bundle server
+// (controller/bundleserver) both identify their clients with it.
+func (s *Server) Identify(id spiffeid.ID) (Proxy, error) {
 	if id.TrustDomain() != s.cfg.TrustDomain {
-		return Proxy{}, status.Errorf(codes.PermissionDenied, "xds: %s is not in trust domain %s", id, s.cfg.TrustDomain)
+		return Proxy{}, fmt.Errorf("%w: %s is not in trust domain %s", ErrNotProxy, id, s.cfg.TrustDomain)
 	}
 	if node, ok := strings.CutPrefix(id.Path(), wire.ZtunnelPathPrefix); ok && node != "" && !strings.Contains(node, "/") {
 		return Proxy{ID: id, Kind: Ztunnel, Node: node}, nil
 	}
-	if s.isWaypoint(id) {
+	if len(s.waypointsOf(id)) > 0 {
 		return Proxy{ID: id, Kind: Waypoint}, nil
 	}
-	return Proxy{}, status.Errorf(codes.PermissionDenied,
-		"xds: %s is neither a ztunnel (%s%s<node>) nor a workload the mesh state names as a waypoint", id, s.cfg.TrustDomain.IDString(), wire.ZtunnelPathPrefix)
+	return Proxy{}, fmt.Errorf("%w: %s is neither a ztunnel (%s%s<node>) nor a workload the mesh state names as a waypoint",
+		ErrNotProxy, id, s.cfg.TrustDomain.IDString(), wire.ZtunnelPathPrefix)
+}
+
+// Bundles names the policy bundles p reads (ztunnel/state/xds's bundle
+// resource names, which are the bundle server's paths): a ztunnel the
+// mesh-wide bundle; a waypoint the bundle of each waypoint Gateway
+// whose workload has its identity, in the current state. The bundle
+// server serves a proxy these and no others, and the stream tells it
+// their revisions.
+func (s *Server) Bundles(p Proxy) []string {
+	switch p.Kind {
+	case Ztunnel:
+		return []string{wire.MeshBundle}
+	case Waypoint:
+		var out []string
+		for _, ref := range s.waypointsOf(p.ID) {
+			out = append(out, wire.WaypointBundle(ref))
+		}
+		return out
+	}
+	return nil
 }
 
 func peerID(ctx context.Context) (spiffeid.ID, error) {

@@ -64,6 +64,10 @@ type proxy struct {
 	mu      sync.Mutex
 	snap    *state.Snapshot
 	applies int
+	// bundles are the revisions last handed to ClientConfig.Bundles,
+	// bundleCalls how many times it was called.
+	bundles     map[string]string
+	bundleCalls int
 	stop    func()
 }
 
@@ -80,6 +84,11 @@ func (b *bed) connect(t testing.TB, path, node string) *proxy {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			p.snap, p.applies = s, p.applies+1
+		},
+		Bundles: func(revs map[string]string) {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.bundles, p.bundleCalls = revs, p.bundleCalls+1
 		},
 	})
 	if err != nil {

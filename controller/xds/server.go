@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,11 +54,15 @@ type Server struct {
 	streams  sync.WaitGroup // every stream's receiving goroutine
 
 	mu          sync.Mutex
-	snap        *state.Snapshot
+	waypoints   map[string][]string // SPIFFE ID -> the waypoints ("<namespace>/<gateway>") it is, in the last state
 	version     uint64
 	resources   map[string]*resource
 	subscribers map[*subscriber]struct{}
 	proxies     map[string]*ProxyStatus
+	// bundles are the revisions of the bundles served, by name (replaced
+	// whole by UpdateBundles); bundleVersion grows with every change.
+	bundles       map[string]string
+	bundleVersion uint64
 }
 
 var _ discoveryv3.AggregatedDiscoveryServiceServer = (*Server)(nil)
@@ -122,9 +127,10 @@ func (s *Server) Update(snap *state.Snapshot) {
 			break
 		}
 	}
+	waypoints := waypointsByID(snap)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.snap = snap
+	s.waypoints = waypoints
 	if !changed {
 		return
 	}
@@ -133,6 +139,39 @@ func (s *Server) Update(snap *state.Snapshot) {
 	for sub := range s.subscribers {
 		sub.wakeUp()
 	}
+}
+
+// UpdateBundles makes revisions (bundle name, as wire.MeshBundle and
+// wire.WaypointBundle name them, to its .manifest revision) the bundles
+// that are current: each proxy is sent the revisions of the bundles it
+// reads (Bundles), and told when they change. Call it once the bundle
+// server serves these revisions, so that a proxy told of one can fetch
+// it.
+func (s *Server) UpdateBundles(revisions map[string]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if maps.Equal(s.bundles, revisions) {
+		return
+	}
+	s.bundles = maps.Clone(revisions)
+	s.bundleVersion++
+	for sub := range s.subscribers {
+		sub.wakeUp()
+	}
+}
+
+// currentBundles are the bundle revisions p is to hold, as resources.
+func (s *Server) currentBundles(p Proxy) (uint64, map[string]*resource) {
+	names := s.Bundles(p)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]*resource, len(names))
+	for _, name := range names {
+		if rev, ok := s.bundles[name]; ok {
+			out[name] = &resource{name: name, version: rev, body: wire.EncodeBundleRevision(rev)}
+		}
+	}
+	return s.bundleVersion, out
 }
 
 // Version is the state's current version, as sent in system_version_info.
@@ -151,10 +190,35 @@ func (s *Server) current() (uint64, map[string]*resource) {
 	return s.version, s.resources
 }
 
-func (s *Server) isWaypoint(id spiffeid.ID) bool {
+func (s *Server) waypointsOf(id spiffeid.ID) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.snap != nil && s.snap.IsWaypoint(id.String())
+	return s.waypoints[id.String()]
+}
+
+// waypointsByID maps each waypoint's SPIFFE ID to the waypoints
+// ("<namespace>/<gateway>") whose workload has it, among those some
+// workload or service of snap names (as Snapshot.IsWaypoint counts
+// them), each list sorted.
+func waypointsByID(snap *state.Snapshot) map[string][]string {
+	named := map[string]bool{}
+	for _, w := range snap.Workloads {
+		named[w.Waypoint] = true
+	}
+	for _, svc := range snap.Services {
+		named[svc.Waypoint] = true
+	}
+	out := map[string][]string{}
+	for _, ref := range slices.Sorted(maps.Keys(named)) {
+		ns, name, ok := strings.Cut(ref, "/")
+		if !ok {
+			continue
+		}
+		if wp, ok := snap.Workload(ns, name); ok {
+			out[wp.Identity()] = append(out[wp.Identity()], ref)
+		}
+	}
+	return out
 }
 
 // encoded remembers which resource each workload and service of the

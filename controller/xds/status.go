@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -18,15 +19,22 @@ type ProxyStatus struct {
 	// that state (or a later one it has not ACKed yet).
 	AckedVersion string
 	AckedAt      time.Time
+	// Bundles are the bundle revisions the proxy last ACKed, by bundle
+	// name: what the stream told it is current (whether it has fetched
+	// them yet is the bundle server's to see).
+	Bundles map[string]string
 	// LastNACK is the last response the proxy refused, nil if none.
 	LastNACK *NACK
-	// LastPush describes the last response sent; TotalBytes sums them all.
+	// LastPush describes the last response of state sent; TotalBytes
+	// sums them all.
 	LastPush   Push
 	TotalBytes int64
 }
 
 // NACK is a response a proxy refused, and why.
 type NACK struct {
+	// Type is the response's type URL: the state's or the bundles'.
+	Type    string
 	Version string
 	Nonce   string
 	Reason  string
@@ -51,6 +59,7 @@ func (s *Server) Proxies() []ProxyStatus {
 	out := make([]ProxyStatus, 0, len(s.proxies))
 	for _, p := range s.proxies {
 		c := *p
+		c.Bundles = maps.Clone(p.Bundles)
 		if p.LastNACK != nil {
 			n := *p.LastNACK
 			c.LastNACK = &n

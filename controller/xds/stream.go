@@ -16,14 +16,22 @@ import (
 )
 
 // subscriber is one stream's view of a proxy.
-//
-// Invariants: acked is exactly what the proxy holds (its initial versions,
-// then every ACKed response applied); at most one response is unanswered
-// (pending), so an ACK or NACK always refers to it.
 type subscriber struct {
 	proxy Proxy
 	wake  chan struct{}
+	// types holds, per type the proxy subscribed to (Address, bundle
+	// revisions), what it holds and awaits, in the order it subscribed.
+	types []*subscription
+}
 
+// subscription is one type on one stream.
+//
+// Invariants: acked is exactly what the proxy holds of the type (its
+// initial versions, then every ACKed response applied); at most one
+// response of the type is unanswered (pending), so an ACK or NACK always
+// refers to it.
+type subscription struct {
+	typeURL string
 	acked   map[string]string // resource name -> version the proxy holds
 	pending *inflight
 	sent    bool   // the first response has gone out
@@ -39,6 +47,18 @@ type inflight struct {
 	partial bool // a ztunnel's own workloads only: it does not hold version yet
 	set     map[string]string
 	removed []string
+}
+
+// knownTypes are the types the stream carries.
+var knownTypes = map[string]bool{wire.TypeURL: true, wire.BundleTypeURL: true}
+
+func (sub *subscriber) subscription(typeURL string) *subscription {
+	for _, t := range sub.types {
+		if t.typeURL == typeURL {
+			return t
+		}
+	}
+	return nil
 }
 
 func (sub *subscriber) wakeUp() {
@@ -61,9 +81,9 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 	recvErr := make(chan error, 1)
 	s.streams.Add(1)
 	go func() { defer s.streams.Done(); receive(stream, reqs, recvErr) }()
-	sub := &subscriber{proxy: proxy, wake: make(chan struct{}, 1), acked: map[string]string{}}
-	// Wait for the first request: it says what the proxy subscribes to
-	// and what it already holds.
+	sub := &subscriber{proxy: proxy, wake: make(chan struct{}, 1)}
+	// Wait for the first request: it names the proxy's node, says what it
+	// subscribes to and what it already holds.
 	var first *discoveryv3.DeltaDiscoveryRequest
 	for first == nil {
 		select {
@@ -72,7 +92,7 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 		case err := <-recvErr:
 			return streamEnd(err)
 		case req := <-reqs:
-			if req.GetTypeUrl() == wire.TypeURL {
+			if knownTypes[req.GetTypeUrl()] {
 				first = req
 			}
 		}
@@ -83,8 +103,7 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 	}
 	s.attach(sub)
 	defer s.detach(sub)
-	log.Info("proxy subscribed", "kind", proxy.Kind, "node", proxy.Node, "held", len(first.GetInitialResourceVersions()))
-	maps.Copy(sub.acked, first.GetInitialResourceVersions())
+	log.Info("proxy connected", "kind", proxy.Kind, "node", proxy.Node)
 	if err := s.handle(stream, sub, first); err != nil {
 		return err
 	}
@@ -148,64 +167,93 @@ func (s *Server) detach(sub *subscriber) {
 	s.record(sub.proxy, func(st *ProxyStatus) { st.Streams-- })
 }
 
-// handle takes one request: an ACK or NACK of the pending response (a
-// stale nonce is ignored), then pushes what the proxy still lacks.
-// Requests for other types are ignored: the stream carries Address only.
-// Subscriptions are wildcard: named subscriptions are not honoured yet.
+// handle takes one request: a type's first (its subscription, with the
+// versions the proxy holds), or an ACK or NACK of the type's pending
+// response (a stale nonce is ignored); then it pushes what the proxy
+// still lacks. Requests for other types are ignored. Subscriptions are
+// wildcard: named subscriptions are not honoured yet.
 func (s *Server) handle(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber, req *discoveryv3.DeltaDiscoveryRequest) error {
-	if req.GetTypeUrl() != wire.TypeURL {
+	if !knownTypes[req.GetTypeUrl()] {
 		s.log.Debug("ignored a request for another type", "proxy", sub.proxy.ID.String(), "type", req.GetTypeUrl())
 		return nil
 	}
-	if p := sub.pending; p != nil && req.GetResponseNonce() == p.nonce {
-		sub.pending = nil
+	t := sub.subscription(req.GetTypeUrl())
+	if t == nil {
+		t = &subscription{typeURL: req.GetTypeUrl(), acked: maps.Clone(req.GetInitialResourceVersions())}
+		if t.acked == nil {
+			t.acked = map[string]string{}
+		}
+		sub.types = append(sub.types, t)
+		s.log.Info("proxy subscribed", "proxy", sub.proxy.ID.String(), "type", t.typeURL, "held", len(t.acked))
+	}
+	if p := t.pending; p != nil && req.GetResponseNonce() == p.nonce {
+		t.pending = nil
 		if detail := req.GetErrorDetail(); detail != nil {
-			s.nack(sub, p, detail.GetMessage())
+			s.nack(sub, t, p, detail.GetMessage())
 		} else {
-			s.ack(sub, p)
+			s.ack(sub, t, p)
 		}
 	}
 	return s.push(stream, sub)
 }
 
-func (s *Server) ack(sub *subscriber, p *inflight) {
+func (s *Server) ack(sub *subscriber, t *subscription, p *inflight) {
 	for _, name := range p.removed {
-		delete(sub.acked, name)
+		delete(t.acked, name)
 	}
-	maps.Copy(sub.acked, p.set)
+	maps.Copy(t.acked, p.set)
 	if p.partial {
 		return
 	}
 	now := time.Now()
+	if t.typeURL == wire.BundleTypeURL {
+		held := maps.Clone(t.acked)
+		s.record(sub.proxy, func(st *ProxyStatus) { st.Bundles = held })
+		return
+	}
 	s.record(sub.proxy, func(st *ProxyStatus) { st.AckedVersion, st.AckedAt = formatVersion(p.version), now })
 }
 
 // nack leaves the proxy where it was: it kept its last good state.
-func (s *Server) nack(sub *subscriber, p *inflight, reason string) {
-	sub.nacked, sub.refused = p.version, true
-	n := &NACK{Version: formatVersion(p.version), Nonce: p.nonce, Reason: reason, At: time.Now()}
-	s.log.Error("proxy refused the state; it keeps its last good state, and this one is not resent until the state changes",
-		"proxy", sub.proxy.ID.String(), "version", n.Version, "reason", reason)
+func (s *Server) nack(sub *subscriber, t *subscription, p *inflight, reason string) {
+	t.nacked, t.refused = p.version, true
+	n := &NACK{Type: t.typeURL, Version: formatVersion(p.version), Nonce: p.nonce, Reason: reason, At: time.Now()}
+	s.log.Error("proxy refused a response; it keeps what it held, and this version is not resent until it changes",
+		"proxy", sub.proxy.ID.String(), "type", t.typeURL, "version", n.Version, "reason", reason)
 	s.record(sub.proxy, func(st *ProxyStatus) { st.LastNACK = n })
 }
 
-// push sends what the proxy lacks, unless a response is awaiting its ACK,
-// the proxy refused this very version, or it lacks nothing (the first
-// response goes out even empty: it tells the proxy it is in sync).
+// push sends, for each type the proxy subscribed to, what it lacks.
 func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber) error {
-	if sub.pending != nil {
+	for _, t := range sub.types {
+		var version uint64
+		var resources map[string]*resource
+		if t.typeURL == wire.BundleTypeURL {
+			version, resources = s.currentBundles(sub.proxy)
+		} else {
+			version, resources = s.current()
+		}
+		if err := s.pushType(stream, sub, t, version, resources); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pushType sends what the proxy lacks of one type, unless a response is
+// awaiting its ACK, the proxy refused this very version, or it lacks
+// nothing (the first response goes out even empty: it tells the proxy
+// it is in sync).
+func (s *Server) pushType(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber, t *subscription, version uint64, resources map[string]*resource) error {
+	if t.pending != nil || (t.refused && version == t.nacked) {
 		return nil
 	}
-	version, resources := s.current()
-	if sub.refused && version == sub.nacked {
-		return nil
-	}
-	add, removed, partial := sub.diff(resources)
-	if len(add) == 0 && len(removed) == 0 && sub.sent {
+	add, removed, partial := sub.diff(t.acked, resources)
+	if len(add) == 0 && len(removed) == 0 && t.sent {
 		return nil
 	}
 	resp := &discoveryv3.DeltaDiscoveryResponse{
-		TypeUrl: wire.TypeURL, SystemVersionInfo: formatVersion(version),
+		TypeUrl: t.typeURL, SystemVersionInfo: formatVersion(version),
 		Nonce: strconv.FormatUint(s.nonces.Add(1), 36), RemovedResources: removed,
 	}
 	if partial {
@@ -219,7 +267,10 @@ func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggrega
 	if err := stream.Send(resp); err != nil {
 		return err
 	}
-	sub.pending, sub.sent, sub.refused = p, true, false
+	t.pending, t.sent, t.refused = p, true, false
+	if t.typeURL != wire.TypeURL {
+		return nil // the push statistics are the state's
+	}
 	size := proto.Size(resp)
 	s.record(sub.proxy, func(st *ProxyStatus) {
 		st.LastPush = Push{Version: resp.SystemVersionInfo, Nonce: resp.Nonce, Resources: len(add), Removed: len(removed), Bytes: size}
@@ -234,13 +285,13 @@ func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggrega
 // once it has ACKed them (partial says this response is such a first
 // part). Within a response a ztunnel's own workloads
 // come first, then services, then other workloads, each by name.
-func (sub *subscriber) diff(resources map[string]*resource) (add []*resource, removed []string, partial bool) {
+func (sub *subscriber) diff(acked map[string]string, resources map[string]*resource) (add []*resource, removed []string, partial bool) {
 	for name, r := range resources {
-		if sub.acked[name] != r.version {
+		if acked[name] != r.version {
 			add = append(add, r)
 		}
 	}
-	for name := range sub.acked {
+	for name := range acked {
 		if _, ok := resources[name]; !ok {
 			removed = append(removed, name)
 		}
@@ -256,7 +307,7 @@ func (sub *subscriber) diff(resources map[string]*resource) (add []*resource, re
 		return 2
 	}
 	slices.SortFunc(add, func(a, b *resource) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a.name, b.name)) })
-	if len(sub.acked) == 0 && len(add) > 0 && rank(add[0]) == 0 {
+	if len(acked) == 0 && len(add) > 0 && rank(add[0]) == 0 {
 		own := 0
 		for own < len(add) && rank(add[own]) == 0 {
 			own++

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -47,6 +48,12 @@ type ClientConfig struct {
 	// Apply receives every state the stream brings, whole: the same
 	// function a local-config watcher feeds.
 	Apply func(*state.Snapshot)
+	// Bundles, if set, receives the revisions of the policy bundles the
+	// proxy reads (bundle name, such as MeshBundle, to .manifest
+	// revision) whenever the controller says they changed: a bundle
+	// downloader can fetch at once, or report how far behind it is. It
+	// is called on the stream's goroutine and must not block.
+	Bundles func(map[string]string)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait between reconnections
@@ -66,8 +73,9 @@ type Client struct {
 	mu      sync.Mutex
 	held    map[string]heldResource
 	version string
-	lastErr error         // why the last stream broke
-	synced  chan struct{} // closed at the first response applied
+	bundles map[string]string // bundle name -> revision, as last ACKed
+	lastErr error             // why the last stream broke
+	synced  chan struct{}     // closed at the first response applied
 }
 
 type heldResource struct {
@@ -105,6 +113,16 @@ func (c *Client) Version() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.version
+}
+
+// Bundles are the current revisions of the policy bundles this proxy
+// reads, by bundle name (MeshBundle, WaypointBundle), as the controller
+// last said: empty before it has, or with a controller that does not
+// send them.
+func (c *Client) Bundles() map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.bundles)
 }
 
 // Start runs the client in the background and waits up to timeout for
@@ -180,20 +198,25 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 	if err != nil {
 		return false, err
 	}
-	if err := s.Send(c.subscribe()); err != nil {
-		return false, err
+	for _, req := range c.subscribe() {
+		if err := s.Send(req); err != nil {
+			return false, err
+		}
 	}
 	for {
 		resp, err := s.Recv()
 		if err != nil {
 			return applied, err
 		}
-		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResponseNonce: resp.GetNonce()}
-		if err := c.apply(resp); err != nil {
-			c.log.Error("refused the controller's state; the last good state stays in force", "version", resp.GetSystemVersionInfo(), "error", err)
-			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
-		} else {
+		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
+		if resp.GetTypeUrl() == BundleTypeURL {
+			err = c.applyBundles(resp)
+		} else if err = c.apply(resp); err == nil {
 			applied = true
+		}
+		if err != nil {
+			c.log.Error("refused a response of the controller; what it replaces stays in force", "type", resp.GetTypeUrl(), "version", resp.GetSystemVersionInfo(), "error", err)
+			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		}
 		if err := s.Send(ack); err != nil {
 			return applied, err
@@ -201,9 +224,11 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 	}
 }
 
-// subscribe is the first request: everything of type Address, with the
-// versions already held, so a reconnection is sent only what changed.
-func (c *Client) subscribe() *discoveryv3.DeltaDiscoveryRequest {
+// subscribe is the stream's first requests: everything of type Address,
+// then every bundle revision, each with the versions already held, so a
+// reconnection is sent only what changed. A controller that does not
+// know the bundle type ignores its request.
+func (c *Client) subscribe() []*discoveryv3.DeltaDiscoveryRequest {
 	node := &corev3.Node{Id: c.cfg.Node}
 	if c.cfg.Node != "" {
 		node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{NodeMetadata: structpb.NewStringValue(c.cfg.Node)}}
@@ -214,9 +239,38 @@ func (c *Client) subscribe() *discoveryv3.DeltaDiscoveryRequest {
 	for name, h := range c.held {
 		versions[name] = h.version
 	}
-	return &discoveryv3.DeltaDiscoveryRequest{
-		Node: node, TypeUrl: TypeURL, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions,
+	return []*discoveryv3.DeltaDiscoveryRequest{
+		{Node: node, TypeUrl: TypeURL, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions},
+		{TypeUrl: BundleTypeURL, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: maps.Clone(c.bundles)},
 	}
+}
+
+// applyBundles takes a response of bundle revisions whole, or not at all.
+func (c *Client) applyBundles(resp *discoveryv3.DeltaDiscoveryResponse) error {
+	changes := make(map[string]string, len(resp.GetResources()))
+	for _, r := range resp.GetResources() {
+		rev, err := DecodeBundleRevision(r.GetName(), r.GetResource())
+		if err != nil {
+			return fmt.Errorf("xds: %w", err)
+		}
+		changes[r.GetName()] = rev
+	}
+	c.mu.Lock()
+	next := maps.Clone(c.bundles)
+	if next == nil {
+		next = map[string]string{}
+	}
+	for _, name := range resp.GetRemovedResources() {
+		delete(next, name)
+	}
+	maps.Copy(next, changes)
+	changed := !maps.Equal(next, c.bundles)
+	c.bundles = next
+	c.mu.Unlock()
+	if changed && c.cfg.Bundles != nil {
+		c.cfg.Bundles(maps.Clone(next))
+	}
+	return nil
 }
 
 // apply converts a response and applies it whole, or not at all.
