@@ -1,0 +1,221 @@
+package istio_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/open-policy-agent/opa/v1/loader"
+
+	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/policy/istio"
+)
+
+// Loading translated policies (issue #15), each beside what stock OPA
+// does with the same bundle in the same run, so the ratio is visible:
+//
+//	go test -run '^$' -bench 'Load|ReloadOne|TranslateDenies' -benchtime 3x -count 5 ./policy/istio
+//
+// opa-check is `opa check --bundle DIR` through OPA's Go packages: read
+// the bundle with OPA's loader and compile its modules with one
+// ast.Compiler, nothing else. The whole-process figures (wall, peak RSS)
+// come from farm-bench on the binaries; the README has the commands.
+
+// denyPolicies are issue #15's n AuthorizationPolicies: one DENY each,
+// selecting one workload, with two principals, a notNamespace, a CIDR
+// and two ports.
+func denyPolicies(n int) []*istio.Policy {
+	out := make([]*istio.Policy, n)
+	for i := range out {
+		out[i] = denyPolicy(i, 8000+i%50)
+	}
+	return out
+}
+
+// denyPolicy is policy i of denyPolicies, its first port given.
+func denyPolicy(i, port int) *istio.Policy {
+	src := fmt.Sprintf("src-%d", i%50)
+	return &istio.Policy{
+		Namespace: fmt.Sprintf("ns-%d", i%100), Name: fmt.Sprintf("p-%d", i), Action: istio.Deny,
+		Selector: map[string]string{"app": fmt.Sprintf("app-%d", i)},
+		Rules: []istio.Rule{{
+			From: []istio.Source{{
+				Principals:    []string{fmt.Sprintf("cluster.local/ns/%s/sa/sa-%d", src, i%7), fmt.Sprintf("cluster.local/ns/%s/sa/batch", src)},
+				NotNamespaces: []string{fmt.Sprintf("trusted-%d", i%10)},
+				IPBlocks:      []string{fmt.Sprintf("10.%d.0.0/16", i%250)},
+			}},
+			To: []istio.Operation{{Ports: []string{fmt.Sprint(port), "9443"}}},
+		}},
+	}
+}
+
+// denyBundleDir translates policies and writes them as a bundle
+// directory.
+func denyBundleDir(b *testing.B, policies []*istio.Policy) string {
+	b.Helper()
+	tr, err := istio.Translate(policies, istio.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(b.TempDir(), "bundle")
+	if err := tr.WriteBundleDir(dir); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+func BenchmarkLoad(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		dir := denyBundleDir(b, denyPolicies(n))
+		b.Run(fmt.Sprintf("policies=%d/regomesh", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				readAndLoad(b, newQuietEngine(b), dir)
+			}
+		})
+		b.Run(fmt.Sprintf("policies=%d/opa-check", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				opaCheck(b, dir)
+			}
+		})
+	}
+}
+
+// BenchmarkReloadOne changes one policy of 10,000 in a loaded engine:
+// each iteration loads the set with policy 4321's port changed, or back.
+// read+load is what a proxy pays for a new bundle on disk; load is the
+// engine's part alone, the bundle already read. opa-check compiles the
+// changed bundle from scratch, as OPA does on every bundle update.
+func BenchmarkReloadOne(b *testing.B) {
+	const n, changed = 10000, 4321
+	policies := denyPolicies(n)
+	dirs := [2]string{denyBundleDir(b, policies), ""}
+	policies[changed] = denyPolicy(changed, 7777)
+	dirs[1] = denyBundleDir(b, policies)
+	var read [2]*policy.Bundle
+	for i, dir := range dirs {
+		var err error
+		if read[i], err = policy.ReadBundle(dir, nil); err != nil {
+			b.Fatal(err)
+		}
+		read[i].Name = "istio" // the same bundle, changed
+	}
+	e := newQuietEngine(b)
+	load(b, e, read[0])
+	b.Run("load", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			load(b, e, read[i%2])
+		}
+	})
+	b.Run("read+load", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			readAndLoad(b, e, dirs[i%2])
+		}
+	})
+	b.Run("opa-check", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			opaCheck(b, dirs[i%2])
+		}
+	})
+}
+
+// BenchmarkTranslateDenies is `regomesh policy translate -o bundle` on
+// issue #15's policies, in process: decode their YAML, translate, write
+// the bundle directory.
+func BenchmarkTranslateDenies(b *testing.B) {
+	const n = 10000
+	src := denyYAML(n)
+	b.Run(fmt.Sprintf("policies=%d/decode+translate+write", n), func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			res, _, err := istio.DecodeAll(bytes.NewReader(src), "policies.yaml")
+			if err != nil || len(res.AuthorizationPolicies) != n {
+				b.Fatal(err, len(res.AuthorizationPolicies))
+			}
+			tr, err := istio.TranslateAll(res, istio.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := tr.WriteBundleDir(filepath.Join(b.TempDir(), "bundle")); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// denyYAML is denyPolicies(n) as Kubernetes YAML, one document each.
+func denyYAML(n int) []byte {
+	var buf bytes.Buffer
+	for i, p := range denyPolicies(n) {
+		r := p.Rules[0]
+		fmt.Fprintf(&buf, `---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s, namespace: %s}
+spec:
+  selector: {matchLabels: {app: app-%d}}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [%q, %q], notNamespaces: [%q], ipBlocks: [%q]}
+    to:
+    - operation: {ports: [%q, %q]}
+`, p.Name, p.Namespace, i, r.From[0].Principals[0], r.From[0].Principals[1], r.From[0].NotNamespaces[0],
+			r.From[0].IPBlocks[0], r.To[0].Ports[0], r.To[0].Ports[1])
+	}
+	return buf.Bytes()
+}
+
+func newQuietEngine(b *testing.B) *policy.Engine {
+	b.Helper()
+	e, err := policy.NewEngine(policy.Config{Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return e
+}
+
+func readAndLoad(b *testing.B, e *policy.Engine, dir string) {
+	b.Helper()
+	bundle, err := policy.ReadBundle(dir, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bundle.Name = "istio"
+	load(b, e, bundle)
+}
+
+func load(b *testing.B, e *policy.Engine, bundle *policy.Bundle) {
+	b.Helper()
+	if err := e.Load(context.Background(), bundle); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// opaCheck does what `opa check --bundle dir` does (OPA's cmd/check.go):
+// load the bundle with OPA's file loader, compile its modules.
+func opaCheck(b *testing.B, dir string) {
+	b.Helper()
+	caps := ast.CapabilitiesForThisVersion()
+	l := loader.NewFileLoader().WithRegoVersion(ast.RegoV1).WithProcessAnnotation(true).
+		WithBundleLazyLoadingMode(bundle.HasExtension()).WithCapabilities(caps)
+	bu, err := l.WithSkipBundleVerification(true).AsBundle(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := ast.NewCompiler().WithCapabilities(caps).WithEnablePrintStatements(true).WithUseTypeCheckAnnotations(true)
+	if c.Compile(bu.ParsedModules("")); c.Failed() {
+		b.Fatal(c.Errors)
+	}
+}
