@@ -68,7 +68,7 @@ type proxy struct {
 	// bundleCalls how many times it was called.
 	bundles     map[string]string
 	bundleCalls int
-	stop    func()
+	stop        func()
 }
 
 // connect runs a client presenting an SVID for path and subscribing for

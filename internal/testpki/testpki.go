@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
+	"net"
 	"net/url"
 	"testing"
 	"time"
@@ -69,6 +70,28 @@ func (ca *CA) SVID(t testing.TB, path string) *x509svid.SVID {
 // SVIDValid issues an SVID for path valid from notBefore to notAfter.
 func (ca *CA) SVIDValid(t testing.TB, path string, notBefore, notAfter time.Time) *x509svid.SVID {
 	t.Helper()
+	return ca.issue(t, path, notBefore, notAfter, nil)
+}
+
+// ServerSVID issues an SVID for path, valid for an hour, that also names
+// the hosts (DNS names or IP addresses) a client verifying by host name
+// dials, as a SPIRE entry's dnsNames do: for a stock client such as OPA
+// that does not verify SPIFFE IDs.
+func (ca *CA) ServerSVID(t testing.TB, path string, hosts ...string) *x509svid.SVID {
+	t.Helper()
+	return ca.issue(t, path, time.Now().Add(-time.Minute), time.Now().Add(time.Hour), func(c *x509.Certificate) {
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				c.IPAddresses = append(c.IPAddresses, ip)
+			} else {
+				c.DNSNames = append(c.DNSNames, h)
+			}
+		}
+	})
+}
+
+func (ca *CA) issue(t testing.TB, path string, notBefore, notAfter time.Time, edit func(*x509.Certificate)) *x509svid.SVID {
+	t.Helper()
 	id := spiffeid.RequireFromPath(ca.TD, path)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -82,6 +105,9 @@ func (ca *CA) SVIDValid(t testing.TB, path string, notBefore, notAfter time.Time
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{id.URL()},
+	}
+	if edit != nil {
+		edit(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
