@@ -19,19 +19,25 @@ type BundleFiles struct {
 // Load reads the set and loads it into engine; the engine keeps the last
 // good set when this one fails.
 func (f BundleFiles) Load(ctx context.Context, engine *Engine) error {
-	var v *Verification
-	if f.VerifyKey != "" {
-		key, err := ReadVerificationKey(f.VerifyKey, "RS256")
-		if err != nil {
-			return err
-		}
-		v = &Verification{Keys: map[string]VerificationKey{"default": key}, KeyID: "default"}
-	}
-	bundles, err := ReadBundles(f.Paths, v)
+	bundles, err := f.Read()
 	if err != nil {
 		return err
 	}
 	return engine.Load(ctx, bundles...)
+}
+
+// Read reads and verifies the set without loading it, for callers that
+// load it together with other bundles.
+func (f BundleFiles) Read() ([]*Bundle, error) {
+	var v *Verification
+	if f.VerifyKey != "" {
+		key, err := ReadVerificationKey(f.VerifyKey, "RS256")
+		if err != nil {
+			return nil, err
+		}
+		v = &Verification{Keys: map[string]VerificationKey{"default": key}, KeyID: "default"}
+	}
+	return ReadBundles(f.Paths, v)
 }
 
 // Watch reloads the set whenever a file under it changes (checked every

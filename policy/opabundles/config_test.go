@@ -1,0 +1,144 @@
+package opabundles
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestParseConfig: an OPA configuration means what it means to OPA (OPA's
+// parsers, defaults and errors); what the proxies cannot honour is refused
+// when ignoring it would mislead, and warned about otherwise.
+func TestParseConfig(t *testing.T) {
+	const key = "-----BEGIN PUBLIC KEY-----\\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\\n-----END PUBLIC KEY-----"
+	for _, tc := range []struct {
+		name     string
+		config   string
+		check    func(t *testing.T, c *Config)
+		err      string   // a substring of the error; "" for none
+		warnings []string // substrings, one per warning expected
+	}{
+		{
+			name: "defaults as OPA injects them",
+			config: `
+services:
+  acmecorp: {url: "https://bundles.example.com/v1/"}
+bundles:
+  authz: {}
+`,
+			check: func(t *testing.T, c *Config) {
+				b := c.Bundles["authz"]
+				// Polling left unset: OPA's downloader polls every 60-120 s.
+				if b.Service != "acmecorp" || b.Resource != "bundles/authz" || b.Polling.MinDelaySeconds != nil || b.Signing != nil || *b.Trigger != "periodic" {
+					t.Errorf("bundle authz = service %q resource %q polling %+v signing %v trigger %v, want acmecorp, bundles/authz, OPA's polling, none, periodic",
+						b.Service, b.Resource, b.Polling, b.Signing, *b.Trigger)
+				}
+			},
+		},
+		{
+			name: "services as a list, polling, long polling and signing",
+			config: `{
+  "services": [{"name": "s1", "url": "http://a.example"}, {"name": "s2", "url": "http://b.example"}],
+  "keys": {"global": {"key": "` + key + `", "algorithm": "ES256"}},
+  "bundles": {"authz": {"service": "s2", "resource": "x/authz.tar.gz",
+    "polling": {"min_delay_seconds": 5, "max_delay_seconds": 10, "long_polling_timeout_seconds": 30},
+    "signing": {"keyid": "global", "scope": "write"}}}
+}`,
+			check: func(t *testing.T, c *Config) {
+				b := c.Bundles["authz"]
+				if b.Service != "s2" || b.Resource != "x/authz.tar.gz" || *b.Polling.LongPollingTimeoutSeconds != 30 ||
+					b.Signing == nil || b.Signing.KeyID != "global" || b.Signing.Scope != "write" || !b.Signing.SignatureRequired() {
+					t.Errorf("bundle authz = %+v, signing %+v", b, b.Signing)
+				}
+				if len(c.services) != 2 {
+					t.Errorf("services %v, want s1 and s2", c.services)
+				}
+			},
+		},
+		{
+			name: "keys without signing: signatures optional, as in OPA",
+			config: `
+services: {s: {url: "http://a.example"}}
+keys: {global: {key: "` + key + `", algorithm: ES256}}
+bundles: {authz: {}}
+`,
+			warnings: []string{`bundle "authz": keys are configured but the bundle has no signing block`},
+		},
+		{
+			name: "ignored sections and unknown options are warnings",
+			config: `
+services: {s: {url: "http://a.example"}}
+bundles: {authz: {persist: true, polling: {min_delay_secs: 1}}}
+status: {service: s}
+labels: {app: x}
+default_decision: /x/y
+`,
+			warnings: []string{
+				`unknown configuration option "bundles.authz.polling.min_delay_secs"`,
+				`default_decision is ignored`,
+				`labels is ignored`,
+				`status is ignored: status reports are not sent`,
+				`bundle "authz": persist is ignored`,
+			},
+		},
+		{name: "discovery", config: "services: {s: {url: 'http://a'}}\ndiscovery: {resource: /d}\nbundles: {a: {}}\n", err: "discovery is not supported"},
+		{name: "decision logs", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {service: s}\nbundles: {a: {}}\n", err: "decision_logs is not supported"},
+		{name: "legacy bundle", config: "services: {s: {url: 'http://a'}}\nbundle: {name: a}\n", err: "deprecated bundle section"},
+		{name: "no bundles", config: "services: {s: {url: 'http://a'}}\n", err: "no bundles"},
+		{name: "unknown service", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {service: t}}\n", err: `service name "t" not found`},
+		{name: "no service", config: "bundles: {a: {}}\n", err: `service name "" not found`},
+		{name: "file resource", config: "bundles: {a: {resource: 'file:///etc/b.tar.gz'}}\n", err: "pass the file or directory as --bundle"},
+		{name: "manual trigger", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {trigger: manual}}\n", err: "trigger manual is not supported"},
+		{name: "min above max", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {polling: {min_delay_seconds: 9, max_delay_seconds: 1}}}\n", err: "max polling delay must be >= min polling delay"},
+		{name: "signing key not configured", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {signing: {keyid: nope}}}\n", err: `key id nope not found`},
+		{name: "oci service", config: "services: {s: {url: 'https://ghcr.io', type: oci}}\nbundles: {a: {}}\n", err: "type oci is not supported"},
+		{name: "credential plugin", config: "services: {s: {url: 'http://a', credentials: {plugin: mine}}}\nbundles: {a: {}}\n", err: `credentials plugin "mine" is not supported`},
+		{name: "two credentials", config: "services: {s: {url: 'http://a', credentials: {bearer: {token: x}, client_tls: {cert: c, private_key: k}}}}\nbundles: {a: {}}\n", err: "a maximum one credential method"},
+		{name: "missing CA file", config: "services: {s: {url: 'https://a', tls: {ca_cert: /nonexistent/ca.pem}}}\nbundles: {a: {}}\n", err: "/nonexistent/ca.pem"},
+		{name: "no url", config: "services: {s: {}}\nbundles: {a: {}}\n", err: `service "s": url ""`},
+		{name: "not YAML", config: "services: [\n", err: "OPA configuration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.config))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("ParseConfig = %v, want an error containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.check != nil {
+				tc.check(t, c)
+			}
+			if len(c.Warnings) != len(tc.warnings) {
+				t.Errorf("warnings %q, want %d", c.Warnings, len(tc.warnings))
+			}
+			for _, w := range tc.warnings {
+				if !containsOne(c.Warnings, w) {
+					t.Errorf("no warning contains %q: %q", w, c.Warnings)
+				}
+			}
+		})
+	}
+}
+
+func containsOne(list []string, sub string) bool {
+	for _, s := range list {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestExpandEnv follows OPA: ${VAR} is replaced when VAR is set (even to
+// ""), and kept as written otherwise.
+func TestExpandEnv(t *testing.T) {
+	t.Setenv("REGOMESH_TEST_SET", "value")
+	t.Setenv("REGOMESH_TEST_EMPTY", "")
+	got := expandEnv("a ${REGOMESH_TEST_SET} b ${REGOMESH_TEST_EMPTY} c ${REGOMESH_TEST_UNSET} $REGOMESH_TEST_SET")
+	if want := "a value b  c ${REGOMESH_TEST_UNSET} $REGOMESH_TEST_SET"; got != want {
+		t.Errorf("expandEnv = %q, want %q", got, want)
+	}
+}
