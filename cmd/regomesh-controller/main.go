@@ -3,8 +3,10 @@
 // resources), builds the state every ztunnel and waypoint needs and the
 // policy bundles translated from the Istio resources, and writes their
 // status. It streams the state to every ztunnel and waypoint (delta xDS
-// over mutual TLS with its SVID, --xds-addr; docs/state-stream.md), and
-// serves it as JSON on the admin endpoint (/debug/state).
+// over mutual TLS with its SVID, --xds-addr; docs/state-stream.md),
+// serves the bundles, signed, over the OPA bundle service protocol
+// (--bundle-addr; the stream says which revision is current), and serves
+// the state as JSON on the admin endpoint (/debug/state).
 package main
 
 import (
@@ -25,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/regomesh/regomesh/controller"
+	"github.com/regomesh/regomesh/controller/bundleserver"
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/adminaddr"
 )
@@ -38,6 +41,16 @@ type config struct {
 	xdsAddr      string
 	spireSocket  string
 	spireTimeout time.Duration
+	bundles      bundleFlags
+}
+
+// bundleFlags say how bundles are served.
+type bundleFlags struct {
+	addr       string
+	signingKey string
+	keyID      string
+	algorithm  string
+	unsigned   bool
 }
 
 func parseFlags(args []string) (config, error) {
@@ -53,6 +66,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.xdsAddr, "xds-addr", ":15012", "the state stream ztunnels and waypoints subscribe to (delta xDS over mutual TLS, each proxy authenticated by its SVID; docs/state-stream.md); empty: no stream")
 	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API, where the controller gets the SVID it presents on the stream and the bundles it verifies proxies with")
 	fs.DurationVar(&c.spireTimeout, "spire-timeout", 30*time.Second, "how long to wait at start for the first SVID from the Workload API")
+	fs.StringVar(&c.bundles.addr, "bundle-addr", ":15013", "where the policy bundles are served over the OPA bundle service protocol (HTTPS, each proxy authenticated by its SVID: /bundles/mesh, /bundles/waypoint/<namespace>/<gateway>; docs/state-stream.md); empty: no bundles")
+	fs.StringVar(&c.bundles.signingKey, "bundle-signing-key", "", "PEM private key file every bundle is signed with (in Kubernetes, a Secret mounted as a file); required with --bundle-addr unless --bundle-unsigned")
+	fs.StringVar(&c.bundles.keyID, "bundle-signing-key-id", bundleserver.DefaultKeyID, "the key ID each signature names (its kid): the ID verifiers hold the public key under")
+	fs.StringVar(&c.bundles.algorithm, "bundle-signing-algorithm", bundleserver.DefaultAlgorithm, "signature algorithm: RS256, RS384, RS512, PS256, PS384, PS512 (an RSA key), ES256, ES384, ES512 (an ECDSA key)")
+	fs.BoolVar(&c.bundles.unsigned, "bundle-unsigned", false, "serve bundles without signatures, on purpose: proxies that verify signatures (--verification-key) refuse them")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -61,6 +79,14 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.controller.Debounce <= 0 {
 		return c, errors.New("--debounce must be positive")
+	}
+	if c.bundles.addr != "" {
+		switch {
+		case c.bundles.signingKey == "" && !c.bundles.unsigned:
+			return c, errors.New("--bundle-addr serves policy bundles: give --bundle-signing-key FILE (a PEM private key), or --bundle-unsigned to serve them unsigned on purpose, or --bundle-addr= to serve none (docs/state-stream.md)")
+		case c.bundles.signingKey != "" && c.bundles.unsigned:
+			return c, errors.New("--bundle-signing-key and --bundle-unsigned: choose one")
+		}
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "shows every workload, service and policy of the mesh"); err != nil {
@@ -78,36 +104,49 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	ln, err := net.Listen("tcp", cfg.adminAddr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "regomesh-controller: admin endpoint:", err)
-		os.Exit(1)
-	}
-	var xdsLn net.Listener
-	if cfg.xdsAddr != "" {
-		if xdsLn, err = net.Listen("tcp", cfg.xdsAddr); err != nil {
-			fmt.Fprintln(os.Stderr, "regomesh-controller: --xds-addr:", err)
+	var ls listeners
+	for _, l := range []struct {
+		addr, flag string
+		to         *net.Listener
+	}{{cfg.adminAddr, "--admin-addr", &ls.admin}, {cfg.xdsAddr, "--xds-addr", &ls.xds}, {cfg.bundles.addr, "--bundle-addr", &ls.bundles}} {
+		if l.addr == "" {
+			continue
+		}
+		if *l.to, err = net.Listen("tcp", l.addr); err != nil {
+			fmt.Fprintln(os.Stderr, "regomesh-controller:", l.flag+":", err)
 			os.Exit(1)
 		}
 	}
-	if err := run(ctx, cfg, ln, xdsLn); err != nil {
+	if err := run(ctx, cfg, ls); err != nil {
 		slog.Error("regomesh-controller stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-// run watches the cluster, serves the admin endpoint on ln and the state
-// stream on xdsLn (nil: none) until ctx ends.
-func run(ctx context.Context, cfg config, ln, xdsLn net.Listener) error {
-	defer ln.Close()
+// listeners are where the controller serves: the admin endpoint, and the
+// state stream and the bundles when not nil.
+type listeners struct {
+	admin, xds, bundles net.Listener
+}
+
+// run watches the cluster and serves on ls until ctx ends.
+func run(ctx context.Context, cfg config, ls listeners) error {
+	defer ls.admin.Close()
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.kubeconfig) // both empty: in-cluster
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	var signer *bundleserver.Signer
+	if ls.bundles != nil && !cfg.bundles.unsigned {
+		if signer, err = bundleserver.ReadSigner(cfg.bundles.signingKey, cfg.bundles.algorithm, cfg.bundles.keyID); err != nil {
+			return fmt.Errorf("--bundle-signing-key: %w", err)
+		}
+	}
 	var stream *xds.Server
-	if xdsLn != nil {
+	var bundles *bundleserver.Server
+	if ls.xds != nil || ls.bundles != nil {
 		var stop func()
-		if stream, stop, err = serveStream(ctx, cfg, xdsLn); err != nil {
+		if stream, bundles, stop, err = serveProxies(ctx, cfg, ls, signer); err != nil {
 			return err
 		}
 		defer stop()
@@ -117,7 +156,11 @@ func run(ctx context.Context, cfg config, ln, xdsLn net.Listener) error {
 	cfg.controller.Publish = func(u *controller.Update) {
 		debug.Set(u)
 		if stream != nil {
-			stream.Update(u.Snapshot)
+			stream.Update(u.Snapshot) // first: it identifies the waypoints reading bundles
+		}
+		if bundles != nil {
+			bundles.Update(u)
+			stream.UpdateBundles(bundles.Revisions()) // once served, so a proxy told of one can fetch it
 		}
 		if also != nil {
 			also(u)
@@ -132,8 +175,8 @@ func run(ctx context.Context, cfg config, ln, xdsLn net.Listener) error {
 	mux.Handle("GET /debug/state", debug)
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
-	go func() { served <- admin.Serve(ln) }()
-	slog.Info("regomesh-controller started", "admin", ln.Addr().String(), "trust_domain", cfg.controller.TrustDomain)
+	go func() { served <- admin.Serve(ls.admin) }()
+	slog.Info("regomesh-controller started", "admin", ls.admin.Addr().String(), "trust_domain", cfg.controller.TrustDomain)
 	runErr := c.Run(ctx)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -144,21 +187,48 @@ func run(ctx context.Context, cfg config, ln, xdsLn net.Listener) error {
 	return runErr
 }
 
-// serveStream serves the state stream on l with the controller's own SVID
-// from the Workload API; stop ends the streams and waits for them.
-func serveStream(ctx context.Context, cfg config, l net.Listener) (*xds.Server, func(), error) {
+// serveProxies serves the state stream on ls.xds and the bundles on
+// ls.bundles (either may be nil) with the controller's own SVID from the
+// Workload API. The stream's server exists whenever either is served:
+// the bundle server identifies proxies with it. stop ends both and waits
+// for them.
+func serveProxies(ctx context.Context, cfg config, ls listeners, signer *bundleserver.Signer) (*xds.Server, *bundleserver.Server, func(), error) {
 	td, err := spiffeid.TrustDomainFromString(cfg.controller.TrustDomain)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--trust-domain: %w", err)
+		return nil, nil, nil, fmt.Errorf("--trust-domain: %w", err)
 	}
 	wait, cancel := context.WithTimeout(ctx, cfg.spireTimeout)
 	defer cancel()
 	source, err := workloadapi.NewX509Source(wait, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+cfg.spireSocket)))
 	if err != nil {
-		return nil, nil, fmt.Errorf("no SVID from the SPIRE agent's Workload API at %s within %s: %w (is the agent running, the socket mounted, and an entry registered for the controller?)",
+		return nil, nil, nil, fmt.Errorf("no SVID from the SPIRE agent's Workload API at %s within %s: %w (is the agent running, the socket mounted, and an entry registered for the controller?)",
 			cfg.spireSocket, cfg.spireTimeout, err)
 	}
 	stream := xds.New(xds.Config{TrustDomain: td, Logger: slog.Default()})
+	var stops []func()
+	if ls.xds != nil {
+		stops = append(stops, serveStream(stream, source, ls.xds))
+	}
+	var bundles *bundleserver.Server
+	if ls.bundles != nil {
+		bundles, err = bundleserver.New(bundleserver.Config{Signer: signer, Unsigned: signer == nil, Proxies: stream, Logger: slog.Default()})
+		if err != nil {
+			source.Close()
+			return nil, nil, nil, err
+		}
+		stops = append(stops, serveBundles(bundles, td, source, ls.bundles))
+	}
+	return stream, bundles, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		source.Close()
+	}, nil
+}
+
+// serveStream serves the state stream on l; the returned func ends the
+// streams and waits for them.
+func serveStream(stream *xds.Server, source *workloadapi.X509Source, l net.Listener) func() {
 	gs := xds.NewGRPCServer(stream, source, source)
 	served := make(chan struct{})
 	go func() {
@@ -166,10 +236,31 @@ func serveStream(ctx context.Context, cfg config, l net.Listener) (*xds.Server, 
 		gs.Serve(l)
 	}()
 	slog.Info("state stream serving", "addr", l.Addr().String())
-	return stream, func() {
+	return func() {
 		gs.Stop()
 		<-served
 		stream.Wait()
-		source.Close()
-	}, nil
+	}
+}
+
+// serveBundles serves the bundles on l; the returned func ends the long
+// polls and requests and waits for them.
+func serveBundles(bundles *bundleserver.Server, td spiffeid.TrustDomain, source *workloadapi.X509Source, l net.Listener) func() {
+	srv := bundleserver.NewHTTPServer(bundles, td, source, source)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := srv.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("bundle server stopped", "error", err)
+		}
+	}()
+	slog.Info("bundles serving", "addr", l.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil { // long polls end at once (Close)
+			srv.Close() // a response still sending after 5s is cut
+		}
+		<-served
+	}
 }

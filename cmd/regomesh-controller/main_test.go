@@ -1,20 +1,31 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	istiosecurity "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -35,11 +46,15 @@ func TestParseFlags(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
-		{name: "defaults", args: nil},
-		{name: "every flag", args: []string{"--kubeconfig", "k", "--trust-domain", "td", "--root-namespace", "r", "--cluster-domain", "c", "--debounce", "1s", "--admin-addr", "[::1]:9"}},
-		{name: "admin on every address", args: []string{"--admin-addr", ":15014"}, wantErr: "binds a loopback address only"},
-		{name: "admin elsewhere", args: []string{"--admin-addr", "10.0.0.1:15014"}, wantErr: "--admin-expose"},
-		{name: "admin exposed on purpose", args: []string{"--admin-addr", "10.0.0.1:15014", "--admin-expose"}},
+		{name: "defaults: bundles neither signed nor unsigned", args: nil, wantErr: "give --bundle-signing-key FILE (a PEM private key), or --bundle-unsigned"},
+		{name: "unsigned on purpose", args: []string{"--bundle-unsigned"}},
+		{name: "no bundles", args: []string{"--bundle-addr="}},
+		{name: "signed and unsigned", args: []string{"--bundle-signing-key", "k.pem", "--bundle-unsigned"}, wantErr: "choose one"},
+		{name: "every flag", args: []string{"--kubeconfig", "k", "--trust-domain", "td", "--root-namespace", "r", "--cluster-domain", "c", "--debounce", "1s", "--admin-addr", "[::1]:9",
+			"--bundle-addr", ":1", "--bundle-signing-key", "k.pem", "--bundle-signing-key-id", "kid", "--bundle-signing-algorithm", "ES256"}},
+		{name: "admin on every address", args: []string{"--admin-addr", ":15014", "--bundle-addr="}, wantErr: "binds a loopback address only"},
+		{name: "admin elsewhere", args: []string{"--admin-addr", "10.0.0.1:15014", "--bundle-addr="}, wantErr: "--admin-expose"},
+		{name: "admin exposed on purpose", args: []string{"--admin-addr", "10.0.0.1:15014", "--admin-expose", "--bundle-addr="}},
 		{name: "no debounce", args: []string{"--debounce", "0s"}, wantErr: "--debounce must be positive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}
@@ -54,12 +69,13 @@ func TestParseFlags(t *testing.T) {
 			}
 		})
 	}
-	c, err := parseFlags(nil)
+	c, err := parseFlags([]string{"--bundle-unsigned"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.kubeconfig != "" || c.controller.TrustDomain != "cluster.local" || c.controller.RootNamespace != "istio-system" ||
-		c.controller.ClusterDomain != "cluster.local" || c.controller.Debounce != 100*time.Millisecond || c.adminAddr != "127.0.0.1:15014" {
+		c.controller.ClusterDomain != "cluster.local" || c.controller.Debounce != 100*time.Millisecond || c.adminAddr != "127.0.0.1:15014" ||
+		c.bundles != (bundleFlags{addr: ":15013", keyID: "regomesh", algorithm: "RS256", unsigned: true}) {
 		t.Errorf("defaults = %+v", c)
 	}
 }
@@ -69,7 +85,7 @@ func TestParseFlags(t *testing.T) {
 func TestRunServesState(t *testing.T) {
 	cluster := kubeharness.New(t, kubeharness.Config{})
 	rc := cluster.RESTConfig()
-	cfg, err := parseFlags([]string{"--kubeconfig", writeKubeconfig(t, rc), "--trust-domain", "regomesh.test", "--debounce", "10ms"})
+	cfg, err := parseFlags([]string{"--kubeconfig", writeKubeconfig(t, rc), "--trust-domain", "regomesh.test", "--debounce", "10ms", "--bundle-addr="})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +102,7 @@ func TestRunServesState(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, ln, nil) }()
+	go func() { done <- run(ctx, cfg, listeners{admin: ln}) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -187,8 +203,10 @@ func runPod(t *testing.T, ctx context.Context, kube kubernetes.Interface) {
 
 // The whole control path: a pod created through a real API server reaches
 // a ztunnel's stream client for its node, over mutual TLS with SVIDs from
-// real SPIRE. (The controller and the ztunnel share one SVID here, the
-// agent's delegate: one Workload API caller, this test process.)
+// real SPIRE; so does each revision of the mesh bundle, which the ztunnel
+// then fetches from the bundle server with the same SVID, signed with
+// --bundle-signing-key. (The controller and the ztunnel share one SVID
+// here, the agent's delegate: one Workload API caller, this test process.)
 func TestRunStreamsState(t *testing.T) {
 	cluster := kubeharness.New(t, kubeharness.Config{})
 	rc := cluster.RESTConfig()
@@ -198,22 +216,16 @@ func TestRunStreamsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	agent := spireServer.NewAgent(t, harness.AgentConfig{Delegate: ztunnelID})
+	key := signingKey(t)
 	cfg, err := parseFlags([]string{"--kubeconfig", writeKubeconfig(t, rc), "--trust-domain", "regomesh.test", "--debounce", "10ms",
-		"--admin-addr", "127.0.0.1:0", "--spire-workload-socket", agent.WorkloadSocket()})
+		"--admin-addr", "127.0.0.1:0", "--spire-workload-socket", agent.WorkloadSocket(), "--bundle-signing-key", key.file})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	xdsLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ls := listeners{admin: listen(t), xds: listen(t), bundles: listen(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, ln, xdsLn) }()
+	go func() { done <- run(ctx, cfg, ls) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -227,12 +239,19 @@ func TestRunStreamsState(t *testing.T) {
 	}
 	defer source.Close()
 	applied := make(chan *state.Snapshot, 64)
+	revisions := make(chan string, 64)
 	client, err := wire.NewClient(wire.ClientConfig{
-		Addr: xdsLn.Addr().String(), SVID: source, Bundle: source, Controller: ztunnelID, Node: "node1",
+		Addr: ls.xds.Addr().String(), SVID: source, Bundle: source, Controller: ztunnelID, Node: "node1",
 		TrustDomain: "regomesh.test", Apply: func(s *state.Snapshot) {
 			select {
 			case applied <- s:
 			default: // the test reads on; a later state holds the pod too
+			}
+		},
+		Bundles: func(revs map[string]string) {
+			select {
+			case revisions <- revs[wire.MeshBundle]:
+			default:
 			}
 		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -246,6 +265,43 @@ func TestRunStreamsState(t *testing.T) {
 	defer func() { stopClient(); <-clientDone }()
 
 	runPod(t, ctx, kubernetes.NewForConfigOrDie(rc))
+	waitPod(t, applied)
+
+	// No policy yet: the mesh bundle is the empty one, declared so.
+	fetch := bundleFetcher(t, source, ztunnelID, "https://"+ls.bundles.Addr().String()+"/"+wire.MeshBundle, key.public)
+	first := waitRevision(t, revisions, "")
+	if b := fetch(first); len(b.Modules) != 0 || b.Manifest.Metadata["regomesh"] == nil {
+		t.Errorf("the bundle of no policy: %d modules, metadata %v; want none, declared empty", len(b.Modules), b.Manifest.Metadata)
+	}
+
+	// A policy: a new revision on the stream, whose bundle holds it.
+	_, err = istioclient.NewForConfigOrDie(rc).SecurityV1().AuthorizationPolicies("shop").Create(ctx, &istiosecurity.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "allow-front"},
+		Spec: securityv1beta1.AuthorizationPolicy{Rules: []*securityv1beta1.Rule{{
+			From: []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{Namespaces: []string{"front"}}}},
+		}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := waitRevision(t, revisions, first)
+	b := fetch(second)
+	if len(b.Modules) != 1 || !strings.HasSuffix(b.Modules[0].Path, "shop/allow-front.rego") {
+		t.Errorf("the bundle of revision %s holds %d modules; want shop/allow-front's", second, len(b.Modules))
+	}
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func waitPod(t *testing.T, applied <-chan *state.Snapshot) {
+	t.Helper()
 	timeout := time.After(60 * time.Second)
 	for {
 		select {
@@ -260,4 +316,81 @@ func TestRunStreamsState(t *testing.T) {
 			t.Fatal("the pod never reached the ztunnel's stream client")
 		}
 	}
+}
+
+// waitRevision waits for the stream to name a mesh bundle revision other
+// than not.
+func waitRevision(t *testing.T, revisions <-chan string, not string) string {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case r := <-revisions:
+			if r != "" && r != not {
+				return r
+			}
+		case <-timeout:
+			t.Fatalf("the stream never named a mesh bundle revision other than %q", not)
+		}
+	}
+}
+
+// bundleFetcher GETs url as the SVID's ztunnel, verifying the controller
+// by its SPIFFE ID, and returns a function that reads the bundle of a
+// revision, verified with the public key as OPA verifies it.
+func bundleFetcher(t *testing.T, source *workloadapi.X509Source, controllerID spiffeid.ID, url string, public []byte) func(revision string) bundle.Bundle {
+	tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(source, source, tlsconfig.AuthorizeID(controllerID))}
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr, Timeout: time.Minute}
+	return func(revision string) bundle.Bundle {
+		t.Helper()
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != `"`+revision+`"` {
+			t.Fatalf("GET %s: %s, ETag %s; want the revision the stream named, %s", url, resp.Status, resp.Header.Get("ETag"), revision)
+		}
+		vc := bundle.NewVerificationConfig(map[string]*bundle.KeyConfig{"regomesh": {Key: string(public), Algorithm: "RS256"}}, "", "", nil)
+		b, err := bundle.NewCustomReader(bundle.NewTarballLoader(bytes.NewReader(body))).WithBundleVerificationConfig(vc).Read()
+		if err != nil {
+			t.Fatalf("the bundle of revision %s does not verify: %v", revision, err)
+		}
+		if b.Manifest.Revision != revision {
+			t.Fatalf("the bundle's .manifest revision is %s; the stream named %s", b.Manifest.Revision, revision)
+		}
+		return b
+	}
+}
+
+// key is a signing key's file (PEM private) and its PEM public key.
+type key struct {
+	file   string
+	public []byte
+}
+
+func signingKey(t *testing.T) key {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "signing.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return key{file: file, public: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})}
 }
