@@ -251,8 +251,8 @@ func TestControllerShape(t *testing.T) {
 			t.Errorf("%s: controller PDB %v, want one of maxUnavailable 1", set, pdbs)
 		}
 		svc := one[*corev1.Service](t, objs, "regomesh-controller")
-		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 15012 {
-			t.Errorf("%s: controller Service ports %+v, want 15012", set, svc.Spec.Ports)
+		if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Port != 15012 || svc.Spec.Ports[1].Port != 15013 {
+			t.Errorf("%s: controller Service ports %+v, want 15012 (state) and 15013 (bundles)", set, svc.Spec.Ports)
 		}
 		if got := argMap(d.Spec.Template.Spec.Containers[0].Args)["xds-addr"]; got != ":15012" {
 			t.Errorf("%s: --xds-addr=%q", set, got)
