@@ -35,6 +35,7 @@ import (
 // own, can list and watch everything the controller reads and write
 // AuthorizationPolicy status, and nothing else it was not granted.
 func TestAPIServerAccepts(t *testing.T) {
+	t.Parallel() // mostly waits on the API server, while TestFlags links
 	cluster := kubeharness.New(t, kubeharness.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

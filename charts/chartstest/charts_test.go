@@ -345,6 +345,7 @@ func TestFlags(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binaries")
 	}
+	t.Parallel()
 	for _, set := range valueSets {
 		for _, o := range objects(t, "regomesh", values(t, set)) {
 			spec := podSpecOf(o)
@@ -368,29 +369,51 @@ func TestFlags(t *testing.T) {
 	}
 }
 
+// chartBinaries are the binaries the charts' containers run.
+var chartBinaries = []string{"regomesh-controller", "ztunnel", "waypoint"}
+
 var (
 	flagsMu    sync.Mutex
-	flagsCache = map[string]map[string]bool{}
+	flagsCache map[string]map[string]bool
 )
 
-// flagsOf builds cmd/<bin> and reads its flags from -h.
+// flagsOf reads cmd/<bin>'s flags from its -h. The first call builds every
+// binary in chartBinaries, in one go build that links them side by side,
+// and reads all their flags.
 func flagsOf(t *testing.T, bin string) map[string]bool {
 	t.Helper()
 	flagsMu.Lock()
 	defer flagsMu.Unlock()
-	if f, ok := flagsCache[bin]; ok {
-		return f
+	if flagsCache == nil {
+		dir := t.TempDir()
+		args := []string{"build", "-o", dir + string(filepath.Separator)}
+		for _, b := range chartBinaries {
+			args = append(args, "./cmd/"+b)
+		}
+		build := exec.Command("go", args...)
+		build.Dir = repoRoot()
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build %v: %v\n%s", chartBinaries, err, b)
+		}
+		cache := map[string]map[string]bool{}
+		for _, b := range chartBinaries {
+			cache[b] = helpFlags(t, filepath.Join(dir, b))
+		}
+		flagsCache = cache
 	}
-	dir := t.TempDir()
-	out := filepath.Join(dir, bin)
-	build := exec.Command("go", "build", "-o", out, "./cmd/"+bin)
-	build.Dir = repoRoot()
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", bin, err, b)
+	flags, ok := flagsCache[bin]
+	if !ok {
+		t.Fatalf("%s is not in chartBinaries", bin)
 	}
+	return flags
+}
+
+// helpFlags runs a binary with -h and returns the flags it lists.
+func helpFlags(t *testing.T, path string) map[string]bool {
+	t.Helper()
 	var help bytes.Buffer
-	cmd := exec.Command(out, "-h")
+	cmd := exec.Command(path, "-h")
 	cmd.Stdout, cmd.Stderr = &help, &help
 	_ = cmd.Run() // -h exits 0 or 2, as flag's ContinueOnError makes it
 	flags := map[string]bool{}
@@ -402,9 +425,8 @@ func flagsOf(t *testing.T, bin string) map[string]bool {
 		}
 	}
 	if len(flags) < 5 {
-		t.Fatalf("%s -h lists %d flags:\n%s", bin, len(flags), help.String())
+		t.Fatalf("%s -h lists %d flags:\n%s", filepath.Base(path), len(flags), help.String())
 	}
-	flagsCache[bin] = flags
 	return flags
 }
 
