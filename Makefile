@@ -2,7 +2,7 @@
 #
 #   make build    go build ./... and one static binary per cmd/<name> into bin/
 #   make test     lint, Go tests (race detector, then the shrunk cases at full size),
-#                 Rego tests and strict check with stock OPA; root, and a C compiler (installed)
+#                 Rego tests and strict check with stock OPA; root, a C compiler and nginx (installed)
 #   make lint     gofmt and go vet
 #   make bench    policy benchmarks (BENCH=regexp filters them)
 #   make demo     go run ./cmd/regomesh demo $(ARGS)
@@ -63,7 +63,7 @@ endif
 # without it. Nothing is skipped quietly: the e2e, capture and netbed tests
 # need root (network namespaces, nftables), and -race needs cgo.
 test: test-prereqs lint test-tools
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	REGOMESH_REQUIRE_NGINX=1 CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@set -- $(FULL_SIZE); while [ $$# -gt 0 ]; do \
 		echo "$(GO) test -count=1 -run $$2 $$1  (full size, no race detector)"; \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run "$$2" "$$1"; shift 2; \
@@ -72,6 +72,7 @@ test: test-prereqs lint test-tools
 	$(OPA) check --strict $(REGO_DIRS)
 
 # Root for the tests that build networks; a C compiler for -race (cgo),
+# and nginx, the bundle server policy/opabundles downloads from, each
 # installed when missing if apt-get can, else a loud failure.
 test-prereqs:
 	@if [ "$$(id -u)" != 0 ]; then \
@@ -83,6 +84,13 @@ test-prereqs:
 			apt-get install -y gcc >/dev/null || { apt-get update >/dev/null && apt-get install -y gcc >/dev/null; }; \
 		fi; \
 		command -v "$$cc" >/dev/null || { echo "make test: the race detector needs cgo and a C compiler ($$cc): install one" >&2; exit 1; }; \
+	fi
+	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then \
+		if command -v apt-get >/dev/null; then \
+			echo "make test: no nginx for policy/opabundles' bundle server tests: installing nginx" >&2; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y nginx >/dev/null || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx >/dev/null; }; \
+		fi; \
+		PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || { echo "make test: policy/opabundles tests need nginx: install it (Debian: apt-get install nginx)" >&2; exit 1; }; \
 	fi
 
 # The tools the tests run, two builds at a time even under a plain `make

@@ -16,8 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/regomesh/regomesh/internal/adminaddr"
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/policy/opabundles"
 )
 
 // config is every flag; each has a default fit for a waypoint pod.
@@ -26,6 +29,7 @@ type config struct {
 	localConfig   string
 	bundles       stringList
 	verifyKey     string
+	opaConfig     string
 	spireSocket   string
 	spireTimeout  time.Duration
 	hboneAddr     string
@@ -66,7 +70,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for the first state")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept)")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every --bundle bundle's signature must verify against (RS256); --opa-config bundles are verified with its keys and signing settings")
+	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API socket, where the waypoint gets its own SVID")
 	fs.DurationVar(&c.spireTimeout, "spire-timeout", 30*time.Second, "how long to wait at start for the first SVID from the Workload API")
 	fs.StringVar(&c.hboneAddr, "hbone-addr", ":15008", "HBONE listener (tunnels from ztunnels)")
@@ -92,8 +97,8 @@ func parseFlags(args []string) (config, error) {
 	if (c.localConfig == "") == (c.controller == "") {
 		return c, errors.New("exactly one of --local-config and --controller is required")
 	}
-	if len(c.bundles) == 0 {
-		return c, errors.New("at least one --bundle is required: without policy every request is denied")
+	if len(c.bundles) == 0 && c.opaConfig == "" {
+		return c, errors.New("at least one --bundle or an --opa-config is required: without policy every request is denied")
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {
@@ -117,7 +122,18 @@ func main() {
 	}
 }
 
-// bundleFiles is the --bundle set with its --verification-key.
-func (c config) bundleFiles() policy.BundleFiles {
-	return policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey}
+// bundleSet is the --bundle files, with their --verification-key, and
+// the bundles --opa-config names, for engine.
+func (c config) bundleSet(engine *policy.Engine, reg prometheus.Registerer, log *slog.Logger, afterLoad func()) (*opabundles.Set, error) {
+	var remote *opabundles.Config
+	if c.opaConfig != "" {
+		var err error
+		if remote, err = opabundles.ReadConfig(c.opaConfig); err != nil {
+			return nil, fmt.Errorf("--opa-config: %w", err)
+		}
+	}
+	return opabundles.New(engine, remote, opabundles.Options{
+		Local:     policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey},
+		LocalPoll: c.bundlePoll, Metrics: opabundles.NewMetrics(reg), Logger: log, AfterLoad: afterLoad,
+	})
 }

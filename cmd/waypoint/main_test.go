@@ -15,7 +15,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "state required", args: []string{"--bundle", "b"}, err: "exactly one of --local-config and --controller"},
 		{name: "state from the controller", args: []string{"--controller", "controller:15010", "--bundle", "b"}},
 		{name: "one state source", args: []string{"--local-config", "s.yaml", "--controller", "controller:15010", "--bundle", "b"}, err: "exactly one of --local-config and --controller"},
-		{name: "policy required", args: []string{"--local-config", "s.yaml"}, err: "--bundle is required"},
+		{name: "policy required", args: []string{"--local-config", "s.yaml"}, err: "at least one --bundle or an --opa-config is required"},
+		{name: "policy from an OPA configuration", args: []string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}},
 		{name: "admin stays on loopback", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000"}, err: "loopback"},
 		{name: "admin exposed on purpose", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000", "--admin-expose"}},
 	} {

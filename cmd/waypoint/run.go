@@ -17,6 +17,7 @@ import (
 
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/istio"
+	"github.com/regomesh/regomesh/policy/opabundles"
 	"github.com/regomesh/regomesh/waypoint"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -31,11 +32,11 @@ func run(ctx context.Context, cfg config) error {
 	slog.SetDefault(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	engine, closeLog, err := policyEngine(ctx, cfg, reg, log)
+	engine, bundles, closeEngine, err := policyEngine(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer closeEngine()
 	source, err := x509Source(ctx, cfg)
 	if err != nil {
 		return err
@@ -73,13 +74,12 @@ func run(ctx context.Context, cfg config) error {
 		}
 		defer keys.Close()
 	}
-	go cfg.bundleFiles().Watch(ctx, engine, cfg.bundlePoll, log, nil)
 	l, err := net.Listen("tcp", cfg.hboneAddr)
 	if err != nil {
 		return fmt.Errorf("--hbone-addr: %w", err)
 	}
 	go w.Serve(l)
-	servers, err := serve(cfg, w, engine, source, reg, level)
+	servers, err := serve(cfg, w, engine, bundles, source, reg, level)
 	if err != nil {
 		return err
 	}
@@ -232,30 +232,40 @@ func loadAuthn(cfg config, keys *waypoint.KeySets, log *slog.Logger) (*waypoint.
 	return a, nil
 }
 
-func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, func(), error) {
+// policyEngine makes the engine and starts its bundle set: the --bundle
+// files are loaded before it returns (a broken one is an error), the
+// --opa-config bundles as they arrive. The func stops the set and closes
+// the decision log.
+func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
 	closeLog := func() {}
 	if cfg.decisionLog != "" {
 		f, err := os.OpenFile(cfg.decisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--decision-log: %w", err)
+			return nil, nil, nil, fmt.Errorf("--decision-log: %w", err)
 		}
 		dl, err := policy.NewDecisionLogger(f, policy.DecisionLogConfig{}, metrics)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		pcfg.DecisionLog = dl
 		closeLog = func() { dl.Close(); f.Close() }
 	}
 	engine, err := policy.NewEngine(pcfg)
 	if err != nil {
-		return nil, nil, err
+		closeLog()
+		return nil, nil, nil, err
 	}
-	if err := cfg.bundleFiles().Load(ctx, engine); err != nil {
-		return nil, nil, err
+	bundles, err := cfg.bundleSet(engine, reg, log, nil)
+	if err == nil {
+		err = bundles.Start(ctx)
 	}
-	return engine, closeLog, nil
+	if err != nil {
+		closeLog()
+		return nil, nil, nil, err
+	}
+	return engine, bundles, func() { bundles.Stop(); closeLog() }, nil
 }
 
 func openLog(path string) (io.Writer, error) {
@@ -274,16 +284,17 @@ func openLog(path string) (io.Writer, error) {
 
 // serve starts the admin (ztunnel's handler: config dump, log level,
 // pprof), metrics and readiness endpoints.
-func serve(cfg config, w *waypoint.Waypoint, engine *policy.Engine, source *workloadapi.X509Source,
+func serve(cfg config, w *waypoint.Waypoint, engine *policy.Engine, bundles *opabundles.Set, source *workloadapi.X509Source,
 	reg *prometheus.Registry, level *slog.LevelVar) ([]*http.Server, error) {
+	ready := func() error { return errors.Join(w.Ready(), bundles.Ready()) }
 	handlers := map[string]http.Handler{
 		cfg.adminAddr: ztunnel.AdminHandler(ztunnel.AdminSources{
 			State: w.State, Revisions: engine.Revisions, Generation: engine.Generation,
 			Certificates: func() []ztunnel.CertificateInfo { return certificates(source) },
-			LogLevel:     level, Ready: w.Ready,
+			LogLevel:     level, Ready: ready,
 		}),
 		cfg.metricsAddr:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		cfg.readinessAddr: ztunnel.ReadinessHandler(w.Ready),
+		cfg.readinessAddr: ztunnel.ReadinessHandler(ready),
 	}
 	var servers []*http.Server
 	for addr, h := range handlers {

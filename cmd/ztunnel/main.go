@@ -16,9 +16,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/internal/adminaddr"
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/policy/opabundles"
 )
 
 // config is every flag; each has a default fit for a node.
@@ -28,6 +31,7 @@ type config struct {
 	localConfig   string
 	bundles       stringList
 	verifyKey     string
+	opaConfig     string
 	spireSocket   string
 	cniSocket     string
 	podsFile      string
@@ -77,7 +81,8 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for ztunnel's own SVID and the first state")
 	fs.StringVar(&c.spireWorkloadSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "with --controller: the SPIRE agent's Workload API socket, where ztunnel gets its own SVID (spiffe://<trust-domain>/regomesh/ztunnel/<node>)")
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change)")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every bundle's signature must verify against (RS256)")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every --bundle bundle's signature must verify against (RS256); --opa-config bundles are verified with its keys and signing settings")
+	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
 	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")
 	fs.StringVar(&c.podsFile, "pods-file", "/var/run/regomesh/pods.json", "where enrolled pods are recorded, so a restart restores them")
@@ -98,8 +103,8 @@ func parseFlags(args []string) (config, error) {
 	if (c.localConfig == "") == (c.controller == "") {
 		return c, fmt.Errorf("exactly one of --local-config and --controller is required")
 	}
-	if len(c.bundles) == 0 {
-		return c, fmt.Errorf("at least one --bundle is required: without policy every connection is denied")
+	if len(c.bundles) == 0 && c.opaConfig == "" {
+		return c, fmt.Errorf("at least one --bundle or an --opa-config is required: without policy every connection is denied")
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {
@@ -178,7 +183,18 @@ func main() {
 	}
 }
 
-// bundleFiles is the --bundle set with its --verification-key.
-func (c config) bundleFiles() policy.BundleFiles {
-	return policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey}
+// bundleSet is the --bundle files, with their --verification-key, and
+// the bundles --opa-config names, for engine.
+func (c config) bundleSet(engine *policy.Engine, reg prometheus.Registerer, log *slog.Logger, afterLoad func()) (*opabundles.Set, error) {
+	var remote *opabundles.Config
+	if c.opaConfig != "" {
+		var err error
+		if remote, err = opabundles.ReadConfig(c.opaConfig); err != nil {
+			return nil, fmt.Errorf("--opa-config: %w", err)
+		}
+	}
+	return opabundles.New(engine, remote, opabundles.Options{
+		Local:     policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey},
+		LocalPoll: c.bundlePoll, Metrics: opabundles.NewMetrics(reg), Logger: log, AfterLoad: afterLoad,
+	})
 }

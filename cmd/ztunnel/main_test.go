@@ -17,13 +17,16 @@ func TestParseFlags(t *testing.T) {
 		len(cfg.bundles) != 2 || cfg.node != "n1" || cfg.spireSocket != "/run/spire/admin/admin.sock" {
 		t.Errorf("config = %+v", cfg)
 	}
+	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}); err != nil || cfg.opaConfig != "opa.yaml" || len(cfg.bundles) != 0 {
+		t.Errorf("--opa-config without --bundle: %+v, %v", cfg, err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"--bundle", "a"}, "exactly one of --local-config and --controller"},
 		{[]string{"--local-config", "s.yaml", "--controller", "c:15010", "--bundle", "a"}, "exactly one of --local-config and --controller"},
-		{[]string{"--local-config", "s.yaml"}, "at least one --bundle"},
+		{[]string{"--local-config", "s.yaml"}, "at least one --bundle or an --opa-config"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--drain-timeout", "soon"}, "invalid value"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", ":15000"}, "binds a loopback address only"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", "10.0.0.1:15000"}, "--admin-expose"},

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/regomesh/regomesh/policy"
+	"github.com/regomesh/regomesh/policy/opabundles"
 	"github.com/regomesh/regomesh/spire"
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/cni"
@@ -35,11 +36,11 @@ func run(ctx context.Context, cfg config) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	engine, closeLog, err := policyEngine(ctx, cfg, reg, log)
+	engine, bundles, closeEngine, err := policyEngine(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer closeEngine()
 	ids, err := identities(cfg, reg, log)
 	if err != nil {
 		return err
@@ -70,9 +71,8 @@ func run(ctx context.Context, cfg config) error {
 	if n, err := z.RestorePods(ctx); err != nil || n > 0 {
 		log.Info("restored the pods enrolled before the restart", "restored", n, "error", err)
 	}
-	go cfg.bundleFiles().Watch(ctx, engine, cfg.bundlePoll, log, releaseMemory)
 	go z.WatchPolicy(ctx)
-	servers, err := serve(ctx, cfg, z, engine, ids, reg, level, log)
+	servers, err := serve(ctx, cfg, z, engine, bundles, ids, reg, level, log)
 	if err != nil {
 		return err
 	}
@@ -89,30 +89,40 @@ func run(ctx context.Context, cfg config) error {
 	return err
 }
 
-func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, func(), error) {
+// policyEngine makes the engine and starts its bundle set: the --bundle
+// files are loaded before it returns (a broken one is an error), the
+// --opa-config bundles as they arrive. The func stops the set and closes
+// the decision log.
+func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
 	closeLog := func() {}
 	if cfg.decisionLog != "" {
 		f, err := os.OpenFile(cfg.decisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--decision-log: %w", err)
+			return nil, nil, nil, fmt.Errorf("--decision-log: %w", err)
 		}
 		dl, err := policy.NewDecisionLogger(f, policy.DecisionLogConfig{}, metrics)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		pcfg.DecisionLog = dl
 		closeLog = func() { dl.Close(); f.Close() }
 	}
 	engine, err := policy.NewEngine(pcfg)
 	if err != nil {
-		return nil, nil, err
+		closeLog()
+		return nil, nil, nil, err
 	}
-	if err := cfg.bundleFiles().Load(ctx, engine); err != nil {
-		return nil, nil, err
+	bundles, err := cfg.bundleSet(engine, reg, log, releaseMemory)
+	if err == nil {
+		err = bundles.Start(ctx)
 	}
-	return engine, closeLog, nil
+	if err != nil {
+		closeLog()
+		return nil, nil, nil, err
+	}
+	return engine, bundles, func() { bundles.Stop(); closeLog() }, nil
 }
 
 // releaseMemory returns the memory a load just used to the system. Loading
@@ -147,14 +157,14 @@ func openLog(path string) (io.Writer, error) {
 
 // serve starts the CNI socket and the admin, metrics and readiness
 // endpoints.
-func serve(ctx context.Context, cfg config, z *ztunnel.Ztunnel, engine *policy.Engine, ids spireIdentities,
+func serve(ctx context.Context, cfg config, z *ztunnel.Ztunnel, engine *policy.Engine, bundles *opabundles.Set, ids spireIdentities,
 	reg *prometheus.Registry, level *slog.LevelVar, log *slog.Logger) ([]io.Closer, error) {
 	cniListener, err := cni.Listen(cfg.cniSocket)
 	if err != nil {
 		return nil, fmt.Errorf("--cni-socket: %w", err)
 	}
 	go cni.Serve(ctx, cniListener, z, log.With("component", "cni"))
-	ready := func() error { return errors.Join(z.Ready(), ids.Health().Err()) }
+	ready := func() error { return errors.Join(z.Ready(), ids.Health().Err(), bundles.Ready()) }
 	handlers := map[string]http.Handler{
 		cfg.adminAddr: ztunnel.AdminHandler(ztunnel.AdminSources{
 			State: z.State, Revisions: engine.Revisions, Generation: engine.Generation, Certificates: z.Certificates,
