@@ -1,13 +1,24 @@
 package xds_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"reflect"
 	"testing"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/testpki"
@@ -110,5 +121,52 @@ func TestIdentifyBundles(t *testing.T) {
 				t.Errorf("Bundles(%+v) = %v, want %v", p, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestBundleSubscriptionNode: every request that names a node is
+// checked against the SVID, the bundle type's as the state's.
+func TestBundleSubscriptionNode(t *testing.T) {
+	ca := testpki.New(t, "td.test")
+	ws, svcs := mesh(t, 2, 2, 0)
+	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
+	b.srv.UpdateBundles(map[string]string{wire.MeshBundle: "m1"})
+	tlsConfig := tlsconfig.MTLSClientConfig(ca.SVID(t, "/regomesh/ztunnel/node-0"), ca.Bundle(), tlsconfig.AuthorizeID(spiffeid.RequireFromPath(ca.TD, controllerPath)))
+	conn, err := grpc.NewClient(b.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := func(n string) *corev3.Node {
+		return &corev3.Node{Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{wire.NodeMetadata: structpb.NewStringValue(n)}}}
+	}
+	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: wire.BundleTypeURL, Node: node("node-0")}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResources()) != 1 || resp.GetResources()[0].GetName() != wire.MeshBundle || resp.GetResources()[0].GetVersion() != "m1" {
+		t.Fatalf("first bundle response %v; want %s at m1", resp.GetResources(), wire.MeshBundle)
+	}
+	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: wire.TypeURL, Node: node("node-1")}); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	for {
+		_, err := s.Recv()
+		if err == nil {
+			continue
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("a request naming another node ended the stream with %v; want PermissionDenied", err)
+		}
+		return
 	}
 }

@@ -16,5 +16,12 @@
 // is per node, spiffe://<trust domain>/regomesh/ztunnel/<node>, so the
 // node it subscribes for comes from its certificate, not from what it
 // says: a request naming another node is refused. A waypoint is any
-// workload that the current state names as a waypoint.
+// workload that the current state names as a waypoint. Identify and
+// Bundles expose that mapping, so the bundle server (controller/bundleserver)
+// identifies its clients as the stream does.
+//
+// A second type on the same stream, bundle revisions
+// (ztunnel/state/xds.BundleTypeURL), tells each proxy which revision of
+// the bundles it reads is current (UpdateBundles); each type has its own
+// ACK state per stream.
 package xds

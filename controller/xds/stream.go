@@ -177,6 +177,10 @@ func (s *Server) handle(stream discoveryv3.AggregatedDiscoveryService_DeltaAggre
 		s.log.Debug("ignored a request for another type", "proxy", sub.proxy.ID.String(), "type", req.GetTypeUrl())
 		return nil
 	}
+	if err := sub.proxy.checkNode(req.GetNode()); err != nil {
+		s.log.Warn("refused a request", "error", err)
+		return err // any request naming a node names the SVID's
+	}
 	t := sub.subscription(req.GetTypeUrl())
 	if t == nil {
 		t = &subscription{typeURL: req.GetTypeUrl(), acked: maps.Clone(req.GetInitialResourceVersions())}

@@ -19,4 +19,10 @@
 // and reconnects with backoff; on reconnect it tells the controller the
 // versions it holds, so the controller sends only what changed meanwhile,
 // removals included.
+//
+// The stream also carries, as resources of BundleTypeURL, the revision of
+// each policy bundle the proxy reads (MeshBundle, WaypointBundle); the
+// client keeps them (Client.Bundles) and hands each change to
+// ClientConfig.Bundles. The bundles themselves are fetched by the OPA
+// bundle service protocol, not over the stream.
 package xds
