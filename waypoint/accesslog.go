@@ -19,7 +19,7 @@ type AccessEntry struct {
 	Service       string    `json:"dst.service,omitempty"`
 	DestinationWL string    `json:"dst.workload,omitempty"`
 	Upstream      string    `json:"upstream.addr,omitempty"`
-	Route         string    `json:"route_name,omitempty"` // the HTTPRoute rule, "<namespace>/<name>#<index>"
+	Route         string    `json:"route_name,omitempty"` // the HTTPRoute or VirtualService rule, "<namespace>/<name>#<index>"
 	Method        string    `json:"method,omitempty"`
 	Path          string    `json:"path,omitempty"`
 	Host          string    `json:"host,omitempty"`
@@ -32,6 +32,7 @@ type AccessEntry struct {
 	Rule          string    `json:"rule,omitempty"`
 	Reason        string    `json:"reason,omitempty"`
 	Flags         string    `json:"response_flags,omitempty"`
+	Attempts      int       `json:"attempts,omitempty"` // upstream attempts: 1, or more with retries
 	Sent          int64     `json:"bytes_sent"`
 	Received      int64     `json:"bytes_recv"`
 	DurationMS    float64   `json:"duration_ms"`

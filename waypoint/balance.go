@@ -116,6 +116,18 @@ func (b *balancer) done(ep *state.Workload, eps []*state.Workload, failed bool) 
 	s.failures.Store(0)
 }
 
+// inFlight is the requests in flight on eps.
+func (b *balancer) inFlight(eps []*state.Workload) int64 {
+	if len(eps) == 0 {
+		return 1 // a workload addressed directly: the request itself
+	}
+	var n int64
+	for _, ep := range eps {
+		n += b.statsOf(ep).active.Load()
+	}
+	return n
+}
+
 // forget drops the stats of endpoints the state no longer has.
 func (b *balancer) forget(snap *state.Snapshot) {
 	keep := map[string]bool{}

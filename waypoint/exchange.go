@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -20,8 +21,13 @@ type exchange struct {
 	target   state.Target
 	endpoint *state.Workload
 	upstream netip.AddrPort
-	rule     *routeRule        // the HTTPRoute rule that routed the request, if any
+	rule     *routeRule        // the HTTPRoute or VirtualService rule that routed the request, if any
+	dest     state.Target      // where the request goes after routing: the endpoint's service or workload
 	balanced []*state.Workload // the endpoints the balancer chose among, until finishEndpoint
+
+	attempts  int  // upstream attempts made
+	exhausted bool // the last attempt failed as the retry policy retries, with no attempt left (URX)
+	retryHeld bool // the attempt in flight holds a retry of the budget
 
 	method, path, host, proto, traceparent string
 	grpc                                   bool
@@ -43,7 +49,36 @@ func (x *exchange) decided(d policy.Decision) { x.decision = &d }
 
 // fail records a failure with its response flag.
 func (x *exchange) fail(flag string, err error) {
-	x.flags, x.err = flag, err
+	x.addFlag(flag)
+	x.err = err
+}
+
+// addFlag adds a response flag; several are joined with ",", as Envoy
+// writes them ("UF,URX").
+func (x *exchange) addFlag(flag string) {
+	if x.flags == "" {
+		x.flags = flag
+	} else if !x.hasFlag(flag) {
+		x.flags += "," + flag
+	}
+}
+
+func (x *exchange) hasFlag(flag string) bool {
+	for f := range strings.SplitSeq(x.flags, ",") {
+		if f == flag {
+			return true
+		}
+	}
+	return false
+}
+
+// budgetKey names the destination whose retry budget the request's
+// retries draw on: the service routed to, or the workload addressed.
+func (x *exchange) budgetKey() string {
+	if x.dest.Service != nil {
+		return x.dest.Service.Hostname
+	}
+	return x.upstream.String()
 }
 
 func (x *exchange) entry() AccessEntry {
@@ -52,6 +87,7 @@ func (x *exchange) entry() AccessEntry {
 		Destination: x.target.Addr.String(), Method: x.method, Path: x.path, Host: x.host, Protocol: x.proto,
 		Status: x.status, GRPCStatus: x.grpcStatus, TraceParent: x.traceparent, Flags: orDash(x.flags),
 		Sent: x.respBytes, Received: x.reqBytes, DurationMS: float64(x.duration().Microseconds()) / 1000,
+		Attempts: x.attempts,
 	}
 	if x.rule != nil {
 		e.Route = x.rule.name()
@@ -70,7 +106,7 @@ func (x *exchange) entry() AccessEntry {
 	}
 	if d := x.decision; d != nil {
 		e.Decision, e.Policy, e.Rule, e.Reason = "deny", d.Policy, d.Rule, d.Reason
-		if d.Allow && x.flags != FlagDenied {
+		if d.Allow && !x.hasFlag(FlagDenied) {
 			e.Decision = "allow"
 		}
 	}

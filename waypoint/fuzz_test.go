@@ -58,11 +58,11 @@ func FuzzRouteMatch(f *testing.F) {
 	f.Add("/v2/a", "GET", "canary", "a=1")
 	f.Add("/public//x/../y", "POST", "", "x=%zz")
 	f.Add("", "", "\x00", "")
-	routes, err := decodeHTTPRoutes(strings.NewReader(testRoutes), "routes.yaml")
+	res, err := decodeRoutes([]byte(testRoutes), "routes.yaml")
 	if err != nil {
 		f.Fatal(err)
 	}
-	rs, _, err := NewRoutes(routes, "cluster.local")
+	rs, _, err := NewRoutes(res.HTTPRoutes, "cluster.local")
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +46,8 @@ workloads:
 - {name: web-1, namespace: shop, serviceAccount: web, ips: [10.1.0.9], labels: {app: web}}
 - {name: web2-1, namespace: shop, serviceAccount: web, ips: [10.1.0.10], labels: {app: web2, lb: pair}}
 - {name: broken-1, namespace: shop, serviceAccount: web, ips: [10.1.0.11], labels: {lb: pair}}
+- {name: flaky-1, namespace: shop, serviceAccount: web, ips: [10.1.0.12], labels: {app: flaky}}
+- {name: flaky-2, namespace: shop, serviceAccount: web, ips: [10.1.0.13], labels: {app: flaky}}
 services:
 - name: web
   namespace: shop
@@ -69,6 +73,13 @@ services:
   selector: {lb: pair}
   ports:
   - {port: 80, targetPort: 8080, name: http}
+- name: flaky
+  namespace: shop
+  vips: [10.96.0.12]
+  waypoint: shop/waypoint
+  selector: {app: flaky}
+  ports:
+  - {port: 80, targetPort: 8090, name: http}
 `
 
 var (
@@ -76,6 +87,8 @@ var (
 	webIP        = netip.MustParseAddr("10.1.0.9")
 	web2IP       = netip.MustParseAddr("10.1.0.10")  // web2's endpoint, behind the same test ztunnel
 	pairVIP      = netip.MustParseAddr("10.96.0.11") // web2-1, and broken-1, whose ztunnel no tunnel reaches
+	flakyVIP     = netip.MustParseAddr("10.96.0.12") // flaky-1 and flaky-2, each its own scripted backend
+	flakyIPs     = [2]netip.Addr{netip.MustParseAddr("10.1.0.12"), netip.MustParseAddr("10.1.0.13")}
 	waypointID   = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/waypoint")
 	clientIDText = "spiffe://cluster.local/ns/a/sa/client"
 )
@@ -120,6 +133,46 @@ type testMesh struct {
 	tunnels   atomic.Int64  // tunnels the client opened to the waypoint
 	slow      chan struct{} // a request reached the backend's slow path
 	backendHs *http.Server
+	flaky     [2]*scriptedBackend // the flaky service's endpoints, by flakyIPs
+	flakySeen atomic.Int64        // requests both flaky backends got
+	// flakyAnswer answers each request a flaky backend gets; n counts the
+	// requests of both, from 1. Default: 200 "ok <endpoint>".
+	flakyAnswer atomic.Pointer[func(b *scriptedBackend, n int64, w http.ResponseWriter, r *http.Request)]
+}
+
+// scriptedBackend is one endpoint of the flaky service: it records the
+// attempt number of every request it gets, and answers as the test's
+// flakyAnswer says.
+type scriptedBackend struct {
+	name     string
+	mu       sync.Mutex
+	attempts []string // X-Envoy-Attempt-Count of each request, in order
+}
+
+func (b *scriptedBackend) seen() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.attempts)
+}
+
+func (m *testMesh) flakyHandler(b *scriptedBackend) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		b.mu.Lock()
+		b.attempts = append(b.attempts, r.Header.Get("X-Envoy-Attempt-Count"))
+		b.mu.Unlock()
+		n := m.flakySeen.Add(1)
+		if answer := m.flakyAnswer.Load(); answer != nil {
+			(*answer)(b, n, w, r)
+			return
+		}
+		io.WriteString(w, "ok "+b.name)
+	})
+}
+
+// setFlakyAnswer makes the flaky backends answer with fn.
+func (m *testMesh) setFlakyAnswer(fn func(b *scriptedBackend, n int64, w http.ResponseWriter, r *http.Request)) {
+	m.flakyAnswer.Store(&fn)
 }
 
 // upstreamSeen is what the endpoint's ztunnel saw of the waypoint's
@@ -156,8 +209,10 @@ func newTestMesh(t *testing.T) *testMesh {
 	backends := m.startBackends(t)
 	ztunnelAddr := m.startEndpointZtunnel(t, backends)
 	upPool, err := hbone.NewPool(hbone.PoolConfig{Bundle: m.bundle, DialContext: redirect(map[netip.AddrPort]netip.AddrPort{
-		netip.AddrPortFrom(webIP, HBONEPort):  ztunnelAddr,
-		netip.AddrPortFrom(web2IP, HBONEPort): ztunnelAddr,
+		netip.AddrPortFrom(webIP, HBONEPort):       ztunnelAddr,
+		netip.AddrPortFrom(web2IP, HBONEPort):      ztunnelAddr,
+		netip.AddrPortFrom(flakyIPs[0], HBONEPort): ztunnelAddr,
+		netip.AddrPortFrom(flakyIPs[1], HBONEPort): ztunnelAddr,
 	})})
 	if err != nil {
 		t.Fatal(err)
@@ -233,8 +288,9 @@ func write(t *testing.T, path, data string) {
 
 // startBackends starts the web workload's servers: HTTP (HTTP/1.1 and
 // h2c) echoing what it received, gRPC with the health service, and a TCP
-// echo. It returns their addresses by target port.
-func (m *testMesh) startBackends(t *testing.T) map[uint16]netip.AddrPort {
+// echo; and the flaky service's two scripted HTTP endpoints. It returns
+// their addresses by endpoint address (IP and target port).
+func (m *testMesh) startBackends(t *testing.T) map[netip.AddrPort]netip.AddrPort {
 	hl, gl, el := listen(t), listen(t), listen(t)
 	m.slow = make(chan struct{}, 1)
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -259,19 +315,32 @@ func (m *testMesh) startBackends(t *testing.T) map[uint16]netip.AddrPort {
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	serve(t, func() { gs.Serve(gl) }, gs.Stop)
 	serve(t, func() { echo(el) }, func() { el.Close() })
-	return map[uint16]netip.AddrPort{8080: addrOf(hl), 9090: addrOf(gl), 7000: addrOf(el)}
+	out := map[netip.AddrPort]netip.AddrPort{}
+	for port, l := range map[uint16]net.Listener{8080: hl, 9090: gl, 7000: el} {
+		for _, ip := range []netip.Addr{webIP, web2IP} {
+			out[netip.AddrPortFrom(ip, port)] = addrOf(l)
+		}
+	}
+	for i, ip := range flakyIPs {
+		m.flaky[i] = &scriptedBackend{name: "flaky-" + strconv.Itoa(i+1)}
+		fl := listen(t)
+		fs := &http.Server{Handler: m.flakyHandler(m.flaky[i])}
+		serve(t, func() { fs.Serve(fl) }, func() { fs.Close() })
+		out[netip.AddrPortFrom(ip, 8090)] = addrOf(fl)
+	}
+	return out
 }
 
 // startEndpointZtunnel starts the web endpoint's ztunnel: it accepts
 // only the waypoint, records what the tunnel said, and relays to the
 // backend for the authority's port.
-func (m *testMesh) startEndpointZtunnel(t *testing.T, backends map[uint16]netip.AddrPort) netip.AddrPort {
+func (m *testMesh) startEndpointZtunnel(t *testing.T, backends map[netip.AddrPort]netip.AddrPort) netip.AddrPort {
 	srv, err := hbone.NewServer(hbone.ServerConfig{
 		SVID: m.ca.SVID(t, "/ns/shop/sa/web"), Bundle: m.bundle,
 		Handler: hbone.HandlerFunc(func(ctx context.Context, tn *hbone.Tunnel) {
 			m.upstream.add(tn)
-			backend, ok := backends[tn.Authority.Port()]
-			if tn.Peer != waypointID || (tn.Authority.Addr() != webIP && tn.Authority.Addr() != web2IP) || !ok {
+			backend, ok := backends[tn.Authority]
+			if tn.Peer != waypointID || !ok {
 				tn.Reject(hbone.ErrDenied)
 				return
 			}

@@ -2,23 +2,17 @@ package waypoint
 
 import (
 	"cmp"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
-
-	"github.com/regomesh/regomesh/policy/istio"
 )
 
 // Routes are the Gateway API HTTPRoutes in force, attached to Services as
@@ -31,16 +25,24 @@ type Routes struct {
 	// byService holds, per service hostname, the rule matches of every
 	// route attached to it, in Gateway API precedence order.
 	byService map[string][]*routeMatch
-	count     int
+	// virtual holds, per service hostname, the matches of the
+	// VirtualServices' http rules, in Istio's order: the oldest
+	// VirtualService first, its rules and matches as written. They route
+	// a service's port only where no HTTPRoute attaches (see match).
+	virtual map[string][]*routeMatch
+	count   int
 }
 
-// routeRule is one rule of an HTTPRoute, compiled.
+// routeRule is one rule of an HTTPRoute, or one http rule of a
+// VirtualService, compiled.
 type routeRule struct {
 	route    string // "<namespace>/<name>"
 	index    int
 	filters  []gwv1.HTTPRouteFilter
 	backends []routeBackend
 	timeout  time.Duration // 0: none
+	retry    *retryPolicy  // nil: one attempt
+	fault    *faultPolicy  // nil: no fault injected
 }
 
 // name is how the access log names the rule: "<namespace>/<name>#<i>".
@@ -48,7 +50,7 @@ func (r *routeRule) name() string { return r.route + "#" + strconv.Itoa(r.index)
 
 type routeBackend struct {
 	namespace, name string
-	port            int
+	port            int // 0: the Service's only port, else the port addressed (a VirtualService destination without one)
 	weight          int
 }
 
@@ -60,28 +62,44 @@ type routeMatch struct {
 	created time.Time
 	order   int // the route's rank by namespace/name, then the rule's and match's position
 
-	pathType string // Exact, PathPrefix or RegularExpression
-	path     string
-	pathRE   *regexp.Regexp
-	method   string
-	headers  []valueMatch
-	query    []valueMatch
+	pathType   string // Exact, PathPrefix (whole elements), RegularExpression, or Prefix (characters, a VirtualService's)
+	path       string
+	pathRE     *regexp.Regexp
+	ignoreCase bool        // Exact and Prefix compare case-insensitively (a VirtualService's ignoreUriCase)
+	method     *valueMatch // nil: any
+	headers    []valueMatch
+	query      []valueMatch
 }
 
+// valueMatch tests a header, query parameter or method value.
 type valueMatch struct {
-	name  string
-	value string
-	re    *regexp.Regexp // for RegularExpression
+	name   string
+	kind   matchKind
+	value  string
+	re     *regexp.Regexp // for matchRegex
+	absent bool           // inverted (a VirtualService's withoutHeaders): matches when the value is missing or does not match
 }
+
+type matchKind int
+
+const (
+	matchExact matchKind = iota
+	matchPrefix
+	matchRegex
+	matchPresent // any value, even empty
+)
 
 func (v valueMatch) matches(got string, present bool) bool {
-	if !present {
-		return false
+	ok := present
+	switch v.kind {
+	case matchExact:
+		ok = ok && got == v.value
+	case matchPrefix:
+		ok = ok && strings.HasPrefix(got, v.value)
+	case matchRegex:
+		ok = ok && v.re.MatchString(got)
 	}
-	if v.re != nil {
-		return v.re.MatchString(got)
-	}
-	return got == v.value
+	return ok != v.absent
 }
 
 // NewRoutes compiles HTTPRoutes for the waypoint of clusterDomain's
@@ -93,9 +111,29 @@ func (v valueMatch) matches(got string, present bool) bool {
 // send requests where its author did not mean. parentRefs to anything
 // but a Service (an ingress Gateway) are skipped with a note.
 func NewRoutes(routes []*gwv1.HTTPRoute, clusterDomain string) (*Routes, []string, error) {
-	rs := &Routes{byService: map[string][]*routeMatch{}}
-	var notes []string
-	var errs []error
+	return NewRouteSet(RouteResources{HTTPRoutes: routes}, clusterDomain)
+}
+
+// NewRouteSet compiles HTTPRoutes (as NewRoutes does) and VirtualServices
+// (as Istio's waypoints read them) for the waypoint of clusterDomain's
+// services. Where both route a service's port, the HTTPRoutes win, and a
+// note says so. Anything either uses that the waypoint does not
+// implement fails the whole set.
+func NewRouteSet(res RouteResources, clusterDomain string) (*Routes, []string, error) {
+	rs := &Routes{byService: map[string][]*routeMatch{}, virtual: map[string][]*routeMatch{}}
+	notes, errs := addHTTPRoutes(rs, res.HTTPRoutes, clusterDomain)
+	for _, ms := range rs.byService {
+		slices.SortStableFunc(ms, precedence)
+	}
+	vnotes, verrs := addVirtualServices(rs, res.VirtualServices, clusterDomain)
+	notes, errs = append(notes, vnotes...), append(errs, verrs...)
+	if len(errs) > 0 {
+		return nil, notes, errors.Join(errs...)
+	}
+	return rs, notes, nil
+}
+
+func addHTTPRoutes(rs *Routes, routes []*gwv1.HTTPRoute, clusterDomain string) (notes []string, errs []error) {
 	slices.SortFunc(routes, func(a, b *gwv1.HTTPRoute) int {
 		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name))
 	})
@@ -129,16 +167,10 @@ func NewRoutes(routes []*gwv1.HTTPRoute, clusterDomain string) (*Routes, []strin
 			rs.count++
 		}
 	}
-	if len(errs) > 0 {
-		return nil, notes, errors.Join(errs...)
-	}
-	for _, ms := range rs.byService {
-		slices.SortStableFunc(ms, precedence)
-	}
-	return rs, notes, nil
+	return notes, errs
 }
 
-// Len is the number of (route, Service) attachments.
+// Len is the number of (HTTPRoute or VirtualService, Service) attachments.
 func (rs *Routes) Len() int { return rs.count }
 
 // precedence orders matches as the Gateway API says: an Exact path, then
@@ -153,7 +185,7 @@ func precedence(a, b *routeMatch) int {
 	return cmp.Or(
 		cmp.Compare(rank(a), rank(b)),
 		-cmp.Compare(len(a.path), len(b.path)),
-		-cmp.Compare(boolInt(a.method != ""), boolInt(b.method != "")),
+		-cmp.Compare(boolInt(a.method != nil), boolInt(b.method != nil)),
 		-cmp.Compare(len(a.headers), len(b.headers)),
 		-cmp.Compare(len(a.query), len(b.query)),
 		a.created.Compare(b.created),
@@ -270,7 +302,7 @@ func compileMatch(m gwv1.HTTPRouteMatch) (*routeMatch, error) {
 		}
 	}
 	if m.Method != nil {
-		cm.method = string(*m.Method)
+		cm.method = &valueMatch{value: string(*m.Method)}
 	}
 	for _, h := range m.Headers {
 		v, err := compileValue(string(h.Name), h.Value, h.Type)
@@ -299,7 +331,7 @@ func compileValue(name, value string, typ *gwv1.HeaderMatchType) (valueMatch, er
 		if err != nil {
 			return v, err
 		}
-		v.re = re
+		v.kind, v.re = matchRegex, re
 	default:
 		return v, fmt.Errorf("match type %s is not one of Exact, RegularExpression", *typ)
 	}
@@ -339,12 +371,21 @@ func ptrOr[T any](p *T, def T) T {
 // match is the first match, in precedence order, of a request to service
 // host on port; attached reports whether any route attaches to the
 // service there at all (a request that matches none of them is 404).
+// Where an HTTPRoute attaches to the service's port, the VirtualServices
+// for the service are not read there: HTTPRoutes win.
 func (rs *Routes) match(host string, port int, r *http.Request) (matched *routeMatch, attached bool) {
 	if rs == nil {
 		return nil, false
 	}
 	query := r.URL.Query()
-	for _, m := range rs.byService[host] {
+	if m, attached := firstMatch(rs.byService[host], port, r, query); attached {
+		return m, true
+	}
+	return firstMatch(rs.virtual[host], port, r, query)
+}
+
+func firstMatch(ms []*routeMatch, port int, r *http.Request, query map[string][]string) (matched *routeMatch, attached bool) {
+	for _, m := range ms {
 		if m.port != 0 && m.port != port {
 			continue
 		}
@@ -358,9 +399,16 @@ func (rs *Routes) match(host string, port int, r *http.Request) (matched *routeM
 
 func (m *routeMatch) matches(r *http.Request, query map[string][]string) bool {
 	path := r.URL.Path
+	if m.ignoreCase {
+		path = strings.ToLower(path) // m.path is lower-cased at compile
+	}
 	switch m.pathType {
 	case "Exact":
 		if path != m.path {
+			return false
+		}
+	case "Prefix":
+		if !strings.HasPrefix(path, m.path) {
 			return false
 		}
 	case "PathPrefix":
@@ -372,7 +420,7 @@ func (m *routeMatch) matches(r *http.Request, query map[string][]string) bool {
 			return false
 		}
 	}
-	if m.method != "" && r.Method != m.method {
+	if m.method != nil && !m.method.matches(r.Method, true) {
 		return false
 	}
 	for _, h := range m.headers {
@@ -383,7 +431,11 @@ func (m *routeMatch) matches(r *http.Request, query map[string][]string) bool {
 	}
 	for _, q := range m.query {
 		values, ok := query[q.name]
-		if !ok || !q.matches(values[0], true) {
+		first := ""
+		if ok {
+			first = values[0]
+		}
+		if !q.matches(first, ok) {
 			return false
 		}
 	}
@@ -513,58 +565,4 @@ func redirectTo(req *http.Request, rd *gwv1.HTTPRequestRedirectFilter, matched *
 		loc += "?" + req.URL.RawQuery
 	}
 	return loc, ptrOr(rd.StatusCode, 302)
-}
-
-// ReadHTTPRoutes reads every gateway.networking.k8s.io/v1 HTTPRoute from
-// YAML or JSON files and directories of them (multi-document streams),
-// strictly: an unknown field is an error naming the file and document.
-// Other kinds are skipped.
-func ReadHTTPRoutes(paths []string) ([]*gwv1.HTTPRoute, error) {
-	files, err := istio.ResourceFiles(paths)
-	if err != nil {
-		return nil, err
-	}
-	var out []*gwv1.HTTPRoute
-	var errs []error
-	for _, file := range files {
-		f, err := os.Open(file)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		routes, err := decodeHTTPRoutes(f, file)
-		f.Close()
-		out = append(out, routes...)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
-func decodeHTTPRoutes(r io.Reader, source string) ([]*gwv1.HTTPRoute, error) {
-	dec := k8syaml.NewYAMLOrJSONDecoder(r, 4096)
-	var out []*gwv1.HTTPRoute
-	for i := 0; ; i++ {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err == io.EOF {
-			return out, nil
-		} else if err != nil {
-			return out, fmt.Errorf("%s: document %d: %w", source, i, err)
-		}
-		var head struct{ APIVersion, Kind string }
-		if json.Unmarshal(raw, &head) != nil || head.Kind != "HTTPRoute" || head.APIVersion != "gateway.networking.k8s.io/v1" {
-			continue
-		}
-		d := json.NewDecoder(strings.NewReader(string(raw)))
-		d.DisallowUnknownFields()
-		hr := &gwv1.HTTPRoute{}
-		if err := d.Decode(hr); err != nil {
-			return out, fmt.Errorf("%s: document %d: HTTPRoute: %w", source, i, err)
-		}
-		if hr.Namespace == "" {
-			hr.Namespace = "default"
-		}
-		out = append(out, hr)
-	}
 }

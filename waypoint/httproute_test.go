@@ -178,7 +178,7 @@ spec:
 	}
 
 	write(t, path, "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: typo, namespace: shop}\nspec: {parentRef: []}\n")
-	if _, err := ReadHTTPRoutes([]string{path}); err == nil || !strings.Contains(err.Error(), `routes.yaml: document 0: HTTPRoute: json: unknown field "parentRef"`) {
+	if _, err := ReadHTTPRoutes([]string{path}); err == nil || !strings.Contains(err.Error(), `routes.yaml:1: document 0: HTTPRoute: json: unknown field "parentRef"`) {
 		t.Errorf("ReadHTTPRoutes: %v, want the unknown field named with the file", err)
 	}
 }

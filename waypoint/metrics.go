@@ -28,12 +28,16 @@ var (
 
 // Metrics are the waypoint's request collectors: istio_requests_total,
 // istio_request_duration_milliseconds, istio_request_bytes and
-// istio_response_bytes. Byte sizes count bodies.
+// istio_response_bytes (byte sizes count bodies); and its retries,
+// regomesh_waypoint_retries_total and
+// regomesh_waypoint_retry_overflow_total.
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	reqBytes *prometheus.HistogramVec
 	resBytes *prometheus.HistogramVec
+	retries  *prometheus.CounterVec
+	overflow *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors on reg (nil: not registered).
@@ -51,11 +55,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		resBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "istio_response_bytes", Help: "Response body sizes.", Buckets: sizeBuckets,
 		}, requestLabels),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regomesh_waypoint_retries_total", Help: "Retries made, by destination service and the retryOn condition the failed attempt met.",
+		}, []string{"destination_service", "reason"}),
+		overflow: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regomesh_waypoint_retry_overflow_total", Help: "Retries the retry budget refused (Envoy's upstream_rq_retry_overflow): the last attempt's answer went to the client.",
+		}, []string{"destination_service"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.reqBytes, m.resBytes)
+		reg.MustRegister(m.requests, m.duration, m.reqBytes, m.resBytes, m.retries, m.overflow)
 	}
 	return m
+}
+
+// retried counts a retry of x after an attempt that met reason.
+func (m *Metrics) retried(x *exchange, reason string) {
+	if m != nil {
+		m.retries.WithLabelValues(x.budgetKey(), reason).Inc()
+	}
+}
+
+// retryRefused counts a retry of x the budget refused.
+func (m *Metrics) retryRefused(x *exchange) {
+	if m != nil {
+		m.overflow.WithLabelValues(x.budgetKey()).Inc()
+	}
 }
 
 // record counts one finished request.

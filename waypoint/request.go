@@ -52,9 +52,11 @@ func (w *Waypoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		deny(rec, x.grpc)
 		return
 	}
-	if target, ok := w.applyRoutes(rec, r, snap, target, x); !ok {
+	target, ok := w.applyRoutes(rec, r, snap, target, x)
+	if !ok || !w.injectFault(rec, r, x) {
 		return
-	} else if err = w.pickEndpoint(snap, target, x); err != nil {
+	}
+	if err = w.pickEndpoint(snap, target, x); err != nil {
 		x.fail(FlagNoHealthy, err)
 		unavailable(rec, x.grpc)
 		return
@@ -82,7 +84,7 @@ func (w *Waypoint) applyRoutes(rw http.ResponseWriter, r *http.Request, snap *st
 		return target, true
 	}
 	if m == nil {
-		x.fail(FlagNoRoute, fmt.Errorf("waypoint: no HTTPRoute rule of %s matches", target.Service.Hostname))
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: no route rule of %s matches", target.Service.Hostname))
 		respond(rw, x.grpc, http.StatusNotFound, grpcUnimplemented, "route not found")
 		return target, false
 	}
@@ -94,20 +96,27 @@ func (w *Waypoint) applyRoutes(rw http.ResponseWriter, r *http.Request, snap *st
 	}
 	b := m.rule.backend()
 	if b == nil {
-		x.fail(FlagNoRoute, fmt.Errorf("waypoint: HTTPRoute rule %s has no backend with a weight", m.rule.name()))
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: route rule %s has no backend with a weight", m.rule.name()))
 		respond(rw, x.grpc, http.StatusInternalServerError, grpcInternal, "no backend")
 		return target, false
 	}
 	i := slices.IndexFunc(snap.Services, func(s *state.Service) bool { return s.Namespace == b.namespace && s.Name == b.name })
 	if i < 0 {
-		x.fail(FlagNoRoute, fmt.Errorf("waypoint: HTTPRoute rule %s: backend Service %s/%s is not in the state", m.rule.name(), b.namespace, b.name))
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: route rule %s: backend Service %s/%s is not in the state", m.rule.name(), b.namespace, b.name))
 		respond(rw, x.grpc, http.StatusInternalServerError, grpcInternal, "backend not found")
 		return target, false
 	}
 	svc := snap.Services[i]
-	port, ok := svc.Port(uint16(b.port))
+	want := b.port
+	if want == 0 { // a VirtualService destination without a port: the only one, else the port addressed, as Istio's waypoints pick
+		want = target.Port.Port
+		if len(svc.Ports) == 1 {
+			want = int(svc.Ports[0].Port)
+		}
+	}
+	port, ok := svc.Port(uint16(want))
 	if !ok {
-		x.fail(FlagNoRoute, fmt.Errorf("waypoint: HTTPRoute rule %s: Service %s/%s has no port %d", m.rule.name(), b.namespace, b.name, b.port))
+		x.fail(FlagNoRoute, fmt.Errorf("waypoint: route rule %s: Service %s/%s has no port %d", m.rule.name(), b.namespace, b.name, want))
 		respond(rw, x.grpc, http.StatusInternalServerError, grpcInternal, "backend port not found")
 		return target, false
 	}
@@ -163,6 +172,9 @@ func (w *Waypoint) finish(x *exchange, rec *recorder) {
 	x.reqBytes, x.respBytes = x.reqCount.Load(), rec.n
 	if x.grpc {
 		x.grpcStatus = grpcStatusOf(rec.Header())
+	}
+	if x.exhausted {
+		x.addFlag(FlagRetryLimit)
 	}
 	w.finishEndpoint(x)
 	w.cfg.Metrics.record(x)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -41,13 +42,18 @@ func (w *Waypoint) newProxy() *httputil.ReverseProxy {
 		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
 			x := exchangeFrom(r.Context())
-			if x.rule != nil && x.rule.timeout > 0 && errors.Is(err, context.DeadlineExceeded) {
-				x.fail(FlagTimeout, fmt.Errorf("waypoint: HTTPRoute rule %s: no response within its %s request timeout: %w", x.rule.name(), x.rule.timeout, err))
-				respond(rw, x.grpc, http.StatusGatewayTimeout, grpcUnavailable, "upstream request timeout")
+			var perTry *perTryTimeoutError
+			switch {
+			case errors.As(err, &perTry):
+				x.fail(FlagTimeout, fmt.Errorf("waypoint: rule %s: %w", x.rule.name(), err))
+			case x.rule != nil && x.rule.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
+				x.fail(FlagTimeout, fmt.Errorf("waypoint: rule %s: no response within its %s request timeout: %w", x.rule.name(), x.rule.timeout, err))
+			default:
+				x.fail(FlagUpstream, err)
+				unavailable(rw, x.grpc)
 				return
 			}
-			x.fail(FlagUpstream, err)
-			unavailable(rw, x.grpc)
+			respond(rw, x.grpc, http.StatusGatewayTimeout, grpcUnavailable, "upstream request timeout")
 		},
 	}
 }
@@ -65,7 +71,7 @@ func (t upstreamTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rt.RoundTrip(r)
+	return t.w.send(rt, r, exchangeFrom(r.Context()))
 }
 
 // transport returns the client's upstream transport for the protocol,
@@ -122,7 +128,7 @@ func (w *Waypoint) dialUpstream(ctx context.Context, cl *client, addr string) (n
 		Authority: ap, Forwarded: cl.original(), TraceParent: cl.trace,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("waypoint: upstream %s: %w", addr, err)
+		return nil, &connectError{fmt.Errorf("waypoint: upstream %s: %w", addr, err)}
 	}
 	return s, nil
 }
@@ -133,6 +139,14 @@ func (w *Waypoint) dialUpstream(ctx context.Context, cl *client, addr string) (n
 // The waypoint never picks itself, and only tunnels to workloads in the
 // mesh.
 func (w *Waypoint) pickEndpoint(snap *state.Snapshot, target state.Target, x *exchange) error {
+	x.dest = target
+	return w.pickFrom(snap, x, nil)
+}
+
+// pickFrom chooses x's endpoint for x.dest, avoiding the endpoints in
+// avoid while others are left (a retry's previous hosts).
+func (w *Waypoint) pickFrom(snap *state.Snapshot, x *exchange, avoid []*state.Workload) error {
+	target := x.dest
 	if wl := target.Workload; wl != nil {
 		if wl.Protocol != state.HBONE {
 			return fmt.Errorf("%w: %s/%s is outside the mesh", ErrNoEndpoint, wl.Namespace, wl.Name)
@@ -149,7 +163,16 @@ func (w *Waypoint) pickEndpoint(snap *state.Snapshot, target state.Target, x *ex
 	if len(eps) == 0 {
 		return fmt.Errorf("%w: service %s", ErrNoEndpoint, target.Service.Hostname)
 	}
-	ep := w.lb.pick(eps)
+	choices := eps
+	if len(avoid) > 0 {
+		fresh := slices.DeleteFunc(slices.Clone(eps), func(ep *state.Workload) bool {
+			return slices.ContainsFunc(avoid, func(a *state.Workload) bool { return a.UID == ep.UID })
+		})
+		if len(fresh) > 0 {
+			choices = fresh
+		}
+	}
+	ep := w.lb.pick(choices)
 	x.endpoint, x.upstream, x.balanced = ep, netip.AddrPortFrom(ep.IPs[0], uint16(target.Port.TargetPort)), eps
 	return nil
 }
@@ -161,6 +184,6 @@ func (w *Waypoint) finishEndpoint(x *exchange) {
 	if x.balanced == nil {
 		return
 	}
-	w.lb.done(x.endpoint, x.balanced, x.flags == FlagUpstream || x.flags == FlagTimeout || x.status >= 500)
+	w.lb.done(x.endpoint, x.balanced, x.hasFlag(FlagUpstream) || x.hasFlag(FlagTimeout) || x.status >= 500)
 	x.balanced = nil
 }

@@ -74,6 +74,15 @@ type Config struct {
 	// DefaultBaseEjection.
 	EjectAfter   int
 	BaseEjection time.Duration
+	// RetryBudgetPercent of a destination's requests in flight may be
+	// retries in flight, and always RetryMinConcurrency of them, as in
+	// Envoy's retry budget; a retry beyond is not made. Defaults
+	// DefaultRetryBudgetPercent and DefaultRetryMinConcurrency.
+	RetryBudgetPercent  float64
+	RetryMinConcurrency int
+	// RetryBufferBytes of a request body are kept so that it can be
+	// retried; a longer body is sent once. Default DefaultRetryBufferBytes.
+	RetryBufferBytes int
 }
 
 // Waypoint terminates HBONE, decides requests and forwards them.
@@ -88,13 +97,14 @@ type Waypoint struct {
 	log      *slog.Logger
 	state    atomic.Pointer[state.Snapshot]
 	authn    atomic.Pointer[Authn]  // nil: no RequestAuthentication in force
-	routes   atomic.Pointer[Routes] // nil: no HTTPRoute in force
+	routes   atomic.Pointer[Routes] // nil: no HTTPRoute or VirtualService in force
 	server   *hbone.Server
 	h1       *http.Server
 	h1in     *connListener
 	h2       *http2.Server
 	proxy    *httputil.ReverseProxy
 	lb       *balancer
+	budget   *retryBudget
 	wg       sync.WaitGroup
 	ownsPool bool
 }
@@ -109,7 +119,8 @@ func New(cfg Config) (*Waypoint, error) {
 		return nil, fmt.Errorf("waypoint: own SVID: %w (is the SPIRE agent's Workload API reachable and this waypoint registered?)", err)
 	}
 	cfg = withDefaults(cfg)
-	w := &Waypoint{cfg: cfg, id: svid.ID, log: cfg.Logger.With("component", "waypoint"), lb: newBalancer(cfg.EjectAfter, cfg.BaseEjection)}
+	w := &Waypoint{cfg: cfg, id: svid.ID, log: cfg.Logger.With("component", "waypoint"), lb: newBalancer(cfg.EjectAfter, cfg.BaseEjection),
+		budget: newRetryBudget(cfg.RetryBudgetPercent, cfg.RetryMinConcurrency)}
 	if w.cfg.Pool == nil {
 		if w.cfg.Pool, err = hbone.NewPool(hbone.PoolConfig{Bundle: cfg.Bundle, Logger: w.log}); err != nil {
 			return nil, err
@@ -142,6 +153,15 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.BaseEjection <= 0 {
 		cfg.BaseEjection = DefaultBaseEjection
+	}
+	if cfg.RetryBudgetPercent <= 0 {
+		cfg.RetryBudgetPercent = DefaultRetryBudgetPercent
+	}
+	if cfg.RetryMinConcurrency <= 0 {
+		cfg.RetryMinConcurrency = DefaultRetryMinConcurrency
+	}
+	if cfg.RetryBufferBytes <= 0 {
+		cfg.RetryBufferBytes = DefaultRetryBufferBytes
 	}
 	return cfg
 }
@@ -177,7 +197,7 @@ func (w *Waypoint) SetState(s *state.Snapshot) {
 	w.lb.forget(s)
 }
 
-// SetRoutes puts a set of HTTPRoutes in force (nil: none); requests
+// SetRoutes puts a set of HTTPRoutes and VirtualServices in force (nil: none); requests
 // from now on are routed by it.
 func (w *Waypoint) SetRoutes(r *Routes) { w.routes.Store(r) }
 

@@ -1,0 +1,421 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	networkingv1 "istio.io/api/networking/v1"
+
+	"github.com/regomesh/regomesh/ztunnel/state"
+)
+
+// Retries, as Envoy's router makes them for Istio.
+const (
+	// DefaultRetryBudgetPercent of a destination's requests in flight may
+	// be retries in flight, as Envoy's retry budget allows by default...
+	DefaultRetryBudgetPercent = 20
+	// DefaultRetryMinConcurrency ...and always this many, as in Envoy.
+	DefaultRetryMinConcurrency = 3
+	// DefaultRetryBufferBytes of a request body are kept for retries; a
+	// longer body is streamed once and never retried.
+	DefaultRetryBufferBytes = 64 << 10
+	// defaultRetryBackoff is Envoy's base interval between attempts; the
+	// n-th retry waits a random time below base×(2ⁿ−1), at most 10×base.
+	defaultRetryBackoff = 25 * time.Millisecond
+	// attemptCountHeader numbers each attempt upstream (1 for the first),
+	// as Envoy does for Istio's routes.
+	attemptCountHeader = "X-Envoy-Attempt-Count"
+)
+
+// retryPolicy is a rule's retries, compiled.
+type retryPolicy struct {
+	retries       int           // attempts after the first
+	perTry        time.Duration // 0: only the rule's timeout
+	on            retryOn
+	codes         []int             // retriable-status-codes
+	grpc          map[string]string // grpc-status value -> its retryOn name
+	previousHosts bool              // a retry avoids the endpoints tried already
+	backoff       time.Duration
+}
+
+// retryOn is a set of Envoy's retry conditions.
+type retryOn uint
+
+const (
+	retry5xx retryOn = 1 << iota
+	retryGatewayError
+	retryReset
+	retryConnectFailure
+	retryRetriable4xx
+	retryRefusedStream
+	retryStatusCodes
+)
+
+var retryOnNames = map[string]retryOn{
+	"5xx": retry5xx, "gateway-error": retryGatewayError, "reset": retryReset, "connect-failure": retryConnectFailure,
+	"retriable-4xx": retryRetriable4xx, "refused-stream": retryRefusedStream, "retriable-status-codes": retryStatusCodes,
+}
+
+// grpcRetryOn are Envoy's gRPC conditions: the grpc-status of a
+// trailers-only answer.
+var grpcRetryOn = map[string]string{"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8", "internal": "13", "unavailable": "14"}
+
+// defaultRetryOn is Istio's when retries name no retryOn (istiod also
+// retries 503s).
+const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,503"
+
+// compileRetry reads a VirtualService's retries; attempts 0 disables them
+// (nil), as in Istio.
+func compileRetry(r *networkingv1.HTTPRetry) (*retryPolicy, error) {
+	if r.GetAttempts() < 0 {
+		return nil, errors.New("attempts: must not be negative")
+	}
+	if r.GetAttempts() == 0 {
+		return nil, nil
+	}
+	p := &retryPolicy{retries: int(r.GetAttempts()), previousHosts: true, backoff: defaultRetryBackoff, grpc: map[string]string{}}
+	if d := r.GetPerTryTimeout(); d != nil {
+		if p.perTry = d.AsDuration(); p.perTry <= 0 {
+			return nil, errors.New("perTryTimeout: must be positive")
+		}
+	}
+	if d := r.GetBackoff(); d != nil {
+		if p.backoff = d.AsDuration(); p.backoff <= 0 {
+			return nil, errors.New("backoff: must be positive")
+		}
+	}
+	if v := r.GetRetryIgnorePreviousHosts(); v != nil {
+		p.previousHosts = v.GetValue()
+	}
+	on := r.GetRetryOn()
+	if on == "" {
+		on = defaultRetryOn
+	}
+	for _, name := range strings.Split(on, ",") {
+		name = strings.TrimSpace(name)
+		if c, ok := retryOnNames[name]; ok {
+			p.on |= c
+		} else if code, ok := grpcRetryOn[name]; ok {
+			p.grpc[code] = name
+		} else if n, err := strconv.Atoi(name); err == nil && n >= 100 && n <= 599 {
+			p.on |= retryStatusCodes
+			p.codes = append(p.codes, n)
+		} else {
+			return nil, fmt.Errorf("retryOn: %q is not a condition the waypoint retries on; it knows 5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, retriable-status-codes, status codes (\"503\"), and for gRPC cancelled, deadline-exceeded, internal, resource-exhausted, unavailable", name)
+		}
+	}
+	return p, nil
+}
+
+// retryPolicy is the rule's (nil without a rule or retries).
+func (r *routeRule) retryPolicy() *retryPolicy {
+	if r == nil {
+		return nil
+	}
+	return r.retry
+}
+
+// reason is the retryOn condition an attempt's outcome meets, with
+// Envoy's meanings: 5xx, gateway-error and reset retry a reset or a
+// per-try timeout too, and these and connect-failure retry a tunnel that
+// could not be opened; "" when it meets none, or the client is gone.
+func (p *retryPolicy) reason(client context.Context, resp *http.Response, err error) string {
+	if client.Err() != nil {
+		return ""
+	}
+	if err != nil {
+		var ce *connectError
+		var se http2.StreamError
+		switch {
+		case errors.As(err, &ce) && p.on&(retryConnectFailure|retryReset|retry5xx|retryGatewayError) != 0:
+			return "connect-failure"
+		case errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream && p.on&(retryRefusedStream|retryReset|retry5xx|retryGatewayError) != 0:
+			return "refused-stream"
+		case errors.As(err, new(*perTryTimeoutError)) && p.on&(retry5xx|retryGatewayError|retryReset) != 0:
+			return "per-try-timeout"
+		case p.on&(retry5xx|retryGatewayError|retryReset) != 0 && !errors.As(err, &ce):
+			return "reset"
+		}
+		return ""
+	}
+	switch s := resp.StatusCode; {
+	case p.on&retry5xx != 0 && s >= 500:
+		return "5xx"
+	case p.on&retryGatewayError != 0 && (s == 502 || s == 503 || s == 504):
+		return "gateway-error"
+	case p.on&retryRetriable4xx != 0 && s == http.StatusConflict:
+		return "retriable-4xx"
+	case p.on&retryStatusCodes != 0 && slices.Contains(p.codes, s):
+		return "retriable-status-codes"
+	}
+	return p.grpc[resp.Header.Get("Grpc-Status")]
+}
+
+// backoffFor is how long to wait before the n-th retry: Envoy's fully
+// jittered exponential backoff.
+func (p *retryPolicy) backoffFor(n int) time.Duration {
+	upper := p.backoff * time.Duration(1<<min(n, 4)-1)
+	return rand.N(min(upper, 10*p.backoff) + 1)
+}
+
+// connectError is a tunnel to the endpoint that could not be opened:
+// nothing reached it (Envoy's connect-failure).
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// perTryTimeoutError is an attempt that got no answer within the retry
+// policy's perTryTimeout.
+type perTryTimeoutError struct {
+	timeout time.Duration
+	err     error
+}
+
+func (e *perTryTimeoutError) Error() string {
+	return fmt.Sprintf("no response within the per-try timeout %s: %v", e.timeout, e.err)
+}
+func (e *perTryTimeoutError) Unwrap() error { return e.err }
+
+// retryBudget bounds retries in flight per destination to a share of its
+// requests in flight, with a floor, as Envoy's retry budget does, so
+// that a failing backend is not met with a storm of retries.
+type retryBudget struct {
+	percent        float64
+	minConcurrency int
+
+	mu       sync.Mutex
+	inFlight map[string]int // retries in flight, by destination
+}
+
+func newRetryBudget(percent float64, minConcurrency int) *retryBudget {
+	return &retryBudget{percent: percent, minConcurrency: minConcurrency, inFlight: map[string]int{}}
+}
+
+// acquire takes one retry for dest, which has requests in flight; false
+// when the budget has none left. release must follow a true.
+func (b *retryBudget) acquire(dest string, requests int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	limit := max(float64(b.minConcurrency), b.percent/100*float64(requests))
+	if float64(b.inFlight[dest]+1) > limit {
+		return false
+	}
+	b.inFlight[dest]++
+	return true
+}
+
+func (b *retryBudget) release(dest string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inFlight[dest]--; b.inFlight[dest] <= 0 {
+		delete(b.inFlight, dest)
+	}
+}
+
+// retryBody keeps a request body for retries: read whole before the
+// first attempt when its declared length fits the buffer, else kept as
+// the first attempt reads it. A retry replays it only when every byte
+// read is kept and the client has sent it all; otherwise the request is
+// not retried (a body cannot be asked for twice).
+type retryBody struct {
+	src   io.ReadCloser // nil: no body
+	limit int
+
+	mu       sync.Mutex
+	buf      []byte
+	eof      bool
+	overflow bool
+	err      error // reading the body ahead failed
+}
+
+func newRetryBody(r *http.Request, limit int) *retryBody {
+	if r.Body == nil || r.Body == http.NoBody {
+		return &retryBody{eof: true}
+	}
+	b := &retryBody{src: r.Body, limit: limit}
+	if r.ContentLength > 0 && r.ContentLength <= int64(limit) {
+		b.buf, b.err = io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+		b.eof = b.err == nil
+	}
+	return b
+}
+
+// forAttempt is the body of the n-th attempt (from 1).
+func (b *retryBody) forAttempt(n int) io.ReadCloser {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.src == nil:
+		return nil
+	case b.err != nil:
+		return io.NopCloser(&errReader{b.err})
+	case b.eof || n > 1:
+		return io.NopCloser(bytes.NewReader(b.buf))
+	}
+	return &teeBody{b}
+}
+
+// replayable says whether the body can be sent again whole.
+func (b *retryBody) replayable() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.src == nil || (b.eof && !b.overflow && b.err == nil)
+}
+
+// teeBody is the first attempt's body, kept as it is read. Closing it
+// leaves the client's body to the server.
+type teeBody struct{ b *retryBody }
+
+func (t *teeBody) Read(p []byte) (int, error) {
+	n, err := t.b.src.Read(p)
+	t.b.mu.Lock()
+	defer t.b.mu.Unlock()
+	if !t.b.overflow {
+		if len(t.b.buf)+n > t.b.limit {
+			t.b.overflow, t.b.buf = true, nil
+		} else {
+			t.b.buf = append(t.b.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		t.b.eof = true
+	}
+	return n, err
+}
+
+func (t *teeBody) Close() error { return nil }
+
+type errReader struct{ err error }
+
+func (e *errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// cancelBody ends an attempt's per-try context with its response body.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelBody) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// send forwards r to x's endpoint: once, or, under the rule's retry
+// policy, again after a failed attempt while attempts are left, the body
+// can be replayed and the retry budget allows, each retry on another
+// endpoint than those tried when the service has one. The response or
+// error returned is the last attempt's.
+func (w *Waypoint) send(rt http.RoundTripper, r *http.Request, x *exchange) (*http.Response, error) {
+	p := x.rule.retryPolicy()
+	if p == nil {
+		x.attempts = 1
+		r.Header.Set(attemptCountHeader, "1")
+		return rt.RoundTrip(r)
+	}
+	body := newRetryBody(r, w.cfg.RetryBufferBytes)
+	var tried []*state.Workload
+	for {
+		x.attempts++
+		req, cancel := attemptRequest(r, x, p, body)
+		resp, err := rt.RoundTrip(req)
+		if err != nil && r.Context().Err() == nil && errors.Is(req.Context().Err(), context.DeadlineExceeded) {
+			err = &perTryTimeoutError{timeout: p.perTry, err: err}
+		}
+		if x.retryHeld {
+			w.budget.release(x.budgetKey())
+			x.retryHeld = false
+		}
+		reason := p.reason(r.Context(), resp, err)
+		retry := reason != "" && x.attempts <= p.retries && body.replayable()
+		if reason != "" && x.attempts > p.retries {
+			x.exhausted = true
+		}
+		if retry && !w.budget.acquire(x.budgetKey(), w.lb.inFlight(x.balanced)) {
+			w.cfg.Metrics.retryRefused(x)
+			retry = false
+		}
+		if !retry {
+			return withCancel(resp, cancel, p.perTry > 0), err
+		}
+		x.retryHeld = true
+		discard(resp)
+		cancel()
+		tried = append(tried, x.endpoint)
+		if x.balanced != nil {
+			w.lb.done(x.endpoint, x.balanced, true)
+			x.balanced = nil
+		}
+		w.cfg.Metrics.retried(x, reason)
+		if err := sleep(r.Context(), p.backoffFor(x.attempts)); err != nil {
+			return nil, err
+		}
+		if x.dest.Service != nil {
+			avoid := tried
+			if !p.previousHosts {
+				avoid = nil
+			}
+			if err := w.pickFrom(w.state.Load(), x, avoid); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// attemptRequest is r for x's attempt in flight, to its endpoint, with its
+// number, its body, and its per-try timeout.
+func attemptRequest(r *http.Request, x *exchange, p *retryPolicy, body *retryBody) (*http.Request, context.CancelFunc) {
+	ctx, cancel := r.Context(), context.CancelFunc(func() {})
+	if p.perTry > 0 {
+		ctx, cancel = context.WithTimeout(ctx, p.perTry)
+	}
+	req := r.Clone(ctx)
+	req.URL.Host = x.upstream.String()
+	req.Header.Set(attemptCountHeader, strconv.Itoa(x.attempts))
+	req.Body = body.forAttempt(x.attempts)
+	return req, cancel
+}
+
+// withCancel hands the attempt's per-try context to its response body,
+// which the proxy closes when the response is done.
+func withCancel(resp *http.Response, cancel context.CancelFunc, perTry bool) *http.Response {
+	if resp == nil || !perTry || resp.StatusCode == http.StatusSwitchingProtocols {
+		cancel()
+		return resp
+	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp
+}
+
+// discard drops a failed attempt's response, reading a little of it so
+// that its connection can serve again.
+func discard(resp *http.Response) {
+	if resp == nil {
+		return
+	}
+	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+	resp.Body.Close()
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
