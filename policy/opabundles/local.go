@@ -15,11 +15,11 @@ func (s *Set) readLocal() ([]*policy.Bundle, error) {
 	return s.opts.Local.Read()
 }
 
-// watchLocal reloads the set whenever a local file changes (checked every
-// LocalPoll, which survives the file swaps inotify misses) until ctx ends.
-// A broken local set is logged and rejected: the set in force stays.
-func (s *Set) watchLocal(ctx context.Context) {
-	last := policy.BundlesStamp(s.opts.Local.Paths)
+// watchLocal reloads the set whenever a local file changes from last, the
+// stamp of what Start read (checked every LocalPoll, which survives the
+// file swaps inotify misses), until ctx ends. A broken local set is logged
+// and rejected: the set in force stays.
+func (s *Set) watchLocal(ctx context.Context, last string) {
 	tick := time.NewTicker(s.opts.LocalPoll)
 	defer tick.Stop()
 	for {

@@ -104,7 +104,7 @@ func (s *Set) reject(src *source, reason, rev string, err error) {
 	src.downloader.SetCache(src.etag)
 	s.mu.Lock()
 	good := revision(s.latest[src.name])
-	ready := s.ready
+	ready := s.ready.Load()
 	if _, ok := s.latest[src.name]; !ok {
 		s.why[src.name] = err
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/regomesh/regomesh/policy"
@@ -73,10 +74,13 @@ type Set struct {
 	// inForce are the remote copies of the last set loaded, to tell which
 	// bundles a load changed.
 	inForce map[string]*policy.Bundle
-	ready   bool
 	// why says, per remote bundle not yet activated, what the last attempt
 	// met; and under "" why the complete set did not load.
 	why map[string]error
+
+	// ready is set, once, by the first load: read without s.mu, so a
+	// readiness probe never waits for a compile.
+	ready atomic.Bool
 
 	stopOnce sync.Once
 	stop     func()
@@ -116,6 +120,7 @@ func New(engine *policy.Engine, cfg *Config, opts Options) (*Set, error) {
 // nothing runs. Then it starts one downloader per remote bundle and the
 // watch of the local files, until Stop.
 func (s *Set) Start(ctx context.Context) error {
+	stamp := policy.BundlesStamp(s.opts.Local.Paths) // before reading: a change while reading is seen
 	locals, err := s.readLocal()
 	if err != nil {
 		return err
@@ -132,7 +137,7 @@ func (s *Set) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if len(s.opts.Local.Paths) > 0 {
-		wg.Go(func() { s.watchLocal(ctx) })
+		wg.Go(func() { s.watchLocal(ctx, stamp) })
 	}
 	for _, src := range s.sources {
 		src.downloader.Start(ctx)
@@ -158,9 +163,12 @@ func (s *Set) Stop() {
 // without remote bundles), and an error wrapping ErrNotReady naming the
 // bundles still missing, and why, before.
 func (s *Set) Ready() error {
+	if s.ready.Load() {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ready {
+	if s.ready.Load() {
 		return nil
 	}
 	var missing []string
@@ -212,8 +220,8 @@ func (s *Set) loadLocked(ctx context.Context, cause string) error {
 	}
 	s.inForce = maps.Clone(s.latest)
 	delete(s.why, "")
-	if !s.ready {
-		s.ready = true
+	if !s.ready.Load() {
+		s.ready.Store(true)
 		s.opts.Metrics.setReady(true)
 		s.log.Info("every bundle activated: ready", "revisions", s.engine.Revisions())
 	}
