@@ -197,3 +197,37 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// TestSetThatNeverLoads: two bundles that both claim the same roots each
+// arrive, but the set of both does not load: nothing is in force, the set
+// is not ready and says why, and every decision denies. The second to
+// arrive is the one rejected; when it comes back with roots of its own,
+// the set loads.
+func TestSetThatNeverLoads(t *testing.T) {
+	srvA, srvB := newBundleServer(t, false).start(t), newBundleServer(t, false).start(t)
+	srvA.publish(denyPort{"shared", "a1", 1}.tarball(t, nil, ""))
+	h := startSet(t, fmt.Sprintf(`
+services:
+  a: {url: %s}
+  b: {url: %s}
+bundles:
+  a: {service: a, polling: {min_delay_seconds: 1, max_delay_seconds: 1}}
+  b: {service: b, polling: {min_delay_seconds: 1, max_delay_seconds: 1}}
+`, srvA.URL, srvB.URL), Options{})
+	waitFor(t, "a downloaded", func() bool { return len(srvA.seen()) >= 2 })
+	srvB.publish(denyPort{"shared", "b1", 2}.tarball(t, nil, ""))
+	h.waitFailures(t, "b", reasonActivation, 1)
+	err := h.set.Ready()
+	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "bundle b (") || !strings.Contains(err.Error(), "overlap") {
+		t.Errorf("Ready() = %v, want ErrNotReady naming b and the overlapping roots", err)
+	}
+	if g := h.engine.Generation(); g != 0 {
+		t.Errorf("generation %d, want 0: nothing loaded", g)
+	}
+	if d := h.decide(t, 9); d.Allow || d.Reason != policy.ReasonNoPolicy {
+		t.Errorf("decision before a set loaded: %+v, want a deny: %s", d, policy.ReasonNoPolicy)
+	}
+	srvB.publish(denyPort{"b", "b2", 2}.tarball(t, nil, ""))
+	waitFor(t, "ready", func() bool { return h.set.Ready() == nil })
+	h.wantDecisions(t, map[int]string{1: "shared/p", 2: "b/p", 9: ""})
+}
