@@ -53,6 +53,7 @@ func TestBinaryWithSPIRE(t *testing.T) {
 - {name: web-1, namespace: shop, serviceAccount: web, ips: [10.1.0.9], labels: {app: web}}
 services:
 - {name: web, namespace: shop, vips: [10.96.0.9], ports: [{port: 80, targetPort: 8080, name: http}], selector: {app: web}, waypoint: shop/waypoint}
+- {name: web2, namespace: shop, vips: [10.96.0.10], ports: [{port: 80, targetPort: 8080, name: http}], selector: {app: web}, waypoint: shop/waypoint}
 `), 0o644)
 	bundle := filepath.Join(dir, "bundle")
 	os.MkdirAll(bundle, 0o755)
@@ -79,6 +80,15 @@ spec:
   - matches: [{path: {type: Exact, value: /old}}]
     filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}}}]
   - backendRefs: [{name: web, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web2, namespace: shop}
+spec:
+  hosts: [web2]
+  http:
+  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: web2}}]
 `), 0o644)
 	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn, "--routes", routes,
@@ -121,6 +131,16 @@ spec:
 		t.Errorf("GET /old: %v", err)
 	} else if resp.Body.Close(); resp.StatusCode != 302 || resp.Header.Get("Location") != "http://web.shop/new" {
 		t.Errorf("GET /old: %d Location %q, want the route's 302 to http://web.shop/new", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// VirtualService: web2's fault answers in its place.
+	web2 := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return pool.Dial(ctx, hbone.Request{Source: source, Peer: wpID, Addr: netip.MustParseAddrPort(hboneAddr),
+			Authority: netip.MustParseAddrPort("10.96.0.10:80")})
+	}}}
+	if resp, err := web2.Get("http://web2.shop/x"); err != nil {
+		t.Errorf("GET web2: %v", err)
+	} else if body, _ := io.ReadAll(resp.Body); resp.Body.Close() != nil || resp.StatusCode != 418 || string(body) != "fault filter abort" {
+		t.Errorf("GET web2: %d %q, want the VirtualService's fault: 418 fault filter abort", resp.StatusCode, body)
 	}
 	// RequestAuthentication: a token of the issuer, its keys read from the
 	// jwksUri file, is valid (policy then denies /admin); another issuer's

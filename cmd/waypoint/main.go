@@ -88,8 +88,8 @@ func parseFlags(args []string) (config, error) {
 	fs.Var(&c.requestAuthn, "request-authentication", "Kubernetes YAML file or directory of Istio RequestAuthentications whose JWTs the waypoint validates (repeatable; reloaded on change, the last good set kept); see docs/request-authentication.md")
 	fs.StringVar(&c.gateway, "gateway", "", "NAMESPACE/NAME of this waypoint's Gateway: RequestAuthentications whose targetRefs name it apply")
 	fs.StringVar(&c.rootNamespace, "root-namespace", "istio-system", "Istio root namespace: its RequestAuthentications without a selector apply mesh-wide")
-	fs.Var(&c.routes, "routes", "Kubernetes YAML file or directory of Gateway API HTTPRoutes attached to Services (parentRefs of kind Service), which route their requests (repeatable; reloaded on change, the last good set kept); see docs/waypoint.md")
-	fs.StringVar(&c.clusterDomain, "cluster-domain", "cluster.local", "DNS suffix of Service hostnames (<name>.<namespace>.svc.<cluster-domain>), for HTTPRoutes")
+	fs.Var(&c.routes, "routes", "Kubernetes YAML file or directory of Gateway API HTTPRoutes attached to Services (parentRefs of kind Service) and Istio VirtualServices (hosts naming Services), which route their requests, with retries and faults (repeatable; reloaded on change, the last good set kept; where both route a Service's port, HTTPRoutes win); see docs/waypoint.md")
+	fs.StringVar(&c.clusterDomain, "cluster-domain", "cluster.local", "DNS suffix of Service hostnames (<name>.<namespace>.svc.<cluster-domain>), for HTTPRoutes and VirtualServices")
 	fs.DurationVar(&c.jwksRefresh, "jwks-refresh", 20*time.Minute, "how often each jwksUri is fetched again (a failed fetch is retried sooner, and the last good key set kept)")
 	if err := fs.Parse(args); err != nil {
 		return c, err

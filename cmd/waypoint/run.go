@@ -151,8 +151,8 @@ func startAuthn(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog
 	return keys, nil
 }
 
-// startRoutes loads --routes and reloads it on change; a set that fails
-// to load keeps the last good one.
+// startRoutes loads --routes (HTTPRoutes and VirtualServices) and reloads
+// it on change; a set that fails to load keeps the last good one.
 func startRoutes(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog.Logger) error {
 	rs, err := loadRoutes(cfg, log)
 	if err != nil {
@@ -162,7 +162,7 @@ func startRoutes(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slo
 	go watchFiles(ctx, cfg.routes, cfg.bundlePoll, func() {
 		rs, err := loadRoutes(cfg, log)
 		if err != nil {
-			log.Error("HTTPRoutes rejected; the last good set stays in force", "error", err)
+			log.Error("routes rejected; the last good set stays in force", "error", err)
 			return
 		}
 		w.SetRoutes(rs)
@@ -171,18 +171,18 @@ func startRoutes(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slo
 }
 
 func loadRoutes(cfg config, log *slog.Logger) (*waypoint.Routes, error) {
-	routes, err := waypoint.ReadHTTPRoutes(cfg.routes)
+	res, err := waypoint.ReadRoutes(cfg.routes)
 	if err != nil {
 		return nil, err
 	}
-	rs, notes, err := waypoint.NewRoutes(routes, cfg.clusterDomain)
+	rs, notes, err := waypoint.NewRouteSet(res, cfg.clusterDomain)
 	for _, n := range notes {
 		log.Warn("--routes: " + n)
 	}
 	if err != nil {
 		return nil, err
 	}
-	log.Info("HTTPRoutes loaded", "attachments", rs.Len())
+	log.Info("routes loaded", "httproutes", len(res.HTTPRoutes), "virtualservices", len(res.VirtualServices), "attachments", rs.Len())
 	return rs, nil
 }
 
