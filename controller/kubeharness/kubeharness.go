@@ -41,6 +41,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/regomesh/regomesh/internal/childproc"
 )
 
 // Config configures a cluster. The zero value works.
@@ -61,8 +63,8 @@ type Config struct {
 type Cluster struct {
 	dir       string
 	ownDir    bool
-	etcd      *process
-	apiserver *process
+	etcd      *childproc.Process
+	apiserver *childproc.Process
 	config    *rest.Config // admin; copied out by RESTConfig
 }
 
@@ -113,7 +115,7 @@ func (c *Cluster) startEtcd(bin string) (string, error) {
 	}
 	clientURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
-	c.etcd, err = startProcess("etcd", bin, filepath.Join(c.dir, "etcd.log"),
+	c.etcd, err = childproc.Run("etcd", bin, filepath.Join(c.dir, "etcd.log"),
 		"--name=regomesh",
 		"--data-dir="+filepath.Join(c.dir, "etcd"),
 		"--listen-client-urls="+clientURL,
@@ -136,7 +138,7 @@ func (c *Cluster) startAPIServer(ctx context.Context, bin, etcdURL string, files
 		return err
 	}
 	port := ports[0]
-	c.apiserver, err = startProcess("kube-apiserver", bin, filepath.Join(c.dir, "kube-apiserver.log"),
+	c.apiserver, err = childproc.Run("kube-apiserver", bin, filepath.Join(c.dir, "kube-apiserver.log"),
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
@@ -183,15 +185,15 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-c.apiserver.done:
+		case <-c.apiserver.Done():
 			return fmt.Errorf("kubeharness: kube-apiserver exited (%v) before it was ready; its log:\n%s",
-				c.apiserver.err, tail(c.apiserver.logs(), 40))
-		case <-c.etcd.done:
+				c.apiserver.Err(), childproc.Tail(c.apiserver.Logs(), 40))
+		case <-c.etcd.Done():
 			return fmt.Errorf("kubeharness: etcd exited (%v) before kube-apiserver was ready; its log:\n%s",
-				c.etcd.err, tail(c.etcd.logs(), 40))
+				c.etcd.Err(), childproc.Tail(c.etcd.Logs(), 40))
 		case <-ctx.Done():
 			return fmt.Errorf("kubeharness: kube-apiserver not ready at %s: %w (last check: %w); its log:\n%s",
-				c.config.Host, ctx.Err(), last, tail(c.apiserver.logs(), 40))
+				c.config.Host, ctx.Err(), last, childproc.Tail(c.apiserver.Logs(), 40))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -234,16 +236,16 @@ func (c *Cluster) RESTConfigWithToken(token string) *rest.Config {
 func (c *Cluster) Dir() string { return c.dir }
 
 // Logs returns kube-apiserver's log.
-func (c *Cluster) Logs() string { return c.apiserver.logs() }
+func (c *Cluster) Logs() string { return c.apiserver.Logs() }
 
 // EtcdLogs returns etcd's log.
-func (c *Cluster) EtcdLogs() string { return c.etcd.logs() }
+func (c *Cluster) EtcdLogs() string { return c.etcd.Logs() }
 
 // Close stops kube-apiserver, then etcd, waits for both to exit, and
 // removes the directory if Start made it. Calling it again does nothing.
 func (c *Cluster) Close() error {
-	c.apiserver.stop(syscall.SIGTERM, 10*time.Second)
-	c.etcd.stop(syscall.SIGTERM, 5*time.Second)
+	c.apiserver.Stop(syscall.SIGTERM, 10*time.Second)
+	c.etcd.Stop(syscall.SIGTERM, 5*time.Second)
 	if c.ownDir {
 		c.ownDir = false
 		if err := os.RemoveAll(c.dir); err != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/childproc"
 )
 
 // startTimeout bounds how long tests wait for the cluster: kube-apiserver
@@ -31,8 +33,8 @@ func New(t testing.TB, cfg Config) *Cluster {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kube-apiserver (%s) log:\n%s", c.config.Host, tail(c.Logs(), logLines))
-			t.Logf("etcd log:\n%s", tail(c.EtcdLogs(), logLines))
+			t.Logf("kube-apiserver (%s) log:\n%s", c.config.Host, childproc.Tail(c.Logs(), logLines))
+			t.Logf("etcd log:\n%s", childproc.Tail(c.EtcdLogs(), logLines))
 		}
 		if err := c.Close(); err != nil {
 			t.Errorf("kubeharness: close: %v", err)

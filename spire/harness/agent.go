@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/regomesh/regomesh/internal/childproc"
 	"github.com/regomesh/regomesh/spire"
 )
 
@@ -55,7 +56,7 @@ type Agent struct {
 	dir              string
 	id               spiffeid.ID
 	conf             string
-	proc             *process
+	proc             *childproc.Process
 }
 
 // StartAgent joins a new agent to the server with a join token, registers
@@ -193,22 +194,22 @@ func (a *Agent) Logs() string {
 	if a.proc == nil {
 		return "(never started)"
 	}
-	return a.proc.logs()
+	return a.proc.Logs()
 }
 
 // Start runs the agent (again, after Stop or Kill: it keeps its identity
 // and keys in its data directory) and waits until it is healthy and its
 // admin socket is there.
 func (a *Agent) Start(ctx context.Context) error {
-	if a.proc != nil && !a.proc.exited() {
+	if a.proc != nil && !a.proc.Exited() {
 		return fmt.Errorf("harness: %s is already running", a.cfg.Name)
 	}
-	proc, err := startProcess("spire-agent "+a.cfg.Name, a.server.agentBin, filepath.Join(a.dir, "agent.log"), "run", "-config", a.conf)
+	proc, err := childproc.Run("spire-agent "+a.cfg.Name, a.server.agentBin, filepath.Join(a.dir, "agent.log"), "run", "-config", a.conf)
 	if err != nil {
 		return err
 	}
 	a.proc = proc
-	if err := proc.waitHealthy(ctx, a.WorkloadSocket()); err != nil {
+	if err := waitHealthy(ctx, proc, a.WorkloadSocket()); err != nil {
 		return err
 	}
 	if err := a.waitAdminSocket(ctx); err != nil {
@@ -266,7 +267,7 @@ func (a *Agent) waitAdminSocket(ctx context.Context) error {
 }
 
 // Stop stops the agent gracefully (SIGTERM).
-func (a *Agent) Stop() { a.proc.stop(syscall.SIGTERM, 5*time.Second) }
+func (a *Agent) Stop() { a.proc.Stop(syscall.SIGTERM, 5*time.Second) }
 
 // Kill kills the agent (SIGKILL), as a crash would, and waits for its exit.
-func (a *Agent) Kill() { a.proc.stop(syscall.SIGKILL, 5*time.Second) }
+func (a *Agent) Kill() { a.proc.Stop(syscall.SIGKILL, 5*time.Second) }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/regomesh/regomesh/internal/childproc"
 	"github.com/regomesh/regomesh/spire"
 )
 
@@ -61,7 +62,7 @@ type Server struct {
 	ownDir      bool
 	socket      string
 	port        int
-	proc        *process
+	proc        *childproc.Process
 	conn        *grpc.ClientConn
 	registrar   *spire.Registrar
 	mu          sync.Mutex
@@ -126,11 +127,11 @@ func (s *Server) startOnce(ctx context.Context, bin string) error {
 	if err := os.WriteFile(conf, []byte(s.config()), 0o644); err != nil {
 		return fmt.Errorf("harness: %w", err)
 	}
-	s.proc, err = startProcess("spire-server", bin, filepath.Join(s.dir, "server", "server.log"), "run", "-config", conf)
+	s.proc, err = childproc.Run("spire-server", bin, filepath.Join(s.dir, "server", "server.log"), "run", "-config", conf)
 	if err != nil {
 		return err
 	}
-	return s.proc.waitHealthy(ctx, s.socket)
+	return waitHealthy(ctx, s.proc, s.socket)
 }
 
 // config is the server's HCL configuration.
@@ -185,7 +186,7 @@ func (s *Server) Address() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 func (s *Server) Registrar() *spire.Registrar { return s.registrar }
 
 // Logs returns the server's log.
-func (s *Server) Logs() string { return s.proc.logs() }
+func (s *Server) Logs() string { return s.proc.Logs() }
 
 // Bundle returns the server's own X.509 bundle.
 func (s *Server) Bundle(ctx context.Context) (*x509bundle.Bundle, error) {
@@ -278,7 +279,7 @@ func (s *Server) Close() error {
 	if s.conn != nil {
 		errs = append(errs, s.conn.Close())
 	}
-	s.proc.stop(syscall.SIGTERM, 5*time.Second)
+	s.proc.Stop(syscall.SIGTERM, 5*time.Second)
 	if s.ownDir {
 		errs = append(errs, os.RemoveAll(s.dir))
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/childproc"
 )
 
 // startTimeout bounds how long tests wait for SPIRE to come up.
@@ -48,11 +50,11 @@ func (s *Server) NewAgent(t testing.TB, cfg AgentConfig) *Agent {
 const logLines = 150
 
 func (s *Server) logAll(t testing.TB) {
-	t.Logf("spire-server %s (%s) log:\n%s", s.cfg.TrustDomain, s.Address(), tail(s.Logs(), logLines))
+	t.Logf("spire-server %s (%s) log:\n%s", s.cfg.TrustDomain, s.Address(), childproc.Tail(s.Logs(), logLines))
 	s.mu.Lock()
 	agents := append([]*Agent(nil), s.agents...)
 	s.mu.Unlock()
 	for _, a := range agents {
-		t.Logf("spire-agent %s (%s) log:\n%s", a.cfg.Name, a.id, tail(a.Logs(), logLines))
+		t.Logf("spire-agent %s (%s) log:\n%s", a.cfg.Name, a.id, childproc.Tail(a.Logs(), logLines))
 	}
 }
