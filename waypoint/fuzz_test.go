@@ -88,3 +88,78 @@ func FuzzRouteMatch(f *testing.F) {
 		}
 	})
 }
+
+// FuzzVirtualServiceMatch matches arbitrary requests against compiled
+// VirtualServices: a match is the first of the service's rules whose
+// conditions the request meets, and respects its uri kind; never a
+// panic.
+func FuzzVirtualServiceMatch(f *testing.F) {
+	f.Add("/a/exact", "GET", "canary", "", "v=12")
+	f.Add("/r/12", "POST", "", "1", "")
+	f.Add("/W", "", "\x00", "", "v=%zz&v=1")
+	res, err := decodeRoutes([]byte(testVirtualServices), "vs.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	rs, _, err := NewRouteSet(res, "cluster.local")
+	if err != nil {
+		f.Fatal(err)
+	}
+	const host = "web2.shop.svc.cluster.local"
+	f.Fuzz(func(t *testing.T, path, method, env, keep, rawQuery string) {
+		r := &http.Request{Method: method, Header: http.Header{}, URL: &url.URL{Path: path, RawQuery: rawQuery}}
+		r.Header.Set("X-Env", env)
+		if keep != "" {
+			r.Header.Set("X-Keep", keep)
+		}
+		m, attached := rs.match(host, 80, r)
+		if !attached {
+			t.Fatal("web2 has VirtualService rules on port 80")
+		}
+		if m == nil {
+			return
+		}
+		for _, earlier := range rs.virtual[host] {
+			if earlier == m {
+				break
+			}
+			if earlier.matches(r, r.URL.Query()) {
+				t.Fatalf("rule %s matched, but the earlier %s matches too", m.rule.name(), earlier.rule.name())
+			}
+		}
+		switch m.pathType {
+		case "Exact":
+			if path != m.path {
+				t.Fatalf("exact %q matched %q", m.path, path)
+			}
+		case "Prefix":
+			if !strings.HasPrefix(path, m.path) {
+				t.Fatalf("prefix %q matched %q", m.path, path)
+			}
+		case "RegularExpression":
+			if !m.pathRE.MatchString(path) {
+				t.Fatalf("regex %q matched %q", m.path, path)
+			}
+		}
+		if m.method != nil && !m.method.matches(method, true) {
+			t.Fatalf("method %q matched %q", m.method.value, method)
+		}
+	})
+}
+
+// FuzzDecodeRoutes feeds arbitrary files to the route loader: it reads or
+// refuses them, and what it reads compiles or is refused, never a panic.
+func FuzzDecodeRoutes(f *testing.F) {
+	f.Add([]byte(testVirtualServices))
+	f.Add([]byte(testRoutes))
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nspec: {http: [{match: [{headers: {a: {}}}]}]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		res, err := decodeRoutes(data, "fuzz.yaml")
+		if err != nil {
+			return
+		}
+		if rs, _, err := NewRouteSet(res, "cluster.local"); (rs == nil) == (err == nil) {
+			t.Fatalf("NewRouteSet = %v, %v: want exactly one", rs, err)
+		}
+	})
+}

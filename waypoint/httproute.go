@@ -212,9 +212,6 @@ func compileRules(hr *gwv1.HTTPRoute) ([]compiledRule, error) {
 	for i, rule := range hr.Spec.Rules {
 		at := fmt.Sprintf("spec.rules[%d]", i)
 		r := &routeRule{route: hr.Namespace + "/" + hr.Name, index: i, filters: rule.Filters}
-		if rule.Retry != nil {
-			errs = append(errs, fmt.Errorf("%s.retry: not supported by the waypoint yet", at))
-		}
 		if rule.SessionPersistence != nil {
 			errs = append(errs, fmt.Errorf("%s.sessionPersistence: not supported by the waypoint yet", at))
 		}
@@ -229,6 +226,10 @@ func compileRules(hr *gwv1.HTTPRoute) ([]compiledRule, error) {
 				errs = append(errs, fmt.Errorf("%s.timeouts.request: %q is not a duration", at, *rule.Timeouts.Request))
 			}
 			r.timeout = d
+		}
+		var err error
+		if r.retry, err = compileHTTPRouteRetry(rule.Retry, rule.Timeouts); err != nil {
+			errs = append(errs, fmt.Errorf("%s.%w", at, err))
 		}
 		for j, b := range rule.BackendRefs {
 			be, err := compileBackend(hr.Namespace, b)

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/http2"
 	networkingv1 "istio.io/api/networking/v1"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
@@ -47,6 +48,7 @@ type retryPolicy struct {
 	grpc          map[string]string // grpc-status value -> its retryOn name
 	previousHosts bool              // a retry avoids the endpoints tried already
 	backoff       time.Duration
+	atLeast       bool // backoff is a minimum (the Gateway API's), not Envoy's base interval
 }
 
 // retryOn is a set of Envoy's retry conditions.
@@ -118,6 +120,51 @@ func compileRetry(r *networkingv1.HTTPRetry) (*retryPolicy, error) {
 	return p, nil
 }
 
+// DefaultHTTPRouteRetries is how many times an HTTPRoute rule's retry
+// retries when it names no attempts: Istio's default.
+const DefaultHTTPRouteRetries = 2
+
+// compileHTTPRouteRetry reads an HTTPRoute rule's retry (Gateway API,
+// extended support) and timeouts.backendRequest, the per-try timeout:
+// connection errors (no tunnel, reset, no answer within the per-try
+// timeout) and the codes listed are retried. A backendRequest timeout
+// without retry bounds the one attempt.
+func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*retryPolicy, error) {
+	var perTry time.Duration
+	if t != nil && t.BackendRequest != nil {
+		d, err := time.ParseDuration(string(*t.BackendRequest))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("timeouts.backendRequest: %q is not a positive duration", *t.BackendRequest)
+		}
+		perTry = d
+	}
+	if r == nil {
+		if perTry == 0 {
+			return nil, nil
+		}
+		return &retryPolicy{perTry: perTry}, nil
+	}
+	p := &retryPolicy{retries: ptrOr(r.Attempts, DefaultHTTPRouteRetries), perTry: perTry, on: retryReset, previousHosts: true, backoff: defaultRetryBackoff, atLeast: true}
+	if p.retries < 1 {
+		return nil, errors.New("retry.attempts: must be at least 1")
+	}
+	for _, c := range r.Codes {
+		if c < 400 || c > 599 {
+			return nil, fmt.Errorf("retry.codes: %d is not a status from 400 to 599", c)
+		}
+		p.on |= retryStatusCodes
+		p.codes = append(p.codes, int(c))
+	}
+	if r.Backoff != nil {
+		d, err := time.ParseDuration(string(*r.Backoff))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("retry.backoff: %q is not a positive duration", *r.Backoff)
+		}
+		p.backoff = d
+	}
+	return p, nil
+}
+
 // retryPolicy is the rule's (nil without a rule or retries).
 func (r *routeRule) retryPolicy() *retryPolicy {
 	if r == nil {
@@ -163,10 +210,14 @@ func (p *retryPolicy) reason(client context.Context, resp *http.Response, err er
 }
 
 // backoffFor is how long to wait before the n-th retry: Envoy's fully
-// jittered exponential backoff.
+// jittered exponential backoff, never below an HTTPRoute's backoff.
 func (p *retryPolicy) backoffFor(n int) time.Duration {
 	upper := p.backoff * time.Duration(1<<min(n, 4)-1)
-	return rand.N(min(upper, 10*p.backoff) + 1)
+	d := rand.N(min(upper, 10*p.backoff) + 1)
+	if p.atLeast {
+		d = max(d, p.backoff)
+	}
+	return d
 }
 
 // connectError is a tunnel to the endpoint that could not be opened:
@@ -340,7 +391,7 @@ func (w *Waypoint) send(rt http.RoundTripper, r *http.Request, x *exchange) (*ht
 		}
 		reason := p.reason(r.Context(), resp, err)
 		retry := reason != "" && x.attempts <= p.retries && body.replayable()
-		if reason != "" && x.attempts > p.retries {
+		if reason != "" && x.attempts > p.retries && p.retries > 0 {
 			x.exhausted = true
 		}
 		if retry && !w.budget.acquire(x.budgetKey(), w.lb.inFlight(x.balanced)) {

@@ -477,3 +477,34 @@ func TestRetryOn(t *testing.T) {
 func retriesOf(retryOn string) *networkingv1.HTTPRetry {
 	return &networkingv1.HTTPRetry{Attempts: 1, RetryOn: retryOn}
 }
+
+// An HTTPRoute rule's retry (Gateway API, extended) retries the codes it
+// lists, on another endpoint.
+func TestHTTPRouteRetry(t *testing.T) {
+	m := newTestMesh(t)
+	m.loadRoutes(t, `
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: flaky, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: flaky, port: 80}]
+  rules:
+  - retry: {attempts: 1, codes: [503], backoff: 10ms}
+    timeouts: {backendRequest: 5s}
+    backendRefs: [{name: flaky, port: 80}]
+`)
+	m.setFlakyAnswer(func(b *scriptedBackend, n int64, w http.ResponseWriter, r *http.Request) {
+		if n == 1 {
+			http.Error(w, "first attempt fails", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok " + b.name))
+	})
+	e := m.request(t, m.http1Client(netip.AddrPortFrom(flakyVIP, 80)), "GET", "http://flaky.shop/x", nil, 200)
+	if e.Attempts != 2 || e.Route != "shop/flaky#0" || e.Flags != "-" {
+		t.Errorf("access log %+v, want 2 attempts by shop/flaky#0", e)
+	}
+	if one, two := m.flaky[0].seen(), m.flaky[1].seen(); len(one) != 1 || len(two) != 1 {
+		t.Errorf("the endpoints saw attempts %q and %q, want one each", one, two)
+	}
+}
