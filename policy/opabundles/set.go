@@ -3,7 +3,6 @@ package opabundles
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -15,15 +14,6 @@ import (
 
 	"github.com/regomesh/regomesh/policy"
 )
-
-// ErrNotReady is Ready's answer until every remote bundle has been
-// activated once: until then the engine holds no policy and every decision
-// denies.
-var ErrNotReady = errors.New("opabundles: not ready")
-
-// errIncomplete: a remote bundle has no good copy yet, so the set cannot
-// be activated.
-var errIncomplete = errors.New("opabundles: waiting for the first good copy of every remote bundle")
 
 // Options configure a Set. The zero value is usable: no local bundles,
 // no metrics, slog.Default().

@@ -72,6 +72,10 @@ bundles:
 	}{
 		{"server error", func() { srv.failWith(http.StatusInternalServerError) }, reasonDownload},
 		{"not a bundle", func() { srv.failWith(0); srv.publish([]byte("not a tarball")) }, reasonBundle},
+		{"Rego that does not parse", func() {
+			srv.publish(writeBundle(t, bundle.Bundle{Manifest: bundle.Manifest{Revision: "bad-syntax", Roots: &roots}, Data: map[string]any{},
+				Modules: []bundle.ModuleFile{{URL: "/p.rego", Path: "/p.rego", Raw: []byte("package mesh.policies.remote.p\n\ndeny contains if {\n")}}}, nil, ""))
+		}, reasonBundle},
 		{"Rego that does not compile", func() {
 			srv.publish(writeBundle(t, bundle.Bundle{Manifest: bundle.Manifest{Revision: "bad-rego", Roots: &roots}, Data: map[string]any{},
 				Modules: []bundle.ModuleFile{parsedModule(t, "/p.rego", "package mesh.policies.remote.p\n\ndeny contains x if x := no_such_function(1)\n")}}, nil, ""))
