@@ -163,7 +163,10 @@ func preferWait(h http.Header, max time.Duration) time.Duration {
 			if err != nil || n <= 0 {
 				return 0
 			}
-			return min(time.Duration(n)*time.Second, max)
+			if time.Duration(n) > max/time.Second {
+				return max // and no overflow
+			}
+			return time.Duration(n) * time.Second
 		}
 	}
 	return 0
