@@ -170,3 +170,31 @@ func TestBundleSubscriptionNode(t *testing.T) {
 		return
 	}
 }
+
+// TestBundleRevisionsResync: a reconnecting client names the revisions it
+// holds; a controller with the same ones tells it nothing new, one with
+// another tells it that.
+func TestBundleRevisionsResync(t *testing.T) {
+	ca := testpki.New(t, "td.test")
+	ws, svcs := mesh(t, 2, 1, 1)
+	snap := snapshot(t, ws, svcs)
+	b := newBed(t, ca, "127.0.0.1:0", snap)
+	b.srv.UpdateBundles(map[string]string{wire.MeshBundle: "m1"})
+	p := b.connect(t, "/regomesh/ztunnel/node-0", "node-0")
+	b.waitBundles(t, p, map[string]string{wire.MeshBundle: "m1"})
+	_, calls := p.bundleRevisions()
+	b.stop()
+
+	same := newBed(t, ca, b.addr, snap)
+	same.srv.UpdateBundles(map[string]string{wire.MeshBundle: "m1"})
+	same.waitBundles(t, p, map[string]string{wire.MeshBundle: "m1"})
+	same.waitAcked(t, p)
+	if _, n := p.bundleRevisions(); n != calls {
+		t.Errorf("an unchanged resync handed the revisions on %d more times", n-calls)
+	}
+	same.stop()
+
+	next := newBed(t, ca, b.addr, snap)
+	next.srv.UpdateBundles(map[string]string{wire.MeshBundle: "m2"})
+	next.waitBundles(t, p, map[string]string{wire.MeshBundle: "m2"})
+}
