@@ -3,6 +3,7 @@ package opabundles
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -74,14 +75,23 @@ http {
 	return n
 }
 
+// freeAddr is a free loopback address whose port is below the range of
+// ephemeral ports: nginx is stopped and started again on it, and a port
+// of that range could meanwhile be taken by a client's connection (the
+// downloader's own, retrying, could even connect to itself).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	const low, high = 20000, 32000 // Linux's ephemeral range starts at 32768
+	start := rand.IntN(high - low)
+	for i := range high - low {
+		addr := fmt.Sprintf("127.0.0.1:%d", low+(start+i)%(high-low))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatalf("no free loopback port in [%d, %d)", low, high)
+	return ""
 }
 
 // start runs nginx and waits until it answers on its address.
