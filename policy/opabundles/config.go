@@ -195,9 +195,11 @@ func (c *Config) checkBundle(name string, s *bundleplugin.Source) error {
 }
 
 // clients makes one OPA REST client per service, with OPA's credentials
-// (bearer tokens, client TLS, ...), and checks each one's credentials and
-// TLS files now, so a wrong path fails the proxy's start rather than every
-// download. Services of type oci and custom credential plugins are refused.
+// (bearer tokens, client TLS, ...), and checks each one's credential
+// settings and CA file now, so a mistake fails the proxy's start rather
+// than every download (token and certificate files are read later, at
+// each request or handshake, as OPA reads them). Services of type oci and
+// custom credential plugins are refused.
 func (c *Config) clients(log *slog.Logger) (map[string]rest.Client, error) {
 	out := make(map[string]rest.Client, len(c.services))
 	for _, name := range slices.Sorted(maps.Keys(c.services)) {
