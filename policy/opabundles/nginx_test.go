@@ -1,7 +1,6 @@
 package opabundles
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -10,10 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/internal/childproc"
 )
 
 // nginxRequiredEnv, set by make test, turns a missing nginx into a
@@ -27,8 +27,7 @@ const nginxRequiredEnv = "REGOMESH_REQUIRE_NGINX"
 // and size) and answer If-None-Match with 304 Not Modified.
 type nginx struct {
 	bin, dir, root, addr string
-	done                 <-chan struct{}
-	cmd                  *exec.Cmd
+	proc                 *childproc.Process
 }
 
 func findNginx(t *testing.T) string {
@@ -94,30 +93,21 @@ func freeAddr(t *testing.T) string {
 	return ""
 }
 
-// start runs nginx and waits until it answers on its address.
+// start runs nginx and waits until it answers on its address. It is a
+// child that dies with the test binary (internal/childproc), stopped when
+// the test ends at the latest.
 func (n *nginx) start(t *testing.T) {
 	t.Helper()
-	n.cmd = exec.Command(n.bin, "-p", n.dir, "-c", filepath.Join(n.dir, "nginx.conf"), "-e", filepath.Join(n.dir, "error.log"), "-g", "daemon off;")
-	out, err := os.Create(filepath.Join(n.dir, "stdout.log"))
+	p, err := childproc.Run("nginx", n.bin, filepath.Join(n.dir, "stdout.log"),
+		"-p", n.dir, "-c", filepath.Join(n.dir, "nginx.conf"), "-e", filepath.Join(n.dir, "error.log"), "-g", "daemon off;")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
-	n.cmd.Stdout, n.cmd.Stderr = out, out
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("start nginx: %v", err)
-	}
-	cmd := n.cmd
-	n.done = testgo.Go(t, func(ctx context.Context) {
-		stop := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
-		defer stop()
-		cmd.Wait()
-	})
-	waitFor(t, "nginx answers on "+n.addr+n.logs(), func() bool {
-		select {
-		case <-n.done:
-			t.Fatalf("nginx exited:%s", n.logs())
-		default:
+	n.proc = p
+	t.Cleanup(n.stop)
+	waitFor(t, "nginx answers on "+n.addr, func() bool {
+		if p.Exited() {
+			t.Fatalf("nginx exited: %v%s", p.Err(), n.logs())
 		}
 		resp, err := http.Get("http://" + n.addr + "/")
 		if err == nil {
@@ -129,8 +119,7 @@ func (n *nginx) start(t *testing.T) {
 
 // stop kills nginx and waits for it to exit: the server is gone.
 func (n *nginx) stop() {
-	n.cmd.Process.Kill()
-	<-n.done
+	n.proc.Stop(syscall.SIGKILL, time.Minute)
 }
 
 func (n *nginx) logs() string {
