@@ -147,6 +147,7 @@ type scriptedBackend struct {
 	name     string
 	mu       sync.Mutex
 	attempts []string // X-Envoy-Attempt-Count of each request, in order
+	bodies   []int    // the length of each request's body
 }
 
 func (b *scriptedBackend) seen() []string {
@@ -155,11 +156,18 @@ func (b *scriptedBackend) seen() []string {
 	return slices.Clone(b.attempts)
 }
 
+func (b *scriptedBackend) bodyLengths() []int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.bodies)
+}
+
 func (m *testMesh) flakyHandler(b *scriptedBackend) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		read, _ := io.Copy(io.Discard, r.Body)
 		b.mu.Lock()
 		b.attempts = append(b.attempts, r.Header.Get("X-Envoy-Attempt-Count"))
+		b.bodies = append(b.bodies, int(read))
 		b.mu.Unlock()
 		n := m.flakySeen.Add(1)
 		if answer := m.flakyAnswer.Load(); answer != nil {
@@ -324,7 +332,7 @@ func (m *testMesh) startBackends(t *testing.T) map[netip.AddrPort]netip.AddrPort
 	for i, ip := range flakyIPs {
 		m.flaky[i] = &scriptedBackend{name: "flaky-" + strconv.Itoa(i+1)}
 		fl := listen(t)
-		fs := &http.Server{Handler: m.flakyHandler(m.flaky[i])}
+		fs := &http.Server{Handler: m.flakyHandler(m.flaky[i]), Protocols: hs.Protocols}
 		serve(t, func() { fs.Serve(fl) }, func() { fs.Close() })
 		out[netip.AddrPortFrom(ip, 8090)] = addrOf(fl)
 	}

@@ -400,8 +400,8 @@ func firstMatch(ms []*routeMatch, port int, r *http.Request, query map[string][]
 
 func (m *routeMatch) matches(r *http.Request, query map[string][]string) bool {
 	path := r.URL.Path
-	if m.ignoreCase {
-		path = strings.ToLower(path) // m.path is lower-cased at compile
+	if m.ignoreCase && m.pathType != "RegularExpression" {
+		path = strings.ToLower(path) // m.path is lower-cased at compile; Envoy's regexes stay case-sensitive
 	}
 	switch m.pathType {
 	case "Exact":

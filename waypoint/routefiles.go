@@ -135,6 +135,9 @@ func decodeVirtualService(js []byte, doc yamlDoc, source string) (*VirtualServic
 		return nil, fmt.Errorf("%s:%d: VirtualService: %w", source, doc.line, err)
 	}
 	vs.Namespace, vs.Name, vs.Created = cmpOr(obj.Metadata.Namespace, "default"), obj.Metadata.Name, obj.Metadata.CreationTimestamp.Time
+	if vs.Name == "" {
+		return nil, vs.fail("metadata.name", "required")
+	}
 	var spec any
 	if len(obj.Spec) > 0 {
 		_ = json.Unmarshal(obj.Spec, &spec)

@@ -113,7 +113,8 @@ func vsHosts(vs *VirtualService, clusterDomain string) ([]string, []error) {
 		}
 		hosts = append(hosts, fmt.Sprintf("%s.%s.svc.%s", name, ns, clusterDomain))
 	}
-	return hosts, errs
+	slices.Sort(hosts)
+	return slices.Compact(hosts), errs
 }
 
 // serviceHost reads a VirtualService host as a Service: a short name is
@@ -232,7 +233,7 @@ func compileVSMatch(m *networkingv1.HTTPMatchRequest) (*routeMatch, error) {
 			}
 			cm.pathType, cm.path, cm.pathRE = "RegularExpression", v.Regex, re
 		}
-		if cm.ignoreCase {
+		if cm.ignoreCase && cm.pathType != "RegularExpression" {
 			cm.path = strings.ToLower(cm.path)
 		}
 	}

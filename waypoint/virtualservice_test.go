@@ -202,8 +202,14 @@ func TestFaults(t *testing.T) {
 }
 
 // A request whose first attempt fails is retried on the other endpoint,
-// which answers.
+// which answers, over HTTP/1.1 and h2c alike.
 func TestRetryRecovers(t *testing.T) {
+	for _, proto := range []string{"HTTP/1.1", "h2c"} {
+		t.Run(proto, func(t *testing.T) { testRetryRecovers(t, proto) })
+	}
+}
+
+func testRetryRecovers(t *testing.T, proto string) {
 	m := newTestMesh(t)
 	m.loadRoutes(t, testVirtualServices)
 	m.setFlakyAnswer(func(b *scriptedBackend, n int64, w http.ResponseWriter, r *http.Request) {
@@ -214,6 +220,9 @@ func TestRetryRecovers(t *testing.T) {
 		w.Write([]byte("ok " + b.name))
 	})
 	c := m.http1Client(netip.AddrPortFrom(flakyVIP, 80))
+	if proto == "h2c" {
+		c = m.h2cClient(netip.AddrPortFrom(flakyVIP, 80))
+	}
 	before := len(accessLines(t, m))
 	a := do(t, c, "POST", "http://flaky.shop/x", nil)
 	if a.status != 200 {
@@ -232,12 +241,42 @@ func TestRetryRecovers(t *testing.T) {
 	if a.body != "ok "+answered.name {
 		t.Errorf("body %q, want the other endpoint's", a.body)
 	}
+	if got := answered.bodyLengths(); len(got) != 1 || got[0] != len("data") {
+		t.Errorf("the retry carried bodies of %v bytes, want the request's 4", got)
+	}
 	waitRequests(t, m, before+1)
 	if e := accessLines(t, m)[before]; e.Attempts != 2 || e.Flags != "-" || e.Status != 200 || e.Route != "shop/flaky#1" {
 		t.Errorf("access log %+v, want 2 attempts, no flag, 200", e)
 	}
 	if n := metricSum(t, m, "regomesh_waypoint_retries_total", map[string]string{"destination_service": "flaky.shop.svc.cluster.local", "reason": "5xx"}); n != 1 {
 		t.Errorf("regomesh_waypoint_retries_total = %v, want 1", n)
+	}
+}
+
+// A request whose body is longer than the waypoint keeps is sent once:
+// it cannot be sent again.
+func TestRetryNotWithALongBody(t *testing.T) {
+	m := newTestMesh(t)
+	m.loadRoutes(t, testVirtualServices)
+	m.setFlakyAnswer(func(b *scriptedBackend, n int64, w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "fail", http.StatusServiceUnavailable)
+	})
+	before := len(accessLines(t, m))
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", "http://flaky.shop/x", strings.NewReader(strings.Repeat("x", DefaultRetryBufferBytes+1)))
+	resp, err := m.http1Client(netip.AddrPortFrom(flakyVIP, 80)).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("got %d, want the one attempt's 503", resp.StatusCode)
+	}
+	waitRequests(t, m, before+1)
+	if e := accessLines(t, m)[before]; e.Attempts != 1 || e.Flags != "-" {
+		t.Errorf("access log %+v, want 1 attempt and no flag", e)
+	}
+	if n := len(m.flaky[0].seen()) + len(m.flaky[1].seen()); n != 1 {
+		t.Errorf("the backends got %d attempts, want 1", n)
 	}
 }
 
