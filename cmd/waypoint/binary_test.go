@@ -93,7 +93,7 @@ spec:
 	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn, "--routes", routes,
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
-		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s")
+		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s", "--bundle-poll", "200ms")
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -141,6 +141,15 @@ spec:
 		t.Errorf("GET web2: %v", err)
 	} else if body, _ := io.ReadAll(resp.Body); resp.Body.Close() != nil || resp.StatusCode != 418 || string(body) != "fault filter abort" {
 		t.Errorf("GET web2: %d %q, want the VirtualService's fault: 418 fault filter abort", resp.StatusCode, body)
+	}
+	// A set the waypoint cannot serve is refused on reload, named at its
+	// line, and the last good one stays in force.
+	os.WriteFile(routes, []byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web2, namespace: shop}\nspec:\n  hosts: [web2]\n  http:\n  - route: [{destination: {host: web2, subset: v1}}]\n"), 0o644)
+	waitLog(t, &logs, `routes.yaml:7: VirtualService shop/web2: spec.http[0].route[0].destination.subset: not supported by the waypoint`)
+	if resp, err := web2.Get("http://web2.shop/x"); err != nil {
+		t.Errorf("GET web2 after a refused reload: %v", err)
+	} else if resp.Body.Close(); resp.StatusCode != 418 {
+		t.Errorf("GET web2 after a refused reload: %d, want the last good set's 418", resp.StatusCode)
 	}
 	// RequestAuthentication: a token of the issuer, its keys read from the
 	// jwksUri file, is valid (policy then denies /admin); another issuer's
