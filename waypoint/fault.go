@@ -74,7 +74,7 @@ func (w *Waypoint) injectFault(rw http.ResponseWriter, r *http.Request, x *excha
 	if hit(f.delayPercent) {
 		x.addFlag(FlagDelayInjected)
 		if err := sleep(r.Context(), f.delay); err != nil {
-			x.err = fmt.Errorf("waypoint: the client left during the fault delay of %s: %w", x.rule.name(), err)
+			x.fail(FlagDownstreamClosed, fmt.Errorf("waypoint: the client left during the fault delay of %s: %w", x.rule.name(), err))
 			return false
 		}
 	}

@@ -426,6 +426,9 @@ func (m *routeMatch) matches(r *http.Request, query map[string][]string) bool {
 	}
 	for _, h := range m.headers {
 		values := r.Header.Values(h.name)
+		if h.name == "Host" {
+			values = []string{r.Host} // net/http moves it out of the headers
+		}
 		if !h.matches(strings.Join(values, ","), len(values) > 0) {
 			return false
 		}

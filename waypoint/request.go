@@ -166,7 +166,7 @@ func newExchange(cl *client, r *http.Request) *exchange {
 func (w *Waypoint) finish(x *exchange, rec *recorder) {
 	x.end = time.Now()
 	x.status = rec.status
-	if x.status == 0 {
+	if x.status == 0 && !x.hasFlag(FlagDownstreamClosed) {
 		x.status = http.StatusOK
 	}
 	x.reqBytes, x.respBytes = x.reqCount.Load(), rec.n

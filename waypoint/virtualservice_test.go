@@ -51,6 +51,8 @@ spec:
   - match: [{uri: {prefix: /fault/delay}}]
     fault: {delay: {fixedDelay: 200ms, percentage: {value: 100}}}
     route: [{destination: {host: web2}}]
+  - match: [{uri: {prefix: /host}, headers: {host: {exact: other.example}}}]
+    route: [{destination: {host: web}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -109,7 +111,7 @@ func TestVirtualServiceRoutes(t *testing.T) {
 	notes := m.loadRoutes(t, testRoutes+"---"+testVirtualServices)
 	joined := strings.Join(notes, "\n")
 	for _, want := range []string{
-		"routes.yaml:97: VirtualService shop/ingress skipped: bound to gateways [istio-system/public], not the mesh",
+		"routes.yaml:99: VirtualService shop/ingress skipped: bound to gateways [istio-system/public], not the mesh",
 		"web.shop.svc.cluster.local is routed by both HTTPRoutes and VirtualServices",
 	} {
 		if !strings.Contains(joined, want) {
@@ -119,6 +121,7 @@ func TestVirtualServiceRoutes(t *testing.T) {
 	web2 := m.http1Client(netip.AddrPortFrom(web2VIPForTest, 80))
 	for _, tc := range []struct {
 		name, method, path string
+		host               string // default web2.shop
 		header             map[string]string
 		status             int
 		upstream           netip.Addr
@@ -134,10 +137,12 @@ func TestVirtualServiceRoutes(t *testing.T) {
 		{name: "without a header", method: "GET", path: "/w", status: 200, upstream: webIP, route: "shop/web2#4"},
 		{name: "with the header", method: "GET", path: "/w", header: map[string]string{"X-Keep": "1"}, status: 404},
 		{name: "weights", method: "GET", path: "/split", status: 200, upstream: webIP, route: "shop/web2#5"},
+		{name: "host header", method: "GET", path: "/host", host: "other.example", status: 200, upstream: webIP, route: "shop/web2#9"},
+		{name: "other host", method: "GET", path: "/host", status: 404},
 		{name: "abort at 0%", method: "GET", path: "/fault/none", status: 200, upstream: web2IP, route: "shop/web2#7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := m.request(t, web2, tc.method, "http://web2.shop"+tc.path, tc.header, tc.status)
+			e := m.request(t, web2, tc.method, "http://"+cmpOr(tc.host, "web2.shop")+tc.path, tc.header, tc.status)
 			if tc.upstream.IsValid() && (e.Upstream != netip.AddrPortFrom(tc.upstream, 8080).String() || e.Route != tc.route || e.Attempts != 1) {
 				t.Errorf("access log %+v, want upstream %s:8080, route %s, 1 attempt", e, tc.upstream, tc.route)
 			}
@@ -392,6 +397,27 @@ func TestRetryBudget(t *testing.T) {
 	}
 	if n := len(m.flaky[0].seen()) + len(m.flaky[1].seen()); n != clients+DefaultRetryMinConcurrency {
 		t.Errorf("the backends got %d attempts, want %d", n, clients+DefaultRetryMinConcurrency)
+	}
+}
+
+// The budget's share: 20% of the requests in flight, and at least 3.
+func TestRetryBudgetShare(t *testing.T) {
+	for _, tc := range []struct {
+		requests int64
+		allowed  int
+	}{{1, 3}, {10, 3}, {15, 3}, {20, 4}, {100, 20}} {
+		b := newRetryBudget(DefaultRetryBudgetPercent, DefaultRetryMinConcurrency)
+		n := 0
+		for b.acquire("web", tc.requests) {
+			n++
+		}
+		if n != tc.allowed {
+			t.Errorf("%d requests in flight: %d retries allowed, want %d", tc.requests, n, tc.allowed)
+		}
+		b.release("web")
+		if !b.acquire("web", tc.requests) || !b.acquire("other", tc.requests) {
+			t.Errorf("%d requests in flight: a released retry is not available again, or destinations share a budget", tc.requests)
+		}
 	}
 }
 
