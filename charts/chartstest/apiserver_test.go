@@ -3,6 +3,7 @@ package chartstest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -26,6 +27,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+
+	"github.com/regomesh/regomesh/ztunnel/cni/install"
 )
 
 // TestAPIServerAccepts applies every object the charts render, for each
@@ -71,6 +74,30 @@ func TestAPIServerAccepts(t *testing.T) {
 	}
 
 	checkControllerAccess(ctx, t, cluster, a.kube)
+	checkCNIAccess(ctx, t, cluster, a.kube)
+}
+
+// checkCNIAccess: the CNI installer, with its service account's own
+// token, tells the DaemonSet it runs in (applied above) from an uninstall,
+// and may read nothing else.
+func checkCNIAccess(ctx context.Context, t *testing.T, cluster *kubeharness.Cluster, admin kubernetes.Interface) {
+	tok, err := admin.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, "regomesh-cni", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := kubernetes.NewForConfigOrDie(cluster.RESTConfigWithToken(tok.Status.Token))
+	if gone, err := install.DaemonSetGone(as, namespace, "regomesh-cni")(ctx); err != nil || gone {
+		t.Errorf("the CNI installer reading its own DaemonSet: gone %v, %v; want present, so a restart keeps the plugin", gone, err)
+	}
+	if _, err := install.DaemonSetGone(as, namespace, "ztunnel")(ctx); !apierrors.IsForbidden(errors.Unwrap(err)) {
+		t.Errorf("the CNI installer reading ztunnel's DaemonSet: %v, want forbidden", err)
+	}
+	if _, err := as.AppsV1().DaemonSets(namespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the CNI installer listing DaemonSets: %v, want forbidden", err)
+	}
+	if _, err := as.CoreV1().Secrets(namespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the CNI installer listing Secrets: %v, want forbidden", err)
+	}
 }
 
 func mustRender(t *testing.T, chart string, vals map[string]any) string {

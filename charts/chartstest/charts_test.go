@@ -3,6 +3,7 @@ package chartstest
 import (
 	"bufio"
 	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,13 +165,72 @@ func TestZtunnelPrivileges(t *testing.T) {
 	}
 }
 
-// TestNonRoot: every container but ztunnel's runs as non-root with nothing
-// added, all capabilities dropped and a read-only root.
+// TestCNIInstaller: the CNI installer's DaemonSet runs as root with no
+// capability, mounts the node's two CNI directories and nothing else of
+// the host, may read its own DaemonSet and nothing else, and is left out
+// when cni.enabled is false.
+func TestCNIInstaller(t *testing.T) {
+	for _, set := range valueSets {
+		vals := values(t, set)
+		objs := objects(t, "regomesh", vals)
+		ds := one[*appsv1.DaemonSet](t, objs, "regomesh-cni")
+		spec := ds.Spec.Template.Spec
+		if spec.HostNetwork || spec.HostPID || spec.HostIPC || len(spec.Containers) != 1 || len(spec.InitContainers) != 0 {
+			t.Fatalf("%s: regomesh-cni pod: host namespaces %v/%v/%v, %d containers, %d init containers; want none, 1, 0",
+				set, spec.HostNetwork, spec.HostPID, spec.HostIPC, len(spec.Containers), len(spec.InitContainers))
+		}
+		c := spec.Containers[0]
+		sc := c.SecurityContext
+		if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil || len(sc.Capabilities.Add) != 0 ||
+			!slices.Equal(caps(sc.Capabilities.Drop), []string{"ALL"}) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+			sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.RunAsUser == nil || *sc.RunAsUser != 0 {
+			t.Errorf("%s: regomesh-cni security context %+v: want root with no capability, no escalation, read-only root", set, sc)
+		}
+		hostPaths := map[string]string{}
+		for _, v := range spec.Volumes {
+			if v.HostPath != nil {
+				hostPaths[v.Name] = v.HostPath.Path
+			}
+		}
+		mounts := map[string]string{}
+		for _, m := range c.VolumeMounts {
+			mounts[m.MountPath] = hostPaths[m.Name]
+		}
+		want := map[string]string{
+			"/host/opt/cni/bin":   str(vals, "cni", "binDir", "/opt/cni/bin"),
+			"/host/etc/cni/net.d": str(vals, "cni", "confDir", "/etc/cni/net.d"),
+		}
+		if !maps.Equal(mounts, want) || len(hostPaths) != 2 {
+			t.Errorf("%s: regomesh-cni mounts %v of host paths %v, want exactly %v", set, mounts, hostPaths, want)
+		}
+		args := argMap(c.Args)
+		if got, want := args["ztunnel-socket"], str(vals, "ztunnel", "runDir", "/var/run/regomesh")+"/ztunnel.sock"; got != want {
+			t.Errorf("%s: --ztunnel-socket=%q, want ztunnel's %q", set, got, want)
+		}
+		if args["daemonset"] != ds.Name {
+			t.Errorf("%s: --daemonset=%q, want its own DaemonSet %q", set, args["daemonset"], ds.Name)
+		}
+		role := one[*rbacv1.Role](t, objs, "regomesh-cni")
+		if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, []string{"get"}) || !slices.Equal(role.Rules[0].Resources, []string{"daemonsets"}) ||
+			!slices.Equal(role.Rules[0].ResourceNames, []string{ds.Name}) {
+			t.Errorf("%s: regomesh-cni's Role %+v, want get on its own DaemonSet only", set, role.Rules)
+		}
+	}
+	for _, o := range objects(t, "regomesh", map[string]any{"cni": map[string]any{"enabled": false}}) {
+		if nameOf(o) == "regomesh-cni" {
+			t.Errorf("cni.enabled=false still renders %s", kindName(o))
+		}
+	}
+}
+
+// TestNonRoot: every container but ztunnel's and the CNI installer's
+// (TestCNIInstaller) runs as non-root with nothing added, all capabilities
+// dropped and a read-only root.
 func TestNonRoot(t *testing.T) {
 	for _, set := range valueSets {
 		for _, o := range objects(t, "regomesh", values(t, set)) {
 			spec := podSpecOf(o)
-			if spec == nil || nameOf(o) == "ztunnel" {
+			if spec == nil || nameOf(o) == "ztunnel" || nameOf(o) == "regomesh-cni" {
 				continue
 			}
 			for _, c := range spec.Spec.Containers {
@@ -197,8 +257,8 @@ func TestControllerRBAC(t *testing.T) {
 	if len(roles) != 1 {
 		t.Fatalf("%d ClusterRoles, want 1 (the controller's)", len(roles))
 	}
-	if n := len(find[*rbacv1.Role](objs, "")); n != 0 {
-		t.Errorf("%d Roles, want none", n)
+	if rs := find[*rbacv1.Role](objs, ""); len(rs) != 1 || rs[0].Name != "regomesh-cni" {
+		t.Errorf("%d Roles, want one, the CNI installer's (TestCNIInstaller)", len(rs))
 	}
 	var got []string
 	for _, r := range roles[0].Rules {
@@ -353,7 +413,7 @@ func TestFlags(t *testing.T) {
 				continue
 			}
 			for _, c := range spec.Spec.Containers {
-				bin := map[string]string{"controller": "regomesh-controller", "ztunnel": "ztunnel", "waypoint": "waypoint"}[c.Name]
+				bin := map[string]string{"controller": "regomesh-controller", "ztunnel": "ztunnel", "waypoint": "waypoint", "install-cni": "regomesh-cni-install"}[c.Name]
 				if bin == "" {
 					t.Fatalf("%s: container %s runs no known binary", kindName(o), c.Name)
 				}
@@ -370,7 +430,7 @@ func TestFlags(t *testing.T) {
 }
 
 // chartBinaries are the binaries the charts' containers run.
-var chartBinaries = []string{"regomesh-controller", "ztunnel", "waypoint"}
+var chartBinaries = []string{"regomesh-controller", "ztunnel", "waypoint", "regomesh-cni-install"}
 
 var (
 	flagsMu    sync.Mutex

@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-var update = flag.Bool("update", false, "rewrite charts/regomesh-base/files from the module cache")
+var update = flag.Bool("update", false, "rewrite what the tests compare with: charts/regomesh-base/files from the module cache (TestCRDsMatchModules), testdata/golden (TestGoldenRenders)")
 
 // crdFile is one manifest of charts/regomesh-base/files and where its CRDs
 // come from: files of a module (globs, relative to its root), CRDs of
