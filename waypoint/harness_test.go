@@ -45,7 +45,7 @@ workloads:
 - {name: waypoint, namespace: shop, serviceAccount: waypoint, ips: [10.1.0.2]}
 - {name: web-1, namespace: shop, serviceAccount: web, ips: [10.1.0.9], labels: {app: web}}
 - {name: web2-1, namespace: shop, serviceAccount: web, ips: [10.1.0.10], labels: {app: web2, lb: pair}}
-- {name: broken-1, namespace: shop, serviceAccount: web, ips: [10.1.0.11], labels: {lb: pair}}
+- {name: broken-1, namespace: shop, serviceAccount: web, ips: [10.1.0.11], labels: {lb: pair, broken: "yes"}}
 - {name: flaky-1, namespace: shop, serviceAccount: web, ips: [10.1.0.12], labels: {app: flaky}}
 - {name: flaky-2, namespace: shop, serviceAccount: web, ips: [10.1.0.13], labels: {app: flaky}}
 services:
@@ -71,6 +71,13 @@ services:
   vips: [10.96.0.11]
   waypoint: shop/waypoint
   selector: {lb: pair}
+  ports:
+  - {port: 80, targetPort: 8080, name: http}
+- name: broken
+  namespace: shop
+  vips: [10.96.0.13]
+  waypoint: shop/waypoint
+  selector: {broken: "yes"}
   ports:
   - {port: 80, targetPort: 8080, name: http}
 - name: flaky

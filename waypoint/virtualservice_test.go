@@ -258,6 +258,29 @@ func testRetryRecovers(t *testing.T, proto string) {
 	}
 }
 
+// A tunnel that cannot be opened is retried under connect-failure; when
+// none can, the client gets 503 flagged UF and URX.
+func TestRetryConnectFailure(t *testing.T) {
+	m := newTestMesh(t)
+	m.loadRoutes(t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: shop}
+spec:
+  hosts: [broken]
+  http:
+  - retries: {attempts: 2, retryOn: connect-failure}
+    route: [{destination: {host: broken}}]
+`)
+	e := m.request(t, m.http1Client(netip.AddrPortFrom(netip.MustParseAddr("10.96.0.13"), 80)), "GET", "http://broken.shop/x", nil, 503)
+	if e.Attempts != 3 || e.Flags != FlagUpstream+","+FlagRetryLimit {
+		t.Errorf("access log %+v, want 3 attempts and flags UF,URX", e)
+	}
+	if n := metricSum(t, m, "regomesh_waypoint_retries_total", map[string]string{"reason": "connect-failure"}); n != 2 {
+		t.Errorf("retries after a connect failure: %v, want 2", n)
+	}
+}
+
 // A request whose body is longer than the waypoint keeps is sent once:
 // it cannot be sent again.
 func TestRetryNotWithALongBody(t *testing.T) {
