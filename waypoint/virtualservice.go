@@ -67,7 +67,6 @@ func addVirtualServices(rs *Routes, vss []*VirtualService, clusterDomain string)
 	slices.SortFunc(vss, func(a, b *VirtualService) int {
 		return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID(), b.ID()))
 	})
-	order := 0
 	for _, vs := range vss {
 		if gws := vs.Spec.GetGateways(); len(gws) > 0 && !slices.Contains(gws, meshGateway) {
 			notes = append(notes, fmt.Sprintf("%s: VirtualService %s skipped: bound to gateways %v, not the mesh (add %q to serve it in waypoints)", vs.at("spec.gateways"), vs.ID(), gws, meshGateway))
@@ -80,12 +79,7 @@ func addVirtualServices(rs *Routes, vss []*VirtualService, clusterDomain string)
 			continue
 		}
 		for _, host := range hosts {
-			for _, m := range matches {
-				m := *m
-				m.created, m.order = vs.Created, order
-				order++
-				rs.virtual[host] = append(rs.virtual[host], &m)
-			}
+			rs.virtual[host] = append(rs.virtual[host], matches...) // in order: no precedence sorts them
 			rs.count++
 		}
 	}
