@@ -83,7 +83,10 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if err := cfg.parseBundles(parsed.Bundles); err != nil {
 		return nil, err
 	}
-	if _, err := cfg.clients(nil); err != nil {
+	// The clients are built to check them, and dropped: the proxy's SVID is
+	// not at hand yet, so services naming SVIDPlugin get one that is never
+	// asked (nothing is dialled here).
+	if _, err := cfg.clients(nil, &SVIDCredentials{}); err != nil {
 		return nil, err
 	}
 	return cfg, nil
@@ -195,15 +198,16 @@ func (c *Config) checkBundle(name string, s *bundleplugin.Source) error {
 }
 
 // clients makes one OPA REST client per service, with OPA's credentials
-// (bearer tokens, client TLS, ...), and checks each one's credential
-// settings and CA file now, so a mistake fails the proxy's start rather
-// than every download (token and certificate files are read later, at
-// each request or handshake, as OPA reads them). Services of type oci and
-// custom credential plugins are refused.
-func (c *Config) clients(log *slog.Logger) (map[string]rest.Client, error) {
+// (bearer tokens, client TLS, ...) or the proxy's SVID (SVIDPlugin,
+// with svid), and checks each one's credential settings and CA file now,
+// so a mistake fails the proxy's start rather than every download (token
+// and certificate files are read later, at each request or handshake, as
+// OPA reads them). Services of type oci and credential plugins other than
+// SVIDPlugin are refused, and so is SVIDPlugin when svid is nil.
+func (c *Config) clients(log *slog.Logger, svid *SVIDCredentials) (map[string]rest.Client, error) {
 	out := make(map[string]rest.Client, len(c.services))
 	for _, name := range slices.Sorted(maps.Keys(c.services)) {
-		opts := []func(*rest.Client){rest.Name(name)}
+		opts := []func(*rest.Client){rest.Name(name), rest.AuthPluginLookup(authPlugins(svid))}
 		if log != nil {
 			opts = append(opts, rest.Logger(newOPALogger(log, "service", name)))
 		}
@@ -211,7 +215,7 @@ func (c *Config) clients(log *slog.Logger) (map[string]rest.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("opabundles: OPA configuration: service %q: %w", name, err)
 		}
-		if err := checkClient(client); err != nil {
+		if err := checkClient(client, svid != nil); err != nil {
 			return nil, fmt.Errorf("opabundles: OPA configuration: service %q: %w", name, err)
 		}
 		out[name] = client
@@ -219,18 +223,23 @@ func (c *Config) clients(log *slog.Logger) (map[string]rest.Client, error) {
 	return out, nil
 }
 
-func checkClient(client rest.Client) error {
+// checkClient checks client's settings by building its HTTP client, as
+// its first request will; haveSVID says whether SVIDPlugin can be.
+func checkClient(client rest.Client, haveSVID bool) error {
 	cfg := client.Config()
 	if strings.EqualFold(cfg.Type, "oci") {
 		return fmt.Errorf("type oci is not supported: serve the bundles over HTTP (docs/bundles.md)")
 	}
-	if cfg.Credentials.Plugin != nil {
-		return fmt.Errorf("credentials plugin %q is not supported: the proxies run no OPA plugins (docs/bundles.md)", *cfg.Credentials.Plugin)
+	if p := cfg.Credentials.Plugin; p != nil && *p != SVIDPlugin {
+		return fmt.Errorf("credentials plugin %q is not supported: the proxies run no OPA plugins; the one built in is %s (docs/bundles.md)", *p, SVIDPlugin)
 	}
 	if _, err := url.ParseRequestURI(cfg.URL); err != nil || cfg.URL == "" {
 		return fmt.Errorf("url %q: want an http or https URL", cfg.URL)
 	}
-	auth, err := cfg.AuthPlugin(nil)
+	if cfg.Credentials.Plugin != nil && !haveSVID {
+		return errNoSVID
+	}
+	auth, err := cfg.AuthPlugin(client.AuthPluginLookup())
 	if err != nil {
 		return fmt.Errorf("credentials: %w", err)
 	}

@@ -1,6 +1,7 @@
 package opabundles
 
 import (
+	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -35,6 +36,7 @@ type bundleServer struct {
 // seenRequest is what one request carried.
 type seenRequest struct {
 	ifNoneMatch, prefer, authorization string
+	peer                               string // the client certificate's URI SAN, over TLS
 	status                             int
 }
 
@@ -47,6 +49,17 @@ func newBundleServer(t *testing.T, longPoll bool) *bundleServer {
 // start serves plain HTTP until the test ends.
 func (s *bundleServer) start(t *testing.T) *bundleServer {
 	s.Start()
+	t.Cleanup(s.close)
+	return s
+}
+
+// startMTLS serves over TLS with cfg (go-spiffe's server configuration:
+// httptest's StartTLS would put its own certificate first) until the test
+// ends.
+func (s *bundleServer) startMTLS(t *testing.T, cfg *tls.Config) *bundleServer {
+	s.Listener = tls.NewListener(s.Listener, cfg)
+	s.Start()
+	s.URL = "https://" + s.Listener.Addr().String()
 	t.Cleanup(s.close)
 	return s
 }
@@ -102,6 +115,9 @@ func (s *bundleServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.arrived++
 	s.mu.Unlock()
 	seen := seenRequest{ifNoneMatch: r.Header.Get("If-None-Match"), prefer: r.Header.Get("Prefer"), authorization: r.Header.Get("Authorization")}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) > 0 {
+		seen.peer = r.TLS.PeerCertificates[0].URIs[0].String()
+	}
 	seen.status = s.answer(w, r)
 	s.mu.Lock()
 	s.requests = append(s.requests, seen)

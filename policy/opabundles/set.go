@@ -33,6 +33,9 @@ type Options struct {
 	// AfterLoad, if set, runs after every load attempt (ztunnel returns the
 	// memory a compile used to the system).
 	AfterLoad func()
+	// SVID is the proxy's identity for services whose credentials name
+	// SVIDPlugin; nil refuses such services.
+	SVID *SVIDCredentials
 }
 
 // Set is a proxy's bundle set: its local bundles and the latest good copy
@@ -89,7 +92,7 @@ func New(engine *policy.Engine, cfg *Config, opts Options) (*Set, error) {
 	for _, w := range cfg.Warnings {
 		log.Warn("OPA configuration: " + w)
 	}
-	clients, err := cfg.clients(log)
+	clients, err := cfg.clients(log, opts.SVID)
 	if err != nil {
 		return nil, err
 	}
