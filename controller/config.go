@@ -31,6 +31,9 @@ type Config struct {
 	// Logger for problems found in the cluster (invalid policies, address
 	// conflicts) and status writes that fail. Default slog.Default().
 	Logger *slog.Logger
+	// LeaderElection, when set, makes this replica write status only while
+	// it leads; nil means it always writes (one replica).
+	LeaderElection *LeaderElection
 }
 
 func (c Config) withDefaults() Config {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -17,6 +18,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
@@ -85,6 +87,8 @@ type Controller struct {
 	// stateProblems and policyProblems are those of the last rebuild of
 	// each, kept for the updates that rebuild only the other.
 	stateProblems, policyProblems []Problem
+
+	leading atomic.Bool // with LeaderElection: holding the Lease
 }
 
 type listers struct {
@@ -124,6 +128,13 @@ func New(rc *rest.Config, cfg Config) (*Controller, error) {
 // (gathered for Config.Debounce after the first). Every goroutine it
 // starts has ended when it returns.
 func (c *Controller) Run(ctx context.Context) error {
+	var elector *leaderelection.LeaderElector
+	if le := c.cfg.LeaderElection; le != nil {
+		var err error
+		if elector, err = c.elector(*le); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	kubeInf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(stripManagedFields))
 	istioInf := istioinformers.NewSharedInformerFactoryWithOptions(c.istio, 0, istioinformers.WithTransform(stripManagedFields))
@@ -143,6 +154,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	gwInf.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // only ctx's end stops the wait: a stop before the first list
+	}
+	if elector != nil {
+		var wg sync.WaitGroup
+		defer func() {
+			cancel()
+			wg.Wait() // the Lease is given up before Run returns
+		}()
+		wg.Go(func() { campaign(ctx, elector) })
 	}
 	c.mark(dirtyState | dirtyPolicies)
 	for {

@@ -214,6 +214,9 @@ func withCondition(status *metav1alpha1.IstioStatus, c condition, now *timestamp
 // writing only those that change. It returns whether a write met a
 // conflict, so that the caller tries again.
 func (c *Controller) writeStatus(ctx context.Context, m *model, inputs []statusInput) (retry bool) {
+	if !c.Leading() {
+		return false // the leader writes; this replica writes once it leads (LeaderElection)
+	}
 	now := timestamppb.Now()
 	for _, in := range inputs {
 		status := withCondition(&in.obj.Status, m.policyCondition(in, c.cfg.RootNamespace), now)

@@ -234,6 +234,24 @@ func checkControllerAccess(ctx context.Context, t *testing.T, cluster *kubeharne
 			t.Errorf("the controller's service account may not %s %s", verb, gr)
 		}
 	}
+	// Its Lease, in its own namespace only.
+	lease := func(verb, name, ns string) bool {
+		r, err := as.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: verb, Group: "coordination.k8s.io", Resource: "leases", Name: name, Namespace: ns,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status.Allowed
+	}
+	if !lease("create", "", namespace) || !lease("get", "regomesh-controller", namespace) || !lease("update", "regomesh-controller", namespace) {
+		t.Error("the controller's service account may not create, get and update its Lease")
+	}
+	if lease("update", "kube-scheduler", namespace) || lease("create", "", "kube-system") {
+		t.Error("the controller's service account may touch Leases not its own")
+	}
 	for _, p := range []string{"get::secrets:", "list::secrets:", "update::pods:", "delete::pods:", "create:coordination.k8s.io:leases:", "update:security.istio.io:authorizationpolicies:", "update:gateway.networking.k8s.io:gateways:status"} {
 		f := strings.Split(p, ":")
 		if can(f[0], f[1], f[2], f[3]) {

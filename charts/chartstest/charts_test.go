@@ -257,8 +257,23 @@ func TestControllerRBAC(t *testing.T) {
 	if len(roles) != 1 {
 		t.Fatalf("%d ClusterRoles, want 1 (the controller's)", len(roles))
 	}
-	if rs := find[*rbacv1.Role](objs, ""); len(rs) != 1 || rs[0].Name != "regomesh-cni" {
-		t.Errorf("%d Roles, want one, the CNI installer's (TestCNIInstaller)", len(rs))
+	if rs := find[*rbacv1.Role](objs, ""); len(rs) != 2 {
+		t.Errorf("%d Roles, want two: the CNI installer's (TestCNIInstaller) and the controller's Lease", len(rs))
+	}
+	leader := one[*rbacv1.Role](t, objs, "regomesh-controller-leader")
+	var leases []string
+	for _, r := range leader.Rules {
+		for _, v := range r.Verbs {
+			leases = append(leases, strings.Join(r.APIGroups, ",")+"/"+strings.Join(r.Resources, ",")+":"+v+"@"+strings.Join(r.ResourceNames, ","))
+		}
+	}
+	slices.Sort(leases)
+	if want := []string{"coordination.k8s.io/leases:create@", "coordination.k8s.io/leases:get@regomesh-controller", "coordination.k8s.io/leases:update@regomesh-controller"}; !slices.Equal(leases, want) {
+		t.Errorf("the controller's Lease Role grants %v, want %v", leases, want)
+	}
+	lb := one[*rbacv1.RoleBinding](t, objs, "regomesh-controller-leader")
+	if lb.RoleRef.Name != leader.Name || len(lb.Subjects) != 1 || lb.Subjects[0].Name != "regomesh-controller" {
+		t.Errorf("Lease binding %+v does not bind the controller's service account", lb)
 	}
 	var got []string
 	for _, r := range roles[0].Rules {
@@ -299,8 +314,21 @@ func TestControllerShape(t *testing.T) {
 	for _, set := range valueSets {
 		objs := objects(t, "regomesh", values(t, set))
 		d := one[*appsv1.Deployment](t, objs, "regomesh-controller")
-		if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
-			t.Errorf("%s: controller replicas %v, want 1 (no leader election)", set, d.Spec.Replicas)
+		want := int32(1)
+		if set == "ha" {
+			want = 3
+		}
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != want {
+			t.Errorf("%s: controller replicas %v, want %d", set, d.Spec.Replicas, want)
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		if args := argMap(c.Args); args["leader-elect"] != "" || !slices.Contains(c.Args, "--leader-elect") {
+			t.Errorf("%s: controller args %v: want --leader-elect, so that one replica writes status", set, c.Args)
+		}
+		for _, env := range []string{"POD_NAME", "POD_NAMESPACE"} {
+			if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == env && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil }) {
+				t.Errorf("%s: controller has no %s from the downward API (--leader-elect's defaults)", set, env)
+			}
 		}
 		pdbs := find[*policyv1.PodDisruptionBudget](objs, "regomesh-controller")
 		if set == "custom" {
@@ -386,7 +414,7 @@ func TestSchemaRejects(t *testing.T) {
 	}{
 		{map[string]any{"global": map[string]any{"trustDomain": "Prod Example"}}, "trustDomain"},
 		{map[string]any{"global": map[string]any{"logLevel": "verbose"}}, "logLevel"},
-		{map[string]any{"controller": map[string]any{"replicas": 2}}, "replicas"},
+		{map[string]any{"controller": map[string]any{"replicas": 0}}, "replicas"},
 		{map[string]any{"controller": map[string]any{"debounce": "soon"}}, "debounce"},
 		{map[string]any{"ztunnel": map[string]any{"privileged": true}}, "privileged"},
 		{map[string]any{"waypoints": map[string]any{"instances": []any{map[string]any{"name": "w", "namespace": "ns"}}}}, "gateway"},

@@ -27,7 +27,7 @@ var kubeVersion = &chartutil.KubeVersion{Version: "v1.37.0", Major: "1", Minor: 
 
 // valueSets are the documented shapes of the regomesh chart's values:
 // testdata/<name>.yaml; "defaults" is values.yaml alone.
-var valueSets = []string{"defaults", "custom", "waypoints"}
+var valueSets = []string{"defaults", "custom", "waypoints", "ha"}
 
 // values reads testdata/<name>.yaml (none for "defaults").
 func values(t testing.TB, name string) map[string]any {

@@ -10,6 +10,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -42,6 +43,15 @@ type config struct {
 	spireSocket  string
 	spireTimeout time.Duration
 	bundles      bundleFlags
+	leader       leaderFlags
+}
+
+// leaderFlags say whether and how replicas elect the one writing status.
+type leaderFlags struct {
+	elect     bool
+	namespace string
+	name      string
+	identity  string
 }
 
 // bundleFlags say how bundles are served.
@@ -71,8 +81,19 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.bundles.keyID, "bundle-signing-key-id", bundleserver.DefaultKeyID, "the key ID each signature names (its kid): the ID verifiers hold the public key under")
 	fs.StringVar(&c.bundles.algorithm, "bundle-signing-algorithm", bundleserver.DefaultAlgorithm, "signature algorithm: RS256, RS384, RS512, PS256, PS384, PS512 (an RSA key), ES256, ES384, ES512 (an ECDSA key)")
 	fs.BoolVar(&c.bundles.unsigned, "bundle-unsigned", false, "serve bundles without signatures, on purpose: proxies that verify signatures (--verification-key) refuse them")
+	host, _ := os.Hostname()
+	fs.BoolVar(&c.leader.elect, "leader-elect", false, "elect, with a Lease, the one replica that writes AuthorizationPolicy status; every replica serves the stream and bundles (required with more than one replica)")
+	fs.StringVar(&c.leader.namespace, "leader-elect-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the Lease (default $POD_NAMESPACE)")
+	fs.StringVar(&c.leader.name, "leader-elect-name", "regomesh-controller", "name of the Lease")
+	fs.StringVar(&c.leader.identity, "leader-elect-identity", cmp.Or(os.Getenv("POD_NAME"), host), "this replica's name in the Lease (default $POD_NAME, else the host name)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if c.leader.elect {
+		if c.leader.namespace == "" || c.leader.identity == "" {
+			return c, errors.New("--leader-elect needs --leader-elect-namespace (or $POD_NAMESPACE) and --leader-elect-identity (or $POD_NAME)")
+		}
+		c.controller.LeaderElection = &controller.LeaderElection{Namespace: c.leader.namespace, Name: c.leader.name, Identity: c.leader.identity}
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())

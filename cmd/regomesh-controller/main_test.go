@@ -57,6 +57,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "admin exposed on purpose", args: []string{"--admin-addr", "10.0.0.1:15014", "--admin-expose", "--bundle-addr="}},
 		{name: "no debounce", args: []string{"--debounce", "0s"}, wantErr: "--debounce must be positive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
+		{name: "leader election", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace", "ns", "--leader-elect-identity", "pod-1"}},
+		{name: "leader election without a namespace", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace=", "--leader-elect-identity", "pod-1"}, wantErr: "--leader-elect needs --leader-elect-namespace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +79,16 @@ func TestParseFlags(t *testing.T) {
 		c.controller.ClusterDomain != "cluster.local" || c.controller.Debounce != 100*time.Millisecond || c.adminAddr != "127.0.0.1:15014" ||
 		c.bundles != (bundleFlags{addr: ":15013", keyID: "regomesh", algorithm: "RS256", unsigned: true}) {
 		t.Errorf("defaults = %+v", c)
+	}
+	if c.controller.LeaderElection != nil {
+		t.Errorf("leader election on by default: %+v", c.controller.LeaderElection)
+	}
+	c, err = parseFlags([]string{"--bundle-unsigned", "--leader-elect", "--leader-elect-namespace", "ns", "--leader-elect-identity", "pod-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if le := c.controller.LeaderElection; le == nil || *le != (controller.LeaderElection{Namespace: "ns", Name: "regomesh-controller", Identity: "pod-1"}) {
+		t.Errorf("--leader-elect: %+v", le)
 	}
 }
 
