@@ -53,7 +53,13 @@ type Engine struct {
 	loadMu sync.Mutex
 	// policies counts the policy packages of the set in force, so a load
 	// that would remove them all is caught; guarded by loadMu.
-	policies  int
+	policies int
+	// packages keeps lowered policy packages by content, so a load that
+	// changes few compiles only those; guarded by loadMu.
+	packages *packageCache
+	// wholeOnly compiles every set whole: the tests' reference for loading
+	// package by package.
+	wholeOnly bool
 	current   atomic.Pointer[generation]
 	firstLoad chan struct{} // closed by the first successful Load
 	shadow    atomic.Pointer[generation]
@@ -73,7 +79,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Engine{cfg: cfg, log: log.With("component", "policy"), library: library, firstLoad: make(chan struct{})}, nil
+	return &Engine{cfg: cfg, log: log.With("component", "policy"), library: library, firstLoad: make(chan struct{}),
+		packages: newPackageCache(library)}, nil
 }
 
 // Load compiles bundles as one set and, if it compiles, makes it the set in
@@ -107,7 +114,7 @@ func (e *Engine) Load(ctx context.Context, bundles ...*Bundle) error {
 	e.policies = policies
 	e.cfg.Metrics.setRevisions(g.revisions)
 	e.log.Info("policy loaded", "generation", g.id, "revisions", g.revisions, "native", g.prog != nil, "cache", g.cacheable,
-		"policy_packages", policies)
+		"policy_packages", policies, "compiled_alone", g.compiled)
 	for _, b := range bundles {
 		for _, w := range b.warnings {
 			e.log.Warn("bundle holds a rule the library ignores", "bundle", b.Name, "warning", w)
@@ -259,7 +266,7 @@ func (e *Engine) record(ctx context.Context, g *generation, in *Input, d Decisio
 	e.cfg.DecisionLog.Log(DecisionEvent{
 		Input: in, Result: d, Bundles: g.revisions, Path: "mesh/authz/decision",
 		Timestamp: start, EvalNanos: elapsed.Nanoseconds(), Cached: cached, Shadow: shadow,
-		mask: g.act.mask,
+		mask: g.mask,
 	})
 }
 

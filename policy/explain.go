@@ -85,7 +85,11 @@ func (e *Engine) Explain(ctx context.Context, in Input) (Explanation, error) {
 		// Config.Topdown): list what every package contributed, so the
 		// explanation names the entries behind the verdict.
 		x.Topdown = []string{"*"}
-		found, err := allContributions(ctx, g.act, &in)
+		act, err := g.activation(ctx)
+		if err != nil {
+			return x, err
+		}
+		found, err := allContributions(ctx, act, &in)
 		for _, c := range found {
 			x.Rules = append(x.Rules, topdownTrace(c))
 		}
@@ -117,8 +121,12 @@ func (e *Engine) Trace(ctx context.Context, in Input, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ref, err := g.reference(ctx)
+	if err != nil {
+		return fmt.Errorf("policy: trace %s: %w", meshrego.DecisionPath, err)
+	}
 	tracer := topdown.NewBufferTracer()
-	if _, err := g.ref.query.Eval(ctx, evalOptions(ctx, doc, rego.EvalQueryTracer(tracer))...); err != nil {
+	if _, err := ref.query.Eval(ctx, evalOptions(ctx, doc, rego.EvalQueryTracer(tracer))...); err != nil {
 		return fmt.Errorf("policy: trace %s: %w", meshrego.DecisionPath, err)
 	}
 	var buf bytes.Buffer

@@ -41,13 +41,17 @@ type keyCandidate struct {
 
 func buildIndex(rules []nativeRule, point int) *ruleIndex {
 	idx := &ruleIndex{rules: rules, tests: make([]allOf, len(rules))}
-	distinct := distinctValues(rules)
+	candidates := make([][]keyCandidate, len(rules))
+	for i, r := range rules {
+		candidates[i] = keyCandidates(r.cond)
+	}
+	distinct := distinctValues(candidates)
 	byField := map[*field]map[valueKey][]int32{}
 	var fields []*field
 	var scan []int32
 	for i, r := range rules {
 		idx.dryRun = idx.dryRun || r.entry.dryRun
-		best, ok := bestKey(r.cond, distinct)
+		best, ok := bestKey(candidates[i], distinct)
 		if !ok {
 			scan = append(scan, int32(i))
 			idx.tests[i] = r.cond
@@ -99,10 +103,10 @@ func keyCandidates(cond allOf) []keyCandidate {
 
 // distinctValues counts, per field, the distinct key values rules test it
 // against: the more, the more a lookup on that field prunes.
-func distinctValues(rules []nativeRule) map[*field]int {
+func distinctValues(candidates [][]keyCandidate) map[*field]int {
 	seen := map[*field]map[valueKey]bool{}
-	for _, r := range rules {
-		for _, c := range keyCandidates(r.cond) {
+	for _, cs := range candidates {
+		for _, c := range cs {
 			if seen[c.field] == nil {
 				seen[c.field] = map[valueKey]bool{}
 			}
@@ -118,12 +122,12 @@ func distinctValues(rules []nativeRule) map[*field]int {
 	return out
 }
 
-// bestKey picks the rule's candidate on the most selective field; a
-// membership in many values is penalised by its size.
-func bestKey(cond allOf, distinct map[*field]int) (keyCandidate, bool) {
+// bestKey picks, among a rule's candidates, the one on the most selective
+// field; a membership in many values is penalised by its size.
+func bestKey(candidates []keyCandidate, distinct map[*field]int) (keyCandidate, bool) {
 	var best keyCandidate
 	bestScore := 0
-	for _, c := range keyCandidates(cond) {
+	for _, c := range candidates {
 		score := distinct[c.field] / len(c.values)
 		if score > bestScore {
 			best, bestScore = c, score

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -22,12 +23,50 @@ var errUnsupported = errors.New("not covered by the native program")
 type lowerer struct {
 	compiler *ast.Compiler
 	data     map[string]any // base documents of the bundle set
-	fields   map[string]*field
+	// fields interns input fields by path, so every rule reading a path
+	// reads the same *field (the index and the cache key rely on it);
+	// shared by every lowering of an engine (packageCache).
+	fields *fieldTable
+	// used holds the fields lowered since the last call to take.
+	used     map[string]*field
 	inlining map[string]bool // rule refs being inlined, against recursion
 }
 
-func newLowerer(c *ast.Compiler, data map[string]any) *lowerer {
-	return &lowerer{compiler: c, data: data, fields: map[string]*field{}, inlining: map[string]bool{}}
+// fieldTable interns fields by path. Fields are immutable, so one table
+// serves every program an engine builds, and lowerings running at once.
+type fieldTable struct {
+	mu     sync.Mutex
+	byPath map[string]*field
+}
+
+func newFieldTable() *fieldTable { return &fieldTable{byPath: map[string]*field{}} }
+
+// intern returns the table's field for f's path, adding f if none.
+func (t *fieldTable) intern(f *field) *field {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if have, ok := t.byPath[f.path]; ok {
+		return have
+	}
+	t.byPath[f.path] = f
+	return f
+}
+
+func newLowerer(c *ast.Compiler, data map[string]any, fields *fieldTable) *lowerer {
+	if fields == nil {
+		fields = newFieldTable()
+	}
+	return &lowerer{compiler: c, data: data, fields: fields, used: map[string]*field{}, inlining: map[string]bool{}}
+}
+
+// takeUsed returns the fields lowered since the last call, and forgets them.
+func (l *lowerer) takeUsed() []*field {
+	out := make([]*field, 0, len(l.used))
+	for _, f := range l.used {
+		out = append(out, f)
+	}
+	clear(l.used)
+	return out
 }
 
 // operand is what a term of an expression resolved to.
@@ -295,10 +334,11 @@ func (l *lowerer) elementOf(t *ast.Term, s *scope) (*elementGroup, bool) {
 
 // intern shares one field per path so the cache key lists each once.
 func (l *lowerer) intern(f *field) *field {
-	if have, ok := l.fields[f.path]; ok {
+	if have, ok := l.used[f.path]; ok {
 		return have
 	}
-	l.fields[f.path] = f
+	f = l.fields.intern(f)
+	l.used[f.path] = f
 	return f
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -88,26 +89,84 @@ var errNoProgram = errors.New("bundle set needs topdown for every decision")
 
 // compileProgram lowers the activated bundle set.
 func compileProgram(ctx context.Context, act *activation) (*program, error) {
+	p, _, err := compileProgramWith(ctx, act, nil)
+	return p, err
+}
+
+// loweredPackage is one policy package in Go: its contribution rules per
+// point and the input fields they read. Immutable once built (assemble
+// copies what it ranks), so the programs of several generations share it.
+type loweredPackage struct {
+	path   ast.Ref
+	rules  [numPoints][]nativeRule
+	fields []*field
+	// nondeterministic: a module of the package calls a builtin such as
+	// time.now_ns, so decisions must not be cached.
+	nondeterministic bool
+}
+
+// compileProgramWith lowers the activated set, interning fields in table
+// (nil: a table of its own), and returns the packages it lowered, by
+// path, beside the program.
+func compileProgramWith(ctx context.Context, act *activation, table *fieldTable) (*program, map[string]*loweredPackage, error) {
 	pkgs, err := contributingPackages(act)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	l := newLowerer(act.compiler, act.data)
-	var rules [numPoints][]nativeRule
-	p := &program{reasons: newReasonMemo()}
+	l := newLowerer(act.compiler, act.data, table)
+	native := make([]*loweredPackage, 0, len(pkgs))
+	byPath := make(map[string]*loweredPackage, len(pkgs))
 	var fallback []ast.Ref
+	var notes []string
 	for _, pkg := range pkgs {
-		lowered, err := lowerPackage(l, pkg)
+		lp, err := lowerWhole(l, pkg)
 		if errors.Is(err, errUnsupported) {
 			fallback = append(fallback, pkg.path)
-			p.notes = append(p.notes, fmt.Sprintf("%s: %v", pkg.path, err))
+			notes = append(notes, fmt.Sprintf("%s: %v", pkg.path, err))
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		native = append(native, lp)
+		byPath[pkg.path.String()] = lp
+	}
+	p := assemble(native)
+	p.notes = notes
+	if len(fallback) > 0 {
+		if p.fallback, err = prepareFallback(ctx, act, fallback); err != nil {
+			return nil, nil, err
+		}
+	}
+	return p, byPath, nil
+}
+
+// lowerWhole lowers one package, with the fields it reads.
+func lowerWhole(l *lowerer, pkg *contributingPackage) (*loweredPackage, error) {
+	rules, err := lowerPackage(l, pkg)
+	used := l.takeUsed()
+	if err != nil {
+		return nil, err
+	}
+	return &loweredPackage{path: pkg.path, rules: rules, fields: used}, nil
+}
+
+// assemble indexes the rules of natively lowered packages, in the order
+// given, into a program (without fallback).
+func assemble(pkgs []*loweredPackage) *program {
+	p := &program{reasons: newReasonMemo()}
+	var rules [numPoints][]nativeRule
+	fields := map[string]*field{}
+	for _, lp := range pkgs {
 		for pt := range rules {
-			rules[pt] = append(rules[pt], lowered[pt]...)
+			for _, r := range lp.rules[pt] {
+				e := *r.entry
+				r.entry = &e // ranked per program
+				rules[pt] = append(rules[pt], r)
+			}
+		}
+		for _, f := range lp.fields {
+			fields[f.path] = f
 		}
 	}
 	rankScopes(rules[pointAllowScope])
@@ -115,16 +174,8 @@ func compileProgram(ctx context.Context, act *activation) (*program, error) {
 		p.points[pt] = buildIndex(rules[pt], pt)
 	}
 	p.keys = programKeys(p.points)
-	for _, f := range l.fields {
-		p.fields = append(p.fields, f)
-	}
-	slices.SortFunc(p.fields, func(a, b *field) int { return strings.Compare(a.path, b.path) })
-	if len(fallback) > 0 {
-		if p.fallback, err = prepareFallback(ctx, act, fallback); err != nil {
-			return nil, err
-		}
-	}
-	return p, nil
+	p.fields = slices.SortedFunc(maps.Values(fields), func(a, b *field) int { return strings.Compare(a.path, b.path) })
+	return p
 }
 
 // rankScopes numbers allow_scope entries in the order of their names, from
@@ -155,9 +206,15 @@ func contributingPackages(act *activation) ([]*contributingPackage, error) {
 	if err := checkBaseData(act.data); err != nil {
 		return nil, err
 	}
+	return packagesOf(act.compiler), nil
+}
+
+// packagesOf groups the compiled rules of policy packages by package, in
+// the order of their paths.
+func packagesOf(c *ast.Compiler) []*contributingPackage {
 	byPath := map[string]*contributingPackage{}
 	var order []string
-	for _, m := range act.compiler.Modules {
+	for _, m := range c.Modules {
 		for _, r := range m.Rules {
 			if len(m.Package.Path) != len(policiesRef)+2 || !m.Package.Path.HasPrefix(policiesRef) {
 				continue
@@ -175,7 +232,7 @@ func contributingPackages(act *activation) ([]*contributingPackage, error) {
 	for _, k := range order {
 		out = append(out, byPath[k])
 	}
-	return out, nil
+	return out
 }
 
 // checkRulePlace refuses rules the library would silently ignore or

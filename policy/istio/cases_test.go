@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"sigs.k8s.io/yaml"
@@ -111,21 +112,33 @@ func readCases(t *testing.T) map[string][]testCase {
 
 func TestCases(t *testing.T) {
 	total := 0
+	var ran, byPackage atomic.Int64
 	for file, cases := range readCases(t) {
 		for _, c := range cases {
 			total++
 			t.Run(file+"/"+c.Name, func(t *testing.T) {
 				t.Parallel()
-				runCase(t, file, c)
+				ran.Add(1)
+				if runCase(t, file, c) {
+					byPackage.Add(1)
+				}
 			})
 		}
 	}
 	if total < 120 {
 		t.Errorf("%d cases; the table must keep at least 120", total)
 	}
+	t.Cleanup(func() { // after the parallel cases
+		t.Logf("%d of %d cases ran; %d loaded package by package", ran.Load(), total, byPackage.Load())
+		if int(ran.Load()) == total && byPackage.Load() < int64(total)/2 {
+			t.Errorf("%d of %d cases were loaded package by package; the cases must keep proving that path too", byPackage.Load(), total)
+		}
+	})
 }
 
-func runCase(t *testing.T, file string, c testCase) {
+// runCase runs one case and reports whether the native engine loaded its
+// translation package by package.
+func runCase(t *testing.T, file string, c testCase) bool {
 	if len(c.Want) == 0 {
 		t.Fatal("case has no want")
 	}
@@ -160,6 +173,7 @@ func runCase(t *testing.T, file string, c testCase) {
 		in := caseInput(t, c.Input, layer)
 		want.check(t, e.decide(t, in))
 	}
+	return e.byPackage
 }
 
 // caseInput is the case's input document at layer, decoded strictly as the

@@ -40,18 +40,30 @@ type engines struct {
 	native, topdown *policy.Engine
 	// fallback lists the packages the native program left to topdown.
 	fallback []string
+	// byPackage: the native engine loaded the set package by package, not
+	// compiled whole.
+	byPackage bool
 }
 
 // loadEngines writes tr as a bundle directory, reads it back with
-// policy.ReadBundle (with the providers bundle) and loads both engines.
+// policy.ReadBundle (with the providers bundle when a module reads the
+// providers: without it, a set of translated policies alone is loaded
+// package by package) and loads both engines.
 func loadEngines(t testing.TB, tr *istio.Translation) *engines {
 	t.Helper()
 	dir := t.TempDir()
 	if err := tr.WriteBundleDir(dir); err != nil {
 		t.Fatal(err)
 	}
+	paths := []string{dir}
+	for _, src := range tr.Modules {
+		if strings.Contains(src, "data.mesh.providers") {
+			paths = append(paths, providersBundle)
+			break
+		}
+	}
 	var bundles []*policy.Bundle
-	for _, path := range []string{dir, providersBundle} {
+	for _, path := range paths {
 		b, err := policy.ReadBundle(path, nil)
 		if err != nil {
 			t.Fatalf("read bundle %s: %v", path, err)
@@ -61,7 +73,7 @@ func loadEngines(t testing.TB, tr *istio.Translation) *engines {
 	rec := &logRecorder{}
 	native := newEngine(t, policy.Config{Logger: slog.New(rec)}, bundles)
 	topdown := newEngine(t, policy.Config{Topdown: true, CacheSize: -1, Logger: quietLogger()}, bundles)
-	return &engines{native: native, topdown: topdown, fallback: rec.topdownPackages()}
+	return &engines{native: native, topdown: topdown, fallback: rec.topdownPackages(), byPackage: rec.loadedByPackage()}
 }
 
 func newEngine(t testing.TB, cfg policy.Config, bundles []*policy.Bundle) *policy.Engine {
@@ -173,6 +185,19 @@ func (r *logRecorder) topdownPackages() []string {
 		}
 	}
 	return out
+}
+
+// loadedByPackage reports whether the last load compiled the set package
+// by package (its "policy loaded" record has compiled_alone >= 0).
+func (r *logRecorder) loadedByPackage() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, line := range slices.Backward(r.records) {
+		if strings.HasPrefix(line, "policy loaded ") {
+			return !strings.Contains(line, " compiled_alone=-1")
+		}
+	}
+	return false
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

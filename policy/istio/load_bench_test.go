@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -87,23 +88,43 @@ func BenchmarkLoad(b *testing.B) {
 }
 
 // BenchmarkReloadOne changes one policy of 10,000 in a loaded engine:
-// each iteration loads the set with policy 4321's port changed, or back.
-// read+load is what a proxy pays for a new bundle on disk; load is the
-// engine's part alone, the bundle already read. opa-check compiles the
-// changed bundle from scratch, as OPA does on every bundle update.
+// each iteration loads the set with policy 4321's port changed, or back,
+// from the same bundle directory, as a proxy rereads its --bundle. load is
+// the engine's part, the bundle already read; read+load adds reading the
+// bundle (the two changed files written in place first). opa-check
+// compiles the changed bundle from scratch, as OPA does on every bundle
+// update.
 func BenchmarkReloadOne(b *testing.B) {
 	const n, changed = 10000, 4321
 	policies := denyPolicies(n)
-	dirs := [2]string{denyBundleDir(b, policies), ""}
+	dir := denyBundleDir(b, policies)
 	policies[changed] = denyPolicy(changed, 7777)
-	dirs[1] = denyBundleDir(b, policies)
+	module := istio.ModuleFile(policies[changed])
+	var versions [2]map[string][]byte // the changed files of each version
+	for i, d := range []string{dir, denyBundleDir(b, policies)} {
+		versions[i] = map[string][]byte{}
+		for _, name := range []string{".manifest", module} {
+			src, err := os.ReadFile(filepath.Join(d, name))
+			if err != nil {
+				b.Fatal(err)
+			}
+			versions[i][name] = src
+		}
+	}
+	write := func(version int) {
+		for name, src := range versions[version] {
+			if err := os.WriteFile(filepath.Join(dir, name), src, 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 	var read [2]*policy.Bundle
-	for i, dir := range dirs {
+	for i := range read {
+		write(i)
 		var err error
 		if read[i], err = policy.ReadBundle(dir, nil); err != nil {
 			b.Fatal(err)
 		}
-		read[i].Name = "istio" // the same bundle, changed
 	}
 	e := newQuietEngine(b)
 	load(b, e, read[0])
@@ -118,14 +139,16 @@ func BenchmarkReloadOne(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
-			readAndLoad(b, e, dirs[i%2])
+			write(i % 2)
+			readAndLoad(b, e, dir)
 		}
 	})
 	b.Run("opa-check", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
-			opaCheck(b, dirs[i%2])
+			write(i % 2)
+			opaCheck(b, dir)
 		}
 	})
 }
@@ -192,7 +215,6 @@ func readAndLoad(b *testing.B, e *policy.Engine, dir string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bundle.Name = "istio"
 	load(b, e, bundle)
 }
 
