@@ -29,6 +29,9 @@ type Config struct {
 	// first service, polling every 60 to 120 seconds, and signing
 	// verification from "signing" and the "keys" section.
 	Bundles map[string]*bundleplugin.Source
+	// DecisionLogs is where decision logs are uploaded, from the
+	// decision_logs section; nil without one.
+	DecisionLogs *DecisionLogs
 	// Warnings name what the file holds that regomesh does not act on
 	// (sections and options it ignores, as OPA warns about unknown ones).
 	Warnings []string
@@ -53,7 +56,8 @@ func ReadConfig(path string) (*Config, error) {
 // ParseConfig parses an OPA configuration file, YAML or JSON, as OPA does:
 // ${VAR} is replaced by the environment variable VAR when it is set, the
 // file is validated by OPA's config parser, and its services, keys and
-// bundles sections by OPA's parsers for them. Sections regomesh cannot
+// bundles sections (and decision_logs, when present) by OPA's parsers for
+// them. Sections regomesh cannot
 // honour are refused when ignoring them would mislead (the bundles would
 // not be the ones meant, or decisions would go unlogged) and reported in
 // Warnings otherwise; docs/bundles.md lists which.
@@ -83,6 +87,9 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if err := cfg.parseBundles(parsed.Bundles); err != nil {
 		return nil, err
 	}
+	if err := cfg.parseDecisionLogs(parsed.DecisionLogs, parsed.Labels); err != nil {
+		return nil, err
+	}
 	// The clients are built to check them, and dropped: the proxy's SVID is
 	// not at hand yet, so services naming SVIDPlugin get one that is never
 	// asked (nothing is dialled here).
@@ -96,9 +103,8 @@ func ParseConfig(raw []byte) (*Config, error) {
 // them ignored, a proxy would decide with other bundles than the file
 // means, or leave decisions unlogged that the user expects logged.
 var refused = map[string]string{
-	"discovery":     "discovery is not supported: the proxies would not download the bundles it names; list them under bundles",
-	"bundle":        "the deprecated bundle section is not supported: configure the bundle under bundles instead",
-	"decision_logs": "decision_logs is not supported: decisions would not reach the configured service; the proxies write OPA-shaped decision logs to --decision-log, to ship with a log collector",
+	"discovery": "discovery is not supported: the proxies would not download the bundles it names; list them under bundles",
+	"bundle":    "the deprecated bundle section is not supported: configure the bundle under bundles instead",
 }
 
 // ignored are the top-level sections regomesh reads nothing from, with
@@ -106,7 +112,7 @@ var refused = map[string]string{
 var ignored = map[string]string{
 	"status":                         "status reports are not sent; each proxy's readiness and regomesh_policy_remote_* metrics report its bundles",
 	"plugins":                        "OPA plugins do not run in the proxies",
-	"labels":                         "labels are only sent with status and decision logs, which the proxies do not upload",
+	"labels":                         "labels are only sent with decision logs, and the file has no decision_logs section",
 	"default_decision":               "the proxies always decide data.mesh.authz.decision",
 	"default_authorization_decision": "the proxies always decide data.mesh.authz.decision",
 	"persistence_directory":          "bundles are not persisted: after a restart a proxy denies until it has downloaded them again",
@@ -122,6 +128,9 @@ func (c *Config) checkSections(top map[string]json.RawMessage) error {
 	for _, name := range slices.Sorted(maps.Keys(top)) {
 		if why, ok := refused[name]; ok && !isNull(top[name]) {
 			return fmt.Errorf("opabundles: OPA configuration: %s (docs/bundles.md)", why)
+		}
+		if name == "labels" && !isNull(top["decision_logs"]) {
+			continue // sent with every decision-log event
 		}
 		if why, ok := ignored[name]; ok && !isNull(top[name]) {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("%s is ignored: %s", name, why))

@@ -1,8 +1,14 @@
 package opabundles
 
 import (
+	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/version"
+
+	"github.com/regomesh/regomesh/policy/decisionlogs"
 )
 
 // TestParseConfig: an OPA configuration means what it means to OPA (OPA's
@@ -81,7 +87,48 @@ default_decision: /x/y
 			},
 		},
 		{name: "discovery", config: "services: {s: {url: 'http://a'}}\ndiscovery: {resource: /d}\nbundles: {a: {}}\n", err: "discovery is not supported"},
-		{name: "decision logs", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {service: s}\nbundles: {a: {}}\n", err: "decision_logs is not supported"},
+		{
+			name:   "decision logs with OPA's defaults; labels sent with them",
+			config: "services: {s: {url: 'http://a'}, t: {url: 'http://b'}}\nlabels: {app: x}\ndecision_logs: {console: true}\nbundles: {a: {}}\n",
+			check: func(t *testing.T, c *Config) {
+				want := &DecisionLogs{Service: "s", Upload: decisionlogs.Config{Resource: "/logs", UploadLimitBytes: 32768,
+					MinDelay: 300 * time.Second, MaxDelay: 600 * time.Second, Labels: map[string]string{"app": "x", "id": "regomesh", "version": version.Version}}}
+				if !reflect.DeepEqual(c.DecisionLogs, want) {
+					t.Errorf("DecisionLogs = %+v, want %+v", c.DecisionLogs, want)
+				}
+			},
+			warnings: []string{"decision_logs: console is ignored"},
+		},
+		{
+			name: "decision logs reporting",
+			config: `
+services: {s: {url: 'http://a'}, t: {url: 'http://b'}}
+bundles: {a: {}}
+decision_logs:
+  service: t
+  resource: /v1/decisions
+  mask_decision: /system/log/mask
+  reporting: {buffer_type: event, buffer_size_limit_events: 500, upload_size_limit_bytes: 10, min_delay_seconds: 0, max_delay_seconds: 5, max_decisions_per_second: 100}
+`,
+			check: func(t *testing.T, c *Config) {
+				want := &DecisionLogs{Service: "t", Upload: decisionlogs.Config{Resource: "/v1/decisions", UploadLimitBytes: 90,
+					BufferLimitEvents: 500, MinDelay: 100 * time.Millisecond, MaxDelay: 5 * time.Second, MaxPerSecond: 100,
+					Labels: map[string]string{"id": "regomesh", "version": version.Version}}}
+				if !reflect.DeepEqual(c.DecisionLogs, want) {
+					t.Errorf("DecisionLogs = %+v, want %+v", c.DecisionLogs, want)
+				}
+			},
+			warnings: []string{"upload_size_limit_bytes 10 is outside [90, 4294967296]: 90 is used"},
+		},
+		{name: "decision logs: unknown service", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {service: t}\nbundles: {a: {}}\n", err: `invalid service name "t" in decision_logs`},
+		{name: "decision logs: plugin", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {plugin: mine}\nbundles: {a: {}}\n", err: `plugin "mine" is not supported`},
+		{name: "decision logs: manual", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {reporting: {trigger: manual}}\nbundles: {a: {}}\n", err: "trigger manual is not supported"},
+		{name: "decision logs: mask path", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {mask_decision: /my/mask}\nbundles: {a: {}}\n", err: `mask_decision "/my/mask" is not supported`},
+		{name: "decision logs: min without max", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {reporting: {min_delay_seconds: 1}}\nbundles: {a: {}}\n", err: "needs both"},
+		{name: "decision logs: min above max", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {reporting: {min_delay_seconds: 9, max_delay_seconds: 1}}\nbundles: {a: {}}\n", err: "max reporting delay must be >= min"},
+		{name: "decision logs: event limit on size buffer", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {reporting: {buffer_size_limit_events: 9}}\nbundles: {a: {}}\n", err: "isn't supported for the size buffer type"},
+		{name: "decision logs: bytes and rate", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {reporting: {buffer_size_limit_bytes: 9, max_decisions_per_second: 1}}\nbundles: {a: {}}\n", err: "specify either"},
+		{name: "decision logs: buffer type", config: "services: {s: {url: 'http://a'}}\ndecision_logs: {reporting: {buffer_type: disk}}\nbundles: {a: {}}\n", err: `invalid buffer type "disk"`},
 		{name: "legacy bundle", config: "services: {s: {url: 'http://a'}}\nbundle: {name: a}\n", err: "deprecated bundle section"},
 		{name: "no bundles", config: "services: {s: {url: 'http://a'}}\n", err: "no bundles"},
 		{name: "unknown service", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {service: t}}\n", err: `service name "t" not found`},
