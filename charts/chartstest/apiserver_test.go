@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/regomesh/regomesh/controller/kubeharness"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -28,6 +29,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
+	"github.com/regomesh/regomesh/controller"
+	"github.com/regomesh/regomesh/controller/kubeharness"
 	"github.com/regomesh/regomesh/ztunnel/cni/install"
 )
 
@@ -74,7 +77,94 @@ func TestAPIServerAccepts(t *testing.T) {
 	}
 
 	checkControllerAccess(ctx, t, cluster, a.kube)
+	checkControllerRuns(ctx, t, cluster, a)
 	checkCNIAccess(ctx, t, cluster, a.kube)
+}
+
+// checkControllerRuns: the controller itself, run with the chart's
+// service account token and leader election as the chart configures it,
+// lists and watches everything it reads (else its caches never sync and
+// nothing is published), takes its Lease, and writes an
+// AuthorizationPolicy's status: the RBAC is enough, not only in review.
+func checkControllerRuns(ctx context.Context, t *testing.T, cluster *kubeharness.Cluster, a *applier) {
+	tok, err := a.kube.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, "regomesh-controller", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	published := make(chan struct{}, 1)
+	c, err := controller.New(cluster.RESTConfigWithToken(tok.Status.Token), controller.Config{
+		Debounce: 20 * time.Millisecond,
+		Publish: func(*controller.Update) {
+			select {
+			case published <- struct{}{}:
+			default:
+			}
+		},
+		Logger:         slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil)),
+		LeaderElection: &controller.LeaderElection{Namespace: namespace, Name: "regomesh-controller", Identity: "chartstest"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("the controller with the chart's token: Run: %v", err)
+		}
+	}()
+	select {
+	case <-published:
+	case <-ctx.Done():
+		t.Fatal("the controller with the chart's token published nothing: a list or watch it needs is forbidden (its caches never synced)")
+	}
+	ap := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+		"metadata": map[string]any{"name": "chartstest-deny", "namespace": "bookinfo"},
+		"spec":     map[string]any{"action": "DENY", "rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"namespaces": []any{"intruders"}}}}}}},
+	}}
+	if err := a.apply(ctx, ap); err != nil {
+		t.Fatal(err)
+	}
+	gvr := schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		got, err := a.dyn.Resource(gvr).Namespace("bookinfo").Get(ctx, "chartstest-deny", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+		if len(conds) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("the controller with the chart's token wrote no status in 45s (may it update authorizationpolicies/status, and hold its Lease?); its log:\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Contains(strings.ToLower(logs.String()), "forbidden") {
+		t.Errorf("the controller with the chart's token met a forbidden request:\n%s", logs.String())
+	}
+}
+
+// lockedWriter serialises a logger's writes into a builder.
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }
 
 // checkCNIAccess: the CNI installer, with its service account's own
