@@ -35,6 +35,8 @@ type WaypointProcess struct {
 	Pod *netbed.Pod
 	// ID is the waypoint's SPIFFE ID, the SVID it serves with.
 	ID spiffeid.ID
+	// restarts counts the processes before this one (RestartWaypoint).
+	restarts int
 }
 
 // waypointRegistration is the SPIRE entry of a waypoint pod: its
@@ -53,26 +55,62 @@ func (m *Mesh) startWaypoints(ctx context.Context) error {
 		if !spec.Waypoint {
 			continue
 		}
-		pod := m.Pods[spec.Name]
-		dir := filepath.Join(m.dir, "waypoint-"+spec.Name)
-		localConfig, err := m.writeLocalConfig(dir)
+		w, err := m.startWaypoint(ctx, spec, filepath.Join(m.dir, "waypoint-"+spec.Name))
 		if err != nil {
 			return err
 		}
-		args := []string{
-			"--trust-domain", m.TrustDomain.Name(), "--local-config", localConfig,
-			"--spire-workload-socket", m.agents[spec.Node].WorkloadSocket(),
-			"--hbone-addr", ":15008", "--bundle-poll", "250ms",
-		}
-		args = append(args, m.cfg.WaypointFlags...)
-		cmd := exec.Command(m.cfg.WaypointBinary, append(args, m.daemonFlags(m.cfg.WaypointAccessLog)...)...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Gid: WaypointGID, Groups: []uint32{}}}
-		d, err := startDaemon(ctx, "waypoint "+spec.Namespace+"/"+spec.Name, pod.Path, dir, cmd, pod.Start, m.cfg.WaypointAccessLog)
-		if err != nil {
-			return err
-		}
-		m.Waypoints[spec.Name] = &WaypointProcess{daemon: d, Pod: pod, ID: m.Identity(spec)}
+		m.Waypoints[spec.Name] = w
 	}
+	return nil
+}
+
+// startWaypoint starts spec's waypoint process with its files (local
+// config, log) in dir, and waits until it is ready.
+func (m *Mesh) startWaypoint(ctx context.Context, spec PodSpec, dir string) (*WaypointProcess, error) {
+	pod := m.Pods[spec.Name]
+	localConfig, err := m.writeLocalConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{
+		"--trust-domain", m.TrustDomain.Name(), "--local-config", localConfig,
+		"--spire-workload-socket", m.agents[spec.Node].WorkloadSocket(),
+		"--hbone-addr", ":15008", "--bundle-poll", "250ms",
+	}
+	args = append(args, m.cfg.WaypointFlags...)
+	cmd := exec.Command(m.cfg.WaypointBinary, append(args, m.daemonFlags(m.cfg.WaypointAccessLog)...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Gid: WaypointGID, Groups: []uint32{}}}
+	d, err := startDaemon(ctx, "waypoint "+spec.Namespace+"/"+spec.Name, pod.Path, dir, cmd, pod.Start, m.cfg.WaypointAccessLog)
+	if err != nil {
+		return nil, err
+	}
+	return &WaypointProcess{daemon: d, Pod: pod, ID: m.Identity(spec)}, nil
+}
+
+// RestartWaypoint stops the named waypoint pod's process with SIGTERM (it
+// drains for --drain-timeout: GOAWAY on HTTP/2, idle keep-alives closed,
+// requests in flight finished), then starts a new one with the same flags
+// and waits until it is ready, as a waypoint Deployment's pod is replaced.
+// Between the two nothing listens on the pod's 15008. The new process
+// logs to a directory of its own, so the old one's log is kept. It
+// returns an error if the old process did not exit cleanly.
+func (m *Mesh) RestartWaypoint(ctx context.Context, name string) error {
+	old, ok := m.Waypoints[name]
+	spec, found := m.Spec(name)
+	if !ok || !found {
+		return fmt.Errorf("localmesh: no waypoint pod %s", name)
+	}
+	if err := old.Stop(); err != nil {
+		return err
+	}
+	old.restarts++
+	dir := filepath.Join(m.dir, fmt.Sprintf("waypoint-%s-%d", name, old.restarts))
+	w, err := m.startWaypoint(ctx, spec, dir)
+	if err != nil {
+		return err
+	}
+	w.restarts = old.restarts
+	m.Waypoints[name] = w
 	return nil
 }
 

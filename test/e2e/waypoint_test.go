@@ -81,6 +81,14 @@ allow contains {"policy": "e2e/server", "rule": "via-waypoint"} if {
 }
 `
 
+// denyKeepalive is added to webPolicy while a connection is kept alive.
+const denyKeepalive = `
+deny contains {"policy": "e2e/web", "rule": "no-keepalive", "reason": "loaded while the connection stayed open"} if {
+	input.layer == "l7"
+	input.request.url_path == "/keepalive"
+}
+`
+
 // TestWaypointFullPath sends HTTP from a pod to a service whose state
 // names a waypoint: client -> ztunnel (node-1) -> waypoint (its own
 // process, its own SVID from the Workload API) -> ztunnel (node-2) ->
@@ -90,19 +98,24 @@ allow contains {"policy": "e2e/server", "rule": "via-waypoint"} if {
 func TestWaypointFullPath(t *testing.T) {
 	wpLog := &syncBuffer{}
 	issuer := newIssuer(t)
+	wpBundle := writePolicy(t, fmt.Sprintf(webPolicy, "unknown until the mesh is up"))
 	m := startMeshFrom(t, localmesh.Config{
 		Pods:     waypointApp,
-		Bundles:  []string{writePolicy(t, fmt.Sprintf(webPolicy, "unknown until the mesh is up"))},
-		Services: []state.LocalService{webService()},
+		Bundles:  []string{wpBundle},
+		Services: append(routedServices(), webService()),
 		// The waypoint loads the bundle at start; node-2's engine is
 		// reloaded below with the client's address.
 		WaypointBinary: buildCommand(t, "waypoint"), WaypointAccessLog: wpLog,
-		WaypointFlags: []string{"--request-authentication", writeFile(t, "ra.yaml", fmt.Sprintf(webJWT, issuer.jwks(t)))},
+		WaypointFlags: []string{
+			"--request-authentication", writeFile(t, "ra.yaml", fmt.Sprintf(webJWT, issuer.jwks(t))),
+			"--routes", writeFile(t, "routes.yaml", webRoutes),
+		},
 	}, false)
 	client, server := m.Pods["client"], m.Pods["server"]
 	m.loadPolicy(t, "node-2", fmt.Sprintf(webPolicy, client.IP))
 	serveHTTP(t, m, "server", 8080)
 	serveGRPC(t, m, "server", 9090)
+	attempts := serveRouted(t, m)
 
 	t.Run("allowed request", func(t *testing.T) {
 		before := len(m.accessEntries(t))
@@ -188,6 +201,11 @@ func TestWaypointFullPath(t *testing.T) {
 		}
 	})
 
+	t.Run("weighted split", func(t *testing.T) { testSplit(t, m, wpLog) })
+	t.Run("retry recovers a failed attempt", func(t *testing.T) { testRetries(t, m, wpLog, attempts) })
+	t.Run("policy change on a kept-alive connection", func(t *testing.T) {
+		testPolicyOnKeptAlive(t, m, wpLog, wpBundle, fmt.Sprintf(webPolicy, "unknown until the mesh is up")+denyKeepalive)
+	})
 	t.Run("around the waypoint", func(t *testing.T) {
 		// The client dials the server's own address: no waypoint on that
 		// route, so the server's ztunnel sees the client itself, which its
@@ -197,6 +215,8 @@ func TestWaypointFullPath(t *testing.T) {
 			t.Errorf("inbound deny = %+v, want no ALLOW of e2e/server matched", in)
 		}
 	})
+	// Last: it replaces the waypoint process.
+	t.Run("waypoint restart loses no request", func(t *testing.T) { testWaypointRestart(t, m) })
 }
 
 // viaWaypoint waits for the client's ztunnel to log, after the first
@@ -312,18 +332,9 @@ func spec(t *testing.T, m *mesh, name string) localmesh.PodSpec {
 // serveHTTP answers every request in the pod with its method and path.
 func serveHTTP(t *testing.T, m *mesh, pod string, port int) {
 	t.Helper()
-	l, err := localmesh.Listen(m.Pods[pod], fmt.Sprintf(":%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveHandler(t, m, pod, port, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s served by %s", r.Method, r.URL.Path, pod)
-	})}
-	t.Cleanup(func() { srv.Close() })
-	testgo.Go(t, func(ctx context.Context) {
-		defer context.AfterFunc(ctx, func() { srv.Close() })()
-		srv.Serve(l)
-	})
+	}))
 }
 
 // request makes one HTTP request from inside a pod, as its app would, on a
