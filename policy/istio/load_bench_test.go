@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -151,6 +155,57 @@ func BenchmarkReloadOne(b *testing.B) {
 			opaCheck(b, dir)
 		}
 	})
+}
+
+// BenchmarkHeld is what an engine holding n translated policies keeps, as
+// a proxy holds them between loads: the Go heap in use after a collection,
+// and the process's resident set after the heap returned what it could to
+// the system (VmRSS), each beside the same process holding an engine with
+// no policy (n=0). The bundle is read and dropped, as BundleFiles.Load
+// drops it.
+func BenchmarkHeld(b *testing.B) {
+	for _, n := range []int{0, 10000} {
+		dir := ""
+		if n > 0 {
+			dir = denyBundleDir(b, denyPolicies(n))
+		}
+		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
+			var heap, rss float64
+			for b.Loop() {
+				e := newQuietEngine(b)
+				if dir != "" {
+					readAndLoad(b, e, dir)
+				}
+				h, r := settledMemory(b)
+				heap, rss = heap+h, rss+r
+				runtime.KeepAlive(e)
+			}
+			b.ReportMetric(heap/float64(b.N), "heap-MB")
+			b.ReportMetric(rss/float64(b.N), "rss-MB")
+		})
+	}
+}
+
+// settledMemory collects garbage, returns freed memory to the system and
+// reads the heap in use and VmRSS, in MB.
+func settledMemory(b *testing.B) (heap, rss float64) {
+	debug.FreeOSMemory()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if kb, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")), 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rss = v / 1024
+		}
+	}
+	return float64(m.HeapInuse) / (1 << 20), rss
 }
 
 // BenchmarkTranslateDenies is `regomesh policy translate -o bundle` on
