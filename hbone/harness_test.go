@@ -217,15 +217,3 @@ func testContext(t testing.TB) context.Context {
 }
 
 func idOf(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }
-
-// waitFor polls cond for up to 10 seconds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

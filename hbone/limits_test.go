@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // refusals counts what ConnConfig.OnRefuse reports.
@@ -57,7 +59,7 @@ func (h *stuckHandlers) ServeTunnel(ctx context.Context, t *Tunnel) {
 // end releases the handlers and waits for them, so none outlives the test.
 func (h *stuckHandlers) end(t *testing.T) {
 	close(h.release)
-	waitFor(t, "the handlers to return", func() bool { return h.running.Load() == 0 })
+	testgo.Eventually(t, "the handlers to return", func() bool { return h.running.Load() == 0 })
 }
 
 // A client that opens and resets streams in a loop (CVE-2023-44487) gets
@@ -88,7 +90,7 @@ func TestRapidResetGoesAwayAndBoundsHandlers(t *testing.T) {
 	if ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
 		t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", ga.ErrCode)
 	}
-	waitFor(t, "the first handlers to start", func() bool { return h.started.Load() >= DefaultMaxStreamsPerConn })
+	testgo.Eventually(t, "the first handlers to start", func() bool { return h.started.Load() >= DefaultMaxStreamsPerConn })
 	time.Sleep(50 * time.Millisecond) // time enough for more to start, were they allowed to
 	if n := h.started.Load(); n != DefaultMaxStreamsPerConn {
 		t.Errorf("%d handlers started, want %d (MaxConcurrentStreams)", n, DefaultMaxStreamsPerConn)
@@ -119,7 +121,7 @@ func TestStreamWaitsForAHandler(t *testing.T) {
 		cl.connect(id, "127.0.0.1:80")
 		cl.fr.WriteRSTStream(id, http2.ErrCodeCancel)
 	}
-	waitFor(t, "two handlers", func() bool { return h.running.Load() == 2 })
+	testgo.Eventually(t, "two handlers", func() bool { return h.running.Load() == 2 })
 	if err := cl.connect(5, "127.0.0.1:80"); err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +248,7 @@ func TestConnLimits(t *testing.T) {
 				t.Errorf("OnRefuse(%s) never called", tc.want)
 			}
 			p1.Close()
-			waitFor(t, "the first connection's place to free", func() bool {
+			testgo.Eventually(t, "the first connection's place to free", func() bool {
 				s, err := p2.Dial(testContext(t), req)
 				if err == nil {
 					s.Close()
@@ -300,7 +302,7 @@ func TestHandshakeCaps(t *testing.T) {
 	for _, from := range []string{"127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"} {
 		held = append(held, bare(from))
 	}
-	waitFor(t, "four connections accepted", func() bool { return ts.accepted.Load() == 4 })
+	testgo.Eventually(t, "four connections accepted", func() bool { return ts.accepted.Load() == 4 })
 
 	if !closedSoon(bare("127.0.0.2"), 2*time.Second) {
 		t.Error("a third handshake from one address was not closed at once")

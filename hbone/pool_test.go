@@ -130,8 +130,8 @@ func TestPoolReleasesIdleConnections(t *testing.T) {
 	close(release)
 	io.Copy(io.Discard, s) // the server ends the tunnel
 	s.Close()
-	waitFor(t, "idle release", func() bool { return pool.Stats().Conns == 0 })
-	waitFor(t, "server side closed", func() bool {
+	testgo.Eventually(t, "idle release", func() bool { return pool.Stats().Conns == 0 })
+	testgo.Eventually(t, "server side closed", func() bool {
 		ts.mu.Lock()
 		defer ts.mu.Unlock()
 		return len(ts.conns) == 0
@@ -218,7 +218,7 @@ func TestServerShutdownDrainsTunnels(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	testgo.Go(t, func(ctx context.Context) { done <- ts.Shutdown(ctx) })
-	waitFor(t, "GOAWAY evicts the connection", func() bool { return pool.Stats().Conns == 0 })
+	testgo.Eventually(t, "GOAWAY evicts the connection", func() bool { return pool.Stats().Conns == 0 })
 	// The open tunnel still works until it ends.
 	if _, err := s.Write([]byte("still here")); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/http2"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 func TestTunnelEchoesAndReportsCounts(t *testing.T) {
@@ -42,7 +44,7 @@ func TestTunnelEchoesAndReportsCounts(t *testing.T) {
 		t.Fatalf("echo = %q, want %q", got, msg)
 	}
 	s.Close()
-	waitFor(t, "relay counts", func() bool {
+	testgo.Eventually(t, "relay counts", func() bool {
 		fwd.mu.Lock()
 		defer fwd.mu.Unlock()
 		return len(fwd.counts) == 1

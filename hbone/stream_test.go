@@ -95,7 +95,7 @@ func TestDialHonoursContext(t *testing.T) {
 	if _, err := pool.Dial(ctx, m.request(ts, netip.MustParseAddrPort("10.1.0.9:80"))); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Dial = %v, want context.DeadlineExceeded", err)
 	}
-	waitFor(t, "the abandoned stream to be released", func() bool { return pool.Stats().Streams == 0 })
+	testgo.Eventually(t, "the abandoned stream to be released", func() bool { return pool.Stats().Streams == 0 })
 }
 
 // TestClientAgainstXNetServer: the Pool opens tunnels to a standard

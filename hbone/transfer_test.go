@@ -128,7 +128,7 @@ func TestLargeTransferBothWays(t *testing.T) {
 	if up.n != largeTransfer || up.sum != [32]byte(patternSum(t, 1)) {
 		t.Errorf("upstream: %d bytes, checksum mismatch=%v", up.n, up.sum != [32]byte(patternSum(t, 1)))
 	}
-	waitFor(t, "relay counts", func() bool {
+	testgo.Eventually(t, "relay counts", func() bool {
 		fwd.mu.Lock()
 		defer fwd.mu.Unlock()
 		return len(fwd.counts) == 1

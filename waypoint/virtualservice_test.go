@@ -397,7 +397,7 @@ func TestRetryBudget(t *testing.T) {
 		}))
 	}
 	overflow := map[string]string{"destination_service": "flaky.shop.svc.cluster.local"}
-	waitFor(t, "7 retries refused by the budget", func() bool {
+	testgo.Eventually(t, "7 retries refused by the budget", func() bool {
 		return metricSum(t, m, "regomesh_waypoint_retry_overflow_total", overflow) == clients-DefaultRetryMinConcurrency
 	})
 	for range DefaultRetryMinConcurrency {
@@ -441,18 +441,6 @@ func TestRetryBudgetShare(t *testing.T) {
 		if !b.acquire("web", tc.requests) || !b.acquire("other", tc.requests) {
 			t.Errorf("%d requests in flight: a released retry is not available again, or destinations share a budget", tc.requests)
 		}
-	}
-}
-
-// waitFor polls cond, generously.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

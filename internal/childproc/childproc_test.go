@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 func TestRunLogsAndStops(t *testing.T) {
@@ -21,7 +23,7 @@ func TestRunLogsAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop(syscall.SIGKILL, time.Second)
-	waitFor(t, "the child's first line in its log", func() bool { return strings.Contains(p.Logs(), "ready") })
+	testgo.Eventually(t, "the child's first line in its log", func() bool { return strings.Contains(p.Logs(), "ready") })
 	if p.Exited() {
 		t.Fatalf("exited early: %v", p.Err())
 	}
@@ -58,7 +60,7 @@ func TestChildOutlivesTheStartersThread(t *testing.T) {
 		t.FailNow()
 	}
 	defer p.Stop(syscall.SIGKILL, time.Second)
-	waitFor(t, "the starting goroutine's thread to end", func() bool {
+	testgo.Eventually(t, "the starting goroutine's thread to end", func() bool {
 		_, err := os.Stat(task)
 		return os.IsNotExist(err)
 	})
@@ -94,7 +96,7 @@ func TestChildDiesWithTheProcess(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the helper printed %q, not its child's pid", line)
 	}
-	waitFor(t, fmt.Sprintf("sleep (pid %d) to die with its parent", pid), func() bool {
+	testgo.Eventually(t, fmt.Sprintf("sleep (pid %d) to die with its parent", pid), func() bool {
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
 			return true // gone, reaped
@@ -103,15 +105,4 @@ func TestChildDiesWithTheProcess(t *testing.T) {
 		s := string(stat)
 		return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
 	})
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -51,3 +51,21 @@ func Go(t testing.TB, fn func(ctx context.Context)) <-chan struct{} {
 	}()
 	return done
 }
+
+// eventualPatience bounds Eventually: generous, for a machine whose cores
+// other tests keep busy.
+const eventualPatience = 30 * time.Second
+
+// Eventually polls cond until it holds, and fails t, naming what it
+// waited for, if it has not after a generous bound: a test waits for an
+// event, never for a duration it hopes is long enough.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(eventualPatience)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v waiting for %s", eventualPatience, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -43,3 +43,11 @@ func TestGoDoneChannel(t *testing.T) {
 		t.Error("done is not closed after fn returned")
 	}
 }
+
+func TestEventually(t *testing.T) {
+	n := 0
+	Eventually(t, "the third poll", func() bool { n++; return n == 3 })
+	if n != 3 {
+		t.Fatalf("polled %d times, want 3: Eventually returns as soon as cond holds", n)
+	}
+}

@@ -201,17 +201,6 @@ func run(t *testing.T, cfg Config, uninstalling func(context.Context) (bool, err
 	}
 }
 
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func chained(t *testing.T, n *node, name string) func() bool {
 	return func() bool {
 		b, err := os.ReadFile(filepath.Join(n.cfg.ConfDir, name))
@@ -224,13 +213,13 @@ func TestRunWaitsForTheNetworkAndMendsTheChain(t *testing.T) {
 	stop := run(t, n.cfg, func(context.Context) (bool, error) { return false, nil })
 	// No network yet: Run waits; the pod network plugin installs its list.
 	n.write(t, "10-kindnet.conflist", kindnet)
-	waitFor(t, "the entry in the new list", chained(t, n, "10-kindnet.conflist"))
+	testgo.Eventually(t, "the entry in the new list", chained(t, n, "10-kindnet.conflist"))
 	// The network plugin rewrites its list and drops the entry; Run puts it back.
 	n.write(t, "10-kindnet.conflist", kindnet)
-	waitFor(t, "the entry back after a rewrite", chained(t, n, "10-kindnet.conflist"))
+	testgo.Eventually(t, "the entry back after a rewrite", chained(t, n, "10-kindnet.conflist"))
 	// Someone deletes the binary; Run puts it back.
 	os.Remove(filepath.Join(n.cfg.BinDir, PluginType))
-	waitFor(t, "the binary back", func() bool {
+	testgo.Eventually(t, "the binary back", func() bool {
 		_, err := os.Stat(filepath.Join(n.cfg.BinDir, PluginType))
 		return err == nil
 	})
@@ -260,7 +249,7 @@ func TestRunRemovesOnUninstallOnly(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			n := newNode(t, map[string]string{"10-kindnet.conflist": kindnet})
 			stop := run(t, n.cfg, func(context.Context) (bool, error) { return c.answer, c.err })
-			waitFor(t, "the entry", chained(t, n, "10-kindnet.conflist"))
+			testgo.Eventually(t, "the entry", chained(t, n, "10-kindnet.conflist"))
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
