@@ -3,7 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,22 +20,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/regomesh/regomesh/controller"
+	"github.com/regomesh/regomesh/controller/bundleserver"
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
 )
 
 // TestBinaryWithController runs the real ztunnel binary with --controller
-// against the controller's stream server, both with SVIDs from a real
-// SPIRE agent: ztunnel's is its node's
+// alone against the controller's stream server and bundle server, all
+// with SVIDs from a real SPIRE agent: ztunnel's is its node's
 // (spiffe://<td>/regomesh/ztunnel/node-a), and the test's controller
 // presents the same one (one user, one registration), named with
-// --controller-identity. ztunnel becomes ready with the streamed state,
-// takes a change without a restart, and ACKs it; a ztunnel whose SVID is
-// another node's does not start.
+// --controller-identity. ztunnel downloads the signed mesh bundle over
+// mutual TLS with its SVID and verifies it with --verification-key,
+// becomes ready with it and the streamed state, takes a change of each
+// without a restart, and ACKs both; a ztunnel whose SVID is another
+// node's does not start.
 func TestBinaryWithController(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs SPIRE")
@@ -57,20 +70,29 @@ func TestBinaryWithController(t *testing.T) {
 	served := make(chan struct{})
 	go func() { defer close(served); gs.Serve(l) }()
 	defer func() { gs.Stop(); <-served; srv.Wait() }()
+	bundles, verificationKey := startBundleServer(t, srv, td, source)
+	// publish serves the bundle of a policy admitting namespace from, and
+	// announces its revision on the stream.
+	publish := func(from string) string {
+		b := controllerBundle(t, from)
+		bundles.Update(&controller.Update{Bundle: b})
+		srv.UpdateBundles(bundles.Revisions())
+		return b.Revision
+	}
+	v1 := publish("front")
 
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "ztunnel")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	bundle := filepath.Join(dir, "bundle")
-	os.MkdirAll(bundle, 0o755)
-	os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "r1", "roots": ["mesh/policies/t"]}`), 0o644)
-	os.WriteFile(filepath.Join(bundle, "p.rego"), []byte("package mesh.policies.t.p\n\ndeny contains {\"policy\": \"t/p\", \"rule\": 0} if input.destination.port == 1\n"), 0o644)
+	keyFile := filepath.Join(dir, "verification.pem")
+	os.WriteFile(keyFile, verificationKey, 0o644)
 	start := func(node string) (*exec.Cmd, *syncLog, string, string) {
 		admin, ready := freeAddr(t), freeAddr(t)
 		cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", ztunnelID.String(), "--controller-timeout", "15s",
-			"--node", node, "--bundle", bundle, "--trust-domain", td.Name(),
+			"--controller-bundles", bundles.url, "--verification-key", keyFile,
+			"--node", node, "--trust-domain", td.Name(),
 			"--spire-admin-socket", agent.AdminSocket(), "--spire-workload-socket", agent.WorkloadSocket(),
 			"--cni-socket", filepath.Join(dir, node+".sock"), "--pods-file", filepath.Join(dir, node+".json"),
 			"--admin-addr", admin, "--metrics-addr", freeAddr(t), "--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
@@ -85,24 +107,25 @@ func TestBinaryWithController(t *testing.T) {
 	cmd, logs, admin, ready := start("node-a")
 	defer cmd.Process.Kill()
 	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs.Buffer)
-	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"web"`) {
-		t.Fatalf("config dump lacks the streamed workload:\n%s", dump)
+	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"web"`) || !strings.Contains(dump, `"mesh": "`+v1+`"`) {
+		t.Fatalf("config dump lacks the streamed workload or the controller's bundle:\n%s", dump)
 	}
 	srv.Update(mustSnapshot(t, "web", "api"))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(fetch(t, "http://"+admin+"/config_dump"), `"api"`) {
+	v2 := publish("back")
+	deadline := time.Now().Add(30 * time.Second)
+	for dump := ""; !strings.Contains(dump, `"api"`) || !strings.Contains(dump, `"mesh": "`+v2+`"`); dump = fetch(t, "http://"+admin+"/config_dump") {
 		if time.Now().After(deadline) {
-			t.Fatalf("the new workload never reached ztunnel\n%s", logs.String())
+			t.Fatalf("the new workload or bundle revision never reached ztunnel:\n%s\n%s", dump, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	for {
 		st, ok := srv.Proxy(ztunnelID.String())
-		if ok && st.AckedVersion == srv.Version() && st.Node == "node-a" {
+		if ok && st.AckedVersion == srv.Version() && st.Node == "node-a" && st.Bundles[wire.MeshBundle] == v2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no ACK of version %s: %+v", srv.Version(), st)
+			t.Fatalf("no ACK of version %s and bundle revision %s: %+v", srv.Version(), v2, st)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -128,6 +151,80 @@ func TestBinaryWithController(t *testing.T) {
 		<-done
 		t.Fatalf("a ztunnel with node-a's SVID kept running as node-b:\n%s", logs.String())
 	}
+}
+
+// bundleServer is the controller's bundle server on a loopback port.
+type bundleServer struct {
+	*bundleserver.Server
+	url string
+}
+
+// startBundleServer serves signed bundles over mutual TLS with source's
+// SVID, identifying clients with stream, until the test ends; it returns
+// the server and the PEM public key of its signing key.
+func startBundleServer(t *testing.T, stream *xds.Server, td spiffeid.TrustDomain, source *workloadapi.X509Source) (*bundleServer, []byte) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := bundleserver.NewSigner(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), "RS256", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := bundleserver.New(bundleserver.Config{Signer: signer, Proxies: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := bundleserver.NewHTTPServer(srv, td, source, source)
+	served := testgo.Go(t, func(context.Context) {
+		if err := hs.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("bundle server: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hs.Shutdown(ctx)
+		<-served
+	})
+	return &bundleServer{Server: srv, url: "https://" + l.Addr().String()}, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
+}
+
+// controllerBundle is the controller's bundle of an AuthorizationPolicy
+// admitting namespace from to namespace shop, as its rebuild translates
+// and writes it.
+func controllerBundle(t *testing.T, from string) *controller.Bundle {
+	t.Helper()
+	res, _, err := istio.DecodeAll(strings.NewReader(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {namespaces: [`+from+`]}
+`), "policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := istio.TranslateAll(res, istio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var archive bytes.Buffer
+	if err := tr.WriteBundleTarGz(&archive); err != nil {
+		t.Fatal(err)
+	}
+	return &controller.Bundle{Revision: tr.Revision(), Translation: tr, Archive: archive.Bytes()}
 }
 
 func mustSnapshot(t *testing.T, names ...string) *state.Snapshot {

@@ -16,12 +16,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/internal/adminaddr"
-	"github.com/regomesh/regomesh/policy"
-	"github.com/regomesh/regomesh/policy/opabundles"
 )
 
 // config is every flag; each has a default fit for a node.
@@ -53,6 +49,10 @@ type config struct {
 	controllerIdentity  string
 	controllerTimeout   time.Duration
 	spireWorkloadSocket string
+	// controllerBundles and controllerBundlesUnsigned configure the
+	// download of the controller's bundle (fromController).
+	controllerBundles         string
+	controllerBundlesUnsigned bool
 }
 
 // hboneFlags bound what HBONE clients can make ztunnel hold: per pod
@@ -80,8 +80,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for ztunnel's own SVID and the first state")
 	fs.StringVar(&c.spireWorkloadSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "with --controller: the SPIRE agent's Workload API socket, where ztunnel gets its own SVID (spiffe://<trust-domain>/regomesh/ztunnel/<node>)")
-	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change)")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every --bundle bundle's signature must verify against (RS256); --opa-config bundles are verified with its keys and signing settings")
+	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change); with --controller and neither this nor --opa-config, ztunnel downloads the controller's bundles/mesh with its SVID (docs/bundles.md)")
+	fs.StringVar(&c.controllerBundles, "controller-bundles", "", "the controller's bundle server, where ztunnel downloads bundles/mesh with its SVID when given --controller and neither --bundle nor --opa-config (default https://<host of --controller>:15013)")
+	fs.BoolVar(&c.controllerBundlesUnsigned, "controller-bundles-unsigned", false, "accept the controller's bundles unsigned, as it serves them with --bundle-unsigned; without it, --verification-key is required and an unsigned bundle is refused")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key (RS256) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
 	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
 	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")
@@ -103,8 +105,8 @@ func parseFlags(args []string) (config, error) {
 	if (c.localConfig == "") == (c.controller == "") {
 		return c, fmt.Errorf("exactly one of --local-config and --controller is required")
 	}
-	if len(c.bundles) == 0 && c.opaConfig == "" {
-		return c, fmt.Errorf("at least one --bundle or an --opa-config is required: without policy every connection is denied")
+	if err := c.checkPolicySource(); err != nil {
+		return c, err
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {
@@ -181,20 +183,4 @@ func main() {
 		slog.Error("ztunnel stopped", "error", err)
 		os.Exit(1)
 	}
-}
-
-// bundleSet is the --bundle files, with their --verification-key, and
-// the bundles --opa-config names, for engine.
-func (c config) bundleSet(engine *policy.Engine, reg prometheus.Registerer, log *slog.Logger, afterLoad func()) (*opabundles.Set, error) {
-	var remote *opabundles.Config
-	if c.opaConfig != "" {
-		var err error
-		if remote, err = opabundles.ReadConfig(c.opaConfig); err != nil {
-			return nil, fmt.Errorf("--opa-config: %w", err)
-		}
-	}
-	return opabundles.New(engine, remote, opabundles.Options{
-		Local:     policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey},
-		LocalPoll: c.bundlePoll, Metrics: opabundles.NewMetrics(reg), Logger: log, AfterLoad: afterLoad,
-	})
 }

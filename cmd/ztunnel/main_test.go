@@ -20,6 +20,15 @@ func TestParseFlags(t *testing.T) {
 	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}); err != nil || cfg.opaConfig != "opa.yaml" || len(cfg.bundles) != 0 {
 		t.Errorf("--opa-config without --bundle: %+v, %v", cfg, err)
 	}
+	// --controller alone: the controller's bundle, verified or unsigned on purpose.
+	for _, args := range [][]string{
+		{"--controller", "c:15012", "--verification-key", "k.pem"},
+		{"--controller", "c:15012", "--controller-bundles-unsigned", "--controller-bundles", "https://bundles:8443"},
+	} {
+		if cfg, err := parseFlags(args); err != nil || !cfg.fromController() {
+			t.Errorf("parseFlags(%v) = %+v, %v: want the controller's bundle", args, cfg, err)
+		}
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -31,6 +40,11 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", ":15000"}, "binds a loopback address only"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", "10.0.0.1:15000"}, "--admin-expose"},
 		{[]string{"--local-config", "s.yaml", "--bundle", "a", "--admin-addr", "127.0.0.1"}, "missing port"},
+		{[]string{"--controller", "c:15012"}, "verified with --verification-key"},
+		{[]string{"--controller", "c:15012", "--verification-key", "k.pem", "--controller-bundles-unsigned"}, "choose one"},
+		{[]string{"--controller", "c:15012", "--bundle", "a", "--controller-bundles-unsigned"}, "apply with --controller and neither --bundle nor --opa-config"},
+		{[]string{"--controller", "c:15012", "--opa-config", "o.yaml", "--controller-bundles", "https://c:1"}, "apply with --controller and neither"},
+		{[]string{"--local-config", "s.yaml", "--controller-bundles-unsigned"}, "at least one --bundle"},
 	} {
 		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%v) = %v, want an error mentioning %q", tc.args, err, tc.want)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/opabundles"
@@ -36,7 +37,18 @@ func run(ctx context.Context, cfg config) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	engine, bundles, closeEngine, err := policyEngine(ctx, cfg, reg, log)
+	var svid *workloadapi.X509Source // ztunnel's own, with --controller
+	var controllerID spiffeid.ID
+	if cfg.controller != "" {
+		if controllerID, err = controllerIdentity(cfg.controllerIdentity, td); err != nil {
+			return err
+		}
+		if svid, err = ownSVID(ctx, cfg, td); err != nil {
+			return err
+		}
+		defer svid.Close()
+	}
+	engine, bundles, closeEngine, err := policyEngine(ctx, cfg, bundleCredentials(svid, controllerID), reg, log)
 	if err != nil {
 		return err
 	}
@@ -60,7 +72,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	if cfg.controller != "" {
-		stopStream, err := streamState(ctx, cfg, td, z, log)
+		stopStream, err := streamState(ctx, cfg, controllerID, svid, z, log)
 		if err != nil {
 			return err
 		}
@@ -89,11 +101,21 @@ func run(ctx context.Context, cfg config) error {
 	return err
 }
 
+// bundleCredentials are ztunnel's SVID, with --controller, for the
+// services of its bundles that name opabundles.SVIDPlugin (the
+// controller's bundle server); nil without --controller.
+func bundleCredentials(svid *workloadapi.X509Source, controllerID spiffeid.ID) *opabundles.SVIDCredentials {
+	if svid == nil {
+		return nil
+	}
+	return &opabundles.SVIDCredentials{SVID: svid, Bundle: svid, Server: controllerID}
+}
+
 // policyEngine makes the engine and starts its bundle set: the --bundle
 // files are loaded before it returns (a broken one is an error), the
-// --opa-config bundles as they arrive. The func stops the set and closes
-// the decision log.
-func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
+// downloaded bundles (--opa-config's or the controller's) as they arrive.
+// The func stops the set and closes the decision log.
+func policyEngine(ctx context.Context, cfg config, svid *opabundles.SVIDCredentials, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
 	closeLog := func() {}
@@ -114,7 +136,7 @@ func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, lo
 		closeLog()
 		return nil, nil, nil, err
 	}
-	bundles, err := cfg.bundleSet(engine, reg, log, releaseMemory)
+	bundles, err := cfg.bundleSet(engine, svid, reg, log, releaseMemory)
 	if err == nil {
 		err = bundles.Start(ctx)
 	}

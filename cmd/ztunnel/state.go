@@ -32,21 +32,17 @@ func watchLocalConfig(ctx context.Context, cfg config, z *ztunnel.Ztunnel, log *
 	return nil
 }
 
-// streamState subscribes to the controller's state stream (--controller)
-// with ztunnel's own SVID, spiffe://<trust domain>/regomesh/ztunnel/<node>,
-// from the SPIRE agent's Workload API, and waits for the first state. The
-// last state stays in force while the controller is away.
-func streamState(ctx context.Context, cfg config, td spiffeid.TrustDomain, z *ztunnel.Ztunnel, log *slog.Logger) (stop func(), err error) {
+// ownSVID is ztunnel's own SVID source for the stream and the bundle
+// server, spiffe://<trust domain>/regomesh/ztunnel/<node>, from the SPIRE
+// agent's Workload API: it waits for the first SVID and checks it is the
+// one for --node.
+func ownSVID(ctx context.Context, cfg config, td spiffeid.TrustDomain) (*workloadapi.X509Source, error) {
 	if cfg.node == "" {
 		return nil, fmt.Errorf("--controller: --node (or $NODE_NAME) is required: ztunnel subscribes for its node")
 	}
 	want, err := xds.ZtunnelID(td, cfg.node)
 	if err != nil {
 		return nil, fmt.Errorf("--node %q: %w", cfg.node, err)
-	}
-	controllerID, err := controllerIdentity(cfg.controllerIdentity, td)
-	if err != nil {
-		return nil, err
 	}
 	wait, cancel := context.WithTimeout(ctx, cfg.controllerTimeout)
 	defer cancel()
@@ -63,6 +59,13 @@ func streamState(ctx context.Context, cfg config, td spiffeid.TrustDomain, z *zt
 		source.Close()
 		return nil, fmt.Errorf("--controller: %w", err)
 	}
+	return source, nil
+}
+
+// streamState subscribes to the controller's state stream (--controller)
+// with ztunnel's own SVID (ownSVID), and waits for the first state. The
+// last state stays in force while the controller is away.
+func streamState(ctx context.Context, cfg config, controllerID spiffeid.ID, source *workloadapi.X509Source, z *ztunnel.Ztunnel, log *slog.Logger) (stop func(), err error) {
 	client, err := xds.NewClient(xds.ClientConfig{
 		Addr: cfg.controller, SVID: source, Bundle: source, Controller: controllerID, Node: cfg.node, TrustDomain: cfg.trustDomain,
 		Logger: log,
@@ -73,15 +76,10 @@ func streamState(ctx context.Context, cfg config, td spiffeid.TrustDomain, z *zt
 		},
 	})
 	if err != nil {
-		source.Close()
 		return nil, err
 	}
-	stopClient, err := client.Start(ctx, cfg.controllerTimeout)
-	if err != nil {
-		source.Close()
-		return nil, err
-	}
-	return func() { stopClient(); source.Close() }, nil
+	z.DemandFrom(client) // the controller sends this node's scope: other destinations on demand
+	return client.Start(ctx, cfg.controllerTimeout)
 }
 
 // controllerIdentity is --controller-identity, by default the controller's

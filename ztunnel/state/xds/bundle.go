@@ -2,6 +2,8 @@ package xds
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -31,6 +33,21 @@ const waypointBundlePrefix = "bundles/waypoint/"
 // WaypointBundle is the bundle of the waypoint ref ("<namespace>/<gateway>"):
 // bundles/waypoint/<namespace>/<gateway>.
 func WaypointBundle(ref string) string { return waypointBundlePrefix + ref }
+
+// BundlePort is the port of the controller's bundle server (its
+// --bundle-addr) beside the stream's.
+const BundlePort = 15013
+
+// BundleServerURL is the controller's bundle server for a proxy whose
+// stream goes to controller ("HOST:PORT"): the same host, BundlePort,
+// HTTPS.
+func BundleServerURL(controller string) (string, error) {
+	host, _, err := net.SplitHostPort(controller)
+	if err != nil || host == "" {
+		return "", fmt.Errorf("xds: controller address %q: want HOST:PORT", controller)
+	}
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(BundlePort)), nil
+}
 
 // IsBundle reports whether name is a bundle's name: MeshBundle or a
 // waypoint's.
