@@ -1,10 +1,10 @@
 package waypoint
 
 import (
-	"encoding/json"
 	"io"
-	"sync"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/jsonlines"
 )
 
 // AccessEntry is one JSON access-log line: one per request, or one per
@@ -39,28 +39,9 @@ type AccessEntry struct {
 	Error         string    `json:"error,omitempty"`
 }
 
-// AccessLog writes AccessEntry lines; safe for concurrent use.
-type AccessLog struct {
-	mu  sync.Mutex
-	enc *json.Encoder
-}
+// AccessLog writes AccessEntry lines; safe for concurrent use, and a nil
+// AccessLog discards.
+type AccessLog = jsonlines.Writer[AccessEntry]
 
 // NewAccessLog writes to w; nil w discards.
-func NewAccessLog(w io.Writer) *AccessLog {
-	if w == nil {
-		return nil
-	}
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	return &AccessLog{enc: enc}
-}
-
-// Write logs one entry; a nil log does nothing.
-func (l *AccessLog) Write(e AccessEntry) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	_ = l.enc.Encode(e) // an access log that cannot be written must not stop traffic
-}
+func NewAccessLog(w io.Writer) *AccessLog { return jsonlines.New[AccessEntry](w) }

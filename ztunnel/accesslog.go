@@ -1,10 +1,10 @@
 package ztunnel
 
 import (
-	"encoding/json"
 	"io"
-	"sync"
 	"time"
+
+	"github.com/regomesh/regomesh/internal/jsonlines"
 )
 
 // AccessEntry is one JSON access-log line: one per connection, written
@@ -43,29 +43,9 @@ func (r *report) accessEntry() AccessEntry {
 	}
 }
 
-// AccessLog writes AccessEntry lines; safe for concurrent use.
-type AccessLog struct {
-	mu  sync.Mutex
-	enc *json.Encoder
-}
+// AccessLog writes AccessEntry lines; safe for concurrent use, and a nil
+// AccessLog discards.
+type AccessLog = jsonlines.Writer[AccessEntry]
 
 // NewAccessLog writes to w; nil w discards.
-func NewAccessLog(w io.Writer) *AccessLog {
-	if w == nil {
-		return nil
-	}
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	return &AccessLog{enc: enc}
-}
-
-// write logs the report's line; a nil log does nothing.
-func (l *AccessLog) write(r *report) {
-	if l == nil {
-		return
-	}
-	e := r.accessEntry()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	_ = l.enc.Encode(e) // an access log that cannot be written must not stop traffic
-}
+func NewAccessLog(w io.Writer) *AccessLog { return jsonlines.New[AccessEntry](w) }

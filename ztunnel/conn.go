@@ -200,7 +200,7 @@ func (z *Ztunnel) refuse(c *conn, err error) {
 	r := c.report(time.Now())
 	z.cfg.Metrics.reportOpened(r)
 	z.cfg.Metrics.reportClosed(r)
-	z.cfg.AccessLog.write(r)
+	z.cfg.AccessLog.Write(r.accessEntry())
 	if c.flag == FlagNoSVID {
 		z.log.Error("no SVID for the source workload: connection refused (never sent in plaintext); is the SPIRE agent's admin socket reachable and ztunnel an authorized delegate?",
 			"identity", c.src.Principal, "error", err)
@@ -234,6 +234,6 @@ func (z *Ztunnel) relay(ctx context.Context, c *conn, client, up net.Conn, input
 		c.counts = counts
 		r := c.report(time.Now())
 		z.cfg.Metrics.reportClosed(r)
-		z.cfg.AccessLog.write(r)
+		z.cfg.AccessLog.Write(r.accessEntry())
 	})
 }
