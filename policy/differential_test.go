@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -236,6 +237,15 @@ type differentialStats struct {
 	allowed, denied, refused, nativePkgs, topdownPkgs, multiOwner int
 }
 
+func (s *differentialStats) add(o differentialStats) {
+	s.allowed += o.allowed
+	s.denied += o.denied
+	s.refused += o.refused
+	s.nativePkgs += o.nativePkgs
+	s.topdownPkgs += o.topdownPkgs
+	s.multiOwner += o.multiOwner
+}
+
 func TestNativeAgreesWithTopdown(t *testing.T) {
 	fixed, random := 60, 20
 	if testing.Short() || raceEnabled {
@@ -255,16 +265,33 @@ func TestNativeAgreesWithTopdown(t *testing.T) {
 		}
 		seeds, fixed = []uint64{seed}, 0
 	}
-	var st differentialStats
-	for i, seed := range seeds {
-		kind := "fixed"
-		if i >= fixed {
-			kind = "random"
+	// Seeds are independent: each is a subtest, run side by side, and
+	// adds its counts to st when it is done.
+	var (
+		mu sync.Mutex
+		st differentialStats
+	)
+	t.Run("seeds", func(t *testing.T) {
+		for i, seed := range seeds {
+			kind := "fixed"
+			if i >= fixed {
+				kind = "random"
+			}
+			t.Run(fmt.Sprintf("%s-%d", kind, seed), func(t *testing.T) {
+				t.Parallel()
+				var own differentialStats
+				if !agreeOnSeed(t, seed, &own) {
+					t.Logf("seed %d (%s); replay: go test ./policy -run '^TestNativeAgreesWithTopdown$' -differential.seed %d", seed, kind, seed)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				st.add(own)
+			})
 		}
-		if !agreeOnSeed(t, seed, &st) {
-			t.Logf("seed %d (%s); replay: go test ./policy -run '^TestNativeAgreesWithTopdown$' -differential.seed %d", seed, kind, seed)
-			return
-		}
+	})
+	if t.Failed() {
+		return
 	}
 	t.Logf("%d seeds: decisions %d allow, %d deny, %d refused inputs; packages %d native, %d topdown; %d sets of several bundles",
 		len(seeds), st.allowed, st.denied, st.refused, st.nativePkgs, st.topdownPkgs, st.multiOwner)
