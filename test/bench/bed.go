@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/regomesh/regomesh/localmesh"
@@ -27,7 +28,9 @@ var pods = []localmesh.PodSpec{
 	{Name: "plain-server", Node: "node-2", Namespace: "plain", ServiceAccount: "server", Outside: true},
 }
 
-// allowClientToServer lets the mesh client reach the server on appPort.
+// allowClientToServer lets the mesh client reach the server on appPort
+// and httpPort, and the waypoint on httpPort; in the waypoint it lets the
+// client GET the http service (http.go).
 var allowClientToServer = fmt.Sprintf(`package mesh.policies.bench.x
 
 allow_scope contains {"policy": "bench/x"} if input.destination.labels.app == "server"
@@ -35,9 +38,25 @@ allow_scope contains {"policy": "bench/x"} if input.destination.labels.app == "s
 allow contains {"policy": "bench/x", "rule": "client-to-server"} if {
 	input.destination.labels.app == "server"
 	input.source.principal == "spiffe://regomesh.test/ns/bench/sa/client"
-	input.destination.port == %d
+	input.destination.port in {%[1]d, %[2]d}
 }
-`, appPort)
+
+allow contains {"policy": "bench/x", "rule": "waypoint-to-server"} if {
+	input.destination.labels.app == "server"
+	input.source.principal == "spiffe://regomesh.test/ns/bench/sa/waypoint"
+	input.destination.port == %[2]d
+}
+
+# In the waypoint, per request: the client may GET the http service.
+allow_scope contains {"policy": "bench/http"} if input.destination.service == "http.bench.svc.cluster.local"
+
+allow contains {"policy": "bench/http", "rule": "client-gets"} if {
+	input.layer == "l7"
+	input.destination.service == "http.bench.svc.cluster.local"
+	input.source.principal == "spiffe://regomesh.test/ns/bench/sa/client"
+	input.request.method == "GET"
+}
+`, appPort, httpPort)
 
 // bed is the running mesh with a benchmark server in both server pods.
 type bed struct {
@@ -53,7 +72,8 @@ func startBed(ctx context.Context, netNum int) (*bed, error) {
 
 // startBedWith starts a bed named by mc (Prefix, Net), which may also run
 // ztunnels as processes and add workloads to their state; the nodes,
-// pods, policy and servers are always the ones above.
+// pods, policy and servers are always the ones above, and with a
+// WaypointBinary the waypointPods too.
 func startBedWith(ctx context.Context, mc localmesh.Config) (*bed, error) {
 	b := &bed{servers: map[string]*server{}}
 	if err := b.start(ctx, mc); err != nil {
@@ -80,6 +100,9 @@ func (b *bed) start(ctx context.Context, mc localmesh.Config) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	mc.Nodes, mc.Pods, mc.Bundles = []string{"node-1", "node-2"}, pods, []string{b.policyDir}
+	if mc.WaypointBinary != "" {
+		mc.Pods = append(slices.Clip(pods), waypointPods...)
+	}
 	mc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	b.mesh, err = localmesh.Start(ctx, mc)
 	if err != nil {

@@ -8,10 +8,15 @@
 //     the floor under any pair of user-space proxies on this machine;
 //   - `openssl speed -evp aes-128-gcm` as the per-core ceiling.
 //
-// The proxies' memory is measured last, on a second bed where both
+// The proxies' memory is measured next, on a second bed where both
 // ztunnels are the cmd/ztunnel binary (a process each, in its node's
 // namespace) with -workloads synthetic workloads in their state, beside
 // a fresh haproxy pair: VmRSS idle and with -tunnels connections open.
+//
+// Last, on a third bed with a waypoint, the HTTP phase (http.go): fortio
+// at 1,000 QPS over 16 and 64 kept-alive connections, and at its maximum,
+// through the L4 mesh, the waypoint, and an haproxy L7 chain, with the
+// waypoint's memory and a CPU profile of it.
 //
 // It prints a table and notes, and writes them as JSON with -json. It is
 // a report, not a test: nothing is asserted. It needs root and bin/spire-*
@@ -50,6 +55,14 @@ type config struct {
 	memoryOnly bool
 	// jsonState: the memory phase's ztunnels read their state as JSON.
 	jsonState bool
+	// http runs the HTTP phase (http.go); httpOnly runs only it.
+	http, httpOnly bool
+	// httpDuration is each HTTP run's length, httpRepeats how many of
+	// each are run.
+	httpDuration time.Duration
+	httpRepeats  int
+	// httpProfile, if set, keeps the waypoint's CPU profile there.
+	httpProfile string
 }
 
 func main() {
@@ -64,7 +77,20 @@ func main() {
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the regomesh bulk run (both ztunnels) to this file")
 	flag.BoolVar(&cfg.memoryOnly, "memory-only", false, "run only the proxy memory phase (ztunnel processes and a haproxy pair on their own bed)")
 	flag.BoolVar(&cfg.jsonState, "state-json", false, "the memory phase's ztunnels read their local config as JSON, not YAML")
+	flag.BoolVar(&cfg.http, "http", true, "run the HTTP phase: fortio at 1,000 QPS and at its maximum through the L4 mesh, the waypoint and an haproxy L7 chain")
+	flag.BoolVar(&cfg.httpOnly, "http-only", false, "run only the HTTP phase")
+	flag.DurationVar(&cfg.httpDuration, "http-duration", 5*time.Second, "length of each HTTP run")
+	flag.IntVar(&cfg.httpRepeats, "http-repeats", 3, "runs of each HTTP measurement; the report gives their medians")
+	flag.StringVar(&cfg.httpProfile, "http-cpuprofile", "", "keep the waypoint's CPU profile, taken during its first maximum-rate run, in this file")
+	loadgen := flag.String("loadgen", "", "internal: run one fortio load (JSON) in this process and print its result; the bench starts itself so in a client pod")
 	flag.Parse()
+	if *loadgen != "" {
+		if err := loadgenMain(*loadgen, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -114,17 +140,26 @@ func run(ctx context.Context, cfg config, cmd string) error {
 		return fmt.Errorf("-workloads %d: between 0 and %d", cfg.workloads, maxWorkloads)
 	}
 	rep := &report{Command: cmd}
-	if !cfg.memoryOnly {
+	if !cfg.memoryOnly && !cfg.httpOnly {
 		var err error
 		if rep, err = measureDataPath(ctx, cfg, cmd); err != nil {
 			return err
 		}
 	}
-	rss, err := measureRSS(ctx, cfg)
-	if err != nil {
-		return err
+	if !cfg.httpOnly {
+		rss, err := measureRSS(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.addRSS(rss)
 	}
-	rep.addRSS(rss)
+	if (cfg.http && !cfg.memoryOnly) || cfg.httpOnly {
+		h, err := measureHTTP(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		rep.HTTP = h
+	}
 	rep.Print(os.Stdout)
 	if cfg.jsonPath != "" {
 		return rep.WriteJSON(cfg.jsonPath)

@@ -16,6 +16,8 @@ type report struct {
 	AESGCMCeiling float64  `json:"aes_128_gcm_mb_per_s"`
 	Rows          []row    `json:"rows"`
 	Notes         []string `json:"notes"`
+	// HTTP is the HTTP phase's figures (http.go), if it ran.
+	HTTP *httpResult `json:"http,omitempty"`
 }
 
 // row is one metric; a nil figure was not measured on that path.
@@ -136,6 +138,15 @@ func handshakeNote(cfg config, r *results) string {
 // Print writes the table and notes.
 func (rep *report) Print(w io.Writer) {
 	fmt.Fprintf(w, "$ %s\n\n", rep.Command)
+	if len(rep.Rows) > 0 {
+		rep.printRows(w)
+	}
+	if rep.HTTP != nil {
+		rep.HTTP.Print(w)
+	}
+}
+
+func (rep *report) printRows(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "metric\t direct\t haproxy pair\t regomesh\t regomesh/haproxy\t")
 	for _, r := range rep.Rows {
