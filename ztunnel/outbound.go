@@ -2,7 +2,9 @@ package ztunnel
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/netip"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -38,6 +40,9 @@ func (z *Ztunnel) connect(c *conn, client net.Conn) (net.Conn, inputFunc, error)
 	if err := z.guard.outbound(z.state.Load(), dst); err != nil {
 		return nil, nil, err
 	}
+	if err := z.demandState(dst); err != nil {
+		return nil, nil, refuse(FlagNoRoute, err)
+	}
 	route, err := z.router.Route(dst)
 	if err != nil {
 		return nil, nil, refuse(FlagNoRoute, err)
@@ -50,6 +55,23 @@ func (z *Ztunnel) connect(c *conn, client net.Conn) (net.Conn, inputFunc, error)
 	input := passthroughInputFunc(c)
 	up, err := z.passthrough(c, input)
 	return up, input, err
+}
+
+// demandState has the state fetch what a connection to dst needs, when
+// it comes from a controller that sends this node's scope only; without
+// an answer the connection is refused rather than sent out as plaintext
+// to what may be a mesh workload.
+func (z *Ztunnel) demandState(dst netip.AddrPort) error {
+	d := z.demand.Load()
+	if d == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), DemandTimeout)
+	defer cancel()
+	if err := (*d).Demand(ctx, dst.Addr()); err != nil {
+		return fmt.Errorf("ztunnel: no state for %s: %w", dst, err)
+	}
+	return nil
 }
 
 // tunnel opens an HBONE stream to the route with the pod's SVID.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,7 @@ type Ztunnel struct {
 	cfg     Config
 	log     *slog.Logger
 	state   atomic.Pointer[state.Snapshot]
+	demand  atomic.Pointer[Demander] // nil: the state is whole (a local file)
 	router  *Router
 	tracker *tracker
 	guard   loopGuard
@@ -122,6 +124,23 @@ func (z *Ztunnel) SetState(ctx context.Context, s *state.Snapshot) {
 		z.log.Info("state changed: closed connections now denied", "closed", n)
 	}
 }
+
+// Demander fetches what a connection to an address needs when the state
+// is a controller's scope for this node rather than the whole mesh
+// (ztunnel/state/xds.Client, docs/state-stream.md).
+type Demander interface {
+	// Demand returns once the state holds what a connection to ip needs,
+	// or what ip stands for is known to be nothing of the mesh.
+	Demand(ctx context.Context, ip netip.Addr) error
+}
+
+// DemandTimeout bounds how long a new outbound connection waits for the
+// controller to answer for its destination (Demander).
+const DemandTimeout = 5 * time.Second
+
+// DemandFrom makes every outbound connection first ask d for its
+// destination; call it before pods are added.
+func (z *Ztunnel) DemandFrom(d Demander) { z.demand.Store(&d) }
 
 // State is the mesh state in force.
 func (z *Ztunnel) State() *state.Snapshot { return z.state.Load() }

@@ -10,16 +10,21 @@ import (
 
 // BenchmarkPodChange measures what one pod's change costs on the wire
 // against the full state: 5,000 workloads on 50 nodes behind 500
-// services, one ztunnel subscribed. Each iteration relabels one pod,
-// updates the server and waits for the ztunnel's ACK.
+// services, one waypoint subscribed (a waypoint is sent the whole state;
+// a ztunnel its node's scope, whose size it reports too). Each iteration
+// relabels one pod, updates the server and waits for the waypoint's ACK.
 //
 //	go test -run XXX -bench PodChange ./controller/xds/
 func BenchmarkPodChange(b *testing.B) {
 	ca := testpki.New(b, "td.test")
 	ws, svcs := mesh(b, 5000, 50, 500)
+	ws[1].Waypoint = "shop/pod-0" // pod-0's identity, shop/default, is a waypoint's
 	bed := newBed(b, ca, "127.0.0.1:0", snapshot(b, ws, svcs))
-	p := bed.connect(b, "/regomesh/ztunnel/node-0", "node-0")
+	p := bed.connect(b, "/ns/shop/sa/default", "")
 	full := bed.waitAcked(b, p).TotalBytes
+	z := bed.connect(b, "/regomesh/ztunnel/node-0", "node-0")
+	scope := bed.waitAcked(b, z).TotalBytes
+	z.stop()
 	var changeBytes, pushes int64
 	i := 0
 	for b.Loop() {
@@ -40,6 +45,7 @@ func BenchmarkPodChange(b *testing.B) {
 	}
 	perChange := float64(changeBytes) / float64(pushes)
 	b.ReportMetric(float64(full), "full-state-bytes")
+	b.ReportMetric(float64(scope), "ztunnel-scope-bytes")
 	b.ReportMetric(perChange, "bytes/change")
 	b.ReportMetric(float64(full)/perChange, "full/change")
 }

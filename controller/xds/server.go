@@ -40,9 +40,10 @@ type Config struct {
 // Server is the delta xDS server. Update gives it the desired state; each
 // subscriber's stream sends that subscriber what it lacks.
 //
-// Invariants: resources is replaced whole by Update, never modified in
-// place, so a stream may read the map it took under mu without the lock;
-// version grows by one with every Update that changes a resource.
+// Invariants: resources and index are replaced whole by Update, never
+// modified in place, so a stream may read what it took under mu without
+// the lock; index always indexes resources; version grows by one with
+// every Update that changes a resource.
 type Server struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 
@@ -57,6 +58,7 @@ type Server struct {
 	waypoints   map[string][]string // SPIFFE ID -> the waypoints ("<namespace>/<gateway>") it is, in the last state
 	version     uint64
 	resources   map[string]*resource
+	index       *scopeIndex
 	subscribers map[*subscriber]struct{}
 	proxies     map[string]*ProxyStatus
 	// bundles are the revisions of the bundles served, by name (replaced
@@ -74,6 +76,7 @@ type resource struct {
 	node    string // a workload's node; "" for a service
 	service bool
 	body    *anypb.Any
+	refs    resourceRefs // what a proxy holding it needs with it (scope.go)
 }
 
 // New returns a server with an empty state; call Update before proxies
@@ -84,7 +87,7 @@ func New(cfg Config) *Server {
 	}
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "xds"),
-		resources: map[string]*resource{}, subscribers: map[*subscriber]struct{}{}, proxies: map[string]*ProxyStatus{},
+		resources: map[string]*resource{}, index: newScopeIndex(&state.Snapshot{}, nil), subscribers: map[*subscriber]struct{}{}, proxies: map[string]*ProxyStatus{},
 	}
 }
 
@@ -128,13 +131,17 @@ func (s *Server) Update(snap *state.Snapshot) {
 		}
 	}
 	waypoints := waypointsByID(snap)
+	var index *scopeIndex
+	if changed {
+		index = newScopeIndex(snap, next)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.waypoints = waypoints
 	if !changed {
 		return
 	}
-	s.resources = next
+	s.resources, s.index = next, index
 	s.version++
 	for sub := range s.subscribers {
 		sub.wakeUp()
@@ -184,10 +191,10 @@ func (s *Server) Version() string {
 func formatVersion(v uint64) string { return fmt.Sprint(v) }
 
 // current is the state a stream diffs against.
-func (s *Server) current() (uint64, map[string]*resource) {
+func (s *Server) current() (uint64, map[string]*resource, *scopeIndex) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.version, s.resources
+	return s.version, s.resources, s.index
 }
 
 func (s *Server) waypointsOf(id spiffeid.ID) []string {
@@ -236,7 +243,7 @@ type encoded struct {
 func (s *Server) encode(snap *state.Snapshot, old map[string]*resource) map[string]*resource {
 	out := make(map[string]*resource, len(snap.Workloads)+len(snap.Services))
 	for _, svc := range snap.Services {
-		out[wire.ServiceName(svc)] = encodeOne(wire.ServiceName(svc), "", true, wire.EncodeService(svc), old)
+		out[wire.ServiceName(svc)] = encodeOne(wire.ServiceName(svc), "", resourceRefs{waypoint: svc.Waypoint}, wire.EncodeService(svc), old)
 	}
 	prev := s.encoded.workloads
 	if !slices.Equal(snap.Services, s.encoded.services) {
@@ -250,7 +257,12 @@ func (s *Server) encode(snap *state.Snapshot, old map[string]*resource) map[stri
 			if selectors == nil {
 				selectors = indexSelectors(snap.Services)
 			}
-			r = encodeOne(wire.WorkloadName(w), w.Node, false, wire.EncodeWorkload(w, selectors.selecting(w)), old)
+			services := selectors.selecting(w)
+			refs := resourceRefs{waypoint: w.Waypoint}
+			for _, svc := range services {
+				refs.services = append(refs.services, wire.ServiceName(svc))
+			}
+			r = encodeOne(wire.WorkloadName(w), w.Node, refs, wire.EncodeWorkload(w, services), old)
 		}
 		out[r.name] = r
 		next.workloads[w] = r
@@ -295,17 +307,22 @@ func (idx selectorIndex) selecting(w *state.Workload) []*state.Service {
 
 var deterministic = proto.MarshalOptions{Deterministic: true}
 
-func encodeOne(name, node string, service bool, addr *workloadapi.Address, old map[string]*resource) *resource {
+// encodeOne encodes a workload (node set) or a service (node empty, refs
+// naming only its waypoint).
+func encodeOne(name, node string, refs resourceRefs, addr *workloadapi.Address, old map[string]*resource) *resource {
 	b, err := deterministic.Marshal(addr)
 	if err != nil {
 		panic(fmt.Sprintf("xds: marshal %s: %v", name, err)) // generated messages of valid UTF-8 strings marshal
 	}
 	sum := sha256.Sum256(b)
 	version := hex.EncodeToString(sum[:12])
+	// The bytes hold the waypoint and the services, so refs are the same
+	// when the version is.
 	if r, ok := old[name]; ok && r.version == version && r.node == node {
 		return r
 	}
-	return &resource{name: name, version: version, node: node, service: service, body: &anypb.Any{TypeUrl: wire.TypeURL, Value: b}}
+	service := addr.GetService() != nil
+	return &resource{name: name, version: version, node: node, service: service, refs: refs, body: &anypb.Any{TypeUrl: wire.TypeURL, Value: b}}
 }
 
 func selects(selector, labels map[string]string) bool {

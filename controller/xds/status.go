@@ -23,6 +23,11 @@ type ProxyStatus struct {
 	// name: what the stream told it is current (whether it has fetched
 	// them yet is the bundle server's to see).
 	Bundles map[string]string
+	// BundlesAckedAt is when it ACKed them.
+	BundlesAckedAt time.Time
+	// Subscribed is how many names (addresses, resources) the proxy
+	// subscribed to on demand, beside what its scope always holds.
+	Subscribed int
 	// LastNACK is the last response the proxy refused, nil if none.
 	LastNACK *NACK
 	// LastPush describes the last response of state sent; TotalBytes

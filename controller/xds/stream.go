@@ -10,6 +10,8 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
@@ -37,6 +39,12 @@ type subscription struct {
 	sent    bool   // the first response has gone out
 	nacked  uint64 // the version last refused; not resent until it moves
 	refused bool
+	// demanded are the names the proxy subscribed to (on demand, not the
+	// wildcard): address keys and resource names (scope.go); unanswered
+	// those subscribed since the last response, which the next answers
+	// (Resource.aliases, or removed_resources for what stands for nothing).
+	demanded   map[string]bool
+	unanswered []string
 }
 
 // inflight is a response awaiting its ACK: what the proxy will hold if it
@@ -168,10 +176,11 @@ func (s *Server) detach(sub *subscriber) {
 }
 
 // handle takes one request: a type's first (its subscription, with the
-// versions the proxy holds), or an ACK or NACK of the type's pending
-// response (a stale nonce is ignored); then it pushes what the proxy
-// still lacks. Requests for other types are ignored. Subscriptions are
-// wildcard: named subscriptions are not honoured yet.
+// versions the proxy holds), names subscribed to or unsubscribed from,
+// or an ACK or NACK of the type's pending response (a stale nonce is
+// ignored); then it pushes what the proxy still lacks. Requests for other
+// types are ignored. Names count for the Address type only; the wildcard
+// is every proxy's in any case (what it stands for is scope.go's).
 func (s *Server) handle(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber, req *discoveryv3.DeltaDiscoveryRequest) error {
 	if !knownTypes[req.GetTypeUrl()] {
 		s.log.Debug("ignored a request for another type", "proxy", sub.proxy.ID.String(), "type", req.GetTypeUrl())
@@ -190,6 +199,14 @@ func (s *Server) handle(stream discoveryv3.AggregatedDiscoveryService_DeltaAggre
 		sub.types = append(sub.types, t)
 		s.log.Info("proxy subscribed", "proxy", sub.proxy.ID.String(), "type", t.typeURL, "held", len(t.acked))
 	}
+	if t.typeURL == wire.TypeURL {
+		if err := t.subscribe(req); err != nil {
+			s.log.Warn("refused a subscription", "proxy", sub.proxy.ID.String(), "error", err)
+			return err
+		}
+		n := len(t.demanded)
+		s.record(sub.proxy, func(st *ProxyStatus) { st.Subscribed = n })
+	}
 	if p := t.pending; p != nil && req.GetResponseNonce() == p.nonce {
 		t.pending = nil
 		if detail := req.GetErrorDetail(); detail != nil {
@@ -199,6 +216,27 @@ func (s *Server) handle(stream discoveryv3.AggregatedDiscoveryService_DeltaAggre
 		}
 	}
 	return s.push(stream, sub)
+}
+
+// subscribe takes the names req subscribes to and unsubscribes from.
+func (t *subscription) subscribe(req *discoveryv3.DeltaDiscoveryRequest) error {
+	for _, name := range req.GetResourceNamesUnsubscribe() {
+		delete(t.demanded, name)
+	}
+	for _, name := range req.GetResourceNamesSubscribe() {
+		if name == "*" {
+			continue
+		}
+		if t.demanded == nil {
+			t.demanded = map[string]bool{}
+		}
+		if !t.demanded[name] && len(t.demanded) >= maxDemanded {
+			return status.Errorf(codes.ResourceExhausted, "xds: a stream subscribes to at most %d names", maxDemanded)
+		}
+		t.demanded[name] = true
+		t.unanswered = append(t.unanswered, name)
+	}
+	return nil
 }
 
 func (s *Server) ack(sub *subscriber, t *subscription, p *inflight) {
@@ -212,7 +250,7 @@ func (s *Server) ack(sub *subscriber, t *subscription, p *inflight) {
 	now := time.Now()
 	if t.typeURL == wire.BundleTypeURL {
 		held := maps.Clone(t.acked)
-		s.record(sub.proxy, func(st *ProxyStatus) { st.Bundles = held })
+		s.record(sub.proxy, func(st *ProxyStatus) { st.Bundles, st.BundlesAckedAt = held, now })
 		return
 	}
 	s.record(sub.proxy, func(st *ProxyStatus) { st.AckedVersion, st.AckedAt = formatVersion(p.version), now })
@@ -230,14 +268,22 @@ func (s *Server) nack(sub *subscriber, t *subscription, p *inflight, reason stri
 // push sends, for each type the proxy subscribed to, what it lacks.
 func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber) error {
 	for _, t := range sub.types {
-		var version uint64
-		var resources map[string]*resource
+		var err error
 		if t.typeURL == wire.BundleTypeURL {
-			version, resources = s.currentBundles(sub.proxy)
+			version, resources := s.currentBundles(sub.proxy)
+			err = s.pushType(stream, sub, t, version, resources, nil)
 		} else {
-			version, resources = s.current()
+			version, all, index := s.current()
+			resources := all
+			if sub.proxy.Kind == Ztunnel {
+				resources = index.ztunnelScope(all, sub.proxy.Node, t.demanded)
+			}
+			err = s.pushType(stream, sub, t, version, resources, func(name string) (string, bool) {
+				r, ok := index.resolve(all, name)
+				return r, ok && resources[r] != nil
+			})
 		}
-		if err := s.pushType(stream, sub, t, version, resources); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -246,26 +292,33 @@ func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggrega
 
 // pushType sends what the proxy lacks of one type, unless a response is
 // awaiting its ACK, the proxy refused this very version, or it lacks
-// nothing (the first response goes out even empty: it tells the proxy
-// it is in sync).
-func (s *Server) pushType(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber, t *subscription, version uint64, resources map[string]*resource) error {
+// nothing and has no subscription to answer (the first response goes out
+// even empty: it tells the proxy it is in sync). resolve, for a type
+// taking names, says which resource a name stands for.
+func (s *Server) pushType(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber, t *subscription, version uint64, resources map[string]*resource, resolve func(string) (string, bool)) error {
 	if t.pending != nil || (t.refused && version == t.nacked) {
 		return nil
 	}
 	add, removed, partial := sub.diff(t.acked, resources)
-	if len(add) == 0 && len(removed) == 0 && t.sent {
+	answer := len(t.unanswered) > 0 && !partial
+	if len(add) == 0 && len(removed) == 0 && t.sent && !answer {
 		return nil
+	}
+	var aliases map[string][]string
+	if answer {
+		add, removed, aliases = t.answer(add, removed, resources, resolve)
 	}
 	resp := &discoveryv3.DeltaDiscoveryResponse{
 		TypeUrl: t.typeURL, SystemVersionInfo: formatVersion(version),
-		Nonce: strconv.FormatUint(s.nonces.Add(1), 36), RemovedResources: removed,
+		Nonce: strconv.FormatUint(s.nonces.Add(1), 36),
 	}
 	if partial {
 		resp.SystemVersionInfo = "" // the proxy holds no whole version until the rest arrives
 	}
+	resp.RemovedResources = removed
 	p := &inflight{nonce: resp.Nonce, version: version, partial: partial, set: make(map[string]string, len(add)), removed: removed}
 	for _, r := range add {
-		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.name, Version: r.version, Resource: r.body})
+		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.name, Version: r.version, Resource: r.body, Aliases: aliases[r.name]})
 		p.set[r.name] = r.version
 	}
 	if err := stream.Send(resp); err != nil {
@@ -281,6 +334,41 @@ func (s *Server) pushType(stream discoveryv3.AggregatedDiscoveryService_DeltaAgg
 		st.TotalBytes += int64(size)
 	})
 	return nil
+}
+
+// answer answers the names subscribed since the last response, as delta
+// xDS answers a subscription by another name than a resource's: the
+// resource a name stands for goes out (again, if the proxy holds it
+// already) with the name among its aliases; a name that stands for
+// nothing in the proxy's scope is listed as removed.
+func (t *subscription) answer(add []*resource, removed []string, resources map[string]*resource, resolve func(string) (string, bool)) ([]*resource, []string, map[string][]string) {
+	aliases := map[string][]string{}
+	sending := make(map[string]bool, len(add))
+	for _, r := range add {
+		sending[r.name] = true
+	}
+	for _, name := range t.unanswered {
+		r, ok := resolve(name)
+		switch {
+		case !ok:
+			if !slices.Contains(removed, name) {
+				removed = append(removed, name)
+			}
+		case r == name: // a resource's own name: the resource is the answer
+			if !sending[r] {
+				add, sending[r] = append(add, resources[r]), true
+			}
+		default:
+			if !slices.Contains(aliases[r], name) {
+				aliases[r] = append(aliases[r], name)
+			}
+			if !sending[r] {
+				add, sending[r] = append(add, resources[r]), true
+			}
+		}
+	}
+	t.unanswered = nil
+	return add, removed, aliases
 }
 
 // diff is what the proxy lacks: resources it does not hold at their

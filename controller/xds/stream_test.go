@@ -54,23 +54,25 @@ func sameState(t *testing.T, got *state.Snapshot, want *state.Snapshot) {
 
 func TestDeltas(t *testing.T) {
 	ca := testpki.New(t, "td.test")
-	ws, svcs := mesh(t, 20, 2, 3)
+	// One node: the ztunnel's scope is the whole state (what another
+	// node's ztunnel is sent is TestNodeScope's).
+	ws, svcs := mesh(t, 20, 1, 3)
 	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
 	p := b.connect(t, "/regomesh/ztunnel/node-0", "node-0")
 	st := b.waitAcked(t, p)
 	got, _ := p.state()
 	sameState(t, got, snapshot(t, ws, svcs))
-	// The first response was node-0's ten workloads alone; the second the
-	// three services and node-1's ten.
-	if st.LastPush.Resources != 13 || st.Streams != 1 || st.Kind != xds.Ztunnel || st.Node != "node-0" {
-		t.Errorf("status after the initial sync: %+v, want the second push of 13 resources", st)
+	// The first response was node-0's twenty workloads alone; the second
+	// the three services selecting them.
+	if st.LastPush.Resources != 3 || st.Streams != 1 || st.Kind != xds.Ztunnel || st.Node != "node-0" {
+		t.Errorf("status after the initial sync: %+v, want the second push of 3 resources", st)
 	}
 	full := st.TotalBytes
 
 	changed := *ws[5]
 	changed.Labels = map[string]string{"pod": "5", "app": "app-2", "version": "v2"}
 	ws[5] = &changed
-	withAdded := append(ws[:len(ws):len(ws)], workload(20, 2, 3))
+	withAdded := append(ws[:len(ws):len(ws)], workload(20, 1, 3))
 	tests := []struct {
 		name               string
 		workloads          []*state.Workload

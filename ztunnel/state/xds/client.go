@@ -76,6 +76,11 @@ type Client struct {
 	bundles map[string]string // bundle name -> revision, as last ACKed
 	lastErr error             // why the last stream broke
 	synced  chan struct{}     // closed at the first response applied
+	snap    *state.Snapshot   // the state last applied
+	// demands are the addresses subscribed to on demand (ondemand.go),
+	// by address key: answered and found, or awaiting their answer.
+	demands map[string]*demand
+	send    func(*discoveryv3.DeltaDiscoveryRequest) error // the current stream's, nil between streams
 }
 
 type heldResource struct {
@@ -101,7 +106,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	cfg.TrustDomain = cmp.Or(cfg.TrustDomain, "cluster.local")
 	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, 500*time.Millisecond)
 	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, 30*time.Second)
-	return &Client{cfg: cfg, log: cfg.Logger.With("component", "xds", "controller", cfg.Addr), held: map[string]heldResource{}, synced: make(chan struct{})}, nil
+	return &Client{cfg: cfg, log: cfg.Logger.With("component", "xds", "controller", cfg.Addr), held: map[string]heldResource{}, synced: make(chan struct{}), demands: map[string]*demand{}}, nil
 }
 
 // Synced is closed once the first response from the controller has been
@@ -198,10 +203,33 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 	if err != nil {
 		return false, err
 	}
-	for _, req := range c.subscribe() {
-		if err := s.Send(req); err != nil {
-			return false, err
+	// Demand sends beside this goroutine: one Send at a time, and none
+	// before the subscription, which names every demand made until send
+	// is published.
+	var sendMu sync.Mutex
+	send := func(req *discoveryv3.DeltaDiscoveryRequest) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return s.Send(req)
+	}
+	defer func() {
+		c.mu.Lock()
+		c.send = nil
+		c.mu.Unlock()
+	}()
+	sendMu.Lock()
+	c.mu.Lock()
+	first := c.subscribe()
+	c.send = send
+	c.mu.Unlock()
+	for _, req := range first {
+		if err = s.Send(req); err != nil {
+			break
 		}
+	}
+	sendMu.Unlock()
+	if err != nil {
+		return false, err
 	}
 	for {
 		resp, err := s.Recv()
@@ -211,36 +239,42 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
 		if resp.GetTypeUrl() == BundleTypeURL {
 			err = c.applyBundles(resp)
-		} else if err = c.apply(resp); err == nil {
-			applied = true
+		} else {
+			if err = c.apply(resp); err == nil {
+				applied = true
+			}
+			c.answered(resp, err, send)
 		}
 		if err != nil {
 			c.log.Error("refused a response of the controller; what it replaces stays in force", "type", resp.GetTypeUrl(), "version", resp.GetSystemVersionInfo(), "error", err)
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		}
-		if err := s.Send(ack); err != nil {
+		if err := send(ack); err != nil {
 			return applied, err
 		}
 	}
 }
 
-// subscribe is the stream's first requests: everything of type Address,
-// then every bundle revision, each with the versions already held, so a
-// reconnection is sent only what changed. A controller that does not
-// know the bundle type ignores its request.
+// subscribe, called with c.mu held, is the stream's first requests: type Address (the wildcard,
+// which the controller reads as this proxy's scope, and the addresses
+// demanded), then every bundle revision, each with the versions already
+// held, so a reconnection is sent only what changed. A controller that
+// does not know the bundle type ignores its request.
 func (c *Client) subscribe() []*discoveryv3.DeltaDiscoveryRequest {
 	node := &corev3.Node{Id: c.cfg.Node}
 	if c.cfg.Node != "" {
 		node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{NodeMetadata: structpb.NewStringValue(c.cfg.Node)}}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	versions := make(map[string]string, len(c.held))
 	for name, h := range c.held {
 		versions[name] = h.version
 	}
+	names := []string{"*"}
+	for _, key := range slices.Sorted(maps.Keys(c.demands)) {
+		names = append(names, key)
+	}
 	return []*discoveryv3.DeltaDiscoveryRequest{
-		{Node: node, TypeUrl: TypeURL, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions},
+		{Node: node, TypeUrl: TypeURL, ResourceNamesSubscribe: names, InitialResourceVersions: versions},
 		{TypeUrl: BundleTypeURL, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: maps.Clone(c.bundles)},
 	}
 }
@@ -284,7 +318,20 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(changes) == 0 && len(resp.GetRemovedResources()) == 0 && c.version != "" {
+	// A resource sent again at the version held (the answer to a
+	// subscription), or a name removed that is not held (an address that
+	// stands for nothing), changes nothing.
+	maps.DeleteFunc(changes, func(name string, h heldResource) bool {
+		held, ok := c.held[name]
+		return ok && held.version == h.version
+	})
+	var removed []string
+	for _, name := range resp.GetRemovedResources() {
+		if _, ok := c.held[name]; ok {
+			removed = append(removed, name)
+		}
+	}
+	if len(changes) == 0 && len(removed) == 0 && c.version != "" {
 		c.version = resp.GetSystemVersionInfo()
 		return nil // nothing changed: the proxy's state and its connections stay as they are
 	}
@@ -292,7 +339,7 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	for name, h := range c.held {
 		next[name] = h
 	}
-	for _, name := range resp.GetRemovedResources() {
+	for _, name := range removed {
 		delete(next, name)
 	}
 	for name, h := range changes {
@@ -302,7 +349,7 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	if err != nil {
 		return err
 	}
-	c.held, c.version = next, resp.GetSystemVersionInfo()
+	c.held, c.version, c.snap = next, resp.GetSystemVersionInfo(), snap
 	c.cfg.Apply(snap)
 	select {
 	case <-c.synced:

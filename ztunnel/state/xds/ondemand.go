@@ -1,0 +1,115 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+)
+
+// AddressKey names an address in a subscription, as Istio's ztunnel
+// names one it needs on demand: "<network>/<ip>", with the network empty.
+func AddressKey(ip netip.Addr) string { return "/" + ip.Unmap().String() }
+
+// ErrDemandRefused: the response that answered a demand was refused, so
+// the state holds nothing new for the address.
+var ErrDemandRefused = errors.New("xds: the controller's answer to a subscription was refused")
+
+// demand is one address subscribed to on demand.
+//
+// Invariant: done is closed once the address is answered; found says
+// whether it stood for a workload or a service, err whether the answer
+// was refused. Only a found demand stays in Client.demands.
+type demand struct {
+	done  chan struct{}
+	found bool
+	err   error
+}
+
+// Demand makes sure the state holds what a connection to ip needs. The
+// controller sends a ztunnel its node's workloads, not the mesh
+// (docs/state-stream.md): a destination it does not hold (or a service,
+// whose endpoints on other nodes it holds only once subscribed to) is
+// subscribed to by address, and Demand waits for the controller's
+// answer, which the state then holds: the workload with its waypoint, or
+// the service with its endpoints and waypoint. The subscription stays,
+// so later changes to them arrive by themselves; an address that stands
+// for nothing (outside the mesh) is not kept, and is asked for again at
+// the next connection.
+//
+// Demand returns at once for a workload's address the state holds, or an
+// address already answered. It returns ctx's error if the answer does not
+// come in time (the controller is away, or the proxy refuses its state),
+// and ErrDemandRefused if the answering response was refused. It is safe
+// for concurrent use.
+func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
+	ip = ip.Unmap()
+	key := AddressKey(ip)
+	c.mu.Lock()
+	if c.snap != nil {
+		if _, ok := c.snap.WorkloadByIP(ip); ok {
+			c.mu.Unlock()
+			return nil
+		}
+	}
+	d, ok := c.demands[key]
+	if !ok {
+		d = &demand{done: make(chan struct{})}
+		c.demands[key] = d
+	}
+	send := c.send
+	c.mu.Unlock()
+	if !ok && send != nil {
+		// A stream that breaks here subscribes again with every demand.
+		_ = send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesSubscribe: []string{key}})
+	}
+	select {
+	case <-d.done:
+		return d.err
+	case <-ctx.Done():
+		return fmt.Errorf("xds: no answer from the controller at %s for %s: %w", c.cfg.Addr, ip, ctx.Err())
+	}
+}
+
+// answered settles the demands resp answers: the address keys among its
+// resources' aliases (found) and its removed names (standing for
+// nothing), or, if resp was refused (applyErr), all it names. Keys that
+// stand for nothing are unsubscribed.
+func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr error, send func(*discoveryv3.DeltaDiscoveryRequest) error) {
+	c.mu.Lock()
+	var drop []string
+	settle := func(key string, found bool) {
+		d, ok := c.demands[key]
+		if !ok {
+			return
+		}
+		select {
+		case <-d.done:
+			return // answered before: a resource sent again with its alias
+		default:
+		}
+		d.found = found && applyErr == nil
+		if applyErr != nil {
+			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
+		}
+		close(d.done)
+		if !d.found {
+			delete(c.demands, key)
+			drop = append(drop, key)
+		}
+	}
+	for _, r := range resp.GetResources() {
+		for _, key := range r.GetAliases() {
+			settle(key, true)
+		}
+	}
+	for _, name := range resp.GetRemovedResources() {
+		settle(name, false)
+	}
+	c.mu.Unlock()
+	if len(drop) > 0 {
+		_ = send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesUnsubscribe: drop})
+	}
+}
