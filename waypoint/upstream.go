@@ -37,8 +37,15 @@ func (w *Waypoint) newProxy() *httputil.ReverseProxy {
 			}
 			return nil
 		},
-		Transport:     upstreamTransport{w},
-		FlushInterval: -1, // stream: gRPC and server-sent events must not wait in a buffer
+		Transport: upstreamTransport{w},
+		// A response of unknown length (gRPC, chunked, anything streamed)
+		// and server-sent events are flushed at every write: the
+		// ReverseProxy does so whatever FlushInterval says. A response
+		// whose length is known goes out with its headers in as few writes
+		// as the buffer allows: flushing each write (-1) cost a tunnel
+		// write for the headers and another for the body of every small
+		// response (test/bench's HTTP phase).
+		FlushInterval: 0,
 		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
 			x := exchangeFrom(r.Context())
