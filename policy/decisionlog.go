@@ -52,6 +52,13 @@ type DecisionLogConfig struct {
 	// events are dropped and counted with reason "buffer_full", so a slow
 	// writer never slows decisions. 0 means 4096.
 	BufferSize int
+	// ShadowDisagreements, when set, also receives every event whose shadow
+	// decision disagrees with the enforced one on allow: the same line, the
+	// same decision_id, masked the same way, whatever SampleRate leaves
+	// out (MaxPerSecond and BufferSize still bound them). It is what
+	// `regomesh policy replay --log` reads to show what a candidate would
+	// change. With it, the logger's own writer may be nil.
+	ShadowDisagreements io.Writer
 }
 
 // DecisionEvent is what the engine hands to the logger for one decision.
@@ -96,7 +103,8 @@ type DecisionEvent struct {
 // event; one goroutine encodes and writes queued events, flushing at least
 // every 100 ms. A DecisionLogger is safe for concurrent use.
 type DecisionLogger struct {
-	w          io.Writer
+	w          io.Writer // nil: only disagreements are written, to shadow
+	shadow     io.Writer // nil: disagreements are not written apart
 	metrics    *Metrics
 	sampleRate float64
 	limiter    *decisionLogBucket // nil when unlimited
@@ -113,6 +121,8 @@ type DecisionLogger struct {
 	ids     *rand.ChaCha8
 	buf     bytes.Buffer
 	pending int // events in buf
+	sbuf    bytes.Buffer
+	spend   int // events in sbuf
 	lost    int // events lost to encode or write errors
 	err     error
 }
@@ -122,6 +132,7 @@ type DecisionLogger struct {
 type decisionLogRecord struct {
 	event DecisionEvent
 	input Input
+	main  bool // for the main writer; else only a shadow disagreement
 }
 
 // NewDecisionLogger returns a logger writing to w, which it never closes.
@@ -134,7 +145,7 @@ func NewDecisionLogger(w io.Writer, cfg DecisionLogConfig, metrics *Metrics) (*D
 // newDecisionLogger is NewDecisionLogger with the clock that timestamps
 // events and drives the rate limit.
 func newDecisionLogger(w io.Writer, cfg DecisionLogConfig, metrics *Metrics, now func() time.Time) (*DecisionLogger, error) {
-	if w == nil {
+	if w == nil && cfg.ShadowDisagreements == nil {
 		return nil, errors.New("policy: decision log: writer is nil")
 	}
 	if err := cfg.validate(); err != nil {
@@ -143,6 +154,7 @@ func newDecisionLogger(w io.Writer, cfg DecisionLogConfig, metrics *Metrics, now
 	cfg = cfg.withDefaults()
 	l := &DecisionLogger{
 		w:          w,
+		shadow:     cfg.ShadowDisagreements,
 		metrics:    metrics,
 		sampleRate: cfg.SampleRate,
 		now:        now,
@@ -199,14 +211,23 @@ func randomSeed() [32]byte {
 // reached or the queue is full; the last two are counted as drops. It never
 // blocks, and does nothing after Close or on a nil logger.
 func (l *DecisionLogger) Log(e DecisionEvent) {
-	if l == nil || !l.sampled() {
+	if l == nil {
+		return
+	}
+	main := l.w != nil && l.sampled()
+	if !main && !(l.shadow != nil && e.disagrees()) {
 		return
 	}
 	if l.limiter != nil && !l.limiter.take(l.now()) {
 		l.metrics.decisionLogDropped(dropRateLimited)
 		return
 	}
-	l.enqueue(e)
+	l.enqueue(e, main)
+}
+
+// disagrees reports whether the shadow set decided otherwise on allow.
+func (e *DecisionEvent) disagrees() bool {
+	return e.Shadow != nil && e.Shadow.Allow != e.Result.Allow
 }
 
 func (l *DecisionLogger) sampled() bool {
@@ -216,8 +237,8 @@ func (l *DecisionLogger) sampled() bool {
 // record copies what the writer goroutine needs, so the caller may reuse
 // the structs of e (Input, Request, Auth, Shadow, DryRun) as soon as Log
 // returns.
-func (l *DecisionLogger) record(e DecisionEvent) *decisionLogRecord {
-	r := &decisionLogRecord{event: e}
+func (l *DecisionLogger) record(e DecisionEvent, main bool) *decisionLogRecord {
+	r := &decisionLogRecord{event: e, main: main}
 	if e.Input != nil {
 		r.input = copyInput(*e.Input)
 		r.event.Input = &r.input
@@ -259,7 +280,7 @@ func copyInput(in Input) Input {
 
 // enqueue queues a copy of e. A full queue is checked before copying, so
 // an overloaded writer does not also cost the callers allocations.
-func (l *DecisionLogger) enqueue(e DecisionEvent) {
+func (l *DecisionLogger) enqueue(e DecisionEvent, main bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -270,7 +291,7 @@ func (l *DecisionLogger) enqueue(e DecisionEvent) {
 		return
 	}
 	select {
-	case l.queue <- l.record(e):
+	case l.queue <- l.record(e, main):
 	default:
 		l.metrics.decisionLogDropped(dropBufferFull)
 	}
@@ -314,7 +335,7 @@ func (l *DecisionLogger) run() {
 				return
 			}
 			l.encode(r)
-			if l.buf.Len() >= decisionLogFlushBytes {
+			if l.buf.Len()+l.sbuf.Len() >= decisionLogFlushBytes {
 				l.flush()
 			}
 		case <-ticker.C:
@@ -331,25 +352,40 @@ func (l *DecisionLogger) encode(r *decisionLogRecord) {
 			return
 		}
 	}
+	start := l.buf.Len()
 	enc := json.NewEncoder(&l.buf)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(line); err != nil {
+		l.buf.Truncate(start)
 		l.fail(1, dropEncodeError, fmt.Errorf("encode: %w", err))
+		return
+	}
+	if l.shadow != nil && r.event.disagrees() {
+		l.sbuf.Write(l.buf.Bytes()[start:])
+		l.spend++
+	}
+	if !r.main {
+		l.buf.Truncate(start)
 		return
 	}
 	l.pending++
 }
 
 func (l *DecisionLogger) flush() {
-	if l.buf.Len() == 0 {
-		return
+	if l.buf.Len() > 0 {
+		if _, err := l.w.Write(l.buf.Bytes()); err != nil {
+			l.fail(l.pending, dropWriteError, fmt.Errorf("write: %w", err))
+		}
+		l.buf.Reset()
+		l.pending = 0
 	}
-	_, err := l.w.Write(l.buf.Bytes())
-	if err != nil {
-		l.fail(l.pending, dropWriteError, fmt.Errorf("write: %w", err))
+	if l.sbuf.Len() > 0 {
+		if _, err := l.shadow.Write(l.sbuf.Bytes()); err != nil {
+			l.fail(l.spend, dropWriteError, fmt.Errorf("write shadow disagreements: %w", err))
+		}
+		l.sbuf.Reset()
+		l.spend = 0
 	}
-	l.buf.Reset()
-	l.pending = 0
 }
 
 // fail records n events lost for reason. A failed write counts every event

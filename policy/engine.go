@@ -286,7 +286,7 @@ func (e *Engine) compareShadow(ctx context.Context, in *Input, enforced Decision
 		e.log.Warn("shadow policy failed to decide", "error", err)
 	}
 	if d.Allow != enforced.Allow {
-		e.cfg.Metrics.shadowDisagreement(in.Layer)
+		e.cfg.Metrics.shadowDisagreement(in.Layer, enforced, d)
 		e.log.Info("shadow policy disagrees",
 			"layer", in.Layer, "source", in.Source.Principal, "destination", in.Destination.Workload,
 			"namespace", in.Destination.Namespace, "port", in.Destination.Port,

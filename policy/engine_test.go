@@ -400,8 +400,8 @@ func TestShadowReportsDisagreements(t *testing.T) {
 	}
 	e.Decide(context.Background(), apiToPostgres(5433)) // both deny: no disagreement
 	got := series(t, reg, "regomesh_policy_shadow_disagreements_total")
-	if got[`regomesh_policy_shadow_disagreements_total{layer=l4}`] != 1 {
-		t.Errorf("disagreements = %v, want 1 at l4", got)
+	if got[`regomesh_policy_shadow_disagreements_total{layer=l4,policy=shop/db,rule=api-only,shadow_policy=,shadow_rule=}`] != 1 {
+		t.Errorf("disagreements = %v, want 1 at l4, allowed by shop/db rule api-only in force, denied by no rule in the shadow set", got)
 	}
 	if err := dl.Close(); err != nil {
 		t.Fatal(err)

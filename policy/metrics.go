@@ -29,8 +29,11 @@ var evalBuckets = []float64{
 //     directory, most likely); the previous set stays in force;
 //   - regomesh_policy_bundle_info{bundle,revision}: 1 for each bundle in
 //     force, labelled with its revision;
-//   - regomesh_policy_shadow_disagreements_total{layer}: decisions where the
-//     shadow bundle set disagreed with the enforced one;
+//   - regomesh_policy_shadow_disagreements_total{layer,policy,rule,shadow_policy,shadow_rule}:
+//     decisions where the shadow bundle set disagreed with the enforced one
+//     on allow, by the policy and rule that decided in force and those that
+//     decided in the shadow set ("" where none did: no policy applies, or
+//     ALLOW policies apply and none matched);
 //   - regomesh_policy_decision_log_dropped_total{reason}: decision-log events
 //     lost ("rate_limited", "buffer_full", "encode_error", "write_error",
 //     "mask_error": data.system.log.mask failed, so the event was not written);
@@ -87,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bundleLoads: newCounterVec("bundle_loads_total", "Policy bundle loads by result (success, failure).", "result"),
 		noPolicy:    newCounter("no_policy_refusals_total", "Bundle sets refused because they would remove every policy package in force; the previous set stays in force."),
 		bundleInfo:  newGaugeVec("bundle_info", "Policy bundles in force, by name and revision; always 1.", "bundle", "revision"),
-		shadow:      newCounterVec("shadow_disagreements_total", "Decisions where the shadow bundle set disagreed with the enforced one.", "layer"),
+		shadow:      newCounterVec("shadow_disagreements_total", "Decisions where the shadow bundle set disagreed with the enforced one on allow, by the deciding policy and rule in force and in the shadow set.", "layer", "policy", "rule", "shadow_policy", "shadow_rule"),
 		logDropped:  newCounterVec("decision_log_dropped_total", "Decision-log events lost, by reason; sampling is not counted.", "reason"),
 	}
 	if reg != nil {
@@ -264,11 +267,11 @@ func (m *Metrics) setRevisions(revisions map[string]string) {
 
 // shadowDisagreement counts a decision where the shadow bundle set
 // disagreed with the enforced one.
-func (m *Metrics) shadowDisagreement(layer Layer) {
+func (m *Metrics) shadowDisagreement(layer Layer, enforced, shadow Decision) {
 	if m == nil {
 		return
 	}
-	m.shadow.WithLabelValues(string(layer)).Inc()
+	m.shadow.WithLabelValues(string(layer), enforced.Policy, enforced.Rule, shadow.Policy, shadow.Rule).Inc()
 }
 
 // decisionLogDropped counts one decision-log event lost for reason.

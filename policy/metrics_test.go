@@ -242,9 +242,11 @@ func TestMetricsSetRevisionsCopiesMap(t *testing.T) {
 func TestMetricsShadowAndDropped(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	m := NewMetrics(reg)
-	m.shadowDisagreement(L4)
-	m.shadowDisagreement(L4)
-	m.shadowDisagreement(L7)
+	live := Decision{Verdict: Verdict{Allow: true, Policy: "ns/web", Rule: "1"}}
+	candidate := Decision{Verdict: Verdict{Allow: false, Policy: "ns/candidate", Rule: "0"}}
+	m.shadowDisagreement(L4, live, candidate)
+	m.shadowDisagreement(L4, live, candidate)
+	m.shadowDisagreement(L7, Decision{Verdict: Verdict{Policy: "ns/deny", Rule: "x"}}, Decision{Verdict: Verdict{Allow: true, Policy: "ns/a", Rule: "open"}})
 	m.decisionLogDropped(dropRateLimited)
 	m.decisionLogDropped(dropBufferFull)
 	m.decisionLogDropped(dropBufferFull)
@@ -252,8 +254,8 @@ func TestMetricsShadowAndDropped(t *testing.T) {
 
 	const shadow = "regomesh_policy_shadow_disagreements_total"
 	assertSeries(t, series(t, reg, shadow), map[string]float64{
-		shadow + "{layer=l4}": 2,
-		shadow + "{layer=l7}": 1,
+		shadow + "{layer=l4,policy=ns/web,rule=1,shadow_policy=ns/candidate,shadow_rule=0}": 2,
+		shadow + "{layer=l7,policy=ns/deny,rule=x,shadow_policy=ns/a,shadow_rule=open}":     1,
 	})
 	const dropped = "regomesh_policy_decision_log_dropped_total"
 	assertSeries(t, series(t, reg, dropped), map[string]float64{
@@ -270,7 +272,7 @@ func TestMetricsNilReceiver(t *testing.T) {
 	m.observeCacheHit(L4, allowBy("ns/a"))
 	m.bundleLoad(true)
 	m.setRevisions(map[string]string{"mesh": "r1"})
-	m.shadowDisagreement(L7)
+	m.shadowDisagreement(L7, allowBy("ns/a"), denyBy("ns/b"))
 	m.decisionLogDropped(dropBufferFull)
 }
 

@@ -79,5 +79,6 @@ func (c config) bundleSet(engine *policy.Engine, svid *opabundles.SVIDCredential
 	return opabundles.New(engine, remote, opabundles.Options{
 		Local:     policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey},
 		LocalPoll: c.bundlePoll, Metrics: opabundles.NewMetrics(reg), Logger: log, AfterLoad: afterLoad, SVID: svid,
+		Shadow: policy.BundleFiles{Paths: c.shadowBundles, VerifyKey: c.verifyKey},
 	})
 }

@@ -20,6 +20,13 @@ func TestParseFlags(t *testing.T) {
 	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}); err != nil || cfg.opaConfig != "opa.yaml" || len(cfg.bundles) != 0 {
 		t.Errorf("--opa-config without --bundle: %+v, %v", cfg, err)
 	}
+	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--bundle", "a", "--shadow-bundle", "c1", "--shadow-bundle", "c2", "--shadow-log", "s.jsonl"}); err != nil ||
+		len(cfg.shadowBundles) != 2 || cfg.shadowLog != "s.jsonl" {
+		t.Errorf("--shadow-bundle twice and --shadow-log: %+v, %v", cfg, err)
+	}
+	if _, err := parseFlags([]string{"--local-config", "s.yaml", "--bundle", "a", "--shadow-log", "s.jsonl"}); err == nil || !strings.Contains(err.Error(), "--shadow-log needs --shadow-bundle") {
+		t.Errorf("--shadow-log alone: %v, want it refused", err)
+	}
 	// --controller alone: the controller's bundle, verified or unsigned on purpose.
 	for _, args := range [][]string{
 		{"--controller", "c:15012", "--verification-key", "k.pem"},

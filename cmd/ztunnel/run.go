@@ -118,19 +118,12 @@ func bundleCredentials(svid *workloadapi.X509Source, controllerID spiffeid.ID) *
 func policyEngine(ctx context.Context, cfg config, svid *opabundles.SVIDCredentials, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
-	closeLog := func() {}
-	if cfg.decisionLog != "" {
-		f, err := os.OpenFile(cfg.decisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--decision-log: %w", err)
-		}
-		dl, err := policy.NewDecisionLogger(f, policy.DecisionLogConfig{}, metrics)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		pcfg.DecisionLog = dl
-		closeLog = func() { dl.Close(); f.Close() }
+	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.opaConfig, Shadow: cfg.shadowLog},
+		svid, metrics, reg, log)
+	if err != nil {
+		return nil, nil, nil, err
 	}
+	pcfg.DecisionLog = dl
 	engine, err := policy.NewEngine(pcfg)
 	if err != nil {
 		closeLog()

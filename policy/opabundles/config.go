@@ -84,7 +84,7 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if cfg.services, err = parseServices(parsed.Services); err != nil {
 		return nil, err
 	}
-	if err := cfg.parseBundles(parsed.Bundles); err != nil {
+	if err := cfg.parseBundles(parsed.Bundles, !isNull(parsed.DecisionLogs)); err != nil {
 		return nil, err
 	}
 	if err := cfg.parseDecisionLogs(parsed.DecisionLogs, parsed.Labels); err != nil {
@@ -166,8 +166,12 @@ func parseServices(raw json.RawMessage) (map[string]json.RawMessage, error) {
 }
 
 // parseBundles parses the bundles section with OPA's parser and refuses
-// what the proxies cannot download.
-func (c *Config) parseBundles(raw json.RawMessage) error {
+// what the proxies cannot download. A file that configures decision logs
+// may name no bundles (the proxy's --bundle paths are then its policy).
+func (c *Config) parseBundles(raw json.RawMessage, decisionLogs bool) error {
+	if isNull(raw) && decisionLogs {
+		return nil
+	}
 	if isNull(raw) {
 		return fmt.Errorf("opabundles: OPA configuration: no bundles: list the bundles to download under bundles (docs/bundles.md)")
 	}

@@ -36,6 +36,11 @@ type Options struct {
 	// SVID is the proxy's identity for services whose credentials name
 	// SVIDPlugin; nil refuses such services.
 	SVID *SVIDCredentials
+	// Shadow are the proxy's --shadow-bundle files (verified with
+	// Local's key): a candidate set the engine decides with beside the set
+	// in force, never enforced, reloaded on change like Local
+	// (docs/decision-logs.md#shadow-policy).
+	Shadow policy.BundleFiles
 }
 
 // Set is a proxy's bundle set: its local bundles and the latest good copy
@@ -89,6 +94,9 @@ func New(engine *policy.Engine, cfg *Config, opts Options) (*Set, error) {
 	if cfg == nil {
 		return s, nil
 	}
+	if len(cfg.Bundles) == 0 && len(opts.Local.Paths) == 0 {
+		return nil, errNothingToLoad
+	}
 	for _, w := range cfg.Warnings {
 		log.Warn("OPA configuration: " + w)
 	}
@@ -110,8 +118,9 @@ func New(engine *policy.Engine, cfg *Config, opts Options) (*Set, error) {
 
 // Start reads the local bundles and, without remote bundles, loads them
 // at once: an error here (a broken --bundle at start) is returned and
-// nothing runs. Then it starts one downloader per remote bundle and the
-// watch of the local files, until Stop.
+// nothing runs; so is a broken shadow bundle, loaded here too. Then it
+// starts one downloader per remote bundle and the watch of the local (and
+// shadow) files, until Stop.
 func (s *Set) Start(ctx context.Context) error {
 	stamp := policy.BundlesStamp(s.opts.Local.Paths) // before reading: a change while reading is seen
 	locals, err := s.readLocal()
@@ -127,10 +136,19 @@ func (s *Set) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	shadowStamp := policy.BundlesStamp(s.opts.Shadow.Paths)
+	if len(s.opts.Shadow.Paths) > 0 {
+		if err := s.loadShadow(ctx); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if len(s.opts.Local.Paths) > 0 {
 		wg.Go(func() { s.watchLocal(ctx, stamp) })
+	}
+	if len(s.opts.Shadow.Paths) > 0 {
+		wg.Go(func() { s.watchShadow(ctx, shadowStamp) })
 	}
 	for _, src := range s.sources {
 		src.downloader.Start(ctx)
