@@ -86,6 +86,9 @@ type Config struct {
 	// ZtunnelBinary is a built cmd/ztunnel (Build); required with
 	// ProcessNodes.
 	ZtunnelBinary string
+	// ZtunnelFlags are more flags for every ztunnel process (its
+	// --shadow-bundle, say).
+	ZtunnelFlags []string
 	// Workloads and Services join the pods' workloads in the mesh state
 	// every ztunnel reads: a cluster's worth of workloads on other nodes,
 	// say. They are never enrolled.

@@ -70,7 +70,8 @@ func (m *Mesh) startProcess(ctx context.Context, node string, agent *harness.Age
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", p.CNISocket,
 		"--pods-file", filepath.Join(dir, "pods.json"),
 	}
-	cmd := exec.Command(m.cfg.ZtunnelBinary, append(args, m.daemonFlags(m.cfg.AccessLog)...)...)
+	args = append(append(args, m.daemonFlags(m.cfg.AccessLog)...), m.cfg.ZtunnelFlags...)
+	cmd := exec.Command(m.cfg.ZtunnelBinary, args...)
 	p.daemon, err = startDaemon(ctx, "ztunnel on "+node, n.Path, dir, cmd, n.Start, m.cfg.AccessLog)
 	if err != nil {
 		return err
