@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -137,7 +138,9 @@ func lastAck(b *testing.B, bed *bed, proxies []*proxy, nodes []int, start time.T
 
 func report(b *testing.B, lat []time.Duration, cpu time.Duration) {
 	slices.Sort(lat)
-	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	pct := func(p float64) float64 { // nearest rank
+		return float64(lat[int(math.Ceil(p*float64(len(lat))))-1].Microseconds()) / 1000
+	}
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
