@@ -77,18 +77,19 @@ func httpPaths(b *bed) []httpPath {
 // maximum rates; the waypoint's and haproxy's memory; the L7 decision's
 // share of the waypoint's CPU.
 type httpResult struct {
-	QPS      float64                         `json:"qps"`
-	Duration string                          `json:"duration"`
-	Repeats  int                             `json:"repeats"`
-	Latency  map[int]map[string][3]float64   `json:"latency_s"`       // conns -> path -> p50, p90, p99
-	Added    map[int]map[string][3]float64   `json:"added_s"`         // conns -> path -> p50, p90, p99 minus direct's
-	Max      map[string]float64              `json:"max_rps"`         // path -> requests/s
-	MaxConns int                             `json:"max_conns"`       // connections in the maximum runs
-	Failed   map[string]int64                `json:"failed_requests"` // path -> non-200 answers and socket errors, all runs
-	Memory   map[string]map[string]uint64    `json:"memory_bytes"`    // proxy -> idle, load, peak
-	Decision map[string]float64              `json:"cpu_share"`       // function -> share of the waypoint's CPU samples
-	Runs     map[int]map[string][]loadResult `json:"runs"`            // conns (0: maximum) -> path -> every run
-	Profile  string                          `json:"profile"`
+	QPS        float64                         `json:"qps"`
+	Duration   string                          `json:"duration"`
+	Repeats    int                             `json:"repeats"`
+	Latency    map[int]map[string][3]float64   `json:"latency_s"`       // conns -> path -> p50, p90, p99
+	Added      map[int]map[string][3]float64   `json:"added_s"`         // conns -> path -> p50, p90, p99 minus direct's
+	Max        map[string]float64              `json:"max_rps"`         // path -> requests/s
+	MaxConns   int                             `json:"max_conns"`       // connections in the maximum runs
+	Failed     map[string]int64                `json:"failed_requests"` // path -> non-200 answers and socket errors, all runs
+	Memory     map[string]map[string]uint64    `json:"memory_bytes"`    // proxy -> idle, load, peak
+	Decision   map[string]float64              `json:"cpu_share"`       // function -> share of the waypoint's CPU samples
+	Runs       map[int]map[string][]loadResult `json:"runs"`            // conns (0: maximum) -> path -> every run
+	Profile    string                          `json:"profile"`         // -http-cpuprofile, the profiles added up
+	ProfileCPU string                          `json:"profile_cpu"`     // the CPU time the profiles sampled
 }
 
 func measureHTTP(ctx context.Context, cfg config) (*httpResult, error) {
@@ -142,6 +143,8 @@ type httpRun struct {
 	procs map[string]*proxy // the middle proxies: waypoint, haproxy
 	dir   string
 	r     *httpResult
+	// profiles are the waypoint's CPU profiles, one per maximum run.
+	profiles []string
 }
 
 func (h *httpRun) measure(ctx context.Context) (*httpResult, error) {
@@ -201,8 +204,8 @@ func (h *httpRun) fixedRate(ctx context.Context, paths []httpPath, conns int) er
 }
 
 // maximum runs the waypoint and haproxy paths as fast as they answer,
-// alternating, repeats times; the first waypoint run is profiled, and
-// both middle proxies' memory is read after their first run.
+// alternating, repeats times; every waypoint run is profiled, and both
+// middle proxies' memory is read after their first run.
 func (h *httpRun) maximum(ctx context.Context, paths []httpPath) error {
 	conns := h.r.MaxConns
 	for i := range h.cfg.httpRepeats {
@@ -210,8 +213,8 @@ func (h *httpRun) maximum(ctx context.Context, paths []httpPath) error {
 			p := paths[(i+j)%len(paths)]
 			step(p.name, fmt.Sprintf("HTTP maximum rate, %d connections, run %d of %d", conns, i+1, h.cfg.httpRepeats))
 			profile := make(chan error, 1)
-			if i == 0 && p.name == pathWaypoint {
-				go func() { profile <- h.profileWaypoint(ctx) }()
+			if p.name == pathWaypoint {
+				go func() { profile <- h.profileWaypoint(ctx, i) }()
 			} else {
 				profile <- nil
 			}
@@ -235,7 +238,7 @@ func (h *httpRun) maximum(ctx context.Context, paths []httpPath) error {
 		}
 		h.r.Max[p.name] = median(rates)
 	}
-	return nil
+	return h.decisionShare(ctx)
 }
 
 // run runs l on p, keeping the result under key (a connection count, 0
@@ -273,14 +276,14 @@ func (h *httpRun) memory(path, when string) error {
 	return nil
 }
 
-// profileSeconds is the waypoint's CPU profile's length, inside the first
-// maximum run and within localmesh's 5s admin client timeout.
+// profileSeconds is the length of each of the waypoint's CPU profiles,
+// one inside each maximum run, within localmesh's 5s admin client
+// timeout; their samples are added up.
 const profileSeconds = 4
 
 // profileWaypoint takes a CPU profile of the waypoint process from its
-// admin endpoint (pprof, on loopback in its pod) and reads from it the
-// share of the samples spent deciding requests.
-func (h *httpRun) profileWaypoint(ctx context.Context) error {
+// admin endpoint (pprof, on loopback in its pod) into h.dir.
+func (h *httpRun) profileWaypoint(ctx context.Context, run int) error {
 	status, body, err := h.bed.mesh.Waypoints["waypoint"].Get(ctx, localmesh.AdminPort, fmt.Sprintf("/debug/pprof/profile?seconds=%d", profileSeconds))
 	if err != nil {
 		return fmt.Errorf("bench: waypoint profile: %w", err)
@@ -288,17 +291,35 @@ func (h *httpRun) profileWaypoint(ctx context.Context) error {
 	if status != http.StatusOK {
 		return fmt.Errorf("bench: waypoint profile: %d %s", status, body)
 	}
-	h.r.Profile = h.cfg.httpProfile
-	path := h.r.Profile
-	if path == "" {
-		path = filepath.Join(h.dir, "waypoint.pprof")
+	path := filepath.Join(h.dir, fmt.Sprintf("waypoint-%d.pprof", run))
+	h.profiles = append(h.profiles, path)
+	return os.WriteFile(path, body, 0o644)
+}
+
+// decisionShare reads from the waypoint's profiles, added up, the share
+// of its CPU samples spent deciding requests, and keeps the sum in
+// -http-cpuprofile.
+func (h *httpRun) decisionShare(ctx context.Context) error {
+	out, err := exec.CommandContext(ctx, "go", append([]string{"tool", "pprof", "-top", "-cum", "-nodecount=100000"}, h.profiles...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("bench: go tool pprof %v: %w\n%s", h.profiles, err, tail(out))
 	}
-	if err := os.WriteFile(path, body, 0o644); err != nil {
+	if h.r.Decision, err = parseCumShares(out, decisionFuncs); err != nil {
 		return err
 	}
-	h.r.Decision, err = cumShares(ctx, path, decisionFuncs)
-	return err
+	if m := totalSamples.FindSubmatch(out); m != nil {
+		h.r.ProfileCPU = string(m[1])
+	}
+	if h.r.Profile = h.cfg.httpProfile; h.r.Profile != "" {
+		args := append([]string{"tool", "pprof", "-proto", "-output", h.r.Profile}, h.profiles...)
+		if out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("bench: go tool pprof -proto: %w\n%s", err, tail(out))
+		}
+	}
+	return nil
 }
+
+var totalSamples = regexp.MustCompile(`Total samples = (\S+)`)
 
 // decisionFuncs are what the L7 decision costs, in the profile: the
 // waypoint's authorize (the engine's Decide and the decision's
@@ -307,16 +328,6 @@ var decisionFuncs = []string{
 	"github.com/regomesh/regomesh/waypoint.(*Waypoint).authorize",
 	"github.com/regomesh/regomesh/policy.(*Engine).Decide",
 	"github.com/regomesh/regomesh/waypoint.RequestOf",
-}
-
-// cumShares reads each function's cumulative share of the profile's
-// samples from go tool pprof -top -cum.
-func cumShares(ctx context.Context, profile string, funcs []string) (map[string]float64, error) {
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=100000", profile).CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("bench: go tool pprof %s: %w\n%s", profile, err, tail(out))
-	}
-	return parseCumShares(out, funcs)
 }
 
 // topLine is a row of pprof -top: flat, flat%, sum%, cum, cum%, name.

@@ -70,11 +70,11 @@ func (r *httpResult) notes() []string {
 		fmt.Sprintf("Issue #13's goals: waypoint maximum requests/s at least 0.7x haproxy's: %.2fx (%s); "+
 			"p99 added at 1,000 QPS no worse than haproxy's: 16 conns %.0f vs %.0f µs (%s), 64 conns %.0f vs %.0f µs (%s); "+
 			"the L7 decision under 2%% of the waypoint's CPU: %.1f%% (%s): waypoint.(*Waypoint).authorize %.1f%% (policy.(*Engine).Decide %.1f%% of it) and waypoint.RequestOf %.1f%% "+
-			"(cumulative shares of a %ds CPU profile of the waypoint process from its admin endpoint's pprof, during its first maximum-rate run: %s).",
+			"(cumulative shares of the samples, %s of CPU, of %ds CPU profiles of the waypoint process, one inside each maximum-rate run, from its admin endpoint's pprof; added up: %s).",
 			maxRatio, met(maxRatio >= 0.7),
 			p99(16, pathWaypoint), p99(16, pathL7), met(p99(16, pathWaypoint) <= p99(16, pathL7)),
 			p99(64, pathWaypoint), p99(64, pathL7), met(p99(64, pathWaypoint) <= p99(64, pathL7)),
-			(auth+req)*100, met(auth+req < 0.02), auth*100, decide*100, req*100, profileSeconds, profile),
+			(auth+req)*100, met(auth+req < 0.02), auth*100, decide*100, req*100, r.ProfileCPU, profileSeconds, profile),
 		"Memory: VmRSS of the middle proxy process (the waypoint; haproxy in its own pod) from /proc/<pid>/status: idle after start, with the state and routes " +
 			"loaded; right after its first maximum-rate run; VmHWM, the most it ever held. This machine's cores are shared with the load generator, the HTTP " +
 			"servers, the ztunnels and the other proxies: every figure is relative to the others of the same run.",

@@ -12,6 +12,7 @@ import (
 func TestParseCumShares(t *testing.T) {
 	out := `File: waypoint
 Type: cpu
+Duration: 4.01s, Total samples = 4s (99.75%)
 Showing nodes accounting for 3.50s, 87.50% of 4s total
       flat  flat%   sum%        cum   cum%
      0.10s  2.50%  2.50%      3.20s 80.00%  net/http.(*conn).serve
@@ -26,6 +27,9 @@ Showing nodes accounting for 3.50s, 87.50% of 4s total
 	got, err := parseCumShares([]byte(out), funcs)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if m := totalSamples.FindSubmatch([]byte(out)); m == nil || string(m[1]) != "4s" {
+		t.Errorf("total samples: %q, want 4s", m)
 	}
 	want := map[string]float64{funcs[0]: 0.075, funcs[1]: 0.0625, funcs[2]: 0}
 	for f, w := range want {
