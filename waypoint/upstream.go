@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -19,6 +20,24 @@ import (
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
+
+// copyBuffers are the proxy's response copy buffers, reused: without a
+// pool the ReverseProxy allocates 32 KiB for every response, which made
+// a large share of the waypoint's allocations and GC work per request
+// (test/bench's HTTP phase).
+type copyBuffers struct{}
+
+var _ httputil.BufferPool = copyBuffers{}
+
+var copyBufferPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[32 << 10]byte)[:] }
+
+func (copyBuffers) Put(b []byte) {
+	if len(b) == 32<<10 {
+		copyBufferPool.Put((*[32 << 10]byte)(b))
+	}
+}
 
 // newProxy is the one reverse proxy of the waypoint: the request's
 // exchange says where it goes, and the request's client which transport
@@ -46,6 +65,7 @@ func (w *Waypoint) newProxy() *httputil.ReverseProxy {
 		// write for the headers and another for the body of every small
 		// response (test/bench's HTTP phase).
 		FlushInterval: 0,
+		BufferPool:    copyBuffers{},
 		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
 			x := exchangeFrom(r.Context())
