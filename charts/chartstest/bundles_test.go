@@ -58,3 +58,41 @@ func volumeSecret(spec corev1.PodSpec, name string) string {
 	}
 	return ""
 }
+
+// TestProxyBundles: without policy.opaConfig, ztunnel and every waypoint
+// download their bundles from the controller's bundle server (its
+// Service, controller.bundlePort), verified with the public key when the
+// controller signs and accepted unsigned when it does not, so the
+// defaults make proxies that start and become ready.
+func TestProxyBundles(t *testing.T) {
+	for _, set := range valueSets {
+		vals := values(t, set)
+		policy, _ := vals["policy"].(map[string]any)
+		fromController := policy["opaConfig"] == nil
+		signed := str(vals, "policy", "signingKeySecret", "") != ""
+		url := "https://regomesh-controller.regomesh-system.svc." + str(vals, "global", "clusterDomain", "cluster.local") + ":15013"
+		for _, o := range objects(t, "regomesh", vals) {
+			spec := podSpecOf(o)
+			if spec == nil {
+				continue
+			}
+			for _, c := range spec.Spec.Containers {
+				if c.Name != "ztunnel" && c.Name != "waypoint" {
+					continue
+				}
+				args := argMap(c.Args)
+				_, unsigned := args["controller-bundles-unsigned"]
+				switch {
+				case !fromController && (args["controller-bundles"] != "" || unsigned):
+					t.Errorf("%s: %s: controller bundle flags beside --opa-config: %v", set, kindName(o), c.Args)
+				case fromController && args["controller-bundles"] != url:
+					t.Errorf("%s: %s: --controller-bundles=%q, want %s", set, kindName(o), args["controller-bundles"], url)
+				case fromController && signed && (unsigned || args["verification-key"] == "" || !mountedAt(c, "/etc/regomesh/verification")):
+					t.Errorf("%s: %s: the controller signs, yet args %v do not verify with the mounted key", set, kindName(o), c.Args)
+				case fromController && !signed && (!unsigned || args["verification-key"] != ""):
+					t.Errorf("%s: %s: the controller serves unsigned bundles, yet args %v do not accept them", set, kindName(o), c.Args)
+				}
+			}
+		}
+	}
+}

@@ -419,6 +419,9 @@ func TestSchemaRejects(t *testing.T) {
 		{map[string]any{"ztunnel": map[string]any{"privileged": true}}, "privileged"},
 		{map[string]any{"waypoints": map[string]any{"instances": []any{map[string]any{"name": "w", "namespace": "ns"}}}}, "gateway"},
 		{map[string]any{"spire": map[string]any{"adminSocketDir": "relative/dir"}}, "adminSocketDir"},
+		// A key on one side only: every proxy would stay unready.
+		{map[string]any{"policy": map[string]any{"signingKeySecret": "k"}}, "policy.verificationKeySecret is not"},
+		{map[string]any{"policy": map[string]any{"verificationKeySecret": "k"}}, "policy.signingKeySecret is not"},
 	} {
 		_, err := render(t, "regomesh", c.vals)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -16,11 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/regomesh/regomesh/internal/adminaddr"
-	"github.com/regomesh/regomesh/policy"
-	"github.com/regomesh/regomesh/policy/opabundles"
 )
 
 // config is every flag; each has a default fit for a waypoint pod.
@@ -54,6 +50,10 @@ type config struct {
 	controller         string
 	controllerIdentity string
 	controllerTimeout  time.Duration
+	// controllerBundles and controllerBundlesUnsigned configure the
+	// download of the controller's bundle (fromController).
+	controllerBundles         string
+	controllerBundlesUnsigned bool
 }
 
 type stringList []string
@@ -69,8 +69,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controller, "controller", "", "HOST:PORT of regomesh-controller's state stream (delta xDS over mutual TLS, with the waypoint's SVID); this or --local-config")
 	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for the first state")
-	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept)")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key every --bundle bundle's signature must verify against (RS256); --opa-config bundles are verified with its keys and signing settings")
+	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept); with --controller and neither this nor --opa-config, the waypoint downloads its Gateway's bundle from the controller with its SVID (docs/bundles.md)")
+	fs.StringVar(&c.controllerBundles, "controller-bundles", "", "the controller's bundle server, where the waypoint downloads bundles/waypoint/<namespace>/<gateway> (--gateway) with its SVID when given --controller and neither --bundle nor --opa-config (default https://<host of --controller>:15013)")
+	fs.BoolVar(&c.controllerBundlesUnsigned, "controller-bundles-unsigned", false, "accept the controller's bundles unsigned, as it serves them with --bundle-unsigned; without it, --verification-key is required and an unsigned bundle is refused")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key (RS256) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
 	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API socket, where the waypoint gets its own SVID")
 	fs.DurationVar(&c.spireTimeout, "spire-timeout", 30*time.Second, "how long to wait at start for the first SVID from the Workload API")
@@ -97,8 +99,8 @@ func parseFlags(args []string) (config, error) {
 	if (c.localConfig == "") == (c.controller == "") {
 		return c, errors.New("exactly one of --local-config and --controller is required")
 	}
-	if len(c.bundles) == 0 && c.opaConfig == "" {
-		return c, errors.New("at least one --bundle or an --opa-config is required: without policy every request is denied")
+	if err := c.checkPolicySource(); err != nil {
+		return c, err
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {
@@ -120,20 +122,4 @@ func main() {
 		slog.Error("waypoint stopped", "error", err)
 		os.Exit(1)
 	}
-}
-
-// bundleSet is the --bundle files, with their --verification-key, and
-// the bundles --opa-config names, for engine.
-func (c config) bundleSet(engine *policy.Engine, reg prometheus.Registerer, log *slog.Logger, afterLoad func()) (*opabundles.Set, error) {
-	var remote *opabundles.Config
-	if c.opaConfig != "" {
-		var err error
-		if remote, err = opabundles.ReadConfig(c.opaConfig); err != nil {
-			return nil, fmt.Errorf("--opa-config: %w", err)
-		}
-	}
-	return opabundles.New(engine, remote, opabundles.Options{
-		Local:     policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey},
-		LocalPoll: c.bundlePoll, Metrics: opabundles.NewMetrics(reg), Logger: log, AfterLoad: afterLoad,
-	})
 }

@@ -17,6 +17,12 @@ func TestParseFlags(t *testing.T) {
 		{name: "one state source", args: []string{"--local-config", "s.yaml", "--controller", "controller:15010", "--bundle", "b"}, err: "exactly one of --local-config and --controller"},
 		{name: "policy required", args: []string{"--local-config", "s.yaml"}, err: "at least one --bundle or an --opa-config is required"},
 		{name: "policy from an OPA configuration", args: []string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}},
+		{name: "policy from the controller", args: []string{"--controller", "c:15012", "--gateway", "shop/wp", "--verification-key", "k.pem"}},
+		{name: "the controller's, unsigned on purpose", args: []string{"--controller", "c:15012", "--gateway", "shop/wp", "--controller-bundles-unsigned"}},
+		{name: "the controller's, neither verified nor unsigned", args: []string{"--controller", "c:15012", "--gateway", "shop/wp"}, err: "verified with --verification-key"},
+		{name: "the controller's, without a Gateway", args: []string{"--controller", "c:15012", "--controller-bundles-unsigned"}, err: "--gateway NAMESPACE/NAME"},
+		{name: "the controller's, key and unsigned", args: []string{"--controller", "c:15012", "--gateway", "shop/wp", "--verification-key", "k", "--controller-bundles-unsigned"}, err: "choose one"},
+		{name: "controller flags doing nothing", args: []string{"--controller", "c:15012", "--bundle", "b", "--controller-bundles", "https://c:1"}, err: "apply with --controller and neither"},
 		{name: "admin stays on loopback", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000"}, err: "loopback"},
 		{name: "admin exposed on purpose", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000", "--admin-expose"}},
 	} {

@@ -32,16 +32,16 @@ func run(ctx context.Context, cfg config) error {
 	slog.SetDefault(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	engine, bundles, closeEngine, err := policyEngine(ctx, cfg, reg, log)
-	if err != nil {
-		return err
-	}
-	defer closeEngine()
 	source, err := x509Source(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer source.Close()
+	engine, bundles, closeEngine, err := policyEngine(ctx, cfg, source, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeEngine()
 	accessOut, err := openLog(cfg.accessLog)
 	if err != nil {
 		return err
@@ -234,9 +234,10 @@ func loadAuthn(cfg config, keys *waypoint.KeySets, log *slog.Logger) (*waypoint.
 
 // policyEngine makes the engine and starts its bundle set: the --bundle
 // files are loaded before it returns (a broken one is an error), the
-// --opa-config bundles as they arrive. The func stops the set and closes
-// the decision log.
-func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
+// downloaded bundles (--opa-config's or the controller's, with the
+// waypoint's SVID from source) as they arrive. The func stops the set and
+// closes the decision log.
+func policyEngine(ctx context.Context, cfg config, source *workloadapi.X509Source, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
 	closeLog := func() {}
@@ -257,7 +258,7 @@ func policyEngine(ctx context.Context, cfg config, reg prometheus.Registerer, lo
 		closeLog()
 		return nil, nil, nil, err
 	}
-	bundles, err := cfg.bundleSet(engine, reg, log, nil)
+	bundles, err := cfg.bundleSet(engine, source, reg, log)
 	if err == nil {
 		err = bundles.Start(ctx)
 	}

@@ -13,22 +13,32 @@ import (
 	"github.com/regomesh/regomesh/ztunnel/state/xds"
 )
 
+// controllerID is --controller-identity, by default the controller's
+// service account in regomesh-system.
+func (c config) controllerID() (spiffeid.ID, error) {
+	td, err := spiffeid.TrustDomainFromString(c.trustDomain)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("--trust-domain: %w", err)
+	}
+	id, err := spiffeid.FromPath(td, "/ns/regomesh-system/sa/regomesh-controller")
+	if c.controllerIdentity != "" {
+		id, err = spiffeid.FromString(c.controllerIdentity)
+	}
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("--controller-identity: %w", err)
+	}
+	return id, nil
+}
+
 // streamState subscribes to the controller's state stream (--controller)
 // with the waypoint's own SVID and waits for the first state. The
 // controller accepts a waypoint whose SVID is that of a workload the
 // state names as a waypoint, and sends it the whole state; the last state
 // stays in force while the controller is away.
 func streamState(ctx context.Context, cfg config, w *waypoint.Waypoint, source *workloadapi.X509Source, log *slog.Logger) (stop func(), err error) {
-	td, err := spiffeid.TrustDomainFromString(cfg.trustDomain)
+	controllerID, err := cfg.controllerID()
 	if err != nil {
-		return nil, fmt.Errorf("--trust-domain: %w", err)
-	}
-	controllerID, err := spiffeid.FromPath(td, "/ns/regomesh-system/sa/regomesh-controller")
-	if cfg.controllerIdentity != "" {
-		controllerID, err = spiffeid.FromString(cfg.controllerIdentity)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("--controller-identity: %w", err)
+		return nil, err
 	}
 	client, err := xds.NewClient(xds.ClientConfig{
 		Addr: cfg.controller, SVID: source, Bundle: source, Controller: controllerID, TrustDomain: cfg.trustDomain, Logger: log,

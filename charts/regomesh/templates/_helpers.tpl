@@ -51,3 +51,25 @@ spiffe://{{ .Values.global.trustDomain }}/ns/{{ .Release.Namespace }}/sa/regomes
 {{- define "regomesh.controllerAddr" -}}
 regomesh-controller.{{ .Release.Namespace }}.svc.{{ .Values.global.clusterDomain }}:{{ .Values.controller.xdsPort }}
 {{- end }}
+
+{{/*
+The proxies' flags for the controller's bundle, which they download when
+policy.opaConfig names no other bundles (docs/bundles.md): the bundle
+server at controller.bundlePort, verified with policy.verificationKeySecret
+when the controller signs (policy.signingKeySecret), accepted unsigned when
+it does not. A key on one side only would leave every proxy unready.
+*/}}
+{{- define "regomesh.controllerBundleArgs" -}}
+{{- if not .Values.policy.opaConfig }}
+{{- if and .Values.policy.signingKeySecret (not .Values.policy.verificationKeySecret) }}
+{{- fail "policy.signingKeySecret is set but policy.verificationKeySecret is not: the proxies verify the controller's signed bundles with its public key (docs/bundles.md)" }}
+{{- end }}
+{{- if and .Values.policy.verificationKeySecret (not .Values.policy.signingKeySecret) }}
+{{- fail "policy.verificationKeySecret is set but policy.signingKeySecret is not: the controller would serve unsigned bundles, which proxies holding a key refuse; set both, or neither (docs/bundles.md)" }}
+{{- end }}
+- --controller-bundles=https://regomesh-controller.{{ .Release.Namespace }}.svc.{{ .Values.global.clusterDomain }}:{{ .Values.controller.bundlePort }}
+{{- if not .Values.policy.signingKeySecret }}
+- --controller-bundles-unsigned
+{{- end }}
+{{- end }}
+{{- end }}
