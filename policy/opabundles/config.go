@@ -32,11 +32,15 @@ type Config struct {
 	// DecisionLogs is where decision logs are uploaded, from the
 	// decision_logs section; nil without one.
 	DecisionLogs *DecisionLogs
+	// Status is where bundle status is reported, from the status
+	// section; nil without one.
+	Status *StatusReport
 	// Warnings name what the file holds that regomesh does not act on
 	// (sections and options it ignores, as OPA warns about unknown ones).
 	Warnings []string
 
 	services map[string]json.RawMessage // by name, as rest.New takes them
+	labels   map[string]string          // OPA's: the file's, with its id and version
 	keys     map[string]*keys.Config
 }
 
@@ -90,6 +94,10 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if err := cfg.parseDecisionLogs(parsed.DecisionLogs, parsed.Labels); err != nil {
 		return nil, err
 	}
+	if err := cfg.parseStatus(parsed.Status); err != nil {
+		return nil, err
+	}
+	cfg.labels = parsed.Labels
 	// The clients are built to check them, and dropped: the proxy's SVID is
 	// not at hand yet, so services naming SVIDPlugin get one that is never
 	// asked (nothing is dialled here).
@@ -110,9 +118,8 @@ var refused = map[string]string{
 // ignored are the top-level sections regomesh reads nothing from, with
 // what that means for the user; they are warnings.
 var ignored = map[string]string{
-	"status":                         "status reports are not sent; each proxy's readiness and regomesh_policy_remote_* metrics report its bundles",
 	"plugins":                        "OPA plugins do not run in the proxies",
-	"labels":                         "labels are only sent with decision logs, and the file has no decision_logs section",
+	"labels":                         "labels are only sent with decision logs and status, and the file configures neither",
 	"default_decision":               "the proxies always decide data.mesh.authz.decision",
 	"default_authorization_decision": "the proxies always decide data.mesh.authz.decision",
 	"persistence_directory":          "bundles are not persisted: after a restart a proxy denies until it has downloaded them again",
@@ -129,8 +136,8 @@ func (c *Config) checkSections(top map[string]json.RawMessage) error {
 		if why, ok := refused[name]; ok && !isNull(top[name]) {
 			return fmt.Errorf("opabundles: OPA configuration: %s (docs/bundles.md)", why)
 		}
-		if name == "labels" && !isNull(top["decision_logs"]) {
-			continue // sent with every decision-log event
+		if name == "labels" && (!isNull(top["decision_logs"]) || !isNull(top["status"])) {
+			continue // sent with every decision-log event and status report
 		}
 		if why, ok := ignored[name]; ok && !isNull(top[name]) {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("%s is ignored: %s", name, why))

@@ -74,7 +74,6 @@ bundles: {authz: {}}
 			config: `
 services: {s: {url: "http://a.example"}}
 bundles: {authz: {persist: true, polling: {min_delay_secs: 1}}}
-status: {service: s}
 labels: {app: x}
 default_decision: /x/y
 `,
@@ -82,10 +81,22 @@ default_decision: /x/y
 				`unknown configuration option "bundles.authz.polling.min_delay_secs"`,
 				`default_decision is ignored`,
 				`labels is ignored`,
-				`status is ignored: status reports are not sent`,
 				`bundle "authz": persist is ignored`,
 			},
 		},
+		{
+			name:   "status: the first service by default, a partition, labels sent",
+			config: "services: {s: {url: 'http://a'}, t: {url: 'http://b'}}\nlabels: {app: x}\nbundles: {a: {}}\nstatus: {partition_name: p1, console: true}\n",
+			check: func(t *testing.T, c *Config) {
+				if want := (&StatusReport{Service: "s", Resource: "/status/p1"}); !reflect.DeepEqual(c.Status, want) || c.labels["app"] != "x" {
+					t.Errorf("Status = %+v, labels %v; want %+v and app: x", c.Status, c.labels, want)
+				}
+			},
+			warnings: []string{"status: console is ignored"},
+		},
+		{name: "status: unknown service", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {}}\nstatus: {service: t}\n", err: `invalid service name "t" in status`},
+		{name: "status: plugin", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {}}\nstatus: {plugin: mine}\n", err: `plugin "mine" is not supported`},
+		{name: "status: manual", config: "services: {s: {url: 'http://a'}}\nbundles: {a: {}}\nstatus: {trigger: manual}\n", err: "trigger manual is not supported"},
 		{name: "discovery", config: "services: {s: {url: 'http://a'}}\ndiscovery: {resource: /d}\nbundles: {a: {}}\n", err: "discovery is not supported"},
 		{
 			name:   "decision logs with OPA's defaults; labels sent with them",

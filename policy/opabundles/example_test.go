@@ -9,7 +9,8 @@ import (
 )
 
 // An OPA configuration file, read as ztunnel's --opa-config reads it:
-// OPA's defaults are filled in, and what the proxies ignore is reported.
+// OPA's defaults are filled in, and what the proxies ignore is reported
+// (nothing here: the labels go with the status reports).
 func ExampleParseConfig() {
 	cfg, err := opabundles.ParseConfig([]byte(`
 services:
@@ -23,6 +24,8 @@ bundles:
     resource: team/bundle.tar.gz
 status:
   service: acmecorp
+labels:
+  team: payments
 `))
 	if err != nil {
 		panic(err)
@@ -31,11 +34,12 @@ status:
 		b := cfg.Bundles[name]
 		fmt.Printf("%s: GET %s from %s\n", name, b.Resource, b.Service)
 	}
+	fmt.Printf("status: POST %s to %s\n", cfg.Status.Resource, cfg.Status.Service)
 	for _, w := range cfg.Warnings {
 		fmt.Println("warning:", w)
 	}
 	// Output:
 	// authz: GET bundles/authz from acmecorp
 	// team: GET team/bundle.tar.gz from acmecorp
-	// warning: status is ignored: status reports are not sent; each proxy's readiness and regomesh_policy_remote_* metrics report its bundles
+	// status: POST /status to acmecorp
 }

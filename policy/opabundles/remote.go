@@ -52,6 +52,16 @@ func (s *Set) update(ctx context.Context, src *source, u download.Update) error 
 	if ctx.Err() != nil {
 		return nil // Stop cancelled the request in flight
 	}
+	s.status.update(src.name, func(st *bundleplugin.Status) {
+		st.SetRequest()
+		if u.Error == nil {
+			st.LastSuccessfulRequest = st.LastRequest
+		}
+		if u.Bundle != nil {
+			st.SetDownloadSuccess()
+			st.SetBundleSize(u.Size)
+		}
+	})
 	if u.Error != nil {
 		s.reject(src, reasonOf(u.Error), "", u.Error)
 		return u.Error
@@ -101,6 +111,7 @@ func (s *Set) offer(ctx context.Context, b *policy.Bundle) error {
 // reject counts and logs a copy of src that changed nothing.
 func (s *Set) reject(src *source, reason, rev string, err error) {
 	s.opts.Metrics.failed(src.name, reason)
+	s.status.update(src.name, func(st *bundleplugin.Status) { st.SetError(err) })
 	src.downloader.SetCache(src.etag)
 	s.mu.Lock()
 	good := revision(s.latest[src.name])

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	bundleplugin "github.com/open-policy-agent/opa/v1/plugins/bundle"
+
 	"github.com/regomesh/regomesh/policy"
 )
 
@@ -76,6 +78,9 @@ type Set struct {
 	// met; and under "" why the complete set did not load.
 	why map[string]error
 
+	// status reports each remote bundle's status (nil: no status section).
+	status *statusReporter
+
 	// ready is set, once, by the first load: read without s.mu, so a
 	// readiness probe never waits for a compile.
 	ready atomic.Bool
@@ -103,6 +108,9 @@ func New(engine *policy.Engine, cfg *Config, opts Options) (*Set, error) {
 	clients, err := cfg.clients(log, opts.SVID)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Status != nil {
+		s.status = newStatusReporter(clients[cfg.Status.Service], cfg.Status, cfg.labels, slices.Sorted(maps.Keys(cfg.Bundles)), log)
 	}
 	for _, name := range slices.Sorted(maps.Keys(cfg.Bundles)) {
 		if slices.Contains(opts.Local.Paths, name) {
@@ -149,6 +157,10 @@ func (s *Set) Start(ctx context.Context) error {
 	}
 	if len(s.opts.Shadow.Paths) > 0 {
 		wg.Go(func() { s.watchShadow(ctx, shadowStamp) })
+	}
+	if s.status != nil {
+		s.status.due() // every bundle, not downloaded yet
+		wg.Go(func() { s.status.run(ctx) })
 	}
 	for _, src := range s.sources {
 		src.downloader.Start(ctx)
@@ -223,6 +235,7 @@ func (s *Set) loadLocked(ctx context.Context, cause string) error {
 	for _, src := range s.sources {
 		b := s.latest[src.name]
 		if s.inForce[src.name] != b {
+			s.status.update(src.name, func(st *bundleplugin.Status) { st.SetActivateSuccess(b.Revision); st.SetError(nil) })
 			s.opts.Metrics.activated(src.name)
 			s.log.Info("remote bundle activated", "bundle", src.name, "revision", b.Revision,
 				"previous_revision", revision(s.inForce[src.name]), "cause", cause)
