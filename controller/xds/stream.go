@@ -45,6 +45,12 @@ type subscription struct {
 	// (Resource.aliases, or removed_resources for what stands for nothing).
 	demanded   map[string]bool
 	unanswered []string
+	// scope is a ztunnel's scope as of state version scopeVersion and the
+	// names demanded then (scopeStale once they change): a wake-up for
+	// another type (a bundle revision) does not recompute it.
+	scope        map[string]*resource
+	scopeVersion uint64
+	scopeStale   bool
 }
 
 // inflight is a response awaiting its ACK: what the proxy will hold if it
@@ -236,7 +242,17 @@ func (t *subscription) subscribe(req *discoveryv3.DeltaDiscoveryRequest) error {
 		t.demanded[name] = true
 		t.unanswered = append(t.unanswered, name)
 	}
+	t.scopeStale = t.scopeStale || len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()) > 0
 	return nil
+}
+
+// ztunnelScope is what the ztunnel of node holds of the state at version
+// with resources all (scope.go), computed again only when either moved.
+func (t *subscription) ztunnelScope(index *scopeIndex, all map[string]*resource, version uint64, node string) map[string]*resource {
+	if t.scope == nil || t.scopeStale || t.scopeVersion != version {
+		t.scope, t.scopeVersion, t.scopeStale = index.ztunnelScope(all, node, t.demanded), version, false
+	}
+	return t.scope
 }
 
 func (s *Server) ack(sub *subscriber, t *subscription, p *inflight) {
@@ -276,7 +292,7 @@ func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggrega
 			version, all, index := s.current()
 			resources := all
 			if sub.proxy.Kind == Ztunnel {
-				resources = index.ztunnelScope(all, sub.proxy.Node, t.demanded)
+				resources = t.ztunnelScope(index, all, version, sub.proxy.Node)
 			}
 			err = s.pushType(stream, sub, t, version, resources, func(name string) (string, bool) {
 				r, ok := index.resolve(all, name)
