@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/regomesh/regomesh/controller"
+	"github.com/regomesh/regomesh/controller/bundleserver"
+	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/policy/istio"
+	"github.com/regomesh/regomesh/spire/harness"
+	"github.com/regomesh/regomesh/ztunnel/state"
+	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
+)
+
+// TestBinaryWithController runs the real waypoint binary with
+// --controller and --gateway alone against the controller's stream and
+// bundle servers, all with one SVID from a real SPIRE agent (the
+// waypoint's, which the test's controller presents too): the waypoint
+// downloads its Gateway's signed bundle over mutual TLS, verifies it with
+// --verification-key, becomes ready, and takes a new revision without a
+// restart, which the stream announced and the waypoint ACKed.
+func TestBinaryWithController(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs SPIRE")
+	}
+	server := harness.NewServer(t, harness.ServerConfig{})
+	td := server.TrustDomain()
+	wpID := spiffeid.RequireFromSegments(td, "ns", "shop", "sa", "waypoint")
+	agent := server.NewAgent(t, harness.AgentConfig{Delegate: wpID})
+	source, err := workloadapi.NewX509Source(t.Context(), workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+agent.WorkloadSocket())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer source.Close()
+
+	// The state names the waypoint's workload as web's waypoint, so both
+	// servers accept its SVID as waypoint shop/waypoint.
+	stream := xds.New(xds.Config{TrustDomain: td})
+	snap, err := state.NewSnapshot([]*state.Workload{
+		{UID: "shop/waypoint", Name: "waypoint", Namespace: "shop", ServiceAccount: "waypoint", TrustDomain: td.Name(), Node: "node-a",
+			IPs: []netip.Addr{netip.MustParseAddr("10.1.0.2")}, Protocol: state.HBONE},
+		{UID: "shop/web", Name: "web", Namespace: "shop", ServiceAccount: "web", TrustDomain: td.Name(), Node: "node-a",
+			IPs: []netip.Addr{netip.MustParseAddr("10.1.0.9")}, Protocol: state.HBONE, Waypoint: "shop/waypoint"},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Update(snap)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := xds.NewGRPCServer(stream, source, source)
+	served := testgo.Go(t, func(context.Context) { gs.Serve(l) })
+	defer func() { gs.Stop(); <-served; stream.Wait() }()
+	bundles, bundlesURL, key := startBundleServer(t, stream, td, source)
+	publish := func(from string) string {
+		b := waypointBundle(t, from)
+		bundles.Update(&controller.Update{Bundle: b, WaypointBundles: map[string]*controller.Bundle{"shop/waypoint": b}})
+		stream.UpdateBundles(bundles.Revisions())
+		return b.Revision
+	}
+	v1 := publish("front")
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "waypoint")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	keyFile := filepath.Join(dir, "verification.pem")
+	os.WriteFile(keyFile, key, 0o644)
+	admin, ready := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", wpID.String(), "--controller-timeout", "15s",
+		"--gateway", "shop/waypoint", "--controller-bundles", bundlesURL, "--verification-key", keyFile, "--trust-domain", td.Name(),
+		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", freeAddr(t), "--admin-addr", admin,
+		"--metrics-addr", freeAddr(t), "--readiness-addr", ready, "--drain-timeout", "2s")
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := testgo.Go(t, func(context.Context) { cmd.Wait() })
+	defer func() { cmd.Process.Kill(); <-exited }()
+	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
+	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"waypoint/shop/waypoint": "`+v1+`"`) {
+		t.Fatalf("config dump lacks the Gateway's bundle at %s:\n%s", v1, dump)
+	}
+	v2 := publish("back")
+	deadline := time.Now().Add(30 * time.Second)
+	for dump := ""; !strings.Contains(dump, `"waypoint/shop/waypoint": "`+v2+`"`); dump = fetch(t, "http://"+admin+"/config_dump") {
+		if time.Now().After(deadline) {
+			t.Fatalf("revision %s never reached the waypoint:\n%s\n%s", v2, dump, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for {
+		st, ok := stream.Proxy(wpID.String())
+		if ok && st.Bundles[wire.WaypointBundle("shop/waypoint")] == v2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream's announcement of %s never ACKed: %+v", v2, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
+	}
+}
+
+// startBundleServer serves signed bundles over mutual TLS with source's
+// SVID, identifying clients with stream, until the test ends; it returns
+// the server, its URL and the PEM public key of its signing key.
+func startBundleServer(t *testing.T, stream *xds.Server, td spiffeid.TrustDomain, source *workloadapi.X509Source) (*bundleserver.Server, string, []byte) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := bundleserver.NewSigner(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), "RS256", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := bundleserver.New(bundleserver.Config{Signer: signer, Proxies: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := bundleserver.NewHTTPServer(srv, td, source, source)
+	served := testgo.Go(t, func(context.Context) {
+		if err := hs.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("bundle server: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hs.Shutdown(ctx)
+		<-served
+	})
+	return srv, "https://" + l.Addr().String(), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
+}
+
+// waypointBundle is the controller's bundle of an AuthorizationPolicy
+// admitting namespace from to namespace shop.
+func waypointBundle(t *testing.T, from string) *controller.Bundle {
+	t.Helper()
+	res, _, err := istio.DecodeAll(strings.NewReader(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {namespaces: [`+from+`]}
+`), "policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := istio.TranslateAll(res, istio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var archive bytes.Buffer
+	if err := tr.WriteBundleTarGz(&archive); err != nil {
+		t.Fatal(err)
+	}
+	return &controller.Bundle{Revision: tr.Revision(), Translation: tr, Archive: archive.Bytes()}
+}
