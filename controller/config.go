@@ -34,6 +34,10 @@ type Config struct {
 	// LeaderElection, when set, makes this replica write status only while
 	// it leads; nil means it always writes (one replica).
 	LeaderElection *LeaderElection
+	// Waypoints, when set, makes the controller (its leader) deploy a
+	// waypoint for every Gateway of class istio-waypoint and write the
+	// Gateway's status; nil leaves waypoints to whoever deploys them.
+	Waypoints *WaypointDeployment
 }
 
 func (c Config) withDefaults() Config {

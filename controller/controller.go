@@ -13,6 +13,7 @@ import (
 	istiolisters "istio.io/client-go/pkg/listers/security/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -64,6 +65,13 @@ const (
 	// and namespaces, services and gateways (for waypoints and
 	// targetRefs); not pods.
 	dirtyPolicies
+	// dirtyWaypoints: with Config.Waypoints, the waypoints deployed read
+	// gateways, and their status services; what did not change since its
+	// last apply is not applied again.
+	dirtyWaypoints
+	// resyncWaypoints: apply every waypoint again, changed or not (every
+	// WaypointDeployment.Resync, and when this replica starts leading).
+	resyncWaypoints
 )
 
 // Controller watches the cluster and publishes an Update after every
@@ -76,6 +84,7 @@ type Controller struct {
 	kube     kubernetes.Interface
 	istio    istioclient.Interface
 	gateways gatewayclient.Interface
+	deploy   *deployer // nil without Config.Waypoints
 
 	mu      sync.Mutex
 	pending dirty
@@ -116,11 +125,22 @@ func New(rc *rest.Config, cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	return &Controller{
+	c := &Controller{
 		cfg: cfg, log: cfg.Logger, kube: kube, istio: ic, gateways: gc,
 		kick:  make(chan struct{}, 1),
 		store: newPolicyStore(cfg.istioOptions("")),
-	}, nil
+	}
+	if w := cfg.Waypoints; w != nil {
+		if w.Template == nil {
+			return nil, fmt.Errorf("controller: Waypoints without a Template")
+		}
+		dyn, err := dynamic.NewForConfig(rc)
+		if err != nil {
+			return nil, fmt.Errorf("controller: %w", err)
+		}
+		c.deploy = &deployer{cfg: *w, dyn: dyn, applied: map[string]*deployed{}}
+	}
+	return c, nil
 }
 
 // Run watches until ctx ends: it starts the informers, waits for their
@@ -163,13 +183,21 @@ func (c *Controller) Run(ctx context.Context) error {
 		}()
 		wg.Go(func() { campaign(ctx, elector) })
 	}
-	c.mark(dirtyState | dirtyPolicies)
+	c.mark(dirtyState | dirtyPolicies | resyncWaypoints)
+	var resync <-chan time.Time
+	if c.deploy != nil {
+		t := time.NewTicker(c.deploy.cfg.resync())
+		defer t.Stop()
+		resync = t.C
+	}
 	for {
 		c.rebuild(ctx, c.take())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-c.kick:
+		case <-resync:
+			c.add(resyncWaypoints)
 		}
 		if !c.wait(ctx, c.cfg.Debounce) {
 			return nil
@@ -205,8 +233,10 @@ func (c *Controller) watch(kubeInf informers.SharedInformerFactory, istioInf ist
 	}{
 		{core.Namespaces().Informer(), all},
 		{core.Pods().Informer(), handler{c: c, what: dirtyState}},
-		{core.Services().Informer(), all},
-		{gws.Informer(), all},
+		{core.Services().Informer(), handler{c: c, what: dirtyState | dirtyPolicies | dirtyWaypoints}},
+		// The model reads a Gateway's spec, labels and annotations, not
+		// its status, which this controller writes.
+		{gws.Informer(), handler{c: c, what: dirtyState | dirtyPolicies | dirtyWaypoints, ignoreStatus: true}},
 		{sec.AuthorizationPolicies().Informer(), handler{c: c, what: dirtyPolicies, ignoreStatus: true}},
 		{sec.PeerAuthentications().Informer(), handler{c: c, what: dirtyPolicies, ignoreStatus: true}},
 		{sec.RequestAuthentications().Informer(), handler{c: c, what: dirtyPolicies, ignoreStatus: true}},
@@ -249,13 +279,18 @@ func sameSpec(old, obj any) bool {
 }
 
 func (c *Controller) mark(d dirty) {
-	c.mu.Lock()
-	c.pending |= d
-	c.mu.Unlock()
+	c.add(d)
 	select {
 	case c.kick <- struct{}{}:
 	default:
 	}
+}
+
+// add marks d dirty without waking Run: for a caller that is Run.
+func (c *Controller) add(d dirty) {
+	c.mu.Lock()
+	c.pending |= d
+	c.mu.Unlock()
 }
 
 func (c *Controller) take() dirty {

@@ -51,4 +51,13 @@
 // admission webhook refuses before any status, are a false condition
 // with reason Invalid. Status is written through UpdateStatus only when
 // it changes.
+//
+// Waypoints (waypointtemplate.go, waypointdeploy.go, gatewaystatus.go),
+// with Config.Waypoints: for every Gateway of class istio-waypoint the
+// leader renders a WaypointTemplate (ServiceAccount, Deployment, Service,
+// PodDisruptionBudget, HorizontalPodAutoscaler), makes the Gateway their
+// owner, server-side applies them as "regomesh-controller", forcing, when
+// they changed and every WaypointDeployment.Resync (which undoes hand
+// edits), and writes the Gateway's Accepted and Programmed conditions and
+// its Service's address, as istiod does for the waypoints it deploys.
 package controller

@@ -11,7 +11,8 @@ import (
 )
 
 // LeaderElection picks, among the controller's replicas, the one that
-// writes to the API server (today: AuthorizationPolicy status), with a
+// writes to the API server (AuthorizationPolicy and Gateway status, the
+// waypoints it deploys), with a
 // coordination.k8s.io Lease. Every replica watches the cluster, builds
 // the state and bundles, and serves proxies: a proxy's stream does not
 // depend on who leads.
@@ -27,8 +28,9 @@ type LeaderElection struct {
 }
 
 // elector campaigns for the Lease (campaign), keeping c.leading up to
-// date. On taking the lead it asks for a rebuild of the policies, so that
-// status the previous leader left unwritten is written. When its context
+// date. On taking the lead it asks for a rebuild of the policies and
+// every waypoint applied again, so that what the previous leader left
+// unwritten is written. When its context
 // ends it gives the Lease up at once, so that another replica need not
 // wait for it to expire.
 func (c *Controller) elector(le LeaderElection) (*leaderelection.LeaderElector, error) {
@@ -51,7 +53,7 @@ func (c *Controller) elector(le LeaderElection) (*leaderelection.LeaderElector, 
 			OnStartedLeading: func(context.Context) {
 				c.log.Info("leading: this replica writes status", "lease", le.Namespace+"/"+lock.Describe(), "identity", le.Identity)
 				c.leading.Store(true)
-				c.mark(dirtyPolicies)
+				c.mark(dirtyPolicies | resyncWaypoints)
 			},
 			OnStoppedLeading: func() {
 				c.leading.Store(false)

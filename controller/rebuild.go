@@ -14,17 +14,31 @@ import (
 
 // rebuild reads the informers' caches, rebuilds what d says changed
 // (what did not change is the previous update's, the same pointers),
-// publishes, then writes the AuthorizationPolicies' status: proxies need
-// not wait for the API server. Every rebuild reads the whole cache:
-// O(cluster) per batch of changes, not O(changed).
+// publishes, then writes the AuthorizationPolicies' status and, with
+// Config.Waypoints, deploys the waypoints: proxies need not wait for the
+// API server. Every rebuild reads the whole cache: O(cluster) per batch
+// of changes, not O(changed).
 func (c *Controller) rebuild(ctx context.Context, d dirty) {
 	objs := c.objects()
-	next := c.last
-	next.Version++
 	m := &model{cfg: c.cfg, objs: objs, waypoints: map[string]*waypoint{}}
 	m.findWaypoints()
+	if d&(dirtyState|dirtyPolicies) != 0 {
+		c.publish(ctx, d, m)
+	}
+	if c.deploy != nil && d&(dirtyWaypoints|resyncWaypoints) != 0 && c.Leading() {
+		if c.deployWaypoints(ctx, m, d&resyncWaypoints != 0) {
+			c.mark(dirtyWaypoints)
+		}
+	}
+}
+
+// publish rebuilds the state and policies d marks, publishes the update,
+// and writes the AuthorizationPolicies' status.
+func (c *Controller) publish(ctx context.Context, d dirty, m *model) {
+	next := c.last
+	next.Version++
 	if d&dirtyState != 0 {
-		c.stateProblems = c.rebuildState(&next, objs)
+		c.stateProblems = c.rebuildState(&next, m.objs)
 	}
 	var status []statusInput
 	if d&dirtyPolicies != 0 {

@@ -5,8 +5,10 @@
 // status. It streams the state to every ztunnel and waypoint (delta xDS
 // over mutual TLS with its SVID, --xds-addr; docs/state-stream.md),
 // serves the bundles, signed, over the OPA bundle service protocol
-// (--bundle-addr; the stream says which revision is current), and serves
-// the state as JSON on the admin endpoint (/debug/state).
+// (--bundle-addr; the stream says which revision is current), serves
+// the state as JSON on the admin endpoint (/debug/state), and, with
+// --waypoint-template, deploys a waypoint for every Gateway of class
+// istio-waypoint.
 package main
 
 import (
@@ -44,6 +46,14 @@ type config struct {
 	spireTimeout time.Duration
 	bundles      bundleFlags
 	leader       leaderFlags
+	waypoints    waypointFlags
+}
+
+// waypointFlags say whether the controller deploys waypoints, and from
+// which template.
+type waypointFlags struct {
+	template string
+	resync   time.Duration
 }
 
 // leaderFlags say whether and how replicas elect the one writing status.
@@ -86,6 +96,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.leader.namespace, "leader-elect-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the Lease (default $POD_NAMESPACE)")
 	fs.StringVar(&c.leader.name, "leader-elect-name", "regomesh-controller", "name of the Lease")
 	fs.StringVar(&c.leader.identity, "leader-elect-identity", cmp.Or(os.Getenv("POD_NAME"), host), "this replica's name in the Lease (default $POD_NAME, else the host name)")
+	fs.StringVar(&c.waypoints.template, "waypoint-template", "", "file of the Go template (actions between [[ and ]]) of the objects the leader applies for every Gateway of class istio-waypoint, and writes the Gateway's status (charts/README.md#waypoints); empty: deploy no waypoints")
+	fs.DurationVar(&c.waypoints.resync, "waypoint-resync", 5*time.Minute, "how often every waypoint is applied again although nothing changed: what undoes a hand edit of a waypoint's objects")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -100,6 +112,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.controller.Debounce <= 0 {
 		return c, errors.New("--debounce must be positive")
+	}
+	if c.waypoints.resync <= 0 {
+		return c, errors.New("--waypoint-resync must be positive")
 	}
 	if c.bundles.addr != "" {
 		switch {
@@ -157,6 +172,11 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	if cfg.waypoints.template != "" {
+		if cfg.controller.Waypoints, err = readWaypointTemplate(cfg.waypoints); err != nil {
+			return err
+		}
+	}
 	var signer *bundleserver.Signer
 	if ls.bundles != nil && !cfg.bundles.unsigned {
 		if signer, err = bundleserver.ReadSigner(cfg.bundles.signingKey, cfg.bundles.algorithm, cfg.bundles.keyID); err != nil {
@@ -206,6 +226,20 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 		return errors.Join(runErr, fmt.Errorf("admin endpoint: %w", err))
 	}
 	return runErr
+}
+
+// readWaypointTemplate reads and checks --waypoint-template: a template
+// that cannot make a waypoint stops the controller at start.
+func readWaypointTemplate(f waypointFlags) (*controller.WaypointDeployment, error) {
+	text, err := os.ReadFile(f.template)
+	if err != nil {
+		return nil, fmt.Errorf("--waypoint-template: %w", err)
+	}
+	tmpl, err := controller.ParseWaypointTemplate(string(text))
+	if err != nil {
+		return nil, fmt.Errorf("--waypoint-template %s: %w", f.template, err)
+	}
+	return &controller.WaypointDeployment{Template: tmpl, Resync: f.resync}, nil
 }
 
 // serveProxies serves the state stream on ls.xds and the bundles on
