@@ -6,7 +6,7 @@
 #   make lint     gofmt and go vet
 #   make bench    policy benchmarks (BENCH=regexp filters them)
 #   make demo     go run ./cmd/regomesh demo $(ARGS)
-#   make bench-mesh  mesh benchmarks vs direct TCP and an haproxy TLS pair: go run ./test/bench $(ARGS) (root)
+#   make bench-mesh  mesh benchmarks vs direct TCP and haproxy (TLS pair; L7 chain for the waypoint): go run ./test/bench $(ARGS) (root)
 #   make tools    build-time tools from tools/go.mod into bin/ (cached)
 #   make spire    real spire-server and spire-agent from tools/spire/go.mod into bin/ (cached)
 #   make kube     a real kube-apiserver from tools/kube-apiserver/go.mod into bin/ (cached;
