@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,10 +11,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,7 +36,10 @@ import (
 // real SPIRE agent's Workload API: it becomes ready, answers a request
 // over HBONE (mTLS with SPIRE's SVIDs) with the policy's 403, counts it in
 // Istio's metrics, dumps its config without keys, and exits cleanly on
-// SIGTERM.
+// SIGTERM. Its decisions reach a decision-log service (--opa-config's
+// decision_logs), masked; a --shadow-bundle that would deny a request the
+// policy lets through is counted and written to --shadow-log while the
+// request is served.
 func TestBinaryWithSPIRE(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs SPIRE")
@@ -57,8 +63,20 @@ services:
 `), 0o644)
 	bundle := filepath.Join(dir, "bundle")
 	os.MkdirAll(bundle, 0o755)
-	os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "r1", "roots": ["mesh/policies/t"]}`), 0o644)
+	os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "r1", "roots": ["mesh/policies/t", "system/log"]}`), 0o644)
 	os.WriteFile(filepath.Join(bundle, "p.rego"), []byte("package mesh.policies.t.p\n\ndeny contains {\"policy\": \"t/p\", \"rule\": \"no-admin\"} if input.request.url_path == \"/admin\"\n"), 0o644)
+	os.WriteFile(filepath.Join(bundle, "log.rego"), []byte("package system.log\n\nmask contains \"/input/request/headers/authorization\"\n"), 0o644)
+	candidate := filepath.Join(dir, "candidate")
+	os.MkdirAll(candidate, 0o755)
+	os.WriteFile(filepath.Join(candidate, ".manifest"), []byte(`{"revision": "c1", "roots": ["mesh/policies/t"]}`), 0o644)
+	os.WriteFile(filepath.Join(candidate, "p.rego"), []byte("package mesh.policies.t.p\n\ndeny contains {\"policy\": \"t/p\", \"rule\": \"no-admin\"} if input.request.url_path == \"/admin\"\n\n"+
+		"deny contains {\"policy\": \"t/candidate\", \"rule\": \"no-old\"} if input.request.url_path == \"/old\"\n"), 0o644) // the policy in force and one rule more
+	shadowLog := filepath.Join(dir, "shadow.jsonl")
+	logService := &decisionLogService{}
+	logSrv := httptest.NewServer(logService)
+	defer logSrv.Close()
+	opaConfig := filepath.Join(dir, "opa.yaml")
+	os.WriteFile(opaConfig, []byte("services: {logs: {url: \""+logSrv.URL+"\"}}\ndecision_logs: {reporting: {min_delay_seconds: 0, max_delay_seconds: 1}}\n"), 0o644)
 	issuer := newTestIssuer(t, "https://issuer.test")
 	jwksFile := filepath.Join(dir, "jwks.json")
 	os.WriteFile(jwksFile, issuer.jwks, 0o644)
@@ -93,7 +111,8 @@ spec:
 	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn, "--routes", routes,
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
-		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s", "--bundle-poll", "200ms")
+		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s", "--bundle-poll", "200ms",
+		"--opa-config", opaConfig, "--shadow-bundle", candidate, "--shadow-log", shadowLog)
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -180,6 +199,11 @@ spec:
 	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, wpID.String()) || strings.Contains(dump, "PRIVATE KEY") {
 		t.Errorf("config dump:\n%s", dump)
 	}
+	// The candidate would have denied GET /old, which was served (302).
+	const disagreement = `regomesh_policy_shadow_disagreements_total{layer="l7",policy="",rule="",shadow_policy="t/candidate",shadow_rule="no-old"} 1`
+	if m := fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, disagreement) {
+		t.Errorf("metrics lack %s:\n%.3000s", disagreement, m)
+	}
 	waitLog(t, &logs, `"policy":"t/p","rule":"no-admin"`)
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
@@ -192,6 +216,53 @@ spec:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
 	}
+	// Stopped, the waypoint has made its last upload and flushed its logs.
+	uploaded := logService.events()
+	var sawAdmin bool
+	for _, e := range uploaded {
+		req, _ := e["input"].(map[string]any)["request"].(map[string]any)
+		if _, ok := req["headers"].(map[string]any)["authorization"]; ok {
+			t.Errorf("an uploaded event holds the authorization header: %v", e)
+		}
+		sawAdmin = sawAdmin || req["path"] == "/admin" && e["result"].(map[string]any)["rule"] == "no-admin"
+	}
+	if len(uploaded) < 5 || !sawAdmin {
+		t.Errorf("the decision-log service received %d events, want every request's, /admin denied by no-admin among them", len(uploaded))
+	}
+	raw, err := os.ReadFile(shadowLog)
+	if lines := strings.Split(strings.TrimSpace(string(raw)), "\n"); err != nil || len(lines) != 1 ||
+		!strings.Contains(lines[0], `"path":"/old"`) || !strings.Contains(lines[0], `"shadow":{"allow":false,"policy":"t/candidate","rule":"no-old"`) {
+		t.Errorf("--shadow-log = %q, %v; want the one disagreeing request, GET /old", raw, err)
+	}
+}
+
+// decisionLogService is an OPA decision-log service: it keeps the events
+// of every gzip-compressed JSON array POSTed to /logs.
+type decisionLogService struct {
+	mu   sync.Mutex
+	list []map[string]any
+}
+
+func (s *decisionLogService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	zr, err := gzip.NewReader(r.Body)
+	if err != nil || r.URL.Path != "/logs" {
+		http.Error(w, "want gzip on /logs", http.StatusBadRequest)
+		return
+	}
+	var batch []map[string]any
+	if err := json.NewDecoder(zr).Decode(&batch); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	s.list = append(s.list, batch...)
+	s.mu.Unlock()
+}
+
+func (s *decisionLogService) events() []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.list)
 }
 
 func waitLog(t *testing.T, logs *syncBuffer, want string) {

@@ -91,6 +91,7 @@ func (c config) bundleSet(engine *policy.Engine, source *workloadapi.X509Source,
 	return opabundles.New(engine, remote, opabundles.Options{
 		Local:     policy.BundleFiles{Paths: c.bundles, VerifyKey: c.verifyKey},
 		LocalPoll: c.bundlePoll, Metrics: opabundles.NewMetrics(reg), Logger: log,
-		SVID: &opabundles.SVIDCredentials{SVID: source, Bundle: source, Server: controllerID},
+		SVID:   &opabundles.SVIDCredentials{SVID: source, Bundle: source, Server: controllerID},
+		Shadow: policy.BundleFiles{Paths: c.shadowBundles, VerifyKey: c.verifyKey},
 	})
 }

@@ -39,6 +39,10 @@ type config struct {
 	logLevel      string
 	accessLog     string
 	decisionLog   string
+	// shadowBundles and shadowLog: a candidate policy decided beside the
+	// one in force, never enforced (docs/decision-logs.md#shadow-policy).
+	shadowBundles stringList
+	shadowLog     string
 	requestAuthn  stringList
 	gateway       string
 	rootNamespace string
@@ -86,7 +90,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.bundlePoll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
 	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log, one line per request: a file, - for stdout, or off")
-	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty)")
+	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty); to upload decisions to an OPA decision-log service, configure decision_logs in --opa-config (docs/decision-logs.md)")
+	fs.Var(&c.shadowBundles, "shadow-bundle", "candidate OPA bundle directory or .tar.gz (repeatable; reloaded on change; verified with --verification-key): every request is also decided by this set, never enforced, and where it disagrees is counted in regomesh_policy_shadow_disagreements_total and written to --shadow-log (docs/decision-logs.md#shadow-policy)")
+	fs.StringVar(&c.shadowLog, "shadow-log", "", "JSON-lines file of the decisions the --shadow-bundle set decides otherwise, in the --decision-log shape, for regomesh policy replay --log (off when empty)")
 	fs.Var(&c.requestAuthn, "request-authentication", "Kubernetes YAML file or directory of Istio RequestAuthentications whose JWTs the waypoint validates (repeatable; reloaded on change, the last good set kept); see docs/request-authentication.md")
 	fs.StringVar(&c.gateway, "gateway", "", "NAMESPACE/NAME of this waypoint's Gateway: RequestAuthentications whose targetRefs name it apply")
 	fs.StringVar(&c.rootNamespace, "root-namespace", "istio-system", "Istio root namespace: its RequestAuthentications without a selector apply mesh-wide")
@@ -101,6 +107,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := c.checkPolicySource(); err != nil {
 		return c, err
+	}
+	if c.shadowLog != "" && len(c.shadowBundles) == 0 {
+		return c, errors.New("--shadow-log needs --shadow-bundle: without a shadow set nothing disagrees (docs/decision-logs.md#shadow-policy)")
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "changes the log level and serves pprof"); err != nil {

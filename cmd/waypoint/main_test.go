@@ -23,6 +23,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "the controller's, without a Gateway", args: []string{"--controller", "c:15012", "--controller-bundles-unsigned"}, err: "--gateway NAMESPACE/NAME"},
 		{name: "the controller's, key and unsigned", args: []string{"--controller", "c:15012", "--gateway", "shop/wp", "--verification-key", "k", "--controller-bundles-unsigned"}, err: "choose one"},
 		{name: "controller flags doing nothing", args: []string{"--controller", "c:15012", "--bundle", "b", "--controller-bundles", "https://c:1"}, err: "apply with --controller and neither"},
+		{name: "a shadow set and its log", args: []string{"--local-config", "s.yaml", "--bundle", "b", "--shadow-bundle", "c", "--shadow-log", "s.jsonl"}},
+		{name: "a shadow log without a shadow set", args: []string{"--local-config", "s.yaml", "--bundle", "b", "--shadow-log", "s.jsonl"}, err: "--shadow-log needs --shadow-bundle"},
 		{name: "admin stays on loopback", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000"}, err: "loopback"},
 		{name: "admin exposed on purpose", args: []string{"--local-config", "s", "--bundle", "b", "--admin-addr", ":15000", "--admin-expose"}},
 	} {

@@ -240,19 +240,16 @@ func loadAuthn(cfg config, keys *waypoint.KeySets, log *slog.Logger) (*waypoint.
 func policyEngine(ctx context.Context, cfg config, source *workloadapi.X509Source, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
-	closeLog := func() {}
-	if cfg.decisionLog != "" {
-		f, err := os.OpenFile(cfg.decisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--decision-log: %w", err)
-		}
-		dl, err := policy.NewDecisionLogger(f, policy.DecisionLogConfig{}, metrics)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		pcfg.DecisionLog = dl
-		closeLog = func() { dl.Close(); f.Close() }
+	controllerID, err := cfg.controllerID()
+	if err != nil {
+		return nil, nil, nil, err
 	}
+	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.opaConfig, Shadow: cfg.shadowLog},
+		&opabundles.SVIDCredentials{SVID: source, Bundle: source, Server: controllerID}, metrics, reg, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pcfg.DecisionLog = dl
 	engine, err := policy.NewEngine(pcfg)
 	if err != nil {
 		closeLog()
