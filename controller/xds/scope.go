@@ -28,9 +28,10 @@ import (
 // So a ztunnel of node A holds node B's workload only while it subscribes
 // to that workload, to its address, or to a service it is an endpoint of,
 // or while it is a waypoint named by A's scope. The scope is recomputed
-// from the current state at every push, so a new endpoint of a service
-// the ztunnel subscribed to reaches it, and a workload leaving its scope
-// is removed from it.
+// from the current state whenever the state or the ztunnel's
+// subscriptions change, so a new endpoint of a service the ztunnel
+// subscribed to reaches it, and a workload leaving its scope is removed
+// from it.
 
 // maxDemanded bounds the names one subscription holds: each is a map entry
 // kept for the stream's life.
