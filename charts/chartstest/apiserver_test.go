@@ -82,10 +82,12 @@ func TestAPIServerAccepts(t *testing.T) {
 }
 
 // checkControllerRuns: the controller itself, run with the chart's
-// service account token and leader election as the chart configures it,
-// lists and watches everything it reads (else its caches never sync and
-// nothing is published), takes its Lease, and writes an
-// AuthorizationPolicy's status: the RBAC is enough, not only in review.
+// service account token, leader election and waypoint template as the
+// chart configures them, lists and watches everything it reads (else its
+// caches never sync and nothing is published), takes its Lease, writes an
+// AuthorizationPolicy's status, and deploys a Gateway's waypoint (strict
+// server-side apply of the chart's template) and writes the Gateway
+// Programmed: the RBAC is enough, not only in review.
 func checkControllerRuns(ctx context.Context, t *testing.T, cluster *kubeharness.Cluster, a *applier) {
 	tok, err := a.kube.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, "regomesh-controller", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
 	if err != nil {
@@ -104,6 +106,7 @@ func checkControllerRuns(ctx context.Context, t *testing.T, cluster *kubeharness
 		},
 		Logger:         slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil)),
 		LeaderElection: &controller.LeaderElection{Namespace: namespace, Name: "regomesh-controller", Identity: "chartstest"},
+		Waypoints:      &controller.WaypointDeployment{Template: waypointTemplate(t, nil)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -148,10 +151,55 @@ func checkControllerRuns(ctx context.Context, t *testing.T, cluster *kubeharness
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	checkWaypointDeployed(ctx, t, a, func() string { mu.Lock(); defer mu.Unlock(); return logs.String() })
 	mu.Lock()
 	defer mu.Unlock()
 	if strings.Contains(strings.ToLower(logs.String()), "forbidden") {
 		t.Errorf("the controller with the chart's token met a forbidden request:\n%s", logs.String())
+	}
+}
+
+// checkWaypointDeployed: a Gateway of class istio-waypoint gets its
+// waypoint's Deployment, and its status Programmed.
+func checkWaypointDeployed(ctx context.Context, t *testing.T, a *applier, logs func() string) {
+	gw := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+		"metadata": map[string]any{"name": "chartstest-waypoint", "namespace": "bookinfo"},
+		"spec": map[string]any{
+			"gatewayClassName": "istio-waypoint",
+			"listeners":        []any{map[string]any{"name": "mesh", "port": int64(15008), "protocol": "HBONE"}},
+		},
+	}}
+	if err := a.apply(ctx, gw); err != nil {
+		t.Fatal(err)
+	}
+	gvr := schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
+	programmed := func() bool {
+		got, err := a.dyn.Resource(gvr).Namespace("bookinfo").Get(ctx, "chartstest-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, _ := c.(map[string]any); m["type"] == "Programmed" && m["status"] == "True" {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for !programmed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the controller with the chart's token did not program Gateway bookinfo/chartstest-waypoint in 45s; its log:\n%s", logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d, err := a.kube.AppsV1().Deployments("bookinfo").Get(ctx, "chartstest-waypoint", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the waypoint's Deployment: %v", err)
+	}
+	if got := argMap(d.Spec.Template.Spec.Containers[0].Args)["gateway"]; got != "bookinfo/chartstest-waypoint" {
+		t.Errorf("the waypoint's --gateway=%s", got)
 	}
 }
 
@@ -342,7 +390,13 @@ func checkControllerAccess(ctx context.Context, t *testing.T, cluster *kubeharne
 	if lease("update", "kube-scheduler", namespace) || lease("create", "", "kube-system") {
 		t.Error("the controller's service account may touch Leases not its own")
 	}
-	for _, p := range []string{"get::secrets:", "list::secrets:", "update::pods:", "delete::pods:", "create:coordination.k8s.io:leases:", "update:security.istio.io:authorizationpolicies:", "update:gateway.networking.k8s.io:gateways:status"} {
+	for _, p := range []string{
+		"get::secrets:", "list::secrets:", "update::pods:", "delete::pods:", "create:coordination.k8s.io:leases:", "update:security.istio.io:authorizationpolicies:",
+		// Deploying waypoints: apply, never update, delete or read
+		// everything; a Gateway's status, not the Gateway.
+		"update:apps:deployments:", "delete:apps:deployments:", "list:apps:deployments:", "delete::services:", "create::configmaps:",
+		"update:gateway.networking.k8s.io:gateways:", "patch:gateway.networking.k8s.io:gateways:status",
+	} {
 		f := strings.Split(p, ":")
 		if can(f[0], f[1], f[2], f[3]) {
 			t.Errorf("the controller's service account may %s %s/%s/%s", f[0], f[1], f[2], f[3])

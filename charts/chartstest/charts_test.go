@@ -228,7 +228,10 @@ func TestCNIInstaller(t *testing.T) {
 // dropped and a read-only root.
 func TestNonRoot(t *testing.T) {
 	for _, set := range valueSets {
-		for _, o := range objects(t, "regomesh", values(t, set)) {
+		objs := objects(t, "regomesh", values(t, set))
+		// and the waypoint the controller deploys from the chart's template
+		objs = append(objs, waypointObjects(t, values(t, set), "bookinfo", "flags-waypoint")...)
+		for _, o := range objs {
 			spec := podSpecOf(o)
 			if spec == nil || nameOf(o) == "ztunnel" || nameOf(o) == "regomesh-cni" {
 				continue
@@ -302,12 +305,29 @@ func TestControllerRBAC(t *testing.T) {
 var controllerPermissions = []string{
 	"/namespaces:list", "/namespaces:watch",
 	"/pods:list", "/pods:watch",
-	"/services:list", "/services:watch",
+	"/serviceaccounts:create", "/serviceaccounts:get", "/serviceaccounts:patch",
+	"/services:create", "/services:get", "/services:list", "/services:patch", "/services:watch",
+	"apps/deployments:create", "apps/deployments:get", "apps/deployments:patch",
+	"autoscaling/horizontalpodautoscalers:create", "autoscaling/horizontalpodautoscalers:get", "autoscaling/horizontalpodautoscalers:patch",
+	"gateway.networking.k8s.io/gateways/status:update",
 	"gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
+	"policy/poddisruptionbudgets:create", "policy/poddisruptionbudgets:get", "policy/poddisruptionbudgets:patch",
 	"security.istio.io/authorizationpolicies/status:update",
 	"security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
 	"security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
 	"security.istio.io/requestauthentications:list", "security.istio.io/requestauthentications:watch",
+}
+
+// waypointPermissions are those of controllerPermissions that deploying
+// waypoints needs (controller.deployWaypoints): server-side apply of the
+// waypoint's kinds, and Gateway status.
+var waypointPermissions = []string{
+	"/serviceaccounts:create", "/serviceaccounts:get", "/serviceaccounts:patch",
+	"/services:create", "/services:get", "/services:patch",
+	"apps/deployments:create", "apps/deployments:get", "apps/deployments:patch",
+	"autoscaling/horizontalpodautoscalers:create", "autoscaling/horizontalpodautoscalers:get", "autoscaling/horizontalpodautoscalers:patch",
+	"gateway.networking.k8s.io/gateways/status:update",
+	"policy/poddisruptionbudgets:create", "policy/poddisruptionbudgets:get", "policy/poddisruptionbudgets:patch",
 }
 
 func TestControllerShape(t *testing.T) {
@@ -438,7 +458,10 @@ func TestFlags(t *testing.T) {
 	}
 	t.Parallel()
 	for _, set := range valueSets {
-		for _, o := range objects(t, "regomesh", values(t, set)) {
+		objs := objects(t, "regomesh", values(t, set))
+		// and the waypoint the controller deploys from the chart's template
+		objs = append(objs, waypointObjects(t, values(t, set), "bookinfo", "flags-waypoint")...)
+		for _, o := range objs {
 			spec := podSpecOf(o)
 			if spec == nil {
 				continue

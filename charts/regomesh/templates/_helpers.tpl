@@ -1,11 +1,15 @@
-{{/* The standard labels of every object; component names the part. */}}
+{{/*
+The standard labels of every object; component names the part, managedBy
+what applies it when not Helm (the controller, for the waypoints it
+deploys).
+*/}}
 {{- define "regomesh.labels" -}}
 app.kubernetes.io/name: {{ .component }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/part-of: regomesh
-app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/managed-by: {{ .managedBy | default .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
 {{- end }}
 
