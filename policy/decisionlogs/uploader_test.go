@@ -143,6 +143,7 @@ func TestUploadServiceFailsAndRecovers(t *testing.T) {
 		t.Fatalf("after 500s received %v, want 0..49 once each, in order", got)
 	}
 
+	waitMetric(t, reg, "regomesh_policy_decision_log_uploaded_total", 50) // nothing in flight
 	r.stop()
 	u.Write(lines(50, 100, "")) // 40 more than the buffer holds
 	if got := dropped(t, reg, DropBufferFull); got != 40 {
