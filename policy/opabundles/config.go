@@ -1,6 +1,7 @@
 package opabundles
 
 import (
+	crand "crypto/rand"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -70,7 +71,7 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opabundles: OPA configuration: %w", err)
 	}
-	parsed, err := opaconfig.ParseConfig(js, "regomesh")
+	parsed, err := opaconfig.ParseConfig(js, InstanceID)
 	if err != nil {
 		return nil, fmt.Errorf("opabundles: OPA configuration: %w", err)
 	}
@@ -267,6 +268,19 @@ func checkClient(client rest.Client, haveSVID bool) error {
 		return fmt.Errorf("credentials or tls: %w", err)
 	}
 	return nil
+}
+
+// InstanceID is this process's labels.id in decision logs and status
+// reports, a random UUID made at start, as an OPA instance's is: a control
+// plane tells the proxies apart by it.
+var InstanceID = newInstanceID()
+
+func newInstanceID() string {
+	var b [16]byte
+	crand.Read(b[:]) // never fails (crypto/rand.Read panics instead)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
 // envVar is OPA's ${VAR} notation in configuration files.

@@ -103,7 +103,7 @@ default_decision: /x/y
 			config: "services: {s: {url: 'http://a'}, t: {url: 'http://b'}}\nlabels: {app: x}\ndecision_logs: {console: true}\nbundles: {a: {}}\n",
 			check: func(t *testing.T, c *Config) {
 				want := &DecisionLogs{Service: "s", Upload: decisionlogs.Config{Resource: "/logs", UploadLimitBytes: 32768,
-					MinDelay: 300 * time.Second, MaxDelay: 600 * time.Second, Labels: map[string]string{"app": "x", "id": "regomesh", "version": version.Version}}}
+					MinDelay: 300 * time.Second, MaxDelay: 600 * time.Second, Labels: map[string]string{"app": "x", "id": InstanceID, "version": version.Version}}}
 				if !reflect.DeepEqual(c.DecisionLogs, want) {
 					t.Errorf("DecisionLogs = %+v, want %+v", c.DecisionLogs, want)
 				}
@@ -124,7 +124,7 @@ decision_logs:
 			check: func(t *testing.T, c *Config) {
 				want := &DecisionLogs{Service: "t", Upload: decisionlogs.Config{Resource: "/v1/decisions", UploadLimitBytes: 90,
 					BufferLimitEvents: 500, MinDelay: 100 * time.Millisecond, MaxDelay: 5 * time.Second, MaxPerSecond: 100,
-					Labels: map[string]string{"id": "regomesh", "version": version.Version}}}
+					Labels: map[string]string{"id": InstanceID, "version": version.Version}}}
 				if !reflect.DeepEqual(c.DecisionLogs, want) {
 					t.Errorf("DecisionLogs = %+v, want %+v", c.DecisionLogs, want)
 				}

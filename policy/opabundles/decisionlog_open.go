@@ -62,7 +62,7 @@ func DecisionLog(files DecisionLogFiles, svid *SVIDCredentials, metrics *policy.
 				defer cancel()
 				u.Close(ctx)
 			})
-			log.Info("uploading decision logs", "component", "decisionlogs", "service", cfg.DecisionLogs.Service, "resource", cfg.DecisionLogs.Upload.Resource)
+			log.Info("uploading decision logs", "component", "decisionlogs", "service", cfg.DecisionLogs.Service, "resource", cfg.DecisionLogs.Upload.Resource, "instance_id", InstanceID)
 		}
 	}
 	if path != "" {

@@ -111,6 +111,7 @@ func New(engine *policy.Engine, cfg *Config, opts Options) (*Set, error) {
 	}
 	if cfg.Status != nil {
 		s.status = newStatusReporter(clients[cfg.Status.Service], cfg.Status, cfg.labels, slices.Sorted(maps.Keys(cfg.Bundles)), log)
+		log.Info("reporting bundle status", "service", cfg.Status.Service, "resource", cfg.Status.Resource, "instance_id", InstanceID)
 	}
 	for _, name := range slices.Sorted(maps.Keys(cfg.Bundles)) {
 		if slices.Contains(opts.Local.Paths, name) {

@@ -107,7 +107,7 @@ status: {service: reports}
 		return r.Bundles["authz"].ActiveRevision == "r1"
 	})
 	b := r1.Bundles["authz"]
-	if b.Name != "authz" || b.LastSuccessfulActivation.IsZero() || b.LastSuccessfulDownload.IsZero() || b.Code != "" || r1.Labels["cluster"] != "test" || r1.Labels["id"] == "" {
+	if b.Name != "authz" || b.LastSuccessfulActivation.IsZero() || b.LastSuccessfulDownload.IsZero() || b.Code != "" || r1.Labels["cluster"] != "test" || r1.Labels["id"] != InstanceID || len(InstanceID) != 36 {
 		t.Errorf("report of r1 = %+v", r1)
 	}
 	status.mu.Lock()
