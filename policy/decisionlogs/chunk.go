@@ -11,13 +11,14 @@ type chunk struct {
 	events [][]byte
 }
 
-// chunks packs events, in order, into as few uploads as it can, each no
-// larger than limit bytes compressed, the way OPA's chunk encoder bounds
-// them (its wire format: a gzip stream of one JSON array). An event too
-// large to fit alone is left out and counted in tooLarge.
+// chunks packs events, in order, into uploads each no larger than limit
+// bytes compressed, the way OPA's chunk encoder bounds them (its wire
+// format: a gzip stream of one JSON array). An event too large to fit
+// alone is left out and counted in tooLarge.
 func chunks(events [][]byte, limit int64) (out []chunk, tooLarge int) {
+	hint := 1 // events in the last chunk: where the next one's search starts
 	for len(events) > 0 {
-		n, body := fit(events, limit)
+		n, body := fit(events, limit, hint)
 		if n == 0 {
 			tooLarge++
 			events = events[1:]
@@ -25,33 +26,37 @@ func chunks(events [][]byte, limit int64) (out []chunk, tooLarge int) {
 		}
 		out = append(out, chunk{body: body, events: events[:n:n]})
 		events = events[n:]
+		hint = n
 	}
 	return out, tooLarge
 }
 
-// fit returns the most leading events whose compressed array fits in
-// limit, and that array: doubling the count while it fits, then a binary
-// search between the last that fitted and the first that did not.
-func fit(events [][]byte, limit int64) (int, []byte) {
+// fit returns a count of leading events whose compressed array fits in
+// limit, and that array: starting from hint, doubling the count while it
+// fits, then a binary search between the last that fitted and the first
+// that did not. An array filling 90% of limit is taken at once, as OPA's
+// encoder flushes at a threshold, so a steady stream of events costs
+// about one compression per upload.
+func fit(events [][]byte, limit int64, hint int) (int, []byte) {
 	lo, body := 0, []byte(nil)
 	hi := len(events) + 1 // the smallest count known not to fit
-	for n := 1; n < hi; {
+	for n := min(max(hint, 1), len(events)); n < hi; {
 		b := encode(events[:n])
-		if int64(len(b)) > limit {
+		switch {
+		case int64(len(b)) > limit:
 			hi = n
-		} else {
+		case int64(len(b)) >= limit*9/10:
+			return n, b
+		default:
 			lo, body = n, b
 		}
 		if hi <= len(events) {
 			n = lo + (hi-lo)/2
-			if n == lo {
-				break
-			}
 		} else {
 			n = min(2*n, len(events))
-			if n == lo {
-				break
-			}
+		}
+		if n == lo {
+			break
 		}
 	}
 	return lo, body
