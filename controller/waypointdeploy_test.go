@@ -52,9 +52,10 @@ func (w *writes) list() []string {
 
 // Two replicas deploy waypoints: the leader applies a Gateway's objects,
 // owned by it, labelled, with the Gateway's name in the waypoint's args,
-// writes the Gateway Programmed with the Service's address, and puts back
-// a hand-edited Deployment; a Gateway of another class gets nothing; the
-// other replica writes nothing at all.
+// writes the Gateway Programmed with the Service's address, puts back a
+// hand-edited Deployment, and applies again for a Gateway made anew; a
+// Gateway of another class gets nothing; the other replica writes
+// nothing at all.
 func TestWaypointDeployment(t *testing.T) {
 	cluster := kubeharness.New(t, kubeharness.Config{})
 	rc := cluster.RESTConfig()
@@ -191,6 +192,18 @@ func TestWaypointDeployment(t *testing.T) {
 	testgo.Eventually(t, "the Deployment's args put back", func() bool {
 		d, err := kube.AppsV1().Deployments("bank").Get(ctx, "waypoint", metav1.GetOptions{})
 		return err == nil && slices.Equal(d.Spec.Template.Spec.Containers[0].Args, wantArgs)
+	})
+
+	// The Gateway deleted and made again is another object: its waypoint
+	// is applied again, owned by the new one (here, with no garbage
+	// collector running, the old objects are still there to take over).
+	if err := gws.GatewayV1().Gateways("bank").Delete(ctx, "waypoint", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	again := gateway("waypoint", "istio-waypoint")
+	testgo.Eventually(t, "the Deployment owned by the new Gateway", func() bool {
+		d, err := kube.AppsV1().Deployments("bank").Get(ctx, "waypoint", metav1.GetOptions{})
+		return err == nil && owners(d) == fmt.Sprintf("[gateway.networking.k8s.io/v1 Gateway waypoint %s]", again.UID)
 	})
 
 	// The other class: no objects, no status of ours.
