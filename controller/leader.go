@@ -80,8 +80,9 @@ func campaign(ctx context.Context, elector *leaderelection.LeaderElector) {
 	}
 }
 
-// Leading reports whether this replica writes status: always without
-// leader election, else while it holds the Lease.
+// Leading reports whether this replica writes to the API server (status,
+// waypoints): always without leader election, else while it holds the
+// Lease.
 func (c *Controller) Leading() bool {
 	return c.cfg.LeaderElection == nil || c.leading.Load()
 }

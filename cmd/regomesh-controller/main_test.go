@@ -58,6 +58,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "no debounce", args: []string{"--debounce", "0s"}, wantErr: "--debounce must be positive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
 		{name: "leader election", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace", "ns", "--leader-elect-identity", "pod-1"}},
+		{name: "waypoints", args: []string{"--bundle-addr=", "--waypoint-template", "w.yaml", "--waypoint-resync", "1m"}},
+		{name: "no waypoint resync", args: []string{"--bundle-addr=", "--waypoint-resync", "0s"}, wantErr: "--waypoint-resync must be positive"},
 		{name: "leader election without a namespace", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace=", "--leader-elect-identity", "pod-1"}, wantErr: "--leader-elect needs --leader-elect-namespace"},
 	}
 	for _, tt := range tests {
@@ -89,6 +91,29 @@ func TestParseFlags(t *testing.T) {
 	}
 	if le := c.controller.LeaderElection; le == nil || *le != (controller.LeaderElection{Namespace: "ns", Name: "regomesh-controller", Identity: "pod-1"}) {
 		t.Errorf("--leader-elect: %+v", le)
+	}
+}
+
+// --waypoint-template is read and checked at start: a missing file or a
+// template that cannot make a waypoint stops the controller, naming the
+// flag.
+func TestReadWaypointTemplate(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ file, want string }{
+		{filepath.Join(dir, "missing.yaml"), "--waypoint-template: open"},
+		{bad, "--waypoint-template " + bad + ": controller: waypoint template"},
+	} {
+		if _, err := readWaypointTemplate(waypointFlags{template: tc.file, resync: time.Minute}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("readWaypointTemplate(%s) = %v; want an error containing %q", tc.file, err, tc.want)
+		}
+	}
+	w, err := readWaypointTemplate(waypointFlags{template: "../../controller/testdata/waypoint-template.yaml", resync: time.Minute})
+	if err != nil || w.Template == nil || w.Resync != time.Minute {
+		t.Errorf("readWaypointTemplate(the controller's test template) = %+v, %v", w, err)
 	}
 }
 
