@@ -44,6 +44,18 @@ func (w *writes) wrap(rt http.RoundTripper) http.RoundTripper {
 	})
 }
 
+func (w *writes) count(req string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, r := range w.all {
+		if r == req {
+			n++
+		}
+	}
+	return n
+}
+
 func (w *writes) list() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -101,7 +113,7 @@ func TestWaypointDeployment(t *testing.T) {
 		}
 		return *l.Spec.HolderIdentity
 	}
-	start("replica-a")
+	leader := start("replica-a")
 	testgo.Eventually(t, "replica-a to hold the Lease", func() bool { return holder() == "replica-a" })
 	follower := start("replica-b")
 
@@ -185,6 +197,8 @@ func TestWaypointDeployment(t *testing.T) {
 	}
 
 	// A hand edit of the args is put back.
+	const statusPath = "/apis/gateway.networking.k8s.io/v1/namespaces/bank/gateways/waypoint/status"
+	statusWrites := leader.count("PUT " + statusPath)
 	deploy.Spec.Template.Spec.Containers[0].Args = []string{"--gateway=bank/elsewhere"}
 	if _, err := kube.AppsV1().Deployments("bank").Update(ctx, deploy, metav1.UpdateOptions{FieldManager: "kubectl-edit"}); err != nil {
 		t.Fatal(err)
@@ -193,6 +207,10 @@ func TestWaypointDeployment(t *testing.T) {
 		d, err := kube.AppsV1().Deployments("bank").Get(ctx, "waypoint", metav1.GetOptions{})
 		return err == nil && slices.Equal(d.Spec.Template.Spec.Containers[0].Args, wantArgs)
 	})
+	// That took a resync, which wrote no status: it had not changed.
+	if n := leader.count("PUT " + statusPath); statusWrites == 0 || n != statusWrites {
+		t.Errorf("Gateway status written %d times, then %d after a resync; want the same, at least once", statusWrites, n)
+	}
 
 	// The Gateway deleted and made again is another object: its waypoint
 	// is applied again, owned by the new one (here, with no garbage
