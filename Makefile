@@ -40,6 +40,10 @@ CMDS := $(patsubst cmd/%/main.go,%,$(wildcard cmd/*/main.go))
 REGO_DIRS := rego/ examples/bundle/ examples/tests/
 
 TEST_TIMEOUT ?= 10m
+# Test binaries run four at a time, not GOMAXPROCS (two here): most of the
+# suite waits (on SPIRE, kube-apiserver, network namespaces, timeouts it
+# tests), and at two at a time the cores sat half idle.
+TEST_P ?= 4
 BENCH ?= .
 ARGS ?=
 
@@ -62,7 +66,7 @@ endif
 # without it. Nothing is skipped quietly: the e2e, capture and netbed tests
 # need root (network namespaces, nftables), and -race needs cgo.
 test: test-prereqs lint test-tools
-	REGOMESH_REQUIRE_NGINX=1 CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	REGOMESH_REQUIRE_NGINX=1 CGO_ENABLED=1 $(GO) test -race -count=1 -p $(TEST_P) -timeout $(TEST_TIMEOUT) ./...
 	@echo "full size, without the race detector:"
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '$(FULL_SIZE)' $(FULL_SIZE_PKGS)
 	$(OPA) test --fail-on-empty --exit-zero-on-skipped $(REGO_DIRS)
