@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +41,8 @@ type config struct {
 	kubeconfig   string
 	controller   controller.Config
 	adminAddr    string
+	readyAddr    string
+	logLevel     string
 	adminExpose  bool
 	xdsAddr      string
 	spireSocket  string
@@ -81,6 +84,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controller.RootNamespace, "root-namespace", "istio-system", "Istio's root namespace: policies there without a selector apply mesh-wide")
 	fs.StringVar(&c.controller.ClusterDomain, "cluster-domain", "cluster.local", "DNS suffix of service hostnames (<name>.<namespace>.svc.<cluster domain>)")
 	fs.DurationVar(&c.controller.Debounce, "debounce", 100*time.Millisecond, "how long changes are gathered after the first before the state and bundles are rebuilt")
+	fs.StringVar(&c.readyAddr, "readiness-addr", ":15021", "readiness endpoint (GET /healthz/ready: 200 once the controller has synced with the API server and published its first state, 503 before); empty: none")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "admin endpoint (/debug/state: every workload, service and policy): a loopback address unless --admin-expose")
 	fs.BoolVar(&c.adminExpose, "admin-expose", false, "let --admin-addr bind a non-loopback address; anyone who reaches it reads the mesh's whole state")
 	fs.StringVar(&c.xdsAddr, "xds-addr", ":15012", "the state stream ztunnels and waypoints subscribe to (delta xDS over mutual TLS, each proxy authenticated by its SVID; docs/state-stream.md); empty: no stream")
@@ -124,6 +129,9 @@ func parseFlags(args []string) (config, error) {
 			return c, errors.New("--bundle-signing-key and --bundle-unsigned: choose one")
 		}
 	}
+	if err := new(slog.LevelVar).UnmarshalText([]byte(c.logLevel)); err != nil {
+		return c, fmt.Errorf("--log-level: %w", err)
+	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "shows every workload, service and policy of the mesh"); err != nil {
 			return c, fmt.Errorf("--admin-addr %s: %w", c.adminAddr, err)
@@ -138,13 +146,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "regomesh-controller:", err)
 		os.Exit(2)
 	}
+	level := new(slog.LevelVar)
+	_ = level.UnmarshalText([]byte(cfg.logLevel)) // checked by parseFlags
+	slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	var ls listeners
 	for _, l := range []struct {
 		addr, flag string
 		to         *net.Listener
-	}{{cfg.adminAddr, "--admin-addr", &ls.admin}, {cfg.xdsAddr, "--xds-addr", &ls.xds}, {cfg.bundles.addr, "--bundle-addr", &ls.bundles}} {
+	}{{cfg.adminAddr, "--admin-addr", &ls.admin}, {cfg.readyAddr, "--readiness-addr", &ls.ready}, {cfg.xdsAddr, "--xds-addr", &ls.xds}, {cfg.bundles.addr, "--bundle-addr", &ls.bundles}} {
 		if l.addr == "" {
 			continue
 		}
@@ -160,14 +171,17 @@ func main() {
 }
 
 // listeners are where the controller serves: the admin endpoint, and the
-// state stream and the bundles when not nil.
+// readiness endpoint, the state stream and the bundles when not nil.
 type listeners struct {
-	admin, xds, bundles net.Listener
+	admin, ready, xds, bundles net.Listener
 }
 
 // run watches the cluster and serves on ls until ctx ends.
 func run(ctx context.Context, cfg config, ls listeners) error {
 	defer ls.admin.Close()
+	if ls.ready != nil {
+		defer ls.ready.Close()
+	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.kubeconfig) // both empty: in-cluster
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -193,6 +207,7 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 		defer stop()
 	}
 	debug := &controller.Debug{}
+	var synced atomic.Bool
 	also := cfg.controller.Publish // tests' hook; nil from the flags
 	cfg.controller.Publish = func(u *controller.Update) {
 		debug.Set(u)
@@ -203,6 +218,7 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 			bundles.Update(u)
 			stream.UpdateBundles(bundles.Revisions()) // once served, so a proxy told of one can fetch it
 		}
+		synced.Store(true) // ready once the first state is out
 		if also != nil {
 			also(u)
 		}
@@ -215,17 +231,40 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /debug/state", debug)
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- admin.Serve(ls.admin) }()
+	readiness := &http.Server{Handler: readyHandler(&synced), ReadHeaderTimeout: 10 * time.Second}
+	if ls.ready != nil {
+		go func() { served <- readiness.Serve(ls.ready) }()
+	} else {
+		served <- http.ErrServerClosed
+	}
 	slog.Info("regomesh-controller started", "admin", ls.admin.Addr().String(), "trust_domain", cfg.controller.TrustDomain)
 	runErr := c.Run(ctx)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = admin.Shutdown(shutdownCtx) // Run has ended: nothing more to serve
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return errors.Join(runErr, fmt.Errorf("admin endpoint: %w", err))
+	_ = readiness.Shutdown(shutdownCtx)
+	for range 2 {
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			runErr = errors.Join(runErr, fmt.Errorf("admin or readiness endpoint: %w", err))
+		}
 	}
 	return runErr
+}
+
+// readyHandler answers GET /healthz/ready: 200 once synced, 503 before
+// (the controller has not yet listed the cluster and published a state).
+func readyHandler(synced *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !synced.Load() {
+			http.Error(w, "not ready: the controller has not synced with the API server and published its first state yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
 }
 
 // readWaypointTemplate reads and checks --waypoint-template: a template

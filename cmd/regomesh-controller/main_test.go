@@ -13,9 +13,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,6 +59,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "admin exposed on purpose", args: []string{"--admin-addr", "10.0.0.1:15014", "--admin-expose", "--bundle-addr="}},
 		{name: "no debounce", args: []string{"--debounce", "0s"}, wantErr: "--debounce must be positive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
+		{name: "log level", args: []string{"--bundle-addr=", "--log-level", "debug"}},
+		{name: "bad log level", args: []string{"--bundle-addr=", "--log-level", "loud"}, wantErr: "--log-level"},
 		{name: "leader election", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace", "ns", "--leader-elect-identity", "pod-1"}},
 		{name: "waypoints", args: []string{"--bundle-addr=", "--waypoint-template", "w.yaml", "--waypoint-resync", "1m"}},
 		{name: "no waypoint resync", args: []string{"--bundle-addr=", "--waypoint-resync", "0s"}, wantErr: "--waypoint-resync must be positive"},
@@ -139,7 +143,11 @@ func TestRunServesState(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, listeners{admin: ln}) }()
+	ready, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- run(ctx, cfg, listeners{admin: ln, ready: ready}) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -160,8 +168,30 @@ func TestRunServesState(t *testing.T) {
 			t.Fatalf("/debug/state workloads = %q; want %q", workloadsAt(t, url), want)
 		}
 		if workloadsAt(t, url) == want {
-			return
+			break
 		}
+	}
+	// Published, so ready.
+	resp, err := http.Get(fmt.Sprintf("http://%s/healthz/ready", ready.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz/ready after the first state = %d, want 200", resp.StatusCode)
+	}
+}
+
+func TestReadyHandler(t *testing.T) {
+	var synced atomic.Bool
+	h := readyHandler(&synced)
+	for _, want := range []int{http.StatusServiceUnavailable, http.StatusOK} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz/ready", nil))
+		if rec.Code != want {
+			t.Errorf("synced %v: %d %q, want %d", synced.Load(), rec.Code, rec.Body.String(), want)
+		}
+		synced.Store(true)
 	}
 }
 
