@@ -55,7 +55,7 @@ type config struct {
 	controllerIdentity string
 	controllerTimeout  time.Duration
 	// controllerBundles and controllerBundlesUnsigned configure the
-	// download of the controller's bundle (fromController).
+	// download of the controller's bundle (policysource.Flags.FromController).
 	controllerBundles         string
 	controllerBundlesUnsigned bool
 }

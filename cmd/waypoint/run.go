@@ -244,8 +244,9 @@ func policyEngine(ctx context.Context, cfg config, source *workloadapi.X509Sourc
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	svid := &opabundles.SVIDCredentials{SVID: source, Bundle: source, Server: controllerID}
 	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.opaConfig, Shadow: cfg.shadowLog},
-		&opabundles.SVIDCredentials{SVID: source, Bundle: source, Server: controllerID}, metrics, reg, log)
+		svid, metrics, reg, log)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -255,7 +256,7 @@ func policyEngine(ctx context.Context, cfg config, source *workloadapi.X509Sourc
 		closeLog()
 		return nil, nil, nil, err
 	}
-	bundles, err := cfg.bundleSet(engine, source, reg, log)
+	bundles, err := cfg.bundleSet(engine, svid, reg, log)
 	if err == nil {
 		err = bundles.Start(ctx)
 	}

@@ -54,7 +54,7 @@ type config struct {
 	controllerTimeout   time.Duration
 	spireWorkloadSocket string
 	// controllerBundles and controllerBundlesUnsigned configure the
-	// download of the controller's bundle (fromController).
+	// download of the controller's bundle (policysource.Flags.FromController).
 	controllerBundles         string
 	controllerBundlesUnsigned bool
 }

@@ -32,7 +32,7 @@ func TestParseFlags(t *testing.T) {
 		{"--controller", "c:15012", "--verification-key", "k.pem"},
 		{"--controller", "c:15012", "--controller-bundles-unsigned", "--controller-bundles", "https://bundles:8443"},
 	} {
-		if cfg, err := parseFlags(args); err != nil || !cfg.fromController() {
+		if cfg, err := parseFlags(args); err != nil || !cfg.policyFlags().FromController() {
 			t.Errorf("parseFlags(%v) = %+v, %v: want the controller's bundle", args, cfg, err)
 		}
 	}
