@@ -3,13 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -23,7 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/regomesh/regomesh/controller"
-	"github.com/regomesh/regomesh/controller/bundleserver"
+	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/policy/istio"
@@ -73,7 +67,7 @@ func TestBinaryWithController(t *testing.T) {
 	gs := xds.NewGRPCServer(stream, source, source)
 	served := testgo.Go(t, func(context.Context) { gs.Serve(l) })
 	defer func() { gs.Stop(); <-served; stream.Wait() }()
-	bundles, bundlesURL, key := startBundleServer(t, stream, td, source)
+	bundles, bundlesURL, key := bundleservertest.Start(t, stream, td, source, source)
 	publish := func(from string) string {
 		b := waypointBundle(t, from)
 		bundles.Update(&controller.Update{Bundle: b, WaypointBundles: map[string]*controller.Bundle{"shop/waypoint": b}})
@@ -129,46 +123,6 @@ func TestBinaryWithController(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
 	}
-}
-
-// startBundleServer serves signed bundles over mutual TLS with source's
-// SVID, identifying clients with stream, until the test ends; it returns
-// the server, its URL and the PEM public key of its signing key.
-func startBundleServer(t *testing.T, stream *xds.Server, td spiffeid.TrustDomain, source *workloadapi.X509Source) (*bundleserver.Server, string, []byte) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := bundleserver.NewSigner(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), "RS256", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := bundleserver.New(bundleserver.Config{Signer: signer, Proxies: stream})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := bundleserver.NewHTTPServer(srv, td, source, source)
-	served := testgo.Go(t, func(context.Context) {
-		if err := hs.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("bundle server: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		hs.Shutdown(ctx)
-		<-served
-	})
-	return srv, "https://" + l.Addr().String(), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
 }
 
 // waypointBundle is the controller's bundle of an AuthorizationPolicy

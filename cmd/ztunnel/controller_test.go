@@ -3,13 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,13 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/regomesh/regomesh/controller"
-	"github.com/regomesh/regomesh/controller/bundleserver"
+	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
-	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -70,7 +62,7 @@ func TestBinaryWithController(t *testing.T) {
 	served := make(chan struct{})
 	go func() { defer close(served); gs.Serve(l) }()
 	defer func() { gs.Stop(); <-served; srv.Wait() }()
-	bundles, verificationKey := startBundleServer(t, srv, td, source)
+	bundles, bundlesURL, verificationKey := bundleservertest.Start(t, srv, td, source, source)
 	// publish serves the bundle of a policy admitting namespace from, and
 	// announces its revision on the stream.
 	publish := func(from string) string {
@@ -91,7 +83,7 @@ func TestBinaryWithController(t *testing.T) {
 	start := func(node string) (*exec.Cmd, *syncLog, string, string) {
 		admin, ready := freeAddr(t), freeAddr(t)
 		cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", ztunnelID.String(), "--controller-timeout", "15s",
-			"--controller-bundles", bundles.url, "--verification-key", keyFile,
+			"--controller-bundles", bundlesURL, "--verification-key", keyFile,
 			"--node", node, "--trust-domain", td.Name(),
 			"--spire-admin-socket", agent.AdminSocket(), "--spire-workload-socket", agent.WorkloadSocket(),
 			"--cni-socket", filepath.Join(dir, node+".sock"), "--pods-file", filepath.Join(dir, node+".json"),
@@ -154,51 +146,6 @@ func TestBinaryWithController(t *testing.T) {
 }
 
 // bundleServer is the controller's bundle server on a loopback port.
-type bundleServer struct {
-	*bundleserver.Server
-	url string
-}
-
-// startBundleServer serves signed bundles over mutual TLS with source's
-// SVID, identifying clients with stream, until the test ends; it returns
-// the server and the PEM public key of its signing key.
-func startBundleServer(t *testing.T, stream *xds.Server, td spiffeid.TrustDomain, source *workloadapi.X509Source) (*bundleServer, []byte) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := bundleserver.NewSigner(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), "RS256", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := bundleserver.New(bundleserver.Config{Signer: signer, Proxies: stream})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := bundleserver.NewHTTPServer(srv, td, source, source)
-	served := testgo.Go(t, func(context.Context) {
-		if err := hs.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("bundle server: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		hs.Shutdown(ctx)
-		<-served
-	})
-	return &bundleServer{Server: srv, url: "https://" + l.Addr().String()}, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
-}
-
 // controllerBundle is the controller's bundle of an AuthorizationPolicy
 // admitting namespace from to namespace shop, as its rebuild translates
 // and writes it.
