@@ -112,32 +112,67 @@ func TestBalancerPassiveHealth(t *testing.T) {
 }
 
 // Through the waypoint: a service with one endpoint that no tunnel
-// reaches answers 503 until that endpoint has failed five times in a row,
-// then only from the healthy one.
+// reaches. Under Istio's default retries every request that met it is
+// retried on the healthy one, until it has failed five times in a row
+// and is ejected; with retries disabled ({attempts: 0}) those five
+// requests answer 503.
 func TestBrokenEndpointEjected(t *testing.T) {
-	m := newTestMesh(t)
-	m.loadRego(t, "package mesh.policies.test.p\n\nopen := true\n")
-	c := m.http1Client(netip.AddrPortFrom(pairVIP, 80))
-	var failures, afterLast int
-	for i := range 60 {
-		a := do(t, c, "GET", "http://pair.shop/x", nil)
-		switch a.status {
-		case http.StatusServiceUnavailable:
-			failures++
-			afterLast = 0
-		case http.StatusOK:
-			afterLast++
-		default:
-			t.Fatalf("request %d: %d %q", i, a.status, a.body)
-		}
-	}
-	if failures != DefaultEjectAfter || afterLast == 0 {
-		t.Errorf("%d requests failed, then %d succeeded; want exactly %d failures (then broken-1 is ejected) and the rest served",
-			failures, afterLast, DefaultEjectAfter)
-	}
-	for _, e := range accessLines(t, m) {
-		if e.Status == http.StatusServiceUnavailable && (e.Flags != FlagUpstream || e.DestinationWL != "shop/broken-1") {
-			t.Errorf("a failure went elsewhere than broken-1: %+v", e)
-		}
+	for _, tc := range []struct {
+		name   string
+		routes string
+		failed int // requests answered 503
+	}{
+		{name: "default retries", failed: 0},
+		{name: "retries disabled", failed: DefaultEjectAfter, routes: `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pair, namespace: shop}
+spec:
+  hosts: [pair]
+  http:
+  - retries: {attempts: 0}
+    route: [{destination: {host: pair}}]
+`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestMesh(t)
+			m.loadRego(t, "package mesh.policies.test.p\n\nopen := true\n")
+			if tc.routes != "" {
+				m.loadRoutes(t, tc.routes)
+			}
+			c := m.http1Client(netip.AddrPortFrom(pairVIP, 80))
+			var failures, afterLast int
+			for i := range 60 {
+				a := do(t, c, "GET", "http://pair.shop/x", nil)
+				switch a.status {
+				case http.StatusServiceUnavailable:
+					failures++
+					afterLast = 0
+				case http.StatusOK:
+					afterLast++
+				default:
+					t.Fatalf("request %d: %d %q", i, a.status, a.body)
+				}
+			}
+			if failures != tc.failed || afterLast == 0 {
+				t.Errorf("%d requests failed, then %d succeeded; want exactly %d failures and the rest served", failures, afterLast, tc.failed)
+			}
+			waitRequests(t, m, 60)
+			retried := 0
+			for _, e := range accessLines(t, m) {
+				if e.Status == http.StatusServiceUnavailable && (e.Flags != FlagUpstream || e.DestinationWL != "shop/broken-1") {
+					t.Errorf("a failure went elsewhere than broken-1: %+v", e)
+				}
+				if e.Attempts == 2 && e.Status == http.StatusOK && e.DestinationWL == "shop/web2-1" {
+					retried++
+				}
+			}
+			if want := DefaultEjectAfter - tc.failed; retried != want {
+				t.Errorf("%d requests retried on web2-1 after broken-1 failed them, want %d (then broken-1 is ejected)", retried, want)
+			}
+			if n := metricSum(t, m, "regomesh_waypoint_retries_total", map[string]string{"reason": "connect-failure"}); n != float64(DefaultEjectAfter-tc.failed) {
+				t.Errorf("regomesh_waypoint_retries_total{reason=connect-failure} = %v, want %d", n, DefaultEjectAfter-tc.failed)
+			}
+		})
 	}
 }

@@ -41,7 +41,7 @@ type routeRule struct {
 	filters  []gwv1.HTTPRouteFilter
 	backends []routeBackend
 	timeout  time.Duration // 0: none
-	retry    *retryPolicy  // nil: one attempt
+	retry    *retryPolicy  // nil: Istio's default policy; noRetries: one attempt
 	fault    *faultPolicy  // nil: no fault injected
 }
 

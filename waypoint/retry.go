@@ -68,18 +68,40 @@ var retryOnNames = map[string]retryOn{
 // trailers-only answer.
 var grpcRetryOn = map[string]string{"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8", "internal": "13", "unavailable": "14"}
 
-// defaultRetryOn is Istio's when retries name no retryOn (istiod also
-// retries 503s).
-const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,503"
+// defaultRetryOn is Istio's when retries name no retryOn, and the
+// conditions of its default retry policy (istiod's retry.DefaultPolicy):
+// retriable-status-codes names no code, since Istio 1.22 no longer
+// retries a 503 by default (the backend may have acted on the request).
+const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+
+// DefaultRetries is how many times a request is retried when its route
+// writes no retries, or when nothing routes it: Istio's default retry
+// policy, which retries only what did not reach the backend or what it
+// refused (defaultRetryOn), on another endpoint, within the retry budget.
+const DefaultRetries = 2
+
+// defaultRetryPolicy is Istio's default retry policy (DefaultRetries on
+// defaultRetryOn, previous hosts avoided, Envoy's backoff), in force
+// wherever no route says otherwise.
+var defaultRetryPolicy = func() *retryPolicy {
+	p, err := compileRetry(&networkingv1.HTTPRetry{Attempts: DefaultRetries, RetryOn: defaultRetryOn})
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
+
+// noRetries is a rule's retries that disable retrying ({attempts: 0}).
+var noRetries = &retryPolicy{}
 
 // compileRetry reads a VirtualService's retries; attempts 0 disables them
-// (nil), as in Istio.
+// (noRetries), as in Istio.
 func compileRetry(r *networkingv1.HTTPRetry) (*retryPolicy, error) {
 	if r.GetAttempts() < 0 {
 		return nil, errors.New("attempts: must not be negative")
 	}
 	if r.GetAttempts() == 0 {
-		return nil, nil
+		return noRetries, nil
 	}
 	p := &retryPolicy{retries: int(r.GetAttempts()), previousHosts: true, backoff: defaultRetryBackoff, grpc: map[string]string{}}
 	if d := r.GetPerTryTimeout(); d != nil {
@@ -122,8 +144,9 @@ const DefaultHTTPRouteRetries = 2
 // compileHTTPRouteRetry reads an HTTPRoute rule's retry (Gateway API,
 // extended support) and timeouts.backendRequest, the per-try timeout:
 // connection errors (no tunnel, reset, no answer within the per-try
-// timeout) and the codes listed are retried. A backendRequest timeout
-// without retry bounds the one attempt.
+// timeout) and the codes listed are retried. Without retry, Istio's
+// default policy applies, each attempt bounded by a backendRequest
+// timeout.
 func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*retryPolicy, error) {
 	var perTry time.Duration
 	if t != nil && t.BackendRequest != nil {
@@ -135,9 +158,11 @@ func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*
 	}
 	if r == nil {
 		if perTry == 0 {
-			return nil, nil
+			return nil, nil // Istio's default policy
 		}
-		return &retryPolicy{perTry: perTry}, nil
+		p := *defaultRetryPolicy
+		p.perTry = perTry
+		return &p, nil
 	}
 	p := &retryPolicy{retries: ptrOr(r.Attempts, DefaultHTTPRouteRetries), perTry: perTry, on: retryReset, previousHosts: true, backoff: defaultRetryBackoff, atLeast: true}
 	if p.retries < 1 {
@@ -160,9 +185,13 @@ func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*
 	return p, nil
 }
 
-// retryPolicy is the rule's (nil without a rule or retries).
+// retryPolicy is the rule's: Istio's default policy without a rule or
+// when the rule writes no retries; nil when its retries disable retrying.
 func (r *routeRule) retryPolicy() *retryPolicy {
-	if r == nil {
+	switch {
+	case r == nil || r.retry == nil:
+		return defaultRetryPolicy
+	case r.retry == noRetries:
 		return nil
 	}
 	return r.retry

@@ -14,10 +14,11 @@ import (
 )
 
 // send forwards r to x's endpoint: once, or, under the rule's retry
-// policy, again after a failed attempt while attempts are left, the body
-// can be replayed and the retry budget allows, each retry on another
-// endpoint than those tried when the service has one. The response or
-// error returned is the last attempt's.
+// policy (Istio's default policy where no rule writes one), again after a
+// failed attempt while attempts are left, the body can be replayed and
+// the retry budget allows, each retry on another endpoint than those
+// tried when the service has one. The response or error returned is the
+// last attempt's.
 func (w *Waypoint) send(rt http.RoundTripper, r *http.Request, x *exchange) (*http.Response, error) {
 	p := x.rule.retryPolicy()
 	if p == nil {
@@ -118,13 +119,22 @@ func (a *attempts) releaseRetry() {
 }
 
 // attemptRequest is r for x's attempt in flight, to its endpoint, with its
-// number, its body, and its per-try timeout.
+// number, its body, and its per-try timeout. The first attempt is r itself
+// (the proxy's own copy of the client's request), so that a request sent
+// once, as most are under the default policy, is not copied; a retry gets
+// a copy, since the transport of a failed attempt may still read r.
 func attemptRequest(r *http.Request, x *exchange, p *retryPolicy, body *retryBody) (*http.Request, context.CancelFunc) {
 	ctx, cancel := r.Context(), context.CancelFunc(func() {})
 	if p.perTry > 0 {
 		ctx, cancel = context.WithTimeout(ctx, p.perTry)
 	}
-	req := r.Clone(ctx)
+	req := r
+	switch {
+	case x.attempts > 1:
+		req = r.Clone(ctx)
+	case p.perTry > 0:
+		req = r.WithContext(ctx)
+	}
 	req.URL.Host = x.upstream.String()
 	req.Header.Set(attemptCountHeader, strconv.Itoa(x.attempts))
 	req.Body = body.forAttempt(x.attempts)

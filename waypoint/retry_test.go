@@ -1,0 +1,135 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	networkingv1 "istio.io/api/networking/v1"
+)
+
+// Istio's default retry policy, in force where no route writes retries:
+// what it retries (a tunnel not opened, a refused stream, gRPC
+// UNAVAILABLE and CANCELLED) and what it leaves to the client (any other
+// answer, a 503 included, and a reset or timeout after the request left).
+func TestDefaultRetryPolicy(t *testing.T) {
+	answer := func(status int, grpc string) *http.Response {
+		h := http.Header{}
+		if grpc != "" {
+			h.Set("Grpc-Status", grpc)
+		}
+		return &http.Response{StatusCode: status, Header: h}
+	}
+	for _, tc := range []struct {
+		name string
+		resp *http.Response
+		err  error
+		want string
+	}{
+		{"no tunnel", nil, &connectError{errors.New("no tunnel")}, "connect-failure"},
+		{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}, "refused-stream"},
+		{"grpc unavailable", answer(200, "14"), nil, "unavailable"},
+		{"grpc cancelled", answer(200, "1"), nil, "cancelled"},
+		{"grpc internal", answer(200, "13"), nil, ""},
+		{"503", answer(503, ""), nil, ""},
+		{"502", answer(502, ""), nil, ""},
+		{"reset", nil, errors.New("connection reset"), ""},
+		{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}, ""},
+		{"200", answer(200, ""), nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, p := range []*retryPolicy{(*routeRule)(nil).retryPolicy(), (&routeRule{}).retryPolicy()} {
+				if got := p.reason(t.Context(), tc.resp, tc.err); got != tc.want {
+					t.Errorf("reason %q, want %q", got, tc.want)
+				}
+				if p.retries != DefaultRetries || !p.previousHosts || p.perTry != 0 {
+					t.Errorf("policy %+v, want %d retries to other hosts, no per-try timeout", p, DefaultRetries)
+				}
+			}
+		})
+	}
+	off, err := compileRetry(&networkingv1.HTTPRetry{Attempts: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := (&routeRule{retry: off}).retryPolicy(); p != nil {
+		t.Errorf("retries {attempts: 0}: policy %+v, want none", p)
+	}
+	hr, err := compileHTTPRouteRetry(nil, nil)
+	if err != nil || (&routeRule{retry: hr}).retryPolicy() != defaultRetryPolicy {
+		t.Errorf("an HTTPRoute rule without retry: %+v %v, want Istio's default policy", hr, err)
+	}
+}
+
+// Through the waypoint, with nothing routing the flaky service: a first
+// attempt answered with gRPC UNAVAILABLE is retried on the other
+// endpoint, over HTTP/1.1 and h2c; a 503 is not; a VirtualService with
+// retries {attempts: 0} turns the retry off.
+func TestDefaultRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		proto    string
+		routes   string
+		fail     func(w http.ResponseWriter)
+		status   int
+		attempts int
+	}{
+		{name: "unavailable retried", proto: "HTTP/1.1", fail: grpcUnavailableAnswer, status: 200, attempts: 2},
+		{name: "unavailable retried over h2c", proto: "h2c", fail: grpcUnavailableAnswer, status: 200, attempts: 2},
+		{name: "503 answered", proto: "HTTP/1.1", fail: func(w http.ResponseWriter) { http.Error(w, "busy", 503) }, status: 503, attempts: 1},
+		{name: "retries disabled", proto: "HTTP/1.1", fail: grpcUnavailableAnswer, status: 200, attempts: 1, routes: `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky, namespace: shop}
+spec:
+  hosts: [flaky]
+  http:
+  - retries: {attempts: 0}
+    route: [{destination: {host: flaky}}]
+`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestMesh(t)
+			m.loadRego(t, "package mesh.policies.test.p\n\nopen := true\n")
+			if tc.routes != "" {
+				m.loadRoutes(t, tc.routes)
+			}
+			m.setFlakyAnswer(func(b *scriptedBackend, n int64, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					tc.fail(w)
+					return
+				}
+				w.Write([]byte("ok " + b.name))
+			})
+			c := m.http1Client(netip.AddrPortFrom(flakyVIP, 80))
+			if tc.proto == "h2c" {
+				c = m.h2cClient(netip.AddrPortFrom(flakyVIP, 80))
+			}
+			e := m.request(t, c, "GET", "http://flaky.shop/x", nil, tc.status)
+			if e.Attempts != tc.attempts || e.Flags != "-" {
+				t.Errorf("access log %+v, want %d attempts and no flag", e, tc.attempts)
+			}
+			one, two := m.flaky[0].seen(), m.flaky[1].seen()
+			if len(one)+len(two) != tc.attempts || len(one) > 1 || len(two) > 1 {
+				t.Errorf("the endpoints saw attempts %q and %q, want %d, each on its own endpoint", one, two, tc.attempts)
+			}
+			wantRetries := float64(tc.attempts - 1)
+			if n := metricSum(t, m, "regomesh_waypoint_retries_total", map[string]string{"destination_service": "flaky.shop.svc.cluster.local", "reason": "unavailable"}); n != wantRetries {
+				t.Errorf("regomesh_waypoint_retries_total{reason=unavailable} = %v, want %v", n, wantRetries)
+			}
+		})
+	}
+}
+
+// grpcUnavailableAnswer answers as a gRPC server that cannot serve now
+// (trailers-only, status 14).
+func grpcUnavailableAnswer(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/grpc")
+	w.Header().Set("Grpc-Status", "14")
+	w.Header().Set("Grpc-Message", "not now")
+	w.WriteHeader(http.StatusOK)
+}
