@@ -59,6 +59,7 @@ services:
   - {port: 9090, targetPort: 9090, appProtocol: grpc}
   - {port: 8081, targetPort: 8080}
   - {port: 7000, targetPort: 7000}
+  - {port: 7001, targetPort: 7001, name: tcp-greet}
 - name: web2
   namespace: shop
   vips: [10.96.0.10]
@@ -306,7 +307,7 @@ func write(t *testing.T, path, data string) {
 // echo; and the flaky service's two scripted HTTP endpoints. It returns
 // their addresses by endpoint address (IP and target port).
 func (m *testMesh) startBackends(t *testing.T) map[netip.AddrPort]netip.AddrPort {
-	hl, gl, el := listen(t), listen(t), listen(t)
+	hl, gl, el, tl := listen(t), listen(t), listen(t), listen(t)
 	m.slow = make(chan struct{}, 1)
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/public/slow" {
@@ -330,8 +331,9 @@ func (m *testMesh) startBackends(t *testing.T) map[netip.AddrPort]netip.AddrPort
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	serve(t, func() { gs.Serve(gl) }, gs.Stop)
 	serve(t, func() { echo(el) }, func() { el.Close() })
+	serve(t, func() { greet(tl) }, func() { tl.Close() })
 	out := map[netip.AddrPort]netip.AddrPort{}
-	for port, l := range map[uint16]net.Listener{8080: hl, 9090: gl, 7000: el} {
+	for port, l := range map[uint16]net.Listener{8080: hl, 9090: gl, 7000: el, 7001: tl} {
 		for _, ip := range []netip.Addr{webIP, web2IP} {
 			out[netip.AddrPortFrom(ip, port)] = addrOf(l)
 		}
@@ -432,6 +434,25 @@ func echo(l net.Listener) {
 		go func() {
 			defer c.Close()
 			io.Copy(c, c)
+		}()
+	}
+}
+
+// greeting is what greet sends each connection first.
+const greeting = "hello from a server-first protocol\n"
+
+// greet serves a server-first protocol: the greeting, then it reads
+// what the client sends until the client ends.
+func greet(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.WriteString(c, greeting)
+			io.Copy(io.Discard, c)
 		}()
 	}
 }

@@ -20,6 +20,17 @@ var requestLabels = []string{
 	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 }
 
+// tcpLabels are Istio's standard TCP metric labels: the request labels
+// without the response's, as ztunnel reports them (with the destination
+// service's name and namespace, which ztunnel leaves out).
+var tcpLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal",
+	"destination_workload", "destination_workload_namespace", "destination_principal",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"request_protocol", "response_flags", "connection_security_policy",
+}
+
 // Istio's default buckets: milliseconds, and bytes by powers of ten.
 var (
 	durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
@@ -28,7 +39,10 @@ var (
 
 // Metrics are the waypoint's request collectors: istio_requests_total,
 // istio_request_duration_milliseconds, istio_request_bytes and
-// istio_response_bytes (byte sizes count bodies); and its retries,
+// istio_response_bytes (byte sizes count bodies); the TCP collectors of
+// the connections it relays as TCP, istio_tcp_connections_opened_total,
+// istio_tcp_connections_closed_total, istio_tcp_sent_bytes_total and
+// istio_tcp_received_bytes_total; and its retries,
 // regomesh_waypoint_retries_total and
 // regomesh_waypoint_retry_overflow_total.
 type Metrics struct {
@@ -38,6 +52,11 @@ type Metrics struct {
 	resBytes *prometheus.HistogramVec
 	retries  *prometheus.CounterVec
 	overflow *prometheus.CounterVec
+
+	tcpOpened   *prometheus.CounterVec
+	tcpClosed   *prometheus.CounterVec
+	tcpSent     *prometheus.CounterVec
+	tcpReceived *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors on reg (nil: not registered).
@@ -61,11 +80,44 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		overflow: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regomesh_waypoint_retry_overflow_total", Help: "Retries the retry budget refused (Envoy's upstream_rq_retry_overflow): the last attempt's answer went to the client.",
 		}, []string{"destination_service"}),
+		tcpOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_opened_total", Help: "TCP connections the waypoint relayed, counted when the upstream tunnel opened, or when it refused them (with their response flag).",
+		}, tcpLabels),
+		tcpClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_closed_total", Help: "TCP connections the waypoint relayed or refused, counted when they ended.",
+		}, tcpLabels),
+		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_sent_bytes_total", Help: "Bytes relayed to the client (the connection's downstream), counted when the connection ended.",
+		}, tcpLabels),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_received_bytes_total", Help: "Bytes relayed from the client, counted when the connection ended.",
+		}, tcpLabels),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.reqBytes, m.resBytes, m.retries, m.overflow)
+		reg.MustRegister(m.requests, m.duration, m.reqBytes, m.resBytes, m.retries, m.overflow,
+			m.tcpOpened, m.tcpClosed, m.tcpSent, m.tcpReceived)
 	}
 	return m
+}
+
+// tcpConnOpened counts a connection relayed as TCP as its upstream tunnel
+// opens, or as it is refused (then with its flag), as ztunnel counts.
+func (m *Metrics) tcpConnOpened(x *exchange) {
+	if m != nil {
+		m.tcpOpened.WithLabelValues(x.tcpLabels()...).Inc()
+	}
+}
+
+// tcpConnClosed counts a connection relayed as TCP as it ends, with its bytes:
+// sent is what went back to the client, received what came from it.
+func (m *Metrics) tcpConnClosed(x *exchange) {
+	if m == nil {
+		return
+	}
+	v := x.tcpLabels()
+	m.tcpClosed.WithLabelValues(v...).Inc()
+	m.tcpSent.WithLabelValues(v...).Add(float64(x.respBytes))
+	m.tcpReceived.WithLabelValues(v...).Add(float64(x.reqBytes))
 }
 
 // retried counts a retry of x after an attempt that met reason.
@@ -94,7 +146,25 @@ func (m *Metrics) record(x *exchange) {
 	m.resBytes.WithLabelValues(v...).Observe(float64(x.respBytes))
 }
 
+// labels are x's values of requestLabels.
 func (x *exchange) labels() []string {
+	proto := "http"
+	if x.grpc {
+		proto = "grpc"
+	}
+	v := x.appendPeers(make([]string, 0, len(requestLabels)))
+	return append(v, proto, strconv.Itoa(x.status), orDash(x.grpcStatus), orDash(x.flags), x.security())
+}
+
+// tcpLabels are x's values of tcpLabels.
+func (x *exchange) tcpLabels() []string {
+	v := x.appendPeers(make([]string, 0, len(tcpLabels)))
+	return append(v, "tcp", orDash(x.flags), x.security())
+}
+
+// appendPeers appends the values of the labels both sets begin with: the
+// reporter, the source, the destination workload and service.
+func (x *exchange) appendPeers(v []string) []string {
 	srcWL, srcNS := "", ""
 	if x.source != nil {
 		srcWL, srcNS = x.source.Name, x.source.Namespace
@@ -107,21 +177,19 @@ func (x *exchange) labels() []string {
 	if s := x.target.Service; s != nil {
 		svc, svcName, svcNS = s.Hostname, s.Name, s.Namespace
 	}
-	proto := "http"
-	if x.grpc {
-		proto = "grpc"
-	}
-	security := "none"
-	if x.peer.Principal != "" {
-		security = "mutual_tls"
-	}
-	return []string{
+	return append(v,
 		Reporter,
 		orUnknown(srcWL), orUnknown(srcNS), orUnknown(x.peer.Principal),
 		orUnknown(dstWL), orUnknown(dstNS), orUnknown(dstID),
 		orUnknown(svc), orUnknown(svcName), orUnknown(svcNS),
-		proto, strconv.Itoa(x.status), orDash(x.grpcStatus), orDash(x.flags), security,
+	)
+}
+
+func (x *exchange) security() string {
+	if x.peer.Principal != "" {
+		return "mutual_tls"
 	}
+	return "none"
 }
 
 func orUnknown(s string) string {
