@@ -2,7 +2,9 @@ package policy
 
 import (
 	"errors"
+	"math"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -43,7 +45,7 @@ var evalBuckets = []float64{
 // concurrent use.
 type Metrics struct {
 	decisions   *prometheus.CounterVec
-	evalSeconds *prometheus.HistogramVec
+	evalSeconds *evalHistogram
 	bundleLoads *prometheus.CounterVec
 	noPolicy    prometheus.Counter
 	bundleInfo  *prometheus.GaugeVec
@@ -66,15 +68,32 @@ type Metrics struct {
 }
 
 // layerMetrics holds one layer's children of the decision metrics, so the
-// hot path finds a counter with one lookup keyed by the policy name alone
-// (hashing a string is several times cheaper than hashing a struct of
-// label values). Every counter in allow (deny) is
+// hot path finds a counter by the policy name alone, most often without
+// a lookup at all (see outcomeCounters). Every counter in allow (deny) is
 // decisions.WithLabelValues(layer, "allow" ("deny"), policy).
 type layerMetrics struct {
 	layer Layer
-	eval  prometheus.Observer
-	allow sync.Map // policy -> prometheus.Counter
-	deny  sync.Map // policy -> prometheus.Counter
+	eval  *evalCounts
+	allow outcomeCounters
+	deny  outcomeCounters
+}
+
+// outcomeCounters are the decisions counters of one layer and outcome, by
+// deciding policy. last is the counter of the policy that decided last:
+// a proxy's decisions mostly come from the same few policies, and the
+// engine's native program hands out each rule's policy name from its
+// compiled entry, so a repeat costs a comparison of two strings with the
+// same bytes (their pointers, first) instead of hashing the name into
+// byPolicy. Neither allocates once a policy has been seen.
+type outcomeCounters struct {
+	last     atomic.Pointer[policyCounter]
+	byPolicy sync.Map // policy -> *policyCounter
+}
+
+// policyCounter is the decisions counter of one policy.
+type policyCounter struct {
+	policy  string
+	counter prometheus.Counter
 }
 
 // NewMetrics creates the engine's collectors and registers them on reg.
@@ -102,8 +121,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.shadow = registerOrReuse(reg, m.shadow)
 		m.logDropped = registerOrReuse(reg, m.logDropped)
 	}
-	m.l4.init(L4, m.evalSeconds)
-	m.l7.init(L7, m.evalSeconds)
+	m.l4.init(L4, &m.evalSeconds.layers[0])
+	m.l7.init(L7, &m.evalSeconds.layers[1])
 	m.loadSuccess = m.bundleLoads.WithLabelValues("success")
 	m.loadFailure = m.bundleLoads.WithLabelValues("failure")
 	m.droppedRateLimited = m.logDropped.WithLabelValues(dropRateLimited)
@@ -129,12 +148,57 @@ func newGaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
 	}, labels)
 }
 
-func newEvalHistogram() *prometheus.HistogramVec {
-	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "regomesh", Subsystem: "policy", Name: "eval_seconds",
-		Help:    "Time spent evaluating policy decisions not served from the decision cache.",
-		Buckets: evalBuckets,
-	}, []string{"layer"})
+func newEvalHistogram() *evalHistogram {
+	h := &evalHistogram{desc: prometheus.NewDesc("regomesh_policy_eval_seconds",
+		"Time spent evaluating policy decisions not served from the decision cache.", []string{"layer"}, nil)}
+	for i := range h.layers {
+		h.layers[i].buckets = make([]atomic.Uint64, len(evalBuckets)+1)
+	}
+	return h
+}
+
+// evalHistogram is regomesh_policy_eval_seconds{layer}, the evaluation
+// times of the two layers, made for the decision path: an observation is
+// two atomic additions (its bucket, and the sum in nanoseconds) where
+// client_golang's histogram makes four, one a compare-and-swap loop on a
+// float sum. The count a scrape reads is the total of the buckets it
+// read, so that they always agree.
+type evalHistogram struct {
+	desc   *prometheus.Desc
+	layers [2]evalCounts // l4, l7
+}
+
+var _ prometheus.Collector = (*evalHistogram)(nil)
+
+// evalCounts are one layer's observations.
+type evalCounts struct {
+	buckets  []atomic.Uint64 // by evalBuckets, not cumulative; the last counts what is above them all
+	sumNanos atomic.Uint64
+}
+
+func (c *evalCounts) observe(seconds float64) {
+	i := 0
+	for i < len(evalBuckets) && seconds > evalBuckets[i] {
+		i++
+	}
+	c.buckets[i].Add(1)
+	c.sumNanos.Add(uint64(math.Round(max(seconds, 0) * 1e9)))
+}
+
+func (h *evalHistogram) Describe(ch chan<- *prometheus.Desc) { ch <- h.desc }
+
+func (h *evalHistogram) Collect(ch chan<- prometheus.Metric) {
+	for i, layer := range [...]Layer{L4, L7} {
+		c := &h.layers[i]
+		var count uint64
+		cumulative := make(map[float64]uint64, len(evalBuckets))
+		for j, bound := range evalBuckets {
+			count += c.buckets[j].Load()
+			cumulative[bound] = count
+		}
+		count += c.buckets[len(evalBuckets)].Load()
+		ch <- prometheus.MustNewConstHistogram(h.desc, count, float64(c.sumNanos.Load())/1e9, cumulative, string(layer))
+	}
 }
 
 // registerOrReuse registers c on reg, or returns the collector reg already holds
@@ -153,14 +217,15 @@ func registerOrReuse[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	panic(err)
 }
 
-func (lm *layerMetrics) init(layer Layer, eval *prometheus.HistogramVec) {
+func (lm *layerMetrics) init(layer Layer, eval *evalCounts) {
 	lm.layer = layer
-	lm.eval = eval.WithLabelValues(string(layer))
+	lm.eval = eval
 }
 
 // observeDecision counts one evaluated decision and its evaluation time.
 // It is on the hot path: once a (layer, outcome, policy) combination has
-// been seen it does not allocate and hashes only the policy name.
+// been seen it does not allocate, and it hashes the policy name only when
+// another policy decided the layer's last decision of that outcome.
 func (m *Metrics) observeDecision(layer Layer, d Decision, seconds float64) {
 	if m == nil {
 		return
@@ -168,11 +233,10 @@ func (m *Metrics) observeDecision(layer Layer, d Decision, seconds float64) {
 	lm := m.forLayer(layer)
 	if lm == nil {
 		m.decisions.WithLabelValues(string(layer), decisionLabel(d.Allow), d.Policy).Inc()
-		m.evalSeconds.WithLabelValues(string(layer)).Observe(seconds)
 		return
 	}
 	lm.counter(m.decisions, d).Inc()
-	lm.eval.Observe(seconds)
+	lm.eval.observe(seconds)
 }
 
 // observeCacheHit counts a decision served from the L4 decision cache; it
@@ -203,16 +267,27 @@ func (m *Metrics) forLayer(layer Layer) *layerMetrics {
 
 // counter returns the decisions child for d, resolving it on first use.
 func (lm *layerMetrics) counter(decisions *prometheus.CounterVec, d Decision) prometheus.Counter {
-	byPolicy := &lm.deny
+	oc := &lm.deny
 	if d.Allow {
-		byPolicy = &lm.allow
+		oc = &lm.allow
 	}
-	if c, ok := byPolicy.Load(d.Policy); ok {
-		return c.(prometheus.Counter)
+	if pc := oc.last.Load(); pc != nil && pc.policy == d.Policy {
+		return pc.counter
 	}
-	c := decisions.WithLabelValues(string(lm.layer), decisionLabel(d.Allow), d.Policy)
-	actual, _ := byPolicy.LoadOrStore(d.Policy, c)
-	return actual.(prometheus.Counter)
+	pc := oc.lookup(decisions, lm.layer, d)
+	oc.last.Store(pc)
+	return pc.counter
+}
+
+// lookup finds the counter of d's policy in byPolicy, resolving it on
+// first use.
+func (oc *outcomeCounters) lookup(decisions *prometheus.CounterVec, layer Layer, d Decision) *policyCounter {
+	if pc, ok := oc.byPolicy.Load(d.Policy); ok {
+		return pc.(*policyCounter)
+	}
+	pc := &policyCounter{policy: d.Policy, counter: decisions.WithLabelValues(string(layer), decisionLabel(d.Allow), d.Policy)}
+	actual, _ := oc.byPolicy.LoadOrStore(d.Policy, pc)
+	return actual.(*policyCounter)
 }
 
 func decisionLabel(allow bool) string {

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -160,6 +161,45 @@ func TestMetricsEvalSeconds(t *testing.T) {
 func TestMetricsEvalBuckets(t *testing.T) {
 	if !slices.IsSorted(evalBuckets) || evalBuckets[0] != 500e-9 || evalBuckets[len(evalBuckets)-1] != 10e-3 {
 		t.Errorf("eval buckets %v: want sorted, from 500ns to 10ms", evalBuckets)
+	}
+}
+
+// The eval histogram's buckets hold what is at most their bound, as
+// Prometheus's do, cumulatively; what is above the last bound is in the
+// count only; and a scrape's count always equals its +Inf bucket.
+func TestMetricsEvalHistogramBuckets(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewMetrics(reg)
+	for _, s := range []float64{500e-9, 600e-9, 1e-6, 15e-6, 1} {
+		m.observeDecision(L7, allowBy("ns/a"), s)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h *dto.Histogram
+	for _, f := range families {
+		for _, mt := range f.GetMetric() {
+			if f.GetName() == "regomesh_policy_eval_seconds" && mt.GetLabel()[0].GetValue() == "l7" {
+				h = mt.GetHistogram()
+			}
+		}
+	}
+	if h == nil {
+		t.Fatal("no regomesh_policy_eval_seconds{layer=l7}")
+	}
+	want := map[float64]uint64{500e-9: 1, 1e-6: 3, 2e-6: 3, 5e-6: 3, 10e-6: 3, 20e-6: 4, 10e-3: 4}
+	got := map[float64]uint64{}
+	for _, b := range h.GetBucket() {
+		got[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	for bound, n := range want {
+		if got[bound] != n {
+			t.Errorf("bucket le=%g: %d, want %d (all: %v)", bound, got[bound], n, got)
+		}
+	}
+	if len(got) != len(evalBuckets) || h.GetSampleCount() != 5 || math.Abs(h.GetSampleSum()-1.0000171) > 1e-12 {
+		t.Errorf("%d buckets, count %d, sum %.9f; want %d, 5, 1.0000171", len(got), h.GetSampleCount(), h.GetSampleSum(), len(evalBuckets))
 	}
 }
 
