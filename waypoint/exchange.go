@@ -32,20 +32,21 @@ type exchange struct {
 	method, path, host, proto, traceparent string
 	grpc                                   bool
 
-	decision   *policy.Decision
-	status     int
-	grpcStatus string
-	flags      string
-	reqBytes   int64
-	respBytes  int64
-	reqCount   atomic.Int64 // request body bytes, counted as the proxy reads them
-	err        error
+	decision    policy.Decision // valid when hasDecision
+	hasDecision bool            // the policy answered (held by value: no allocation per request)
+	status      int
+	grpcStatus  string
+	flags       string
+	reqBytes    int64
+	respBytes   int64
+	reqCount    atomic.Int64 // request body bytes, counted as the proxy reads them
+	err         error
 }
 
 func (x *exchange) duration() time.Duration { return x.end.Sub(x.start) }
 
 // decided records the policy's answer.
-func (x *exchange) decided(d policy.Decision) { x.decision = &d }
+func (x *exchange) decided(d policy.Decision) { x.decision, x.hasDecision = d, true }
 
 // fail records a failure with its response flag.
 func (x *exchange) fail(flag string, err error) {
@@ -104,7 +105,7 @@ func (x *exchange) entry() AccessEntry {
 	if x.upstream.IsValid() {
 		e.Upstream = x.upstream.String()
 	}
-	if d := x.decision; d != nil {
+	if d := &x.decision; x.hasDecision {
 		e.Decision, e.Policy, e.Rule, e.Reason = "deny", d.Policy, d.Rule, d.Reason
 		if d.Allow && !x.hasFlag(FlagDenied) {
 			e.Decision = "allow"

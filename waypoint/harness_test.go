@@ -208,7 +208,7 @@ func (u *upstreamSeen) add(t *hbone.Tunnel) {
 	u.authority = append(u.authority, t.Authority)
 }
 
-func newTestMesh(t *testing.T) *testMesh {
+func newTestMesh(t testing.TB) *testMesh {
 	t.Helper()
 	m := &testMesh{ca: testpki.New(t, "cluster.local"), reg: prometheus.NewRegistry(), access: &syncBuffer{}}
 	m.bundle = m.ca.Bundle()
@@ -255,7 +255,7 @@ func newTestMesh(t *testing.T) *testMesh {
 
 // loadIstio translates AuthorizationPolicy YAML for this waypoint and
 // loads it as the engine's only bundle.
-func (m *testMesh) loadIstio(t *testing.T, yaml string) {
+func (m *testMesh) loadIstio(t testing.TB, yaml string) {
 	t.Helper()
 	policies, notes, err := istio.Decode(strings.NewReader(yaml), "policies.yaml")
 	if err != nil {
@@ -272,7 +272,7 @@ func (m *testMesh) loadIstio(t *testing.T, yaml string) {
 	m.loadBundleDir(t, dir)
 }
 
-func (m *testMesh) loadBundleDir(t *testing.T, dir string) {
+func (m *testMesh) loadBundleDir(t testing.TB, dir string) {
 	t.Helper()
 	b, err := policy.ReadBundle(dir, nil)
 	if err != nil {
@@ -284,7 +284,7 @@ func (m *testMesh) loadBundleDir(t *testing.T, dir string) {
 }
 
 // loadRego loads one hand-written policy module as the only bundle.
-func (m *testMesh) loadRego(t *testing.T, module string) {
+func (m *testMesh) loadRego(t testing.TB, module string) {
 	t.Helper()
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, ".manifest"), `{"revision": "test", "roots": ["mesh/policies/test"]}`)
@@ -292,7 +292,7 @@ func (m *testMesh) loadRego(t *testing.T, module string) {
 	m.loadBundleDir(t, dir)
 }
 
-func write(t *testing.T, path, data string) {
+func write(t testing.TB, path, data string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
@@ -306,7 +306,7 @@ func write(t *testing.T, path, data string) {
 // h2c) echoing what it received, gRPC with the health service, and a TCP
 // echo; and the flaky service's two scripted HTTP endpoints. It returns
 // their addresses by endpoint address (IP and target port).
-func (m *testMesh) startBackends(t *testing.T) map[netip.AddrPort]netip.AddrPort {
+func (m *testMesh) startBackends(t testing.TB) map[netip.AddrPort]netip.AddrPort {
 	hl, gl, el, tl := listen(t), listen(t), listen(t), listen(t)
 	m.slow = make(chan struct{}, 1)
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -351,7 +351,7 @@ func (m *testMesh) startBackends(t *testing.T) map[netip.AddrPort]netip.AddrPort
 // startEndpointZtunnel starts the web endpoint's ztunnel: it accepts
 // only the waypoint, records what the tunnel said, and relays to the
 // backend for the authority's port.
-func (m *testMesh) startEndpointZtunnel(t *testing.T, backends map[netip.AddrPort]netip.AddrPort) netip.AddrPort {
+func (m *testMesh) startEndpointZtunnel(t testing.TB, backends map[netip.AddrPort]netip.AddrPort) netip.AddrPort {
 	srv, err := hbone.NewServer(hbone.ServerConfig{
 		SVID: m.ca.SVID(t, "/ns/shop/sa/web"), Bundle: m.bundle,
 		Handler: hbone.HandlerFunc(func(ctx context.Context, tn *hbone.Tunnel) {
@@ -406,7 +406,7 @@ func redirect(to map[netip.AddrPort]netip.AddrPort) func(ctx context.Context, ne
 	}
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -418,7 +418,7 @@ func listen(t *testing.T) net.Listener {
 func addrOf(l net.Listener) netip.AddrPort { return l.Addr().(*net.TCPAddr).AddrPort() }
 
 // serve runs fn until the test ends, then stop.
-func serve(t *testing.T, fn, stop func()) {
+func serve(t testing.TB, fn, stop func()) {
 	testgo.Go(t, func(ctx context.Context) {
 		defer context.AfterFunc(ctx, stop)()
 		fn()

@@ -86,7 +86,7 @@ spec:
 
 // loadRoutes puts the HTTPRoutes and VirtualServices of yaml in force,
 // every request being allowed, and returns the load's notes.
-func (m *testMesh) loadRoutes(t *testing.T, yaml string) []string {
+func (m *testMesh) loadRoutes(t testing.TB, yaml string) []string {
 	t.Helper()
 	m.loadRego(t, "package mesh.policies.test.p\n\nopen := true\n")
 	path := filepath.Join(t.TempDir(), "routes.yaml")
