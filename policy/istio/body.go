@@ -32,10 +32,12 @@ func (b *ruleBody) name(part string) string {
 func (b *ruleBody) rule(r Rule) {
 	var sources, operations []fieldSet
 	for j, s := range r.From {
-		sources = append(sources, fieldSet{index: j, fields: s.fields()})
+		fields := s.fields()
+		sources = append(sources, fieldSet{index: j, fields: fields[:]})
 	}
 	for j, o := range r.To {
-		operations = append(operations, fieldSet{index: j, fields: o.fields()})
+		fields := o.fields()
+		operations = append(operations, fieldSet{index: j, fields: fields[:]})
 	}
 	b.anyOf("from", "source", sources)
 	b.anyOf("to", "operation", operations)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	apiv1beta1 "istio.io/api/security/v1beta1"
 	clientv1 "istio.io/client-go/pkg/apis/security/v1"
 	clientv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
@@ -60,20 +61,71 @@ func Decode(r io.Reader, source string) ([]*Policy, []Note, error) {
 // multi-document YAML or JSON stream, as Decode does. The result is never
 // nil.
 func DecodeAll(r io.Reader, source string) (*Resources, []Note, error) {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return &Resources{}, nil, fmt.Errorf("%w: read %s: %w", ErrDecode, source, err)
-	}
-	d := &decoder{source: source}
-	for _, doc := range splitDocuments(data) {
-		d.document(doc)
-	}
-	return &d.resources, d.notes, d.problems.err()
+	s := readStream(r, source, 0)
+	decodeStreams([]*stream{s}, true)
+	return s.result()
 }
 
-// decoder accumulates the results of one Decode.
+// stream is one file (or standard input) of documents to decode.
+type stream struct {
+	source  string
+	err     error // reading it failed
+	docs    []document
+	decoded []*decoder // of each document
+}
+
+// readStream reads r, of about size bytes if known, and splits it into
+// documents.
+func readStream(r io.Reader, source string, size int) *stream {
+	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
+	if _, err := buf.ReadFrom(r); err != nil {
+		return &stream{source: source, err: fmt.Errorf("%w: read %s: %w", ErrDecode, source, err)}
+	}
+	return &stream{source: source, docs: splitDocuments(buf.Bytes())}
+}
+
+// decodeStreams decodes every document of every stream, on every
+// processor: documents are independent, and each one's results stay
+// apart until result merges them in order. fast takes the one-parse path
+// where it reads the document as the slow path would (jsonValue).
+func decodeStreams(streams []*stream, fast bool) {
+	type job struct{ stream, doc int }
+	var jobs []job
+	for i, s := range streams {
+		s.decoded = make([]*decoder, len(s.docs))
+		for j := range s.docs {
+			jobs = append(jobs, job{i, j})
+		}
+	}
+	forEach(len(jobs), func(k int) {
+		s := streams[jobs[k].stream]
+		d := &decoder{source: s.source, slow: !fast}
+		d.document(s.docs[jobs[k].doc])
+		s.decoded[jobs[k].doc] = d
+	})
+}
+
+// result is what the stream's documents hold, in their order, with every
+// problem found, in the order of their lines.
+func (s *stream) result() (*Resources, []Note, error) {
+	if s.err != nil {
+		return &Resources{}, nil, s.err
+	}
+	all := &decoder{}
+	for _, d := range s.decoded {
+		all.resources.AuthorizationPolicies = append(all.resources.AuthorizationPolicies, d.resources.AuthorizationPolicies...)
+		all.resources.PeerAuthentications = append(all.resources.PeerAuthentications, d.resources.PeerAuthentications...)
+		all.resources.RequestAuthentications = append(all.resources.RequestAuthentications, d.resources.RequestAuthentications...)
+		all.notes = append(all.notes, d.notes...)
+		all.problems.errs = append(all.problems.errs, d.problems.errs...)
+	}
+	return &all.resources, all.notes, all.problems.err()
+}
+
+// decoder accumulates the results of one document.
 type decoder struct {
 	source    string
+	slow      bool // never the fast path: what tests compare it with
 	resources Resources
 	notes     []Note
 	problems  problems
@@ -87,21 +139,29 @@ type document struct {
 }
 
 // splitDocuments splits a stream at "---" lines, as kubectl's YAML reader
-// does, remembering where each document starts.
+// does, remembering where each document starts. Each document's text is
+// its lines, each ended by a newline: a part of data where data has the
+// newlines.
 func splitDocuments(data []byte) []document {
 	var docs []document
 	cur := document{line: 1}
+	start := 0 // of cur's text in data
 	line := 0
-	for rest := data; len(rest) > 0; {
+	for pos := 0; pos < len(data); {
 		line++
-		l, tail, _ := bytes.Cut(rest, []byte("\n"))
-		rest = tail
+		l, _, found := bytes.Cut(data[pos:], []byte("\n"))
+		next := pos + len(l) + 1
 		if isSeparator(l) {
 			docs = append(docs, cur)
 			cur = document{index: len(docs), line: line + 1}
-			continue
+			start = min(next, len(data))
+		} else if found {
+			cur.text = data[start:next:next]
+		} else {
+			cur.text = append(slices.Clip(data[start:pos]), l...)
+			cur.text = append(cur.text, '\n')
 		}
-		cur.text = append(append(cur.text, l...), '\n')
+		pos = next
 	}
 	return append(docs, cur)
 }
@@ -118,7 +178,58 @@ func (d *decoder) fail(line int, format string, args ...any) {
 	d.problems.errs = append(d.problems.errs, &FieldError{Pos: d.pos(line), Problem: fmt.Sprintf(format, args...), kind: ErrDecode})
 }
 
+// document decodes one document: parsed once, on the fast path
+// (quickValue, or else jsonValue), or as kubectl reads it.
 func (d *decoder) document(doc document) {
+	if d.slow {
+		d.slowDocument(doc)
+		return
+	}
+	obj, line, ok := quickValue(doc.text)
+	if ok {
+		line += doc.line - 1
+	} else if obj, line, ok = treeValue(doc); !ok {
+		d.slowDocument(doc)
+		return
+	}
+	if obj == nil {
+		return // an empty document
+	}
+	lines := textLines(doc.text, doc.line, "")
+	if isList(obj) {
+		lines = mapLines(fieldLines(doc.text, doc.line))
+	}
+	doc.line = line // past leading comments
+	d.object(doc, obj, "", lines)
+}
+
+// treeValue reads doc's value from its yaml.v3 node tree, and the line of
+// its first field, where jsonValue knows the value.
+func treeValue(doc document) (any, int, bool) {
+	if bytes.ContainsRune(doc.text, '!') {
+		return nil, 0, false // a tag, which yaml.v3's nodes do not always show ("!")
+	}
+	var root yamlv3.Node
+	if err := yamlv3.Unmarshal(doc.text, &root); err != nil {
+		return nil, 0, false
+	}
+	obj, ok := jsonValue(&root)
+	if !ok || obj == nil {
+		return obj, 0, ok
+	}
+	return obj, documentLine(&root, doc.line), true
+}
+
+// isList says whether obj may be a List, whose items Decode locates.
+func isList(obj any) bool {
+	m, _ := obj.(map[string]any)
+	_, items := m["items"]
+	return items
+}
+
+// slowDocument decodes a document as kubectl reads it (sigs.k8s.io/yaml,
+// YAML 1.1), with its messages.
+func (d *decoder) slowDocument(doc document) {
 	js, err := yaml.YAMLToJSONStrict(doc.text)
 	if err != nil {
 		line, msg := yamlErrorLine(err, doc.line)
@@ -134,12 +245,12 @@ func (d *decoder) document(doc document) {
 		return // an empty document
 	}
 	lines := fieldLines(doc.text, doc.line)
-	doc.line = firstLine(lines, doc.line) // past leading comments
-	d.object(doc, obj, "", lines)
+	doc.line = minLine(lines, doc.line) // past leading comments
+	d.object(doc, obj, "", mapLines(lines))
 }
 
 // object decodes one Kubernetes object (or a List of them) at path.
-func (d *decoder) object(doc document, obj any, path string, lines map[string]int) {
+func (d *decoder) object(doc document, obj any, path string, lines *lineIndex) {
 	m, ok := obj.(map[string]any)
 	line := lineOf(lines, path, doc.line)
 	if !ok {
@@ -177,8 +288,8 @@ func (d *decoder) object(doc document, obj any, path string, lines map[string]in
 
 // policy decodes an AuthorizationPolicy object into the client-go type
 // of its version, strictly, then converts it.
-func (d *decoder) policy(doc document, m map[string]any, version, path string, lines map[string]int) {
-	at := &Policy{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: subLines(lines, path)}
+func (d *decoder) policy(doc document, m map[string]any, version, path string, lines *lineIndex) {
+	at := &Policy{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: lines.sub(path)}
 	ps := &problems{p: at, kind: ErrDecode}
 	meta, spec, err := clientObject(m, version)
 	if err != nil {
@@ -210,6 +321,9 @@ func (d *decoder) policy(doc document, m map[string]any, version, path string, l
 // clientObject decodes the object, but its spec and status, with the
 // client-go type of its version; the spec is decoded strictly apart.
 func clientObject(m map[string]any, version string) (*metav1.ObjectMeta, *apiv1beta1.AuthorizationPolicy, error) {
+	if meta, ok := objectMeta(m); ok {
+		return meta, &apiv1beta1.AuthorizationPolicy{}, nil
+	}
 	raw, _ := json.Marshal(envelope(m))
 	if version == "v1" {
 		var obj clientv1.AuthorizationPolicy
@@ -239,6 +353,10 @@ func envelope(m map[string]any) map[string]any {
 // checkKind reports what the kind refuses beyond the shape of its message.
 func decodeSpec(raw any, spec proto.Message, checkKind func(any, *problems), ps *problems) {
 	if raw == nil {
+		return
+	}
+	if fillMessage(raw, spec.ProtoReflect()) {
+		checkKind(raw, ps) // the shape is right: fillMessage checked it
 		return
 	}
 	checkShape(raw, spec.ProtoReflect().Descriptor(), "spec", ps)

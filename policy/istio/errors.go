@@ -95,9 +95,9 @@ func (p *Policy) position(field string) string {
 
 // positionIn is file:line of field, or of its closest ancestor in lines,
 // or origin.
-func positionIn(file string, lines map[string]int, field, origin string) string {
+func positionIn(file string, lines *lineIndex, field, origin string) string {
 	for path := field; path != ""; path = parentPath(path) {
-		if line, ok := lines[path]; ok {
+		if line, ok := lines.line(path); ok {
 			return fmt.Sprintf("%s:%d", file, line)
 		}
 	}

@@ -19,11 +19,16 @@ func DecodeFiles(paths []string) (*Resources, []Note, error) {
 	if err != nil {
 		return &Resources{}, nil, err
 	}
+	streams := make([]*stream, len(files))
+	for i, file := range files {
+		streams[i] = readFile(file)
+	}
+	decodeStreams(streams, true)
 	all := &Resources{}
 	var notes []Note
 	var errs []error
-	for _, file := range files {
-		res, ns, err := decodeFile(file)
+	for _, s := range streams {
+		res, ns, err := s.result()
 		all.AuthorizationPolicies = append(all.AuthorizationPolicies, res.AuthorizationPolicies...)
 		all.PeerAuthentications = append(all.PeerAuthentications, res.PeerAuthentications...)
 		all.RequestAuthentications = append(all.RequestAuthentications, res.RequestAuthentications...)
@@ -35,16 +40,21 @@ func DecodeFiles(paths []string) (*Resources, []Note, error) {
 	return all, notes, errors.Join(errs...)
 }
 
-func decodeFile(path string) (*Resources, []Note, error) {
+// readFile reads a file, or standard input ("-"), into documents.
+func readFile(path string) *stream {
 	if path == "-" {
-		return DecodeAll(os.Stdin, "-")
+		return readStream(os.Stdin, "-", 0)
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return &Resources{}, nil, err
+		return &stream{source: path, err: err}
 	}
 	defer f.Close()
-	return DecodeAll(f, path)
+	size := 0
+	if info, err := f.Stat(); err == nil && info.Mode().IsRegular() {
+		size = int(min(info.Size(), 1<<30))
+	}
+	return readStream(f, path, size)
 }
 
 // ResourceFiles expands directories into the .yaml, .yml and .json files

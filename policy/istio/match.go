@@ -396,11 +396,25 @@ func templateRegex(path string) string {
 
 // quote writes s as a Rego (JSON) string.
 func quote(s string) string {
+	if plainASCII(s) {
+		return `"` + s + `"`
+	}
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(s)
 	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// plainASCII says whether JSON writes s as it is, between quotes:
+// printable ASCII without quotes or backslashes.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c > '~' || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // rawString writes s as a Rego raw string when it can, for readable

@@ -46,7 +46,7 @@ type PeerAuthentication struct {
 	// Origin, file and lines locate the resource for messages, as in Policy.
 	Origin string
 	file   string
-	lines  map[string]int
+	lines  *lineIndex
 }
 
 // ID is the resource's name in decisions: "<namespace>/<name>".

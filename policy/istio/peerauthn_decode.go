@@ -10,8 +10,8 @@ import (
 
 // peerAuthentication decodes a PeerAuthentication object (v1 and v1beta1
 // share the spec) strictly, then converts it.
-func (d *decoder) peerAuthentication(doc document, m map[string]any, path string, lines map[string]int) {
-	at := &PeerAuthentication{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: subLines(lines, path)}
+func (d *decoder) peerAuthentication(doc document, m map[string]any, path string, lines *lineIndex) {
+	at := &PeerAuthentication{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: lines.sub(path)}
 	ps := &problems{p: at, kind: ErrDecode, reference: "PeerAuthentication"}
 	var obj clientv1.PeerAuthentication
 	raw, _ := json.Marshal(envelope(m))

@@ -40,10 +40,10 @@ type Policy struct {
 	// Origin is where the policy was read from ("policies.yaml:12"), for
 	// messages; empty when it was built in code.
 	Origin string
-	// file and lines locate fields for messages: lines maps field paths
-	// ("spec.rules[0].from[1]") to their line in file.
+	// file and lines locate fields for messages: lines finds the line of
+	// a field path ("spec.rules[0].from[1]") in file.
 	file  string
-	lines map[string]int
+	lines *lineIndex
 }
 
 // ID is the policy's name in decisions: "<namespace>/<name>".
@@ -115,8 +115,8 @@ type fieldValues struct {
 // fields lists the source's fields in the order translations test them:
 // identities first (the selective, indexable ones), then addresses, then
 // request credentials.
-func (s *Source) fields() []fieldValues {
-	return []fieldValues{
+func (s *Source) fields() [14]fieldValues {
+	return [...]fieldValues{
 		{"principals", s.Principals, false},
 		{"notPrincipals", s.NotPrincipals, true},
 		{"namespaces", s.Namespaces, false},
@@ -135,8 +135,8 @@ func (s *Source) fields() []fieldValues {
 }
 
 // fields lists the operation's fields: ports (the L4 part) first.
-func (o *Operation) fields() []fieldValues {
-	return []fieldValues{
+func (o *Operation) fields() [8]fieldValues {
+	return [...]fieldValues{
 		{"ports", o.Ports, false},
 		{"notPorts", o.NotPorts, true},
 		{"hosts", o.Hosts, false},

@@ -32,7 +32,7 @@ type RequestAuthentication struct {
 	// Origin, file and lines locate the resource for messages, as in Policy.
 	Origin string
 	file   string
-	lines  map[string]int
+	lines  *lineIndex
 }
 
 // JWTRule is one spec.jwtRules[] entry: an issuer, where its keys are,

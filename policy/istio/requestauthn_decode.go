@@ -10,8 +10,8 @@ import (
 
 // requestAuthentication decodes a RequestAuthentication object (v1 and
 // v1beta1 share the spec) strictly, then converts it.
-func (d *decoder) requestAuthentication(doc document, m map[string]any, path string, lines map[string]int) {
-	at := &RequestAuthentication{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: subLines(lines, path)}
+func (d *decoder) requestAuthentication(doc document, m map[string]any, path string, lines *lineIndex) {
+	at := &RequestAuthentication{Origin: d.pos(lineOf(lines, path, doc.line)), file: d.source, lines: lines.sub(path)}
 	ps := &problems{p: at, kind: ErrDecode, reference: "RequestAuthentication"}
 	var obj clientv1.RequestAuthentication
 	raw, _ := json.Marshal(envelope(m))

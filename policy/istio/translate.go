@@ -53,8 +53,10 @@ func TranslateAll(res *Resources, opts Options) (*Translation, error) {
 	opts = opts.withDefaults()
 	var errs []error
 	seen := map[string]string{}
-	for _, p := range res.AuthorizationPolicies {
-		if err := Validate(p, opts); err != nil {
+	invalid := make([]error, len(res.AuthorizationPolicies))
+	forEach(len(invalid), func(i int) { invalid[i] = Validate(res.AuthorizationPolicies[i], opts) })
+	for i, p := range res.AuthorizationPolicies {
+		if err := invalid[i]; err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -89,10 +91,17 @@ func TranslateAll(res *Resources, opts Options) (*Translation, error) {
 		return nil, errors.Join(errs...)
 	}
 	out := &Translation{Modules: make(map[string]string, len(res.AuthorizationPolicies)+len(res.PeerAuthentications))}
-	for _, p := range res.AuthorizationPolicies {
-		src, warnings := translatePolicy(p, opts)
-		out.Modules[ModuleFile(p)] = src
-		out.Warnings = append(out.Warnings, warnings...)
+	type translated struct {
+		src      string
+		warnings []Warning
+	}
+	modules := make([]translated, len(res.AuthorizationPolicies))
+	forEach(len(modules), func(i int) {
+		modules[i].src, modules[i].warnings = translatePolicy(res.AuthorizationPolicies[i], opts)
+	})
+	for i, p := range res.AuthorizationPolicies {
+		out.Modules[ModuleFile(p)] = modules[i].src
+		out.Warnings = append(out.Warnings, modules[i].warnings...)
 	}
 	if len(res.PeerAuthentications) > 0 {
 		tree := newPeerTree(res.PeerAuthentications, opts)
@@ -317,7 +326,7 @@ func (t *policyTranslator) contribution(i int, r Rule, point, layer, comment str
 func (t *policyTranslator) ztunnelIgnores(i int, r Rule) {
 	enforced := func(f fieldValues) bool { return len(f.values) > 0 && l4Field(f.name) }
 	for _, s := range r.From {
-		if len(s.TrustDomains)+len(s.NotTrustDomains) == 0 || !slices.ContainsFunc(s.fields(), enforced) {
+		if fields := s.fields(); len(s.TrustDomains)+len(s.NotTrustDomains) == 0 || !slices.ContainsFunc(fields[:], enforced) {
 			continue
 		}
 		more := "less"

@@ -194,7 +194,7 @@ func validateRule(r Rule, path string, ps *problems) {
 
 func validateSource(s Source, path string, ps *problems) {
 	fields := s.fields()
-	if !slices.ContainsFunc(fields, func(f fieldValues) bool { return len(f.values) > 0 }) {
+	if !slices.ContainsFunc(fields[:], func(f fieldValues) bool { return len(f.values) > 0 }) {
 		ps.add(path, "must not be empty: set at least one of principals, namespaces, serviceAccounts, trustDomains, ipBlocks, remoteIpBlocks, requestPrincipals or their not-forms")
 		return
 	}
@@ -203,6 +203,9 @@ func validateSource(s Source, path string, ps *problems) {
 		ps.add(path, "cannot set serviceAccounts with namespaces or principals")
 	}
 	for _, f := range fields {
+		if len(f.values) == 0 {
+			continue
+		}
 		at := path + "." + f.name
 		switch baseField(f.name) {
 		case "ipBlocks", "remoteIpBlocks":
@@ -217,11 +220,14 @@ func validateSource(s Source, path string, ps *problems) {
 
 func validateOperation(o Operation, path string, ps *problems) {
 	fields := o.fields()
-	if !slices.ContainsFunc(fields, func(f fieldValues) bool { return len(f.values) > 0 }) {
+	if !slices.ContainsFunc(fields[:], func(f fieldValues) bool { return len(f.values) > 0 }) {
 		ps.add(path, "must not be empty: set at least one of hosts, ports, methods, paths or their not-forms")
 		return
 	}
 	for _, f := range fields {
+		if len(f.values) == 0 {
+			continue
+		}
 		at := path + "." + f.name
 		switch baseField(f.name) {
 		case "ports":
@@ -269,16 +275,15 @@ func validateCondition(c Condition, path string, ps *problems) {
 // checkValues reports empty values and, with check, malformed ones.
 func checkValues(values []string, path string, check func(string) error, ps *problems) {
 	for i, v := range values {
-		at := fmt.Sprintf("%s[%d]", path, i)
 		if v == "" {
-			ps.add(at, "empty string")
+			ps.add(fmt.Sprintf("%s[%d]", path, i), "empty string")
 			continue
 		}
 		if check == nil {
 			continue
 		}
 		if err := check(v); err != nil {
-			ps.add(at, "%v", err)
+			ps.add(fmt.Sprintf("%s[%d]", path, i), "%v", err)
 		}
 	}
 }
