@@ -34,6 +34,11 @@ type Config struct {
 	// LeaderElection, when set, makes this replica write status only while
 	// it leads; nil means it always writes (one replica).
 	LeaderElection *LeaderElection
+	// RegoSelector is the label selector of the ConfigMaps whose Rego
+	// modules the controller adds to every bundle, in any namespace
+	// (docs/user-rego.md). Default DefaultRegoSelector,
+	// "regomesh.io/rego=true".
+	RegoSelector string
 	// Waypoints, when set, makes the controller (its leader) deploy a
 	// waypoint for every Gateway of class istio-waypoint and write the
 	// Gateway's status; nil leaves waypoints to whoever deploys them.
@@ -44,6 +49,7 @@ func (c Config) withDefaults() Config {
 	c.TrustDomain = cmp.Or(c.TrustDomain, "cluster.local")
 	c.RootNamespace = cmp.Or(c.RootNamespace, "istio-system")
 	c.ClusterDomain = cmp.Or(c.ClusterDomain, "cluster.local")
+	c.RegoSelector = cmp.Or(c.RegoSelector, DefaultRegoSelector)
 	if c.Debounce <= 0 {
 		c.Debounce = 100 * time.Millisecond
 	}

@@ -12,6 +12,7 @@ import (
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	istiolisters "istio.io/client-go/pkg/listers/security/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
@@ -92,7 +93,12 @@ type Controller struct {
 
 	listers listers
 	store   *policyStore
+	rego    *regoStore
+	builds  *bundleBuilds
 	last    Update
+	// regoReported are the ConfigMap refusals an Event was written for
+	// ("<uid>/<resourceVersion>/<error>"), among those still refused.
+	regoReported map[string]bool
 	// stateProblems and policyProblems are those of the last rebuild of
 	// each, kept for the updates that rebuild only the other.
 	stateProblems, policyProblems []Problem
@@ -108,6 +114,7 @@ type listers struct {
 	aps        istiolisters.AuthorizationPolicyLister
 	pas        istiolisters.PeerAuthenticationLister
 	ras        istiolisters.RequestAuthenticationLister
+	configMaps corelisters.ConfigMapLister // those Config.RegoSelector selects
 }
 
 // New returns a controller for the cluster that cfg reaches.
@@ -125,10 +132,15 @@ func New(rc *rest.Config, cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	cfg = cfg.withDefaults()
+	if _, err := labels.Parse(cfg.RegoSelector); err != nil {
+		return nil, fmt.Errorf("controller: the selector of ConfigMaps of user Rego: %w (docs/user-rego.md)", err)
+	}
 	c := &Controller{
 		cfg: cfg, log: cfg.Logger, kube: kube, istio: ic, gateways: gc,
-		kick:  make(chan struct{}, 1),
-		store: newPolicyStore(cfg.istioOptions("")),
+		kick:   make(chan struct{}, 1),
+		store:  newPolicyStore(cfg.istioOptions("")),
+		rego:   newRegoStore(),
+		builds: newBundleBuilds(cfg),
 	}
 	if w := cfg.Waypoints; w != nil {
 		if w.Template == nil {
@@ -159,19 +171,25 @@ func (c *Controller) Run(ctx context.Context) error {
 	kubeInf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(stripManagedFields))
 	istioInf := istioinformers.NewSharedInformerFactoryWithOptions(c.istio, 0, istioinformers.WithTransform(stripManagedFields))
 	gwInf := gatewayinformers.NewSharedInformerFactoryWithOptions(c.gateways, 0, gatewayinformers.WithTransform(stripManagedFields))
+	// The ConfigMaps of user Rego only: a cluster's other ConfigMaps are
+	// neither listed nor held.
+	regoInf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(stripManagedFields),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = c.cfg.RegoSelector }))
 	defer func() {
 		cancel()
 		kubeInf.Shutdown()
 		istioInf.Shutdown()
 		gwInf.Shutdown()
+		regoInf.Shutdown()
 	}()
-	synced, err := c.watch(kubeInf, istioInf, gwInf)
+	synced, err := c.watch(kubeInf, istioInf, gwInf, regoInf)
 	if err != nil {
 		return err
 	}
 	kubeInf.Start(ctx.Done())
 	istioInf.Start(ctx.Done())
 	gwInf.Start(ctx.Done())
+	regoInf.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // only ctx's end stops the wait: a stop before the first list
 	}
@@ -217,14 +235,16 @@ func (c *Controller) wait(ctx context.Context, d time.Duration) bool {
 }
 
 // watch registers the informers and their handlers.
-func (c *Controller) watch(kubeInf informers.SharedInformerFactory, istioInf istioinformers.SharedInformerFactory, gwInf gatewayinformers.SharedInformerFactory) ([]cache.InformerSynced, error) {
+func (c *Controller) watch(kubeInf informers.SharedInformerFactory, istioInf istioinformers.SharedInformerFactory, gwInf gatewayinformers.SharedInformerFactory, regoInf informers.SharedInformerFactory) ([]cache.InformerSynced, error) {
 	core := kubeInf.Core().V1()
+	cms := regoInf.Core().V1().ConfigMaps()
 	sec := istioInf.Security().V1()
 	gws := gwInf.Gateway().V1().Gateways()
 	c.listers = listers{
 		namespaces: core.Namespaces().Lister(), pods: core.Pods().Lister(), services: core.Services().Lister(),
 		gateways: gws.Lister(),
 		aps:      sec.AuthorizationPolicies().Lister(), pas: sec.PeerAuthentications().Lister(), ras: sec.RequestAuthentications().Lister(),
+		configMaps: cms.Lister(),
 	}
 	all := handler{c: c, what: dirtyState | dirtyPolicies}
 	informers := []struct {
@@ -240,6 +260,8 @@ func (c *Controller) watch(kubeInf informers.SharedInformerFactory, istioInf ist
 		{sec.AuthorizationPolicies().Informer(), handler{c: c, what: dirtyPolicies, ignoreStatus: true}},
 		{sec.PeerAuthentications().Informer(), handler{c: c, what: dirtyPolicies, ignoreStatus: true}},
 		{sec.RequestAuthentications().Informer(), handler{c: c, what: dirtyPolicies, ignoreStatus: true}},
+		// A ConfigMap has no generation: every update may change its data.
+		{cms.Informer(), handler{c: c, what: dirtyPolicies}},
 	}
 	var synced []cache.InformerSynced
 	for _, i := range informers {

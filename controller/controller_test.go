@@ -247,6 +247,7 @@ func TestController(t *testing.T) {
 	t.Run("policies", func(t *testing.T) { e.t = t; testPolicies(e) })
 	t.Run("invalid policy", func(t *testing.T) { e.t = t; testInvalidPolicy(e) })
 	t.Run("deleted pod", func(t *testing.T) { e.t = t; testDeletedPod(e) })
+	t.Run("user rego", func(t *testing.T) { e.t = t; testUserRego(e) })
 }
 
 func testEnrolment(e *env) {

@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"cmp"
 	"fmt"
 	"maps"
@@ -27,14 +26,17 @@ type Bundle struct {
 
 // Problem is an object left out of an update, or a build that failed.
 type Problem struct {
-	Kind      string // "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "State" or "Bundle"
+	Kind      string // "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "ConfigMap", "State" or "Bundle"
 	Namespace string
 	Name      string
 	// Generation is the object's metadata.generation that failed.
 	Generation int64
 	// Kept is the generation still in force in its place, or 0 for none.
 	Kept int64
-	Err  error
+	// KeptVersion is, for a ConfigMap (which has no generation), the
+	// resourceVersion still in force in its place, or "" for none.
+	KeptVersion string
+	Err         error
 }
 
 func (p Problem) String() string {
@@ -49,6 +51,9 @@ func (p Problem) String() string {
 	if p.Kept != 0 {
 		s += fmt.Sprintf(" (generation %d stays in force)", p.Kept)
 	}
+	if p.KeptVersion != "" {
+		s += " (resourceVersion " + p.KeptVersion + " stays in force)"
+	}
 	return s
 }
 
@@ -60,22 +65,44 @@ type kept[T any] struct {
 	value      T
 }
 
+// converted is one object's conversion, valid for as long as the object
+// with that UID keeps that generation (its spec) and those annotations
+// (istio.io/dry-run): what the conversion reads. Its status, which this
+// controller writes, does not count.
+type converted[T any] struct {
+	uid         types.UID
+	generation  int64
+	annotations map[string]string
+	value       T
+	err         error
+}
+
 // policyStore holds, per Istio security object, its last valid version,
 // so that an invalid change is excluded without taking the object's
-// previous meaning away (nor anything else's).
+// previous meaning away (nor anything else's), and its last conversion,
+// so that an unchanged object is not converted again: its value is the
+// same pointer from one build to the next, which is what the
+// translations are kept by.
 type policyStore struct {
 	opts istio.Options
 	aps  map[string]kept[*istio.Policy]
 	pas  map[string]kept[*istio.PeerAuthentication]
 	ras  map[string]kept[*istio.RequestAuthentication]
+
+	apsSeen map[string]converted[*istio.Policy]
+	pasSeen map[string]converted[*istio.PeerAuthentication]
+	rasSeen map[string]converted[*istio.RequestAuthentication]
 }
 
 func newPolicyStore(opts istio.Options) *policyStore {
 	return &policyStore{
-		opts: opts,
-		aps:  map[string]kept[*istio.Policy]{},
-		pas:  map[string]kept[*istio.PeerAuthentication]{},
-		ras:  map[string]kept[*istio.RequestAuthentication]{},
+		opts:    opts,
+		aps:     map[string]kept[*istio.Policy]{},
+		pas:     map[string]kept[*istio.PeerAuthentication]{},
+		ras:     map[string]kept[*istio.RequestAuthentication]{},
+		apsSeen: map[string]converted[*istio.Policy]{},
+		pasSeen: map[string]converted[*istio.PeerAuthentication]{},
+		rasSeen: map[string]converted[*istio.RequestAuthentication]{},
 	}
 }
 
@@ -91,18 +118,18 @@ type policyObjects struct {
 func (s *policyStore) resources(objs policyObjects) (*istio.Resources, []Problem) {
 	var problems []Problem
 	res := &istio.Resources{}
-	res.AuthorizationPolicies = resolve(s.aps, objs.aps, "AuthorizationPolicy", func(o *clientv1.AuthorizationPolicy) (*istio.Policy, error) {
+	res.AuthorizationPolicies = resolve(s.aps, s.apsSeen, objs.aps, "AuthorizationPolicy", func(o *clientv1.AuthorizationPolicy) (*istio.Policy, error) {
 		p, err := istio.Convert(o)
 		if err != nil {
 			return nil, err
 		}
 		return p, istio.Validate(p, s.opts)
 	}, &problems)
-	res.PeerAuthentications = resolve(s.pas, objs.pas, "PeerAuthentication", func(o *clientv1.PeerAuthentication) (*istio.PeerAuthentication, error) {
+	res.PeerAuthentications = resolve(s.pas, s.pasSeen, objs.pas, "PeerAuthentication", func(o *clientv1.PeerAuthentication) (*istio.PeerAuthentication, error) {
 		pa := istio.ConvertPeerAuthentication(o)
 		return pa, istio.ValidatePeerAuthentication(pa)
 	}, &problems)
-	res.RequestAuthentications = resolve(s.ras, objs.ras, "RequestAuthentication", func(o *clientv1.RequestAuthentication) (*istio.RequestAuthentication, error) {
+	res.RequestAuthentications = resolve(s.ras, s.rasSeen, objs.ras, "RequestAuthentication", func(o *clientv1.RequestAuthentication) (*istio.RequestAuthentication, error) {
 		ra := istio.ConvertRequestAuthentication(o)
 		return ra, istio.ValidateRequestAuthentication(ra)
 	}, &problems)
@@ -116,12 +143,14 @@ type object interface {
 	GetName() string
 	GetUID() types.UID
 	GetGeneration() int64
+	GetAnnotations() map[string]string
 }
 
-// resolve converts each object; an invalid one is reported and replaced
-// by its last valid version, if the same object (by UID) had one.
-// Versions of objects no longer listed are forgotten.
-func resolve[O object, T any](store map[string]kept[T], objs []O, kind string, convert func(O) (T, error), problems *[]Problem) []T {
+// resolve converts each object (again only when what the conversion
+// reads moved); an invalid one is reported and replaced by its
+// last valid version, if the same object (by UID) had one. Versions of
+// objects no longer listed are forgotten.
+func resolve[O object, T any](store map[string]kept[T], seen map[string]converted[T], objs []O, kind string, convert func(O) (T, error), problems *[]Problem) []T {
 	slices.SortFunc(objs, func(a, b O) int {
 		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
 	})
@@ -130,7 +159,13 @@ func resolve[O object, T any](store map[string]kept[T], objs []O, kind string, c
 	for _, o := range objs {
 		key := o.GetNamespace() + "/" + o.GetName()
 		listed[key] = true
-		v, err := convert(o)
+		c, ok := seen[key]
+		if !ok || c.uid != o.GetUID() || c.generation != o.GetGeneration() || !maps.Equal(c.annotations, o.GetAnnotations()) {
+			c = converted[T]{uid: o.GetUID(), generation: o.GetGeneration(), annotations: o.GetAnnotations()}
+			c.value, c.err = convert(o)
+			seen[key] = c
+		}
+		v, err := c.value, c.err
 		if err == nil {
 			store[key] = kept[T]{uid: o.GetUID(), generation: o.GetGeneration(), value: v}
 			out = append(out, v)
@@ -146,36 +181,7 @@ func resolve[O object, T any](store map[string]kept[T], objs []O, kind string, c
 		*problems = append(*problems, p)
 	}
 	maps.DeleteFunc(store, func(key string, _ kept[T]) bool { return !listed[key] })
-	return out
-}
-
-// buildBundle translates res into a bundle; waypoint is the Gateway it is
-// for ("" for the mesh-wide bundle).
-func buildBundle(res *istio.Resources, opts istio.Options) (*Bundle, error) {
-	tr, err := istio.TranslateAll(res, opts)
-	if err != nil {
-		return nil, fmt.Errorf("controller: translate: %w", err)
-	}
-	var archive bytes.Buffer
-	if err := tr.WriteBundleTarGz(&archive); err != nil {
-		return nil, fmt.Errorf("controller: %w", err)
-	}
-	return &Bundle{Revision: tr.Revision(), Translation: tr, Archive: archive.Bytes()}, nil
-}
-
-// policyWarnings are each AuthorizationPolicy's translation warnings, by
-// "<namespace>/<name>". They come from translating the
-// AuthorizationPolicies alone: in a whole set's warnings a
-// PeerAuthentication of the same name would be indistinguishable.
-func policyWarnings(aps []*istio.Policy, opts istio.Options) map[string][]istio.Warning {
-	tr, err := istio.Translate(aps, opts)
-	if err != nil {
-		return nil // resources are validated before; buildBundle reports it
-	}
-	out := map[string][]istio.Warning{}
-	for _, w := range tr.Warnings {
-		out[w.Policy] = append(out[w.Policy], w)
-	}
+	maps.DeleteFunc(seen, func(key string, _ converted[T]) bool { return !listed[key] })
 	return out
 }
 

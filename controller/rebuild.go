@@ -14,10 +14,11 @@ import (
 
 // rebuild reads the informers' caches, rebuilds what d says changed
 // (what did not change is the previous update's, the same pointers),
-// publishes, then writes the AuthorizationPolicies' status and, with
+// publishes, then writes the AuthorizationPolicies' status, reports
+// refused user Rego on its ConfigMaps and, with
 // Config.Waypoints, deploys the waypoints: proxies need not wait for the
-// API server. Every rebuild reads the whole cache: O(cluster) per batch
-// of changes, not O(changed).
+// API server. Every rebuild reads the whole cache; the policies
+// converted and translated are only those that changed (translations.go).
 func (c *Controller) rebuild(ctx context.Context, d dirty) {
 	objs := c.objects()
 	m := &model{cfg: c.cfg, objs: objs, waypoints: map[string]*waypoint{}}
@@ -41,8 +42,9 @@ func (c *Controller) publish(ctx context.Context, d dirty, m *model) {
 		c.stateProblems = c.rebuildState(&next, m.objs)
 	}
 	var status []statusInput
+	var refused []regoRefusal
 	if d&dirtyPolicies != 0 {
-		c.policyProblems, status = c.rebuildPolicies(&next, m)
+		c.policyProblems, status, refused = c.rebuildPolicies(ctx, &next, m)
 	}
 	next.Problems = slices.Concat(c.stateProblems, c.policyProblems)
 	c.logNew(next.Problems)
@@ -52,6 +54,7 @@ func (c *Controller) publish(ctx context.Context, d dirty, m *model) {
 	if status != nil && c.writeStatus(ctx, m, status) {
 		c.mark(dirtyPolicies)
 	}
+	c.reportRego(ctx, refused)
 }
 
 func (c *Controller) rebuildState(next *Update, objs objects) []Problem {
@@ -68,22 +71,29 @@ func (c *Controller) rebuildState(next *Update, objs objects) []Problem {
 	return out
 }
 
-// rebuildPolicies converts and validates the security resources and
-// builds the bundles (keeping the last good one of each when a build
-// fails). It returns the problems, and what the AuthorizationPolicies'
-// status is to say.
-func (c *Controller) rebuildPolicies(next *Update, m *model) ([]Problem, []statusInput) {
+// rebuildPolicies converts and validates the security resources, checks
+// the user Rego, and builds the bundles (keeping the last good one of
+// each when a build fails), translating only the policies that changed
+// since the last build. It returns the problems, what the
+// AuthorizationPolicies' status is to say, and the ConfigMaps refused.
+func (c *Controller) rebuildPolicies(ctx context.Context, next *Update, m *model) ([]Problem, []statusInput, []regoRefusal) {
 	pobjs := c.policyObjects()
 	res, problems := c.store.resources(pobjs)
+	user, userProblems, refused := c.rego.modules(ctx, c.configMaps())
+	problems = append(problems, userProblems...)
 	next.Policies = res
-	if b, err := buildBundle(res, c.cfg.istioOptions("")); err != nil {
+	var warnings map[string][]istio.Warning
+	if b, err := c.builds.mesh.build(res, user); err != nil {
 		problems = append(problems, Problem{Kind: "Bundle", Err: err})
 	} else {
 		next.Bundle = b
+		warnings = c.builds.mesh.warnings()
 	}
+	refs := slices.Sorted(maps.Keys(m.waypoints))
+	c.builds.forget(refs)
 	wbs := map[string]*Bundle{}
-	for _, ref := range slices.Sorted(maps.Keys(m.waypoints)) {
-		b, err := buildBundle(res, c.cfg.istioOptions(ref))
+	for _, ref := range refs {
+		b, err := c.builds.waypoint(ref).build(res, user)
 		if err != nil {
 			problems = append(problems, Problem{Kind: "Bundle", Name: ref, Err: err})
 			b = c.last.WaypointBundles[ref]
@@ -93,7 +103,7 @@ func (c *Controller) rebuildPolicies(next *Update, m *model) ([]Problem, []statu
 		}
 	}
 	next.WaypointBundles = wbs
-	return problems, statusInputs(pobjs.aps, res, problems, c.cfg)
+	return problems, statusInputs(pobjs.aps, res, problems, warnings), refused
 }
 
 // logNew logs the problems the last update did not have.
@@ -111,7 +121,7 @@ func (c *Controller) logNew(problems []Problem) {
 
 // statusInputs pairs each AuthorizationPolicy object with what decides
 // its condition.
-func statusInputs(objs []*clientv1.AuthorizationPolicy, res *istio.Resources, problems []Problem, cfg Config) []statusInput {
+func statusInputs(objs []*clientv1.AuthorizationPolicy, res *istio.Resources, problems []Problem, warnings map[string][]istio.Warning) []statusInput {
 	byID := map[string]*istio.Policy{}
 	for _, p := range res.AuthorizationPolicies {
 		byID[p.ID()] = p
@@ -122,7 +132,6 @@ func statusInputs(objs []*clientv1.AuthorizationPolicy, res *istio.Resources, pr
 			bad[p.Namespace+"/"+p.Name] = &problems[i]
 		}
 	}
-	warnings := policyWarnings(res.AuthorizationPolicies, cfg.istioOptions(""))
 	out := make([]statusInput, 0, len(objs))
 	for _, obj := range objs {
 		id := obj.Namespace + "/" + obj.Name
@@ -149,4 +158,9 @@ func (c *Controller) policyObjects() policyObjects {
 	p.pas, _ = c.listers.pas.List(labels.Everything())
 	p.ras, _ = c.listers.ras.List(labels.Everything())
 	return p
+}
+
+func (c *Controller) configMaps() []*corev1.ConfigMap {
+	cms, _ := c.listers.configMaps.List(labels.Everything()) // the informer lists only the selected ones
+	return cms
 }

@@ -252,8 +252,9 @@ func TestNonRoot(t *testing.T) {
 	}
 }
 
-// TestControllerRBAC: what the controller's informers list and watch, and
-// AuthorizationPolicy status, nothing more.
+// TestControllerRBAC: what the controller's informers list and watch,
+// AuthorizationPolicy status and Events (on ConfigMaps of user Rego
+// refused), nothing more.
 func TestControllerRBAC(t *testing.T) {
 	objs := objects(t, "regomesh", nil)
 	roles := find[*rbacv1.ClusterRole](objs, "")
@@ -303,6 +304,8 @@ func TestControllerRBAC(t *testing.T) {
 
 // controllerPermissions, sorted: group/resource:verb.
 var controllerPermissions = []string{
+	"/configmaps:list", "/configmaps:watch",
+	"/events:create",
 	"/namespaces:list", "/namespaces:watch",
 	"/pods:list", "/pods:watch",
 	"/serviceaccounts:create", "/serviceaccounts:get", "/serviceaccounts:patch",

@@ -84,6 +84,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controller.RootNamespace, "root-namespace", "istio-system", "Istio's root namespace: policies there without a selector apply mesh-wide")
 	fs.StringVar(&c.controller.ClusterDomain, "cluster-domain", "cluster.local", "DNS suffix of service hostnames (<name>.<namespace>.svc.<cluster domain>)")
 	fs.DurationVar(&c.controller.Debounce, "debounce", 100*time.Millisecond, "how long changes are gathered after the first before the state and bundles are rebuilt")
+	fs.StringVar(&c.controller.RegoSelector, "rego-configmap-selector", controller.DefaultRegoSelector, "label selector of the ConfigMaps, in any namespace, whose .rego keys the controller adds to every bundle, namespace N's in packages under mesh.policies.N (docs/user-rego.md)")
 	fs.StringVar(&c.readyAddr, "readiness-addr", ":15021", "readiness endpoint (GET /healthz/ready: 200 once the controller has synced with the API server and published its first state, 503 before); empty: none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "admin endpoint (/debug/state: every workload, service and policy): a loopback address unless --admin-expose")
