@@ -103,7 +103,9 @@ var (
 
 // The policies of the tests, as Istio users write them: requests to the
 // web service are allowed to the client for GET /public/* and to anyone
-// for the health Check; a header x-block: yes is denied.
+// for the health Check; a header x-block: yes is denied. Connections the
+// waypoint relays as TCP see only the rules without HTTP attributes: the
+// client may use the TCP ports 7000 and 7001.
 const istioPolicies = `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -115,6 +117,8 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/a/sa/client"]}}]
     to: [{operation: {methods: ["GET"], paths: ["/public/*"]}}]
   - to: [{operation: {paths: ["/grpc.health.v1.Health/Check"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/a/sa/client"]}}]
+    to: [{operation: {ports: ["7000", "7001"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

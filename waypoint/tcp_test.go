@@ -103,3 +103,45 @@ func waitTCP(t *testing.T, m *testMesh, n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// AuthorizationPolicies with targetRefs to a Service the waypoint serves
+// decide the connections it relays to it as TCP, with what ztunnel would
+// enforce of their rules: web-allow's rule on ports lets the client
+// through; another identity matches none of its rules (the others name
+// HTTP attributes, which a relayed connection never matches) and is
+// denied, naming the policy.
+func TestTCPTargetRefs(t *testing.T) {
+	m := newTestMesh(t)
+	authority := netip.AddrPortFrom(webVIP, 7001)
+	s, err := m.dial(t.Context(), authority)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(greeting))
+	if _, err := io.ReadFull(s, got); err != nil || string(got) != greeting {
+		t.Fatalf("the client's connection: %q, %v; want the greeting", got, err)
+	}
+	s.Close()
+	waitTCP(t, m, 1)
+	if e := accessLines(t, m)[0]; e.Decision != "allow" || e.Policy != "shop/web-allow" || e.Rule != "2" {
+		t.Errorf("access log %+v, want allowed by shop/web-allow rule 2", e)
+	}
+
+	other := m.ca.SVID(t, "/ns/b/sa/other")
+	s, err = m.dialAs(t.Context(), other, authority, netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, _ := io.ReadAll(s); len(b) != 0 {
+		t.Errorf("another identity's connection read %q, want nothing", b)
+	}
+	s.Close()
+	waitTCP(t, m, 2)
+	e := accessLines(t, m)[1]
+	if e.Decision != "deny" || e.Policy != "" || !strings.Contains(e.Reason, "shop/web-allow") || e.Flags != FlagDenied ||
+		e.SourceID != "spiffe://cluster.local/ns/b/sa/other" {
+		t.Errorf("access log %+v, want a deny (no rule of shop/web-allow matched), flag DENY", e)
+	}
+}

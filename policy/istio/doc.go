@@ -58,7 +58,10 @@
 //     claim never matches.
 //   - A Gateway in targetRefs names a waypoint, and the input document does
 //     not say which waypoint evaluates it: such policies apply only in the
-//     bundle translated for that waypoint (Options.Waypoint).
+//     bundle translated for that waypoint (Options.Waypoint). There, every
+//     decision is the waypoint's, so targetRefs policies also decide the
+//     connections it relays as TCP (layer l4), with ztunnel's downgrade of
+//     rules with HTTP attributes; elsewhere they apply at l7 only.
 //   - Path templates compile to Envoy's uri_template expressions: {*} is
 //     one or more RFC 3986 pchar but "*", {**} any run of them and "/".
 //   - requestPrincipals (and request.auth.principal) split at the last "/"

@@ -82,5 +82,26 @@ func (t *policyTranslator) targetScope() scope {
 	if slices.ContainsFunc(when, func(c conj) bool { return len(c) == 1 }) {
 		when = disj{{`input.layer == "l7"`}} // every request in this waypoint: the services add nothing
 	}
+	if t.opts.Waypoint != "" {
+		// A waypoint's bundle: the policy applies to the connections it
+		// relays as TCP (l4) too, as rule() writes them.
+		return t.waypointScope(what, when)
+	}
 	return scope{description: "in waypoints, " + strings.Join(what, "; "), attached: true, waypointOnly: true, when: when}
+}
+
+// waypointScope is a targetRefs scope in the bundle of the waypoint it is
+// translated for, where every decision is the waypoint's: requests (l7)
+// and relayed TCP (l4) alike, so the layer is no condition.
+func (t *policyTranslator) waypointScope(what []string, when disj) scope {
+	description := "in the waypoint " + t.opts.Waypoint + " (requests, and connections relayed as TCP), " + strings.Join(what, "; ")
+	var out disj
+	for _, c := range when {
+		c = slices.DeleteFunc(slices.Clone(c), func(term string) bool { return term == `input.layer == "l7"` })
+		if len(c) == 0 {
+			return scope{description: description, attached: true, always: true, waypointOnly: true}
+		}
+		out = append(out, c)
+	}
+	return scope{description: description, attached: true, waypointOnly: true, when: out}
 }

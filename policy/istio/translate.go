@@ -277,6 +277,8 @@ func (t *policyTranslator) rule(i int, r Rule) {
 	point := points[t.p.Action]
 	http := httpAttributes(r)
 	switch {
+	case t.scope.waypointOnly && t.opts.Waypoint != "":
+		t.waypointRule(i, r, point, http)
 	case t.scope.waypointOnly:
 		t.contribution(i, r, point, "", fmt.Sprintf("rules[%d], in waypoints (the policy has targetRefs).", i))
 	case t.p.Action == Audit || t.p.Action == Custom:
@@ -298,6 +300,26 @@ func (t *policyTranslator) rule(i int, r Rule) {
 	}
 }
 
+// waypointRule writes rules[i] of a policy with targetRefs into a
+// waypoint's bundle: in full for requests (l7), and for the connections
+// the waypoint relays as TCP (l4) as Envoy's network RBAC filter in an
+// Istio waypoint enforces it, with ztunnel's downgrade: an ALLOW rule
+// with HTTP attributes never matches there, a DENY or CUSTOM rule loses
+// them, an AUDIT rule stays with requests.
+func (t *policyTranslator) waypointRule(i int, r Rule, point string, http []string) {
+	switch {
+	case t.p.Action == Audit:
+		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], in this waypoint, for requests.", i))
+	case len(http) == 0:
+		t.contribution(i, r, point, "", fmt.Sprintf("rules[%d], in this waypoint, for requests and relayed TCP.", i))
+	case t.p.Action == Allow:
+		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], in this waypoint, for requests only: it has HTTP attributes.", i))
+	default:
+		t.contribution(i, r, point, "l7", fmt.Sprintf("rules[%d], in this waypoint, for requests.", i))
+		t.contribution(i, r, point, "l4", fmt.Sprintf("rules[%d], in this waypoint, for relayed TCP, without its HTTP attributes.", i))
+	}
+}
+
 // contribution writes the rule contributing rules[i] at layer ("" for
 // both), or notes why it never matches there.
 func (t *policyTranslator) contribution(i int, r Rule, point, layer, comment string) {
@@ -308,7 +330,9 @@ func (t *policyTranslator) contribution(i int, r Rule, point, layer, comment str
 	b.add(conj{"applies"})
 	b.rule(r)
 	if b.inert != "" {
-		t.warn(i, "in ztunnel this rule never matches: %s", b.inert)
+		if !t.scope.waypointOnly { // in a waypoint, relayed TCP: as Istio, no status message
+			t.warn(i, "in ztunnel this rule never matches: %s", b.inert)
+		}
 		return
 	}
 	if t.p.Action == Custom && !t.badCustom() {
