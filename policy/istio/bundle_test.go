@@ -1,12 +1,17 @@
 package istio_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -144,5 +149,56 @@ func TestOPACLI(t *testing.T) {
 		if out, err := check.CombinedOutput(); err != nil {
 			t.Errorf("opa check --strict --bundle %s: %v\n%s", b, err, out)
 		}
+	}
+}
+
+// TestBundleTarGzStream holds the archive to the tar stream one
+// archive/tar writer makes of the bundle directory's files (.manifest,
+// then the modules by name), a name too long for a plain tar header
+// among them, whatever the order the records were made in.
+func TestBundleTarGzStream(t *testing.T) {
+	long := strings.Repeat("a-very-long-policy-name-", 5) + "x"
+	tr, err := translateYAML(t, "b.yaml", bundlePolicies+"---\n"+policyDoc(long, "action: DENY\nrules: [{}]"), istio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var archive bytes.Buffer
+	if err := tr.WriteBundleTarGz(&archive); err != nil {
+		t.Fatal(err)
+	}
+	gz, err := gzip.NewReader(&archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(gz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := tr.WriteBundleDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	tw := tar.NewWriter(&want)
+	for _, name := range append([]string{".manifest"}, slices.Sorted(maps.Keys(tr.Modules))...) {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: "/" + name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(istio.Root+"/default/"+long+".rego") < 101 {
+		t.Fatalf("the long name is not too long for a tar header")
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("the archive's tar stream (%d bytes) differs from archive/tar's (%d bytes)", len(got), want.Len())
 	}
 }
