@@ -243,13 +243,23 @@ func statBundleSource(path string) (bundleSource, error) {
 
 // read reads the bundle with OPA's reader, configured as OPA's loader
 // configures it for `opa run -b PATH`, plus annotation processing as the
-// OPA runtime does.
+// OPA runtime does. Unsigned reads take modules in the translator's
+// layout through fastParse (bundle_fastread.go).
 func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bundle.Bundle, error) {
 	loader, closer, err := s.loader()
 	if err != nil {
 		return nil, err
 	}
 	defer closer.Close()
+	var fast *fastModules
+	if cfg == nil && !skipVerify {
+		baseDir := ""
+		if s.dir {
+			baseDir = s.path
+		}
+		fast = newFastModules(loader, baseDir)
+		loader = fast
+	}
 	r := bundle.NewCustomReader(loader).
 		WithBundleVerificationConfig(cfg).
 		WithSkipBundleVerification(skipVerify).
@@ -263,6 +273,11 @@ func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bu
 	b, err := r.Read()
 	if err != nil {
 		return nil, err
+	}
+	if fast != nil {
+		if err := fast.restore(&b); err != nil {
+			return nil, err
+		}
 	}
 	return &b, nil
 }

@@ -108,6 +108,21 @@ func anyDeclaredEmpty(bundles []*Bundle) bool {
 // line (or the data path) and the point meant, in file and line order.
 func (b *Bundle) lint() []string {
 	var out []string
+	// Modules name their rules alike (applies, deny, ...): each name is
+	// checked once.
+	type verdict struct {
+		point string
+		ok    bool
+	}
+	verdicts := map[string]verdict{}
+	misspelt := func(name string) (string, bool) {
+		v, ok := verdicts[name]
+		if !ok {
+			v.point, v.ok = misspeltPoint(name)
+			verdicts[name] = v
+		}
+		return v.point, v.ok
+	}
 	depth := len(policiesRef) + 2
 	modules := slices.SortedFunc(slices.Values(b.raw.Modules), func(x, y bundle.ModuleFile) int { return strings.Compare(x.Path, y.Path) })
 	for _, mf := range modules {
@@ -118,7 +133,7 @@ func (b *Bundle) lint() []string {
 		seen := usedNames(m)
 		for _, r := range m.Rules {
 			name := ruleName(r)
-			point, ok := misspeltPoint(name)
+			point, ok := misspelt(name)
 			if !ok || seen[name] {
 				continue
 			}

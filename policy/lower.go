@@ -21,7 +21,7 @@ var errUnsupported = errors.New("not covered by the native program")
 // references to boolean helper rules (inlined; several definitions are OR).
 // Everything else is refused with errUnsupported and a reason.
 type lowerer struct {
-	compiler *ast.Compiler
+	compiler ruleLookup
 	data     map[string]any // base documents of the bundle set
 	// fields interns input fields by path, so every rule reading a path
 	// reads the same *field (the index and the cache key rely on it);
@@ -52,7 +52,16 @@ func (t *fieldTable) intern(f *field) *field {
 	return f
 }
 
-func newLowerer(c *ast.Compiler, data map[string]any, fields *fieldTable) *lowerer {
+// ruleLookup finds the compiled rules a reference names: an ast.Compiler,
+// or the rules of one package compiled without one (fragment.go).
+type ruleLookup interface {
+	// GetRulesExact returns the rules whose ref is exactly ref.
+	GetRulesExact(ref ast.Ref) []*ast.Rule
+	// GetRules returns the rules whose ref ref names or lies in.
+	GetRules(ref ast.Ref) []*ast.Rule
+}
+
+func newLowerer(c ruleLookup, data map[string]any, fields *fieldTable) *lowerer {
 	if fields == nil {
 		fields = newFieldTable()
 	}

@@ -157,7 +157,7 @@ func (c *packageCache) compileMissing(pkgs []*setPackage, missing []int, lowered
 		go func() {
 			defer wg.Done()
 			for batch := range next {
-				if !failed.Load() && !c.compileBatch(pkgs, batch, lowered) {
+				if !failed.Load() && !c.compileBatch(pkgs, c.lowerFragments(pkgs, batch, lowered), lowered) {
 					failed.Store(true)
 				}
 			}
@@ -171,10 +171,49 @@ func (c *packageCache) compileMissing(pkgs []*setPackage, missing []int, lowered
 	return !failed.Load()
 }
 
+// lowerFragments lowers the packages pkgs[i], i in batch, that are in the
+// translator's fragment (fragment.go) into lowered[i], without a compiler,
+// and returns the others. A fragment package that fails to lower is
+// returned too: the compiler's path then fails it, or lowers it, as
+// before.
+func (c *packageCache) lowerFragments(pkgs []*setPackage, batch []int, lowered []*loweredPackage) []int {
+	var rest []int
+	for _, i := range batch {
+		if lowered[i] = c.lowerFragment(pkgs[i]); lowered[i] == nil {
+			rest = append(rest, i)
+		}
+	}
+	return rest
+}
+
+// lowerFragment lowers sp through fragmentCompile; nil if it is not in
+// the fragment or does not lower.
+func (c *packageCache) lowerFragment(sp *setPackage) *loweredPackage {
+	rules, ok := fragmentCompile(sp.path, sp.modules)
+	if !ok {
+		return nil
+	}
+	for _, r := range rules {
+		if checkRulePlace(sp.path, r) != nil {
+			return nil
+		}
+	}
+	l := newLowerer(fragmentRules{pkg: sp.path, rules: rules}, map[string]any{}, c.fields)
+	lp, err := lowerWhole(l, &contributingPackage{path: sp.path, rules: rules})
+	if err != nil {
+		return nil
+	}
+	lp.nondeterministic = usesNondeterministic(sp.modules)
+	return lp
+}
+
 // compileBatch compiles the closed packages pkgs[i], i in batch, with one
 // compiler (they cannot reach each other), and lowers each into lowered[i];
 // false if they fail to compile, or one fails to lower or needs topdown.
 func (c *packageCache) compileBatch(pkgs []*setPackage, batch []int, lowered []*loweredPackage) bool {
+	if len(batch) == 0 {
+		return true
+	}
 	modules := map[string]*ast.Module{}
 	for _, i := range batch {
 		maps.Copy(modules, pkgs[i].modules)
