@@ -25,10 +25,13 @@ import (
 // split (through the waypoint) is an HTTPRoute's weighted split between
 // split-v1 (8081) and split-v2 (8082); flaky (through the waypoint, 8083)
 // is a VirtualService with retries, whose backend fails each request's
-// first attempt.
+// first attempt; unavailable (through the waypoint, 8084) has no route, so
+// Istio's default retries apply, and its backend answers each request's
+// first attempt with gRPC UNAVAILABLE.
 const (
-	splitVIP = "10.96.0.11"
-	flakyVIP = "10.96.0.14"
+	splitVIP       = "10.96.0.11"
+	flakyVIP       = "10.96.0.14"
+	unavailableVIP = "10.96.0.15"
 )
 
 // splitWeights are the HTTPRoute's weights: v2 gets 3 requests in 4.
@@ -68,13 +71,15 @@ func routedServices() []state.LocalService {
 		svc("split-v1", "10.96.0.12", 8081, ""),
 		svc("split-v2", "10.96.0.13", 8082, ""),
 		svc("flaky", flakyVIP, 8083, "shop/waypoint"),
+		svc("unavailable", unavailableVIP, 8084, "shop/waypoint"),
 	}
 }
 
 // serveRouted runs the routed services' backends in the server pod.
 // The flaky one (8083) answers 503 to the first attempt of each
-// x-e2e-request id and 200 to the next; it returns how many attempts each
-// id took.
+// x-e2e-request id and 200 to the next, the unavailable one (8084) gRPC
+// UNAVAILABLE (trailers-only) and then 200; it returns how many attempts
+// each id took.
 func serveRouted(t *testing.T, m *mesh) (attempts func(id string) int) {
 	t.Helper()
 	for port, version := range map[int]string{8081: "v1", 8082: "v2"} {
@@ -84,18 +89,28 @@ func serveRouted(t *testing.T, m *mesh) (attempts func(id string) int) {
 	}
 	var mu sync.Mutex
 	seen := map[string]int{}
-	serveHandler(t, m, "server", 8083, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get("x-e2e-request")
-		mu.Lock()
-		seen[id]++
-		n := seen[id]
-		mu.Unlock()
-		if n == 1 {
-			http.Error(w, "the first attempt fails", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintf(w, "%s served at attempt %s", id, r.Header.Get("x-envoy-attempt-count"))
-	}))
+	failFirst := func(port int, fail func(w http.ResponseWriter)) {
+		serveHandler(t, m, "server", port, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get("x-e2e-request")
+			mu.Lock()
+			seen[id]++
+			n := seen[id]
+			mu.Unlock()
+			if n == 1 {
+				fail(w)
+				return
+			}
+			fmt.Fprintf(w, "%s served at attempt %s", id, r.Header.Get("x-envoy-attempt-count"))
+		}))
+	}
+	failFirst(8083, func(w http.ResponseWriter) {
+		http.Error(w, "the first attempt fails", http.StatusServiceUnavailable)
+	})
+	failFirst(8084, func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", "14")
+		w.WriteHeader(http.StatusOK)
+	})
 	return func(id string) int {
 		mu.Lock()
 		defer mu.Unlock()
@@ -197,6 +212,27 @@ func testRetries(t *testing.T, m *mesh, wpLog *syncBuffer, attempts func(id stri
 		e := waypointEntry(t, wpLog, func(e waypoint.AccessEntry) bool { return e.Path == path })
 		if e.Attempts != 2 || e.Status != http.StatusOK || e.Route != "shop/flaky#0" {
 			t.Errorf("waypoint access log = %+v, want 2 attempts, 200, route shop/flaky#0", e)
+		}
+	}
+}
+
+// testDefaultRetries sends requests to a service no route names, whose
+// backend answers each first attempt with gRPC UNAVAILABLE: Istio's
+// default retry policy recovers each one at the second attempt.
+func testDefaultRetries(t *testing.T, m *mesh, wpLog *syncBuffer, attempts func(id string) int) {
+	for i := range 3 {
+		id := fmt.Sprintf("default-retry-%d", i)
+		path := "/unavailable/" + id
+		status, body := requestWith(t, m, "client", http.MethodGet, "http://"+unavailableVIP+path, map[string]string{"x-e2e-request": id})
+		if want := id + " served at attempt 2"; status != http.StatusOK || body != want {
+			t.Fatalf("GET %s: %d %q, want 200 %q", path, status, body, want)
+		}
+		if n := attempts(id); n != 2 {
+			t.Errorf("the backend saw %s %d times, want 2 (UNAVAILABLE, then the retry)", id, n)
+		}
+		e := waypointEntry(t, wpLog, func(e waypoint.AccessEntry) bool { return e.Path == path })
+		if e.Attempts != 2 || e.Status != http.StatusOK || e.Route != "" {
+			t.Errorf("waypoint access log = %+v, want 2 attempts, 200, no route", e)
 		}
 	}
 }

@@ -203,6 +203,7 @@ func TestWaypointFullPath(t *testing.T) {
 
 	t.Run("weighted split", func(t *testing.T) { testSplit(t, m, wpLog) })
 	t.Run("retry recovers a failed attempt", func(t *testing.T) { testRetries(t, m, wpLog, attempts) })
+	t.Run("default retries recover UNAVAILABLE", func(t *testing.T) { testDefaultRetries(t, m, wpLog, attempts) })
 	t.Run("policy change on a kept-alive connection", func(t *testing.T) {
 		testPolicyOnKeptAlive(t, m, wpLog, wpBundle, fmt.Sprintf(webPolicy, "unknown until the mesh is up")+denyKeepalive)
 	})
