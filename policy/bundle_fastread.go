@@ -56,7 +56,8 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 		if l.baseDir != "" {
 			name = filepath.Join(l.baseDir, rel)
 		}
-		src := buf.Bytes()
+		// The source is kept as long as the bundle: exactly its size.
+		src := bytes.Clone(buf.Bytes())
 		m, ok := fastParse(name, src)
 		if !ok || int64(len(src)) >= l.limit || !plainSegments(m.Package.Path) {
 			l.modules = append(l.modules, nil)

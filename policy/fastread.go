@@ -3,7 +3,6 @@ package policy
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -44,6 +43,7 @@ func fastParse(file string, src []byte) (*ast.Module, bool) {
 		return nil, false // perhaps an annotation, whose YAML OPA's parser reads
 	}
 	r := &fastReader{file: file, src: src, row: 1}
+	r.startLine()
 	m, ok := r.module()
 	if !ok {
 		return nil, false
@@ -57,18 +57,35 @@ type fastReader struct {
 	src  []byte
 	pos  int
 	row  int
-	// lineStart is the offset of the current row's first byte.
+	// lineStart is the offset of the current row's first byte, and
+	// lineTabs the columns of the row's tabs.
 	lineStart int
+	lineTabs  []int
+	// locs is where locations are allocated from, a slab at a time.
+	locs []ast.Location
 }
 
 func (r *fastReader) loc(start, end int) *ast.Location {
-	var tabs []int
-	for i := r.lineStart; i < start; i++ {
+	if len(r.locs) == cap(r.locs) {
+		r.locs = make([]ast.Location, 0, 64)
+	}
+	col := start - r.lineStart + 1
+	tabs := r.lineTabs
+	for len(tabs) > 0 && tabs[len(tabs)-1] >= col {
+		tabs = tabs[:len(tabs)-1]
+	}
+	r.locs = append(r.locs, ast.Location{Text: r.src[start:end], File: r.file, Row: r.row, Col: col, Offset: start, Tabs: tabs[:len(tabs):len(tabs)]})
+	return &r.locs[len(r.locs)-1]
+}
+
+// startLine notes where the row starting at r.pos has its tabs.
+func (r *fastReader) startLine() {
+	r.lineStart, r.lineTabs = r.pos, nil
+	for i := r.pos; i < len(r.src) && r.src[i] != '\n'; i++ {
 		if r.src[i] == '\t' {
-			tabs = append(tabs, i-r.lineStart+1)
+			r.lineTabs = append(r.lineTabs, i-r.pos+1)
 		}
 	}
-	return &ast.Location{Text: r.src[start:end], File: r.file, Row: r.row, Col: start - r.lineStart + 1, Offset: start, Tabs: tabs}
 }
 
 func (r *fastReader) eof() bool { return r.pos >= len(r.src) }
@@ -86,14 +103,19 @@ func (r *fastReader) newline() bool {
 	}
 	r.pos++
 	r.row++
-	r.lineStart = r.pos
+	r.startLine()
 	return true
 }
 
 // lit consumes s if the input continues with it.
 func (r *fastReader) lit(s string) bool {
-	if !strings.HasPrefix(string(r.src[r.pos:min(len(r.src), r.pos+len(s))]), s) {
+	if len(r.src)-r.pos < len(s) {
 		return false
+	}
+	for i := range len(s) {
+		if r.src[r.pos+i] != s[i] {
+			return false
+		}
 	}
 	r.pos += len(s)
 	return true

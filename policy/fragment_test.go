@@ -515,3 +515,70 @@ func TestFastReadEqualsOPAReader(t *testing.T) {
 		t.Fatalf("roots without mesh/policies/istio: %v; OPA's reader: %v", fastErr, opaErr)
 	}
 }
+
+// BenchmarkFragment compares, on issue #15's translated DENY policies,
+// fastParse with OPA's parser, and fragmentCompile plus lowering with
+// OPA's compiler plus lowering (compileBatch, a batch of 256):
+//
+//	go test ./policy -run '^$' -bench Fragment -benchmem
+func BenchmarkFragment(b *testing.B) {
+	var policies []*istio.Policy
+	for i := range packageBatch {
+		policies = append(policies, fragmentDenyPolicy(i))
+	}
+	tr, err := istio.Translate(policies, istio.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	names := slices.Sorted(maps.Keys(tr.Modules))
+	b.Run("parse/fastParse", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, name := range names {
+				if _, ok := fastParse(name, []byte(tr.Modules[name])); !ok {
+					b.Fatal(name)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(names)), "ns/module")
+	})
+	b.Run("parse/opa", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, name := range names {
+				if _, err := ast.ParseModuleWithOpts(name, tr.Modules[name], ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(names)), "ns/module")
+	})
+	pkgs := make([]*setPackage, len(names))
+	batch := make([]int, len(names))
+	for i, name := range names {
+		m, _ := fastParse(name, []byte(tr.Modules[name]))
+		pkgs[i], batch[i] = &setPackage{path: m.Package.Path, modules: map[string]*ast.Module{name: m}}, i
+	}
+	b.Run("compile+lower/fragment", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c := newPackageCache(nil)
+			lowered := make([]*loweredPackage, len(pkgs))
+			if rest := c.lowerFragments(pkgs, batch, lowered); len(rest) > 0 {
+				b.Fatalf("%d packages outside the fragment", len(rest))
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(names)), "ns/module")
+	})
+	b.Run("compile+lower/opa", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c := newPackageCache(nil)
+			lowered := make([]*loweredPackage, len(pkgs))
+			if !c.compileBatch(pkgs, batch, lowered) {
+				b.Fatal("batch failed")
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(names)), "ns/module")
+	})
+}

@@ -148,7 +148,19 @@ func lowerWhole(l *lowerer, pkg *contributingPackage) (*loweredPackage, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &loweredPackage{path: pkg.path, rules: rules, fields: used}, nil
+	return &loweredPackage{path: unlocated(ast.NewTerm(pkg.path)).Value.(ast.Ref), rules: rules, fields: used}, nil
+}
+
+// unlocated is a copy of t without source locations: what a lowered
+// package keeps of the syntax tree, so it keeps none of the tree's
+// locations, or the module source they point into.
+func unlocated(t *ast.Term) *ast.Term {
+	cpy := t.Copy()
+	ast.WalkTerms(cpy, func(x *ast.Term) bool {
+		x.Location = nil
+		return false
+	})
+	return cpy
 }
 
 // assemble indexes the rules of natively lowered packages, in the order
@@ -353,7 +365,7 @@ func lowerContribution(l *lowerer, pkg *contributingPackage, r *ast.Rule) (*nati
 		return nil, err
 	}
 	loc := fmt.Sprintf("%s:%d", r.Location.File, r.Location.Row)
-	return &nativeRule{entry: newEntry(value), cond: cond, steps: steps, pkg: pkg.path.String(), loc: loc}, nil
+	return &nativeRule{entry: newEntry(unlocated(ast.NewTerm(value)).Value), cond: cond, steps: steps, pkg: pkg.path.String(), loc: loc}, nil
 }
 
 // contributedValue is the entry a rule contributes when its body holds;
