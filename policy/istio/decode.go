@@ -304,13 +304,20 @@ func (d *decoder) policy(doc document, m map[string]any, version, path string, l
 	at.Namespace, at.Name = meta.Namespace, meta.Name
 	if meta.Name == "" {
 		ps.add("metadata.name", "required")
+	} else if p, err, ok := convertMap(meta, m["spec"], at); ok {
+		d.add(p, err)
+		return
 	}
 	decodeSpec(m["spec"], spec, checkSpecShape, ps)
 	if len(ps.errs) > 0 {
 		d.problems.errs = append(d.problems.errs, ps.sorted()...)
 		return
 	}
-	p, err := convert(meta, spec, at)
+	d.add(convert(meta, spec, at))
+}
+
+// add keeps a converted policy, or its error.
+func (d *decoder) add(p *Policy, err error) {
 	if err != nil {
 		d.problems.errs = append(d.problems.errs, err)
 		return

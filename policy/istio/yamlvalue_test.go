@@ -39,22 +39,31 @@ func FuzzDecodeFastPath(f *testing.F) {
 // checks that the fast path took the documents it is for: the goldens',
 // the cases', and issue #15's shape.
 func TestDecodeFastPath(t *testing.T) {
-	fast, quick, all := 0, 0, 0
+	fast, quick, all, policies, converted := 0, 0, 0, 0, 0
 	for _, seed := range fastPathSeeds(t) {
 		for _, doc := range splitDocuments([]byte(seed)) {
 			all++
 			if checkFastValue(t, doc) {
 				fast++
 			}
-			if _, _, ok := quickValue(doc.text); ok {
+			v, _, ok := quickValue(doc.text)
+			if ok {
 				quick++
+			}
+			if m, _ := v.(map[string]any); m["kind"] == "AuthorizationPolicy" {
+				policies++
+				if meta, ok := objectMeta(m); ok {
+					if _, _, ok := convertMap(meta, m["spec"], &Policy{}); ok {
+						converted++
+					}
+				}
 			}
 		}
 		checkFastDecode(t, []byte(seed))
 	}
-	t.Logf("of %d documents, the fast path read %d, quickValue %d", all, fast, quick)
-	if fast < all*3/4 || quick < all/2 {
-		t.Errorf("of %d documents, the fast path read %d, quickValue %d: want most of them", all, fast, quick)
+	t.Logf("of %d documents, the fast path read %d, quickValue %d; of %d AuthorizationPolicies, convertMap converted %d", all, fast, quick, policies, converted)
+	if fast < all*3/4 || quick < all/2 || converted < policies/2 {
+		t.Errorf("of %d documents, the fast path read %d, quickValue %d; of %d AuthorizationPolicies, convertMap converted %d: want most of them", all, fast, quick, policies, converted)
 	}
 	const denies = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p-1, namespace: ns-1}\nspec:\n" +
 		"  selector: {matchLabels: {app: app-1}}\n  action: DENY\n  rules:\n  - from:\n" +
@@ -279,6 +288,7 @@ func checkFill(t *testing.T, obj any, text []byte) {
 	if !ok || spec == nil {
 		return
 	}
+	checkConvertMap(t, m, spec, text)
 	for _, kind := range []func() proto.Message{
 		func() proto.Message { return &apiv1beta1.AuthorizationPolicy{} },
 		func() proto.Message { return &apiv1beta1.PeerAuthentication{} },
@@ -312,5 +322,35 @@ func checkFill(t *testing.T, obj any, text []byte) {
 				t.Fatalf("convert: fillMessage's %+v, protojson's %+v, of:\n%s", got, exp, text)
 			}
 		}
+	}
+}
+
+// checkConvertMap holds convertMap to decodeSpec and convert: where it
+// converts a spec, checkShape and checkSpecShape find nothing wrong, and
+// convert of protojson's message is the same policy, or the same error.
+func checkConvertMap(t *testing.T, obj map[string]any, spec any, text []byte) {
+	t.Helper()
+	meta, ok := objectMeta(obj)
+	if !ok {
+		meta = &metav1.ObjectMeta{Name: "p", Namespace: "n"}
+	}
+	got, gotErr, ok := convertMap(meta, spec, &Policy{})
+	if !ok {
+		return
+	}
+	ps := &problems{}
+	checkShape(spec, (&apiv1beta1.AuthorizationPolicy{}).ProtoReflect().Descriptor(), "spec", ps)
+	checkSpecShape(spec, ps)
+	if len(ps.errs) > 0 {
+		t.Fatalf("convertMap converted a spec decodeSpec refuses (%v), of:\n%s", ps.err(), text)
+	}
+	js, _ := json.Marshal(spec)
+	want := &apiv1beta1.AuthorizationPolicy{}
+	if err := protojson.Unmarshal(js, want); err != nil {
+		t.Fatalf("convertMap converted a spec protojson refuses (%v), of:\n%s", err, text)
+	}
+	exp, expErr := convert(meta, want, &Policy{})
+	if !reflect.DeepEqual(got, exp) || fmt.Sprint(gotErr) != fmt.Sprint(expErr) {
+		t.Fatalf("convertMap: %+v, %v\nconvert: %+v, %v\nof:\n%s", got, gotErr, exp, expErr, text)
 	}
 }
