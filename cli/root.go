@@ -41,7 +41,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPolicyCommand(), newDemoCommand())
+	root.AddCommand(newPolicyCommand(), newDemoCommand(), newStatusCommand())
 	return root
 }
 

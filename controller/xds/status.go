@@ -9,51 +9,52 @@ import (
 
 // ProxyStatus is what the server knows of one proxy (by SPIFFE ID): the
 // state version it has ACKed and the last NACK, for `regomesh status`.
+// Its JSON form is what GET /debug/proxies serves (StatusReport).
 type ProxyStatus struct {
-	ID   string
-	Kind Kind
-	Node string
+	ID   string `json:"id"`
+	Kind Kind   `json:"kind"`
+	Node string `json:"node,omitempty"`
 	// Streams is how many streams the proxy has open now.
-	Streams int
+	Streams int `json:"streams"`
 	// AckedVersion is the last system version the proxy ACKed; it holds
 	// that state (or a later one it has not ACKed yet).
-	AckedVersion string
-	AckedAt      time.Time
+	AckedVersion string    `json:"acked_version,omitempty"`
+	AckedAt      time.Time `json:"acked_at,omitzero"`
 	// Bundles are the bundle revisions the proxy last ACKed, by bundle
 	// name: what the stream told it is current (whether it has fetched
 	// them yet is the bundle server's to see).
-	Bundles map[string]string
+	Bundles map[string]string `json:"bundles,omitempty"`
 	// BundlesAckedAt is when it ACKed them.
-	BundlesAckedAt time.Time
+	BundlesAckedAt time.Time `json:"bundles_acked_at,omitzero"`
 	// Subscribed is how many names (addresses, resources) the proxy
 	// subscribed to on demand, beside what its scope always holds.
-	Subscribed int
+	Subscribed int `json:"subscribed"`
 	// LastNACK is the last response the proxy refused, nil if none.
-	LastNACK *NACK
+	LastNACK *NACK `json:"last_nack,omitempty"`
 	// LastPush describes the last response of state sent; TotalBytes
 	// sums them all.
-	LastPush   Push
-	TotalBytes int64
+	LastPush   Push  `json:"last_push"`
+	TotalBytes int64 `json:"total_bytes"`
 }
 
 // NACK is a response a proxy refused, and why.
 type NACK struct {
 	// Type is the response's type URL: the state's or the bundles'.
-	Type    string
-	Version string
-	Nonce   string
-	Reason  string
-	At      time.Time
+	Type    string    `json:"type"`
+	Version string    `json:"version"`
+	Nonce   string    `json:"nonce"`
+	Reason  string    `json:"reason"`
+	At      time.Time `json:"at"`
 }
 
 // Push is one response: its version, how many resources it added or
 // changed and removed, and its encoded size.
 type Push struct {
-	Version   string
-	Nonce     string
-	Resources int
-	Removed   int
-	Bytes     int
+	Version   string `json:"version,omitempty"`
+	Nonce     string `json:"nonce,omitempty"`
+	Resources int    `json:"resources"`
+	Removed   int    `json:"removed"`
+	Bytes     int    `json:"bytes"`
 }
 
 // Proxies lists every proxy that has subscribed since the server started,
