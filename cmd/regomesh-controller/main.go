@@ -6,9 +6,11 @@
 // over mutual TLS with its SVID, --xds-addr; docs/state-stream.md),
 // serves the bundles, signed, over the OPA bundle service protocol
 // (--bundle-addr; the stream says which revision is current), serves
-// the state as JSON on the admin endpoint (/debug/state), and, with
+// the state as JSON on the admin endpoint (/debug/state) with what each
+// proxy has ACKed and refused (/debug/proxies, `regomesh status`), and, with
 // --waypoint-template, deploys a waypoint for every Gateway of class
-// istio-waypoint.
+// istio-waypoint; with --spire-server-socket, it registers the enrolled
+// workloads' SPIRE entries.
 package main
 
 import (
@@ -24,6 +26,7 @@ import (
 	"os/signal"
 	"sync/atomic"
 	"syscall"
+	"text/template"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -34,6 +37,7 @@ import (
 	"github.com/regomesh/regomesh/controller/bundleserver"
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/adminaddr"
+	"github.com/regomesh/regomesh/spire"
 )
 
 // config is every flag; each has a default fit for a cluster.
@@ -50,6 +54,17 @@ type config struct {
 	bundles      bundleFlags
 	leader       leaderFlags
 	waypoints    waypointFlags
+	entries      entryFlags
+}
+
+// entryFlags say whether the controller registers SPIRE entries for the
+// enrolled workloads, and how (docs/spire-registration.md).
+type entryFlags struct {
+	socket   string
+	cluster  string
+	agentID  string
+	resync   time.Duration
+	template *template.Template // agentID, parsed
 }
 
 // waypointFlags say whether the controller deploys waypoints, and from
@@ -87,7 +102,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controller.RegoSelector, "rego-configmap-selector", controller.DefaultRegoSelector, "label selector of the ConfigMaps, in any namespace, whose .rego keys the controller adds to every bundle, namespace N's in packages under mesh.policies.N (docs/user-rego.md)")
 	fs.StringVar(&c.readyAddr, "readiness-addr", ":15021", "readiness endpoint (GET /healthz/ready: 200 once the controller has synced with the API server and published its first state, 503 before); empty: none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "admin endpoint (/debug/state: every workload, service and policy): a loopback address unless --admin-expose")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "admin endpoint (/debug/state: every workload, service and policy; /debug/proxies: what each proxy has ACKed and refused, read by regomesh status): a loopback address unless --admin-expose")
 	fs.BoolVar(&c.adminExpose, "admin-expose", false, "let --admin-addr bind a non-loopback address; anyone who reaches it reads the mesh's whole state")
 	fs.StringVar(&c.xdsAddr, "xds-addr", ":15012", "the state stream ztunnels and waypoints subscribe to (delta xDS over mutual TLS, each proxy authenticated by its SVID; docs/state-stream.md); empty: no stream")
 	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API, where the controller gets the SVID it presents on the stream and the bundles it verifies proxies with")
@@ -104,6 +119,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.leader.identity, "leader-elect-identity", cmp.Or(os.Getenv("POD_NAME"), host), "this replica's name in the Lease (default $POD_NAME, else the host name)")
 	fs.StringVar(&c.waypoints.template, "waypoint-template", "", "file of the Go template (actions between [[ and ]]) of the objects the leader applies for every Gateway of class istio-waypoint, and writes the Gateway's status (charts/README.md#waypoints); empty: deploy no waypoints")
 	fs.DurationVar(&c.waypoints.resync, "waypoint-resync", 5*time.Minute, "how often every waypoint is applied again although nothing changed: what undoes a hand edit of a waypoint's objects")
+	fs.StringVar(&c.entries.socket, "spire-server-socket", "", "register a SPIRE entry for every enrolled (namespace, service account, node) through the SPIRE server API on this socket (the server's socket_path, shared with the controller), and delete them when their workloads go; empty: register none, as with spire-controller-manager (docs/spire-registration.md)")
+	fs.StringVar(&c.entries.cluster, "spire-cluster-name", "", "with --spire-server-socket: the cluster's name in the SPIRE server's k8s_psat configuration; node aliases select agents by it, and the mesh's entry IDs begin regomesh.<name>.")
+	fs.StringVar(&c.entries.agentID, "spire-agent-id", "", "with --spire-server-socket: template of the SPIFFE ID of a node's SPIRE agent, given {{.TrustDomain}}, {{.Cluster}} and {{.Node}}, to parent the node's entries to; empty: parent them to a node alias, spiffe://<trust domain>/regomesh/node/<cluster>/<node>, selecting agents by k8s_psat:cluster and k8s_psat:agent_node_name")
+	fs.DurationVar(&c.entries.resync, "spire-resync", 5*time.Minute, "with --spire-server-socket: how often the entries are compared with the server's although nothing changed: what restores an entry deleted by hand")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -132,6 +151,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := new(slog.LevelVar).UnmarshalText([]byte(c.logLevel)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)
+	}
+	if err := checkEntryFlags(&c); err != nil {
+		return c, err
 	}
 	if !c.adminExpose {
 		if err := adminaddr.CheckLoopback(c.adminAddr, "shows every workload, service and policy of the mesh"); err != nil {
@@ -208,10 +230,22 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 		defer stop()
 	}
 	debug := &controller.Debug{}
+	var c *controller.Controller
+	var entries *controller.SPIREEntries
+	if cfg.entries.socket != "" {
+		var closeEntries func()
+		if entries, closeEntries, err = registerEntries(cfg, func() bool { return c.Leading() }); err != nil {
+			return err
+		}
+		defer closeEntries()
+	}
 	var synced atomic.Bool
 	also := cfg.controller.Publish // tests' hook; nil from the flags
 	cfg.controller.Publish = func(u *controller.Update) {
 		debug.Set(u)
+		if entries != nil {
+			entries.Set(u)
+		}
 		if stream != nil {
 			stream.Update(u.Snapshot) // first: it identifies the waypoints reading bundles
 		}
@@ -225,12 +259,19 @@ func run(ctx context.Context, cfg config, ls listeners) error {
 		}
 	}
 	cfg.controller.Logger = slog.Default().With("component", "controller")
-	c, err := controller.New(rc, cfg.controller)
-	if err != nil {
+	if c, err = controller.New(rc, cfg.controller); err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /debug/state", debug)
+	if entries != nil {
+		mux.Handle("GET /debug/spire-entries", entries)
+		entriesCtx, stopEntries := context.WithCancel(ctx)
+		entriesDone := make(chan struct{})
+		go func() { defer close(entriesDone); entries.Run(entriesCtx) }()
+		defer func() { stopEntries(); <-entriesDone }()
+	}
+	mux.Handle("GET "+xds.StatusPath, proxyStatus(stream))
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 2)
 	go func() { served <- admin.Serve(ls.admin) }()
@@ -266,6 +307,70 @@ func readyHandler(synced *atomic.Bool) http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// proxyStatus serves, for `regomesh status`, what each proxy has ACKed
+// and refused; without a stream there are no proxies, and it says why.
+func proxyStatus(stream *xds.Server) http.Handler {
+	if stream != nil {
+		return stream.StatusHandler()
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "this controller serves no proxies: it runs with --xds-addr= and --bundle-addr= (docs/proxy-status.md)", http.StatusNotFound)
+	})
+}
+
+// checkEntryFlags checks the SPIRE registration flags, and parses
+// --spire-agent-id.
+func checkEntryFlags(c *config) error {
+	e := &c.entries
+	if e.socket == "" {
+		if e.cluster != "" || e.agentID != "" {
+			return errors.New("--spire-cluster-name and --spire-agent-id configure --spire-server-socket, which is not set (docs/spire-registration.md)")
+		}
+		return nil
+	}
+	if e.cluster == "" {
+		return errors.New("--spire-server-socket needs --spire-cluster-name: the cluster's name in the SPIRE server's k8s_psat configuration (docs/spire-registration.md)")
+	}
+	if e.resync <= 0 {
+		return errors.New("--spire-resync must be positive")
+	}
+	if err := (controller.NodeAgents{Cluster: e.cluster}).Validate(); err != nil {
+		return fmt.Errorf("--spire-cluster-name: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(c.controller.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	if e.agentID != "" {
+		if e.template, err = controller.ParseAgentIDTemplate(e.agentID, td); err != nil {
+			return fmt.Errorf("--spire-agent-id: %w", err)
+		}
+	}
+	return nil
+}
+
+// registerEntries prepares the SPIRE registration of --spire-server-socket;
+// leading says when this replica writes.
+func registerEntries(cfg config, leading func() bool) (*controller.SPIREEntries, func(), error) {
+	registrar, err := spire.DialRegistrar(cfg.entries.socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--spire-server-socket: %w", err)
+	}
+	entries, err := controller.NewSPIREEntries(controller.SPIREEntriesConfig{
+		Registrar:   registrar,
+		TrustDomain: spiffeid.RequireTrustDomainFromString(cfg.controller.TrustDomain), // checked by parseFlags
+		Agents:      controller.NodeAgents{Cluster: cfg.entries.cluster, AgentID: cfg.entries.template},
+		Leading:     leading,
+		Resync:      cfg.entries.resync,
+		Logger:      slog.Default().With("component", "spire-entries"),
+	})
+	if err != nil {
+		registrar.Close()
+		return nil, nil, fmt.Errorf("--spire-server-socket: %w", err)
+	}
+	return entries, func() { registrar.Close() }, nil
 }
 
 // readWaypointTemplate reads and checks --waypoint-template: a template

@@ -35,8 +35,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/regomesh/regomesh/cli"
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/controller/kubeharness"
+	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
@@ -64,6 +66,15 @@ func TestParseFlags(t *testing.T) {
 		{name: "leader election", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace", "ns", "--leader-elect-identity", "pod-1"}},
 		{name: "waypoints", args: []string{"--bundle-addr=", "--waypoint-template", "w.yaml", "--waypoint-resync", "1m"}},
 		{name: "no waypoint resync", args: []string{"--bundle-addr=", "--waypoint-resync", "0s"}, wantErr: "--waypoint-resync must be positive"},
+		{name: "SPIRE registration", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "east", "--spire-resync", "1m"}},
+		{name: "SPIRE registration without a cluster name", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock"}, wantErr: "--spire-server-socket needs --spire-cluster-name"},
+		{name: "SPIRE cluster name alone", args: []string{"--bundle-addr=", "--spire-cluster-name", "east"}, wantErr: "--spire-server-socket, which is not set"},
+		{name: "SPIRE agent IDs by template", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "east",
+			"--spire-agent-id", "spiffe://{{.TrustDomain}}/spire/agent/x509pop/{{.Node}}"}},
+		{name: "SPIRE agent IDs of another trust domain", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "east",
+			"--spire-agent-id", "spiffe://other.test/agent/{{.Node}}"}, wantErr: "--spire-agent-id: controller: SPIRE agent ID template made spiffe://other.test/agent/node-1"},
+		{name: "SPIRE cluster name not a name", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "East 1"}, wantErr: "SPIRE cluster name"},
+		{name: "no SPIRE resync", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "east", "--spire-resync", "0s"}, wantErr: "--spire-resync must be positive"},
 		{name: "leader election without a namespace", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace=", "--leader-elect-identity", "pod-1"}, wantErr: "--leader-elect needs --leader-elect-namespace"},
 	}
 	for _, tt := range tests {
@@ -460,4 +471,222 @@ func signingKey(t *testing.T) key {
 		t.Fatal(err)
 	}
 	return key{file: file, public: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})}
+}
+
+// regomesh status against the controller as main runs it: a real API
+// server, real SPIRE, and a ztunnel's real stream client, which refuses
+// a pod whose address is loopback. The table and -o json show the
+// ztunnel, what it ACKed, and the NACK with the client's reason.
+func TestStatus(t *testing.T) {
+	cluster := kubeharness.New(t, kubeharness.Config{})
+	rc := cluster.RESTConfig()
+	spireServer := harness.NewServer(t, harness.ServerConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("regomesh.test")})
+	ztunnelID, err := wire.ZtunnelID(spireServer.TrustDomain(), "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := spireServer.NewAgent(t, harness.AgentConfig{Delegate: ztunnelID})
+	cfg, err := parseFlags([]string{"--kubeconfig", writeKubeconfig(t, rc), "--trust-domain", "regomesh.test", "--debounce", "10ms",
+		"--spire-workload-socket", agent.WorkloadSocket(), "--bundle-unsigned"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := listeners{admin: listen(t), xds: listen(t), bundles: listen(t)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, ls) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+agent.WorkloadSocket())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer source.Close()
+	client, err := wire.NewClient(wire.ClientConfig{
+		Addr: ls.xds.Addr().String(), SVID: source, Bundle: source, Controller: ztunnelID, Node: "node1",
+		TrustDomain: "regomesh.test", Apply: func(*state.Snapshot) {}, Bundles: func(map[string]string) {},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCtx, stopClient := context.WithCancel(ctx)
+	clientDone := make(chan struct{})
+	go func() { defer close(clientDone); client.Run(clientCtx) }()
+	defer func() { stopClient(); <-clientDone }()
+
+	kube := kubernetes.NewForConfigOrDie(rc)
+	runPod(t, ctx, kube)
+	admin := ls.admin.Addr().String()
+	// The ztunnel ACKs the state holding web-1, and the mesh bundle.
+	acked := waitStatus(t, admin, func(r xds.StatusReport) bool {
+		p, ok := proxyIn(r, ztunnelID.String())
+		return ok && p.AckedVersion != "" && p.Bundles[wire.MeshBundle] != "" && p.Bundles[wire.MeshBundle] == r.Bundles[wire.MeshBundle]
+	})
+	good, _ := proxyIn(acked, ztunnelID.String())
+	if good.Kind != xds.Ztunnel || good.Node != "node1" || good.Streams != 1 || good.LastNACK != nil {
+		t.Errorf("the ztunnel's status: %+v; want a ztunnel of node1 on one stream, no NACK", good)
+	}
+
+	// A pod reported at a loopback address: the ztunnel refuses the state.
+	createRunningPod(t, ctx, kube, "shop", "web-2", "127.0.0.9")
+	nacked := waitStatus(t, admin, func(r xds.StatusReport) bool {
+		p, _ := proxyIn(r, ztunnelID.String())
+		return p.LastNACK != nil
+	})
+	p, _ := proxyIn(nacked, ztunnelID.String())
+	if p.LastNACK.Type != wire.TypeURL || !strings.Contains(p.LastNACK.Reason, "127.0.0.9 is not a routable unicast address") || p.AckedVersion != good.AckedVersion {
+		t.Errorf("after the loopback pod: %+v, NACK %+v; want a NACK of the state naming 127.0.0.9, and version %s still ACKed", p, p.LastNACK, good.AckedVersion)
+	}
+
+	var stdout, stderr bytes.Buffer
+	if code := cli.Run([]string{"status", "--admin", admin}, &stdout, &stderr); code != cli.ExitAllowed {
+		t.Fatalf("regomesh status: exit %d: %s", code, stderr.String())
+	}
+	var row string
+	for line := range strings.Lines(stdout.String()) {
+		if strings.HasPrefix(line, ztunnelID.String()+" ") {
+			row = line
+		}
+	}
+	for _, want := range []string{" ztunnel ", " node1 ", " v" + good.AckedVersion + " ", "bundles/mesh=", ": xds: ", "127.0.0.9 is not a routable unicast address"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("regomesh status: the ztunnel's row %q lacks %q; whole output:\n%s", row, want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	if code := cli.Run([]string{"status", "--admin", admin, "-o", "json"}, &stdout, &stderr); code != cli.ExitAllowed {
+		t.Fatalf("regomesh status -o json: exit %d: %s", code, stderr.String())
+	}
+	var report xds.StatusReport
+	if err := json.Unmarshal(stdout.Bytes(), &report); err != nil {
+		t.Fatalf("regomesh status -o json: %v:\n%s", err, stdout.String())
+	}
+	if q, _ := proxyIn(report, ztunnelID.String()); q.LastNACK == nil || q.LastNACK.Reason != p.LastNACK.Reason || q.AckedVersion != good.AckedVersion {
+		t.Errorf("regomesh status -o json: the ztunnel %+v; want the NACK %+v and version %s", q, p.LastNACK, good.AckedVersion)
+	}
+
+	// The controller gone: status says where it looked.
+	stdout.Reset()
+	stderr.Reset()
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+	done <- nil // for the deferred wait
+	if code := cli.Run([]string{"status", "--admin", admin}, &stdout, &stderr); code != cli.ExitError ||
+		!strings.Contains(stderr.String(), "cannot reach regomesh-controller's admin endpoint at "+admin) {
+		t.Errorf("regomesh status with the controller stopped: exit %d, %q", code, stderr.String())
+	}
+}
+
+// waitStatus reads GET /debug/proxies from the admin endpoint until cond
+// holds of the report.
+func waitStatus(t *testing.T, admin string, cond func(xds.StatusReport) bool) xds.StatusReport {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + admin + xds.StatusPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r xds.StatusReport
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("GET %s: %v", xds.StatusPath, err)
+		}
+		if cond(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxies' status never came to what the test waits for: %+v", r)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func proxyIn(r xds.StatusReport, id string) (xds.ProxyStatus, bool) {
+	for _, p := range r.Proxies {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return xds.ProxyStatus{}, false
+}
+
+// createRunningPod creates pod namespace/name on node1 and reports it
+// running at ip, as a kubelet would.
+func createRunningPod(t *testing.T, ctx context.Context, kube kubernetes.Interface, namespace, name, ip string) {
+	t.Helper()
+	pod, err := kube.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       corev1.PodSpec{NodeName: "node1", Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+	if _, err := kube.CoreV1().Pods(namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// --spire-server-socket: the controller as main runs it registers the
+// entry of a pod created through a real API server in a real SPIRE
+// server, under its node's alias, and says so at /debug/spire-entries.
+func TestRunRegistersSPIREEntries(t *testing.T) {
+	cluster := kubeharness.New(t, kubeharness.Config{})
+	rc := cluster.RESTConfig()
+	spireServer := harness.NewServer(t, harness.ServerConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("regomesh.test")})
+	cfg, err := parseFlags([]string{"--kubeconfig", writeKubeconfig(t, rc), "--trust-domain", "regomesh.test", "--debounce", "10ms",
+		"--xds-addr=", "--bundle-addr=", "--spire-server-socket", spireServer.Socket(), "--spire-cluster-name", "east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := listeners{admin: listen(t)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, ls) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	runPod(t, ctx, kubernetes.NewForConfigOrDie(rc))
+
+	id := spiffeid.RequireFromString("spiffe://regomesh.test/ns/shop/sa/default")
+	alias := spiffeid.RequireFromString("spiffe://regomesh.test/regomesh/node/east/node1")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		held, err := spireServer.Registrar().Lookup(ctx, id, alias)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(held) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no entry of %s under %s: %+v", id, alias, held)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + ls.admin.Addr().String() + "/debug/spire-entries")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st controller.SPIREEntriesStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Desired != 2 || st.Created != 2 || !st.Leading {
+		t.Errorf("/debug/spire-entries: %+v; want 2 entries (web-1's and node1's alias), created, leading", st)
+	}
 }
