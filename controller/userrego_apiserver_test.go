@@ -26,8 +26,9 @@ const userModule = "mesh/policies/tenant/guard/guard.rego"
 // testUserRego follows a labelled ConfigMap of Rego through the
 // controller: added, its module is in the next bundle and the engine
 // decides with it; edited, a new revision; broken, the revision stays,
-// with the problem published and an Event on the ConfigMap; deleted, gone.
-// An unlabelled ConfigMap is not read.
+// with the problem published and an Event on the ConfigMap; its label
+// removed, gone, and back with it; deleted, gone. An unlabelled
+// ConfigMap is not read.
 func testUserRego(e *env) {
 	e.namespace("tenant", nil)
 	cms := e.kube.CoreV1().ConfigMaps("tenant")
@@ -98,6 +99,33 @@ func testUserRego(e *env) {
 		e.t.Errorf("problem %q: want the parse error and the version kept", problem)
 	}
 	e.waitEvent("tenant", "guard", cm.ResourceVersion, "guard.rego:")
+
+	// Unlabelled, a ConfigMap's Rego leaves the bundles as if deleted.
+	cm.Data["guard.rego"] = userDeny("9002")
+	cm.Labels = nil
+	if _, err = cms.Update(e.ctx, cm, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitFor("the module gone with its label", func(u *controller.Update) string {
+		if _, ok := u.Bundle.Translation.Modules[userModule]; ok {
+			return "still there: " + moduleNames(u.Bundle)
+		}
+		return ""
+	})
+	cm, err = cms.Get(e.ctx, "guard", metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cm.Labels = map[string]string{"regomesh.io/rego": "true"}
+	if _, err = cms.Update(e.ctx, cm, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitFor("the module back with its label", func(u *controller.Update) string {
+		if got := u.Bundle.Translation.Modules[userModule]; got != userDeny("9002") {
+			return "module " + userModule + ": " + got
+		}
+		return ""
+	})
 
 	if err := cms.Delete(e.ctx, "guard", metav1.DeleteOptions{}); err != nil {
 		e.t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 )
 
 const denyAdmin = `package mesh.policies.shop.admin
@@ -119,5 +120,17 @@ func TestUserRegoLastGood(t *testing.T) {
 	}
 	if modules, _, _ = s.modules(ctx, nil); len(modules) != 0 || len(s.good) != 0 || len(s.seen) != 0 {
 		t.Errorf("deleted ConfigMaps still held: modules %v, good %v, seen %v", modules, s.good, s.seen)
+	}
+}
+
+// TestRegoSelectorRefused: New refuses a selector that does not parse,
+// pointing to the docs, rather than watching no ConfigMap.
+func TestRegoSelectorRefused(t *testing.T) {
+	_, err := New(&rest.Config{Host: "https://127.0.0.1:1"}, Config{RegoSelector: "regomesh.io/rego in (true"})
+	if err == nil || !strings.Contains(err.Error(), "docs/user-rego.md") {
+		t.Fatalf("New = %v; want the selector refused, naming docs/user-rego.md", err)
+	}
+	if _, err := New(&rest.Config{Host: "https://127.0.0.1:1"}, Config{}); err != nil {
+		t.Fatalf("New with the default selector: %v", err)
 	}
 }
