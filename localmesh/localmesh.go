@@ -10,6 +10,13 @@
 // real cmd/ztunnel binary instead, as a process in the node's namespace
 // configured only through its flags and files (Mesh.Processes), for
 // figures that belong to a ztunnel process, such as its memory.
+//
+// With Config.Kubernetes the mesh is driven by a Kubernetes API server,
+// as a cluster is: a regomesh-controller (ControlPlane) runs in this
+// process and watches it, every node's ztunnel is a process streaming
+// its state and policy from the controller (--controller), and the mesh,
+// as the nodes' kubelets would, makes the pods' Pod objects and sets
+// their status. Policy is then what the API server holds.
 package localmesh
 
 import (
@@ -31,6 +38,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.yaml.in/yaml/v3"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/regomesh/regomesh/localmesh/netbed"
 	"github.com/regomesh/regomesh/policy"
@@ -39,6 +48,7 @@ import (
 	"github.com/regomesh/regomesh/ztunnel"
 	"github.com/regomesh/regomesh/ztunnel/cni"
 	"github.com/regomesh/regomesh/ztunnel/state"
+	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
 )
 
 // PodSpec is one pod of the application.
@@ -105,6 +115,11 @@ type Config struct {
 	// WaypointFlags are more flags for every waypoint process (its
 	// --routes and --request-authentication, say).
 	WaypointFlags []string
+	// Kubernetes, when set, is the API server the mesh is driven from
+	// (see the package comment): every node runs its ztunnel as a
+	// process (ZtunnelBinary) with --controller, and Bundles is unused.
+	// Waypoint pods are not supported with it yet.
+	Kubernetes *rest.Config
 }
 
 // Mesh is a running mesh.
@@ -120,10 +135,14 @@ type Mesh struct {
 	Waypoints map[string]*WaypointProcess
 	State     *state.Snapshot
 	Bed       *netbed.Bed
-	cfg       Config
-	server    *harness.Server
-	stores    map[string]*spire.Store
-	agents    map[string]*harness.Agent
+	// ControlPlane and Kube are, with Config.Kubernetes, the controller
+	// the ztunnels stream from and a client of the API server.
+	ControlPlane *ControlPlane
+	Kube         kubernetes.Interface
+	cfg          Config
+	server       *harness.Server
+	stores       map[string]*spire.Store
+	agents       map[string]*harness.Agent
 	// localConfig is State as ztunnel's --local-config YAML.
 	localConfig []byte
 	// dir holds the in-process ztunnels' pods files (<node>.json) and a
@@ -144,8 +163,15 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 	if len(cfg.ProcessNodes) > 0 && cfg.ZtunnelBinary == "" {
 		return nil, errors.New("localmesh: ProcessNodes need a ZtunnelBinary (Build)")
 	}
-	if slices.ContainsFunc(cfg.Pods, func(p PodSpec) bool { return p.Waypoint }) && cfg.WaypointBinary == "" {
+	hasWaypoint := slices.ContainsFunc(cfg.Pods, func(p PodSpec) bool { return p.Waypoint })
+	if hasWaypoint && cfg.WaypointBinary == "" {
 		return nil, errors.New("localmesh: a Waypoint pod needs a WaypointBinary (Build)")
+	}
+	if cfg.Kubernetes != nil {
+		if cfg.ZtunnelBinary == "" || hasWaypoint {
+			return nil, errors.New("localmesh: a mesh driven by Kubernetes needs a ZtunnelBinary (Build), and has no Waypoint pods yet")
+		}
+		cfg.ProcessNodes = cfg.Nodes // only the binary streams from the controller
 	}
 	m := &Mesh{cfg: cfg, Pods: map[string]*netbed.Pod{}, Ztunnels: map[string]*ztunnel.Ztunnel{},
 		Engines: map[string]*policy.Engine{}, Processes: map[string]*ZtunnelProcess{}, Waypoints: map[string]*WaypointProcess{},
@@ -173,12 +199,20 @@ func (m *Mesh) start(ctx context.Context) error {
 		return err
 	}
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
+	if m.cfg.Kubernetes != nil {
+		if err := m.startKubernetes(ctx); err != nil {
+			return err
+		}
+	}
 	for _, node := range m.cfg.Nodes {
 		if err := m.startNode(ctx, node); err != nil {
 			return fmt.Errorf("localmesh: node %s: %w", node, err)
 		}
 	}
 	if err := m.waitForSVIDs(ctx); err != nil {
+		return err
+	}
+	if err := m.waitStreamed(ctx); err != nil {
 		return err
 	}
 	if err := m.enrolAll(ctx); err != nil {
@@ -242,7 +276,15 @@ func (m *Mesh) buildState() error {
 }
 
 func (m *Mesh) startNode(ctx context.Context, node string) error {
-	agent, err := m.server.StartAgent(ctx, harness.AgentConfig{Name: node})
+	agentCfg := harness.AgentConfig{Name: node}
+	if m.cfg.Kubernetes != nil { // the ztunnel's own SVID, for the controller
+		id, err := wire.ZtunnelID(m.TrustDomain, node)
+		if err != nil {
+			return err
+		}
+		agentCfg.Delegate = id
+	}
+	agent, err := m.server.StartAgent(ctx, agentCfg)
 	if err != nil {
 		return err
 	}
@@ -427,6 +469,9 @@ func (m *Mesh) Close() error {
 	m.watchers.Wait()
 	for _, p := range m.Processes {
 		errs = append(errs, p.Stop())
+	}
+	if m.ControlPlane != nil {
+		errs = append(errs, m.ControlPlane.close())
 	}
 	for _, s := range m.stores {
 		s.Close()

@@ -58,20 +58,26 @@ func (m *Mesh) isProcess(node string) bool { return slices.Contains(m.cfg.Proces
 // startProcess writes the node's files and starts its ztunnel process.
 func (m *Mesh) startProcess(ctx context.Context, node string, agent *harness.Agent) error {
 	dir := filepath.Join(m.dir, node)
-	localConfig, err := m.writeLocalConfig(dir)
-	if err != nil {
-		return err
-	}
 	i := slices.IndexFunc(m.Bed.Nodes(), func(n *netbed.Node) bool { return n.Name == node })
 	n := m.Bed.Nodes()[i]
 	p := &ZtunnelProcess{Node: n, CNISocket: filepath.Join(dir, "cni.sock")}
 	args := []string{
-		"--node", node, "--trust-domain", m.TrustDomain.Name(), "--local-config", localConfig,
+		"--node", node, "--trust-domain", m.TrustDomain.Name(),
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", p.CNISocket,
 		"--pods-file", filepath.Join(dir, "pods.json"),
 	}
+	if m.ControlPlane != nil {
+		args = append(args, m.controllerFlags(node)...)
+	} else {
+		localConfig, err := m.writeLocalConfig(dir)
+		if err != nil {
+			return err
+		}
+		args = append(args, "--local-config", localConfig)
+	}
 	args = append(append(args, m.daemonFlags(m.cfg.AccessLog)...), m.cfg.ZtunnelFlags...)
 	cmd := exec.Command(m.cfg.ZtunnelBinary, args...)
+	var err error
 	p.daemon, err = startDaemon(ctx, "ztunnel on "+node, n.Path, dir, cmd, n.Start, m.cfg.AccessLog)
 	if err != nil {
 		return err
@@ -90,8 +96,8 @@ func (m *Mesh) writeLocalConfig(dir string) (string, error) {
 }
 
 // daemonFlags are the flags ztunnel and waypoint processes share: the
-// bundles, and every port inside the daemon's own namespace (the admin
-// port on loopback only).
+// bundles (unless the controller serves them), and every port inside
+// the daemon's own namespace (the admin port on loopback only).
 func (m *Mesh) daemonFlags(accessLog io.Writer) []string {
 	access := "off"
 	if accessLog != nil {
@@ -102,6 +108,9 @@ func (m *Mesh) daemonFlags(accessLog io.Writer) []string {
 		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort),
 		"--readiness-addr", fmt.Sprintf(":%d", ReadinessPort),
 		"--access-log", access, "--drain-timeout", "1s",
+	}
+	if m.ControlPlane != nil {
+		return args // the controller's bundle, downloaded (controllerFlags)
 	}
 	for _, b := range m.cfg.Bundles {
 		args = append(args, "--bundle", b)
