@@ -6,6 +6,8 @@
 #   make lint     gofmt and go vet
 #   make bench    policy benchmarks (BENCH=regexp filters them)
 #   make demo     go run ./cmd/regomesh demo $(ARGS)
+#   make demo-k8s the same demo driven by a real kube-apiserver and regomesh-controller:
+#                 go run ./cmd/regomesh demo --kubernetes $(ARGS) (root; builds what make spire and make kube do)
 #   make bench-mesh  mesh benchmarks vs direct TCP and haproxy (TLS pair; L7 chain for the waypoint): go run ./test/bench $(ARGS) (root)
 #   make tools    build-time tools from tools/go.mod into bin/ (cached)
 #   make spire    real spire-server and spire-agent from tools/spire/go.mod into bin/ (cached)
@@ -54,7 +56,7 @@ ARGS ?=
 FULL_SIZE := ^(TestNativeAgreesWithTopdown|TestLargeTransferBothWays|TestBulkIntegrityWhilePolicyReloadsAndSVIDsRotate)$$
 FULL_SIZE_PKGS := ./policy/ ./hbone/ ./test/e2e/
 
-.PHONY: build test test-prereqs test-tools lint bench bench-mesh demo tools spire kube etcd images charts-crds charts-test clean
+.PHONY: build test test-prereqs test-tools lint bench bench-mesh demo demo-k8s tools spire kube etcd images charts-crds charts-test clean
 
 build:
 	$(GO) build ./...
@@ -114,6 +116,11 @@ bench:
 # The mesh demo runs real SPIRE and nftables in network namespaces: root, and bin/spire-*.
 demo: spire
 	$(GO) run ./cmd/regomesh demo $(ARGS)
+
+# The same demo driven by a real kube-apiserver, etcd and regomesh-controller:
+# root, bin/spire-*, bin/kube-apiserver and etcd.
+demo-k8s: spire kube
+	$(GO) run ./cmd/regomesh demo --kubernetes $(ARGS)
 
 # The mesh benchmarks against baselines measured in the same run (test/bench):
 # root, bin/spire-*, and haproxy (installed with apt-get when missing).

@@ -27,6 +27,12 @@ type demoConfig struct {
 	// WaypointBinary is the cmd/waypoint the waypoint pod runs; empty
 	// builds one with the Go toolchain.
 	WaypointBinary string
+	// Kubernetes drives the mesh from a real kube-apiserver and
+	// regomesh-controller (kubeDemo) instead of local files.
+	Kubernetes bool
+	// ZtunnelBinary is the cmd/ztunnel the nodes run with --kubernetes;
+	// empty builds one with the Go toolchain.
+	ZtunnelBinary string
 }
 
 func newDemoCommand() *cobra.Command {
@@ -45,8 +51,16 @@ decided, then stays up and re-runs the calls whenever the bundle changes,
 until Ctrl-C.
 
 It needs root (network namespaces, nftables) and SPIRE in bin/ (make spire).
-Without root it shows the policy engine deciding the example inputs instead.`,
-		Example: "  regomesh demo\n  regomesh demo --examples ./examples",
+Without root it shows the policy engine deciding the example inputs instead.
+
+With --kubernetes the same calls run in a mesh driven by a real
+kube-apiserver and etcd (bin/, make kube): the pods are Pod objects, the
+AuthorizationPolicies of examples/istio are applied through the API server,
+and regomesh-controller streams the state and serves the translated policy,
+signed, to each node's ztunnel process (--controller). Editing
+examples/istio applies the change through the API server. make demo-k8s
+runs it.`,
+		Example: "  regomesh demo\n  regomesh demo --examples ./examples\n  regomesh demo --kubernetes --once",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), cfg)
@@ -55,6 +69,8 @@ Without root it shows the policy engine deciding the example inputs instead.`,
 	cmd.Flags().StringVar(&cfg.Examples, "examples", "examples", "directory with the example bundle/ and inputs/")
 	cmd.Flags().BoolVar(&cfg.Once, "once", false, "run the calls once and exit instead of staying up")
 	cmd.Flags().StringVar(&cfg.WaypointBinary, "waypoint-binary", "", "cmd/waypoint binary for the waypoint pod (default: built with go from the source tree)")
+	cmd.Flags().BoolVar(&cfg.Kubernetes, "kubernetes", false, "drive the mesh from a real kube-apiserver and regomesh-controller (needs make kube's bin/kube-apiserver and etcd)")
+	cmd.Flags().StringVar(&cfg.ZtunnelBinary, "ztunnel-binary", "", "with --kubernetes: cmd/ztunnel binary for the nodes (default: built with go from the source tree)")
 	return cmd
 }
 
@@ -65,7 +81,13 @@ func runDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if os.Geteuid() == 0 {
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
+		if cfg.Kubernetes {
+			return kubeDemo(ctx, out, cfg)
+		}
 		return meshDemo(ctx, out, cfg)
+	}
+	if cfg.Kubernetes {
+		return fmt.Errorf("demo --kubernetes needs root (network namespaces, nftables): run `sudo make demo-k8s`")
 	}
 	fmt.Fprintf(out, "The mesh demo needs root (network namespaces, nftables): run `sudo make demo`.\n")
 	fmt.Fprintf(out, "Meanwhile, the policy engine on the example inputs:\n\n")
