@@ -83,7 +83,11 @@ func bundlesByName(bundles []*Bundle, library map[string]*ast.Module) (map[strin
 		if err := b.checkLibraryModuleNames(library); err != nil {
 			return nil, err
 		}
-		named[b.Name] = b.raw
+		raw, err := b.parsedRaw()
+		if err != nil {
+			return nil, err
+		}
+		named[b.Name] = raw
 	}
 	return named, nil
 }
@@ -215,6 +219,9 @@ func (b *Bundle) libraryRoot() string {
 func (b *Bundle) libraryModule() string {
 	for _, mf := range b.raw.Modules {
 		m := mf.Parsed
+		if m == nil {
+			continue // read by fastParse, and checked then (ReadBundle)
+		}
 		if segmentsHavePrefix(dataRefSegments(m.Package.Path), libraryPath) {
 			return fmt.Sprintf("%s:%d: declares %s", bundleFileName(b.Name, mf), m.Package.Location.Row, m.Package)
 		}

@@ -44,7 +44,7 @@ func readUnchecked(t *testing.T, path string) *Bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := src.read(nil, true)
+	raw, _, err := src.read(nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}

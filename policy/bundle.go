@@ -179,6 +179,11 @@ type Bundle struct {
 
 	raw      *bundle.Bundle
 	warnings []string
+	// lazy holds, for each module of raw read by fastParse, its package
+	// and Rego version instead of its syntax tree (its Parsed is nil),
+	// which tree parses again on need; nil entries, or nil lazy, for the
+	// others (bundle_fastread.go).
+	lazy []*lazyModule
 }
 
 // Warnings lists what the bundle holds that the library would silently
@@ -208,7 +213,7 @@ func ReadBundle(path string, v *Verification) (*Bundle, error) {
 		return nil, &bundleError{names: []string{path}, cause: err,
 			hint: "check the bundle path: it must be a bundle directory or a .tar.gz file"}
 	}
-	raw, err := src.read(cfg, false)
+	raw, lazy, err := src.read(cfg, false)
 	if err != nil {
 		return nil, src.explain(err, v, cfg)
 	}
@@ -216,7 +221,7 @@ func ReadBundle(path string, v *Verification) (*Bundle, error) {
 		return nil, &bundleError{names: []string{path}, detail: "is a delta bundle (patch.json)",
 			hint: "serve snapshot bundles: every activation starts from an empty store"}
 	}
-	b := &Bundle{Name: path, Revision: raw.Manifest.Revision, Roots: slices.Clone(*raw.Manifest.Roots), raw: raw}
+	b := &Bundle{Name: path, Revision: raw.Manifest.Revision, Roots: slices.Clone(*raw.Manifest.Roots), raw: raw, lazy: lazy}
 	if err := b.checkLibraryOwnership(); err != nil {
 		return nil, err
 	}
@@ -245,10 +250,10 @@ func statBundleSource(path string) (bundleSource, error) {
 // configures it for `opa run -b PATH`, plus annotation processing as the
 // OPA runtime does. Unsigned reads take modules in the translator's
 // layout through fastParse (bundle_fastread.go).
-func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bundle.Bundle, error) {
+func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bundle.Bundle, []*lazyModule, error) {
 	loader, closer, err := s.loader()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer closer.Close()
 	var fast *fastModules
@@ -272,14 +277,15 @@ func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bu
 	}
 	b, err := r.Read()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	var lazy []*lazyModule
 	if fast != nil {
-		if err := fast.restore(&b); err != nil {
-			return nil, err
+		if lazy, err = fast.restore(&b); err != nil {
+			return nil, nil, err
 		}
 	}
-	return &b, nil
+	return &b, lazy, nil
 }
 
 // loader opens the bundle's files; the closer releases the tarball. The
@@ -302,7 +308,7 @@ func (s bundleSource) loader() (bundle.DirectoryLoader, io.Closer, error) {
 // signature was the problem. Content errors take precedence, since a bundle
 // that cannot be read is rejected whoever signed it.
 func (s bundleSource) explain(err error, v *Verification, cfg *bundle.VerificationConfig) error {
-	if _, contentErr := s.read(nil, true); contentErr != nil {
+	if _, _, contentErr := s.read(nil, true); contentErr != nil {
 		return s.contentError(contentErr)
 	}
 	if cfg == nil {

@@ -48,8 +48,8 @@ func (b *Bundle) checkNotEmpty() error {
 func (b *Bundle) policyPackages() []string {
 	found := map[string]bool{}
 	depth := len(policiesRef) + 2
-	for _, mf := range b.raw.Modules {
-		if p := mf.Parsed.Package.Path; len(p) >= depth && p.HasPrefix(policiesRef) {
+	for i := range b.raw.Modules {
+		if p := b.packagePath(i); len(p) >= depth && p.HasPrefix(policiesRef) {
 			found[p[:depth].String()] = true
 		}
 	}
@@ -127,6 +127,9 @@ func (b *Bundle) lint() []string {
 	modules := slices.SortedFunc(slices.Values(b.raw.Modules), func(x, y bundle.ModuleFile) int { return strings.Compare(x.Path, y.Path) })
 	for _, mf := range modules {
 		m := mf.Parsed
+		if m == nil {
+			continue // fastParse's, which it found unremarkable (bundle_fastread.go)
+		}
 		if len(m.Package.Path) != depth || !m.Package.Path.HasPrefix(policiesRef) {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -26,8 +27,13 @@ type fastModules struct {
 	// limit is the reader's: a file this long or longer is refused.
 	limit int64
 	// modules are the bundle's modules in the loader's order: those kept
-	// from the reader with their file and syntax tree, the others nil.
+	// from the reader with their file and syntax tree, the others nil;
+	// lazy, beside them, what is kept of a module instead of its tree
+	// (which is then dropped at once).
 	modules []*bundle.ModuleFile
+	lazy    []*lazyModule
+	// misspelt memoizes misspeltPoint by rule name.
+	misspelt map[string]bool
 }
 
 func newFastModules(l bundle.DirectoryLoader, baseDir string) *fastModules {
@@ -60,11 +66,42 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 		src := bytes.Clone(buf.Bytes())
 		m, ok := fastParse(name, src)
 		if !ok || int64(len(src)) >= l.limit || !plainSegments(m.Package.Path) {
-			l.modules = append(l.modules, nil)
+			l.modules, l.lazy = append(l.modules, nil), append(l.lazy, nil)
 			return bundle.NewDescriptor(f.URL(), f.Path(), &buf), nil
 		}
-		l.modules = append(l.modules, &bundle.ModuleFile{URL: f.URL(), Path: name, RelativePath: rel, Raw: src, Parsed: m})
+		mf := &bundle.ModuleFile{URL: f.URL(), Path: name, RelativePath: rel, Raw: src, Parsed: m}
+		var lazy *lazyModule
+		if l.unremarkable(m) {
+			lazy, mf.Parsed = &lazyModule{pkg: unlocated(ast.NewTerm(m.Package.Path)).Value.(ast.Ref)}, nil
+		}
+		l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
 	}
+}
+
+// unremarkable: the module is a policy package in which ReadBundle's
+// checks find nothing to refuse or warn about (a rule of the fragment
+// defines a document of its own package, so never of the library's; no
+// rule name is a misspelt contribution point), so its tree need not be
+// kept for them.
+func (l *fastModules) unremarkable(m *ast.Module) bool {
+	if !isPolicyPackage(m.Package.Path) {
+		return false
+	}
+	if l.misspelt == nil {
+		l.misspelt = map[string]bool{}
+	}
+	for _, r := range m.Rules {
+		name := ruleName(r)
+		bad, ok := l.misspelt[name]
+		if !ok {
+			_, bad = misspeltPoint(name)
+			l.misspelt[name] = bad
+		}
+		if bad || len(r.Head.Ref()) != 1 {
+			return false
+		}
+	}
+	return true
 }
 
 // plainSegments: the package's segments have no "/", so its path joined
@@ -80,40 +117,108 @@ func plainSegments(pkg ast.Ref) bool {
 
 // restore puts the modules kept from the reader back in b, in the
 // loader's order.
-func (l *fastModules) restore(b *bundle.Bundle) error {
+func (l *fastModules) restore(b *bundle.Bundle) ([]*lazyModule, error) {
 	roots := *b.Manifest.Roots
 	def := b.RegoVersion(ast.RegoV1)
 	out := make([]bundle.ModuleFile, 0, len(l.modules))
+	lazy := make([]*lazyModule, 0, len(l.modules))
 	read := b.Modules
-	for _, mf := range l.modules {
+	for j, mf := range l.modules {
 		if mf == nil {
 			if len(read) == 0 {
-				return errors.New("bundle read failed: a module went missing")
+				return nil, errors.New("bundle read failed: a module went missing")
 			}
-			out, read = append(out, read[0]), read[1:]
+			out, read, lazy = append(out, read[0]), read[1:], append(lazy, nil)
 			continue
 		}
 		v, err := b.RegoVersionForFile(mf.RelativePath, def)
 		if err != nil {
-			return err
+			return nil, err
 		}
+		lm := l.lazy[j]
 		if v != ast.RegoV1 {
 			if mf.Parsed, err = ast.ParseModuleWithOpts(mf.Path, string(mf.Raw), ast.ParserOptions{RegoVersion: v, ProcessAnnotation: true}); err != nil {
-				return err
+				return nil, err
 			}
+			lm = nil
 		}
-		segments := make([]string, 0, len(mf.Parsed.Package.Path)-1)
-		for _, t := range mf.Parsed.Package.Path[1:] {
+		pkg := &ast.Package{}
+		if lm != nil {
+			pkg.Path = lm.pkg
+		} else {
+			pkg.Path = mf.Parsed.Package.Path
+		}
+		segments := make([]string, 0, len(pkg.Path)-1)
+		for _, t := range pkg.Path[1:] {
 			segments = append(segments, string(t.Value.(ast.String)))
 		}
 		if !bundle.RootPathsContain(roots, strings.Join(segments, "/")) {
-			return fmt.Errorf("manifest roots %v do not permit '%v' in module '%s'", roots, mf.Parsed.Package, mf.Path)
+			return nil, fmt.Errorf("manifest roots %v do not permit '%v' in module '%s'", roots, pkg, mf.Path)
 		}
-		out = append(out, *mf)
+		out, lazy = append(out, *mf), append(lazy, lm)
 	}
 	if len(read) != 0 {
-		return errors.New("bundle read failed: a module came from nowhere")
+		return nil, errors.New("bundle read failed: a module came from nowhere")
 	}
 	b.Modules = out
-	return nil
+	if !slices.ContainsFunc(lazy, func(lm *lazyModule) bool { return lm != nil }) {
+		lazy = nil
+	}
+	return lazy, nil
+}
+
+// lazyModule is what a Bundle keeps of a module fastParse read instead
+// of its syntax tree, which is most of a translated module's memory and
+// the bulk of a read bundle's: the tree is dropped as soon as it is read.
+// A load parses the module again, with fastParse, only if its package is
+// not in the engine's cache.
+type lazyModule struct {
+	pkg ast.Ref // without locations
+}
+
+// packagePath is module i's package path.
+func (b *Bundle) packagePath(i int) ast.Ref {
+	if b.lazy != nil && b.lazy[i] != nil {
+		return b.lazy[i].pkg
+	}
+	return b.raw.Modules[i].Parsed.Package.Path
+}
+
+// regoVersion is module i's Rego version.
+func (b *Bundle) regoVersion(i int) ast.RegoVersion {
+	if b.lazy != nil && b.lazy[i] != nil {
+		return ast.RegoV1
+	}
+	return b.raw.Modules[i].Parsed.RegoVersion()
+}
+
+// tree is module i's syntax tree, parsed again if the bundle dropped it.
+func (b *Bundle) tree(i int) (*ast.Module, error) {
+	mf := &b.raw.Modules[i]
+	if mf.Parsed != nil {
+		return mf.Parsed, nil
+	}
+	m, ok := fastParse(mf.Path, mf.Raw)
+	if !ok {
+		return nil, fmt.Errorf("policy: %s: read once, fails to read again", mf.Path)
+	}
+	return m, nil
+}
+
+// parsedRaw is the bundle as OPA's reader read it, every module with its
+// syntax tree: what OPA's activation takes.
+func (b *Bundle) parsedRaw() (*bundle.Bundle, error) {
+	if b.lazy == nil {
+		return b.raw, nil
+	}
+	raw := *b.raw
+	raw.Modules = slices.Clone(raw.Modules)
+	for i := range raw.Modules {
+		m, err := b.tree(i)
+		if err != nil {
+			return nil, err
+		}
+		raw.Modules[i].Parsed = m
+	}
+	return &raw, nil
 }

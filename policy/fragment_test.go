@@ -478,11 +478,15 @@ func TestFastReadEqualsOPAReader(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fast, err := src.read(nil, false)
+		fast, lazy, err := src.read(nil, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		opa, err := src.read(nil, true) // skipping verification takes OPA's reader alone
+		if lazy == nil {
+			t.Fatal("no module read without its tree kept")
+		}
+		fb := &Bundle{raw: fast, lazy: lazy}
+		opa, _, err := src.read(nil, true) // skipping verification takes OPA's reader alone
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -494,14 +498,21 @@ func TestFastReadEqualsOPAReader(t *testing.T) {
 			if mf.URL != want.URL || mf.Path != want.Path || mf.RelativePath != want.RelativePath || !bytes.Equal(mf.Raw, want.Raw) {
 				t.Fatalf("%s: module %d is %s (%s, %s), OPA's reader %s (%s, %s)", path, i, mf.Path, mf.URL, mf.RelativePath, want.Path, want.URL, want.RelativePath)
 			}
-			if d := deepDiff(reflect.ValueOf(mf.Parsed), reflect.ValueOf(want.Parsed), mf.Path); d != "" {
+			m, err := fb.tree(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := deepDiff(reflect.ValueOf(m), reflect.ValueOf(want.Parsed), mf.Path); d != "" {
 				t.Fatal(d)
 			}
-			if mf.Parsed.RegoVersion() != want.Parsed.RegoVersion() {
-				t.Fatalf("%s: Rego version %v, OPA's reader %v", mf.Path, mf.Parsed.RegoVersion(), want.Parsed.RegoVersion())
+			if m.RegoVersion() != want.Parsed.RegoVersion() || fb.regoVersion(i) != m.RegoVersion() {
+				t.Fatalf("%s: Rego version %v (kept as %v), OPA's reader %v", mf.Path, m.RegoVersion(), fb.regoVersion(i), want.Parsed.RegoVersion())
+			}
+			if !fb.packagePath(i).Equal(want.Parsed.Package.Path) {
+				t.Fatalf("%s: package kept as %v", mf.Path, fb.packagePath(i))
 			}
 		}
-		if v := fast.Modules[slices.IndexFunc(fast.Modules, func(mf bundle.ModuleFile) bool { return strings.HasSuffix(mf.Path, "v0.rego") })].Parsed.RegoVersion(); v != ast.RegoV0 {
+		if v := fb.regoVersion(slices.IndexFunc(fast.Modules, func(mf bundle.ModuleFile) bool { return strings.HasSuffix(mf.Path, "v0.rego") })); v != ast.RegoV0 {
 			t.Fatalf("v0.rego read as %v", v)
 		}
 	}
@@ -510,7 +521,7 @@ func TestFastReadEqualsOPAReader(t *testing.T) {
 	narrow := writeBundle(t, t.TempDir(), files)
 	_, fastErr := ReadBundle(narrow, nil)
 	src, _ := statBundleSource(narrow)
-	_, opaErr := src.read(nil, true)
+	_, _, opaErr := src.read(nil, true)
 	if fastErr == nil || opaErr == nil || !strings.Contains(fastErr.Error(), "do not permit") || !strings.Contains(opaErr.Error(), "do not permit") {
 		t.Fatalf("roots without mesh/policies/istio: %v; OPA's reader: %v", fastErr, opaErr)
 	}

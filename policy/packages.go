@@ -42,8 +42,12 @@ type packageKey [sha256.Size]byte
 
 // setPackage is one policy package of a bundle set, with its modules.
 type setPackage struct {
-	path    ast.Ref
-	modules map[string]*ast.Module // keyed as the activation keys them
+	path ast.Ref
+	// files are the package's modules, keyed as the activation keys
+	// them; modules their syntax trees, parsed again on need (trees) when
+	// the bundle dropped them, and dropped again once lowered.
+	files   []packageFile
+	modules map[string]*ast.Module
 	key     packageKey
 	// closed: every module of the package is closed (closedModule);
 	// found on first need (isClosed), as a cached package is closed.
@@ -51,11 +55,55 @@ type setPackage struct {
 	closedOnce sync.Once
 }
 
+// packageFile is module i of bundle b, keyed as the activation keys it.
+type packageFile struct {
+	name string
+	b    *Bundle
+	i    int
+}
+
+// trees is the package's modules, parsed again if the bundle dropped
+// them; nil if one fails to parse again.
+func (sp *setPackage) trees() map[string]*ast.Module {
+	if sp.modules != nil || len(sp.files) == 0 {
+		return sp.modules
+	}
+	modules := make(map[string]*ast.Module, len(sp.files))
+	for _, f := range sp.files {
+		m, err := f.b.tree(f.i)
+		if err != nil {
+			return nil
+		}
+		modules[f.name] = m
+	}
+	sp.modules = modules
+	return modules
+}
+
+// read: every module of the package was read by fastParse and its tree
+// dropped.
+func (sp *setPackage) read() bool {
+	for _, f := range sp.files {
+		if f.b.lazy == nil || f.b.lazy[f.i] == nil {
+			return false
+		}
+	}
+	return len(sp.files) > 0
+}
+
+// dropTrees forgets the trees trees parsed: the package is lowered.
+func (sp *setPackage) dropTrees() {
+	if len(sp.files) > 0 {
+		sp.modules = nil
+	}
+}
+
 // isClosed reports whether every module of the package is closed.
 func (sp *setPackage) isClosed() bool {
 	sp.closedOnce.Do(func() {
-		sp.closed = true
-		for _, m := range sp.modules {
+		trees := sp.trees()
+		sp.closed = trees != nil
+		for _, m := range trees {
 			sp.closed = sp.closed && closedModule(m)
 		}
 	})
@@ -86,7 +134,7 @@ func (c *packageCache) keep(pkgs []*setPackage, lowered map[string]*loweredPacka
 		if lp == nil || !sp.isClosed() {
 			continue
 		}
-		lp.nondeterministic = usesNondeterministic(sp.modules)
+		lp.nondeterministic = usesNondeterministic(sp.trees())
 		byKey[sp.key] = lp
 	}
 	c.byKey = byKey
@@ -106,13 +154,16 @@ func (e *Engine) compileByPackage(bundles []*Bundle, pkgs []*setPackage) *genera
 	lowered := make([]*loweredPackage, len(pkgs))
 	var missing []int
 	for i, sp := range pkgs {
-		for file := range sp.modules {
-			if _, ok := e.library[file]; ok {
+		for _, f := range sp.files {
+			if _, ok := e.library[f.name]; ok {
 				return nil
 			}
 		}
 		if lowered[i] = c.byKey[sp.key]; lowered[i] == nil {
-			if !sp.isClosed() {
+			// A package read by fastParse is parsed again by the worker
+			// that lowers it, which sees if it is closed; parsing it here
+			// would hold every tree at once.
+			if !sp.read() && !sp.isClosed() {
 				return nil
 			}
 			missing = append(missing, i)
@@ -181,7 +232,9 @@ func (c *packageCache) lowerFragments(pkgs []*setPackage, batch []int, lowered [
 	for _, i := range batch {
 		if lowered[i] = c.lowerFragment(pkgs[i]); lowered[i] == nil {
 			rest = append(rest, i)
+			continue
 		}
+		pkgs[i].dropTrees()
 	}
 	return rest
 }
@@ -189,7 +242,11 @@ func (c *packageCache) lowerFragments(pkgs []*setPackage, batch []int, lowered [
 // lowerFragment lowers sp through fragmentCompile; nil if it is not in
 // the fragment or does not lower.
 func (c *packageCache) lowerFragment(sp *setPackage) *loweredPackage {
-	rules, ok := fragmentCompile(sp.path, sp.modules)
+	trees := sp.trees()
+	if trees == nil {
+		return nil
+	}
+	rules, ok := fragmentCompile(sp.path, trees)
 	if !ok {
 		return nil
 	}
@@ -203,7 +260,7 @@ func (c *packageCache) lowerFragment(sp *setPackage) *loweredPackage {
 	if err != nil {
 		return nil
 	}
-	lp.nondeterministic = usesNondeterministic(sp.modules)
+	lp.nondeterministic = usesNondeterministic(trees)
 	return lp
 }
 
@@ -216,7 +273,11 @@ func (c *packageCache) compileBatch(pkgs []*setPackage, batch []int, lowered []*
 	}
 	modules := map[string]*ast.Module{}
 	for _, i := range batch {
-		maps.Copy(modules, pkgs[i].modules)
+		trees := pkgs[i].trees()
+		if trees == nil || !pkgs[i].isClosed() {
+			return false
+		}
+		maps.Copy(modules, trees)
 	}
 	comp := ast.NewCompiler()
 	if comp.Compile(modules); comp.Failed() || checkPlacement(comp) != nil {
@@ -237,6 +298,9 @@ func (c *packageCache) compileBatch(pkgs []*setPackage, batch []int, lowered []*
 		}
 		lp.nondeterministic = usesNondeterministic(pkgs[i].modules)
 		lowered[i] = lp
+	}
+	for _, i := range batch {
+		pkgs[i].dropTrees()
 	}
 	return true
 }
@@ -270,24 +334,24 @@ func setPackages(bundles []*Bundle) ([]*setPackage, bool) {
 			partition = false
 		}
 		prefix := modulePrefix(b.Name)
-		for _, mf := range b.raw.Modules {
-			m := mf.Parsed
-			if !isPolicyPackage(m.Package.Path) {
+		for i, mf := range b.raw.Modules {
+			pkg := b.packagePath(i)
+			if !isPolicyPackage(pkg) {
 				partition = false
 				continue
 			}
-			k := m.Package.Path.String()
+			k := pkg.String()
 			sp := byPath[k]
 			if sp == nil {
-				sp = &setPackage{path: m.Package.Path, modules: map[string]*ast.Module{}}
+				sp = &setPackage{path: pkg}
 				byPath[k], owner[k], hashes[k] = sp, b.Name, sha256.New()
 			}
 			if owner[k] != b.Name {
 				partition = false
 			}
 			file := path.Join(prefix, mf.Path)
-			sp.modules[file] = m
-			hashParts(hashes[k], file, mf.Path, m.RegoVersion().String(), string(mf.Raw))
+			sp.files = append(sp.files, packageFile{name: file, b: b, i: i})
+			hashParts(hashes[k], file, mf.Path, b.regoVersion(i).String(), string(mf.Raw))
 		}
 	}
 	out := make([]*setPackage, 0, len(byPath))
@@ -407,7 +471,7 @@ func keepSources(bundles []*Bundle) []moduleSources {
 		raw.Modules = slices.Clone(raw.Modules)
 		versions := make([]ast.RegoVersion, len(raw.Modules))
 		for j := range raw.Modules {
-			versions[j] = raw.Modules[j].Parsed.RegoVersion()
+			versions[j] = b.regoVersion(j)
 			raw.Modules[j].Parsed = nil
 		}
 		kept := *b
