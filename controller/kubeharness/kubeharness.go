@@ -77,7 +77,10 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{dir: cfg.Dir}
+	// started is what the deferred clean-up closes: each failed return
+	// below sets the result c to nil.
+	started := &Cluster{dir: cfg.Dir}
+	c = started
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "regomesh-kube-"); err != nil {
 			return nil, fmt.Errorf("kubeharness: %w", err)
@@ -86,7 +89,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, c.Close())
+			err = errors.Join(err, started.Close())
 		}
 	}()
 	files, err := writeCredentials(c.dir)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -269,5 +270,19 @@ func TestMissingBinaries(t *testing.T) {
 	_, err := kubeharness.Start(context.Background(), kubeharness.Config{BinDir: "/nonexistent"})
 	if !errors.Is(err, kubeharness.ErrNoBinaries) || !strings.Contains(err.Error(), "make kube") {
 		t.Errorf("Start without binaries = %v; want ErrNoBinaries saying to run make kube", err)
+	}
+}
+
+// A Start that fails part way returns its error and cleans up what it
+// started, without panicking on its own failed result.
+func TestStartFailsCleanly(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "missing")
+	_, err := kubeharness.Start(context.Background(), kubeharness.Config{Dir: dir})
+	if errors.Is(err, kubeharness.ErrNoBinaries) {
+		t.Skip(err)
+	}
+	if err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("Start in a missing directory = %v; want an error naming %s", err, dir)
 	}
 }
