@@ -39,6 +39,10 @@ type Config struct {
 	// (docs/user-rego.md). Default DefaultRegoSelector,
 	// "regomesh.io/rego=true".
 	RegoSelector string
+	// RegoNamespaces are the namespaces whose selected ConfigMaps may add
+	// Rego: it decides for the whole mesh, as an AuthorizationPolicy in
+	// the root namespace does. Default: the root namespace alone.
+	RegoNamespaces []string
 	// Waypoints, when set, makes the controller (its leader) deploy a
 	// waypoint for every Gateway of class istio-waypoint and write the
 	// Gateway's status; nil leaves waypoints to whoever deploys them.
@@ -50,6 +54,9 @@ func (c Config) withDefaults() Config {
 	c.RootNamespace = cmp.Or(c.RootNamespace, "istio-system")
 	c.ClusterDomain = cmp.Or(c.ClusterDomain, "cluster.local")
 	c.RegoSelector = cmp.Or(c.RegoSelector, DefaultRegoSelector)
+	if len(c.RegoNamespaces) == 0 {
+		c.RegoNamespaces = []string{c.RootNamespace}
+	}
 	if c.Debounce <= 0 {
 		c.Debounce = 100 * time.Millisecond
 	}

@@ -139,7 +139,7 @@ func New(rc *rest.Config, cfg Config) (*Controller, error) {
 		cfg: cfg, log: cfg.Logger, kube: kube, istio: ic, gateways: gc,
 		kick:   make(chan struct{}, 1),
 		store:  newPolicyStore(cfg.istioOptions("")),
-		rego:   newRegoStore(),
+		rego:   newRegoStore(cfg.RegoNamespaces),
 		builds: newBundleBuilds(cfg),
 	}
 	if w := cfg.Waypoints; w != nil {

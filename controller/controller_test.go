@@ -91,7 +91,8 @@ func start(t *testing.T) *env {
 	c, err := controller.New(controllerRC, controller.Config{
 		TrustDomain: trustDomain, ClusterDomain: "example.local",
 		Debounce: 20 * time.Millisecond, Publish: rec.set,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Logger:         slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		RegoNamespaces: []string{"tenant"},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,11 @@ const DefaultRegoSelector = "regomesh.io/rego=true"
 
 // User Rego, the rules (docs/user-rego.md):
 //
+//   - Rego decides for the whole mesh (the library does not confine a
+//     package to its namespace's workloads), so only ConfigMaps in
+//     Config.RegoNamespaces are taken, by default the root namespace, where
+//     AuthorizationPolicies apply mesh-wide too: a tenant who may write
+//     ConfigMaps in its own namespace must not decide for others;
 //   - every key of a selected ConfigMap that ends in ".rego" is one module;
 //     other keys are ignored, and a ConfigMap with no such key is refused;
 //   - a ConfigMap in namespace N may declare only packages under
@@ -65,12 +70,14 @@ type regoSource struct {
 // resourceVersion stays: a ConfigMap has no generation) and its last
 // good version.
 type regoStore struct {
-	seen map[string]*regoSource // by "<namespace>/<name>"
-	good map[string]*regoSource
+	// namespaces are those whose ConfigMaps may add Rego.
+	namespaces []string
+	seen       map[string]*regoSource // by "<namespace>/<name>"
+	good       map[string]*regoSource
 }
 
-func newRegoStore() *regoStore {
-	return &regoStore{seen: map[string]*regoSource{}, good: map[string]*regoSource{}}
+func newRegoStore(namespaces []string) *regoStore {
+	return &regoStore{namespaces: namespaces, seen: map[string]*regoSource{}, good: map[string]*regoSource{}}
 }
 
 // regoRefusal is a version of a ConfigMap refused, for its Event.
@@ -154,7 +161,11 @@ func (s *regoStore) check(ctx context.Context, cm *corev1.ConfigMap) *regoSource
 		return src
 	}
 	src := &regoSource{uid: cm.UID, resourceVersion: cm.ResourceVersion}
-	src.modules, src.packages, src.err = checkRego(ctx, cm)
+	if !slices.Contains(s.namespaces, cm.Namespace) {
+		src.err = fmt.Errorf("controller: namespace %s may not add Rego: Rego decides for the whole mesh, so it is taken only from the namespaces --rego-configmap-namespaces lists (%s) (docs/user-rego.md)", cm.Namespace, strings.Join(s.namespaces, ", "))
+	} else {
+		src.modules, src.packages, src.err = checkRego(ctx, cm)
+	}
 	s.seen[key] = src
 	return src
 }

@@ -58,6 +58,32 @@ func testUserRego(e *env) {
 	e.decide(engine, 9000, false, "tenant/guard", "port 9000 is closed")
 	e.decide(engine, 8080, true, "", "")
 
+	// A namespace the controller does not list may not add Rego, which
+	// would decide for the whole mesh: refused, reported, left out.
+	e.namespace("outsider", nil)
+	outsider, err := e.kube.CoreV1().ConfigMaps("outsider").Create(e.ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "open", Labels: map[string]string{"regomesh.io/rego": "true"}},
+		Data:       map[string]string{"open.rego": "package mesh.policies.outsider.open\n\nallow if true\n"},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	u = e.waitFor("the outsider's ConfigMap refused", func(u *controller.Update) string {
+		for _, p := range u.Problems {
+			if p.Kind == "ConfigMap" && p.Namespace == "outsider" && strings.Contains(p.String(), "namespace outsider may not add Rego") {
+				return ""
+			}
+		}
+		return "no problem with ConfigMap outsider/open"
+	})
+	if names := moduleNames(u.Bundle); strings.Contains(names, "outsider") {
+		e.t.Errorf("a refused namespace's module is in the bundle: %s", names)
+	}
+	e.waitEvent("outsider", "open", outsider.ResourceVersion, "may not add Rego")
+	if err := e.kube.CoreV1().ConfigMaps("outsider").Delete(e.ctx, "open", metav1.DeleteOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+
 	cm.Data["guard.rego"] = userDeny("9001")
 	if cm, err = cms.Update(e.ctx, cm, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatal(err)

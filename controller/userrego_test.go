@@ -17,6 +17,9 @@ const denyAdmin = `package mesh.policies.shop.admin
 deny contains {"policy": "shop/admin", "rule": "no-admin"} if input.destination.port == 9000
 `
 
+// testRegoNamespaces may add Rego in these tests.
+var testRegoNamespaces = []string{"shop", "my-app", "bank", "istio", "istio-system"}
+
 func configMap(ns, name, uid, version string, data map[string]string) *corev1.ConfigMap {
 	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid), ResourceVersion: version}, Data: data}
 }
@@ -38,6 +41,8 @@ func TestUserRegoRules(t *testing.T) {
 		{"library package", configMap("shop", "rego", "u", "1", map[string]string{"a.rego": "package mesh.authz\n\nx := 1\n"}), "must be in a package under"},
 		{"owner only", configMap("shop", "rego", "u", "1", map[string]string{"a.rego": "package mesh.policies.shop\n\nx := 1\n"}), "must be in a package under"},
 		{"reserved namespace", configMap("istio", "rego", "u", "1", map[string]string{"a.rego": "package mesh.policies.istio.a\n\ndeny if true\n"}), "owner of translated policies"},
+		{"docs/user-rego.md's example", configMap("istio-system", "rego", "u", "1", map[string]string{"guard.rego": "package mesh.policies[\"istio-system\"].guard\n\ndeny contains {\"policy\": \"istio-system/guard\", \"rule\": \"no-debug\", \"reason\": \"the debug port is closed\"} if {\n\tinput.destination.namespace == \"shop\"\n\tinput.destination.port == 6060\n}\n"}), ""},
+		{"namespace not listed", configMap("tenant", "rego", "u", "1", map[string]string{"a.rego": "package mesh.policies.tenant.a\n\nallow if true\n"}), "namespace tenant may not add Rego: Rego decides for the whole mesh, so it is taken only from the namespaces --rego-configmap-namespaces lists (shop, my-app, bank, istio, istio-system)"},
 		{"no module", configMap("shop", "rego", "u", "1", map[string]string{"a.txt": "x"}), "no key ending in .rego"},
 		{"compile error", configMap("shop", "rego", "u", "1", map[string]string{"a.rego": "package mesh.policies.shop.a\n\ndeny if x == 1\n"}), "var x is unsafe"},
 		{"contract", configMap("shop", "rego", "u", "1", map[string]string{"a.rego": "package mesh.policies.shop.a.b\n\ndeny if true\n"}), "exactly two levels below mesh.policies"},
@@ -45,7 +50,7 @@ func TestUserRegoRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			modules, problems, refused := newRegoStore().modules(t.Context(), []*corev1.ConfigMap{tt.cm})
+			modules, problems, refused := newRegoStore(testRegoNamespaces).modules(t.Context(), []*corev1.ConfigMap{tt.cm})
 			if tt.want == "" {
 				if len(problems) != 0 || len(refused) != 0 {
 					t.Fatalf("refused: %v", problems)
@@ -78,7 +83,7 @@ func TestUserRegoRules(t *testing.T) {
 // package another ConfigMap (first by name) holds is refused, the
 // holder's untouched; deletion removes.
 func TestUserRegoLastGood(t *testing.T) {
-	s := newRegoStore()
+	s := newRegoStore(testRegoNamespaces)
 	ctx := t.Context()
 	good := configMap("shop", "a", "ua", "1", map[string]string{"admin.rego": denyAdmin})
 	modules, problems, _ := s.modules(ctx, []*corev1.ConfigMap{good})

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"text/template"
@@ -99,7 +100,17 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controller.RootNamespace, "root-namespace", "istio-system", "Istio's root namespace: policies there without a selector apply mesh-wide")
 	fs.StringVar(&c.controller.ClusterDomain, "cluster-domain", "cluster.local", "DNS suffix of service hostnames (<name>.<namespace>.svc.<cluster domain>)")
 	fs.DurationVar(&c.controller.Debounce, "debounce", 100*time.Millisecond, "how long changes are gathered after the first before the state and bundles are rebuilt")
-	fs.StringVar(&c.controller.RegoSelector, "rego-configmap-selector", controller.DefaultRegoSelector, "label selector of the ConfigMaps, in any namespace, whose .rego keys the controller adds to every bundle, namespace N's in packages under mesh.policies.N (docs/user-rego.md)")
+	fs.StringVar(&c.controller.RegoSelector, "rego-configmap-selector", controller.DefaultRegoSelector, "label selector of the ConfigMaps whose .rego keys the controller adds to every bundle, namespace N's in packages under mesh.policies.N (docs/user-rego.md)")
+	fs.Func("rego-configmap-namespaces", "comma-separated namespaces whose selected ConfigMaps may add Rego, which decides for the whole mesh (default: the root namespace alone; docs/user-rego.md)", func(v string) error {
+		c.controller.RegoNamespaces = nil
+		for ns := range strings.SplitSeq(v, ",") {
+			if ns = strings.TrimSpace(ns); ns == "" {
+				return errors.New("an empty namespace")
+			}
+			c.controller.RegoNamespaces = append(c.controller.RegoNamespaces, ns)
+		}
+		return nil
+	})
 	fs.StringVar(&c.readyAddr, "readiness-addr", ":15021", "readiness endpoint (GET /healthz/ready: 200 once the controller has synced with the API server and published its first state, 503 before); empty: none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15014", "admin endpoint (/debug/state: every workload, service and policy; /debug/proxies: what each proxy has ACKed and refused, read by regomesh status): a loopback address unless --admin-expose")

@@ -75,6 +75,8 @@ func TestParseFlags(t *testing.T) {
 			"--spire-agent-id", "spiffe://other.test/agent/{{.Node}}"}, wantErr: "--spire-agent-id: controller: SPIRE agent ID template made spiffe://other.test/agent/node-1"},
 		{name: "SPIRE cluster name not a name", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "East 1"}, wantErr: "SPIRE cluster name"},
 		{name: "no SPIRE resync", args: []string{"--bundle-addr=", "--spire-server-socket", "api.sock", "--spire-cluster-name", "east", "--spire-resync", "0s"}, wantErr: "--spire-resync must be positive"},
+		{name: "Rego namespaces", args: []string{"--bundle-addr=", "--rego-configmap-namespaces", "istio-system, platform"}},
+		{name: "an empty Rego namespace", args: []string{"--bundle-addr=", "--rego-configmap-namespaces", "istio-system,"}, wantErr: "an empty namespace"},
 		{name: "leader election without a namespace", args: []string{"--bundle-addr=", "--leader-elect", "--leader-elect-namespace=", "--leader-elect-identity", "pod-1"}, wantErr: "--leader-elect needs --leader-elect-namespace"},
 	}
 	for _, tt := range tests {
