@@ -49,7 +49,10 @@ func (b *Bundle) policyPackages() []string {
 	found := map[string]bool{}
 	depth := len(policiesRef) + 2
 	for i := range b.raw.Modules {
-		if p := b.packagePath(i); len(p) >= depth && p.HasPrefix(policiesRef) {
+		switch p := b.packagePath(i); {
+		case len(p) == depth && p.HasPrefix(policiesRef):
+			found[b.packageString(i)] = true
+		case len(p) > depth && p.HasPrefix(policiesRef):
 			found[p[:depth].String()] = true
 		}
 	}

@@ -72,7 +72,8 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 		mf := &bundle.ModuleFile{URL: f.URL(), Path: name, RelativePath: rel, Raw: src, Parsed: m}
 		var lazy *lazyModule
 		if l.unremarkable(m) {
-			lazy, mf.Parsed = &lazyModule{pkg: unlocated(ast.NewTerm(m.Package.Path)).Value.(ast.Ref)}, nil
+			pkg := unlocated(ast.NewTerm(m.Package.Path)).Value.(ast.Ref)
+			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String()}, nil
 		}
 		l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
 	}
@@ -174,6 +175,7 @@ func (l *fastModules) restore(b *bundle.Bundle) ([]*lazyModule, error) {
 // not in the engine's cache.
 type lazyModule struct {
 	pkg ast.Ref // without locations
+	key string  // pkg.String(), which every load asks for
 }
 
 // packagePath is module i's package path.
@@ -182,6 +184,14 @@ func (b *Bundle) packagePath(i int) ast.Ref {
 		return b.lazy[i].pkg
 	}
 	return b.raw.Modules[i].Parsed.Package.Path
+}
+
+// packageString is module i's package path as a string.
+func (b *Bundle) packageString(i int) string {
+	if b.lazy != nil && b.lazy[i] != nil {
+		return b.lazy[i].key
+	}
+	return b.raw.Modules[i].Parsed.Package.Path.String()
 }
 
 // regoVersion is module i's Rego version.

@@ -340,7 +340,7 @@ func setPackages(bundles []*Bundle) ([]*setPackage, bool) {
 				partition = false
 				continue
 			}
-			k := pkg.String()
+			k := b.packageString(i)
 			sp := byPath[k]
 			if sp == nil {
 				sp = &setPackage{path: pkg}
