@@ -4,6 +4,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regomesh/regomesh/internal/istiometrics"
 )
 
 // Reporter is the reporter label of every waypoint metric, as Istio's
@@ -53,10 +55,7 @@ type Metrics struct {
 	retries  *prometheus.CounterVec
 	overflow *prometheus.CounterVec
 
-	tcpOpened   *prometheus.CounterVec
-	tcpClosed   *prometheus.CounterVec
-	tcpSent     *prometheus.CounterVec
-	tcpReceived *prometheus.CounterVec
+	tcp *istiometrics.TCP
 }
 
 // NewMetrics registers the collectors on reg (nil: not registered).
@@ -80,22 +79,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		overflow: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regomesh_waypoint_retry_overflow_total", Help: "Retries the retry budget refused (Envoy's upstream_rq_retry_overflow): the last attempt's answer went to the client.",
 		}, []string{"destination_service"}),
-		tcpOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_opened_total", Help: "TCP connections the waypoint relayed, counted when the upstream tunnel opened, or when it refused them (with their response flag).",
-		}, tcpLabels),
-		tcpClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_closed_total", Help: "TCP connections the waypoint relayed or refused, counted when they ended.",
-		}, tcpLabels),
-		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_sent_bytes_total", Help: "Bytes relayed to the client (the connection's downstream), counted when the connection ended.",
-		}, tcpLabels),
-		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_received_bytes_total", Help: "Bytes relayed from the client, counted when the connection ended.",
-		}, tcpLabels),
+		tcp: istiometrics.NewTCP(reg, tcpLabels),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.reqBytes, m.resBytes, m.retries, m.overflow,
-			m.tcpOpened, m.tcpClosed, m.tcpSent, m.tcpReceived)
+		reg.MustRegister(m.requests, m.duration, m.reqBytes, m.resBytes, m.retries, m.overflow)
 	}
 	return m
 }
@@ -104,7 +91,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // opens, or as it is refused (then with its flag), as ztunnel counts.
 func (m *Metrics) tcpConnOpened(x *exchange) {
 	if m != nil {
-		m.tcpOpened.WithLabelValues(x.tcpLabels()...).Inc()
+		m.tcp.Opened(x.tcpLabels())
 	}
 }
 
@@ -114,10 +101,7 @@ func (m *Metrics) tcpConnClosed(x *exchange) {
 	if m == nil {
 		return
 	}
-	v := x.tcpLabels()
-	m.tcpClosed.WithLabelValues(v...).Inc()
-	m.tcpSent.WithLabelValues(v...).Add(float64(x.respBytes))
-	m.tcpReceived.WithLabelValues(v...).Add(float64(x.reqBytes))
+	m.tcp.Closed(x.tcpLabels(), x.respBytes, x.reqBytes)
 }
 
 // retried counts a retry of x after an attempt that met reason.
@@ -192,12 +176,7 @@ func (x *exchange) security() string {
 	return "none"
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
-}
+var orUnknown = istiometrics.OrUnknown
 
 func orDash(s string) string {
 	if s == "" {

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/istiometrics"
 )
 
 // Reporter says which side of the connection a metric comes from.
@@ -35,37 +36,18 @@ func (r *report) labelValues() []string {
 	}
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
-}
+var orUnknown = istiometrics.OrUnknown
 
 // Metrics are ztunnel's Prometheus collectors.
 type Metrics struct {
-	opened   *prometheus.CounterVec
-	closed   *prometheus.CounterVec
-	sent     *prometheus.CounterVec
-	received *prometheus.CounterVec
-	refused  *prometheus.CounterVec
+	tcp     *istiometrics.TCP
+	refused *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened.",
-		}, tcpLabels),
-		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed.",
-		}, tcpLabels),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the client (the connection's downstream) during the connection.",
-		}, tcpLabels),
-		received: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the client during the connection.",
-		}, tcpLabels),
+		tcp: istiometrics.NewTCP(reg, tcpLabels),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "regomesh", Subsystem: "hbone", Name: "refused_total",
 			Help: "What the HBONE servers (port 15008) refused clients under their limits, by reason: " +
@@ -74,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused)
+		reg.MustRegister(m.refused)
 	}
 	return m
 }
@@ -83,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // flag).
 func (m *Metrics) reportOpened(r *report) {
 	if m != nil {
-		m.opened.WithLabelValues(r.labelValues()...).Inc()
+		m.tcp.Opened(r.labelValues())
 	}
 }
 
@@ -93,10 +75,7 @@ func (m *Metrics) reportClosed(r *report) {
 	if m == nil {
 		return
 	}
-	v := r.labelValues()
-	m.closed.WithLabelValues(v...).Inc()
-	m.sent.WithLabelValues(v...).Add(float64(r.sent))
-	m.received.WithLabelValues(v...).Add(float64(r.received))
+	m.tcp.Closed(r.labelValues(), r.sent, r.received)
 }
 
 // HBONERefused counts a refusal of an HBONE server; it is
