@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -154,19 +155,11 @@ func TestRunServesState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	ready, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { done <- run(ctx, cfg, listeners{admin: ln, ready: ready}) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	ctx, _ := startRun(t, cfg, listeners{admin: ln, ready: ready})
 
 	runPod(t, ctx, kubernetes.NewForConfigOrDie(rc))
 
@@ -268,17 +261,25 @@ func runPod(t *testing.T, ctx context.Context, kube kubernetes.Interface) {
 	}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pod, err := kube.CoreV1().Pods("shop").Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-1"},
-		Spec:       corev1.PodSpec{NodeName: "node1", Containers: []corev1.Container{{Name: "web", Image: "example.invalid/web"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.1.0.1", PodIPs: []corev1.PodIP{{IP: "10.1.0.1"}}}
-	if _, err := kube.CoreV1().Pods("shop").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createRunningPod(t, ctx, kube, "shop", "web-1", "10.1.0.1")
+}
+
+// startRun runs the controller as main does, with cfg on ls, until stop
+// or the end of the test, and fails the test if run returns an error.
+// The context is run's.
+func startRun(t *testing.T, cfg config, ls listeners) (ctx context.Context, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, ls) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	t.Cleanup(stop)
+	return ctx, stop
 }
 
 // The whole control path: a pod created through a real API server reaches
@@ -303,15 +304,7 @@ func TestRunStreamsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := listeners{admin: listen(t), xds: listen(t), bundles: listen(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, ls) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	ctx, _ := startRun(t, cfg, ls)
 
 	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+agent.WorkloadSocket())))
 	if err != nil {
@@ -494,15 +487,7 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := listeners{admin: listen(t), xds: listen(t), bundles: listen(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, ls) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	ctx, stop := startRun(t, cfg, ls)
 
 	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+agent.WorkloadSocket())))
 	if err != nil {
@@ -576,11 +561,7 @@ func TestStatus(t *testing.T) {
 	// The controller gone: status says where it looked.
 	stdout.Reset()
 	stderr.Reset()
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("run: %v", err)
-	}
-	done <- nil // for the deferred wait
+	stop()
 	if code := cli.Run([]string{"status", "--admin", admin}, &stdout, &stderr); code != cli.ExitError ||
 		!strings.Contains(stderr.String(), "cannot reach regomesh-controller's admin endpoint at "+admin) {
 		t.Errorf("regomesh status with the controller stopped: exit %d, %q", code, stderr.String())
@@ -652,15 +633,7 @@ func TestRunRegistersSPIREEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := listeners{admin: listen(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, ls) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	ctx, _ := startRun(t, cfg, ls)
 	runPod(t, ctx, kubernetes.NewForConfigOrDie(rc))
 
 	id := spiffeid.RequireFromString("spiffe://regomesh.test/ns/shop/sa/default")
