@@ -259,6 +259,13 @@ func (m *model) claim(c claims, w *state.Workload) bool {
 		return false
 	}
 	for _, ip := range w.IPs {
+		if kind := state.NotRoutable(ip); kind != "" {
+			// Every proxy would refuse the whole update for it.
+			m.problem("pod %s: address %s is %s, which no workload may have; left out", w.UID, ip, kind)
+			return false
+		}
+	}
+	for _, ip := range w.IPs {
 		if other, dup := c.addrs[ip]; dup {
 			m.problem("pod %s: address %s already belongs to %s; left out until one of them goes", w.UID, ip, other)
 			return false

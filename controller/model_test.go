@@ -18,7 +18,9 @@ func runningPod(name, ip string, labels map[string]string) *corev1.Pod {
 }
 
 // What the API server tests cannot make happen easily: two pods on one
-// address, host-network pods, and a named target port no pod declares.
+// address, a pod on an address no workload may have (every proxy would
+// refuse the whole update for it), host-network pods, and a named target
+// port no pod declares.
 func TestBuildSnapshotLeavesOut(t *testing.T) {
 	enrolled := map[string]string{"istio.io/dataplane-mode": "ambient"}
 	host := runningPod("host", "192.168.0.1", enrolled)
@@ -28,6 +30,8 @@ func TestBuildSnapshotLeavesOut(t *testing.T) {
 		pods: []*corev1.Pod{
 			runningPod("b", "10.0.0.1", enrolled),
 			runningPod("a", "10.0.0.1", enrolled),
+			runningPod("c", "127.0.0.9", enrolled),
+			runningPod("d", "fe80::1", enrolled),
 			host,
 		},
 		services: []*corev1.Service{{
@@ -56,6 +60,8 @@ func TestBuildSnapshotLeavesOut(t *testing.T) {
 	want := []string{
 		`controller: service ns/svc: port 80: no selected pod declares target port "http"; using 80`,
 		"controller: pod Kubernetes//Pod/ns/b: address 10.0.0.1 already belongs to Kubernetes//Pod/ns/a; left out until one of them goes",
+		"controller: pod Kubernetes//Pod/ns/c: address 127.0.0.9 is a loopback address, which no workload may have; left out",
+		"controller: pod Kubernetes//Pod/ns/d: address fe80::1 is a link-local address, which no workload may have; left out",
 	}
 	if got := strings.Join(msgs, "\n"); got != strings.Join(want, "\n") {
 		t.Errorf("problems:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))

@@ -520,15 +520,17 @@ func TestStatus(t *testing.T) {
 		t.Errorf("the ztunnel's status: %+v; want a ztunnel of node1 on one stream, no NACK", good)
 	}
 
-	// A pod reported at a loopback address: the ztunnel refuses the state.
-	createRunningPod(t, ctx, kube, "shop", "web-2", "127.0.0.9")
+	// A proxy of node1 refusing the state (our ztunnel and the controller
+	// read alike: see refuseState).
+	const reason = "xds: resource Kubernetes//Pod/shop/web-1: a field this ztunnel cannot read"
+	refuseState(t, ctx, ls.xds.Addr().String(), source, ztunnelID, "node1", reason)
 	nacked := waitStatus(t, admin, func(r xds.StatusReport) bool {
 		p, _ := proxyIn(r, ztunnelID.String())
 		return p.LastNACK != nil
 	})
 	p, _ := proxyIn(nacked, ztunnelID.String())
-	if p.LastNACK.Type != wire.TypeURL || !strings.Contains(p.LastNACK.Reason, "127.0.0.9 is not a routable unicast address") || p.AckedVersion != good.AckedVersion {
-		t.Errorf("after the loopback pod: %+v, NACK %+v; want a NACK of the state naming 127.0.0.9, and version %s still ACKed", p, p.LastNACK, good.AckedVersion)
+	if p.LastNACK.Type != wire.TypeURL || p.LastNACK.Reason != reason || p.AckedVersion != good.AckedVersion || p.Streams != 2 {
+		t.Errorf("after the refusal: %+v, NACK %+v; want two streams, a NACK of the state saying %q, and version %s still ACKed", p, p.LastNACK, reason, good.AckedVersion)
 	}
 
 	var stdout, stderr bytes.Buffer
@@ -541,7 +543,7 @@ func TestStatus(t *testing.T) {
 			row = line
 		}
 	}
-	for _, want := range []string{" ztunnel ", " node1 ", " v" + good.AckedVersion + " ", "bundles/mesh=", ": xds: ", "127.0.0.9 is not a routable unicast address"} {
+	for _, want := range []string{" ztunnel ", " node1 ", " v" + good.AckedVersion + " ", "bundles/mesh=", reason} {
 		if !strings.Contains(row, want) {
 			t.Errorf("regomesh status: the ztunnel's row %q lacks %q; whole output:\n%s", row, want, stdout.String())
 		}

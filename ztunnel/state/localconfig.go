@@ -348,25 +348,12 @@ func parseIPs(field string, raw []string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// checkRoutable refuses loopback, unspecified, link-local and multicast
-// addresses: as a workload's IP they would pass ztunnel's pod-address
-// check for traffic that is not the pod's (127.0.0.1 is every pod's).
+// checkRoutable refuses the addresses NotRoutable names.
 func checkRoutable(field string, ips []netip.Addr, want string) error {
 	for i, ip := range ips {
-		var kind string
-		switch {
-		case ip.IsLoopback():
-			kind = "a loopback address"
-		case ip.IsUnspecified():
-			kind = "the unspecified address"
-		case ip.IsLinkLocalUnicast():
-			kind = "a link-local address"
-		case ip.IsMulticast():
-			kind = "a multicast address"
-		default:
-			continue
+		if kind := NotRoutable(ip); kind != "" {
+			return &fieldError{fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%s is %s; %s", ip, kind, want)}
 		}
-		return &fieldError{fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%s is %s; %s", ip, kind, want)}
 	}
 	return nil
 }

@@ -239,9 +239,8 @@ func decodeService(s *workloadapi.Service) (*state.Service, error) {
 	return svc, nil
 }
 
-// decodeIPs refuses what local config refuses: a loopback, unspecified,
-// link-local or multicast address would let traffic that is not a pod's
-// pass for that pod's.
+// decodeIPs refuses what local config refuses (state.NotRoutable): such
+// an address would let traffic that is not a pod's pass for that pod's.
 func decodeIPs(raw [][]byte) ([]netip.Addr, error) {
 	out := make([]netip.Addr, 0, len(raw))
 	for _, b := range raw {
@@ -250,8 +249,8 @@ func decodeIPs(raw [][]byte) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("address of %d bytes is not IPv4 or IPv6", len(b))
 		}
 		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsUnspecified() || ip.IsLinkLocalUnicast() || ip.IsMulticast() {
-			return nil, fmt.Errorf("address %s is not a routable unicast address", ip)
+		if kind := state.NotRoutable(ip); kind != "" {
+			return nil, fmt.Errorf("address %s is not a routable unicast address: it is %s", ip, kind)
 		}
 		out = append(out, ip)
 	}
