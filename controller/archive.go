@@ -20,8 +20,9 @@ import (
 // files istio's WriteBundleTarGz writes; user Rego adds its namespaces'
 // roots (userrego.go), which that writer does not know. The archive is
 // compressed for speed: the bundle server reads it at once and writes
-// the archive it serves (controller/bundleserver). entries holds each module's tar entry from the last archive, reused
-// while its source stays; it is replaced by this archive's.
+// the archive it serves (controller/bundleserver). entries holds each
+// module's tar entry from the last archive, reused while its source
+// stays; it is replaced by this archive's.
 func newBundle(tr *istio.Translation, entries *tarEntries) (*Bundle, error) {
 	revision := tr.Revision()
 	names := slices.Sorted(maps.Keys(tr.Modules))
