@@ -45,15 +45,28 @@ func TestChildOutlivesTheStartersThread(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "sleep.log")
 	started := make(chan *Process, 1)
 	tid := make(chan int, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: Go ends the thread with the goroutine
+	// Go ends a thread whose goroutine exits locked to it, but for the
+	// process's main thread, which it keeps (wedged). A goroutine that lands
+	// there starts the run from another goroutine, which cannot run on a
+	// thread locked to this one, and waits for it before it unlocks.
+	var start func()
+	start = func() {
+		runtime.LockOSThread() // never unlocked but on the main thread: Go ends the thread with the goroutine
+		if syscall.Gettid() == syscall.Getpid() {
+			done := make(chan struct{})
+			go func() { defer close(done); start() }()
+			<-done
+			runtime.UnlockOSThread()
+			return
+		}
 		tid <- syscall.Gettid()
 		p, err := Run("sleep", "/bin/sleep", log, "60")
 		if err != nil {
 			t.Error(err)
 		}
 		started <- p
-	}()
+	}
+	go start()
 	task := fmt.Sprintf("/proc/self/task/%d", <-tid)
 	p := <-started
 	if p == nil {
