@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
 
@@ -108,7 +109,7 @@ spec:
   - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: web2}}]
 `), 0o644)
-	hboneAddr, admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	hboneAddr, admin, metrics, ready := testports.Addr(t), testports.Addr(t), testports.Addr(t), testports.Addr(t)
 	cmd := exec.Command(bin, "--local-config", stateFile, "--bundle", bundle, "--trust-domain", td.Name(), "--request-authentication", authn, "--routes", routes,
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
 		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s", "--bundle-poll", "200ms",
@@ -274,15 +275,6 @@ func waitLog(t *testing.T, logs *syncBuffer, want string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func waitFor(t *testing.T, url string, status int, logs *syncBuffer) {

@@ -20,6 +20,7 @@ import (
 	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -83,11 +84,11 @@ func TestBinaryWithController(t *testing.T) {
 	}
 	keyFile := filepath.Join(dir, "verification.pem")
 	os.WriteFile(keyFile, key, 0o644)
-	admin, ready := freeAddr(t), freeAddr(t)
+	admin, ready := testports.Addr(t), testports.Addr(t)
 	cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", wpID.String(), "--controller-timeout", "15s",
 		"--gateway", "shop/waypoint", "--controller-bundles", bundlesURL, "--verification-key", keyFile, "--trust-domain", td.Name(),
-		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", freeAddr(t), "--admin-addr", admin,
-		"--metrics-addr", freeAddr(t), "--readiness-addr", ready, "--drain-timeout", "2s")
+		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", testports.Addr(t), "--admin-addr", admin,
+		"--metrics-addr", testports.Addr(t), "--readiness-addr", ready, "--drain-timeout", "2s")
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
 
@@ -37,7 +37,7 @@ func TestBinaryServesAndDrains(t *testing.T) {
 	os.MkdirAll(bundle, 0o755)
 	os.WriteFile(filepath.Join(bundle, ".manifest"), []byte(`{"revision": "r1", "roots": ["mesh/policies/t"]}`), 0o644)
 	os.WriteFile(filepath.Join(bundle, "p.rego"), []byte("package mesh.policies.t.p\n\ndeny contains {\"policy\": \"t/p\", \"rule\": 0} if input.destination.port == 1\n"), 0o644)
-	admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t)
+	admin, metrics, ready := testports.Addr(t), testports.Addr(t), testports.Addr(t)
 	cmd := exec.Command(bin, "--local-config", state, "--bundle", bundle, "--trust-domain", server.TrustDomain().Name(),
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", filepath.Join(dir, "z.sock"),
 		"--pods-file", filepath.Join(dir, "pods.json"), "--admin-addr", admin, "--metrics-addr", metrics,
@@ -67,15 +67,6 @@ func TestBinaryServesAndDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func waitFor(t *testing.T, url string, status int, logs *bytes.Buffer) {

@@ -19,6 +19,7 @@ import (
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -81,13 +82,13 @@ func TestBinaryWithController(t *testing.T) {
 	keyFile := filepath.Join(dir, "verification.pem")
 	os.WriteFile(keyFile, verificationKey, 0o644)
 	start := func(node string) (*exec.Cmd, *syncLog, string, string) {
-		admin, ready := freeAddr(t), freeAddr(t)
+		admin, ready := testports.Addr(t), testports.Addr(t)
 		cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", ztunnelID.String(), "--controller-timeout", "15s",
 			"--controller-bundles", bundlesURL, "--verification-key", keyFile,
 			"--node", node, "--trust-domain", td.Name(),
 			"--spire-admin-socket", agent.AdminSocket(), "--spire-workload-socket", agent.WorkloadSocket(),
 			"--cni-socket", filepath.Join(dir, node+".sock"), "--pods-file", filepath.Join(dir, node+".json"),
-			"--admin-addr", admin, "--metrics-addr", freeAddr(t), "--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
+			"--admin-addr", admin, "--metrics-addr", testports.Addr(t), "--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
 		logs := &syncLog{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
 
+	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
 
@@ -68,7 +69,7 @@ bundles:
     service: acmecorp
     polling: {min_delay_seconds: 1, max_delay_seconds: 1}
 `), 0o644)
-	admin, metrics, ready := freeAddr(t), freeAddr(t), freeAddr(t)
+	admin, metrics, ready := testports.Addr(t), testports.Addr(t), testports.Addr(t)
 	cmd := exec.Command(bin, "--local-config", state, "--bundle", local, "--opa-config", opaConfig, "--trust-domain", server.TrustDomain().Name(),
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", filepath.Join(dir, "z.sock"),
 		"--pods-file", filepath.Join(dir, "pods.json"), "--admin-addr", admin, "--metrics-addr", metrics,

@@ -18,6 +18,7 @@ import (
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/controller/bundleserver"
 	"github.com/regomesh/regomesh/internal/testgo"
+	"github.com/regomesh/regomesh/internal/testports"
 )
 
 // TestStockOPA: an unmodified OPA (bin/opa, make tools) downloads the
@@ -150,7 +151,7 @@ func opaGet(t *testing.T, url, input string) string {
 // REST API's base URL.
 func startOPA(t *testing.T, opa, config string, paths ...string) string {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := testports.Addr(t)
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "opa.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -177,16 +178,6 @@ func startOPA(t *testing.T, opa, config string, paths ...string) string {
 		logFile.Close()
 	})
 	return "http://" + addr
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func port(t *testing.T, addr string) string {

@@ -66,6 +66,9 @@ func moduleRoot() (string, error) {
 	}
 }
 
+// pickPorts is freePorts; a test replaces it to hand out a port in use.
+var pickPorts = freePorts
+
 // freePorts returns n distinct loopback TCP ports that were free a moment
 // ago: all n are held open together, so none is handed out twice.
 func freePorts(n int) ([]int, error) {

@@ -13,3 +13,14 @@ func (c *Cluster) PIDs() []int {
 	}
 	return pids
 }
+
+// SetPickPorts replaces how the harness picks ports until the returned
+// function restores it. Tests that call it must not run in parallel.
+func SetPickPorts(pick func(n int) ([]int, error)) (restore func()) {
+	saved := pickPorts
+	pickPorts = pick
+	return func() { pickPorts = saved }
+}
+
+// FreePorts is freePorts.
+var FreePorts = freePorts

@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -96,11 +97,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	etcdURL, err := c.startEtcd(bins.etcd)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.startAPIServer(ctx, bins.apiserver, etcdURL, files); err != nil {
+	if err := c.startServers(ctx, bins, files); err != nil {
 		return nil, err
 	}
 	if err := installCRDs(ctx, c.RESTConfig()); err != nil {
@@ -109,10 +106,47 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	return c, nil
 }
 
+// portAttempts is how many times startServers picks ports. A port is free
+// when it is picked and bound by the child a moment later; anything else
+// on the machine (a test running beside this one) can take it in between.
+const portAttempts = 3
+
+// startServers starts etcd and kube-apiserver and waits until the API
+// server is ready. When either could not bind the ports it was given, it
+// stops both, empties etcd's data directory and starts them again on new
+// ports.
+func (c *Cluster) startServers(ctx context.Context, bins binaries, files credentialFiles) error {
+	var err error
+	for range portAttempts {
+		if err = c.startServersOnce(ctx, bins, files); err == nil || !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+		c.stopServers()
+		if rmErr := os.RemoveAll(filepath.Join(c.dir, "etcd")); rmErr != nil {
+			return errors.Join(err, fmt.Errorf("kubeharness: %w", rmErr))
+		}
+	}
+	return fmt.Errorf("kubeharness: ports taken %d times in a row: %w", portAttempts, err)
+}
+
+func (c *Cluster) startServersOnce(ctx context.Context, bins binaries, files credentialFiles) error {
+	etcdURL, err := c.startEtcd(bins.etcd)
+	if err != nil {
+		return err
+	}
+	return c.startAPIServer(ctx, bins.apiserver, etcdURL, files)
+}
+
+// stopServers stops kube-apiserver, then etcd, and waits for both.
+func (c *Cluster) stopServers() {
+	c.apiserver.Stop(syscall.SIGTERM, 10*time.Second)
+	c.etcd.Stop(syscall.SIGTERM, 5*time.Second)
+}
+
 // startEtcd runs a one-member etcd on two free loopback ports and returns
 // its client URL. The API server's readiness covers etcd's.
 func (c *Cluster) startEtcd(bin string) (string, error) {
-	ports, err := freePorts(2)
+	ports, err := pickPorts(2)
 	if err != nil {
 		return "", err
 	}
@@ -136,7 +170,7 @@ const serviceCIDR = "10.96.0.0/16"
 // startAPIServer runs kube-apiserver against etcdURL on a free loopback
 // port and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context, bin, etcdURL string, files credentialFiles) error {
-	ports, err := freePorts(1)
+	ports, err := pickPorts(1)
 	if err != nil {
 		return err
 	}
@@ -247,8 +281,7 @@ func (c *Cluster) EtcdLogs() string { return c.etcd.Logs() }
 // Close stops kube-apiserver, then etcd, waits for both to exit, and
 // removes the directory if Start made it. Calling it again does nothing.
 func (c *Cluster) Close() error {
-	c.apiserver.Stop(syscall.SIGTERM, 10*time.Second)
-	c.etcd.Stop(syscall.SIGTERM, 5*time.Second)
+	c.stopServers()
 	if c.ownDir {
 		c.ownDir = false
 		if err := os.RemoveAll(c.dir); err != nil {

@@ -3,9 +3,12 @@ package kubeharness_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -284,5 +287,52 @@ func TestStartFailsCleanly(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), dir) {
 		t.Fatalf("Start in a missing directory = %v; want an error naming %s", err, dir)
+	}
+}
+
+// A port taken between the pick and the child's bind (by a test running
+// beside this one) costs one more try, not the test: the first ports
+// handed out here are held by a listener, and Start still comes up, on
+// other ports. Not parallel: it replaces the package's port picker.
+func TestStartRetriesTakenPorts(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := held.Addr().(*net.TCPAddr).Port
+	var picks atomic.Int32
+	defer kubeharness.SetPickPorts(func(n int) ([]int, error) {
+		if picks.Add(1) > 1 {
+			return kubeharness.FreePorts(n)
+		}
+		ports, err := kubeharness.FreePorts(n)
+		if err == nil {
+			ports[0] = taken // etcd's client port
+		}
+		return ports, err
+	})()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cluster, err := kubeharness.Start(ctx, kubeharness.Config{})
+	if errors.Is(err, kubeharness.ErrNoBinaries) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	if !strings.Contains(cluster.EtcdLogs(), "address already in use") {
+		t.Errorf("etcd's log does not show the taken port %d; the first attempt did not meet it:\n%s", taken, cluster.EtcdLogs())
+	}
+	if got := picks.Load(); got != 4 {
+		t.Errorf("ports picked %d times; want 4 (etcd's and the API server's, twice)", got)
+	}
+	if host := cluster.RESTConfig().Host; strings.HasSuffix(host, ":"+strconv.Itoa(taken)) {
+		t.Errorf("API server at %s, the taken port", host)
+	}
+	kube := kubernetes.NewForConfigOrDie(cluster.RESTConfig())
+	if _, err := kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("the cluster started on the second try does not answer: %v", err)
 	}
 }
