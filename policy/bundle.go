@@ -248,8 +248,10 @@ func statBundleSource(path string) (bundleSource, error) {
 
 // read reads the bundle with OPA's reader, configured as OPA's loader
 // configures it for `opa run -b PATH`, plus annotation processing as the
-// OPA runtime does. Unsigned reads take modules in the translator's
-// layout through fastParse (bundle_fastread.go).
+// OPA runtime does. Modules in the translator's layout are read through
+// fastParse (bundle_fastread.go), which then verifies the signature, if
+// cfg asks for one, in the reader's place; skipVerify reads with OPA's
+// reader alone, verifying nothing.
 func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bundle.Bundle, []*lazyModule, error) {
 	loader, closer, err := s.loader()
 	if err != nil {
@@ -257,13 +259,17 @@ func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bu
 	}
 	defer closer.Close()
 	var fast *fastModules
-	if cfg == nil && !skipVerify {
+	if !skipVerify {
 		baseDir := ""
 		if s.dir {
 			baseDir = s.path
 		}
-		fast = newFastModules(loader, baseDir)
+		fast = newFastModules(loader, baseDir, cfg)
 		loader = fast
+		if cfg != nil {
+			// fast verifies: the reader never sees the modules it takes.
+			cfg, skipVerify = nil, true
+		}
 	}
 	r := bundle.NewCustomReader(loader).
 		WithBundleVerificationConfig(cfg).
@@ -281,6 +287,9 @@ func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bu
 	}
 	var lazy []*lazyModule
 	if fast != nil {
+		if err := fast.verifySignatures(&b); err != nil {
+			return nil, nil, err
+		}
 		if lazy, err = fast.restore(&b); err != nil {
 			return nil, nil, err
 		}

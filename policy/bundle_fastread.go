@@ -11,6 +11,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/open-policy-agent/opa/v1/util"
 )
 
 // fastModules reads a bundle's modules with fastParse where it can,
@@ -19,8 +20,15 @@ import (
 // in its place, after doing what the reader does with a module: give it
 // the Rego version the manifest says (parsing it with OPA's parser unless
 // that is v1) and check that the manifest's roots permit its package, as
-// the reader does, with the reader's message. Only for unsigned reads (no
-// verification configured): the reader verifies the files it reads.
+// the reader does, with the reader's message.
+//
+// The reader verifies a signed bundle's files as it reads them, so it
+// cannot verify the modules it never sees. With verification configured,
+// fastModules verifies instead, every file, and the reader is told to skip
+// it: verifySignatures does what the reader does (bundle.Reader.Read and
+// checkSignaturesAndDescriptors), through OPA's own functions for the
+// signature and each file's digest (bundle.VerifyBundleSignature,
+// bundle.VerifyBundleFile), on the bytes the loader gave.
 type fastModules struct {
 	bundle.DirectoryLoader
 	baseDir string
@@ -34,19 +42,41 @@ type fastModules struct {
 	lazy    []*lazyModule
 	// misspelt memoizes misspeltPoint by rule name.
 	misspelt map[string]bool
+
+	// verify, when not nil, is the verification verifySignatures does;
+	// signed are the bundle's files (but the signatures file) as the
+	// loader gave them, signatures the signatures file's content, from
+	// sigPath; sigErr is the first error reading it.
+	verify     *bundle.VerificationConfig
+	signed     []signedFile
+	signatures bundle.SignaturesConfig
+	sigPath    string
+	sigErr     error
 }
 
-func newFastModules(l bundle.DirectoryLoader, baseDir string) *fastModules {
-	return &fastModules{DirectoryLoader: l, baseDir: baseDir, limit: bundle.DefaultSizeLimitBytes + 1}
+// signedFile is a file to verify: its path as the signature names it.
+type signedFile struct {
+	path string
+	data []byte
+}
+
+// newFastModules wraps l; verify is the verification configured, or nil
+// to leave it to the reader.
+func newFastModules(l bundle.DirectoryLoader, baseDir string, verify *bundle.VerificationConfig) *fastModules {
+	return &fastModules{DirectoryLoader: l, baseDir: baseDir, limit: bundle.DefaultSizeLimitBytes + 1, verify: verify}
 }
 
 // NextFile is the wrapped loader's next file but the modules fastParse
-// reads.
+// reads and, when it verifies, the signatures file.
 func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 	for {
 		f, err := l.DirectoryLoader.NextFile()
-		if err != nil || !strings.HasSuffix(f.Path(), bundle.RegoExt) {
+		if err != nil {
 			return f, err
+		}
+		module := strings.HasSuffix(f.Path(), bundle.RegoExt)
+		if !module && l.verify == nil {
+			return f, nil
 		}
 		var buf bytes.Buffer
 		_, err = f.Read(&buf, l.limit)
@@ -55,6 +85,16 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 		}
 		if err != nil {
 			return nil, err
+		}
+		if l.verify != nil {
+			if bundle.IsSignaturesFile(f.Path()) {
+				l.readSignatures(f.Path(), buf.Bytes())
+				continue
+			}
+			l.signed = append(l.signed, signedFile{path: l.signedPath(f), data: buf.Bytes()})
+		}
+		if !module {
+			return bundle.NewDescriptor(f.URL(), f.Path(), &buf), nil
 		}
 		// What the reader makes of the file (bundle.Reader.Read).
 		rel := filepath.ToSlash(f.Path())
@@ -77,6 +117,84 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 		}
 		l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
 	}
+}
+
+// signedPath is the path a signature names f by, as the reader makes it.
+func (l *fastModules) signedPath(f *bundle.Descriptor) string {
+	p := f.Path()
+	if l.baseDir != "" {
+		p = f.URL()
+	}
+	return strings.TrimPrefix(p, "/")
+}
+
+// readSignatures decodes the signatures file, as the reader does
+// (preProcessBundle), with its messages.
+func (l *fastModules) readSignatures(path string, data []byte) {
+	if l.sigErr != nil {
+		return
+	}
+	if l.sigPath != "" {
+		l.sigErr = fmt.Errorf("bundle contains multiple signatures files: %q and %q", l.sigPath, path)
+		return
+	}
+	l.sigPath = path
+	if err := util.NewJSONDecoder(bytes.NewReader(data)).Decode(&l.signatures); err != nil {
+		l.sigErr = fmt.Errorf("bundle load failed on signatures decode: %w", err)
+	}
+}
+
+// verifySignatures verifies b, which the reader read from l without
+// verifying, as the reader would have: a snapshot's signature and every
+// file's digest against it (but the files the configuration excludes),
+// and no file the signature names missing; a delta bundle only where the
+// configuration allows it unsigned. The errors are the reader's.
+func (l *fastModules) verifySignatures(b *bundle.Bundle) error {
+	if l.verify == nil {
+		return nil
+	}
+	if l.sigErr != nil {
+		return l.sigErr
+	}
+	if b.Type() != bundle.SnapshotBundleType {
+		if !l.verify.UnsignedDeltaBundlesAllowed() {
+			return errors.New("delta bundles do not support signature verification")
+		}
+		return nil
+	}
+	if l.signatures.Signatures == nil && l.signatures.Plugin == "" {
+		if l.verify.SignatureRequired() {
+			return errors.New("bundle missing .signatures.json file")
+		}
+		return nil
+	}
+	files, err := bundle.VerifyBundleSignature(l.signatures, l.verify)
+	if err != nil {
+		return err
+	}
+	for _, f := range l.signed {
+		if excludedFromVerification(l.verify.Exclude, f.path) {
+			delete(files, f.path)
+			continue
+		}
+		if err := bundle.VerifyBundleFile(f.path, *bytes.NewBuffer(f.data), files); err != nil {
+			return err
+		}
+	}
+	if len(files) != 0 {
+		return fmt.Errorf("file(s) %v specified in bundle signatures but not found in the target bundle", util.Keys(files))
+	}
+	return nil
+}
+
+// excludedFromVerification matches path as the reader's isFileExcluded.
+func excludedFromVerification(patterns []string, path string) bool {
+	for _, p := range patterns {
+		if match, _ := filepath.Match(p, path); match {
+			return true
+		}
+	}
+	return false
 }
 
 // unremarkable: the module is a policy package in which ReadBundle's

@@ -17,15 +17,18 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
+	"github.com/regomesh/regomesh/policy/istio"
 )
 
 // bundleFixture is the path of a static bundle under testdata/bundles.
@@ -418,7 +421,42 @@ func TestReadBundleParseErrorKeepsASTErrors(t *testing.T) {
 // signedBundleCase builds a bundle for TestSignedBundle and returns its path.
 type signedBundleCase func(t *testing.T) string
 
+// signedCase is a signed (or unsigned) bundle and the verification it is
+// read with; text is empty when the bundle must verify.
+type signedCase struct {
+	name  string
+	build signedBundleCase
+	v     *Verification
+	text  []string
+	isNot error // a sentinel the error must not wrap
+}
+
 func TestSignedBundle(t *testing.T) {
+	for _, tt := range signedCases(t) {
+		t.Run(tt.name, func(t *testing.T) {
+			path := tt.build(t)
+			b, err := ReadBundle(path, tt.v)
+			if tt.text == nil {
+				if err != nil {
+					t.Fatalf("got %v, want the bundle to verify", err)
+				}
+				if len(b.raw.Modules) == 0 {
+					t.Error("verified bundle has no modules")
+				}
+				return
+			}
+			is, isNot := []error{ErrBundle, ErrSignature}, []error(nil)
+			if tt.isNot != nil {
+				is, isNot = []error{ErrBundle}, []error{tt.isNot}
+			}
+			checkBundleErr(t, err, is, isNot, append(tt.text, "policy: bundle "+path+": "))
+		})
+	}
+}
+
+// signedCases are TestSignedBundle's bundles, which
+// TestSignedReadEqualsOPAReader reads with OPA's reader too.
+func signedCases(t *testing.T) []signedCase {
 	rsaKey, otherKey, ecKey := newRSAKeys(t), newRSAKeys(t), newECKeys(t)
 	const secret = "correct horse battery staple"
 	src := map[string]string{"/p.rego": "package mesh.policies.signed.p\n\nallow contains {\"policy\": \"signed/p\", \"rule\": \"0\"} if true\n"}
@@ -474,14 +512,7 @@ func TestSignedBundle(t *testing.T) {
 	}
 	rsaMain := keys("main", VerificationKey{Key: rsaKey.public}) // RS256 by default
 
-	tests := []struct {
-		name  string
-		build signedBundleCase
-		v     *Verification
-		// text is empty when the bundle must verify.
-		text  []string
-		isNot error // a sentinel the error must not wrap
-	}{
+	return []signedCase{
 		{name: "RS256 tar.gz verifies", build: tarball(rsaKey.private, "RS256", "main", nil), v: rsaMain},
 		{name: "ES256 tar.gz verifies", build: tarball(ecKey.private, "ES256", "main", nil),
 			v: keys("main", VerificationKey{Algorithm: "ES256", Key: ecKey.public})},
@@ -547,27 +578,148 @@ func TestSignedBundle(t *testing.T) {
 			name: "unreadable content is reported before its signature", build: tarball(rsaKey.private, "RS256", "main", breakModule), v: rsaMain,
 			text: []string{"/p.rego:3: rego_parse_error"}, isNot: ErrSignature,
 		},
+		{
+			name: "file added after signing", build: directory(rsaKey.private, "RS256", "main", addFile("extra.rego", "package mesh.policies.web.extra\n")), v: rsaMain,
+			text: []string{"extra.rego not included in bundle signature"},
+		},
+		{
+			name: "file removed after signing", build: directory(rsaKey.private, "RS256", "main", removeFile("frontend.rego")), v: rsaMain,
+			text: []string{"frontend.rego] specified in bundle signatures but not found in the target bundle"},
+		},
+		{
+			name: "two signatures files", build: directory(rsaKey.private, "RS256", "main", copySignatures("sub/.signatures.json")), v: rsaMain,
+			text: []string{"bundle contains multiple signatures files"},
+		},
+		{
+			name: "signatures file not JSON", build: directory(rsaKey.private, "RS256", "main", addFile(".signatures.json", "{")), v: rsaMain,
+			text: []string{"bundle load failed on signatures decode"},
+		},
+		{
+			name: "excluded file removed", build: directory(rsaKey.private, "RS256", "main", removeFile("frontend.rego")),
+			v:    &Verification{Keys: rsaMain.Keys, Exclude: []string{"*/frontend.rego"}},
+			text: []string{"frontend.rego] specified in bundle signatures but not found"},
+		},
 	}
-	for _, tt := range tests {
+}
+
+// addFile writes name (under the bundle directory) after signing.
+func addFile(name, content string) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// removeFile removes name from the bundle directory after signing.
+func removeFile(name string) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// copySignatures copies the directory's .signatures.json to name.
+func copySignatures(name string) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		sigs, err := os.ReadFile(filepath.Join(dir, ".signatures.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addFile(name, string(sigs))(t, dir)
+	}
+}
+
+// TestSignedReadEqualsOPAReader: a signed bundle read with fastParse
+// taking modules, and verified in the reader's place (bundle_fastread.go),
+// is accepted or refused as OPA's reader alone, verifying, accepts or
+// refuses it, with the reader's message where the content reads, and an
+// accepted one holds what the reader makes of it. A signed bundle of
+// translated modules is read on the fast path.
+func TestSignedReadEqualsOPAReader(t *testing.T) {
+	cases := signedCases(t)
+	rsaKey := newRSAKeys(t)
+	rsaMain := &Verification{Keys: map[string]VerificationKey{"main": {Key: rsaKey.public}}}
+	var policies []*istio.Policy
+	for i := range 10 {
+		policies = append(policies, fragmentDenyPolicy(i))
+	}
+	tr, err := istio.Translate(policies, istio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	translated := func(t *testing.T) string {
+		files := map[string]string{".manifest": `{"revision": "t", "roots": ["mesh/policies/istio"]}`}
+		maps.Copy(files, tr.Modules)
+		dir := writeBundle(t, t.TempDir(), files)
+		signBundleDir(t, dir, rsaKey.private, "RS256", "main")
+		return dir
+	}
+	cases = append(cases,
+		signedCase{name: "translated modules", build: translated, v: rsaMain},
+		signedCase{name: "translated modules as tar.gz", build: func(t *testing.T) string { return tarBundleDir(t, translated(t)) }, v: rsaMain},
+	)
+	fastPath := 0
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			path := tt.build(t)
-			b, err := ReadBundle(path, tt.v)
-			if tt.text == nil {
-				if err != nil {
-					t.Fatalf("got %v, want the bundle to verify", err)
-				}
-				if len(b.raw.Modules) == 0 {
-					t.Error("verified bundle has no modules")
+			src, err := statBundleSource(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := tt.v.opaConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ours, lazy, err := src.read(cfg, false)
+			opa, opaErr := opaVerifiedRead(src, cfg)
+			if (err == nil) != (opaErr == nil) {
+				t.Fatalf("read: %v; OPA's reader: %v", err, opaErr)
+			}
+			if err != nil {
+				_, _, contentErr := src.read(nil, true)
+				if contentErr == nil && !strings.Contains(err.Error(), "file(s) [") && err.Error() != opaErr.Error() {
+					t.Fatalf("read: %v; OPA's reader: %v", err, opaErr)
 				}
 				return
 			}
-			is, isNot := []error{ErrBundle, ErrSignature}, []error(nil)
-			if tt.isNot != nil {
-				is, isNot = []error{ErrBundle}, []error{tt.isNot}
+			if lazy != nil {
+				fastPath++
 			}
-			checkBundleErr(t, err, is, isNot, append(tt.text, "policy: bundle "+path+": "))
+			if ours.Manifest.Revision != opa.Manifest.Revision || !reflect.DeepEqual(ours.Data, opa.Data) || len(ours.Modules) != len(opa.Modules) {
+				t.Fatalf("revision %q, data %v, %d modules; OPA's reader %q, %v, %d", ours.Manifest.Revision, ours.Data, len(ours.Modules), opa.Manifest.Revision, opa.Data, len(opa.Modules))
+			}
+			for i, mf := range ours.Modules {
+				if want := opa.Modules[i]; mf.Path != want.Path || !bytes.Equal(mf.Raw, want.Raw) {
+					t.Fatalf("module %d is %s, OPA's reader %s", i, mf.Path, want.Path)
+				}
+			}
 		})
 	}
+	if fastPath < 2 {
+		t.Errorf("%d signed bundles read on the fast path; want the translated ones at least", fastPath)
+	}
+}
+
+// opaVerifiedRead reads src with OPA's reader alone, verifying with cfg,
+// configured as bundleSource.read configures it.
+func opaVerifiedRead(src bundleSource, cfg *bundle.VerificationConfig) (*bundle.Bundle, error) {
+	loader, closer, err := src.loader()
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	r := bundle.NewCustomReader(loader).WithBundleVerificationConfig(cfg).
+		WithRegoVersion(ast.RegoV1).WithProcessAnnotations(true).WithBundleName(src.path)
+	if src.dir {
+		r = r.WithBaseDir(src.path)
+	}
+	b, err := r.Read()
+	return &b, err
 }
 
 func TestVerificationConfigRejected(t *testing.T) {
