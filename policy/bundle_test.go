@@ -28,7 +28,6 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
-	"github.com/regomesh/regomesh/policy/istio"
 )
 
 // bundleFixture is the path of a static bundle under testdata/bundles.
@@ -644,17 +643,10 @@ func TestSignedReadEqualsOPAReader(t *testing.T) {
 	cases := signedCases(t)
 	rsaKey := newRSAKeys(t)
 	rsaMain := &Verification{Keys: map[string]VerificationKey{"main": {Key: rsaKey.public}}}
-	var policies []*istio.Policy
-	for i := range 10 {
-		policies = append(policies, fragmentDenyPolicy(i))
-	}
-	tr, err := istio.Translate(policies, istio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	modules := translatedDenies(t, 10)
 	translated := func(t *testing.T) string {
 		files := map[string]string{".manifest": `{"revision": "t", "roots": ["mesh/policies/istio"]}`}
-		maps.Copy(files, tr.Modules)
+		maps.Copy(files, modules)
 		dir := writeBundle(t, t.TempDir(), files)
 		signBundleDir(t, dir, rsaKey.private, "RS256", "main")
 		return dir

@@ -43,15 +43,7 @@ func fragmentSources(t testing.TB) map[string]string {
 			}
 		}
 	}
-	var policies []*istio.Policy
-	for i := range 40 {
-		policies = append(policies, fragmentDenyPolicy(i))
-	}
-	tr, err := istio.Translate(policies, istio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, src := range tr.Modules {
+	for name, src := range translatedDenies(t, 40) {
 		out["translated/"+name] = src
 	}
 	for seed := range uint64(30) {
@@ -61,6 +53,21 @@ func fragmentSources(t testing.TB) map[string]string {
 		}
 	}
 	return out
+}
+
+// translatedDenies are the modules of n fragmentDenyPolicy policies, as
+// the translator writes them.
+func translatedDenies(t testing.TB, n int) map[string]string {
+	t.Helper()
+	var policies []*istio.Policy
+	for i := range n {
+		policies = append(policies, fragmentDenyPolicy(i))
+	}
+	tr, err := istio.Translate(policies, istio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr.Modules
 }
 
 // fragmentDenyPolicy is issue #15's DENY policy i (policy/istio's load
@@ -459,15 +466,7 @@ func FuzzFastParse(f *testing.F) {
 // permit a module refuse the bundle with the reader's message.
 func TestFastReadEqualsOPAReader(t *testing.T) {
 	files := map[string]string{".manifest": `{"revision": "r", "roots": ["mesh/policies/istio", "mesh/policies/hand"]}`}
-	var policies []*istio.Policy
-	for i := range 20 {
-		policies = append(policies, fragmentDenyPolicy(i))
-	}
-	tr, err := istio.Translate(policies, istio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	maps.Copy(files, tr.Modules)
+	maps.Copy(files, translatedDenies(t, 20))
 	// One module OPA's parser reads, one in Rego v0 by the manifest.
 	files["mesh/policies/hand/a.rego"] = "package mesh.policies.hand.a\n\nallow contains {\"policy\": \"hand/a\"} if input.source.namespace == concat(\"\", [\"a\"])\n"
 	files["mesh/policies/hand/v0.rego"] = "# fastParse reads it, as v1\npackage mesh.policies.hand.v0\n"
@@ -533,20 +532,13 @@ func TestFastReadEqualsOPAReader(t *testing.T) {
 //
 //	go test ./policy -run '^$' -bench Fragment -benchmem
 func BenchmarkFragment(b *testing.B) {
-	var policies []*istio.Policy
-	for i := range packageBatch {
-		policies = append(policies, fragmentDenyPolicy(i))
-	}
-	tr, err := istio.Translate(policies, istio.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	names := slices.Sorted(maps.Keys(tr.Modules))
+	modules := translatedDenies(b, packageBatch)
+	names := slices.Sorted(maps.Keys(modules))
 	b.Run("parse/fastParse", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			for _, name := range names {
-				if _, ok := fastParse(name, []byte(tr.Modules[name])); !ok {
+				if _, ok := fastParse(name, []byte(modules[name])); !ok {
 					b.Fatal(name)
 				}
 			}
@@ -557,7 +549,7 @@ func BenchmarkFragment(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			for _, name := range names {
-				if _, err := ast.ParseModuleWithOpts(name, tr.Modules[name], ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true}); err != nil {
+				if _, err := ast.ParseModuleWithOpts(name, modules[name], ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -567,7 +559,7 @@ func BenchmarkFragment(b *testing.B) {
 	pkgs := make([]*setPackage, len(names))
 	batch := make([]int, len(names))
 	for i, name := range names {
-		m, _ := fastParse(name, []byte(tr.Modules[name]))
+		m, _ := fastParse(name, []byte(modules[name]))
 		pkgs[i], batch[i] = &setPackage{path: m.Package.Path, modules: map[string]*ast.Module{name: m}}, i
 	}
 	b.Run("compile+lower/fragment", func(b *testing.B) {

@@ -240,15 +240,7 @@ func bindPodReader(t *testing.T, ctx context.Context, kube kubernetes.Interface)
 // harmless.
 func TestCloseStopsEverything(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cluster, err := kubeharness.Start(ctx, kubeharness.Config{})
-	if errors.Is(err, kubeharness.ErrNoBinaries) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster := start(t)
 	pids, dir := cluster.PIDs(), cluster.Dir()
 	if len(pids) != 2 {
 		t.Errorf("PIDs() = %v; want etcd's and kube-apiserver's", pids)
@@ -312,15 +304,7 @@ func TestStartRetriesTakenPorts(t *testing.T) {
 		}
 		return ports, err
 	})()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cluster, err := kubeharness.Start(ctx, kubeharness.Config{})
-	if errors.Is(err, kubeharness.ErrNoBinaries) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster := start(t)
 	defer cluster.Close()
 	if !strings.Contains(cluster.EtcdLogs(), "address already in use") {
 		t.Errorf("etcd's log does not show the taken port %d; the first attempt did not meet it:\n%s", taken, cluster.EtcdLogs())
@@ -332,7 +316,23 @@ func TestStartRetriesTakenPorts(t *testing.T) {
 		t.Errorf("API server at %s, the taken port", host)
 	}
 	kube := kubernetes.NewForConfigOrDie(cluster.RESTConfig())
-	if _, err := kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); err != nil {
+	if _, err := kube.CoreV1().Namespaces().List(t.Context(), metav1.ListOptions{}); err != nil {
 		t.Errorf("the cluster started on the second try does not answer: %v", err)
 	}
+}
+
+// start starts a cluster with Start, which the test closes itself, and
+// skips the test when the binaries are missing.
+func start(t *testing.T) *kubeharness.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cluster, err := kubeharness.Start(ctx, kubeharness.Config{})
+	if errors.Is(err, kubeharness.ErrNoBinaries) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cluster
 }
