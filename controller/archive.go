@@ -61,6 +61,13 @@ func newBundle(tr *istio.Translation, entries *tarEntries) (*Bundle, error) {
 	return &Bundle{Revision: revision, Translation: tr, Archive: archive.Bytes()}, nil
 }
 
+// NewBundle is the bundle the controller serves of tr alone: its archive
+// as a rebuild writes it (newBundle) with no entry kept from an earlier
+// one. For tests that serve a controller's bundles without a cluster.
+func NewBundle(tr *istio.Translation) (*Bundle, error) {
+	return newBundle(tr, &tarEntries{})
+}
+
 // tarEntries are modules' tar entries by bundle file name.
 type tarEntries map[string]archivedModule
 

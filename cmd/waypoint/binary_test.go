@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/proctest"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
@@ -114,13 +115,13 @@ spec:
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
 		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s", "--bundle-poll", "200ms",
 		"--opa-config", opaConfig, "--shadow-bundle", candidate, "--shadow-log", shadowLog)
-	var logs syncBuffer
+	var logs proctest.Output
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill() })
-	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
+	proctest.WaitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
 
 	source, err := workloadapi.NewX509Source(t.Context(), workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+agent.WorkloadSocket())))
 	if err != nil {
@@ -194,15 +195,15 @@ spec:
 			t.Errorf("request with a JWT: got %d %q, want %d %q\n%s", resp.StatusCode, body, tc.status, tc.body, logs.String())
 		}
 	}
-	if m := fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, `istio_requests_total{`) || !strings.Contains(m, `reporter="waypoint"`) {
+	if m := proctest.Fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, `istio_requests_total{`) || !strings.Contains(m, `reporter="waypoint"`) {
 		t.Errorf("metrics lack the denied request:\n%.2000s", m)
 	}
-	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, wpID.String()) || strings.Contains(dump, "PRIVATE KEY") {
+	if dump := proctest.Fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, wpID.String()) || strings.Contains(dump, "PRIVATE KEY") {
 		t.Errorf("config dump:\n%s", dump)
 	}
 	// The candidate would have denied GET /old, which was served (302).
 	const disagreement = `regomesh_policy_shadow_disagreements_total{layer="l7",policy="",rule="",shadow_policy="t/candidate",shadow_rule="no-old"} 1`
-	if m := fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, disagreement) {
+	if m := proctest.Fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(m, disagreement) {
 		t.Errorf("metrics lack %s:\n%.3000s", disagreement, m)
 	}
 	waitLog(t, &logs, `"policy":"t/p","rule":"no-admin"`)
@@ -266,7 +267,7 @@ func (s *decisionLogService) events() []map[string]any {
 	return slices.Clone(s.list)
 }
 
-func waitLog(t *testing.T, logs *syncBuffer, want string) {
+func waitLog(t *testing.T, logs fmt.Stringer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(logs.String(), want) {
@@ -275,53 +276,6 @@ func waitLog(t *testing.T, logs *syncBuffer, want string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func waitFor(t *testing.T, url string, status int, logs *syncBuffer) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == status {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s never answered %d; waypoint log:\n%s", url, status, logs.String())
-}
-
-func fetch(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
-	}
-	return string(b)
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 // testIssuer signs JWTs with an EC key it publishes as a JWKS.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"net/netip"
@@ -19,9 +18,9 @@ import (
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/proctest"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/internal/testports"
-	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
@@ -70,7 +69,7 @@ func TestBinaryWithController(t *testing.T) {
 	defer func() { gs.Stop(); <-served; stream.Wait() }()
 	bundles, bundlesURL, key := bundleservertest.Start(t, stream, td, source, source)
 	publish := func(from string) string {
-		b := waypointBundle(t, from)
+		b := proctest.AllowNamespaceBundle(t, from)
 		bundles.Update(&controller.Update{Bundle: b, WaypointBundles: map[string]*controller.Bundle{"shop/waypoint": b}})
 		stream.UpdateBundles(bundles.Revisions())
 		return b.Revision
@@ -89,20 +88,20 @@ func TestBinaryWithController(t *testing.T) {
 		"--gateway", "shop/waypoint", "--controller-bundles", bundlesURL, "--verification-key", keyFile, "--trust-domain", td.Name(),
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", testports.Addr(t), "--admin-addr", admin,
 		"--metrics-addr", testports.Addr(t), "--readiness-addr", ready, "--drain-timeout", "2s")
-	var logs syncBuffer
+	var logs proctest.Output
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := testgo.Go(t, func(context.Context) { cmd.Wait() })
 	defer func() { cmd.Process.Kill(); <-exited }()
-	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
-	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"waypoint/shop/waypoint": "`+v1+`"`) {
+	proctest.WaitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
+	if dump := proctest.Fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"waypoint/shop/waypoint": "`+v1+`"`) {
 		t.Fatalf("config dump lacks the Gateway's bundle at %s:\n%s", v1, dump)
 	}
 	v2 := publish("back")
 	deadline := time.Now().Add(30 * time.Second)
-	for dump := ""; !strings.Contains(dump, `"waypoint/shop/waypoint": "`+v2+`"`); dump = fetch(t, "http://"+admin+"/config_dump") {
+	for dump := ""; !strings.Contains(dump, `"waypoint/shop/waypoint": "`+v2+`"`); dump = proctest.Fetch(t, "http://"+admin+"/config_dump") {
 		if time.Now().After(deadline) {
 			t.Fatalf("revision %s never reached the waypoint:\n%s\n%s", v2, dump, logs.String())
 		}
@@ -124,31 +123,4 @@ func TestBinaryWithController(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
 	}
-}
-
-// waypointBundle is the controller's bundle of an AuthorizationPolicy
-// admitting namespace from to namespace shop.
-func waypointBundle(t *testing.T, from string) *controller.Bundle {
-	t.Helper()
-	res, _, err := istio.DecodeAll(strings.NewReader(`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow, namespace: shop}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {namespaces: [`+from+`]}
-`), "policy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := istio.TranslateAll(res, istio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var archive bytes.Buffer
-	if err := tr.WriteBundleTarGz(&archive); err != nil {
-		t.Fatal(err)
-	}
-	return &controller.Bundle{Revision: tr.Revision(), Translation: tr, Archive: archive.Bytes()}
 }

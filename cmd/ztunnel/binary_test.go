@@ -1,10 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regomesh/regomesh/internal/proctest"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
@@ -42,17 +39,17 @@ func TestBinaryServesAndDrains(t *testing.T) {
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", filepath.Join(dir, "z.sock"),
 		"--pods-file", filepath.Join(dir, "pods.json"), "--admin-addr", admin, "--metrics-addr", metrics,
 		"--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
-	var logs bytes.Buffer
+	var logs proctest.Output
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill() })
-	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
-	if body := fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(body, "regomesh_policy_bundle_loads_total") {
+	proctest.WaitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
+	if body := proctest.Fetch(t, "http://"+metrics+"/metrics"); !strings.Contains(body, "regomesh_policy_bundle_loads_total") {
 		t.Errorf("metrics lack the policy engine's:\n%.500s", body)
 	}
-	dump := fetch(t, "http://"+admin+"/config_dump")
+	dump := proctest.Fetch(t, "http://"+admin+"/config_dump")
 	if !strings.Contains(dump, `"revisions"`) || !strings.Contains(dump, `"web"`) || strings.Contains(dump, "PRIVATE KEY") {
 		t.Errorf("config dump:\n%s", dump)
 	}
@@ -67,34 +64,4 @@ func TestBinaryServesAndDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no exit 10s after SIGTERM\n%s", logs.String())
 	}
-}
-
-func waitFor(t *testing.T, url string, status int, logs *bytes.Buffer) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == status {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s never answered %d; ztunnel log:\n%s", url, status, logs.String())
-}
-
-func fetch(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
-	}
-	return string(b)
 }

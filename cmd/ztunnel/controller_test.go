@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"net/netip"
@@ -9,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,8 +17,8 @@ import (
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
+	"github.com/regomesh/regomesh/internal/proctest"
 	"github.com/regomesh/regomesh/internal/testports"
-	"github.com/regomesh/regomesh/policy/istio"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
 	wire "github.com/regomesh/regomesh/ztunnel/state/xds"
@@ -67,7 +65,7 @@ func TestBinaryWithController(t *testing.T) {
 	// publish serves the bundle of a policy admitting namespace from, and
 	// announces its revision on the stream.
 	publish := func(from string) string {
-		b := controllerBundle(t, from)
+		b := proctest.AllowNamespaceBundle(t, from)
 		bundles.Update(&controller.Update{Bundle: b})
 		srv.UpdateBundles(bundles.Revisions())
 		return b.Revision
@@ -81,7 +79,7 @@ func TestBinaryWithController(t *testing.T) {
 	}
 	keyFile := filepath.Join(dir, "verification.pem")
 	os.WriteFile(keyFile, verificationKey, 0o644)
-	start := func(node string) (*exec.Cmd, *syncLog, string, string) {
+	start := func(node string) (*exec.Cmd, *proctest.Output, string, string) {
 		admin, ready := testports.Addr(t), testports.Addr(t)
 		cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", ztunnelID.String(), "--controller-timeout", "15s",
 			"--controller-bundles", bundlesURL, "--verification-key", keyFile,
@@ -89,7 +87,7 @@ func TestBinaryWithController(t *testing.T) {
 			"--spire-admin-socket", agent.AdminSocket(), "--spire-workload-socket", agent.WorkloadSocket(),
 			"--cni-socket", filepath.Join(dir, node+".sock"), "--pods-file", filepath.Join(dir, node+".json"),
 			"--admin-addr", admin, "--metrics-addr", testports.Addr(t), "--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
-		logs := &syncLog{}
+		logs := &proctest.Output{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -99,14 +97,14 @@ func TestBinaryWithController(t *testing.T) {
 
 	cmd, logs, admin, ready := start("node-a")
 	defer cmd.Process.Kill()
-	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs.Buffer)
-	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"web"`) || !strings.Contains(dump, `"mesh": "`+v1+`"`) {
+	proctest.WaitFor(t, "http://"+ready+"/healthz/ready", 200, logs)
+	if dump := proctest.Fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"web"`) || !strings.Contains(dump, `"mesh": "`+v1+`"`) {
 		t.Fatalf("config dump lacks the streamed workload or the controller's bundle:\n%s", dump)
 	}
 	srv.Update(mustSnapshot(t, "web", "api"))
 	v2 := publish("back")
 	deadline := time.Now().Add(30 * time.Second)
-	for dump := ""; !strings.Contains(dump, `"api"`) || !strings.Contains(dump, `"mesh": "`+v2+`"`); dump = fetch(t, "http://"+admin+"/config_dump") {
+	for dump := ""; !strings.Contains(dump, `"api"`) || !strings.Contains(dump, `"mesh": "`+v2+`"`); dump = proctest.Fetch(t, "http://"+admin+"/config_dump") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the new workload or bundle revision never reached ztunnel:\n%s\n%s", dump, logs.String())
 		}
@@ -146,35 +144,6 @@ func TestBinaryWithController(t *testing.T) {
 	}
 }
 
-// bundleServer is the controller's bundle server on a loopback port.
-// controllerBundle is the controller's bundle of an AuthorizationPolicy
-// admitting namespace from to namespace shop, as its rebuild translates
-// and writes it.
-func controllerBundle(t *testing.T, from string) *controller.Bundle {
-	t.Helper()
-	res, _, err := istio.DecodeAll(strings.NewReader(`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow, namespace: shop}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {namespaces: [`+from+`]}
-`), "policy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := istio.TranslateAll(res, istio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var archive bytes.Buffer
-	if err := tr.WriteBundleTarGz(&archive); err != nil {
-		t.Fatal(err)
-	}
-	return &controller.Bundle{Revision: tr.Revision(), Translation: tr, Archive: archive.Bytes()}
-}
-
 func mustSnapshot(t *testing.T, names ...string) *state.Snapshot {
 	var ws []*state.Workload
 	for i, name := range names {
@@ -188,23 +157,4 @@ func mustSnapshot(t *testing.T, names ...string) *state.Snapshot {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// syncLog is a process's output, written by exec's copying goroutine and
-// read by the test.
-type syncLog struct {
-	mu sync.Mutex
-	bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.Buffer.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.Buffer.String()
 }

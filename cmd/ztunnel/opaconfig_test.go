@@ -18,6 +18,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
 
+	"github.com/regomesh/regomesh/internal/proctest"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
@@ -74,7 +75,7 @@ bundles:
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", filepath.Join(dir, "z.sock"),
 		"--pods-file", filepath.Join(dir, "pods.json"), "--admin-addr", admin, "--metrics-addr", metrics,
 		"--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
-	var logs bytes.Buffer
+	var logs proctest.Output
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -103,7 +104,7 @@ bundles:
 
 	// The server gets the bundle: ztunnel downloads it and is ready.
 	served.Store(ptr(remoteBundle(t)))
-	waitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
+	proctest.WaitFor(t, "http://"+ready+"/healthz/ready", 200, &logs)
 	for series, want := range map[string]float64{
 		"regomesh_policy_remote_bundles_ready":                                   1,
 		`regomesh_policy_remote_bundle_activations_total{bundle="authz"}`:        1,
@@ -114,7 +115,7 @@ bundles:
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
-	if dump := fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"authz": "remote-1"`) || !strings.Contains(dump, `"local-1"`) {
+	if dump := proctest.Fetch(t, "http://"+admin+"/config_dump"); !strings.Contains(dump, `"authz": "remote-1"`) || !strings.Contains(dump, `"local-1"`) {
 		t.Errorf("config dump lacks the revisions in force:\n%s", dump)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
