@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 )
 
 // maskBundle is a bundle with a policy and OPA's decision-log mask: the
@@ -46,7 +47,7 @@ func maskedInput(headers map[string]string) Input {
 }
 
 func TestDecisionLogMask(t *testing.T) {
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	reg := prometheus.NewPedanticRegistry()
 	metrics := NewMetrics(reg)
 	logger, err := NewDecisionLogger(&buf, DecisionLogConfig{}, metrics)
@@ -66,13 +67,13 @@ func TestDecisionLogMask(t *testing.T) {
 	if err := logger.Close(); err != nil {
 		t.Fatal(err)
 	}
-	raw := strings.Join(buf.lines(), "\n")
+	raw := strings.Join(buf.Lines(), "\n")
 	for _, secret := range []string{"s3cr3t-token", "czNjcjN0", "alice@example.com"} {
 		if strings.Contains(raw, secret) {
 			t.Errorf("the decision log holds %q:\n%s", secret, raw)
 		}
 	}
-	lines := decodeLines(t, buf.lines())
+	lines := decodeLines(t, buf.Lines())
 	if len(lines) != 2 {
 		t.Fatalf("got %d lines, want 2:\n%s", len(lines), raw)
 	}
@@ -92,7 +93,7 @@ func TestDecisionLogMask(t *testing.T) {
 // TestDecisionLogMaskFailureDropsTheEvent: a mask that cannot be applied
 // keeps the event out of the log rather than writing it unmasked.
 func TestDecisionLogMaskFailureDropsTheEvent(t *testing.T) {
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	reg := prometheus.NewPedanticRegistry()
 	metrics := NewMetrics(reg)
 	logger, err := NewDecisionLogger(&buf, DecisionLogConfig{}, metrics)
@@ -109,7 +110,7 @@ func TestDecisionLogMaskFailureDropsTheEvent(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `mask: data.system.log.mask: mask "/timestamp": prefix not allowed`) {
 		t.Errorf("Close = %v, want the mask error", err)
 	}
-	if lines := buf.lines(); len(lines) != 0 {
+	if lines := buf.Lines(); len(lines) != 0 {
 		t.Errorf("an event was written unmasked: %v", lines)
 	}
 	got := series(t, reg, "regomesh_policy_decision_log_dropped_total")

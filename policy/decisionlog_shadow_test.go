@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 )
 
 // ShadowDisagreements receives exactly the decisions the shadow set
@@ -19,9 +20,9 @@ func TestDecisionLogShadowDisagreements(t *testing.T) {
 		{name: "alone"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mainBuf, shadowBuf lockedBuffer
+			var mainBuf, shadowBuf syncbuf.Buffer
 			cfg := DecisionLogConfig{ShadowDisagreements: &shadowBuf}
-			var w *lockedBuffer
+			var w *syncbuf.Buffer
 			if tc.main {
 				w, cfg.SampleRate = &mainBuf, 1e-12
 			}
@@ -49,9 +50,9 @@ func TestDecisionLogShadowDisagreements(t *testing.T) {
 			if err := dl.Close(); err != nil {
 				t.Fatal(err)
 			}
-			lines := decodeLines(t, shadowBuf.lines())
+			lines := decodeLines(t, shadowBuf.Lines())
 			if len(lines) != 3 {
-				t.Fatalf("%d disagreement lines, want 3:\n%v", len(lines), shadowBuf.lines())
+				t.Fatalf("%d disagreement lines, want 3:\n%v", len(lines), shadowBuf.Lines())
 			}
 			for i, l := range lines {
 				in, _ := l["input"].(map[string]any)
@@ -61,7 +62,7 @@ func TestDecisionLogShadowDisagreements(t *testing.T) {
 					t.Errorf("line %d = %v, want the 5432 decision, allowed, shadow denying", i, l)
 				}
 			}
-			if n := len(mainBuf.lines()); n > 1 {
+			if n := len(mainBuf.Lines()); n > 1 {
 				t.Errorf("the main log sampled %d of 6 at a rate of 1e-12", n)
 			}
 		})
@@ -69,8 +70,8 @@ func TestDecisionLogShadowDisagreements(t *testing.T) {
 }
 
 // newDecisionLoggerTo is NewDecisionLogger with w possibly a nil
-// *lockedBuffer, meaning no writer.
-func newDecisionLoggerTo(w *lockedBuffer, cfg DecisionLogConfig, metrics *Metrics) (*DecisionLogger, error) {
+// *syncbuf.Buffer, meaning no writer.
+func newDecisionLoggerTo(w *syncbuf.Buffer, cfg DecisionLogConfig, metrics *Metrics) (*DecisionLogger, error) {
 	if w == nil {
 		return NewDecisionLogger(nil, cfg, metrics)
 	}

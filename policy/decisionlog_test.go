@@ -15,35 +15,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 )
-
-// lockedBuffer is an io.Writer the test can read while the logger writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the complete lines written so far.
-func (b *lockedBuffer) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	text := strings.TrimSuffix(b.buf.String(), "\n")
-	if text == "" {
-		return nil
-	}
-	return strings.Split(text, "\n")
-}
 
 // blockingWriter blocks every Write until release is closed, and reports
 // on entered (buffered) that a Write is waiting.
 type blockingWriter struct {
-	lockedBuffer
+	syncbuf.Buffer
 	entered chan struct{}
 	release chan struct{}
 }
@@ -58,7 +36,7 @@ func (w *blockingWriter) Write(p []byte) (int, error) {
 	default:
 	}
 	<-w.release
-	return w.lockedBuffer.Write(p)
+	return w.Buffer.Write(p)
 }
 
 type failingWriter struct{ err error }
@@ -116,7 +94,7 @@ func testEvent() DecisionEvent {
 // logAll writes events through a fresh logger and returns the decoded lines.
 func logAll(t *testing.T, cfg DecisionLogConfig, events ...DecisionEvent) []map[string]any {
 	t.Helper()
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	l, err := NewDecisionLogger(&buf, cfg, nil)
 	if err != nil {
 		t.Fatalf("NewDecisionLogger: %v", err)
@@ -127,7 +105,7 @@ func logAll(t *testing.T, cfg DecisionLogConfig, events ...DecisionEvent) []map[
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	return decodeLines(t, buf.lines())
+	return decodeLines(t, buf.Lines())
 }
 
 func decodeLines(t *testing.T, lines []string) []map[string]any {
@@ -283,7 +261,7 @@ func TestDecisionLogConfigValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, err := NewDecisionLogger(&lockedBuffer{}, tt.cfg, nil)
+			l, err := NewDecisionLogger(&syncbuf.Buffer{}, tt.cfg, nil)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("NewDecisionLogger: %v", err)
@@ -306,7 +284,7 @@ func TestDecisionLogConfigValidation(t *testing.T) {
 func TestDecisionLogSampling(t *testing.T) {
 	const events = 10_000
 	reg := prometheus.NewPedanticRegistry()
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	l, err := NewDecisionLogger(&buf, DecisionLogConfig{SampleRate: 0.5, BufferSize: events}, NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +297,7 @@ func TestDecisionLogSampling(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The standard deviation is 50 lines; the band is ten of them each way.
-	if n := len(buf.lines()); n < 4500 || n > 5500 {
+	if n := len(buf.Lines()); n < 4500 || n > 5500 {
 		t.Errorf("sample rate 0.5 logged %d of %d events, want about half", n, events)
 	}
 	const name = "regomesh_policy_decision_log_dropped_total"
@@ -332,7 +310,7 @@ func TestDecisionLogSampling(t *testing.T) {
 func TestDecisionLogRateLimit(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	reg := prometheus.NewPedanticRegistry()
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	cfg := DecisionLogConfig{MaxPerSecond: 10, Burst: 5}
 	l, err := newDecisionLogger(&buf, cfg, NewMetrics(reg), clock.Now)
 	if err != nil {
@@ -353,7 +331,7 @@ func TestDecisionLogRateLimit(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(buf.lines()); n != 12 {
+	if n := len(buf.Lines()); n != 12 {
 		t.Errorf("logged %d events, want 12", n)
 	}
 	const name = "regomesh_policy_decision_log_dropped_total"
@@ -430,14 +408,14 @@ func TestDecisionLogBufferFull(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(w.lines()); n != 3 {
+	if n := len(w.Lines()); n != 3 {
 		t.Errorf("wrote %d events, want the first and the 2 queued", n)
 	}
 }
 
 func TestDecisionLogCloseFlushes(t *testing.T) {
 	const events = 5000
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	l, err := NewDecisionLogger(&buf, DecisionLogConfig{BufferSize: events}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -449,20 +427,20 @@ func TestDecisionLogCloseFlushes(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if n := len(buf.lines()); n != events {
+	if n := len(buf.Lines()); n != events {
 		t.Fatalf("Close left %d of %d events unwritten", events-n, events)
 	}
 	l.Log(e) // after Close: nothing, and no panic
 	if err := l.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if n := len(buf.lines()); n != events {
+	if n := len(buf.Lines()); n != events {
 		t.Errorf("Log after Close wrote %d more lines", n-events)
 	}
 }
 
 func TestDecisionLogFlushesPeriodically(t *testing.T) {
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	l, err := NewDecisionLogger(&buf, DecisionLogConfig{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -470,7 +448,7 @@ func TestDecisionLogFlushesPeriodically(t *testing.T) {
 	defer l.Close()
 	l.Log(testEvent())
 	deadline := time.Now().Add(5 * time.Second)
-	for len(buf.lines()) == 0 {
+	for len(buf.Lines()) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("an event logged without Close was not written within 5s")
 		}
@@ -499,7 +477,7 @@ func TestDecisionLogErrors(t *testing.T) {
 		},
 		{
 			name:   "event has no JSON form",
-			w:      func() io.Writer { return &lockedBuffer{} },
+			w:      func() io.Writer { return &syncbuf.Buffer{} },
 			event:  unencodable,
 			reason: dropEncodeError,
 		},
@@ -537,7 +515,7 @@ func TestDecisionLogCopiesInput(t *testing.T) {
 		goroutines = 8
 		perG       = 500
 	)
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	l, err := NewDecisionLogger(&buf, DecisionLogConfig{BufferSize: goroutines * perG}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -561,7 +539,7 @@ func TestDecisionLogCopiesInput(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	lines := decodeLines(t, buf.lines())
+	lines := decodeLines(t, buf.Lines())
 	if len(lines) != goroutines*perG {
 		t.Fatalf("got %d lines, want %d", len(lines), goroutines*perG)
 	}

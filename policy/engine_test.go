@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 )
 
 const (
@@ -381,7 +382,7 @@ func TestInvalidateDropsCache(t *testing.T) {
 func TestShadowReportsDisagreements(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	metrics := NewMetrics(reg)
-	var logBuf lockedBuffer
+	var logBuf syncbuf.Buffer
 	dl, err := NewDecisionLogger(&logBuf, DecisionLogConfig{}, metrics)
 	if err != nil {
 		t.Fatal(err)
@@ -407,7 +408,7 @@ func TestShadowReportsDisagreements(t *testing.T) {
 		t.Fatal(err)
 	}
 	var first map[string]any
-	if err := json.Unmarshal([]byte(logBuf.lines()[0]), &first); err != nil {
+	if err := json.Unmarshal([]byte(logBuf.Lines()[0]), &first); err != nil {
 		t.Fatal(err)
 	}
 	shadowResult, _ := first["shadow"].(map[string]any)

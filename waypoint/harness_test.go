@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/internal/testpki"
 	"github.com/regomesh/regomesh/policy"
@@ -138,7 +139,7 @@ type testMesh struct {
 	reg       *prometheus.Registry
 	wp        *Waypoint
 	wpAddr    netip.AddrPort
-	access    *syncBuffer
+	access    *syncbuf.Buffer
 	clients   *hbone.Pool
 	clientID  *x509svid.SVID
 	upstream  upstreamSeen
@@ -214,7 +215,7 @@ func (u *upstreamSeen) add(t *hbone.Tunnel) {
 
 func newTestMesh(t testing.TB) *testMesh {
 	t.Helper()
-	m := &testMesh{ca: testpki.New(t, "cluster.local"), reg: prometheus.NewRegistry(), access: &syncBuffer{}}
+	m := &testMesh{ca: testpki.New(t, "cluster.local"), reg: prometheus.NewRegistry(), access: &syncbuf.Buffer{}}
 	m.bundle = m.ca.Bundle()
 	m.clientID = m.ca.SVID(t, "/ns/a/sa/client")
 	snap, err := state.Decode([]byte(testState), state.Options{})
@@ -459,24 +460,6 @@ func greet(l net.Listener) {
 			io.Copy(io.Discard, c)
 		}()
 	}
-}
-
-// syncBuffer is the access log's writer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type (

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/internal/testpki"
 	"github.com/regomesh/regomesh/policy"
@@ -85,7 +86,7 @@ type pathMesh struct {
 	engine  *policy.Engine
 	net     *loopbackNet
 	reg     *prometheus.Registry
-	access  *syncBuffer
+	access  *syncbuf.Buffer
 	pods    map[string]*pod // by workload name
 	ca      *testpki.CA
 	bundle  *x509bundle.Bundle
@@ -98,7 +99,7 @@ func newPathMesh(t *testing.T) *pathMesh {
 	t.Helper()
 	ca := testpki.New(t, "cluster.local")
 	m := &pathMesh{
-		net: newLoopbackNet(), reg: prometheus.NewRegistry(), access: &syncBuffer{},
+		net: newLoopbackNet(), reg: prometheus.NewRegistry(), access: &syncbuf.Buffer{},
 		pods: map[string]*pod{}, ca: ca, bundle: ca.Bundle(),
 	}
 	m.idsHeld = &testIdentities{bundle: m.bundle, svids: map[spiffeid.ID]*x509svid.SVID{}}
@@ -486,21 +487,3 @@ func (ids *testIdentities) Hold(spiffeid.ID, string, string) error {
 	return nil
 }
 func (ids *testIdentities) Release(spiffeid.ID) {}
-
-// syncBuffer is the access log's writer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/internal/proctest"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
@@ -115,7 +116,7 @@ spec:
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", hboneAddr, "--admin-addr", admin,
 		"--metrics-addr", metrics, "--readiness-addr", ready, "--drain-timeout", "2s", "--bundle-poll", "200ms",
 		"--opa-config", opaConfig, "--shadow-bundle", candidate, "--shadow-log", shadowLog)
-	var logs proctest.Output
+	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

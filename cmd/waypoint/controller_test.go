@@ -19,6 +19,7 @@ import (
 	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/proctest"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
@@ -88,7 +89,7 @@ func TestBinaryWithController(t *testing.T) {
 		"--gateway", "shop/waypoint", "--controller-bundles", bundlesURL, "--verification-key", keyFile, "--trust-domain", td.Name(),
 		"--spire-workload-socket", agent.WorkloadSocket(), "--hbone-addr", testports.Addr(t), "--admin-addr", admin,
 		"--metrics-addr", testports.Addr(t), "--readiness-addr", ready, "--drain-timeout", "2s")
-	var logs proctest.Output
+	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/regomesh/regomesh/controller/bundleserver/bundleservertest"
 	"github.com/regomesh/regomesh/controller/xds"
 	"github.com/regomesh/regomesh/internal/proctest"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 	"github.com/regomesh/regomesh/ztunnel/state"
@@ -79,7 +80,7 @@ func TestBinaryWithController(t *testing.T) {
 	}
 	keyFile := filepath.Join(dir, "verification.pem")
 	os.WriteFile(keyFile, verificationKey, 0o644)
-	start := func(node string) (*exec.Cmd, *proctest.Output, string, string) {
+	start := func(node string) (*exec.Cmd, *syncbuf.Buffer, string, string) {
 		admin, ready := testports.Addr(t), testports.Addr(t)
 		cmd := exec.Command(bin, "--controller", l.Addr().String(), "--controller-identity", ztunnelID.String(), "--controller-timeout", "15s",
 			"--controller-bundles", bundlesURL, "--verification-key", keyFile,
@@ -87,7 +88,7 @@ func TestBinaryWithController(t *testing.T) {
 			"--spire-admin-socket", agent.AdminSocket(), "--spire-workload-socket", agent.WorkloadSocket(),
 			"--cni-socket", filepath.Join(dir, node+".sock"), "--pods-file", filepath.Join(dir, node+".json"),
 			"--admin-addr", admin, "--metrics-addr", testports.Addr(t), "--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
-		logs := &proctest.Output{}
+		logs := &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

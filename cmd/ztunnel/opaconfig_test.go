@@ -19,6 +19,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/bundle"
 
 	"github.com/regomesh/regomesh/internal/proctest"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testports"
 	"github.com/regomesh/regomesh/spire/harness"
 )
@@ -75,7 +76,7 @@ bundles:
 		"--spire-admin-socket", agent.AdminSocket(), "--cni-socket", filepath.Join(dir, "z.sock"),
 		"--pods-file", filepath.Join(dir, "pods.json"), "--admin-addr", admin, "--metrics-addr", metrics,
 		"--readiness-addr", ready, "--access-log", "off", "--drain-timeout", "2s")
-	var logs proctest.Output
+	var logs syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

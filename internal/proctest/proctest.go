@@ -1,43 +1,21 @@
 // Package proctest helps the tests that run the project's binaries
-// (cmd/ztunnel, cmd/waypoint) as processes: their output collected while
-// they write it, their HTTP endpoints awaited and read, and a bundle as
-// the controller serves it.
+// (cmd/ztunnel, cmd/waypoint) as processes: their HTTP endpoints awaited
+// and read, and a bundle as the controller serves it. Their output goes
+// to an internal/syncbuf.Buffer, which the test reads while they write.
 package proctest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/regomesh/regomesh/controller"
 	"github.com/regomesh/regomesh/policy/istio"
 )
-
-// Output is a process's stdout and stderr (exec's copying goroutines
-// write it) that the test reads while the process runs.
-type Output struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *Output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-// String is everything written so far.
-func (o *Output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
 
 // WaitFor polls url until it answers status, and fails t after 30
 // seconds with the process's output.

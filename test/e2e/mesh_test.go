@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/localmesh/netbed"
@@ -55,7 +56,7 @@ allow contains {"policy": "e2e/api", "rule": "frontend-only"} if {
 // mesh is a running test mesh, its access log and its metrics.
 type mesh struct {
 	*localmesh.Mesh
-	accessLog  *syncBuffer
+	accessLog  *syncbuf.Buffer
 	registries map[string]*prometheus.Registry
 }
 
@@ -96,7 +97,7 @@ func startMeshFrom(t *testing.T, cfg localmesh.Config, metrics bool) *mesh {
 	net := nets.next
 	nets.next++
 	nets.Unlock()
-	m := &mesh{accessLog: &syncBuffer{}}
+	m := &mesh{accessLog: &syncbuf.Buffer{}}
 	if metrics {
 		m.registries = map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
 	}
@@ -311,23 +312,6 @@ func (m *mesh) waitForEntrySince(t *testing.T, before int, match func(ztunnel.Ac
 	}
 	t.Fatalf("no matching access-log entry in:\n%s", m.accessLog.Bytes())
 	return ztunnel.AccessEntry{}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }
 
 // gatherMetric lists the label sets of a metric as "k=v,k=v".

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/waypoint"
@@ -122,7 +123,7 @@ func serveRouted(t *testing.T, m *mesh) (attempts func(id string) int) {
 // kept-alive connection and checks that split-v2's share is what its
 // weight says, within bounds a correct split leaves with probability
 // below 1e-6 (binomialBounds).
-func testSplit(t *testing.T, m *mesh, wpLog *syncBuffer) {
+func testSplit(t *testing.T, m *mesh, wpLog *syncbuf.Buffer) {
 	// 400 requests: a second or two on this path. With p = 3/4 the
 	// bounds are about ±45 around 300, so a 50/50 split (200) or one
 	// backend only (400) fails, and a correct one fails once in a
@@ -198,7 +199,7 @@ func TestBinomialBounds(t *testing.T) {
 
 // testRetries sends requests whose first attempt the flaky backend fails:
 // the VirtualService's retry recovers each one, at the second attempt.
-func testRetries(t *testing.T, m *mesh, wpLog *syncBuffer, attempts func(id string) int) {
+func testRetries(t *testing.T, m *mesh, wpLog *syncbuf.Buffer, attempts func(id string) int) {
 	for i := range 3 {
 		id := fmt.Sprintf("retry-%d", i)
 		path := "/flaky/" + id
@@ -219,7 +220,7 @@ func testRetries(t *testing.T, m *mesh, wpLog *syncBuffer, attempts func(id stri
 // testDefaultRetries sends requests to a service no route names, whose
 // backend answers each first attempt with gRPC UNAVAILABLE: Istio's
 // default retry policy recovers each one at the second attempt.
-func testDefaultRetries(t *testing.T, m *mesh, wpLog *syncBuffer, attempts func(id string) int) {
+func testDefaultRetries(t *testing.T, m *mesh, wpLog *syncbuf.Buffer, attempts func(id string) int) {
 	for i := range 3 {
 		id := fmt.Sprintf("default-retry-%d", i)
 		path := "/unavailable/" + id
@@ -240,7 +241,7 @@ func testDefaultRetries(t *testing.T, m *mesh, wpLog *syncBuffer, attempts func(
 // testPolicyOnKeptAlive loads a policy that denies /keepalive into the
 // waypoint's bundle between two requests on one kept-alive connection:
 // the first is allowed, the second denied.
-func testPolicyOnKeptAlive(t *testing.T, m *mesh, wpLog *syncBuffer, bundle, denyKeepalive string) {
+func testPolicyOnKeptAlive(t *testing.T, m *mesh, wpLog *syncbuf.Buffer, bundle, denyKeepalive string) {
 	client := keptAliveClient(t, m, "client")
 	url := "http://" + webVIP + "/keepalive"
 	first, status, body := getOnConn(t, client, url)

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/regomesh/regomesh/internal/syncbuf"
 	"github.com/regomesh/regomesh/internal/testgo"
 	"github.com/regomesh/regomesh/localmesh"
 	"github.com/regomesh/regomesh/waypoint"
@@ -96,7 +97,7 @@ deny contains {"policy": "e2e/web", "rule": "no-keepalive", "reason": "loaded wh
 // and logs the rule; the server's ztunnel sees the waypoint's identity and
 // the client's address it forwarded.
 func TestWaypointFullPath(t *testing.T) {
-	wpLog := &syncBuffer{}
+	wpLog := &syncbuf.Buffer{}
 	issuer := newIssuer(t)
 	wpBundle := writePolicy(t, fmt.Sprintf(webPolicy, "unknown until the mesh is up"))
 	m := startMeshFrom(t, localmesh.Config{
@@ -373,7 +374,7 @@ func requestWith(t *testing.T, m *mesh, pod, method, url string, header map[stri
 
 // waypointEntry waits for the waypoint's access-log line that match
 // accepts.
-func waypointEntry(t *testing.T, log *syncBuffer, match func(waypoint.AccessEntry) bool) waypoint.AccessEntry {
+func waypointEntry(t *testing.T, log *syncbuf.Buffer, match func(waypoint.AccessEntry) bool) waypoint.AccessEntry {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
