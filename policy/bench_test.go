@@ -3,13 +3,12 @@ package policy
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/open-policy-agent/opa/v1/rego"
 
+	"github.com/regomesh/regomesh/internal/latencybench"
 	meshrego "github.com/regomesh/regomesh/rego"
 )
 
@@ -234,13 +233,13 @@ func benchEngine(b *testing.B, e *Engine, f benchFamily, vary bool) {
 		ring = benchIPRing
 		checkMisses(b, e, in)
 	}
-	measure(b, func(i int) {
+	latencybench.Measure(b, func(i int) {
 		in.Source.IP = ring[i%len(ring)]
 		if _, err := e.Decide(ctx, in); err != nil {
 			b.Fatal(err)
 		}
 	})
-	reportWork(b, e, f.in) // after measure: its ResetTimer drops metrics reported before
+	reportWork(b, e, f.in) // after Measure: its ResetTimer drops metrics reported before
 }
 
 // reportWork reports what the decision of in takes: candidates/op,
@@ -306,7 +305,7 @@ func benchPlainOPA(b *testing.B, dir string, in Input) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	measure(b, func(int) {
+	latencybench.Measure(b, func(int) {
 		if rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc)); err != nil || len(rs) != 1 {
 			b.Fatal(err, rs)
 		}
@@ -325,33 +324,8 @@ func filepathWalkRego(add func(name, src string)) error {
 	return nil
 }
 
-// measure runs op(i) for i in [0, b.N) and reports the p50, p99 and mean
-// latency of the calls (the mean from the same samples, so it excludes the
-// loop's own work, which ns/op includes).
-func measure(b *testing.B, op func(i int)) {
-	samples := make([]time.Duration, 0, min(b.N, 1<<20))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		op(i)
-		if len(samples) < cap(samples) {
-			samples = append(samples, time.Since(start))
-		}
-	}
-	b.StopTimer()
-	var sum time.Duration
-	for _, s := range samples {
-		sum += s
-	}
-	slices.Sort(samples)
-	b.ReportMetric(float64(samples[len(samples)/2].Nanoseconds()), "p50-ns")
-	b.ReportMetric(float64(samples[len(samples)*99/100].Nanoseconds()), "p99-ns")
-	b.ReportMetric(float64(sum.Nanoseconds())/float64(len(samples)), "mean-ns")
-}
-
-// BenchmarkClockOverhead is what measure's per-iteration clock reads cost
+// BenchmarkClockOverhead is what latencybench.Measure's per-iteration clock reads cost
 // on this machine; subtract it from the figures above.
 func BenchmarkClockOverhead(b *testing.B) {
-	measure(b, func(int) {})
+	latencybench.Measure(b, func(int) {})
 }

@@ -4,15 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"testing"
-	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/util"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regomesh/regomesh/internal/latencybench"
 	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/policy/istio"
 	meshrego "github.com/regomesh/regomesh/rego"
@@ -225,7 +224,7 @@ func benchDecide(b *testing.B, e *policy.Engine, f decideFamily) {
 		b.Fatalf("%s: the index leaves %d rules to test, want %d", f.name, x.Candidates, f.candidates)
 	}
 	in := f.in
-	measure(b, func(i int) {
+	latencybench.Measure(b, func(i int) {
 		if in.Layer == policy.L4 {
 			in.Source.IP = benchIPRing[i%benchIPs]
 		}
@@ -233,7 +232,7 @@ func benchDecide(b *testing.B, e *policy.Engine, f decideFamily) {
 			b.Fatal(err)
 		}
 	})
-	// After measure: its ResetTimer drops metrics reported before.
+	// After Measure: its ResetTimer drops metrics reported before.
 	b.ReportMetric(float64(x.Candidates), "candidates/op")
 	b.ReportMetric(float64(x.Shared), "shared/op")
 	b.ReportMetric(float64(x.Tested), "tested/op")
@@ -264,7 +263,7 @@ func benchPlainOPA(b *testing.B, dir string, f decideFamily) {
 	if allow, _ := rs[0].Expressions[0].Value.(map[string]any)["allow"].(bool); allow != f.allow {
 		b.Fatalf("plain OPA disagrees on the benchmark input: %v", rs[0].Expressions[0].Value)
 	}
-	measure(b, func(int) {
+	latencybench.Measure(b, func(int) {
 		if rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc)); err != nil || len(rs) != 1 {
 			b.Fatal(err, rs)
 		}
@@ -289,30 +288,6 @@ func inputValue(b *testing.B, in policy.Input) ast.Value {
 		b.Fatal(err)
 	}
 	return v
-}
-
-// measure runs op(i) for i in [0, b.N) and reports the p50, p99 and mean
-// latency of the calls, as the engine's benchmarks do.
-func measure(b *testing.B, op func(i int)) {
-	samples := make([]time.Duration, 0, min(b.N, 1<<20))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		op(i)
-		if len(samples) < cap(samples) {
-			samples = append(samples, time.Since(start))
-		}
-	}
-	b.StopTimer()
-	var sum time.Duration
-	for _, s := range samples {
-		sum += s
-	}
-	slices.Sort(samples)
-	b.ReportMetric(float64(samples[len(samples)/2].Nanoseconds()), "p50-ns")
-	b.ReportMetric(float64(samples[len(samples)*99/100].Nanoseconds()), "p99-ns")
-	b.ReportMetric(float64(sum.Nanoseconds())/float64(len(samples)), "mean-ns")
 }
 
 // hotPolicies is how many ALLOW policies select,
