@@ -833,3 +833,26 @@ func ExampleReadBundle() {
 	fmt.Println(b.Revision, b.Roots)
 	// Output: web-1 [mesh/policies/web]
 }
+
+// BundleFiles verifies with the algorithm it is given (a proxy's
+// --verification-key-algorithm), RS256 when it is given none, and an
+// ECDSA key read for RS256 is refused before any bundle is.
+func TestBundleFilesVerifyAlgorithm(t *testing.T) {
+	ec := newECKeys(t)
+	dir := copyBundleDir(t, bundleFixture("web"))
+	signBundleDir(t, dir, ec.private, "ES256", "")
+	keyFile := writeTempFile(t, "ec.pem", []byte(ec.public))
+	bundles, err := BundleFiles{Paths: []string{dir}, VerifyKey: keyFile, VerifyAlgorithm: "ES256"}.Read()
+	if err != nil || len(bundles) != 1 {
+		t.Fatalf("ES256: %v", err)
+	}
+	_, err = BundleFiles{Paths: []string{dir}, VerifyKey: keyFile}.Read()
+	if err == nil || !strings.Contains(err.Error(), "RS256") {
+		t.Errorf("an ECDSA key as RS256: %v; want it refused, naming RS256", err)
+	}
+	rsa := newRSAKeys(t)
+	_, err = BundleFiles{Paths: []string{dir}, VerifyKey: writeTempFile(t, "rsa.pem", []byte(rsa.public)), VerifyAlgorithm: "RS256"}.Read()
+	if !errors.Is(err, ErrSignature) {
+		t.Errorf("an RS256 key for an ES256 signature: %v; want ErrSignature", err)
+	}
+}

@@ -11,9 +11,12 @@ import (
 type BundleFiles struct {
 	// Paths are bundle directories or .tar.gz files.
 	Paths []string
-	// VerifyKey, when set, is a PEM public key (RS256) every bundle's
-	// signature must verify against.
+	// VerifyKey, when set, is a PEM public key (or, for an HS algorithm,
+	// a secret) every bundle's signature must verify against.
 	VerifyKey string
+	// VerifyAlgorithm is VerifyKey's signature algorithm (see
+	// VerificationKey); empty means RS256.
+	VerifyAlgorithm string
 }
 
 // Load reads the set and loads it into engine; the engine keeps the last
@@ -31,7 +34,7 @@ func (f BundleFiles) Load(ctx context.Context, engine *Engine) error {
 func (f BundleFiles) Read() ([]*Bundle, error) {
 	var v *Verification
 	if f.VerifyKey != "" {
-		key, err := ReadVerificationKey(f.VerifyKey, "RS256")
+		key, err := ReadVerificationKey(f.VerifyKey, f.VerifyAlgorithm)
 		if err != nil {
 			return nil, err
 		}

@@ -63,7 +63,8 @@ func volumeSecret(spec corev1.PodSpec, name string) string {
 // download their bundles from the controller's bundle server (its
 // Service, controller.bundlePort), verified with the public key when the
 // controller signs and accepted unsigned when it does not, so the
-// defaults make proxies that start and become ready.
+// defaults make proxies that start and become ready; the proxies verify
+// with the algorithm the controller signs with.
 func TestProxyBundles(t *testing.T) {
 	for _, set := range valueSets {
 		vals := values(t, set)
@@ -89,6 +90,8 @@ func TestProxyBundles(t *testing.T) {
 					t.Errorf("%s: %s: --controller-bundles=%q, want %s", set, kindName(o), args["controller-bundles"], url)
 				case fromController && signed && (unsigned || args["verification-key"] == "" || !mountedAt(c, "/etc/regomesh/verification")):
 					t.Errorf("%s: %s: the controller signs, yet args %v do not verify with the mounted key", set, kindName(o), c.Args)
+				case args["verification-key"] != "" && args["verification-key-algorithm"] != str(vals, "policy", "signingAlgorithm", "RS256"):
+					t.Errorf("%s: %s: --verification-key-algorithm=%q, but the controller signs with %s", set, kindName(o), args["verification-key-algorithm"], str(vals, "policy", "signingAlgorithm", "RS256"))
 				case fromController && !signed && (!unsigned || args["verification-key"] != ""):
 					t.Errorf("%s: %s: the controller serves unsigned bundles, yet args %v do not accept them", set, kindName(o), c.Args)
 				}

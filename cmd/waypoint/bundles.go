@@ -18,7 +18,7 @@ import (
 // from the controller.
 func (c config) policyFlags() policysource.Flags {
 	return policysource.Flags{
-		Bundles: c.bundles, VerifyKey: c.verifyKey, OPAConfig: c.opaConfig, Shadow: c.shadowBundles, Poll: c.bundlePoll,
+		Bundles: c.bundles, VerifyKey: c.verifyKey, VerifyAlgorithm: c.verifyAlg, OPAConfig: c.opaConfig, Shadow: c.shadowBundles, Poll: c.bundlePoll,
 		Controller: c.controller, ControllerBundles: c.controllerBundles, ControllerUnsigned: c.controllerBundlesUnsigned,
 	}
 }

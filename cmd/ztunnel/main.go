@@ -27,6 +27,7 @@ type config struct {
 	localConfig   string
 	bundles       stringList
 	verifyKey     string
+	verifyAlg     string
 	opaConfig     string
 	spireSocket   string
 	cniSocket     string
@@ -87,7 +88,8 @@ func parseFlags(args []string) (config, error) {
 	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change); with --controller and neither this nor --opa-config, ztunnel downloads the controller's bundles/mesh with its SVID (docs/bundles.md)")
 	fs.StringVar(&c.controllerBundles, "controller-bundles", "", "the controller's bundle server, where ztunnel downloads bundles/mesh with its SVID when given --controller and neither --bundle nor --opa-config (default https://<host of --controller>:15013)")
 	fs.BoolVar(&c.controllerBundlesUnsigned, "controller-bundles-unsigned", false, "accept the controller's bundles unsigned, as it serves them with --bundle-unsigned; without it, --verification-key is required and an unsigned bundle is refused")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key (RS256) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
+	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key (an HMAC secret for HS256/384/512) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
+	fs.StringVar(&c.verifyAlg, "verification-key-algorithm", "RS256", "signature algorithm of --verification-key: RS256, RS384, RS512, PS256, PS384, PS512 (an RSA key), ES256, ES384, ES512 (an ECDSA key), HS256, HS384, HS512 (a secret); the controller's --bundle-signing-algorithm")
 	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
 	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")

@@ -82,6 +82,22 @@ func TestProxyDownload(t *testing.T) {
 		}
 	})
 
+	// A controller signing with ES256 (--bundle-signing-algorithm) is
+	// verified by a proxy told the key's algorithm
+	// (--verification-key-algorithm), and refused by one that expects
+	// the default, RS256.
+	t.Run("ES256", func(t *testing.T) {
+		ec := newKey(t, "ES256")
+		es := newBed(t, bundleserver.Config{Signer: signer(t, ec, "ES256")})
+		es.srv.Update(&controller.Update{Bundle: v1})
+		esController := spiffeid.RequireFromPath(es.ca.TD, controllerPath)
+		set, engine := start(t, es, ztunnelPath, wire.MeshBundle, esController,
+			opabundles.ControllerBundle{VerificationKey: string(ec.public), VerificationAlgorithm: "ES256"})
+		waitProxy(t, set, engine, "mesh", v1.Revision, map[string]bool{"front": true, "back": false})
+		wrong, _ := start(t, es, ztunnelPath, wire.MeshBundle, esController, opabundles.ControllerBundle{VerificationKey: string(ec.public)})
+		waitNotReady(t, wrong, "signature")
+	})
+
 	t.Run("unsigned", func(t *testing.T) {
 		unsigned := newBed(t, bundleserver.Config{Unsigned: true})
 		unsigned.srv.Update(&controller.Update{Bundle: v1})

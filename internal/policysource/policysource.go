@@ -16,11 +16,12 @@ import (
 
 // Flags are a proxy's policy flags.
 type Flags struct {
-	Bundles   []string      // --bundle
-	VerifyKey string        // --verification-key
-	OPAConfig string        // --opa-config
-	Shadow    []string      // --shadow-bundle
-	Poll      time.Duration // --bundle-poll
+	Bundles         []string      // --bundle
+	VerifyKey       string        // --verification-key
+	VerifyAlgorithm string        // --verification-key-algorithm
+	OPAConfig       string        // --opa-config
+	Shadow          []string      // --shadow-bundle
+	Poll            time.Duration // --bundle-poll
 	// Controller is --controller; ControllerBundles and ControllerUnsigned
 	// are --controller-bundles and --controller-bundles-unsigned.
 	Controller, ControllerBundles string
@@ -63,11 +64,11 @@ func (f Flags) controllerBundle(resource string) (*opabundles.Config, error) {
 	}
 	b := opabundles.ControllerBundle{URL: url, Resource: resource, Unsigned: f.ControllerUnsigned}
 	if f.VerifyKey != "" {
-		key, err := policy.ReadVerificationKey(f.VerifyKey, "RS256")
+		key, err := policy.ReadVerificationKey(f.VerifyKey, f.VerifyAlgorithm)
 		if err != nil {
 			return nil, fmt.Errorf("--verification-key: %w", err)
 		}
-		b.VerificationKey = key.Key
+		b.VerificationKey, b.VerificationAlgorithm = key.Key, key.Algorithm
 	}
 	cfg, err := b.Config()
 	if err != nil {
@@ -94,8 +95,8 @@ func (f Flags) Set(engine *policy.Engine, resource string, opts opabundles.Optio
 			return nil, err
 		}
 	}
-	opts.Local = policy.BundleFiles{Paths: f.Bundles, VerifyKey: f.VerifyKey}
+	opts.Local = policy.BundleFiles{Paths: f.Bundles, VerifyKey: f.VerifyKey, VerifyAlgorithm: f.VerifyAlgorithm}
 	opts.LocalPoll = f.Poll
-	opts.Shadow = policy.BundleFiles{Paths: f.Shadow, VerifyKey: f.VerifyKey}
+	opts.Shadow = policy.BundleFiles{Paths: f.Shadow, VerifyKey: f.VerifyKey, VerifyAlgorithm: f.VerifyAlgorithm}
 	return opabundles.New(engine, remote, opts)
 }

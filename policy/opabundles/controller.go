@@ -1,6 +1,7 @@
 package opabundles
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,10 +21,13 @@ type ControllerBundle struct {
 	// name (in metrics, logs and revisions) is the path without
 	// "bundles/".
 	Resource string
-	// VerificationKey is the PEM public key (RS256) the bundle's signature
-	// must verify against: the public half of the controller's
+	// VerificationKey is the PEM public key the bundle's signature must
+	// verify against: the public half of the controller's
 	// --bundle-signing-key. Required unless Unsigned.
 	VerificationKey string
+	// VerificationAlgorithm is the key's signature algorithm, the
+	// controller's --bundle-signing-algorithm; empty means RS256.
+	VerificationAlgorithm string
 	// Unsigned accepts the bundle without a signature, on purpose: the
 	// controller runs with --bundle-unsigned.
 	Unsigned bool
@@ -63,7 +67,7 @@ func (b ControllerBundle) Config() (*Config, error) {
 		// A signing block requires a .signatures.json that verifies; its
 		// keyid is used whatever key ID the controller's signature names.
 		bundle["signing"] = map[string]any{"keyid": controllerKey}
-		cfg["keys"] = map[string]any{controllerKey: map[string]any{"algorithm": "RS256", "key": b.VerificationKey}}
+		cfg["keys"] = map[string]any{controllerKey: map[string]any{"algorithm": cmp.Or(b.VerificationAlgorithm, "RS256"), "key": b.VerificationKey}}
 	}
 	raw, err := json.Marshal(cfg)
 	if err != nil {
