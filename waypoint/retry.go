@@ -142,11 +142,13 @@ func compileRetry(r *networkingv1.HTTPRetry) (*retryPolicy, error) {
 const DefaultHTTPRouteRetries = 2
 
 // compileHTTPRouteRetry reads an HTTPRoute rule's retry (Gateway API,
-// extended support) and timeouts.backendRequest, the per-try timeout:
-// connection errors (no tunnel, reset, no answer within the per-try
-// timeout) and the codes listed are retried. Without retry, Istio's
-// default policy applies, each attempt bounded by a backendRequest
-// timeout.
+// extended support) and timeouts.backendRequest, the per-try timeout, as
+// istiod converts them for Envoy: what did not reach the backend (no
+// tunnel, a refused stream) and gRPC UNAVAILABLE and CANCELLED are
+// retried, and the codes listed; a reset or a timeout after the request
+// left is not (the backend may have acted on it). attempts defaults to
+// Istio's 2; 0 retries nothing. Without retry, Istio's default policy
+// applies, each attempt bounded by a backendRequest timeout.
 func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*retryPolicy, error) {
 	var perTry time.Duration
 	if t != nil && t.BackendRequest != nil {
@@ -164,9 +166,18 @@ func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*
 		p.perTry = perTry
 		return &p, nil
 	}
-	p := &retryPolicy{retries: ptrOr(r.Attempts, DefaultHTTPRouteRetries), perTry: perTry, on: retryReset, previousHosts: true, backoff: defaultRetryBackoff, atLeast: true}
-	if p.retries < 1 {
-		return nil, errors.New("retry.attempts: must be at least 1")
+	p := &retryPolicy{
+		retries: ptrOr(r.Attempts, DefaultHTTPRouteRetries), perTry: perTry,
+		on: retryConnectFailure | retryRefusedStream, grpc: map[string]string{"14": "unavailable", "1": "cancelled"},
+		previousHosts: true, backoff: defaultRetryBackoff, atLeast: true,
+	}
+	switch {
+	case p.retries < 0:
+		return nil, errors.New("retry.attempts: must not be negative")
+	case p.retries == 0 && perTry == 0:
+		return noRetries, nil
+	case p.retries == 0:
+		return &retryPolicy{perTry: perTry}, nil // one attempt, bounded
 	}
 	for _, c := range r.Codes {
 		if c < 400 || c > 599 {

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/net/http2"
 	networkingv1 "istio.io/api/networking/v1"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // Istio's default retry policy, in force where no route writes retries:
@@ -132,4 +133,61 @@ func grpcUnavailableAnswer(w http.ResponseWriter) {
 	w.Header().Set("Grpc-Status", "14")
 	w.Header().Set("Grpc-Message", "not now")
 	w.WriteHeader(http.StatusOK)
+}
+
+// An HTTPRoute rule's retry is what istiod makes of it: connect-failure,
+// refused-stream, gRPC unavailable and cancelled, and its codes; never a
+// reset or a per-try timeout after the request left; attempts 2 when
+// unsaid, and 0 retrying nothing.
+func TestHTTPRouteRetryConditions(t *testing.T) {
+	one := 1
+	p, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &one, Codes: []gwv1.HTTPRouteRetryStatusCode{500}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := func(status int, grpc string) *http.Response {
+		h := http.Header{}
+		if grpc != "" {
+			h.Set("Grpc-Status", grpc)
+		}
+		return &http.Response{StatusCode: status, Header: h}
+	}
+	for _, tc := range []struct {
+		name string
+		resp *http.Response
+		err  error
+		want string
+	}{
+		{"no tunnel", nil, &connectError{errors.New("no tunnel")}, "connect-failure"},
+		{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}, "refused-stream"},
+		{"grpc unavailable", answer(200, "14"), nil, "unavailable"},
+		{"grpc cancelled", answer(200, "1"), nil, "cancelled"},
+		{"a listed code", answer(500, ""), nil, "retriable-status-codes"},
+		{"503, not listed", answer(503, ""), nil, ""},
+		{"reset", nil, errors.New("connection reset"), ""},
+		{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}, ""},
+	} {
+		if got := p.reason(t.Context(), tc.resp, tc.err); got != tc.want {
+			t.Errorf("%s: reason %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	if p.retries != 1 {
+		t.Errorf("%d retries, want 1", p.retries)
+	}
+	if d, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{}, nil); err != nil || d.retries != DefaultHTTPRouteRetries {
+		t.Errorf("attempts unsaid: %+v %v, want %d retries", d, err, DefaultHTTPRouteRetries)
+	}
+	zero := 0
+	if off, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &zero}, nil); err != nil || (&routeRule{retry: off}).retryPolicy() != nil {
+		t.Errorf("attempts 0: %+v %v, want no retries", off, err)
+	}
+	perTry := gwv1.Duration("2s")
+	bounded, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &zero}, &gwv1.HTTPRouteTimeouts{BackendRequest: &perTry})
+	if err != nil || bounded.retries != 0 || bounded.perTry != 2*time.Second {
+		t.Errorf("attempts 0 with backendRequest 2s: %+v %v, want one attempt bounded by 2s", bounded, err)
+	}
+	minus := -1
+	if _, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &minus}, nil); err == nil {
+		t.Error("attempts -1 accepted")
+	}
 }
