@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -82,10 +84,36 @@ func TestOnDemand(t *testing.T) {
 	if got, err := roundTrip(c, "hello"); err != nil || got != "hheelllloo" {
 		t.Fatalf("round trip to an address outside the mesh: %q, %v", got, err)
 	}
-	// The address outside the mesh is unsubscribed once answered.
+	// The address outside the mesh stays subscribed once answered: what
+	// appears there later is sent unasked, and taken away when it goes.
 	id := spiffeid.RequireFromPath(m.ca.TD, "/regomesh/ztunnel/node-a").String()
-	testgo.Eventually(t, "node-a's subscriptions to be the service's VIP alone", func() bool {
+	testgo.Eventually(t, "node-a's subscriptions to be the service's VIP and the outside address", func() bool {
 		st, _ := srv.Proxy(id)
-		return st.Subscribed == 1
+		return st.Subscribed == 2
 	})
+	outsideIP := netip.MustParseAddrPort(outside).Addr()
+	late, err := state.NewSnapshot(append(slices.Clone(cluster.Workloads), &state.Workload{
+		UID: "shop/late", Name: "late", Namespace: "shop", ServiceAccount: "late", TrustDomain: "cluster.local", Node: "node-b",
+		IPs: []netip.Addr{outsideIP}, Protocol: state.HBONE,
+	}), cluster.Services)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Update(late)
+	testgo.Eventually(t, "the workload that appeared at the outside address to reach node-a", func() bool {
+		_, ok := m.z.State().Workload("shop", "late")
+		return ok
+	})
+	srv.Update(cluster)
+	testgo.Eventually(t, "the workload gone from the outside address to leave node-a", func() bool {
+		_, ok := m.z.State().Workload("shop", "late")
+		return !ok
+	})
+	// With the controller gone, a connection to the address outside the
+	// mesh still passes through: nothing is asked again.
+	gs.Stop()
+	c = m.dial(t, "client", outside)
+	if got, err := roundTrip(c, "again"); err != nil || got != "aaggaaiinn" {
+		t.Fatalf("round trip outside the mesh with the controller gone: %q, %v", got, err)
+	}
 }

@@ -93,7 +93,7 @@ func TestNodeScope(t *testing.T) {
 
 	// On demand: a workload's address brings it (and its services, not
 	// their endpoints); a service's VIP brings its endpoints; an address
-	// outside the mesh brings nothing and is not kept.
+	// outside the mesh brings nothing, and stays subscribed.
 	demand(t, a, ws[5].IPs[0])
 	got, _ = b.waitHeld(t, a)
 	sameNames(t, "node-0 after demanding pod-5", got, "uid-00000", "uid-00002", "uid-00004", "uid-00006", svc0, "uid-00003", svc1, "uid-00005")
@@ -109,8 +109,8 @@ func TestNodeScope(t *testing.T) {
 	demand(t, a, netip.MustParseAddr("192.0.2.1"))
 	waitFor(t, func() (int, bool) {
 		st, _ := b.srv.Proxy(a.id.String())
-		return st.Subscribed, st.Subscribed == 2
-	}, "node-0 to drop the subscription to an address outside the mesh")
+		return st.Subscribed, st.Subscribed == 3
+	}, "node-0 to keep the subscription to an address outside the mesh")
 	if s, n := a.state(); s != before || n != applies {
 		t.Error("an address outside the mesh changed node-0's state")
 	}

@@ -78,8 +78,10 @@ type Client struct {
 	synced  chan struct{}     // closed at the first response applied
 	snap    *state.Snapshot   // the state last applied
 	// demands are the addresses subscribed to on demand (ondemand.go),
-	// by address key: answered and found, or awaiting their answer.
+	// by address key: answered, or awaiting their answer; misses are the
+	// keys of those answered as standing for nothing, oldest first.
 	demands map[string]*demand
+	misses  []string
 	send    func(*discoveryv3.DeltaDiscoveryRequest) error // the current stream's, nil between streams
 }
 

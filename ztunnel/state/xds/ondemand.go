@@ -21,12 +21,22 @@ var ErrDemandRefused = errors.New("xds: the controller's answer to a subscriptio
 //
 // Invariant: done is closed once the address is answered; found says
 // whether it stood for a workload or a service, err whether the answer
-// was refused. Only a found demand stays in Client.demands.
+// was refused. A refused demand leaves Client.demands at once; one that
+// stood for nothing stays subscribed, in Client.misses too, until
+// MaxDemandMisses newer ones push it out.
 type demand struct {
 	done  chan struct{}
 	found bool
 	err   error
 }
+
+// MaxDemandMisses is how many addresses that stood for nothing (outside
+// the mesh) a client keeps subscribed: a connection to one of them passes
+// through at once, without asking the controller again, and a workload
+// or service that appears there later is sent by the controller as to
+// any subscription. Past it, the oldest is unsubscribed, and asked for
+// again at its next connection.
+const MaxDemandMisses = 4096
 
 // Demand makes sure the state holds what a connection to ip needs. The
 // controller sends a ztunnel its node's workloads, not the mesh
@@ -35,9 +45,10 @@ type demand struct {
 // subscribed to by address, and Demand waits for the controller's
 // answer, which the state then holds: the workload with its waypoint, or
 // the service with its endpoints and waypoint. The subscription stays,
-// so later changes to them arrive by themselves; an address that stands
-// for nothing (outside the mesh) is not kept, and is asked for again at
-// the next connection.
+// so later changes to them arrive by themselves; so does one to an
+// address that stands for nothing (outside the mesh), within
+// MaxDemandMisses, so that later connections to it do not wait for the
+// controller, and what appears there later arrives by itself.
 //
 // Demand returns at once for a workload's address the state holds, or an
 // address already answered. It returns ctx's error if the answer does not
@@ -87,17 +98,29 @@ func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr err
 		}
 		select {
 		case <-d.done:
-			return // answered before: a resource sent again with its alias
+			// Answered before: a resource sent again with its alias, or
+			// what now stands at an address that stood for nothing.
+			d.found = d.found || (found && applyErr == nil)
+			return
 		default:
 		}
 		d.found = found && applyErr == nil
-		if applyErr != nil {
-			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
-		}
 		close(d.done)
-		if !d.found {
+		switch {
+		case applyErr != nil:
+			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
 			delete(c.demands, key)
 			drop = append(drop, key)
+		case !found:
+			c.misses = append(c.misses, key)
+			if len(c.misses) > MaxDemandMisses {
+				oldest := c.misses[0]
+				c.misses = c.misses[1:]
+				if o, ok := c.demands[oldest]; ok && !o.found {
+					delete(c.demands, oldest)
+					drop = append(drop, oldest)
+				}
+			}
 		}
 	}
 	for _, r := range resp.GetResources() {
