@@ -35,8 +35,9 @@ type demand struct {
 // through at once, without asking the controller again, and a workload
 // or service that appears there later is sent by the controller as to
 // any subscription. Past it, the oldest is unsubscribed, and asked for
-// again at its next connection.
-const MaxDemandMisses = 4096
+// again at its next connection. The bound is the controller's too: it
+// keeps each proxy's subscriptions and resolves them at every push.
+const MaxDemandMisses = 1024
 
 // Demand makes sure the state holds what a connection to ip needs. The
 // controller sends a ztunnel its node's workloads, not the mesh
