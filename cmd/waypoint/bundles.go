@@ -17,10 +17,9 @@ import (
 // neither --bundle nor --opa-config, its policy is its Gateway's bundle
 // from the controller.
 func (c config) policyFlags() policysource.Flags {
-	return policysource.Flags{
-		Bundles: c.bundles, VerifyKey: c.verifyKey, VerifyAlgorithm: c.verifyAlg, OPAConfig: c.opaConfig, Shadow: c.shadowBundles, Poll: c.bundlePoll,
-		Controller: c.controller, ControllerBundles: c.controllerBundles, ControllerUnsigned: c.controllerBundlesUnsigned,
-	}
+	f := c.bundleFlags
+	f.Controller = c.controller
+	return f
 }
 
 // checkPolicySource refuses flags that leave the waypoint without

@@ -17,16 +17,13 @@ import (
 	"time"
 
 	"github.com/regomesh/regomesh/internal/adminaddr"
+	"github.com/regomesh/regomesh/internal/policysource"
 )
 
 // config is every flag; each has a default fit for a waypoint pod.
 type config struct {
 	trustDomain   string
 	localConfig   string
-	bundles       stringList
-	verifyKey     string
-	verifyAlg     string
-	opaConfig     string
 	spireSocket   string
 	spireTimeout  time.Duration
 	hboneAddr     string
@@ -36,13 +33,14 @@ type config struct {
 	readinessAddr string
 	drainTimeout  time.Duration
 	statePoll     time.Duration
-	bundlePoll    time.Duration
 	logLevel      string
 	accessLog     string
 	decisionLog   string
-	// shadowBundles and shadowLog: a candidate policy decided beside the
-	// one in force, never enforced (docs/decision-logs.md#shadow-policy).
-	shadowBundles stringList
+	// bundleFlags are the policy's flags (--bundle, --opa-config, the
+	// controller's bundles, --shadow-bundle: policysource.Flags.Register);
+	// shadowLog is where the shadow set's disagreements go
+	// (docs/decision-logs.md#shadow-policy).
+	bundleFlags   policysource.Flags
 	shadowLog     string
 	requestAuthn  stringList
 	gateway       string
@@ -55,10 +53,6 @@ type config struct {
 	controller         string
 	controllerIdentity string
 	controllerTimeout  time.Duration
-	// controllerBundles and controllerBundlesUnsigned configure the
-	// download of the controller's bundle (policysource.Flags.FromController).
-	controllerBundles         string
-	controllerBundlesUnsigned bool
 }
 
 type stringList []string
@@ -74,12 +68,6 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controller, "controller", "", "HOST:PORT of regomesh-controller's state stream (delta xDS over mutual TLS, with the waypoint's SVID); this or --local-config")
 	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for the first state")
-	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept); with --controller and neither this nor --opa-config, the waypoint downloads its Gateway's bundle from the controller with its SVID (docs/bundles.md)")
-	fs.StringVar(&c.controllerBundles, "controller-bundles", "", "the controller's bundle server, where the waypoint downloads bundles/waypoint/<namespace>/<gateway> (--gateway) with its SVID when given --controller and neither --bundle nor --opa-config (default https://<host of --controller>:15013)")
-	fs.BoolVar(&c.controllerBundlesUnsigned, "controller-bundles-unsigned", false, "accept the controller's bundles unsigned, as it serves them with --bundle-unsigned; without it, --verification-key is required and an unsigned bundle is refused")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key (an HMAC secret for HS256/384/512) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
-	fs.StringVar(&c.verifyAlg, "verification-key-algorithm", "RS256", "signature algorithm of --verification-key: RS256, RS384, RS512, PS256, PS384, PS512 (an RSA key), ES256, ES384, ES512 (an ECDSA key), HS256, HS384, HS512 (a secret); the controller's --bundle-signing-algorithm")
-	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "the SPIRE agent's Workload API socket, where the waypoint gets its own SVID")
 	fs.DurationVar(&c.spireTimeout, "spire-timeout", 30*time.Second, "how long to wait at start for the first SVID from the Workload API")
 	fs.StringVar(&c.hboneAddr, "hbone-addr", ":15008", "HBONE listener (tunnels from ztunnels)")
@@ -89,11 +77,9 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready, for the kubelet's probe; read-only)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long requests in flight may finish before connections are closed")
 	fs.DurationVar(&c.statePoll, "state-poll", time.Second, "how often --local-config is checked for changes")
-	fs.DurationVar(&c.bundlePoll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
 	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log, one line per request: a file, - for stdout, or off")
 	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty); to upload decisions to an OPA decision-log service, configure decision_logs in --opa-config (docs/decision-logs.md)")
-	fs.Var(&c.shadowBundles, "shadow-bundle", "candidate OPA bundle directory or .tar.gz (repeatable; reloaded on change; verified with --verification-key): every request is also decided by this set, never enforced, and where it disagrees is counted in regomesh_policy_shadow_disagreements_total and written to --shadow-log (docs/decision-logs.md#shadow-policy)")
 	fs.StringVar(&c.shadowLog, "shadow-log", "", "JSON-lines file of the decisions the --shadow-bundle set decides otherwise, in the --decision-log shape, for regomesh policy replay --log (off when empty)")
 	fs.Var(&c.requestAuthn, "request-authentication", "Kubernetes YAML file or directory of Istio RequestAuthentications whose JWTs the waypoint validates (repeatable; reloaded on change, the last good set kept); see docs/request-authentication.md")
 	fs.StringVar(&c.gateway, "gateway", "", "NAMESPACE/NAME of this waypoint's Gateway: RequestAuthentications whose targetRefs name it apply")
@@ -101,6 +87,7 @@ func parseFlags(args []string) (config, error) {
 	fs.Var(&c.routes, "routes", "Kubernetes YAML file or directory of Gateway API HTTPRoutes attached to Services (parentRefs of kind Service) and Istio VirtualServices (hosts naming Services), which route their requests, with retries and faults (repeatable; reloaded on change, the last good set kept; where both route a Service's port, HTTPRoutes win); see docs/waypoint.md")
 	fs.StringVar(&c.clusterDomain, "cluster-domain", "cluster.local", "DNS suffix of Service hostnames (<name>.<namespace>.svc.<cluster-domain>), for HTTPRoutes and VirtualServices")
 	fs.DurationVar(&c.jwksRefresh, "jwks-refresh", 20*time.Minute, "how often each jwksUri is fetched again (a failed fetch is retried sooner, and the last good key set kept)")
+	c.bundleFlags.Register(fs, policysource.Proxy{Name: "the waypoint", Resource: "bundles/waypoint/<namespace>/<gateway> (--gateway)", Shadow: "every request is also decided"})
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -110,7 +97,7 @@ func parseFlags(args []string) (config, error) {
 	if err := c.checkPolicySource(); err != nil {
 		return c, err
 	}
-	if c.shadowLog != "" && len(c.shadowBundles) == 0 {
+	if c.shadowLog != "" && len(c.bundleFlags.Shadow) == 0 {
 		return c, errors.New("--shadow-log needs --shadow-bundle: without a shadow set nothing disagrees (docs/decision-logs.md#shadow-policy)")
 	}
 	if !c.adminExpose {

@@ -140,7 +140,7 @@ func startAuthn(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slog
 	keys.WaitFetched(wait)
 	cancel()
 	w.SetAuthn(a)
-	go watchFiles(ctx, cfg.requestAuthn, cfg.bundlePoll, func() {
+	go watchFiles(ctx, cfg.requestAuthn, cfg.bundleFlags.Poll, func() {
 		a, err := loadAuthn(cfg, keys, log)
 		if err != nil {
 			log.Error("RequestAuthentications rejected; the last good set stays in force", "error", err)
@@ -159,7 +159,7 @@ func startRoutes(ctx context.Context, cfg config, w *waypoint.Waypoint, log *slo
 		return fmt.Errorf("--routes: %w", err)
 	}
 	w.SetRoutes(rs)
-	go watchFiles(ctx, cfg.routes, cfg.bundlePoll, func() {
+	go watchFiles(ctx, cfg.routes, cfg.bundleFlags.Poll, func() {
 		rs, err := loadRoutes(cfg, log)
 		if err != nil {
 			log.Error("routes rejected; the last good set stays in force", "error", err)
@@ -245,7 +245,7 @@ func policyEngine(ctx context.Context, cfg config, source *workloadapi.X509Sourc
 		return nil, nil, nil, err
 	}
 	svid := &opabundles.SVIDCredentials{SVID: source, Bundle: source, Server: controllerID}
-	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.opaConfig, Shadow: cfg.shadowLog},
+	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.bundleFlags.OPAConfig, Shadow: cfg.shadowLog},
 		svid, metrics, reg, log)
 	if err != nil {
 		return nil, nil, nil, err

@@ -14,10 +14,9 @@ import (
 // policyFlags are ztunnel's policy flags; with --controller and neither
 // --bundle nor --opa-config, its policy is the controller's mesh bundle.
 func (c config) policyFlags() policysource.Flags {
-	return policysource.Flags{
-		Bundles: c.bundles, VerifyKey: c.verifyKey, VerifyAlgorithm: c.verifyAlg, OPAConfig: c.opaConfig, Shadow: c.shadowBundles, Poll: c.bundlePoll,
-		Controller: c.controller, ControllerBundles: c.controllerBundles, ControllerUnsigned: c.controllerBundlesUnsigned,
-	}
+	f := c.bundleFlags
+	f.Controller = c.controller
+	return f
 }
 
 // checkPolicySource refuses flags that leave ztunnel without policy, or

@@ -18,6 +18,7 @@ import (
 
 	"github.com/regomesh/regomesh/hbone"
 	"github.com/regomesh/regomesh/internal/adminaddr"
+	"github.com/regomesh/regomesh/internal/policysource"
 )
 
 // config is every flag; each has a default fit for a node.
@@ -25,10 +26,6 @@ type config struct {
 	node          string
 	trustDomain   string
 	localConfig   string
-	bundles       stringList
-	verifyKey     string
-	verifyAlg     string
-	opaConfig     string
 	spireSocket   string
 	cniSocket     string
 	podsFile      string
@@ -38,15 +35,16 @@ type config struct {
 	readinessAddr string
 	drainTimeout  time.Duration
 	statePoll     time.Duration
-	bundlePoll    time.Duration
 	logLevel      string
 	accessLog     string
 	decisionLog   string
 	hbone         hboneFlags
-	// shadowBundles and shadowLog: a candidate policy decided beside the
-	// one in force, never enforced (docs/decision-logs.md#shadow-policy).
-	shadowBundles stringList
-	shadowLog     string
+	// bundleFlags are the policy's flags (--bundle, --opa-config, the
+	// controller's bundles, --shadow-bundle: policysource.Flags.Register);
+	// shadowLog is where the shadow set's disagreements go
+	// (docs/decision-logs.md#shadow-policy).
+	bundleFlags policysource.Flags
+	shadowLog   string
 
 	// controller is the alternative to localConfig: the state stream,
 	// with ztunnel's own SVID from the Workload API.
@@ -54,10 +52,6 @@ type config struct {
 	controllerIdentity  string
 	controllerTimeout   time.Duration
 	spireWorkloadSocket string
-	// controllerBundles and controllerBundlesUnsigned configure the
-	// download of the controller's bundle (policysource.Flags.FromController).
-	controllerBundles         string
-	controllerBundlesUnsigned bool
 }
 
 // hboneFlags bound what HBONE clients can make ztunnel hold: per pod
@@ -70,11 +64,6 @@ type hboneFlags struct {
 	idleTimeout   time.Duration
 }
 
-type stringList []string
-
-func (s *stringList) String() string     { return fmt.Sprint(*s) }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
-
 func parseFlags(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
@@ -85,12 +74,6 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.controllerIdentity, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/regomesh-system/sa/regomesh-controller)")
 	fs.DurationVar(&c.controllerTimeout, "controller-timeout", 30*time.Second, "with --controller: how long to wait at start for ztunnel's own SVID and the first state")
 	fs.StringVar(&c.spireWorkloadSocket, "spire-workload-socket", "/run/spire/agent/public/api.sock", "with --controller: the SPIRE agent's Workload API socket, where ztunnel gets its own SVID (spiffe://<trust-domain>/regomesh/ztunnel/<node>)")
-	fs.Var(&c.bundles, "bundle", "OPA policy bundle directory or .tar.gz (repeatable; reloaded on change); with --controller and neither this nor --opa-config, ztunnel downloads the controller's bundles/mesh with its SVID (docs/bundles.md)")
-	fs.StringVar(&c.controllerBundles, "controller-bundles", "", "the controller's bundle server, where ztunnel downloads bundles/mesh with its SVID when given --controller and neither --bundle nor --opa-config (default https://<host of --controller>:15013)")
-	fs.BoolVar(&c.controllerBundlesUnsigned, "controller-bundles-unsigned", false, "accept the controller's bundles unsigned, as it serves them with --bundle-unsigned; without it, --verification-key is required and an unsigned bundle is refused")
-	fs.StringVar(&c.verifyKey, "verification-key", "", "PEM public key (an HMAC secret for HS256/384/512) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
-	fs.StringVar(&c.verifyAlg, "verification-key-algorithm", "RS256", "signature algorithm of --verification-key: RS256, RS384, RS512, PS256, PS384, PS512 (an RSA key), ES256, ES384, ES512 (an ECDSA key), HS256, HS384, HS512 (a secret); the controller's --bundle-signing-algorithm")
-	fs.StringVar(&c.opaConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
 	fs.StringVar(&c.spireSocket, "spire-admin-socket", "/run/spire/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
 	fs.StringVar(&c.cniSocket, "cni-socket", "/var/run/regomesh/ztunnel.sock", "unix socket regomesh-cni enrols pods through")
 	fs.StringVar(&c.podsFile, "pods-file", "/var/run/regomesh/pods.json", "where enrolled pods are recorded, so a restart restores them")
@@ -100,12 +83,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.readinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready, for the kubelet's probe; read-only)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are closed")
 	fs.DurationVar(&c.statePoll, "state-poll", time.Second, "how often --local-config is checked for changes")
-	fs.DurationVar(&c.bundlePoll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error (adjustable at runtime on the admin endpoint)")
 	fs.StringVar(&c.accessLog, "access-log", "-", "JSON access log: a file, - for stdout, or off")
 	fs.StringVar(&c.decisionLog, "decision-log", "", "JSON-lines decision log in OPA's shape (off when empty); to upload decisions to an OPA decision-log service, configure decision_logs in --opa-config (docs/decision-logs.md)")
-	fs.Var(&c.shadowBundles, "shadow-bundle", "candidate OPA bundle directory or .tar.gz (repeatable; reloaded on change; verified with --verification-key): every decision is also taken by this set, never enforced, and where it disagrees is counted in regomesh_policy_shadow_disagreements_total and written to --shadow-log (docs/decision-logs.md#shadow-policy)")
 	fs.StringVar(&c.shadowLog, "shadow-log", "", "JSON-lines file of the decisions the --shadow-bundle set decides otherwise, in the --decision-log shape, for regomesh policy replay --log (off when empty)")
+	c.bundleFlags.Register(fs, policysource.Proxy{Name: "ztunnel", Resource: "bundles/mesh", Shadow: "every decision is also taken"})
 	c.hbone.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -116,7 +98,7 @@ func parseFlags(args []string) (config, error) {
 	if err := c.checkPolicySource(); err != nil {
 		return c, err
 	}
-	if c.shadowLog != "" && len(c.shadowBundles) == 0 {
+	if c.shadowLog != "" && len(c.bundleFlags.Shadow) == 0 {
 		return c, fmt.Errorf("--shadow-log needs --shadow-bundle: without a shadow set nothing disagrees (docs/decision-logs.md#shadow-policy)")
 	}
 	if !c.adminExpose {

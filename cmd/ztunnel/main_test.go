@@ -14,14 +14,14 @@ func TestParseFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.trustDomain != "cluster.local" || cfg.adminAddr != "127.0.0.1:15000" || cfg.drainTimeout != 30*time.Second ||
-		len(cfg.bundles) != 2 || cfg.node != "n1" || cfg.spireSocket != "/run/spire/admin/admin.sock" {
+		len(cfg.bundleFlags.Bundles) != 2 || cfg.node != "n1" || cfg.spireSocket != "/run/spire/admin/admin.sock" {
 		t.Errorf("config = %+v", cfg)
 	}
-	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}); err != nil || cfg.opaConfig != "opa.yaml" || len(cfg.bundles) != 0 {
+	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--opa-config", "opa.yaml"}); err != nil || cfg.bundleFlags.OPAConfig != "opa.yaml" || len(cfg.bundleFlags.Bundles) != 0 {
 		t.Errorf("--opa-config without --bundle: %+v, %v", cfg, err)
 	}
 	if cfg, err := parseFlags([]string{"--local-config", "s.yaml", "--bundle", "a", "--shadow-bundle", "c1", "--shadow-bundle", "c2", "--shadow-log", "s.jsonl"}); err != nil ||
-		len(cfg.shadowBundles) != 2 || cfg.shadowLog != "s.jsonl" {
+		len(cfg.bundleFlags.Shadow) != 2 || cfg.shadowLog != "s.jsonl" {
 		t.Errorf("--shadow-bundle twice and --shadow-log: %+v, %v", cfg, err)
 	}
 	if _, err := parseFlags([]string{"--local-config", "s.yaml", "--bundle", "a", "--shadow-log", "s.jsonl"}); err == nil || !strings.Contains(err.Error(), "--shadow-log needs --shadow-bundle") {

@@ -118,7 +118,7 @@ func bundleCredentials(svid *workloadapi.X509Source, controllerID spiffeid.ID) *
 func policyEngine(ctx context.Context, cfg config, svid *opabundles.SVIDCredentials, reg prometheus.Registerer, log *slog.Logger) (*policy.Engine, *opabundles.Set, func(), error) {
 	metrics := policy.NewMetrics(reg)
 	pcfg := policy.Config{Metrics: metrics, Logger: log}
-	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.opaConfig, Shadow: cfg.shadowLog},
+	dl, closeLog, err := opabundles.DecisionLog(opabundles.DecisionLogFiles{Path: cfg.decisionLog, OPAConfig: cfg.bundleFlags.OPAConfig, Shadow: cfg.shadowLog},
 		svid, metrics, reg, log)
 	if err != nil {
 		return nil, nil, nil, err

@@ -6,6 +6,7 @@ package policysource
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"time"
 
@@ -27,6 +28,38 @@ type Flags struct {
 	Controller, ControllerBundles string
 	ControllerUnsigned            bool
 }
+
+// Proxy names, in the flags' help, the proxy Register defines them for.
+type Proxy struct {
+	// Name is the proxy in a sentence: "ztunnel", "the waypoint".
+	Name string
+	// Resource is what it downloads from the controller by default:
+	// "bundles/mesh".
+	Resource string
+	// Shadow is what the shadow set does beside the policy in force:
+	// "every decision is also taken".
+	Shadow string
+}
+
+// Register defines the policy flags on fs, filling f. --controller is the
+// proxy's own (it streams its state too): set f.Controller from it after
+// parsing.
+func (f *Flags) Register(fs *flag.FlagSet, p Proxy) {
+	fs.Var((*paths)(&f.Bundles), "bundle", fmt.Sprintf("OPA policy bundle directory or .tar.gz (repeatable; reloaded on change, the last good set kept); with --controller and neither this nor --opa-config, %s downloads %s from the controller with its SVID (docs/bundles.md)", p.Name, p.Resource))
+	fs.StringVar(&f.ControllerBundles, "controller-bundles", "", fmt.Sprintf("the controller's bundle server, where %s downloads %s with its SVID when given --controller and neither --bundle nor --opa-config (default https://<host of --controller>:15013)", p.Name, p.Resource))
+	fs.BoolVar(&f.ControllerUnsigned, "controller-bundles-unsigned", false, "accept the controller's bundles unsigned, as it serves them with --bundle-unsigned; without it, --verification-key is required and an unsigned bundle is refused")
+	fs.StringVar(&f.VerifyKey, "verification-key", "", "PEM public key (an HMAC secret for HS256/384/512) the signatures of --bundle bundles, and of the controller's bundle, must verify against; --opa-config bundles are verified with its keys and signing settings")
+	fs.StringVar(&f.VerifyAlgorithm, "verification-key-algorithm", "RS256", "signature algorithm of --verification-key: RS256, RS384, RS512, PS256, PS384, PS512 (an RSA key), ES256, ES384, ES512 (an ECDSA key), HS256, HS384, HS512 (a secret); the controller's --bundle-signing-algorithm")
+	fs.StringVar(&f.OPAConfig, "opa-config", "", "OPA configuration file (YAML or JSON) whose services, keys and bundles sections name bundles to download with OPA's bundle service protocol, activated together with the --bundle ones; not ready, and denying everything, until each has activated once; see docs/bundles.md")
+	fs.DurationVar(&f.Poll, "bundle-poll", 2*time.Second, "how often --bundle paths are checked for changes")
+	fs.Var((*paths)(&f.Shadow), "shadow-bundle", fmt.Sprintf("candidate OPA bundle directory or .tar.gz (repeatable; reloaded on change; verified with --verification-key): %s by this set, never enforced, and where it disagrees is counted in regomesh_policy_shadow_disagreements_total and written to --shadow-log (docs/decision-logs.md#shadow-policy)", p.Shadow))
+}
+
+// paths is a repeatable flag's values.
+type paths []string
+
+func (s *paths) String() string     { return fmt.Sprint(*s) }
+func (s *paths) Set(v string) error { *s = append(*s, v); return nil }
 
 // FromController says whether the policy is the controller's bundle:
 // with --controller and neither --bundle nor --opa-config.
