@@ -18,13 +18,6 @@ import (
 // UNAVAILABLE and CANCELLED) and what it leaves to the client (any other
 // answer, a 503 included, and a reset or timeout after the request left).
 func TestDefaultRetryPolicy(t *testing.T) {
-	answer := func(status int, grpc string) *http.Response {
-		h := http.Header{}
-		if grpc != "" {
-			h.Set("Grpc-Status", grpc)
-		}
-		return &http.Response{StatusCode: status, Header: h}
-	}
 	for _, tc := range []struct {
 		name string
 		resp *http.Response
@@ -33,14 +26,14 @@ func TestDefaultRetryPolicy(t *testing.T) {
 	}{
 		{"no tunnel", nil, &connectError{errors.New("no tunnel")}, "connect-failure"},
 		{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}, "refused-stream"},
-		{"grpc unavailable", answer(200, "14"), nil, "unavailable"},
-		{"grpc cancelled", answer(200, "1"), nil, "cancelled"},
-		{"grpc internal", answer(200, "13"), nil, ""},
-		{"503", answer(503, ""), nil, ""},
-		{"502", answer(502, ""), nil, ""},
+		{"grpc unavailable", retryAnswer(200, "14"), nil, "unavailable"},
+		{"grpc cancelled", retryAnswer(200, "1"), nil, "cancelled"},
+		{"grpc internal", retryAnswer(200, "13"), nil, ""},
+		{"503", retryAnswer(503, ""), nil, ""},
+		{"502", retryAnswer(502, ""), nil, ""},
 		{"reset", nil, errors.New("connection reset"), ""},
 		{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}, ""},
-		{"200", answer(200, ""), nil, ""},
+		{"200", retryAnswer(200, ""), nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, p := range []*retryPolicy{(*routeRule)(nil).retryPolicy(), (&routeRule{}).retryPolicy()} {
@@ -145,13 +138,6 @@ func TestHTTPRouteRetryConditions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	answer := func(status int, grpc string) *http.Response {
-		h := http.Header{}
-		if grpc != "" {
-			h.Set("Grpc-Status", grpc)
-		}
-		return &http.Response{StatusCode: status, Header: h}
-	}
 	for _, tc := range []struct {
 		name string
 		resp *http.Response
@@ -160,10 +146,10 @@ func TestHTTPRouteRetryConditions(t *testing.T) {
 	}{
 		{"no tunnel", nil, &connectError{errors.New("no tunnel")}, "connect-failure"},
 		{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}, "refused-stream"},
-		{"grpc unavailable", answer(200, "14"), nil, "unavailable"},
-		{"grpc cancelled", answer(200, "1"), nil, "cancelled"},
-		{"a listed code", answer(500, ""), nil, "retriable-status-codes"},
-		{"503, not listed", answer(503, ""), nil, ""},
+		{"grpc unavailable", retryAnswer(200, "14"), nil, "unavailable"},
+		{"grpc cancelled", retryAnswer(200, "1"), nil, "cancelled"},
+		{"a listed code", retryAnswer(500, ""), nil, "retriable-status-codes"},
+		{"503, not listed", retryAnswer(503, ""), nil, ""},
 		{"reset", nil, errors.New("connection reset"), ""},
 		{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}, ""},
 	} {
@@ -190,4 +176,14 @@ func TestHTTPRouteRetryConditions(t *testing.T) {
 	if _, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &minus}, nil); err == nil {
 		t.Error("attempts -1 accepted")
 	}
+}
+
+// retryAnswer is an upstream's response with status and, if given, a
+// grpc-status header.
+func retryAnswer(status int, grpc string) *http.Response {
+	h := http.Header{}
+	if grpc != "" {
+		h.Set("Grpc-Status", grpc)
+	}
+	return &http.Response{StatusCode: status, Header: h}
 }

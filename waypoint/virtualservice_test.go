@@ -506,13 +506,6 @@ func TestRetryOn(t *testing.T) {
 	connect := &connectError{errors.New("no tunnel")}
 	reset := errors.New("connection reset")
 	perTry := &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}
-	answer := func(status int, grpc string) *http.Response {
-		h := http.Header{}
-		if grpc != "" {
-			h.Set("Grpc-Status", grpc)
-		}
-		return &http.Response{StatusCode: status, Header: h}
-	}
 	for _, tc := range []struct {
 		retryOn string
 		resp    *http.Response
@@ -521,24 +514,24 @@ func TestRetryOn(t *testing.T) {
 	}{
 		{"connect-failure", nil, connect, "connect-failure"},
 		{"connect-failure", nil, reset, ""},
-		{"connect-failure", answer(503, ""), nil, ""},
+		{"connect-failure", retryAnswer(503, ""), nil, ""},
 		{"reset", nil, connect, "connect-failure"},
 		{"reset", nil, reset, "reset"},
 		{"reset", nil, perTry, "per-try-timeout"},
-		{"reset", answer(503, ""), nil, ""},
-		{"5xx", answer(500, ""), nil, "5xx"},
+		{"reset", retryAnswer(503, ""), nil, ""},
+		{"5xx", retryAnswer(500, ""), nil, "5xx"},
 		{"5xx", nil, reset, "reset"},
-		{"5xx", answer(404, ""), nil, ""},
-		{"gateway-error", answer(500, ""), nil, ""},
-		{"gateway-error", answer(504, ""), nil, "gateway-error"},
-		{"retriable-4xx", answer(409, ""), nil, "retriable-4xx"},
-		{"retriable-4xx", answer(404, ""), nil, ""},
-		{"429,503", answer(429, ""), nil, "retriable-status-codes"},
-		{"unavailable", answer(200, "14"), nil, "unavailable"},
-		{"unavailable", answer(200, "0"), nil, ""},
-		{"", answer(503, ""), nil, ""}, // Istio's default: not a 503 (since 1.22)
+		{"5xx", retryAnswer(404, ""), nil, ""},
+		{"gateway-error", retryAnswer(500, ""), nil, ""},
+		{"gateway-error", retryAnswer(504, ""), nil, "gateway-error"},
+		{"retriable-4xx", retryAnswer(409, ""), nil, "retriable-4xx"},
+		{"retriable-4xx", retryAnswer(404, ""), nil, ""},
+		{"429,503", retryAnswer(429, ""), nil, "retriable-status-codes"},
+		{"unavailable", retryAnswer(200, "14"), nil, "unavailable"},
+		{"unavailable", retryAnswer(200, "0"), nil, ""},
+		{"", retryAnswer(503, ""), nil, ""}, // Istio's default: not a 503 (since 1.22)
 		{"", nil, connect, "connect-failure"},
-		{"", answer(500, ""), nil, ""},
+		{"", retryAnswer(500, ""), nil, ""},
 	} {
 		p, err := compileRetry(retriesOf(tc.retryOn))
 		if err != nil {
