@@ -18,33 +18,13 @@ import (
 // UNAVAILABLE and CANCELLED) and what it leaves to the client (any other
 // answer, a 503 included, and a reset or timeout after the request left).
 func TestDefaultRetryPolicy(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		resp *http.Response
-		err  error
-		want string
-	}{
-		{"no tunnel", nil, &connectError{errors.New("no tunnel")}, "connect-failure"},
-		{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}, "refused-stream"},
-		{"grpc unavailable", retryAnswer(200, "14"), nil, "unavailable"},
-		{"grpc cancelled", retryAnswer(200, "1"), nil, "cancelled"},
-		{"grpc internal", retryAnswer(200, "13"), nil, ""},
-		{"503", retryAnswer(503, ""), nil, ""},
-		{"502", retryAnswer(502, ""), nil, ""},
-		{"reset", nil, errors.New("connection reset"), ""},
-		{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}, ""},
-		{"200", retryAnswer(200, ""), nil, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, p := range []*retryPolicy{(*routeRule)(nil).retryPolicy(), (&routeRule{}).retryPolicy()} {
-				if got := p.reason(t.Context(), tc.resp, tc.err); got != tc.want {
-					t.Errorf("reason %q, want %q", got, tc.want)
-				}
-				if p.retries != DefaultRetries || !p.previousHosts || p.perTry != 0 {
-					t.Errorf("policy %+v, want %d retries to other hosts, no per-try timeout", p, DefaultRetries)
-				}
-			}
+	for _, p := range []*retryPolicy{(*routeRule)(nil).retryPolicy(), (&routeRule{}).retryPolicy()} {
+		checkReasons(t, p, map[string]string{
+			"no tunnel": "connect-failure", "refused stream": "refused-stream", "grpc unavailable": "unavailable", "grpc cancelled": "cancelled",
 		})
+		if p.retries != DefaultRetries || !p.previousHosts || p.perTry != 0 {
+			t.Errorf("policy %+v, want %d retries to other hosts, no per-try timeout", p, DefaultRetries)
+		}
 	}
 	off, err := compileRetry(&networkingv1.HTTPRetry{Attempts: 0})
 	if err != nil {
@@ -138,25 +118,10 @@ func TestHTTPRouteRetryConditions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name string
-		resp *http.Response
-		err  error
-		want string
-	}{
-		{"no tunnel", nil, &connectError{errors.New("no tunnel")}, "connect-failure"},
-		{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}, "refused-stream"},
-		{"grpc unavailable", retryAnswer(200, "14"), nil, "unavailable"},
-		{"grpc cancelled", retryAnswer(200, "1"), nil, "cancelled"},
-		{"a listed code", retryAnswer(500, ""), nil, "retriable-status-codes"},
-		{"503, not listed", retryAnswer(503, ""), nil, ""},
-		{"reset", nil, errors.New("connection reset"), ""},
-		{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}, ""},
-	} {
-		if got := p.reason(t.Context(), tc.resp, tc.err); got != tc.want {
-			t.Errorf("%s: reason %q, want %q", tc.name, got, tc.want)
-		}
-	}
+	checkReasons(t, p, map[string]string{
+		"no tunnel": "connect-failure", "refused stream": "refused-stream", "grpc unavailable": "unavailable", "grpc cancelled": "cancelled",
+		"500": "retriable-status-codes",
+	})
 	if p.retries != 1 {
 		t.Errorf("%d retries, want 1", p.retries)
 	}
@@ -186,4 +151,35 @@ func retryAnswer(status int, grpc string) *http.Response {
 		h.Set("Grpc-Status", grpc)
 	}
 	return &http.Response{StatusCode: status, Header: h}
+}
+
+// retryOutcomes are an attempt's outcomes, for the tests of what a retry
+// policy retries.
+var retryOutcomes = []struct {
+	name string
+	resp *http.Response
+	err  error
+}{
+	{"no tunnel", nil, &connectError{errors.New("no tunnel")}},
+	{"refused stream", nil, http2.StreamError{Code: http2.ErrCodeRefusedStream}},
+	{"grpc unavailable", retryAnswer(200, "14"), nil},
+	{"grpc cancelled", retryAnswer(200, "1"), nil},
+	{"grpc internal", retryAnswer(200, "13"), nil},
+	{"500", retryAnswer(500, ""), nil},
+	{"502", retryAnswer(502, ""), nil},
+	{"503", retryAnswer(503, ""), nil},
+	{"reset", nil, errors.New("connection reset")},
+	{"per-try timeout", nil, &perTryTimeoutError{timeout: time.Second, err: context.DeadlineExceeded}},
+	{"200", retryAnswer(200, ""), nil},
+}
+
+// checkReasons checks the condition p retries each of retryOutcomes on:
+// want's, or none.
+func checkReasons(t *testing.T, p *retryPolicy, want map[string]string) {
+	t.Helper()
+	for _, o := range retryOutcomes {
+		if got := p.reason(t.Context(), o.resp, o.err); got != want[o.name] {
+			t.Errorf("%s: reason %q, want %q", o.name, got, want[o.name])
+		}
+	}
 }
