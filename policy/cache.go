@@ -13,29 +13,40 @@ import (
 // by the input fields the policy can observe (a key holds only those; the
 // rest stay zero). It is replaced, never cleared in place, when the
 // generation or the mesh state changes, so an entry never outlives the
-// policy that produced it. A full shard drops an arbitrary entry and
-// reuses its slot, so a miss stores its decision without allocating once
-// the shard has filled (allocation on every miss drove the collector,
-// which marks the whole compiled bundle set, and with it the mean latency).
-// The slot dropped is the next one round the shard (oldest written first,
-// roughly), which costs no map iteration.
+// policy that produced it.
+//
+// Every L4 decision that is not a hit pays a lookup and a store, so both
+// are cheap: a shard is a set-associative table, not a map. A key's hash
+// picks a shard and a set of cacheWays slots in it; a lookup compares the
+// set's hashes and then the whole key, and a store into a full set
+// overwrites its slots in turn (the oldest written first). A set's slots
+// are allocated on its first store, so an idle cache holds little, and
+// none afterwards: a miss allocates nothing once its set exists
+// (allocation on every miss drove the collector, which marks the whole
+// compiled bundle set, and with it the mean latency).
 type decisionCache struct {
-	spec     cacheSpec
-	seed     maphash.Seed
-	perShard int
-	shards   [cacheShards]cacheShard
+	spec   cacheSpec
+	seed   maphash.Seed
+	shards [cacheShards]cacheShard
 }
 
-const cacheShards = 16
+const (
+	cacheShards = 16
+	cacheWays   = 4
+)
 
-// cacheShard: index maps a key's hash to its slot in slots; every slot is
-// in index exactly once, under its entry's hash. next is the slot a full
-// shard reuses next.
+// cacheShard holds its sets; a nil set has never been stored into.
 type cacheShard struct {
-	mu    sync.RWMutex
-	index map[uint64]int32
-	slots []cacheEntry
-	next  int32
+	mu   sync.RWMutex
+	sets []*cacheSet
+}
+
+// cacheSet: a slot is in use when its bit in used is set; next is the
+// slot a store into the full set overwrites.
+type cacheSet struct {
+	slots [cacheWays]cacheEntry
+	used  uint8
+	next  uint8
 }
 
 // cacheEntry keeps the whole key: a hash collision is a miss, never a hit.
@@ -124,10 +135,13 @@ func basePath(p string) string {
 	}
 }
 
+// newDecisionCache makes a cache of about size entries (at least one
+// set per shard).
 func newDecisionCache(spec cacheSpec, size int) *decisionCache {
-	c := &decisionCache{spec: spec, seed: maphash.MakeSeed(), perShard: max(1, size/cacheShards)}
+	c := &decisionCache{spec: spec, seed: maphash.MakeSeed()}
+	sets := max(1, size/cacheShards/cacheWays)
 	for i := range c.shards {
-		c.shards[i].index = make(map[uint64]int32)
+		c.shards[i].sets = make([]*cacheSet, sets)
 	}
 	return c
 }
@@ -213,13 +227,13 @@ func canonicalLabels(labels map[string]string) string {
 }
 
 // hash covers every field of the key: the non-empty strings (the fields
-// the policy observes) streamed through one maphash.Hash, and their
-// lengths and places folded in beside the ports, so equal values in
-// different fields hash apart. Equal hashes are only candidates: get
-// compares the whole key.
+// the policy observes), each followed by its length and place, so equal
+// values in different fields hash apart, and the ports, the label
+// presence bits and mTLS. A key whose strings fit hashBuffer is hashed in
+// one call; a longer one is streamed (which key takes which way depends
+// on the key alone, so a key always hashes alike). Equal hashes are only
+// candidates: get compares the whole key.
 func (c *decisionCache) hash(k *l4Key) uint64 {
-	var h maphash.Hash
-	h.SetSeed(c.seed)
 	strs := [...]string{k.principal, k.trustDomain, k.srcNamespace, k.srcServiceAccount, k.srcIP, k.remoteIP,
 		k.dstIP, k.dstNamespace, k.dstWorkload, k.dstServiceAccount, k.dstSvc, k.sni, k.allLabels,
 		k.labels[0], k.labels[1], k.labels[2], k.labels[3], k.labels[4], k.labels[5], k.labels[6]}
@@ -227,6 +241,31 @@ func (c *decisionCache) hash(k *l4Key) uint64 {
 	if k.mtls {
 		shape |= 1 << 63
 	}
+	var buf [hashBuffer]byte
+	n := 0
+	for i := range strs {
+		if len(strs[i]) == 0 {
+			continue
+		}
+		if n+len(strs[i])+3 > len(buf) {
+			return c.hashStream(&strs, shape)
+		}
+		n += copy(buf[n:], strs[i])
+		buf[n], buf[n+1], buf[n+2] = byte(len(strs[i])), byte(len(strs[i])>>8), byte(i)
+		n += 3
+	}
+	return maphash.Bytes(c.seed, buf[:n]) ^ shape*0x9e3779b97f4a7c15
+}
+
+// hashBuffer bounds the strings of a key hashed in one call: SPIFFE IDs,
+// names and addresses fit many times over.
+const hashBuffer = 256
+
+// hashStream is hash for keys whose strings do not fit hashBuffer: each
+// string streamed, its length and place folded into shape.
+func (c *decisionCache) hashStream(strs *[20]string, shape uint64) uint64 {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
 	for i := range strs {
 		if strs[i] != "" {
 			h.WriteString(strs[i])
@@ -236,33 +275,61 @@ func (c *decisionCache) hash(k *l4Key) uint64 {
 	return h.Sum64() ^ shape
 }
 
-func (c *decisionCache) get(k *l4Key) (Decision, uint64, bool) {
-	h := c.hash(k)
+// locate is the shard and the set a hash picks: the shard from its low
+// bits, the set from the rest.
+func (c *decisionCache) locate(h uint64) (*cacheShard, int) {
 	s := &c.shards[h%cacheShards]
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	i, ok := s.index[h]
-	if !ok || s.slots[i].key != *k {
-		return Decision{}, h, false
-	}
-	return s.slots[i].d, h, true
+	return s, int((h / cacheShards) % uint64(len(s.sets)))
 }
 
+func (c *decisionCache) get(k *l4Key) (Decision, uint64, bool) {
+	h := c.hash(k)
+	s, i := c.locate(h)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if set := s.sets[i]; set != nil {
+		for w := range set.slots {
+			if e := &set.slots[w]; set.used&(1<<w) != 0 && e.hash == h && e.key == *k {
+				return e.d, h, true
+			}
+		}
+	}
+	return Decision{}, h, false
+}
+
+// put stores d under k (whose hash is h): over the slot with the same
+// hash (the same key, or a collision: the newer decision wins), else in a
+// free slot, else over the set's oldest.
 func (c *decisionCache) put(h uint64, k *l4Key, d Decision) {
-	s := &c.shards[h%cacheShards]
+	s, i := c.locate(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := s.index[h]
-	switch {
-	case ok: // the same key, or a collision: the newer decision wins
-	case len(s.slots) < c.perShard:
-		i = int32(len(s.slots))
-		s.slots = append(s.slots, cacheEntry{})
-	default:
-		i = s.next
-		s.next = (s.next + 1) % int32(len(s.slots))
-		delete(s.index, s.slots[i].hash)
+	set := s.sets[i]
+	if set == nil {
+		set = new(cacheSet)
+		s.sets[i] = set
 	}
-	s.index[h] = i
-	s.slots[i] = cacheEntry{key: *k, hash: h, d: d}
+	w := set.slotFor(h)
+	set.slots[w] = cacheEntry{key: *k, hash: h, d: d}
+	set.used |= 1 << w
+}
+
+func (set *cacheSet) slotFor(h uint64) int {
+	free := -1
+	for w := range set.slots {
+		switch {
+		case set.used&(1<<w) == 0:
+			if free < 0 {
+				free = w
+			}
+		case set.slots[w].hash == h:
+			return w
+		}
+	}
+	if free >= 0 {
+		return free
+	}
+	w := int(set.next)
+	set.next = uint8((w + 1) % cacheWays)
+	return w
 }
