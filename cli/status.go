@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -23,11 +24,11 @@ import (
 const defaultAdmin = "127.0.0.1:15014"
 
 func newStatusCommand() *cobra.Command {
-	var admin string
+	var admins []string
 	var timeout time.Duration
 	var output outputFormat
 	cmd := &cobra.Command{
-		Use:   "status [--admin ADDR] [-o text|json|yaml]",
+		Use:   "status [--admin ADDR]... [-o text|json|yaml]",
 		Short: "Show what each proxy has ACKed from the controller, and what it refused",
 		Long: `status asks regomesh-controller's admin endpoint (GET /debug/proxies) which
 ztunnels and waypoints stream from it, and prints for each: its SPIFFE ID, kind,
@@ -35,29 +36,95 @@ node and open streams, the state version it last ACKed and when, the policy bund
 revisions it last ACKed, and the last response it refused (NACK) with its reason.
 
 The admin endpoint listens on loopback (--admin-addr, 127.0.0.1:15014); in a cluster,
-forward it first. Each controller replica reports the proxies streaming from it.
+forward it first. Each controller replica reports the proxies streaming from it:
+give --admin once per replica to see them all, in one table with a CONTROLLER
+column (-o json and yaml then print a list, one report per replica). A replica that
+cannot be read is reported, the others are still shown, and the exit status is 1.
 See docs/proxy-status.md.`,
 		Example: `  kubectl -n regomesh-system port-forward deploy/regomesh-controller 15014 &
   regomesh status
-  regomesh status -o json`,
+  regomesh status -o json
+  regomesh status --admin 127.0.0.1:15014 --admin 127.0.0.1:25014   # two replicas, each forwarded`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			report, err := fetchStatus(ctx, admin)
-			if err != nil {
-				return err
+			if len(admins) == 1 {
+				report, err := fetchStatus(ctx, admins[0])
+				if err != nil {
+					return err
+				}
+				if output != "text" {
+					return writeData(cmd.OutOrStdout(), output, report)
+				}
+				return writeStatus(cmd.OutOrStdout(), report)
 			}
+			replicas, err := fetchReplicas(ctx, admins)
 			if output != "text" {
-				return writeData(cmd.OutOrStdout(), output, report)
+				if werr := writeData(cmd.OutOrStdout(), output, replicas); werr != nil {
+					return werr
+				}
+			} else if werr := writeReplicas(cmd.OutOrStdout(), replicas); werr != nil {
+				return werr
 			}
-			return writeStatus(cmd.OutOrStdout(), report)
+			return err
 		},
 	}
-	cmd.Flags().StringVar(&admin, "admin", defaultAdmin, "regomesh-controller's admin endpoint (its --admin-addr): host:port or an http:// URL")
+	cmd.Flags().StringArrayVar(&admins, "admin", []string{defaultAdmin}, "regomesh-controller's admin endpoint (its --admin-addr): host:port or an http:// URL; repeat it for each replica")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the controller's answer")
 	registerOutput(cmd.Flags(), &output)
 	return cmd
+}
+
+// replicaStatus is one controller replica's report, as status prints it
+// for several replicas.
+type replicaStatus struct {
+	Admin  string            `json:"admin"`
+	Report *xds.StatusReport `json:"report,omitempty"`
+	Error  string            `json:"error,omitempty"`
+}
+
+// fetchReplicas reads every replica's report, in the order given; the
+// error joins the failures, each of which is also in its replica's entry.
+func fetchReplicas(ctx context.Context, admins []string) ([]replicaStatus, error) {
+	out := make([]replicaStatus, len(admins))
+	var errs []error
+	for i, admin := range admins {
+		out[i].Admin = admin
+		report, err := fetchStatus(ctx, admin)
+		if err != nil {
+			out[i].Error = err.Error()
+			errs = append(errs, err)
+			continue
+		}
+		out[i].Report = &report
+	}
+	return out, errors.Join(errs...)
+}
+
+// writeReplicas prints each replica's state version and bundles, then one
+// table of every replica's proxies, the replica first.
+func writeReplicas(w io.Writer, replicas []replicaStatus) error {
+	for _, r := range replicas {
+		if r.Report == nil {
+			fmt.Fprintf(w, "controller %s: not read (below)\n", r.Admin)
+			continue
+		}
+		fmt.Fprintf(w, "controller %s: state version %s, bundles %s\n", r.Admin, r.Report.Version, formatBundles(r.Report.Bundles, nil))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTROLLER\tPROXY\tKIND\tNODE\tSTREAMS\tSTATE ACKED\tBUNDLES ACKED\tLAST NACK")
+	for _, r := range replicas {
+		if r.Report == nil {
+			continue
+		}
+		for _, p := range r.Report.Proxies {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Admin, p.ID, p.Kind, cmp.Or(p.Node, "-"), p.Streams,
+				ackedState(p, r.Report.Time), formatBundles(p.Bundles, r.Report.Bundles), lastNACK(p.LastNACK, r.Report.Time))
+		}
+	}
+	return tw.Flush()
 }
 
 // fetchStatus reads the proxies' status from the admin endpoint at admin.

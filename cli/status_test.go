@@ -104,3 +104,42 @@ func TestStatusErrors(t *testing.T) {
 		})
 	}
 }
+
+// Several --admin, one per controller replica: each replica's version,
+// and every replica's proxies in one table, the replica first; one that
+// cannot be read is reported, the others shown, and the exit status is
+// an error. -o json is then a list, one report per replica.
+func TestStatusReplicas(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("td")
+	one, two := xds.New(xds.Config{TrustDomain: td}), xds.New(xds.Config{TrustDomain: td})
+	one.UpdateBundles(map[string]string{wire.MeshBundle: "rev-1"})
+	two.UpdateBundles(map[string]string{wire.MeshBundle: "rev-2"})
+	a, b := httptest.NewServer(one.StatusHandler()), httptest.NewServer(two.StatusHandler())
+	defer a.Close()
+	defer b.Close()
+	stdout, stderr, code := runBinary(t, "", "status", "--admin", a.URL, "--admin", b.URL)
+	if code != ExitAllowed {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"controller " + a.URL + ": state version", "bundles/mesh=rev-1", "controller " + b.URL + ":", "bundles/mesh=rev-2", "CONTROLLER  PROXY"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+	stdout, _, code = runBinary(t, "", "status", "--admin", a.URL, "--admin", b.URL, "-o", "json")
+	var replicas []replicaStatus
+	if err := json.Unmarshal([]byte(stdout), &replicas); err != nil || code != ExitAllowed {
+		t.Fatalf("-o json: exit %d, %v:\n%s", code, err, stdout)
+	}
+	if len(replicas) != 2 || replicas[0].Admin != a.URL || replicas[1].Report == nil || replicas[1].Report.Bundles[wire.MeshBundle] != "rev-2" {
+		t.Errorf("-o json = %+v; want both replicas' reports, in order", replicas)
+	}
+
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	stdout, stderr, code = runBinary(t, "", "status", "--admin", a.URL, "--admin", gone.URL)
+	if code != ExitError || !strings.Contains(stdout, "bundles/mesh=rev-1") || !strings.Contains(stdout, "controller "+gone.URL+": not read") ||
+		!strings.Contains(stderr, "cannot reach regomesh-controller's admin endpoint at "+gone.URL) {
+		t.Errorf("one replica gone: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
