@@ -82,7 +82,12 @@ type Client struct {
 	// keys of those answered as standing for nothing, oldest first.
 	demands map[string]*demand
 	misses  []string
-	send    func(*discoveryv3.DeltaDiscoveryRequest) error // the current stream's, nil between streams
+	// live is true from the first state response applied on the current
+	// stream until it ends; liveCh is closed while live, and a new one
+	// made when the stream ends.
+	live   bool
+	liveCh chan struct{}
+	send   func(*discoveryv3.DeltaDiscoveryRequest) error // the current stream's, nil between streams
 }
 
 type heldResource struct {
@@ -108,7 +113,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	cfg.TrustDomain = cmp.Or(cfg.TrustDomain, "cluster.local")
 	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, 500*time.Millisecond)
 	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, 30*time.Second)
-	return &Client{cfg: cfg, log: cfg.Logger.With("component", "xds", "controller", cfg.Addr), held: map[string]heldResource{}, synced: make(chan struct{}), demands: map[string]*demand{}}, nil
+	return &Client{cfg: cfg, log: cfg.Logger.With("component", "xds", "controller", cfg.Addr), held: map[string]heldResource{}, synced: make(chan struct{}), demands: map[string]*demand{}, liveCh: make(chan struct{})}, nil
 }
 
 // Synced is closed once the first response from the controller has been
@@ -217,6 +222,9 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 	defer func() {
 		c.mu.Lock()
 		c.send = nil
+		if c.live {
+			c.live, c.liveCh = false, make(chan struct{})
+		}
 		c.mu.Unlock()
 	}()
 	sendMu.Lock()
@@ -246,6 +254,9 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 				applied = true
 			}
 			c.answered(resp, err, send)
+			if err == nil {
+				c.setLive()
+			}
 		}
 		if err != nil {
 			c.log.Error("refused a response of the controller; what it replaces stays in force", "type", resp.GetTypeUrl(), "version", resp.GetSystemVersionInfo(), "error", err)
@@ -307,6 +318,17 @@ func (c *Client) applyBundles(resp *discoveryv3.DeltaDiscoveryResponse) error {
 		c.cfg.Bundles(maps.Clone(next))
 	}
 	return nil
+}
+
+// setLive marks the stream live: its state answers for the misses
+// subscribed.
+func (c *Client) setLive() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.live {
+		c.live = true
+		close(c.liveCh)
+	}
 }
 
 // apply converts a response and applies it whole, or not at all.

@@ -49,7 +49,9 @@ const MaxDemandMisses = 1024
 // so later changes to them arrive by themselves; so does one to an
 // address that stands for nothing (outside the mesh), within
 // MaxDemandMisses, so that later connections to it do not wait for the
-// controller, and what appears there later arrives by itself.
+// controller, and what appears there later arrives by itself. While the
+// stream is down, such an address is waited for as an unknown one is:
+// what appeared there meanwhile would not have arrived.
 //
 // Demand returns at once for a workload's address the state holds, or an
 // address already answered. It returns ctx's error if the answer does not
@@ -67,6 +69,19 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 		}
 	}
 	d, ok := c.demands[key]
+	if ok && answered(d) && !d.found && !c.live {
+		// It stood for nothing, but nothing says it still does while the
+		// stream is down: wait for the stream's first answer, which would
+		// bring what appeared there, as for an address never asked for.
+		wait := c.liveCh
+		c.mu.Unlock()
+		select {
+		case <-wait:
+			return c.Demand(ctx, ip)
+		case <-ctx.Done():
+			return fmt.Errorf("xds: no answer from the controller at %s for %s: %w", c.cfg.Addr, ip, ctx.Err())
+		}
+	}
 	if !ok {
 		d = &demand{done: make(chan struct{})}
 		c.demands[key] = d
@@ -82,6 +97,16 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 		return d.err
 	case <-ctx.Done():
 		return fmt.Errorf("xds: no answer from the controller at %s for %s: %w", c.cfg.Addr, ip, ctx.Err())
+	}
+}
+
+// answered reports whether d has its answer.
+func answered(d *demand) bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -106,10 +131,12 @@ func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr err
 		default:
 		}
 		d.found = found && applyErr == nil
-		close(d.done)
+		if applyErr != nil {
+			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
+		}
+		close(d.done) // after d's fields: Demand reads them once done is closed
 		switch {
 		case applyErr != nil:
-			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
 			delete(c.demands, key)
 			drop = append(drop, key)
 		case !found:

@@ -1,8 +1,12 @@
 package xds
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
+	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
@@ -50,5 +54,37 @@ func TestDemandMissesBounded(t *testing.T) {
 	miss(key(MaxDemandMisses + 2))
 	if len(unsubscribed) != 2 || unsubscribed[1] != key(2) {
 		t.Errorf("unsubscribed %v, want %s next", unsubscribed, key(2))
+	}
+}
+
+// A miss answers at once while the stream is live (its state would have
+// brought what appeared there), and is waited for as an unknown address
+// while it is down: a connection then fails closed when no answer comes.
+func TestDemandMissWhileStreamDown(t *testing.T) {
+	c := &Client{demands: map[string]*demand{}, liveCh: make(chan struct{}), cfg: ClientConfig{Addr: "controller:15012"}}
+	ip := netip.MustParseAddr("192.0.2.7")
+	d := &demand{done: make(chan struct{})}
+	close(d.done)
+	c.demands[AddressKey(ip)] = d
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := c.Demand(ctx, ip); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a miss with the stream down: %v, want to wait and time out", err)
+	}
+	// The stream comes up while a connection waits: it is answered.
+	waited := make(chan error, 1)
+	go func() { waited <- c.Demand(t.Context(), ip) }()
+	time.Sleep(10 * time.Millisecond)
+	c.setLive()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("once live: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting demand was not answered when the stream came up")
+	}
+	if err := c.Demand(t.Context(), ip); err != nil {
+		t.Fatalf("a miss with the stream live: %v", err)
 	}
 }
