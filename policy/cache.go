@@ -254,7 +254,18 @@ func (c *decisionCache) hash(k *l4Key) uint64 {
 		buf[n], buf[n+1], buf[n+2] = byte(len(strs[i])), byte(len(strs[i])>>8), byte(i)
 		n += 3
 	}
-	return maphash.Bytes(c.seed, buf[:n]) ^ shape*0x9e3779b97f4a7c15
+	return mix(maphash.Bytes(c.seed, buf[:n]) ^ shape)
+}
+
+// mix spreads every bit of h over all of them (splitmix64's finalizer):
+// shape puts the ports and mTLS in high bits, and locate picks the shard
+// and the set by the low ones.
+func mix(h uint64) uint64 {
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
 }
 
 // hashBuffer bounds the strings of a key hashed in one call: SPIFFE IDs,
@@ -272,7 +283,7 @@ func (c *decisionCache) hashStream(strs *[20]string, shape uint64) uint64 {
 			shape = (shape ^ (uint64(len(strs[i]))<<5 | uint64(i))) * 0x100000001b3
 		}
 	}
-	return h.Sum64() ^ shape
+	return mix(h.Sum64() ^ shape)
 }
 
 // locate is the shard and the set a hash picks: the shard from its low

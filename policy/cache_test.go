@@ -96,3 +96,36 @@ func TestCacheIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// Keys that differ only in a port, or in mTLS, spread over the shards and
+// sets as keys differing in a string do: the ports sit in the hash's high
+// bits before mix, and locate reads the low ones.
+func TestCacheSpreadsPorts(t *testing.T) {
+	c := newDecisionCache(everything, 65536)
+	for _, tc := range []struct {
+		name string
+		key  func(i int) l4Key
+	}{
+		{"source port", func(i int) l4Key { return l4Key{srcIP: "10.0.0.1", dstIP: "10.0.0.2", srcPort: 30000 + i} }},
+		{"destination port", func(i int) l4Key { return l4Key{srcIP: "10.0.0.1", dstIP: "10.0.0.2", dstPort: 1 + i} }},
+		{"a long key's source port", func(i int) l4Key {
+			return l4Key{principal: strings.Repeat("p", 2*hashBuffer), srcPort: 30000 + i}
+		}},
+	} {
+		type place struct {
+			shard *cacheShard
+			set   int
+		}
+		places := map[place]bool{}
+		shards := map[*cacheShard]bool{}
+		for i := range 1000 {
+			k := tc.key(i)
+			s, set := c.locate(c.hash(&k))
+			shards[s] = true
+			places[place{s, set}] = true
+		}
+		if len(shards) < cacheShards || len(places) < 600 {
+			t.Errorf("%s: 1000 keys in %d shards and %d places; want every shard and most places", tc.name, len(shards), len(places))
+		}
+	}
+}

@@ -30,8 +30,9 @@ type Config struct {
 	DecisionLog *DecisionLogger
 	// Logger is the engine's logger; nil means slog.Default().
 	Logger *slog.Logger
-	// CacheSize bounds the L4 decision cache, in entries. 0 means 65536;
-	// a negative value disables the cache.
+	// CacheSize bounds the L4 decision cache, in entries, rounded down to
+	// whole sets of 64 (16 shards of sets of 4), and at least 64. 0 means
+	// 65536; a negative value disables the cache.
 	CacheSize int
 	// Topdown evaluates every decision with OPA's topdown evaluator instead
 	// of the native program: the reference semantics, for comparison.
