@@ -283,13 +283,13 @@ func (s bundleSource) read(cfg *bundle.VerificationConfig, skipVerify bool) (*bu
 	}
 	b, err := r.Read()
 	if err != nil {
+		if fast != nil && fast.verifyErr != nil {
+			return nil, nil, fast.verifyErr // the reader's message, unwrapped, as the reader gives it
+		}
 		return nil, nil, err
 	}
 	var lazy []*lazyModule
 	if fast != nil {
-		if err := fast.verifySignatures(&b); err != nil {
-			return nil, nil, err
-		}
 		if lazy, err = fast.restore(&b); err != nil {
 			return nil, nil, err
 		}

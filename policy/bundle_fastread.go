@@ -24,11 +24,12 @@ import (
 //
 // The reader verifies a signed bundle's files as it reads them, so it
 // cannot verify the modules it never sees. With verification configured,
-// fastModules verifies instead, every file, and the reader is told to skip
-// it: verifySignatures does what the reader does (bundle.Reader.Read and
-// checkSignaturesAndDescriptors), through OPA's own functions for the
-// signature and each file's digest (bundle.VerifyBundleSignature,
-// bundle.VerifyBundleFile), on the bytes the loader gave.
+// fastModules verifies instead, every file, before anything is parsed,
+// and the reader is told to skip it: verifySignatures does what the
+// reader does (bundle.Reader.Read and checkSignaturesAndDescriptors),
+// through OPA's own functions for the signature and each file's digest
+// (bundle.VerifyBundleSignature, bundle.VerifyBundleFile), on the bytes
+// the loader gave.
 type fastModules struct {
 	bundle.DirectoryLoader
 	baseDir string
@@ -45,19 +46,24 @@ type fastModules struct {
 
 	// verify, when not nil, is the verification verifySignatures does;
 	// signed are the bundle's files (but the signatures file) as the
-	// loader gave them, signatures the signatures file's content, from
-	// sigPath; sigErr is the first error reading it.
+	// loader gave them, until handed out; signatures the signatures
+	// file's content, from sigPath; sigErr is the first error reading
+	// it; drained is set once drain ran, verifyErr is verifySignatures's
+	// answer.
 	verify     *bundle.VerificationConfig
 	signed     []signedFile
 	signatures bundle.SignaturesConfig
 	sigPath    string
 	sigErr     error
+	drained    bool
+	verifyErr  error
 }
 
-// signedFile is a file to verify: its path as the signature names it.
+// signedFile is a file of a bundle being verified, as the loader gave it,
+// and its path as the signature names it.
 type signedFile struct {
-	path string
-	data []byte
+	url, path, signed string
+	data              []byte
 }
 
 // newFastModules wraps l; verify is the verification configured, or nil
@@ -67,34 +73,30 @@ func newFastModules(l bundle.DirectoryLoader, baseDir string, verify *bundle.Ver
 }
 
 // NextFile is the wrapped loader's next file but the modules fastParse
-// reads and, when it verifies, the signatures file.
+// reads. When it verifies, it first reads every file and verifies them
+// all (nextVerified): nothing of a bundle is parsed before its signature
+// and digests are checked, as the reader checks a file before it parses
+// it.
 func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
+	if l.verify != nil {
+		return l.nextVerified()
+	}
+	return l.next(l.DirectoryLoader.NextFile)
+}
+
+// next is source's next file but the modules fastParse reads.
+func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.Descriptor, error) {
 	for {
-		f, err := l.DirectoryLoader.NextFile()
+		f, err := source()
 		if err != nil {
 			return f, err
 		}
-		module := strings.HasSuffix(f.Path(), bundle.RegoExt)
-		if !module && l.verify == nil {
+		if !strings.HasSuffix(f.Path(), bundle.RegoExt) {
 			return f, nil
 		}
-		var buf bytes.Buffer
-		_, err = f.Read(&buf, l.limit)
-		if cerr := f.Close(); err == nil || err == io.EOF {
-			err = cerr
-		}
+		buf, err := l.read(f)
 		if err != nil {
 			return nil, err
-		}
-		if l.verify != nil {
-			if bundle.IsSignaturesFile(f.Path()) {
-				l.readSignatures(f.Path(), buf.Bytes())
-				continue
-			}
-			l.signed = append(l.signed, signedFile{path: l.signedPath(f), data: buf.Bytes()})
-		}
-		if !module {
-			return bundle.NewDescriptor(f.URL(), f.Path(), &buf), nil
 		}
 		// What the reader makes of the file (bundle.Reader.Read).
 		rel := filepath.ToSlash(f.Path())
@@ -107,7 +109,7 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 		m, ok := fastParse(name, src)
 		if !ok || int64(len(src)) >= l.limit || !plainSegments(m.Package.Path) {
 			l.modules, l.lazy = append(l.modules, nil), append(l.lazy, nil)
-			return bundle.NewDescriptor(f.URL(), f.Path(), &buf), nil
+			return bundle.NewDescriptor(f.URL(), f.Path(), buf), nil
 		}
 		mf := &bundle.ModuleFile{URL: f.URL(), Path: name, RelativePath: rel, Raw: src, Parsed: m}
 		var lazy *lazyModule
@@ -116,6 +118,65 @@ func (l *fastModules) NextFile() (*bundle.Descriptor, error) {
 			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String()}, nil
 		}
 		l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
+	}
+}
+
+// read reads f whole (up to the reader's limit, which the reader then
+// enforces) and closes it.
+func (l *fastModules) read(f *bundle.Descriptor) (*bytes.Buffer, error) {
+	var buf bytes.Buffer
+	_, err := f.Read(&buf, l.limit)
+	if cerr := f.Close(); err == nil || err == io.EOF {
+		err = cerr
+	}
+	return &buf, err
+}
+
+// nextVerified is NextFile when it verifies: at the first call every file
+// is read and verified (drain); a bundle that fails is refused at once,
+// one that passes handed out file by file as next does, the signatures
+// file left out.
+func (l *fastModules) nextVerified() (*bundle.Descriptor, error) {
+	if !l.drained {
+		l.drained = true
+		if err := l.drain(); err != nil {
+			return nil, err
+		}
+		l.verifyErr = l.verifySignatures()
+	}
+	if l.verifyErr != nil {
+		return nil, l.verifyErr
+	}
+	return l.next(func() (*bundle.Descriptor, error) {
+		if len(l.signed) == 0 {
+			return nil, io.EOF
+		}
+		f := l.signed[0]
+		l.signed[0], l.signed = signedFile{}, l.signed[1:]
+		return bundle.NewDescriptor(f.url, f.path, bytes.NewBuffer(f.data)), nil
+	})
+}
+
+// drain reads every file of the wrapped loader: the signatures file
+// decoded (readSignatures), the others kept in the loader's order.
+func (l *fastModules) drain() error {
+	for {
+		f, err := l.DirectoryLoader.NextFile()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		buf, err := l.read(f)
+		if err != nil {
+			return err
+		}
+		if bundle.IsSignaturesFile(f.Path()) {
+			l.readSignatures(f.Path(), buf.Bytes())
+			continue
+		}
+		l.signed = append(l.signed, signedFile{url: f.URL(), path: f.Path(), signed: l.signedPath(f), data: buf.Bytes()})
 	}
 }
 
@@ -144,19 +205,16 @@ func (l *fastModules) readSignatures(path string, data []byte) {
 	}
 }
 
-// verifySignatures verifies b, which the reader read from l without
-// verifying, as the reader would have: a snapshot's signature and every
-// file's digest against it (but the files the configuration excludes),
-// and no file the signature names missing; a delta bundle only where the
-// configuration allows it unsigned. The errors are the reader's.
-func (l *fastModules) verifySignatures(b *bundle.Bundle) error {
-	if l.verify == nil {
-		return nil
-	}
+// verifySignatures verifies the files drain read as the reader would
+// have: a snapshot's signature and every file's digest against it (but
+// the files the configuration excludes), and no file the signature names
+// missing; a delta bundle only where the configuration allows it
+// unsigned. The errors are the reader's.
+func (l *fastModules) verifySignatures() error {
 	if l.sigErr != nil {
 		return l.sigErr
 	}
-	if b.Type() != bundle.SnapshotBundleType {
+	if l.delta() {
 		if !l.verify.UnsignedDeltaBundlesAllowed() {
 			return errors.New("delta bundles do not support signature verification")
 		}
@@ -173,11 +231,11 @@ func (l *fastModules) verifySignatures(b *bundle.Bundle) error {
 		return err
 	}
 	for _, f := range l.signed {
-		if excludedFromVerification(l.verify.Exclude, f.path) {
-			delete(files, f.path)
+		if excludedFromVerification(l.verify.Exclude, f.signed) {
+			delete(files, f.signed)
 			continue
 		}
-		if err := bundle.VerifyBundleFile(f.path, *bytes.NewBuffer(f.data), files); err != nil {
+		if err := bundle.VerifyBundleFile(f.signed, *bytes.NewBuffer(f.data), files); err != nil {
 			return err
 		}
 	}
@@ -185,6 +243,20 @@ func (l *fastModules) verifySignatures(b *bundle.Bundle) error {
 		return fmt.Errorf("file(s) %v specified in bundle signatures but not found in the target bundle", util.Keys(files))
 	}
 	return nil
+}
+
+// delta says whether the bundle is a delta bundle, as the reader tells
+// (bundle.Bundle.Type): a patch.json with operations.
+func (l *fastModules) delta() bool {
+	for _, f := range l.signed {
+		if filepath.Base(f.path) == "patch.json" {
+			var p bundle.Patch
+			if util.NewJSONDecoder(bytes.NewReader(f.data)).Decode(&p) == nil && len(p.Data) != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // excludedFromVerification matches path as the reader's isFileExcluded.
