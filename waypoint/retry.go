@@ -147,8 +147,10 @@ const DefaultHTTPRouteRetries = 2
 // tunnel, a refused stream) and gRPC UNAVAILABLE and CANCELLED are
 // retried, and the codes listed; a reset or a timeout after the request
 // left is not (the backend may have acted on it). attempts defaults to
-// Istio's 2; 0 retries nothing. Without retry, Istio's default policy
-// applies, each attempt bounded by a backendRequest timeout.
+// Istio's 2; 0 retries nothing, its one attempt still bounded by
+// backendRequest (where istiod leaves no timeout at all). Without retry,
+// Istio's default policy applies, each attempt bounded by a
+// backendRequest timeout.
 func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*retryPolicy, error) {
 	var perTry time.Duration
 	if t != nil && t.BackendRequest != nil {
@@ -171,13 +173,8 @@ func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*
 		on: retryConnectFailure | retryRefusedStream, grpc: map[string]string{"14": "unavailable", "1": "cancelled"},
 		previousHosts: true, backoff: defaultRetryBackoff, atLeast: true,
 	}
-	switch {
-	case p.retries < 0:
+	if p.retries < 0 {
 		return nil, errors.New("retry.attempts: must not be negative")
-	case p.retries == 0 && perTry == 0:
-		return noRetries, nil
-	case p.retries == 0:
-		return &retryPolicy{perTry: perTry}, nil // one attempt, bounded
 	}
 	for _, c := range r.Codes {
 		if c < 400 || c > 599 {
@@ -192,6 +189,14 @@ func compileHTTPRouteRetry(r *gwv1.HTTPRouteRetry, t *gwv1.HTTPRouteTimeouts) (*
 			return nil, fmt.Errorf("retry.backoff: %q is not a positive duration", *r.Backoff)
 		}
 		p.backoff = d
+	}
+	switch {
+	case p.retries == 0 && perTry == 0:
+		return noRetries, nil
+	case p.retries == 0:
+		// One attempt, bounded by backendRequest, as the Gateway API
+		// says; istiod's conversion drops the timeout with the retries.
+		return &retryPolicy{perTry: perTry}, nil
 	}
 	return p, nil
 }

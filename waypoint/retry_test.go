@@ -141,6 +141,9 @@ func TestHTTPRouteRetryConditions(t *testing.T) {
 	if _, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &minus}, nil); err == nil {
 		t.Error("attempts -1 accepted")
 	}
+	if _, err := compileHTTPRouteRetry(&gwv1.HTTPRouteRetry{Attempts: &zero, Codes: []gwv1.HTTPRouteRetryStatusCode{200}}, nil); err == nil {
+		t.Error("attempts 0 with code 200 accepted: the codes are checked whatever the attempts")
+	}
 }
 
 // retryAnswer is an upstream's response with status and, if given, a
