@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -47,9 +48,9 @@ See docs/proxy-status.md.`,
   regomesh status --admin 127.0.0.1:15014 --admin 127.0.0.1:25014   # two replicas, each forwarded`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
 			if len(admins) == 1 {
+				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+				defer cancel()
 				report, err := fetchStatus(ctx, admins[0])
 				if err != nil {
 					return err
@@ -59,7 +60,7 @@ See docs/proxy-status.md.`,
 				}
 				return writeStatus(cmd.OutOrStdout(), report)
 			}
-			replicas, err := fetchReplicas(ctx, admins)
+			replicas, err := fetchReplicas(cmd.Context(), admins, timeout)
 			if output != "text" {
 				if werr := writeData(cmd.OutOrStdout(), output, replicas); werr != nil {
 					return werr
@@ -84,21 +85,28 @@ type replicaStatus struct {
 	Error  string            `json:"error,omitempty"`
 }
 
-// fetchReplicas reads every replica's report, in the order given; the
-// error joins the failures, each of which is also in its replica's entry.
-func fetchReplicas(ctx context.Context, admins []string) ([]replicaStatus, error) {
+// fetchReplicas reads every replica's report at once, each within
+// timeout, so that one that hangs costs the others nothing; they are
+// listed in the order given. The error joins the failures, each of which
+// is also in its replica's entry.
+func fetchReplicas(ctx context.Context, admins []string, timeout time.Duration) ([]replicaStatus, error) {
 	out := make([]replicaStatus, len(admins))
-	var errs []error
+	errs := make([]error, len(admins))
+	var wg sync.WaitGroup
 	for i, admin := range admins {
-		out[i].Admin = admin
-		report, err := fetchStatus(ctx, admin)
-		if err != nil {
-			out[i].Error = err.Error()
-			errs = append(errs, err)
-			continue
-		}
-		out[i].Report = &report
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			out[i].Admin = admin
+			report, err := fetchStatus(ctx, admin)
+			if err != nil {
+				out[i].Error, errs[i] = err.Error(), err
+				return
+			}
+			out[i].Report = &report
+		})
 	}
+	wg.Wait()
 	return out, errors.Join(errs...)
 }
 

@@ -135,6 +135,22 @@ func TestStatusReplicas(t *testing.T) {
 		t.Errorf("-o json = %+v; want both replicas' reports, in order", replicas)
 	}
 
+	// A replica that hangs costs the others nothing: each has its own
+	// --timeout.
+	hung := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(hung)
+	stdout, stderr, code = runBinary(t, "", "status", "--timeout", "1s", "--admin", slow.URL, "--admin", a.URL)
+	if code != ExitError || !strings.Contains(stdout, "bundles/mesh=rev-1") || !strings.Contains(stderr, "deadline exceeded") {
+		t.Errorf("one replica hung: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+
 	gone := httptest.NewServer(http.NotFoundHandler())
 	gone.Close()
 	stdout, stderr, code = runBinary(t, "", "status", "--admin", a.URL, "--admin", gone.URL)
