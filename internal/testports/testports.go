@@ -14,7 +14,8 @@
 // exclusive flock on a file named after it, under os.TempDir(). Every test
 // binary on the machine honours the same locks, and the kernel drops a
 // lock when the process holding it dies, so a killed run leaves nothing
-// reserved. A port that another program has bound is skipped.
+// reserved. A port that another program has bound is skipped. Linux only
+// (it reads the ephemeral range from /proc), as the tests that use it are.
 package testports
 
 import (
@@ -56,6 +57,10 @@ func reserve() (port int, release func(), err error) {
 	if err := os.MkdirAll(lockDir, 0o777); err != nil {
 		return 0, nil, err
 	}
+	// Every user's tests share the directory, as they share the ports:
+	// sticky, like /tmp, whatever the umask made it. Best effort: it may
+	// be another user's.
+	_ = os.Chmod(lockDir, 0o1777)
 	n := hi - lo + 1
 	start := rand.IntN(n)
 	for i := range n {
@@ -70,7 +75,8 @@ func reserve() (port int, release func(), err error) {
 // tryPort takes port's lock without waiting and checks that the port can
 // be bound. It returns the release of the lock when both hold.
 func tryPort(port int) (release func(), ok bool) {
-	f, err := os.OpenFile(filepath.Join(lockDir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+	// Read-only, so that a lock file another user made serves too.
+	f, err := os.OpenFile(filepath.Join(lockDir, strconv.Itoa(port)), os.O_CREATE|os.O_RDONLY, 0o644)
 	if err != nil {
 		return nil, false
 	}
