@@ -60,7 +60,7 @@ func reserve() (port int, release func(), err error) {
 	// Every user's tests share the directory, as they share the ports:
 	// sticky, like /tmp, whatever the umask made it. Best effort: it may
 	// be another user's.
-	_ = os.Chmod(lockDir, 0o1777)
+	_ = os.Chmod(lockDir, os.ModeSticky|0o777)
 	n := hi - lo + 1
 	start := rand.IntN(n)
 	for i := range n {
