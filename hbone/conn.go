@@ -181,13 +181,25 @@ func newConn(nc net.Conn, batch *batchConn, client bool, cfg ConnConfig, hooks c
 // ls (server side, before handshake): ConnWindow, or what is left of it
 // but at least HTTP/2's initial 64 KiB. It reports whether the window is
 // whole; a short one grows back as the budgets free (takeConnCreditLocked).
+// The server may close the connection meanwhile (Server.Close closes the
+// connections it knows, this one included): then the window goes back at
+// once, since close has released what the connection held.
 func (c *conn) budgetWindow(ls levels) bool {
 	got := ls.takeWindow(int64(c.cfg.ConnWindow))
 	if got < initialWindow {
 		ls.forceWindow(initialWindow - got)
 		got = initialWindow
 	}
+	c.mu.Lock()
+	select {
+	case <-c.done:
+		c.mu.Unlock()
+		ls.releaseWindow(got)
+		return true // closed: nothing to count
+	default:
+	}
 	c.levels, c.window, c.recvWindow = ls, got, got
+	c.mu.Unlock()
 	return got == int64(c.cfg.ConnWindow)
 }
 
@@ -460,7 +472,7 @@ func (c *conn) close(err error) {
 		clear(c.streams)
 		c.active = 0
 		c.waiting = nil
-		window := c.window
+		window, levels := c.window, c.levels
 		c.window = 0
 		if c.idleTimer != nil {
 			c.idleTimer.Stop()
@@ -468,7 +480,7 @@ func (c *conn) close(err error) {
 		close(c.done)
 		c.mu.Unlock()
 		c.nc.Close()
-		c.levels.releaseWindow(window)
+		levels.releaseWindow(window)
 		if c.hooks.unusable != nil {
 			c.hooks.unusable(c) // before the streams fail: their owners may redial at once
 		}
