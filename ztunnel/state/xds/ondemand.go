@@ -69,7 +69,7 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 		}
 	}
 	d, ok := c.demands[key]
-	if ok && answered(d) && !d.found && !c.live {
+	if ok && d.settled() && !d.found && !c.live {
 		// It stood for nothing, but nothing says it still does while the
 		// stream is down: wait for the stream's first answer, which would
 		// bring what appeared there, as for an address never asked for.
@@ -79,7 +79,7 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 		case <-wait:
 			return c.Demand(ctx, ip)
 		case <-ctx.Done():
-			return fmt.Errorf("xds: no answer from the controller at %s for %s: %w", c.cfg.Addr, ip, ctx.Err())
+			return c.noAnswer(ctx, ip)
 		}
 	}
 	if !ok {
@@ -96,12 +96,17 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 	case <-d.done:
 		return d.err
 	case <-ctx.Done():
-		return fmt.Errorf("xds: no answer from the controller at %s for %s: %w", c.cfg.Addr, ip, ctx.Err())
+		return c.noAnswer(ctx, ip)
 	}
 }
 
-// answered reports whether d has its answer.
-func answered(d *demand) bool {
+// noAnswer is Demand's error when ctx ended before an answer for ip.
+func (c *Client) noAnswer(ctx context.Context, ip netip.Addr) error {
+	return fmt.Errorf("xds: no answer from the controller at %s for %s: %w", c.cfg.Addr, ip, ctx.Err())
+}
+
+// settled reports whether d has its answer.
+func (d *demand) settled() bool {
 	select {
 	case <-d.done:
 		return true
@@ -122,13 +127,11 @@ func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr err
 		if !ok {
 			return
 		}
-		select {
-		case <-d.done:
+		if d.settled() {
 			// Answered before: a resource sent again with its alias, or
 			// what now stands at an address that stood for nothing.
 			d.found = d.found || (found && applyErr == nil)
 			return
-		default:
 		}
 		d.found = found && applyErr == nil
 		if applyErr != nil {
