@@ -2,6 +2,7 @@ package xds
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -78,10 +79,13 @@ type Client struct {
 	synced  chan struct{}     // closed at the first response applied
 	snap    *state.Snapshot   // the state last applied
 	// demands are the addresses subscribed to on demand (ondemand.go),
-	// by address key: answered, or awaiting their answer; misses are the
-	// keys of those answered as standing for nothing, oldest first.
+	// by address key: answered, or awaiting their answer. misses holds
+	// the key of each that stands for nothing, once, in the order they
+	// became misses, oldest first: exactly the demands whose miss
+	// element is set (a key found again leaves it, and re-enters at the
+	// back if it becomes a miss again).
 	demands map[string]*demand
-	misses  []string
+	misses  list.List
 	// live is true from the first state response applied on the current
 	// stream until it ends; liveCh is closed while live, and a new one
 	// made when the stream ends.

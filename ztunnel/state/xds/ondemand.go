@@ -1,10 +1,12 @@
 package xds
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
@@ -20,23 +22,32 @@ var ErrDemandRefused = errors.New("xds: the controller's answer to a subscriptio
 // demand is one address subscribed to on demand.
 //
 // Invariant: done is closed once the address is answered; found says
-// whether it stood for a workload or a service, err whether the answer
-// was refused. A refused demand leaves Client.demands at once; one that
-// stood for nothing stays subscribed, in Client.misses too, until
-// MaxDemandMisses newer ones push it out.
+// whether it stands for a workload or a service (resource, by name), err
+// whether the answer was refused. A refused demand leaves Client.demands
+// at once. One that stands for nothing (a miss: answered so, or found
+// until the controller removed its resource) stays subscribed, with its
+// element in Client.misses (miss), until MaxDemandMisses newer misses
+// push it out; miss is nil while the demand is unanswered, refused or
+// found. So the addresses subscribed to are those standing for something
+// the controller sends, those awaiting their answer, and at most
+// MaxDemandMisses misses.
 type demand struct {
-	done  chan struct{}
-	found bool
-	err   error
+	done     chan struct{}
+	found    bool
+	resource string
+	err      error
+	miss     *list.Element
 }
 
-// MaxDemandMisses is how many addresses that stood for nothing (outside
-// the mesh) a client keeps subscribed: a connection to one of them passes
-// through at once, without asking the controller again, and a workload
-// or service that appears there later is sent by the controller as to
-// any subscription. Past it, the oldest is unsubscribed, and asked for
-// again at its next connection. The bound is the controller's too: it
-// keeps each proxy's subscriptions and resolves them at every push.
+// MaxDemandMisses is how many addresses that stand for nothing (outside
+// the mesh, or whose workload or service was deleted) a client keeps
+// subscribed: a connection to one of them passes through at once,
+// without asking the controller again, and a workload or service that
+// appears there later is sent by the controller as to any subscription.
+// Past it, the one that became a miss longest ago is unsubscribed, and
+// asked for again at its next connection. The bound is the controller's
+// too: it keeps each proxy's subscriptions and resolves them at every
+// push.
 const MaxDemandMisses = 1024
 
 // Demand makes sure the state holds what a connection to ip needs. The
@@ -49,9 +60,13 @@ const MaxDemandMisses = 1024
 // so later changes to them arrive by themselves; so does one to an
 // address that stands for nothing (outside the mesh), within
 // MaxDemandMisses, so that later connections to it do not wait for the
-// controller, and what appears there later arrives by itself. While the
-// stream is down, such an address is waited for as an unknown one is:
-// what appeared there meanwhile would not have arrived.
+// controller, and what appears there later arrives by itself. An
+// address whose workload or service the controller removes (the pod was
+// deleted) stands for nothing from then on, as if answered so: the
+// addresses subscribed are bounded by what exists and MaxDemandMisses.
+// While the stream is down, an address that stands for nothing is
+// waited for as an unknown one is: what appeared there meanwhile would
+// not have arrived.
 //
 // Demand returns at once for a workload's address the state holds, or an
 // address already answered. It returns ctx's error if the answer does not
@@ -117,53 +132,121 @@ func (d *demand) settled() bool {
 
 // answered settles the demands resp answers: the address keys among its
 // resources' aliases (found) and its removed names (standing for
-// nothing), or, if resp was refused (applyErr), all it names. Keys that
-// stand for nothing are unsubscribed.
+// nothing), or, if resp was refused (applyErr), all it names, which are
+// dropped. A found address whose resource resp removes, or that resp
+// names as standing for nothing, becomes a miss. The misses pushed out
+// of MaxDemandMisses, and the refused demands, are unsubscribed.
+//
+// The controller removes a deleted workload or service by its resource
+// name (a UID, "<namespace>/<hostname>"), not by the address keys it
+// answered: an address key is among the removed names only as the
+// answer to a subscription (a new one, or every one again when a stream
+// starts), which is why a found demand keeps its resource's name.
 func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr error, send func(*discoveryv3.DeltaDiscoveryRequest) error) {
 	c.mu.Lock()
 	var drop []string
-	settle := func(key string, found bool) {
-		d, ok := c.demands[key]
-		if !ok {
-			return
-		}
-		if d.settled() {
-			// Answered before: a resource sent again with its alias, or
-			// what now stands at an address that stood for nothing.
-			d.found = d.found || (found && applyErr == nil)
-			return
-		}
-		d.found = found && applyErr == nil
-		if applyErr != nil {
-			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
-		}
-		close(d.done) // after d's fields: Demand reads them once done is closed
-		switch {
-		case applyErr != nil:
-			delete(c.demands, key)
-			drop = append(drop, key)
-		case !found:
-			c.misses = append(c.misses, key)
-			if len(c.misses) > MaxDemandMisses {
-				oldest := c.misses[0]
-				c.misses = c.misses[1:]
-				if o, ok := c.demands[oldest]; ok && !o.found {
-					delete(c.demands, oldest)
-					drop = append(drop, oldest)
-				}
-			}
-		}
-	}
 	for _, r := range resp.GetResources() {
 		for _, key := range r.GetAliases() {
-			settle(key, true)
+			drop = append(drop, c.settle(key, r.GetName(), applyErr)...)
 		}
 	}
 	for _, name := range resp.GetRemovedResources() {
-		settle(name, false)
+		drop = append(drop, c.settle(name, "", applyErr)...)
+	}
+	if applyErr == nil {
+		drop = append(drop, c.resourcesRemoved(resp.GetRemovedResources())...)
 	}
 	c.mu.Unlock()
 	if len(drop) > 0 {
 		_ = send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesUnsubscribe: drop})
 	}
+}
+
+// settle, called with c.mu held, answers the demand for key, if any:
+// standing for the resource named resource, or for nothing if resource
+// is "". It returns the keys to unsubscribe.
+func (c *Client) settle(key, resource string, applyErr error) (drop []string) {
+	d, ok := c.demands[key]
+	if !ok {
+		return nil
+	}
+	if !d.settled() {
+		if applyErr != nil {
+			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
+			close(d.done) // after d.err: Demand reads it once done is closed
+			delete(c.demands, key)
+			return []string{key}
+		}
+		if resource != "" {
+			c.setFound(d, resource)
+		} else {
+			drop = c.setMiss(key, d)
+		}
+		close(d.done) // after d's fields: Demand reads them once done is closed
+		return drop
+	}
+	// Answered before: a resource sent again with its alias, what now
+	// stands at an address that stood for nothing, or nothing now at a
+	// found one (the answers to every subscription when a stream starts).
+	// A refused response changed nothing.
+	switch {
+	case applyErr != nil:
+	case resource != "":
+		c.setFound(d, resource)
+	case d.found:
+		drop = c.setMiss(key, d)
+	}
+	return drop
+}
+
+// resourcesRemoved, called with c.mu held, makes a miss of every found
+// demand whose resource is among removed, in the order of their keys;
+// it returns the keys to unsubscribe.
+func (c *Client) resourcesRemoved(removed []string) (drop []string) {
+	if len(removed) == 0 {
+		return nil
+	}
+	gone := make(map[string]bool, len(removed))
+	for _, name := range removed {
+		gone[name] = true
+	}
+	var keys []string
+	for key, d := range c.demands {
+		if d.found && gone[d.resource] {
+			keys = append(keys, key)
+		}
+	}
+	slices.Sort(keys)
+	for _, key := range keys {
+		drop = append(drop, c.setMiss(key, c.demands[key])...)
+	}
+	return drop
+}
+
+// setFound, called with c.mu held, makes d stand for resource; a miss
+// leaves c.misses.
+func (c *Client) setFound(d *demand, resource string) {
+	d.found, d.resource = true, resource
+	if d.miss != nil {
+		c.misses.Remove(d.miss)
+		d.miss = nil
+	}
+}
+
+// setMiss, called with c.mu held, makes d, the demand for key, a miss:
+// the newest in c.misses unless it is one already. When that makes more
+// than MaxDemandMisses, the oldest leaves c.demands, and setMiss returns
+// its key to unsubscribe.
+func (c *Client) setMiss(key string, d *demand) (drop []string) {
+	d.found, d.resource = false, ""
+	if d.miss != nil {
+		return nil
+	}
+	d.miss = c.misses.PushBack(key)
+	if c.misses.Len() <= MaxDemandMisses {
+		return nil
+	}
+	oldest := c.misses.Remove(c.misses.Front()).(string)
+	delete(c.demands, oldest)
+	return []string{oldest}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -54,6 +55,129 @@ func TestDemandMissesBounded(t *testing.T) {
 	miss(key(MaxDemandMisses + 2))
 	if len(unsubscribed) != 2 || unsubscribed[1] != key(2) {
 		t.Errorf("unsubscribed %v, want %s next", unsubscribed, key(2))
+	}
+}
+
+// A found address whose resource the controller removes, by its name
+// (a deleted pod's UID) or by answering the address again as standing
+// for nothing, becomes a miss; one whose resource stays, or whose
+// removal was refused, stays found.
+func TestDemandFoundBecomesMiss(t *testing.T) {
+	const x, y, z = "/192.0.2.1", "/192.0.2.2", "/192.0.2.3"
+	removed := func(names ...string) *discoveryv3.DeltaDiscoveryResponse {
+		return &discoveryv3.DeltaDiscoveryResponse{RemovedResources: names}
+	}
+	type step struct {
+		resp *discoveryv3.DeltaDiscoveryResponse
+		err  error
+	}
+	tests := []struct {
+		name   string
+		steps  []step
+		misses []string
+	}{
+		{name: "its workload removed", steps: []step{{resp: removed("uid-x")}}, misses: []string{x}},
+		{name: "its service removed, with both its addresses", steps: []step{{resp: removed("shop/svc")}}, misses: []string{y, z}},
+		{name: "its address answered as standing for nothing", steps: []step{{resp: removed(x)}}, misses: []string{x}},
+		{name: "another resource removed", steps: []step{{resp: removed("uid-other")}}},
+		{name: "a refused response", steps: []step{{resp: removed("uid-x", y), err: errors.New("refused")}}},
+		{
+			// The pod at x replaced while the stream was down: the answer
+			// to the subscription made again comes with the old pod's
+			// removal.
+			name: "another resource answering for its address, its own removed",
+			steps: []step{{resp: &discoveryv3.DeltaDiscoveryResponse{
+				Resources:        []*discoveryv3.Resource{{Name: "uid-new", Aliases: []string{x}}},
+				RemovedResources: []string{"uid-x"},
+			}}},
+		},
+		{
+			name: "the resource answering for it now removed",
+			steps: []step{
+				{resp: &discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "uid-new", Aliases: []string{x}}}}},
+				{resp: removed("uid-x")},
+				{resp: removed("uid-new")},
+			},
+			misses: []string{x},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Client{demands: map[string]*demand{}}
+			var unsubscribed []string
+			send := func(r *discoveryv3.DeltaDiscoveryRequest) error {
+				unsubscribed = append(unsubscribed, r.GetResourceNamesUnsubscribe()...)
+				return nil
+			}
+			for _, key := range []string{x, y, z} {
+				c.demands[key] = &demand{done: make(chan struct{})}
+			}
+			c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{
+				{Name: "uid-x", Aliases: []string{x}}, {Name: "shop/svc", Aliases: []string{y, z}},
+			}}, nil, send)
+			for _, s := range tt.steps {
+				c.answered(s.resp, s.err, send)
+			}
+			found, misses := c.Demanded()
+			want := slices.DeleteFunc([]string{x, y, z}, func(k string) bool { return slices.Contains(tt.misses, k) })
+			if !slices.Equal(misses, tt.misses) || !slices.Equal(found, want) {
+				t.Errorf("misses %v, found %v; want misses %v, found %v", misses, found, tt.misses, want)
+			}
+			if len(unsubscribed) != 0 {
+				t.Errorf("unsubscribed %v, want nothing: the misses are within MaxDemandMisses", unsubscribed)
+			}
+		})
+	}
+}
+
+// A key that becomes a miss again (a miss, then found, then its resource
+// removed) is the newest miss: the misses that came between go before
+// it, and it goes once MaxDemandMisses newer ones have come.
+func TestDemandMissAgainIsNewest(t *testing.T) {
+	c := &Client{demands: map[string]*demand{}}
+	var unsubscribed []string
+	send := func(r *discoveryv3.DeltaDiscoveryRequest) error {
+		unsubscribed = append(unsubscribed, r.GetResourceNamesUnsubscribe()...)
+		return nil
+	}
+	miss := func(key string) {
+		c.demands[key] = &demand{done: make(chan struct{})}
+		c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{key}}, nil, send)
+	}
+	key := func(i int) string { return fmt.Sprintf("/198.18.%d.%d", i>>8, i&255) }
+	const again = "/192.0.2.1"
+	miss(again)
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "uid-a", Aliases: []string{again}}}}, nil, send)
+	for i := 1; i < MaxDemandMisses; i++ {
+		miss(key(i))
+	}
+	// The pod is deleted: again is a miss, the newest of MaxDemandMisses.
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{"uid-a"}}, nil, send)
+	if d := c.demands[again]; d == nil || d.found {
+		t.Fatalf("the address whose pod was deleted: %+v, want a miss", d)
+	}
+	if len(unsubscribed) != 0 {
+		t.Fatalf("unsubscribed %v with %d misses", unsubscribed, MaxDemandMisses)
+	}
+	miss(key(MaxDemandMisses))
+	if !slices.Equal(unsubscribed, []string{key(1)}) {
+		t.Fatalf("unsubscribed %v, want %s: %s became a miss again after it", unsubscribed, key(1), again)
+	}
+	for i := MaxDemandMisses + 1; i < 2*MaxDemandMisses-1; i++ {
+		miss(key(i))
+	}
+	if slices.Contains(unsubscribed, again) || len(unsubscribed) != MaxDemandMisses-1 {
+		t.Fatalf("%d unsubscribed, %s among them: %v", len(unsubscribed), again, slices.Contains(unsubscribed, again))
+	}
+	miss(key(2*MaxDemandMisses - 1))
+	if got := unsubscribed[len(unsubscribed)-1]; got != again {
+		t.Errorf("unsubscribed %s after the misses older than %s, want %s", got, again, again)
+	}
+	if _, ok := c.demands[again]; ok {
+		t.Error("the evicted miss is still a demand")
+	}
+	if _, misses := c.Demanded(); len(misses) != MaxDemandMisses {
+		t.Errorf("%d misses kept, want %d", len(misses), MaxDemandMisses)
 	}
 }
 
