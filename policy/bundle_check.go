@@ -43,12 +43,16 @@ func (b *Bundle) checkNotEmpty() error {
 		hint: emptyBundleHint}
 }
 
-// policyPackages lists the policy packages the bundle defines, by module
-// or by data: data.mesh.policies.<owner>.<name>, sorted.
-func (b *Bundle) policyPackages() []string {
+// policyPackages counts the policy packages the bundle defines, by
+// module or by data: data.mesh.policies.<owner>.<name>.
+func (b *Bundle) policyPackages() int {
 	found := map[string]bool{}
 	depth := len(policiesRef) + 2
 	for i := range b.raw.Modules {
+		if b.lazy != nil && b.lazy[i] != nil {
+			found[b.lazy[i].key] = true // fastParse kept only policy packages
+			continue
+		}
 		switch p := b.packagePath(i); {
 		case len(p) == depth && p.HasPrefix(policiesRef):
 			found[b.packageString(i)] = true
@@ -59,7 +63,7 @@ func (b *Bundle) policyPackages() []string {
 	for owner, name := range dataPolicyPackages(b.raw.Data) {
 		found[policiesRef.Append(ast.StringTerm(owner)).Append(ast.StringTerm(name)).String()] = true
 	}
-	return slices.Sorted(maps.Keys(found))
+	return len(found)
 }
 
 // dataPolicyPackages yields (owner, name) for each package document that
@@ -94,7 +98,7 @@ func setPolicyPackages(bundles []*Bundle) int {
 	n := 0
 	for _, b := range bundles {
 		if b != nil && b.raw != nil {
-			n += len(b.policyPackages())
+			n += b.policyPackages()
 		}
 	}
 	return n

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -115,7 +116,7 @@ func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.D
 		var lazy *lazyModule
 		if l.unremarkable(m) {
 			pkg := unlocated(ast.NewTerm(m.Package.Path)).Value.(ast.Ref)
-			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String()}, nil
+			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String(), digest: sha256.Sum256(src)}, nil
 		}
 		l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
 	}
@@ -366,7 +367,13 @@ func (l *fastModules) restore(b *bundle.Bundle) ([]*lazyModule, error) {
 type lazyModule struct {
 	pkg ast.Ref // without locations
 	key string  // pkg.String(), which every load asks for
+	// digest is the SHA-256 of the module's source, which a load hashes
+	// into its package's key instead of the source.
+	digest moduleDigest
 }
+
+// moduleDigest is the SHA-256 of a module's source.
+type moduleDigest [sha256.Size]byte
 
 // packagePath is module i's package path.
 func (b *Bundle) packagePath(i int) ast.Ref {
@@ -374,6 +381,20 @@ func (b *Bundle) packagePath(i int) ast.Ref {
 		return b.lazy[i].pkg
 	}
 	return b.raw.Modules[i].Parsed.Package.Path
+}
+
+// inPolicyPackage: module i is in a policy package (isPolicyPackage),
+// as every module fastParse read and dropped is.
+func (b *Bundle) inPolicyPackage(i int) bool {
+	return (b.lazy != nil && b.lazy[i] != nil) || isPolicyPackage(b.raw.Modules[i].Parsed.Package.Path)
+}
+
+// digest is the SHA-256 of module i's source.
+func (b *Bundle) digest(i int) moduleDigest {
+	if b.lazy != nil && b.lazy[i] != nil {
+		return b.lazy[i].digest
+	}
+	return sha256.Sum256(b.raw.Modules[i].Raw)
 }
 
 // packageString is module i's package path as a string.

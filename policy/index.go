@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"cmp"
 	"math/bits"
 	"slices"
+	"strings"
 )
 
 // ruleIndex finds the rules of one contribution point that can match an
@@ -32,32 +34,35 @@ type keyedRules struct {
 	byValue map[valueKey]*bucket
 }
 
-// keyCandidate is one condition a rule could be filed under: cond[at].
+// keyCandidate is one condition a rule could be filed under: cond[at],
+// with rest, the rule's condition without it, which is what a lookup on it
+// leaves to test.
 type keyCandidate struct {
 	field  *field
 	values []valueKey
 	at     int
+	rest   allOf
 }
 
+// buildIndex files rules under their best keys. A rule's candidates are
+// found once, when it is lowered (nativeRule.keys), so a program
+// assembled again from cached packages only counts values and files
+// rules.
 func buildIndex(rules []nativeRule, point int) *ruleIndex {
 	idx := &ruleIndex{rules: rules, tests: make([]allOf, len(rules))}
-	candidates := make([][]keyCandidate, len(rules))
-	for i, r := range rules {
-		candidates[i] = keyCandidates(r.cond)
-	}
-	distinct := distinctValues(candidates)
+	distinct := distinctValues(rules)
 	byField := map[*field]map[valueKey][]int32{}
 	var fields []*field
 	var scan []int32
 	for i, r := range rules {
 		idx.dryRun = idx.dryRun || r.entry.dryRun
-		best, ok := bestKey(candidates[i], distinct)
+		best, ok := bestKey(r.keys, distinct)
 		if !ok {
 			scan = append(scan, int32(i))
 			idx.tests[i] = r.cond
 			continue
 		}
-		idx.tests[i] = slices.Delete(slices.Clone(r.cond), best.at, best.at+1)
+		idx.tests[i] = best.rest
 		k := byField[best.field]
 		if k == nil {
 			k = map[valueKey][]int32{}
@@ -85,39 +90,64 @@ func buildIndex(rules []nativeRule, point int) *ruleIndex {
 func keyCandidates(cond allOf) []keyCandidate {
 	var out []keyCandidate
 	for at, c := range cond {
+		var values []valueKey
+		var f *field
 		switch m := c.(type) {
 		case compare:
-			if m.op == opEq {
-				out = append(out, keyCandidate{field: m.f, values: []valueKey{m.want.key()}, at: at})
+			if m.op != opEq {
+				continue
 			}
+			f, values = m.f, []valueKey{m.want.key()}
 		case memberOf:
-			values := make([]valueKey, 0, len(m.set))
+			f, values = m.f, make([]valueKey, 0, len(m.set))
 			for v := range m.set {
 				values = append(values, v)
 			}
-			out = append(out, keyCandidate{field: m.f, values: values, at: at})
+			slices.SortFunc(values, compareKeys) // a rule lowers the same every time
+		default:
+			continue
 		}
+		rest := slices.Delete(slices.Clone(cond), at, at+1)
+		out = append(out, keyCandidate{field: f, values: values, at: at, rest: rest})
 	}
 	return out
 }
 
+// compareKeys orders value keys by kind, then value.
+func compareKeys(a, b valueKey) int {
+	return cmp.Or(cmp.Compare(a.kind, b.kind), compareBools(a.b, b.b), cmp.Compare(a.n, b.n), strings.Compare(a.s, b.s))
+}
+
+func compareBools(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// fieldValue is one value a rule's key condition tests a field against.
+type fieldValue struct {
+	f *field
+	v valueKey
+}
+
 // distinctValues counts, per field, the distinct key values rules test it
 // against: the more, the more a lookup on that field prunes.
-func distinctValues(candidates [][]keyCandidate) map[*field]int {
-	seen := map[*field]map[valueKey]bool{}
-	for _, cs := range candidates {
-		for _, c := range cs {
-			if seen[c.field] == nil {
-				seen[c.field] = map[valueKey]bool{}
-			}
+func distinctValues(rules []nativeRule) map[*field]int {
+	seen := make(map[fieldValue]struct{}, len(rules))
+	out := map[*field]int{}
+	for _, r := range rules {
+		for _, c := range r.keys {
 			for _, v := range c.values {
-				seen[c.field][v] = true
+				if _, ok := seen[fieldValue{c.field, v}]; !ok {
+					seen[fieldValue{c.field, v}] = struct{}{}
+					out[c.field]++
+				}
 			}
 		}
-	}
-	out := make(map[*field]int, len(seen))
-	for f, vs := range seen {
-		out[f] = len(vs)
 	}
 	return out
 }

@@ -64,6 +64,9 @@ func newEntry(v ast.Value) *entry {
 type nativeRule struct {
 	entry *entry
 	cond  allOf
+	// keys are the conditions of cond the rule could be filed under in
+	// a rule index (keyCandidates).
+	keys  []keyCandidate
 	steps []step
 	pkg   string // data.mesh.policies.<owner>.<name>
 	point int
@@ -168,6 +171,15 @@ func unlocated(t *ast.Term) *ast.Term {
 func assemble(pkgs []*loweredPackage) *program {
 	p := &program{reasons: newReasonMemo()}
 	var rules [numPoints][]nativeRule
+	var counts [numPoints]int
+	for _, lp := range pkgs {
+		for pt := range counts {
+			counts[pt] += len(lp.rules[pt])
+		}
+	}
+	for pt, n := range counts {
+		rules[pt] = make([]nativeRule, 0, n)
+	}
 	fields := map[string]*field{}
 	for _, lp := range pkgs {
 		for pt := range rules {
@@ -365,7 +377,7 @@ func lowerContribution(l *lowerer, pkg *contributingPackage, r *ast.Rule) (*nati
 		return nil, err
 	}
 	loc := fmt.Sprintf("%s:%d", r.Location.File, r.Location.Row)
-	return &nativeRule{entry: newEntry(unlocated(ast.NewTerm(value)).Value), cond: cond, steps: steps, pkg: pkg.path.String(), loc: loc}, nil
+	return &nativeRule{entry: newEntry(unlocated(ast.NewTerm(value)).Value), cond: cond, keys: keyCandidates(cond), steps: steps, pkg: pkg.path.String(), loc: loc}, nil
 }
 
 // contributedValue is the entry a rule contributes when its body holds;

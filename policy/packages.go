@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash"
+	"io"
 	"maps"
 	"net/url"
 	"path"
@@ -323,9 +324,14 @@ func namesUnique(bundles []*Bundle) bool {
 // isClosed tells.
 func setPackages(bundles []*Bundle) ([]*setPackage, bool) {
 	partition := rootsDisjoint(bundles)
-	byPath := map[string]*setPackage{}
-	owner := map[string]string{}
-	hashes := map[string]hash.Hash{}
+	// building is a package being gathered: its owner (the bundle of its
+	// first module) and the hash of its modules so far.
+	type building struct {
+		sp    *setPackage
+		owner string
+		h     hash.Hash
+	}
+	byPath := map[string]*building{}
 	for _, b := range bundles {
 		if b == nil || b.raw == nil {
 			return nil, false
@@ -335,30 +341,31 @@ func setPackages(bundles []*Bundle) ([]*setPackage, bool) {
 		}
 		prefix := modulePrefix(b.Name)
 		for i, mf := range b.raw.Modules {
-			pkg := b.packagePath(i)
-			if !isPolicyPackage(pkg) {
+			if !b.inPolicyPackage(i) {
 				partition = false
 				continue
 			}
 			k := b.packageString(i)
-			sp := byPath[k]
-			if sp == nil {
-				sp = &setPackage{path: pkg}
-				byPath[k], owner[k], hashes[k] = sp, b.Name, sha256.New()
+			p := byPath[k]
+			if p == nil {
+				p = &building{sp: &setPackage{path: b.packagePath(i)}, owner: b.Name, h: sha256.New()}
+				byPath[k] = p
 			}
-			if owner[k] != b.Name {
+			if p.owner != b.Name {
 				partition = false
 			}
-			file := path.Join(prefix, mf.Path)
-			sp.files = append(sp.files, packageFile{name: file, b: b, i: i})
-			hashParts(hashes[k], file, mf.Path, b.regoVersion(i).String(), string(mf.Raw))
+			p.sp.files = append(p.sp.files, packageFile{name: path.Join(prefix, mf.Path), b: b, i: i})
+			// The file's name is path.Join(prefix, mf.Path), so the two
+			// parts stand for it.
+			digest := b.digest(i)
+			hashParts(p.h, prefix, mf.Path, b.regoVersion(i).String(), string(digest[:]))
 		}
 	}
 	out := make([]*setPackage, 0, len(byPath))
 	for _, k := range slices.Sorted(maps.Keys(byPath)) {
-		sp := byPath[k]
-		hashes[k].Sum(sp.key[:0])
-		out = append(out, sp)
+		p := byPath[k]
+		p.h.Sum(p.sp.key[:0])
+		out = append(out, p.sp)
 	}
 	return out, partition
 }
@@ -371,7 +378,7 @@ func hashParts(h hash.Hash, parts ...string) {
 	for _, p := range parts {
 		binary.LittleEndian.PutUint64(n[:], uint64(len(p)))
 		h.Write(n[:])
-		h.Write([]byte(p))
+		io.WriteString(h, p)
 	}
 }
 
