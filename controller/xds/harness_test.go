@@ -35,6 +35,8 @@ type bed struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// newBed serves snap on addr; a nil snap leaves the server without a
+// state, as a controller that has not listed the cluster yet.
 func newBed(t testing.TB, ca *testpki.CA, addr string, snap *state.Snapshot) *bed {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
@@ -43,7 +45,9 @@ func newBed(t testing.TB, ca *testpki.CA, addr string, snap *state.Snapshot) *be
 	}
 	b := &bed{t: t, ca: ca, addr: l.Addr().String(), done: make(chan struct{})}
 	b.srv = xds.New(xds.Config{TrustDomain: ca.TD, Logger: quiet()})
-	b.srv.Update(snap)
+	if snap != nil {
+		b.srv.Update(snap)
+	}
 	b.gs = xds.NewGRPCServer(b.srv, ca.SVID(t, controllerPath), ca.Bundle())
 	go func() { defer close(b.done); b.gs.Serve(l) }()
 	t.Cleanup(b.stop)

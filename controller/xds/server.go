@@ -65,6 +65,13 @@ type Server struct {
 	// whole by UpdateBundles); bundleVersion grows with every change.
 	bundles       map[string]string
 	bundleVersion uint64
+
+	// ready is closed by the first Update: until then the server has no
+	// state to give, and a stream's first request waits (an empty answer
+	// would tell a proxy that everything it holds is gone).
+	ready     chan struct{}
+	readyOnce sync.Once
+	waiting   atomic.Int32 // streams waiting for ready
 }
 
 var _ discoveryv3.AggregatedDiscoveryServiceServer = (*Server)(nil)
@@ -79,8 +86,8 @@ type resource struct {
 	refs    resourceRefs // what a proxy holding it needs with it (scope.go)
 }
 
-// New returns a server with an empty state; call Update before proxies
-// can expect anything.
+// New returns a server with no state yet: streams are answered once
+// Update gives it one.
 func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -88,6 +95,7 @@ func New(cfg Config) *Server {
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "xds"),
 		resources: map[string]*resource{}, index: newScopeIndex(&state.Snapshot{}, nil), subscribers: map[*subscriber]struct{}{}, proxies: map[string]*ProxyStatus{},
+		ready: make(chan struct{}),
 	}
 }
 
@@ -137,6 +145,7 @@ func (s *Server) Update(snap *state.Snapshot) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.readyOnce.Do(func() { close(s.ready) })
 	s.waypoints = waypoints
 	if !changed {
 		return

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"io"
 	"maps"
@@ -115,6 +116,9 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 		log.Warn("refused a subscriber", "error", err)
 		return err
 	}
+	if err := s.waitReady(stream.Context(), recvErr); err != nil {
+		return err
+	}
 	s.attach(sub)
 	defer s.detach(sub)
 	log.Info("proxy connected", "kind", proxy.Kind, "node", proxy.Node)
@@ -138,6 +142,23 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 				return err
 			}
 		}
+	}
+}
+
+// waitReady returns once the server has a state: a controller just
+// started has none until it has listed the cluster, and the proxy keeps
+// what it holds until then (requests that come meanwhile wait in
+// receive). It returns the stream's end if that comes first.
+func (s *Server) waitReady(ctx context.Context, recvErr <-chan error) error {
+	s.waiting.Add(1)
+	defer s.waiting.Add(-1)
+	select {
+	case <-s.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-recvErr:
+		return streamEnd(err)
 	}
 }
 

@@ -252,6 +252,37 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// TestRestartWaitsForState: a controller that restarts answers no stream
+// before its first state, so a proxy reconnecting meanwhile keeps what it
+// holds (an empty answer would remove every workload, and close every
+// connection checked against them), and then applies the new state once.
+func TestRestartWaitsForState(t *testing.T) {
+	ca := testpki.New(t, "td.test")
+	ws, svcs := mesh(t, 10, 1, 2)
+	b := newBed(t, ca, "127.0.0.1:0", snapshot(t, ws, svcs))
+	p := b.connect(t, "/regomesh/ztunnel/node-0", "node-0")
+	b.waitAcked(t, p)
+	before, applies := p.state()
+	b.stop()
+
+	b2 := newBed(t, ca, b.addr, nil)
+	waitFor(t, func() (int, bool) { n := b2.srv.Waiting(); return n, n == 1 }, "the reconnected stream to wait for the first state")
+	if got, n := p.state(); got != before || n != applies {
+		t.Fatalf("the proxy applied %d states from a controller with none", n-applies)
+	}
+	want := snapshot(t, ws[1:], svcs)
+	b2.srv.Update(want)
+	b2.waitAcked(t, p)
+	got, n := p.state()
+	sameState(t, got, want)
+	if n != applies+1 {
+		t.Errorf("the resync applied %d states, want 1", n-applies)
+	}
+	if w := b2.srv.Waiting(); w != 0 {
+		t.Errorf("%d streams still wait after the first state", w)
+	}
+}
+
 // TestOwnNodeFirst: a ztunnel that holds nothing is sent its own node's
 // workloads alone first, without a system version (it holds no whole
 // version until the rest arrives); a waypoint is sent everything at once.
