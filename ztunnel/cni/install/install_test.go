@@ -54,9 +54,16 @@ func newNode(t *testing.T, files map[string]string) *node {
 	return n
 }
 
+// write puts a configuration file in place whole (a temporary file
+// renamed), as a network plugin writes its list: a Run polling beside the
+// test must never read half of it, which its first pass would refuse.
 func (n *node) write(t *testing.T, name, body string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(n.cfg.ConfDir, name), []byte(body), 0o600); err != nil {
+	tmp := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(n.cfg.ConfDir, name)); err != nil {
 		t.Fatal(err)
 	}
 }
