@@ -91,8 +91,36 @@ type Client struct {
 	// made when the stream ends.
 	live   bool
 	liveCh chan struct{}
-	send   func(*discoveryv3.DeltaDiscoveryRequest) error // the current stream's, nil between streams
+	// out is the current stream's outbox, nil between streams. Every
+	// request goes out through it, and one that tells the controller of
+	// a change to demands is posted under mu with the change itself; the
+	// outbox's one sender sends in the order posted. So for any address
+	// the controller hears of its subscriptions and unsubscriptions in
+	// the order demands changed: a miss evicted and demanded again at
+	// once is unsubscribed, then subscribed (sent the other way round,
+	// the controller would drop the new subscription, and the demand
+	// wait until the stream restarted).
+	//
+	// mu is the client's one lock, and nothing waits on the stream while
+	// holding it: Demand and the receiving loop only post, and the
+	// sender holds mu only to take the queue. The receiving loop never
+	// waits for the controller to read a request, so the controller's
+	// responses always drain, and a controller that reads requests
+	// between its sends (ours does) always comes back to them. The queue
+	// holds what it has not read yet: an ACK per response, a request per
+	// demand made or dropped.
+	out *outbox
 }
+
+// outbox holds one stream's requests until its sender sends them: queue,
+// guarded by Client.mu, in the order posted; ready holds a token while
+// queue may hold requests.
+type outbox struct {
+	queue []*discoveryv3.DeltaDiscoveryRequest
+	ready chan struct{}
+}
+
+func newOutbox() *outbox { return &outbox{ready: make(chan struct{}, 1)} }
 
 type heldResource struct {
 	version string
@@ -214,37 +242,27 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 	if err != nil {
 		return false, err
 	}
-	// Demand sends beside this goroutine: one Send at a time, and none
-	// before the subscription, which names every demand made until send
-	// is published.
-	var sendMu sync.Mutex
-	send := func(req *discoveryv3.DeltaDiscoveryRequest) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return s.Send(req)
-	}
+	out := newOutbox()
+	sent := make(chan struct{})
+	go func() { defer close(sent); c.sendPosted(ctx, out, s.Send) }()
 	defer func() {
 		c.mu.Lock()
-		c.send = nil
+		c.out = nil
 		if c.live {
 			c.live, c.liveCh = false, make(chan struct{})
 		}
 		c.mu.Unlock()
+		cancel() // ends a Send the controller is not reading
+		<-sent
 	}()
-	sendMu.Lock()
+	// The subscription goes first, and names every demand made until
+	// out is published; those made after post their own.
 	c.mu.Lock()
-	first := c.subscribe()
-	c.send = send
+	c.out = out
+	for _, req := range c.subscribe() {
+		c.post(req)
+	}
 	c.mu.Unlock()
-	for _, req := range first {
-		if err = s.Send(req); err != nil {
-			break
-		}
-	}
-	sendMu.Unlock()
-	if err != nil {
-		return false, err
-	}
 	for {
 		resp, err := s.Recv()
 		if err != nil {
@@ -257,7 +275,7 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 			if err = c.apply(resp); err == nil {
 				applied = true
 			}
-			c.answered(resp, err, send)
+			c.answered(resp, err)
 			if err == nil {
 				c.setLive()
 			}
@@ -266,8 +284,44 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 			c.log.Error("refused a response of the controller; what it replaces stays in force", "type", resp.GetTypeUrl(), "version", resp.GetSystemVersionInfo(), "error", err)
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		}
-		if err := send(ack); err != nil {
-			return applied, err
+		c.mu.Lock()
+		c.post(ack)
+		c.mu.Unlock()
+	}
+}
+
+// post, called with c.mu held, queues req for the current stream's
+// sender, after every request posted before it. Between streams it is
+// dropped: the next stream's first request subscribes to every demand.
+func (c *Client) post(req *discoveryv3.DeltaDiscoveryRequest) {
+	if c.out == nil {
+		return
+	}
+	c.out.queue = append(c.out.queue, req)
+	select {
+	case c.out.ready <- struct{}{}:
+	default:
+	}
+}
+
+// sendPosted sends out's requests in the order posted, one at a time as
+// gRPC requires, until ctx ends or a send fails: gRPC has then ended the
+// stream, and its Recv says why.
+func (c *Client) sendPosted(ctx context.Context, out *outbox, send func(*discoveryv3.DeltaDiscoveryRequest) error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-out.ready:
+		}
+		c.mu.Lock()
+		reqs := out.queue
+		out.queue = nil
+		c.mu.Unlock()
+		for _, req := range reqs {
+			if send(req) != nil {
+				return
+			}
 		}
 	}
 }

@@ -100,13 +100,12 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 	if !ok {
 		d = &demand{done: make(chan struct{})}
 		c.demands[key] = d
+		// Posted with the change, after an unsubscription of key that
+		// came before it (Client.out). With the stream down, the next
+		// one subscribes to every demand.
+		c.post(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesSubscribe: []string{key}})
 	}
-	send := c.send
 	c.mu.Unlock()
-	if !ok && send != nil {
-		// A stream that breaks here subscribes again with every demand.
-		_ = send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesSubscribe: []string{key}})
-	}
 	select {
 	case <-d.done:
 		return d.err
@@ -142,8 +141,9 @@ func (d *demand) settled() bool {
 // answered: an address key is among the removed names only as the
 // answer to a subscription (a new one, or every one again when a stream
 // starts), which is why a found demand keeps its resource's name.
-func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr error, send func(*discoveryv3.DeltaDiscoveryRequest) error) {
+func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr error) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	var drop []string
 	for _, r := range resp.GetResources() {
 		for _, key := range r.GetAliases() {
@@ -156,9 +156,10 @@ func (c *Client) answered(resp *discoveryv3.DeltaDiscoveryResponse, applyErr err
 	if applyErr == nil {
 		drop = append(drop, c.resourcesRemoved(resp.GetRemovedResources())...)
 	}
-	c.mu.Unlock()
 	if len(drop) > 0 {
-		_ = send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesUnsubscribe: drop})
+		// Posted with the changes: a Demand that makes one of drop again
+		// posts its subscription after this.
+		c.post(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesUnsubscribe: drop})
 	}
 }
 

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/regomesh/regomesh/internal/testgo"
 )
 
 // Addresses that stood for nothing stay subscribed and answered, up to
@@ -17,21 +20,16 @@ import (
 // for again). One that later stands for something is no longer a miss to
 // evict.
 func TestDemandMissesBounded(t *testing.T) {
-	c := &Client{demands: map[string]*demand{}}
-	var unsubscribed []string
-	send := func(r *discoveryv3.DeltaDiscoveryRequest) error {
-		unsubscribed = append(unsubscribed, r.GetResourceNamesUnsubscribe()...)
-		return nil
-	}
+	c := &Client{demands: map[string]*demand{}, out: newOutbox()}
 	miss := func(key string) {
 		c.demands[key] = &demand{done: make(chan struct{})}
-		c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{key}}, nil, send)
+		c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{key}}, nil)
 	}
 	key := func(i int) string { return fmt.Sprintf("/192.0.2.%d", i) }
 	miss(key(0))
 	miss(key(1))
 	// An address that stood for nothing now stands for a workload.
-	c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "w", Aliases: []string{key(1)}}}}, nil, send)
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "w", Aliases: []string{key(1)}}}}, nil)
 	if !c.demands[key(1)].found {
 		t.Fatal("a miss the controller later answered is not found")
 	}
@@ -40,7 +38,7 @@ func TestDemandMissesBounded(t *testing.T) {
 	}
 	// key(0) went first; key(1)'s turn came next, but it stands for
 	// something now: it stays.
-	if len(unsubscribed) != 1 || unsubscribed[0] != key(0) {
+	if unsubscribed := unsubscriptions(c); len(unsubscribed) != 1 || unsubscribed[0] != key(0) {
 		t.Fatalf("unsubscribed %v, want the oldest miss alone, %s", unsubscribed, key(0))
 	}
 	if _, ok := c.demands[key(0)]; ok {
@@ -53,7 +51,7 @@ func TestDemandMissesBounded(t *testing.T) {
 		t.Errorf("a kept miss: %+v, %v", d, ok)
 	}
 	miss(key(MaxDemandMisses + 2))
-	if len(unsubscribed) != 2 || unsubscribed[1] != key(2) {
+	if unsubscribed := unsubscriptions(c); len(unsubscribed) != 2 || unsubscribed[1] != key(2) {
 		t.Errorf("unsubscribed %v, want %s next", unsubscribed, key(2))
 	}
 }
@@ -103,27 +101,22 @@ func TestDemandFoundBecomesMiss(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &Client{demands: map[string]*demand{}}
-			var unsubscribed []string
-			send := func(r *discoveryv3.DeltaDiscoveryRequest) error {
-				unsubscribed = append(unsubscribed, r.GetResourceNamesUnsubscribe()...)
-				return nil
-			}
+			c := &Client{demands: map[string]*demand{}, out: newOutbox()}
 			for _, key := range []string{x, y, z} {
 				c.demands[key] = &demand{done: make(chan struct{})}
 			}
 			c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{
 				{Name: "uid-x", Aliases: []string{x}}, {Name: "shop/svc", Aliases: []string{y, z}},
-			}}, nil, send)
+			}}, nil)
 			for _, s := range tt.steps {
-				c.answered(s.resp, s.err, send)
+				c.answered(s.resp, s.err)
 			}
 			found, misses := c.Demanded()
 			want := slices.DeleteFunc([]string{x, y, z}, func(k string) bool { return slices.Contains(tt.misses, k) })
 			if !slices.Equal(misses, tt.misses) || !slices.Equal(found, want) {
 				t.Errorf("misses %v, found %v; want misses %v, found %v", misses, found, tt.misses, want)
 			}
-			if len(unsubscribed) != 0 {
+			if unsubscribed := unsubscriptions(c); len(unsubscribed) != 0 {
 				t.Errorf("unsubscribed %v, want nothing: the misses are within MaxDemandMisses", unsubscribed)
 			}
 		})
@@ -134,44 +127,39 @@ func TestDemandFoundBecomesMiss(t *testing.T) {
 // removed) is the newest miss: the misses that came between go before
 // it, and it goes once MaxDemandMisses newer ones have come.
 func TestDemandMissAgainIsNewest(t *testing.T) {
-	c := &Client{demands: map[string]*demand{}}
-	var unsubscribed []string
-	send := func(r *discoveryv3.DeltaDiscoveryRequest) error {
-		unsubscribed = append(unsubscribed, r.GetResourceNamesUnsubscribe()...)
-		return nil
-	}
+	c := &Client{demands: map[string]*demand{}, out: newOutbox()}
 	miss := func(key string) {
 		c.demands[key] = &demand{done: make(chan struct{})}
-		c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{key}}, nil, send)
+		c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{key}}, nil)
 	}
 	key := func(i int) string { return fmt.Sprintf("/198.18.%d.%d", i>>8, i&255) }
 	const again = "/192.0.2.1"
 	miss(again)
-	c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "uid-a", Aliases: []string{again}}}}, nil, send)
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "uid-a", Aliases: []string{again}}}}, nil)
 	for i := 1; i < MaxDemandMisses; i++ {
 		miss(key(i))
 	}
 	// The pod is deleted: again is a miss, the newest of MaxDemandMisses.
-	c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{"uid-a"}}, nil, send)
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{"uid-a"}}, nil)
 	if d := c.demands[again]; d == nil || d.found {
 		t.Fatalf("the address whose pod was deleted: %+v, want a miss", d)
 	}
-	if len(unsubscribed) != 0 {
+	if unsubscribed := unsubscriptions(c); len(unsubscribed) != 0 {
 		t.Fatalf("unsubscribed %v with %d misses", unsubscribed, MaxDemandMisses)
 	}
 	miss(key(MaxDemandMisses))
-	if !slices.Equal(unsubscribed, []string{key(1)}) {
+	if unsubscribed := unsubscriptions(c); !slices.Equal(unsubscribed, []string{key(1)}) {
 		t.Fatalf("unsubscribed %v, want %s: %s became a miss again after it", unsubscribed, key(1), again)
 	}
 	for i := MaxDemandMisses + 1; i < 2*MaxDemandMisses-1; i++ {
 		miss(key(i))
 	}
-	if slices.Contains(unsubscribed, again) || len(unsubscribed) != MaxDemandMisses-1 {
+	if unsubscribed := unsubscriptions(c); slices.Contains(unsubscribed, again) || len(unsubscribed) != MaxDemandMisses-1 {
 		t.Fatalf("%d unsubscribed, %s among them: %v", len(unsubscribed), again, slices.Contains(unsubscribed, again))
 	}
 	miss(key(2*MaxDemandMisses - 1))
-	if got := unsubscribed[len(unsubscribed)-1]; got != again {
-		t.Errorf("unsubscribed %s after the misses older than %s, want %s", got, again, again)
+	if unsubscribed := unsubscriptions(c); unsubscribed[len(unsubscribed)-1] != again {
+		t.Errorf("unsubscribed %s after the misses older than %s, want %s", unsubscribed[len(unsubscribed)-1], again, again)
 	}
 	if _, ok := c.demands[again]; ok {
 		t.Error("the evicted miss is still a demand")
@@ -179,6 +167,104 @@ func TestDemandMissAgainIsNewest(t *testing.T) {
 	if _, misses := c.Demanded(); len(misses) != MaxDemandMisses {
 		t.Errorf("%d misses kept, want %d", len(misses), MaxDemandMisses)
 	}
+}
+
+// A miss pushed out of MaxDemandMisses and demanded again at once is
+// unsubscribed, then subscribed, however the sends are timed: here the
+// unsubscription's send is held up while the demand is made. The other
+// way round, the controller would drop the new subscription, and the
+// demand would wait until the stream restarted. (Sending after c.mu was
+// released, answered's unsubscription went second.)
+func TestDemandAfterEvictionSubscribesLast(t *testing.T) {
+	c := &Client{demands: map[string]*demand{}, out: newOutbox()}
+	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}) }
+	key := AddressKey(ip(0))
+	miss := func(i int) {
+		c.mu.Lock()
+		c.demands[AddressKey(ip(i))] = &demand{done: make(chan struct{})}
+		c.mu.Unlock()
+		c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{AddressKey(ip(i))}}, nil)
+	}
+	for i := range MaxDemandMisses {
+		miss(i)
+	}
+	// The wire: each request once its send returns, which for the
+	// unsubscription is when the test releases it.
+	var mu sync.Mutex
+	var wire []string
+	sending, release := make(chan struct{}), make(chan struct{})
+	send := func(r *discoveryv3.DeltaDiscoveryRequest) error {
+		if len(r.GetResourceNamesUnsubscribe()) > 0 {
+			close(sending)
+			select {
+			case <-release:
+			case <-t.Context().Done():
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		wire = append(wire, requestNames(r)...)
+		return nil
+	}
+	testgo.Go(t, func(ctx context.Context) { c.sendPosted(ctx, c.out, send) })
+
+	miss(MaxDemandMisses) // pushes out key
+	select {
+	case <-sending:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the unsubscription of the oldest miss was not sent")
+	}
+	demanded := make(chan error, 1)
+	testgo.Go(t, func(ctx context.Context) { demanded <- c.Demand(ctx, ip(0)) })
+	testgo.Eventually(t, "the demand for "+key+" to be made, and its subscription posted", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.demands[key]
+		return ok
+	})
+	close(release)
+	testgo.Eventually(t, "both requests to be sent", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(wire) == 2
+	})
+	if want := []string{"-" + key, "+" + key}; !slices.Equal(wire, want) {
+		t.Fatalf("requests sent %q, want %q: the controller would drop the subscription", wire, want)
+	}
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{{Name: "uid-0", Aliases: []string{key}}}}, nil)
+	select {
+	case err := <-demanded:
+		if err != nil {
+			t.Fatalf("the demand made again: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the demand made again was not answered")
+	}
+}
+
+// requestNames are the names r subscribes to ("+name") and unsubscribes
+// from ("-name").
+func requestNames(r *discoveryv3.DeltaDiscoveryRequest) []string {
+	var names []string
+	for _, name := range r.GetResourceNamesSubscribe() {
+		names = append(names, "+"+name)
+	}
+	for _, name := range r.GetResourceNamesUnsubscribe() {
+		names = append(names, "-"+name)
+	}
+	return names
+}
+
+// unsubscriptions are the names c has posted to unsubscribe from, in
+// order, while no sender takes them.
+func unsubscriptions(c *Client) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var names []string
+	for _, r := range c.out.queue {
+		names = append(names, r.GetResourceNamesUnsubscribe()...)
+	}
+	return names
 }
 
 // A miss answers at once while the stream is live (its state would have
