@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
@@ -107,6 +108,14 @@ func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.D
 		}
 		// The source is kept as long as the bundle: exactly its size.
 		src := bytes.Clone(buf.Bytes())
+		digest := moduleDigest(sha256.Sum256(src))
+		if lazy := readModules.get(digest); lazy != nil && int64(len(src)) < l.limit {
+			// Read before, in this bundle or an earlier one: what fastParse
+			// made of these bytes does not depend on the file's name.
+			mf := &bundle.ModuleFile{URL: f.URL(), Path: name, RelativePath: rel, Raw: src}
+			l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
+			continue
+		}
 		m, ok := fastParse(name, src)
 		if !ok || int64(len(src)) >= l.limit || !plainSegments(m.Package.Path) {
 			l.modules, l.lazy = append(l.modules, nil), append(l.lazy, nil)
@@ -116,7 +125,8 @@ func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.D
 		var lazy *lazyModule
 		if l.unremarkable(m) {
 			pkg := unlocated(ast.NewTerm(m.Package.Path)).Value.(ast.Ref)
-			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String(), digest: sha256.Sum256(src)}, nil
+			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String(), digest: digest}, nil
+			readModules.put(digest, lazy)
 		}
 		l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
 	}
@@ -374,6 +384,63 @@ type lazyModule struct {
 
 // moduleDigest is the SHA-256 of a module's source.
 type moduleDigest [sha256.Size]byte
+
+// readModules remembers what fastParse kept of the modules read lately,
+// by the digest of their source: a bundle read again, as a proxy reads
+// its bundles at every change, parses only the modules that changed. The
+// lazy modules are immutable, and shared by every bundle that holds
+// them.
+var readModules = newModuleMemo(1 << 16)
+
+// DropReadCache forgets what ReadBundle remembers of the modules it read:
+// the next read parses every module, as a new process does. For
+// benchmarks of a first read.
+func DropReadCache() {
+	readModules.mu.Lock()
+	defer readModules.mu.Unlock()
+	readModules.cur, readModules.prev = map[moduleDigest]*lazyModule{}, nil
+}
+
+// moduleMemo is a bounded map from a module's digest to its lazyModule.
+// It keeps two generations: entries go into the current one, and when
+// that holds limit entries it becomes the previous one, and the previous
+// one is dropped; an entry found in the previous one moves to the
+// current one. So it keeps at least the last limit modules read, and at
+// most twice as many.
+type moduleMemo struct {
+	mu        sync.Mutex
+	limit     int
+	cur, prev map[moduleDigest]*lazyModule
+}
+
+func newModuleMemo(limit int) *moduleMemo {
+	return &moduleMemo{limit: limit, cur: map[moduleDigest]*lazyModule{}}
+}
+
+func (m *moduleMemo) get(d moduleDigest) *lazyModule {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lm := m.cur[d]
+	if lm == nil {
+		if lm = m.prev[d]; lm != nil {
+			m.putLocked(d, lm)
+		}
+	}
+	return lm
+}
+
+func (m *moduleMemo) put(d moduleDigest, lm *lazyModule) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.putLocked(d, lm)
+}
+
+func (m *moduleMemo) putLocked(d moduleDigest, lm *lazyModule) {
+	if len(m.cur) >= m.limit {
+		m.prev, m.cur = m.cur, make(map[moduleDigest]*lazyModule, m.limit)
+	}
+	m.cur[d] = lm
+}
 
 // packagePath is module i's package path.
 func (b *Bundle) packagePath(i int) ast.Ref {

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -22,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -876,5 +878,70 @@ func TestBundleFilesVerifyAlgorithm(t *testing.T) {
 	_, err = BundleFiles{Paths: []string{dir}, VerifyKey: writeTempFile(t, "rsa.pem", []byte(rsa.public)), VerifyAlgorithm: "RS256"}.Read()
 	if !errors.Is(err, ErrSignature) {
 		t.Errorf("an RS256 key for an ES256 signature: %v; want ErrSignature", err)
+	}
+}
+
+// TestReadRemembersModules: a bundle read again parses only the modules
+// that changed; each other module is what the first read kept of it (the
+// same lazy module), and the second read holds the same modules.
+func TestReadRemembersModules(t *testing.T) {
+	files := map[string]string{".manifest": `{"revision": "1", "roots": ["mesh/policies/istio"]}`}
+	maps.Copy(files, translatedDenies(t, 10))
+	dir := writeBundle(t, t.TempDir(), files)
+	first, err := ReadBundle(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := first.raw.Modules[3].RelativePath
+	if err := os.WriteFile(filepath.Join(dir, changed), append(slices.Clone(first.raw.Modules[3].Raw), "\n# changed\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second, err := ReadBundle(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.lazy == nil || second.lazy == nil || len(second.raw.Modules) != 10 {
+		t.Fatalf("lazy modules %v then %v, %d modules; want 10 translated modules read on the fast path", first.lazy != nil, second.lazy != nil, len(second.raw.Modules))
+	}
+	for i, mf := range second.raw.Modules {
+		was, is := first.lazy[i], second.lazy[i]
+		switch {
+		case is == nil || was == nil:
+			t.Fatalf("%s: not read on the fast path", mf.RelativePath)
+		case mf.RelativePath == changed && (is == was || is.digest == was.digest):
+			t.Errorf("%s changed but was not parsed again", mf.RelativePath)
+		case mf.RelativePath != changed && is != was:
+			t.Errorf("%s did not change but was parsed again", mf.RelativePath)
+		case is.key != was.key || is.digest != sha256.Sum256(mf.Raw):
+			t.Errorf("%s: package %s, digest %x; want %s and its source's", mf.RelativePath, is.key, is.digest, was.key)
+		}
+	}
+}
+
+// TestModuleMemoBound: the memo keeps the last limit modules at least,
+// twice as many at most, and an old module read again is kept as new.
+func TestModuleMemoBound(t *testing.T) {
+	m := newModuleMemo(2)
+	lm := map[string]*lazyModule{}
+	d := func(name string) moduleDigest { return sha256.Sum256([]byte(name)) }
+	put := func(name string) {
+		lm[name] = &lazyModule{key: name}
+		m.put(d(name), lm[name])
+	}
+	has := func(name string) bool { return m.get(d(name)) == lm[name] && lm[name] != nil }
+	put("a")
+	put("b")
+	put("c") // a and b become the previous generation
+	if !has("a") {
+		t.Fatal("a dropped with only three modules read")
+	}
+	put("d") // c and a (read again) become the previous generation; b goes
+	if has("b") {
+		t.Error("b kept: more than twice the limit")
+	}
+	for _, name := range []string{"a", "c", "d"} {
+		if !has(name) {
+			t.Errorf("%s dropped: among the last modules read", name)
+		}
 	}
 }
