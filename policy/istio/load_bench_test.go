@@ -177,7 +177,8 @@ func rusageCPU(b *testing.B) time.Duration {
 // each iteration loads the set with policy 4321's port changed, or back,
 // from the same bundle directory, as a proxy rereads its --bundle. load is
 // the engine's part, the bundle already read; read+load adds reading the
-// bundle (the two changed files written in place first). opa-check
+// bundle (the two changed files written in place first); download+load
+// reads it as OPA's downloader does instead. opa-check
 // compiles the changed bundle from scratch, as OPA does on every bundle
 // update.
 func BenchmarkReloadOne(b *testing.B) {
@@ -213,10 +214,15 @@ func BenchmarkReloadOne(b *testing.B) {
 		}
 	}
 	var read [2]*policy.Bundle
+	var tars [2][]byte // each version as a .tar.gz, as a bundle server serves it
 	for i := range read {
 		write(i)
 		var err error
 		if read[i], err = policy.ReadBundle(dir, nil); err != nil {
+			b.Fatal(err)
+		}
+		unsigned, _, _ := tarBundles(b, dir)
+		if tars[i], err = os.ReadFile(unsigned); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -238,6 +244,33 @@ func BenchmarkReloadOne(b *testing.B) {
 			i++
 			write(i % 2)
 			readAndLoad(b, e, dir)
+		}
+		cpu.report()
+	})
+	// download+load: what a proxy does with a bundle OPA's downloader
+	// fetched (policy/opabundles): OPA's reader reads the tarball as
+	// v1/download reads it, parsing every module, and the engine loads it.
+	b.Run("download+load", func(b *testing.B) {
+		downloaded := func(tar []byte) *policy.Bundle {
+			raw, err := bundle.NewCustomReader(bundle.NewTarballLoaderWithBaseURL(bytes.NewReader(tar), "https://bundles.test/bundles/mesh")).
+				WithRegoVersion(ast.RegoV1).WithProcessAnnotations(true).WithBundleName("mesh").Read()
+			if err != nil {
+				b.Fatal(err)
+			}
+			bu, err := policy.NewBundle("mesh", &raw)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return bu
+		}
+		// The engine holds the downloaded set (named as the downloader
+		// names it) before the first change, as a proxy does.
+		load(b, e, downloaded(tars[0]))
+		cpu := cpuTime(b)
+		i := 0
+		for b.Loop() {
+			i++
+			load(b, e, downloaded(tars[i%2]))
 		}
 		cpu.report()
 	})
