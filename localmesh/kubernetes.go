@@ -27,18 +27,25 @@ const (
 	modeNone           = "none"
 )
 
-// startKubernetes makes the pods' objects in the API server and starts
-// the control plane, before any ztunnel: a ztunnel streaming from the
-// controller is ready once it has the first state.
+// startKubernetes makes the waypoints' Gateways, the pods' objects and
+// Config.Services' in the API server and starts the control plane,
+// before any proxy: a ztunnel or waypoint streaming from the controller
+// is ready once it has the first state.
 func (m *Mesh) startKubernetes(ctx context.Context) error {
 	var err error
 	if m.Kube, err = kubernetes.NewForConfig(m.cfg.Kubernetes); err != nil {
 		return fmt.Errorf("localmesh: kubernetes client: %w", err)
 	}
+	if err := m.createGateways(ctx); err != nil {
+		return err
+	}
 	for _, p := range m.cfg.Pods {
 		if err := m.createPodObject(ctx, p, m.Pods[p.Name]); err != nil {
 			return err
 		}
+	}
+	if err := m.createServices(ctx); err != nil {
+		return err
 	}
 	return m.startControlPlane(ctx)
 }
@@ -59,6 +66,7 @@ func (m *Mesh) controllerFlags(node string) []string {
 // (running, ready, podIP the namespace's address). Its namespace is made
 // if missing, enrolled (istio.io/dataplane-mode=ambient) when a pod of it
 // is; a pod outside the mesh in an enrolled namespace opts out (=none).
+// A waypoint pod carries its Gateway's name (createGateways).
 func (m *Mesh) createPodObject(ctx context.Context, p PodSpec, pod *netbed.Pod) error {
 	ambient := m.namespaceEnrolled(p)
 	if err := m.createNamespace(ctx, p.Namespace, ambient); err != nil {
@@ -67,6 +75,9 @@ func (m *Mesh) createPodObject(ctx context.Context, p PodSpec, pod *netbed.Pod) 
 	labels := map[string]string{"app": p.Name}
 	if !p.enrolled() && ambient {
 		labels[labelDataplaneMode] = modeNone
+	}
+	if p.Waypoint {
+		labels[labelGatewayName] = p.Name
 	}
 	obj, err := m.Kube.CoreV1().Pods(p.Namespace).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Labels: labels},

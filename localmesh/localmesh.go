@@ -16,7 +16,8 @@
 // process and watches it, every node's ztunnel is a process streaming
 // its state and policy from the controller (--controller), and the mesh,
 // as the nodes' kubelets would, makes the pods' Pod objects and sets
-// their status. Policy is then what the API server holds.
+// their status, and a waypoint pod's Gateway. Policy is then what the
+// API server holds.
 package localmesh
 
 import (
@@ -118,7 +119,9 @@ type Config struct {
 	// Kubernetes, when set, is the API server the mesh is driven from
 	// (see the package comment): every node runs its ztunnel as a
 	// process (ZtunnelBinary) with --controller, and Bundles is unused.
-	// Waypoint pods are not supported with it yet.
+	// A Waypoint pod's process streams from the controller too, for the
+	// Gateway made for it (named after the pod); Services become Service
+	// objects, their Waypoint the istio.io/use-waypoint label.
 	Kubernetes *rest.Config
 }
 
@@ -168,8 +171,8 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 		return nil, errors.New("localmesh: a Waypoint pod needs a WaypointBinary (Build)")
 	}
 	if cfg.Kubernetes != nil {
-		if cfg.ZtunnelBinary == "" || hasWaypoint {
-			return nil, errors.New("localmesh: a mesh driven by Kubernetes needs a ZtunnelBinary (Build), and has no Waypoint pods yet")
+		if cfg.ZtunnelBinary == "" {
+			return nil, errors.New("localmesh: a mesh driven by Kubernetes needs a ZtunnelBinary (Build)")
 		}
 		cfg.ProcessNodes = cfg.Nodes // only the binary streams from the controller
 	}

@@ -65,18 +65,20 @@ func (m *Mesh) startWaypoints(ctx context.Context) error {
 }
 
 // startWaypoint starts spec's waypoint process with its files (local
-// config, log) in dir, and waits until it is ready.
+// config, log) in dir, and waits until it is ready. With
+// Config.Kubernetes it streams its state and downloads its Gateway's
+// bundle from the control plane, as a waypoint pod of a cluster does.
 func (m *Mesh) startWaypoint(ctx context.Context, spec PodSpec, dir string) (*WaypointProcess, error) {
 	pod := m.Pods[spec.Name]
-	localConfig, err := m.writeLocalConfig(dir)
+	source, err := m.waypointStateFlags(spec, dir)
 	if err != nil {
 		return nil, err
 	}
-	args := []string{
-		"--trust-domain", m.TrustDomain.Name(), "--local-config", localConfig,
+	args := append([]string{
+		"--trust-domain", m.TrustDomain.Name(),
 		"--spire-workload-socket", m.agents[spec.Node].WorkloadSocket(),
 		"--hbone-addr", ":15008", "--bundle-poll", "250ms",
-	}
+	}, source...)
 	args = append(args, m.cfg.WaypointFlags...)
 	cmd := exec.Command(m.cfg.WaypointBinary, append(args, m.daemonFlags(m.cfg.WaypointAccessLog)...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Gid: WaypointGID, Groups: []uint32{}}}
@@ -85,6 +87,19 @@ func (m *Mesh) startWaypoint(ctx context.Context, spec PodSpec, dir string) (*Wa
 		return nil, err
 	}
 	return &WaypointProcess{daemon: d, Pod: pod, ID: m.Identity(spec)}, nil
+}
+
+// waypointStateFlags are where spec's waypoint reads its state: the
+// control plane with Config.Kubernetes, else a local config in dir.
+func (m *Mesh) waypointStateFlags(spec PodSpec, dir string) ([]string, error) {
+	if m.cfg.Kubernetes != nil {
+		return m.waypointControllerFlags(spec), nil
+	}
+	localConfig, err := m.writeLocalConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	return []string{"--local-config", localConfig}, nil
 }
 
 // RestartWaypoint stops the named waypoint pod's process with SIGTERM (it
