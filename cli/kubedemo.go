@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -36,12 +35,16 @@ var kubePolicyKinds = map[schema.GroupVersionKind]schema.GroupVersionResource{
 	{Group: "security.istio.io", Version: "v1beta1", Kind: "AuthorizationPolicy"}: {Group: "security.istio.io", Version: "v1beta1", Resource: "authorizationpolicies"},
 }
 
-// kubeDemo runs the demo's L4 calls in a mesh driven by a real
+// kubeDemo runs the demo's calls in a mesh driven by a real
 // kube-apiserver: the pods are Pod objects (their status set as a
-// kubelet would), examples/istio's AuthorizationPolicies are applied
-// through the API server, and regomesh-controller streams the state and
-// serves the translated policy, signed, to each node's ztunnel process
-// (--controller). The waypoint's L7 part is the local demo's only.
+// kubelet would), the waypoint a Gateway of class istio-waypoint and the
+// services Service objects labelled istio.io/use-waypoint,
+// examples/istio's AuthorizationPolicies are applied through the API
+// server, and regomesh-controller streams the state and serves the
+// translated policy, signed, to each node's ztunnel process and to the
+// waypoint (--controller): the waypoint's HTTP requests are decided by
+// the policies that target its Gateway, routed by
+// examples/waypoint/routes.yaml.
 func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	dir, err := demoDir()
 	if err != nil {
@@ -54,6 +57,13 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	}
 	defer access.Close()
 	log := &lockedWriter{w: access}
+	wpPath := filepath.Join(dir, "waypoint-access.log")
+	wpAccess, err := createNew(wpPath)
+	if err != nil {
+		return fmt.Errorf("demo: waypoint access log: %w", err)
+	}
+	defer wpAccess.Close()
+	wpLog := &lockedWriter{w: wpAccess}
 	policies := filepath.Join(cfg.Examples, "istio")
 	fmt.Fprintf(out, "regomesh demo --kubernetes: starting etcd and kube-apiserver (bin/, make kube)...\n")
 	clusterDir := filepath.Join(dir, "cluster")
@@ -76,12 +86,23 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "starting the mesh (SPIRE server, the controller, 2 nodes with a SPIRE agent and a ztunnel process each, 6 pods)...\n")
+	waypointBin, err := demoWaypoint(ctx, out, cfg, dir)
+	if err != nil {
+		return err
+	}
+	issuer, err := newDemoIssuer(dir)
+	if err != nil {
+		return fmt.Errorf("demo: JWT issuer: %w", err)
+	}
+	routes := filepath.Join(cfg.Examples, "waypoint", "routes.yaml")
+	fmt.Fprintf(out, "starting the mesh (SPIRE server, the controller, 2 nodes with a SPIRE agent and a ztunnel process each, 6 pods and a waypoint)...\n")
 	start := time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Config{
-		Prefix: "rmkdemo", Net: 198, Nodes: []string{"node-1", "node-2"}, Pods: kubeDemoPods(),
+		Prefix: "rmkdemo", Net: 198, Nodes: []string{"node-1", "node-2"}, Pods: demoPods, Services: demoServices,
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		AccessLog:   log, Kubernetes: rc, ZtunnelBinary: ztunnelBin,
+		WaypointBinary: waypointBin, WaypointAccessLog: wpLog,
+		WaypointFlags: []string{"--routes", routes, "--request-authentication", issuer.RequestAuthentication},
 	})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -95,9 +116,12 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	}
 	defer stopApps()
 	runCalls(out, m, log)
+	runRequests(out, m, wpLog, issuer)
+	runSplit(out, m, issuer)
 	printProxies(out, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
-	fmt.Fprintf(out, "  access log (JSON):     %s\n", accessPath)
+	fmt.Fprintf(out, "  access log (JSON):     %s (ztunnels), %s (waypoint)\n", accessPath, wpPath)
+	fmt.Fprintf(out, "  the waypoint's routes: %s; its JWT issuer: %s\n", routes, issuer.RequestAuthentication)
 	fmt.Fprintf(out, "  the API server's data: %s (etcd, the API server's log and its admin token)\n", clusterDir)
 	fmt.Fprintf(out, "  how the policies translate: go run ./cmd/regomesh policy translate %s\n", policies)
 	if cfg.Once {
@@ -107,11 +131,6 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	fmt.Fprintf(out, "\"cluster.local/ns/shop/sa/frontend\" to who may reach postgres): they are applied through the\n")
 	fmt.Fprintf(out, "API server, the controller serves the new bundle, and the calls run again. Ctrl-C stops and cleans up.\n")
 	return watchAndReapply(ctx, out, m, log, dynamic.NewForConfigOrDie(rc), policies)
-}
-
-// kubeDemoPods are the demo's pods but the waypoint.
-func kubeDemoPods() []localmesh.PodSpec {
-	return slices.DeleteFunc(slices.Clone(demoPods), func(p localmesh.PodSpec) bool { return p.Waypoint })
 }
 
 // demoZtunnel builds cmd/ztunnel for the node processes, as demoWaypoint

@@ -19,7 +19,10 @@ import (
 // make kube) and checks every row of its table: the calls the ztunnels
 // decide with examples/istio's AuthorizationPolicies, applied through the
 // API server and served by the controller, each with the policy that
-// decided; and that both ztunnels ACKed the bundle the controller serves.
+// decided; the HTTP requests through the waypoint streaming from the
+// controller, routed and their JWTs checked (no policy of examples/istio
+// targets its Gateway); and that both ztunnels ACKed the bundle the
+// controller serves, and the waypoint the state.
 func TestKubernetesDemo(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the mesh demo needs root (network namespaces, nftables); CI runs it as root")
@@ -46,6 +49,10 @@ func TestKubernetesDemo(t *testing.T) {
 		{"api", "postgres:5433", "DENIED", "shop/postgres-api-only (no rule matched)"},
 		{"legacy (plaintext)", "postgres:5432", "DENIED", "shop/postgres-api-only (no rule matched)"},
 		{"frontend", "api:15001", "DENIED", "-", "LOOP: "},
+		{"frontend", "GET /catalog/42", "200", "-", "shop/api#1", "no ALLOW policy selects the destination"},
+		{"frontend", "GET /v1/catalog/42", "200", "-", "shop/api#0"},
+		{"checkout", "POST /orders (JWT: alice)", "200", "-", "shop/api#2"},
+		{"checkout", "POST /orders (JWT: expired)", "401", "-", "-", "JWT refused: Jwt is expired"},
 	} {
 		if !hasRow(out.String(), want) {
 			t.Errorf("no row %q in the demo's output:\n%s", want, out.String())
@@ -59,6 +66,16 @@ func TestKubernetesDemo(t *testing.T) {
 		if !hasRow(out.String(), []string{"spiffe://cluster.local/regomesh/ztunnel/" + node, node, bundle[1], bundle[2]}) {
 			t.Errorf("%s's ztunnel did not ACK state %s and bundle %s:\n%s", node, bundle[1], bundle[2], out.String())
 		}
+	}
+	if !hasRow(out.String(), []string{"spiffe://cluster.local/ns/shop/sa/waypoint", bundle[1]}) {
+		t.Errorf("the waypoint did not ACK state %s:\n%s", bundle[1], out.String())
+	}
+	split := regexp.MustCompile(`(?m)^Weighted split of /catalog .*: (\d+) requests, (\d+) to api, (\d+) to api-v2$`).FindStringSubmatch(out.String())
+	if split == nil {
+		t.Fatalf("no weighted split line in the demo's output:\n%s", out.String())
+	}
+	if total, api, v2 := atoi(t, split[1]), atoi(t, split[2]), atoi(t, split[3]); api+v2 != total || api == 0 || v2 == 0 {
+		t.Errorf("split %s: want all %d answered, by both versions", split[0], total)
 	}
 }
 
