@@ -86,23 +86,18 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
-	waypointBin, err := demoWaypoint(ctx, out, cfg, dir)
+	wp, err := newDemoWaypoint(ctx, out, cfg, dir)
 	if err != nil {
 		return err
 	}
-	issuer, err := newDemoIssuer(dir)
-	if err != nil {
-		return fmt.Errorf("demo: JWT issuer: %w", err)
-	}
-	routes := filepath.Join(cfg.Examples, "waypoint", "routes.yaml")
+	issuer, routes := wp.issuer, wp.routes
 	fmt.Fprintf(out, "starting the mesh (SPIRE server, the controller, 2 nodes with a SPIRE agent and a ztunnel process each, 6 pods and a waypoint)...\n")
 	start := time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Config{
 		Prefix: "rmkdemo", Net: 198, Nodes: []string{"node-1", "node-2"}, Pods: demoPods, Services: demoServices,
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		AccessLog:   log, Kubernetes: rc, ZtunnelBinary: ztunnelBin,
-		WaypointBinary: waypointBin, WaypointAccessLog: wpLog,
-		WaypointFlags: []string{"--routes", routes, "--request-authentication", issuer.RequestAuthentication},
+		WaypointBinary: wp.bin, WaypointAccessLog: wpLog, WaypointFlags: wp.flags(),
 	})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)

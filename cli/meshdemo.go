@@ -118,15 +118,11 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	}
 	defer wpAccess.Close()
 	wpLog := &lockedWriter{w: wpAccess}
-	waypointBin, err := demoWaypoint(ctx, out, cfg, dir)
+	wp, err := newDemoWaypoint(ctx, out, cfg, dir)
 	if err != nil {
 		return err
 	}
-	issuer, err := newDemoIssuer(dir)
-	if err != nil {
-		return fmt.Errorf("demo: JWT issuer: %w", err)
-	}
-	routes := filepath.Join(cfg.Examples, "waypoint", "routes.yaml")
+	issuer, routes := wp.issuer, wp.routes
 	regs := map[string]*prometheus.Registry{"node-1": prometheus.NewRegistry(), "node-2": prometheus.NewRegistry()}
 	fmt.Fprintf(out, "regomesh demo: starting a mesh on this machine (SPIRE server, 2 nodes with a SPIRE agent and a ztunnel each, 6 pods and a waypoint)...\n")
 	start := time.Now()
@@ -134,8 +130,7 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 		Prefix: "rmdemo", Net: 199, Nodes: []string{"node-1", "node-2"}, Pods: demoPods, Services: demoServices,
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		Bundles:     []string{bundle}, AccessLog: log, Registries: regs,
-		WaypointBinary: waypointBin, WaypointAccessLog: wpLog,
-		WaypointFlags: []string{"--routes", routes, "--request-authentication", issuer.RequestAuthentication},
+		WaypointBinary: wp.bin, WaypointAccessLog: wpLog, WaypointFlags: wp.flags(),
 	})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -171,6 +166,31 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	fmt.Fprintf(out, "\nThe mesh stays up. Edit the Rego under %s (for example let the frontend reach postgres):\n", bundle)
 	fmt.Fprintf(out, "every ztunnel reloads it and the calls run again. Ctrl-C stops and cleans up.\n")
 	return watchAndRerun(ctx, out, m, log, wpLog, issuer, bundle)
+}
+
+// demoWaypointSetup is what the demos' waypoint pod runs: the binary,
+// the demo's JWT issuer, and examples/waypoint's routes.
+type demoWaypointSetup struct {
+	bin, routes string
+	issuer      *demoIssuer
+}
+
+func newDemoWaypoint(ctx context.Context, out io.Writer, cfg demoConfig, dir string) (*demoWaypointSetup, error) {
+	bin, err := demoWaypoint(ctx, out, cfg, dir)
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := newDemoIssuer(dir)
+	if err != nil {
+		return nil, fmt.Errorf("demo: JWT issuer: %w", err)
+	}
+	return &demoWaypointSetup{bin: bin, routes: filepath.Join(cfg.Examples, "waypoint", "routes.yaml"), issuer: issuer}, nil
+}
+
+// flags are the waypoint's flags: its routes and the issuer's
+// RequestAuthentication.
+func (w *demoWaypointSetup) flags() []string {
+	return []string{"--routes", w.routes, "--request-authentication", w.issuer.RequestAuthentication}
 }
 
 // demoWaypoint is the cmd/waypoint binary the waypoint pod runs: the one
