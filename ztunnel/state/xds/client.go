@@ -86,6 +86,8 @@ type Client struct {
 	// back if it becomes a miss again).
 	demands map[string]*demand
 	misses  list.List
+	// awaiting counts the demands not yet answered (MaxDemandsAwaiting).
+	awaiting int
 	// live is true from the first state response applied on the current
 	// stream until it ends; liveCh is closed while live, and a new one
 	// made when the stream ends.

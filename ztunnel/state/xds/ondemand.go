@@ -19,6 +19,19 @@ func AddressKey(ip netip.Addr) string { return "/" + ip.Unmap().String() }
 // the state holds nothing new for the address.
 var ErrDemandRefused = errors.New("xds: the controller's answer to a subscription was refused")
 
+// ErrTooManyDemands: MaxDemandsAwaiting addresses already await the
+// controller's answer, so a connection to one more is refused rather
+// than subscribed to.
+var ErrTooManyDemands = errors.New("xds: too many addresses await the controller's answer")
+
+// MaxDemandsAwaiting bounds the demands not answered yet. A demand whose
+// Demand timed out stays subscribed, and is named again by every new
+// stream, until the controller answers it: without a bound, a controller
+// away for long while connections kept going to new addresses would be
+// sent more names than it takes in one subscription (65,536), and refuse
+// the node's every stream from then on.
+const MaxDemandsAwaiting = 4096
+
 // demand is one address subscribed to on demand.
 //
 // Invariant: done is closed once the address is answered; found says
@@ -71,8 +84,9 @@ const MaxDemandMisses = 1024
 // Demand returns at once for a workload's address the state holds, or an
 // address already answered. It returns ctx's error if the answer does not
 // come in time (the controller is away, or the proxy refuses its state),
-// and ErrDemandRefused if the answering response was refused. It is safe
-// for concurrent use.
+// ErrDemandRefused if the answering response was refused, and
+// ErrTooManyDemands, at once, for a new address while MaxDemandsAwaiting
+// others await their answer. It is safe for concurrent use.
 func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 	ip = ip.Unmap()
 	key := AddressKey(ip)
@@ -98,8 +112,13 @@ func (c *Client) Demand(ctx context.Context, ip netip.Addr) error {
 		}
 	}
 	if !ok {
+		if c.awaiting >= MaxDemandsAwaiting {
+			c.mu.Unlock()
+			return fmt.Errorf("%w (%d) for %s", ErrTooManyDemands, MaxDemandsAwaiting, ip)
+		}
 		d = &demand{done: make(chan struct{})}
 		c.demands[key] = d
+		c.awaiting++
 		// Posted with the change, after an unsubscription of key that
 		// came before it (Client.out). With the stream down, the next
 		// one subscribes to every demand.
@@ -172,6 +191,7 @@ func (c *Client) settle(key, resource string, applyErr error) (drop []string) {
 		return nil
 	}
 	if !d.settled() {
+		c.awaiting--
 		if applyErr != nil {
 			d.err = fmt.Errorf("%w: %w", ErrDemandRefused, applyErr)
 			close(d.done) // after d.err: Demand reads it once done is closed

@@ -298,3 +298,33 @@ func TestDemandMissWhileStreamDown(t *testing.T) {
 		t.Fatalf("a miss with the stream live: %v", err)
 	}
 }
+
+// TestDemandsAwaitingBounded: demands the controller has not answered
+// (their connections timed out, the controller away) are bounded: past
+// MaxDemandsAwaiting a connection to a new address is refused at once,
+// and an answer makes room again.
+func TestDemandsAwaitingBounded(t *testing.T) {
+	c := &Client{demands: map[string]*demand{}, liveCh: make(chan struct{})}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel() // every wait times out at once: the controller is away
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}) }
+	for i := range MaxDemandsAwaiting {
+		if err := c.Demand(gone, addr(i)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("demand %d: %v, want the wait's end", i, err)
+		}
+	}
+	if err := c.Demand(gone, addr(MaxDemandsAwaiting)); !errors.Is(err, ErrTooManyDemands) {
+		t.Fatalf("one demand past the bound: %v, want ErrTooManyDemands", err)
+	}
+	if len(c.demands) != MaxDemandsAwaiting {
+		t.Fatalf("%d demands kept, want %d", len(c.demands), MaxDemandsAwaiting)
+	}
+	// An address already awaiting its answer is waited for, not refused.
+	if err := c.Demand(gone, addr(7)); !errors.Is(err, context.Canceled) {
+		t.Errorf("a demand already made: %v, want the wait's end", err)
+	}
+	c.answered(&discoveryv3.DeltaDiscoveryResponse{RemovedResources: []string{AddressKey(addr(3))}}, nil)
+	if err := c.Demand(gone, addr(MaxDemandsAwaiting)); !errors.Is(err, context.Canceled) {
+		t.Errorf("after an answer: %v, want the demand made and waited for", err)
+	}
+}
