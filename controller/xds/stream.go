@@ -306,6 +306,14 @@ func (s *Server) nack(sub *subscriber, t *subscription, p *inflight, reason stri
 func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber) error {
 	for _, t := range sub.types {
 		var err error
+		version := s.versionOf(t)
+		if t.held(version) {
+			// Nothing goes out: do not work out the scope, which costs a
+			// pass over every name subscribed (requests that come in a
+			// burst, after a controller's start, are answered together
+			// once the response in flight is ACKed).
+			continue
+		}
 		if t.typeURL == wire.BundleTypeURL {
 			version, resources := s.currentBundles(sub.proxy)
 			err = s.pushType(stream, sub, t, version, resources, nil)
@@ -327,13 +335,29 @@ func (s *Server) push(stream discoveryv3.AggregatedDiscoveryService_DeltaAggrega
 	return nil
 }
 
+// held: nothing of t goes out at version: a response awaits its ACK, or
+// the proxy refused this very version.
+func (t *subscription) held(version uint64) bool {
+	return t.pending != nil || (t.refused && version == t.nacked)
+}
+
+// versionOf is the current version of t's type.
+func (s *Server) versionOf(t *subscription) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.typeURL == wire.BundleTypeURL {
+		return s.bundleVersion
+	}
+	return s.version
+}
+
 // pushType sends what the proxy lacks of one type, unless a response is
 // awaiting its ACK, the proxy refused this very version, or it lacks
 // nothing and has no subscription to answer (the first response goes out
 // even empty: it tells the proxy it is in sync). resolve, for a type
 // taking names, says which resource a name stands for.
 func (s *Server) pushType(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, sub *subscriber, t *subscription, version uint64, resources map[string]*resource, resolve func(string) (string, bool)) error {
-	if t.pending != nil || (t.refused && version == t.nacked) {
+	if t.held(version) {
 		return nil
 	}
 	add, removed, partial := sub.diff(t.acked, resources)
