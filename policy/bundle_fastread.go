@@ -389,8 +389,10 @@ type moduleDigest [sha256.Size]byte
 // by the digest of their source: a bundle read again, as a proxy reads
 // its bundles at every change, parses only the modules that changed. The
 // lazy modules are immutable, and shared by every bundle that holds
-// them.
-var readModules = newModuleMemo(1 << 16)
+// them. The bound (16,384 modules kept at least, 32,768 at most, some
+// 510 bytes each: 17 MB at most) covers a bundle of 10,000 policies and
+// its changes; a larger one is parsed again in part.
+var readModules = newModuleMemo(1 << 14)
 
 // DropReadCache forgets what ReadBundle remembers of the modules it read:
 // the next read parses every module, as a new process does. For
