@@ -171,6 +171,9 @@ func fetchStatus(ctx context.Context, admin string) (xds.StatusReport, error) {
 // measured against the controller's clock.
 func writeStatus(w io.Writer, r xds.StatusReport) error {
 	fmt.Fprintf(w, "controller: state version %s, bundles %s\n\n", r.Version, formatBundles(r.Bundles, nil))
+	if r.Waiting > 0 {
+		fmt.Fprintf(w, "%d proxy streams wait for this controller's first state (it has not listed the cluster yet); they hold what they had\n\n", r.Waiting)
+	}
 	if len(r.Proxies) == 0 {
 		_, err := fmt.Fprintln(w, "no proxy has subscribed to this controller replica since it started")
 		return err

@@ -48,6 +48,17 @@ func TestWriteStatus(t *testing.T) {
 	if want := "no proxy has subscribed to this controller replica since it started"; !strings.Contains(out.String(), want) {
 		t.Errorf("no proxies: %q; want it to say %q", out.String(), want)
 	}
+	if strings.Contains(out.String(), "wait") {
+		t.Errorf("no proxies: %q; want nothing said of waiting streams", out.String())
+	}
+
+	out.Reset()
+	if err := writeStatus(&out, xds.StatusReport{Version: "0", Waiting: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "3 proxy streams wait for this controller's first state"; !strings.Contains(out.String(), want) {
+		t.Errorf("streams waiting: %q; want it to say %q", out.String(), want)
+	}
 }
 
 // -o json prints the controller's report as served, which decodes back

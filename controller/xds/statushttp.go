@@ -26,6 +26,10 @@ type StatusReport struct {
 	Bundles map[string]string `json:"bundles"`
 	// Proxies, by SPIFFE ID.
 	Proxies []ProxyStatus `json:"proxies"`
+	// Waiting counts the streams accepted but not yet answered: a
+	// controller answers none before its first state (it has not listed
+	// the cluster yet), and their proxies are not among Proxies until then.
+	Waiting int `json:"waiting,omitempty"`
 }
 
 // Report is the status of every proxy and what is current.
@@ -36,7 +40,7 @@ func (s *Server) Report() StatusReport {
 	if bundles == nil {
 		bundles = map[string]string{}
 	}
-	return StatusReport{Time: time.Now(), Version: version, Bundles: bundles, Proxies: s.Proxies()}
+	return StatusReport{Time: time.Now(), Version: version, Bundles: bundles, Proxies: s.Proxies(), Waiting: int(s.waiting.Load())}
 }
 
 // StatusHandler serves Report as JSON on GET.

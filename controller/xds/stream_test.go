@@ -266,7 +266,7 @@ func TestRestartWaitsForState(t *testing.T) {
 	b.stop()
 
 	b2 := newBed(t, ca, b.addr, nil)
-	waitFor(t, func() (int, bool) { n := b2.srv.Waiting(); return n, n == 1 }, "the reconnected stream to wait for the first state")
+	waitFor(t, func() (int, bool) { n := b2.srv.Report().Waiting; return n, n == 1 }, "the reconnected stream to wait for the first state")
 	if got, n := p.state(); got != before || n != applies {
 		t.Fatalf("the proxy applied %d states from a controller with none", n-applies)
 	}
@@ -278,7 +278,7 @@ func TestRestartWaitsForState(t *testing.T) {
 	if n != applies+1 {
 		t.Errorf("the resync applied %d states, want 1", n-applies)
 	}
-	if w := b2.srv.Waiting(); w != 0 {
+	if w := b2.srv.Report().Waiting; w != 0 {
 		t.Errorf("%d streams still wait after the first state", w)
 	}
 }
