@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -316,5 +317,28 @@ func TestOwnNodeFirst(t *testing.T) {
 				t.Errorf("first response %v at version %q, want %v at %q", got, resp.GetSystemVersionInfo(), tt.want, tt.version)
 			}
 		})
+	}
+}
+
+// TestStartWithoutState: a proxy whose controller never sends a state
+// says so, not that its stream failed.
+func TestStartWithoutState(t *testing.T) {
+	ca := testpki.New(t, "td.test")
+	b := newBed(t, ca, "127.0.0.1:0", nil)
+	c, err := wire.NewClient(wire.ClientConfig{
+		Addr: b.addr, SVID: ca.SVID(t, "/regomesh/ztunnel/node-0"), Bundle: ca.Bundle(), Controller: spiffeid.RequireFromPath(ca.TD, controllerPath),
+		Node: "node-0", TrustDomain: ca.TD.Name(), Logger: quiet(), Apply: func(*state.Snapshot) {},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Start(context.Background(), 5*time.Second)
+		started <- err
+	}()
+	waitFor(t, func() (int, bool) { n := b.srv.Report().Waiting; return n, n == 1 }, "the stream to wait for the first state")
+	if err = <-started; err == nil || !strings.Contains(err.Error(), "has not sent its first state yet") || strings.Contains(err.Error(), "last error") {
+		t.Fatalf("Start = %v; want it to say the controller has sent no state", err)
 	}
 }

@@ -188,6 +188,13 @@ func (c *Client) Start(ctx context.Context, timeout time.Duration) (stop func(),
 	c.mu.Lock()
 	last := c.lastErr
 	c.mu.Unlock()
+	if last == nil {
+		// No stream broke: the connection hangs, or the stream stood
+		// and nothing came on it (a controller that has not listed the
+		// cluster yet answers nothing).
+		return nil, fmt.Errorf("xds: no state from the controller at %s within %s, and no error: it did not answer the connection, or has not sent its first state yet (a controller answers nothing before it has listed the cluster: its /healthz/ready says when it has)",
+			c.cfg.Addr, timeout)
+	}
 	return nil, fmt.Errorf("xds: no state from the controller at %s within %s (last error: %v): is it running and reachable, and does it accept this proxy's SVID (%s)?",
 		c.cfg.Addr, timeout, last, c.svidID())
 }
