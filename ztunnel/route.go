@@ -77,14 +77,14 @@ func (r *Router) Route(dst netip.AddrPort) (Route, error) {
 	if !ok || w.Protocol != state.HBONE {
 		return Route{Kind: RoutePassthrough, Workload: w, Dial: dst, Authority: dst}, nil
 	}
-	if wp, ok := waypointOf(snap, w.Waypoint); ok {
+	if wp, ok := snap.Waypoint(w.Waypoint); ok {
 		return waypointRoute(wp, w, nil, dst), nil
 	}
 	return workloadRoute(w, nil, netip.AddrPortFrom(ip, dst.Port())), nil
 }
 
 func (r *Router) serviceRoute(snap *state.Snapshot, svc *state.Service, dst netip.AddrPort) (Route, error) {
-	if wp, ok := waypointOf(snap, svc.Waypoint); ok {
+	if wp, ok := snap.Waypoint(svc.Waypoint); ok {
 		return waypointRoute(wp, nil, svc, dst), nil
 	}
 	target, ok := targetPort(svc, dst.Port())
@@ -121,18 +121,6 @@ func waypointRoute(wp, w *state.Workload, svc *state.Service, dst netip.AddrPort
 	}
 }
 
-// waypointOf finds the waypoint workload named "<namespace>/<name>".
-func waypointOf(snap *state.Snapshot, ref string) (*state.Workload, bool) {
-	if ref == "" {
-		return nil, false
-	}
-	for _, w := range snap.Workloads {
-		if w.Namespace+"/"+w.Name == ref {
-			return w, true
-		}
-	}
-	return nil, false
-}
 
 func targetPort(svc *state.Service, port uint16) (int, bool) {
 	for _, p := range svc.Ports {

@@ -207,6 +207,13 @@ func (s *Snapshot) Workload(namespace, name string) (*Workload, bool) {
 	return w, ok
 }
 
+// Waypoint returns the workload a waypoint reference names
+// ("<namespace>/<name>", as Workload.Waypoint and Service.Waypoint hold).
+func (s *Snapshot) Waypoint(ref string) (*Workload, bool) {
+	w, ok := s.byName[ref]
+	return w, ok
+}
+
 // ServiceByVIP returns the service answering on vip.
 func (s *Snapshot) ServiceByVIP(vip netip.Addr) (*Service, bool) {
 	svc, ok := s.byVIP[vip.Unmap()]
