@@ -95,7 +95,10 @@ type Controller struct {
 	store   *policyStore
 	rego    *regoStore
 	builds  *bundleBuilds
-	last    Update
+	// snapshots builds the state, keeping its last build's workloads
+	// and services for the next.
+	snapshots *snapshots
+	last      Update
 	// regoReported are the ConfigMap refusals an Event was written for
 	// ("<uid>/<resourceVersion>/<error>"), among those still refused.
 	regoReported map[string]bool
@@ -141,6 +144,8 @@ func New(rc *rest.Config, cfg Config) (*Controller, error) {
 		store:  newPolicyStore(cfg.istioOptions("")),
 		rego:   newRegoStore(cfg.RegoNamespaces),
 		builds: newBundleBuilds(cfg),
+
+		snapshots: newSnapshots(cfg),
 	}
 	if w := cfg.Waypoints; w != nil {
 		if w.Template == nil {

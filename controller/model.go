@@ -65,21 +65,106 @@ type model struct {
 	objs      objects
 	waypoints map[string]*waypoint
 	problems  []error
+
+	// made is what workload returned for each pod (nil for a pod that
+	// is no workload). known is the last build's made, and context what
+	// that build read besides the pods: while the context is the same, a
+	// pod that is the same pointer makes the same workload, so it is
+	// taken from known instead of made again.
+	made    map[*corev1.Pod]*state.Workload
+	known   map[*corev1.Pod]*state.Workload
+	context buildContext
+}
+
+// buildContext is what a pod's workload depends on besides the pod:
+// its namespace (enrolment, use-waypoint), the waypoints (their
+// Gateways, and the pod serving each), and the services (selection).
+// Informers replace an object that changes, never modify it, so the same
+// pointers are the same objects; services are compared after building,
+// where an unchanged one is the last build's pointer.
+type buildContext struct {
+	namespaces map[string]*corev1.Namespace
+	gateways   map[string]*gatewayv1.Gateway // waypoints' Gateways, by "<namespace>/<name>"
+	chosen     map[string]*corev1.Pod        // the pod serving each waypoint
+	services   []*state.Service
+}
+
+func (c buildContext) same(o buildContext) bool {
+	return maps.Equal(c.namespaces, o.namespaces) && maps.Equal(c.gateways, o.gateways) &&
+		maps.Equal(c.chosen, o.chosen) && slices.Equal(c.services, o.services)
 }
 
 // buildSnapshot turns the cluster's objects into ztunnel's state. Problems
 // (two pods claiming one address, say) are reported and the object left
 // out; the error is set only when no snapshot could be built at all.
 func buildSnapshot(objs objects, cfg Config) (*state.Snapshot, []error, error) {
-	m := &model{cfg: cfg, objs: objs, waypoints: map[string]*waypoint{}}
+	return newSnapshots(cfg).build(objs)
+}
+
+// snapshots builds one snapshot after another, each from the whole
+// cluster, and hands on what did not change as the same pointers: a
+// workload or service equal to the last build's is the last build's.
+// The stream server encodes only pointers it has not seen (snapshots are
+// never modified), so one pod's change is one encoding, not 5,000.
+type snapshots struct {
+	cfg Config
+	// workloads and services are the last snapshot's, by UID and by
+	// "<namespace>/<name>"; byPod and context are the last build's
+	// model.made and model.context.
+	workloads map[string]*state.Workload
+	services  map[string]*state.Service
+	byPod     map[*corev1.Pod]*state.Workload
+	context   buildContext
+}
+
+func newSnapshots(cfg Config) *snapshots {
+	return &snapshots{cfg: cfg}
+}
+
+// build is buildSnapshot, keeping the result for the next build. A
+// snapshot that could not be built changes nothing kept.
+func (s *snapshots) build(objs objects) (*state.Snapshot, []error, error) {
+	m := &model{cfg: s.cfg, objs: objs, waypoints: map[string]*waypoint{}, known: s.byPod, context: s.context}
 	m.findWaypoints()
 	services := m.services()
+	for i, svc := range services {
+		if last := s.services[svc.Namespace+"/"+svc.Name]; last != nil && sameService(last, svc) {
+			services[i] = last
+		}
+	}
 	workloads := m.workloads(services)
+	for i, w := range workloads {
+		if last := s.workloads[w.UID]; last != nil && (last == w || sameWorkload(last, w)) {
+			workloads[i] = last
+		}
+	}
 	snap, err := state.NewSnapshot(workloads, services)
 	if err != nil {
 		return nil, m.problems, fmt.Errorf("controller: %w", err)
 	}
+	s.byPod, s.context = m.made, m.context
+	s.workloads = make(map[string]*state.Workload, len(workloads))
+	for _, w := range workloads {
+		s.workloads[w.UID] = w
+	}
+	s.services = make(map[string]*state.Service, len(services))
+	for _, svc := range services {
+		s.services[svc.Namespace+"/"+svc.Name] = svc
+	}
 	return snap, m.problems, nil
+}
+
+func sameWorkload(a, b *state.Workload) bool {
+	return a.UID == b.UID && a.Name == b.Name && a.Namespace == b.Namespace &&
+		a.ServiceAccount == b.ServiceAccount && slices.Equal(a.IPs, b.IPs) && a.Node == b.Node &&
+		maps.Equal(a.Labels, b.Labels) && a.Protocol == b.Protocol && a.Waypoint == b.Waypoint &&
+		a.TrustDomain == b.TrustDomain
+}
+
+func sameService(a, b *state.Service) bool {
+	return a.Name == b.Name && a.Namespace == b.Namespace && a.Hostname == b.Hostname &&
+		slices.Equal(a.VIPs, b.VIPs) && slices.Equal(a.Ports, b.Ports) &&
+		maps.Equal(a.Selector, b.Selector) && a.Waypoint == b.Waypoint
 }
 
 func (m *model) problem(format string, args ...any) {
@@ -223,6 +308,7 @@ func (m *model) workloads(services []*state.Service) []*state.Workload {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	waypointPods := m.waypointPods(pods)
+	m.takeContext(waypointPods, services)
 	// Waypoints claim their names and addresses first: a pod named as a
 	// waypoint's Gateway must not take the waypoint's place.
 	slices.SortStableFunc(pods, func(a, b *corev1.Pod) int {
@@ -232,8 +318,13 @@ func (m *model) workloads(services []*state.Service) []*state.Workload {
 	})
 	var out []*state.Workload
 	c := claims{addrs: map[netip.Addr]string{}, names: map[string]bool{}}
+	m.made = make(map[*corev1.Pod]*state.Workload, len(pods))
 	for _, pod := range pods {
-		w := m.workload(pod, waypointPods, services)
+		w, ok := m.known[pod]
+		if !ok {
+			w = m.workload(pod, waypointPods, services)
+		}
+		m.made[pod] = w
 		if w == nil || !m.claim(c, w) {
 			continue
 		}
@@ -243,6 +334,27 @@ func (m *model) workloads(services []*state.Service) []*state.Workload {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return out
+}
+
+// takeContext records what this build's workloads depend on besides
+// their pods, and forgets the last build's workloads if it differs.
+func (m *model) takeContext(waypointPods map[*corev1.Pod]*waypoint, services []*state.Service) {
+	last := m.context
+	m.context = buildContext{
+		namespaces: m.objs.namespaces,
+		gateways:   make(map[string]*gatewayv1.Gateway, len(m.waypoints)),
+		chosen:     make(map[string]*corev1.Pod, len(waypointPods)),
+		services:   services,
+	}
+	for ref, wp := range m.waypoints {
+		m.context.gateways[ref] = wp.gw
+	}
+	for pod, wp := range waypointPods {
+		m.context.chosen[wp.ref] = pod
+	}
+	if !m.context.same(last) {
+		m.known = nil
+	}
 }
 
 // claims are the addresses and names ("<namespace>/<name>") that
@@ -291,7 +403,11 @@ func (m *model) waypointPods(sorted []*corev1.Pod) map[*corev1.Pod]*waypoint {
 	out := map[*corev1.Pod]*waypoint{}
 	taken := map[string]bool{}
 	for _, pod := range sorted {
-		ref := pod.Namespace + "/" + pod.Labels[labelGatewayName]
+		gateway := pod.Labels[labelGatewayName]
+		if gateway == "" {
+			continue
+		}
+		ref := pod.Namespace + "/" + gateway
 		wp, ok := m.waypoints[ref]
 		if !ok || taken[ref] || !ready(pod) {
 			continue

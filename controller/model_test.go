@@ -1,6 +1,9 @@
 package controller
 
 import (
+	"maps"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -8,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 func runningPod(name, ip string, labels map[string]string) *corev1.Pod {
@@ -95,5 +100,97 @@ func TestBuildSnapshotWaypointNameTaken(t *testing.T) {
 	}
 	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "pod Kubernetes//Pod/ns/waypoint: the name ns/waypoint belongs to a waypoint") {
 		t.Errorf("problems = %v; want the pod named waypoint left out", problems)
+	}
+}
+
+// sameWorkload and sameService compare every field: one they missed
+// would hand a changed workload on as the last build's pointer, which the
+// stream server takes as unchanged and never sends.
+func TestSameComparesEveryField(t *testing.T) {
+	for _, v := range []any{&state.Workload{}, &state.Service{}} {
+		typ := reflect.TypeOf(v).Elem()
+		for i := range typ.NumField() {
+			a, b := reflect.New(typ), reflect.New(typ)
+			f := b.Elem().Field(i)
+			switch f.Kind() {
+			case reflect.String:
+				f.SetString("x")
+			case reflect.Slice:
+				f.Set(reflect.MakeSlice(f.Type(), 1, 1))
+			case reflect.Map:
+				m := reflect.MakeMap(f.Type())
+				m.SetMapIndex(reflect.ValueOf("k"), reflect.ValueOf("v"))
+				f.Set(m)
+			default:
+				t.Fatalf("%s.%s: a field of kind %s; teach this test to change it", typ.Name(), typ.Field(i).Name, f.Kind())
+			}
+			var same bool
+			switch x := a.Interface().(type) {
+			case *state.Workload:
+				same = sameWorkload(x, b.Interface().(*state.Workload))
+			case *state.Service:
+				same = sameService(x, b.Interface().(*state.Service))
+			}
+			if same {
+				t.Errorf("%s values differing only in %s compare the same", typ.Name(), typ.Field(i).Name)
+			}
+		}
+	}
+}
+
+// A build hands on the last build's workloads and services where they
+// are equal, and new ones where they changed: the stream server encodes
+// only pointers it has not seen.
+func TestSnapshotsKeepUnchanged(t *testing.T) {
+	objs := benchObjects(20, 2, 4, 2)
+	s := newSnapshots(Config{}.withDefaults())
+	first, _, err := s.build(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := slices.Clone(objs.pods)
+	changed := *pods[5]
+	changed.Labels = map[string]string{"app": "svc-1", "rev": "2"}
+	pods[5] = &changed
+	objs.pods = pods
+	second, _, err := s.build(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(first.Services, second.Services) {
+		t.Error("unchanged services are new pointers")
+	}
+	var renewed []string
+	for i, w := range second.Workloads {
+		if w != first.Workloads[i] {
+			renewed = append(renewed, w.Name)
+		}
+	}
+	if got := strings.Join(renewed, ","); got != "pod-5" {
+		t.Errorf("new workload pointers: %s; want pod-5 only", got)
+	}
+	if w, _ := second.Workload("ns-1", "pod-5"); w == nil || w.Labels["rev"] != "2" {
+		t.Errorf("pod-5 = %+v; want its new labels", w)
+	}
+
+	// The same pods in a namespace no longer enrolled: the pods did not
+	// change, their workloads did.
+	objs.namespaces = maps.Clone(objs.namespaces)
+	objs.namespaces["ns-0"] = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns-0"}}
+	third, _, err := s.build(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range third.Workloads {
+		want := state.HBONE
+		if w.Namespace == "ns-0" {
+			want = state.None // selected by a service, outside the mesh
+		}
+		if w.Protocol != want {
+			t.Errorf("%s/%s: protocol %s; want %s", w.Namespace, w.Name, w.Protocol, want)
+		}
+		if kept := w == second.Workloads[i]; kept != (w.Namespace != "ns-0") {
+			t.Errorf("%s/%s: kept the last pointer: %v", w.Namespace, w.Name, kept)
+		}
 	}
 }

@@ -58,7 +58,7 @@ func (c *Controller) publish(ctx context.Context, d dirty, m *model) {
 }
 
 func (c *Controller) rebuildState(next *Update, objs objects) []Problem {
-	snap, problems, err := buildSnapshot(objs, c.cfg)
+	snap, problems, err := c.snapshots.build(objs)
 	var out []Problem
 	for _, err := range problems {
 		out = append(out, Problem{Kind: "State", Err: err})

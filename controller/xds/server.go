@@ -239,11 +239,14 @@ func waypointsByID(snap *state.Snapshot) map[string][]string {
 
 // encoded remembers which resource each workload and service of the
 // last snapshot became. Snapshots are never modified, so the same
-// pointer is the same content: while the services stay the same, a
-// workload that is the same pointer is the same resource, and one pod's
-// change costs one encoding, not the whole state's.
+// pointer is the same content: a service that is the same pointer is the
+// same resource, and while the services stay the same, so is a workload
+// that is the same pointer; one pod's change costs one encoding, not the
+// whole state's. (The controller hands on what did not change as the
+// same pointers.)
 type encoded struct {
 	services  []*state.Service
+	byService map[*state.Service]*resource
 	workloads map[*state.Workload]*resource
 }
 
@@ -251,14 +254,23 @@ type encoded struct {
 // are the same.
 func (s *Server) encode(snap *state.Snapshot, old map[string]*resource) map[string]*resource {
 	out := make(map[string]*resource, len(snap.Workloads)+len(snap.Services))
+	next := encoded{
+		services:  snap.Services,
+		byService: make(map[*state.Service]*resource, len(snap.Services)),
+		workloads: make(map[*state.Workload]*resource, len(snap.Workloads)),
+	}
 	for _, svc := range snap.Services {
-		out[wire.ServiceName(svc)] = encodeOne(wire.ServiceName(svc), "", resourceRefs{waypoint: svc.Waypoint}, wire.EncodeService(svc), old)
+		r, ok := s.encoded.byService[svc]
+		if !ok {
+			r = encodeOne(wire.ServiceName(svc), "", resourceRefs{waypoint: svc.Waypoint}, wire.EncodeService(svc), old)
+		}
+		out[r.name] = r
+		next.byService[svc] = r
 	}
 	prev := s.encoded.workloads
 	if !slices.Equal(snap.Services, s.encoded.services) {
 		prev = nil // which services select a workload may have changed
 	}
-	next := encoded{services: snap.Services, workloads: make(map[*state.Workload]*resource, len(snap.Workloads))}
 	var selectors selectorIndex
 	for _, w := range snap.Workloads {
 		r, ok := prev[w]
