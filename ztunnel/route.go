@@ -121,7 +121,6 @@ func waypointRoute(wp, w *state.Workload, svc *state.Service, dst netip.AddrPort
 	}
 }
 
-
 func targetPort(svc *state.Service, port uint16) (int, bool) {
 	for _, p := range svc.Ports {
 		if p.Port == int(port) {
