@@ -42,7 +42,9 @@ const (
 	clusterID = "Kubernetes"
 )
 
-// objects are what one build reads, as the informers hold them.
+// objects are what one build reads, as the informers hold them. A build
+// modifies none of them, and each is read anew (a new namespaces map):
+// snapshots compares them with the last build's by pointer.
 type objects struct {
 	namespaces map[string]*corev1.Namespace
 	pods       []*corev1.Pod
@@ -81,7 +83,11 @@ type model struct {
 // Gateways, and the pod serving each), and the services (selection).
 // Informers replace an object that changes, never modify it, so the same
 // pointers are the same objects; services are compared after building,
-// where an unchanged one is the last build's pointer.
+// where an unchanged one is the last build's pointer. Compared by
+// pointer, an update that changes nothing a workload reads (a Gateway's
+// status, a namespace's annotation) still has every pod's workload made
+// again once; build then hands on the equal ones, so the stream server
+// still encodes only what changed.
 type buildContext struct {
 	namespaces map[string]*corev1.Namespace
 	gateways   map[string]*gatewayv1.Gateway // waypoints' Gateways, by "<namespace>/<name>"

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -105,24 +106,37 @@ func TestBuildSnapshotWaypointNameTaken(t *testing.T) {
 
 // sameWorkload and sameService compare every field: one they missed
 // would hand a changed workload on as the last build's pointer, which the
-// stream server takes as unchanged and never sends.
+// stream server takes as unchanged and never sends. Slices and maps
+// differ in an element or value, not in length, so a comparison of
+// lengths alone fails too.
 func TestSameComparesEveryField(t *testing.T) {
+	elements := map[reflect.Type]reflect.Value{
+		reflect.TypeFor[netip.Addr]():        reflect.ValueOf(netip.MustParseAddr("10.0.0.1")),
+		reflect.TypeFor[state.ServicePort](): reflect.ValueOf(state.ServicePort{Port: 80}),
+	}
 	for _, v := range []any{&state.Workload{}, &state.Service{}} {
 		typ := reflect.TypeOf(v).Elem()
 		for i := range typ.NumField() {
 			a, b := reflect.New(typ), reflect.New(typ)
-			f := b.Elem().Field(i)
-			switch f.Kind() {
+			fa, fb := a.Elem().Field(i), b.Elem().Field(i)
+			switch fb.Kind() {
 			case reflect.String:
-				f.SetString("x")
+				fb.SetString("x")
 			case reflect.Slice:
-				f.Set(reflect.MakeSlice(f.Type(), 1, 1))
+				elem, ok := elements[fb.Type().Elem()]
+				if !ok {
+					t.Fatalf("%s.%s: a slice of %s; teach this test a value of it", typ.Name(), typ.Field(i).Name, fb.Type().Elem())
+				}
+				fa.Set(reflect.MakeSlice(fa.Type(), 1, 1))
+				fb.Set(reflect.Append(reflect.MakeSlice(fb.Type(), 0, 1), elem))
 			case reflect.Map:
-				m := reflect.MakeMap(f.Type())
-				m.SetMapIndex(reflect.ValueOf("k"), reflect.ValueOf("v"))
-				f.Set(m)
+				ma, mb := reflect.MakeMap(fa.Type()), reflect.MakeMap(fb.Type())
+				ma.SetMapIndex(reflect.ValueOf("k"), reflect.ValueOf("v"))
+				mb.SetMapIndex(reflect.ValueOf("k"), reflect.ValueOf("w"))
+				fa.Set(ma)
+				fb.Set(mb)
 			default:
-				t.Fatalf("%s.%s: a field of kind %s; teach this test to change it", typ.Name(), typ.Field(i).Name, f.Kind())
+				t.Fatalf("%s.%s: a field of kind %s; teach this test to change it", typ.Name(), typ.Field(i).Name, fb.Kind())
 			}
 			var same bool
 			switch x := a.Interface().(type) {
@@ -193,4 +207,81 @@ func TestSnapshotsKeepUnchanged(t *testing.T) {
 			t.Errorf("%s/%s: kept the last pointer: %v", w.Namespace, w.Name, kept)
 		}
 	}
+}
+
+// A pod that did not change makes a new workload when what it reads
+// besides itself changed: a waypoint's Gateway, a service, the pod chosen
+// to serve a waypoint.
+func TestSnapshotsSeeWhatPodsRead(t *testing.T) {
+	readyPod := func(name, ip string, labels map[string]string) *corev1.Pod {
+		p := runningPod(name, ip, labels)
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		return p
+	}
+	outside := runningPod("outside", "10.0.1.1", map[string]string{"app": "legacy"})
+	outside.Namespace = "plain"
+	gw := map[string]string{labelGatewayName: "wp"}
+	wpA, wpB := readyPod("wp-a", "10.0.0.8", gw), readyPod("wp-b", "10.0.0.9", gw)
+	objs := objects{
+		namespaces: map[string]*corev1.Namespace{
+			"ns":    {ObjectMeta: metav1.ObjectMeta{Name: "ns", Labels: map[string]string{labelDataplaneMode: modeAmbient, labelUseWaypoint: "wp"}}},
+			"plain": {ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
+		},
+		pods: []*corev1.Pod{runningPod("app", "10.0.0.1", nil), outside, wpA, wpB},
+	}
+	s := newSnapshots(Config{}.withDefaults())
+	build := func(step string) *state.Snapshot {
+		t.Helper()
+		snap, problems, err := s.build(objs)
+		if err != nil || len(problems) != 0 {
+			t.Fatalf("%s: %v %v", step, err, problems)
+		}
+		return snap
+	}
+	names := func(snap *state.Snapshot) string {
+		var out []string
+		for _, w := range snap.Workloads {
+			out = append(out, w.Namespace+"/"+w.Name+"("+w.UID[len("Kubernetes//Pod/"):]+")->"+w.Waypoint)
+		}
+		return strings.Join(out, " ")
+	}
+	check := func(step string, snap *state.Snapshot, want string) {
+		t.Helper()
+		if got := names(snap); got != want {
+			t.Errorf("%s:\n got %s\nwant %s", step, got, want)
+		}
+	}
+
+	check("no Gateway", build("no Gateway"),
+		"ns/app(ns/app)-> ns/wp-a(ns/wp-a)-> ns/wp-b(ns/wp-b)->")
+
+	objs.gateways = []*gatewayv1.Gateway{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "wp", Labels: map[string]string{labelWaypointFor: "all"}},
+		Spec:       gatewayv1.GatewaySpec{GatewayClassName: waypointClass},
+	}}
+	check("the Gateway made", build("the Gateway made"),
+		"ns/app(ns/app)->ns/wp ns/wp(ns/wp-a)->")
+
+	objs.services = []*corev1.Service{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "plain", Name: "legacy"},
+		Spec:       corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.1"}, Selector: map[string]string{"app": "legacy"}},
+	}}
+	snap := build("a service selecting outside")
+	check("a service selecting outside", snap,
+		"ns/app(ns/app)->ns/wp ns/wp(ns/wp-a)-> plain/outside(plain/outside)->")
+	if w, _ := snap.Workload("plain", "outside"); w == nil || w.Protocol != state.None {
+		t.Errorf("plain/outside = %+v; want a workload outside the mesh", w)
+	}
+
+	notReady := *wpA
+	notReady.Status.Conditions = nil
+	objs.pods = []*corev1.Pod{objs.pods[0], outside, &notReady, wpB}
+	check("wp-a not ready", build("wp-a not ready"),
+		"ns/app(ns/app)->ns/wp ns/wp(ns/wp-b)-> plain/outside(plain/outside)->")
+
+	forServices := *objs.gateways[0]
+	forServices.Labels = map[string]string{labelWaypointFor: "service"}
+	objs.gateways = []*gatewayv1.Gateway{&forServices}
+	check("the Gateway for services only", build("the Gateway for services only"),
+		"ns/app(ns/app)-> ns/wp(ns/wp-b)-> plain/outside(plain/outside)->")
 }
