@@ -50,20 +50,12 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
-	accessPath := filepath.Join(dir, "access.log")
-	access, err := createNew(accessPath)
+	logs, err := openAccessLogs(dir)
 	if err != nil {
-		return fmt.Errorf("demo: access log: %w", err)
+		return err
 	}
-	defer access.Close()
-	log := &lockedWriter{w: access}
-	wpPath := filepath.Join(dir, "waypoint-access.log")
-	wpAccess, err := createNew(wpPath)
-	if err != nil {
-		return fmt.Errorf("demo: waypoint access log: %w", err)
-	}
-	defer wpAccess.Close()
-	wpLog := &lockedWriter{w: wpAccess}
+	defer logs.close()
+	log, wpLog := logs.ztunnel, logs.waypoint
 	policies := filepath.Join(cfg.Examples, "istio")
 	fmt.Fprintf(out, "regomesh demo --kubernetes: starting etcd and kube-apiserver (bin/, make kube)...\n")
 	clusterDir := filepath.Join(dir, "cluster")
@@ -115,7 +107,7 @@ func kubeDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	runSplit(out, m, issuer)
 	printProxies(out, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
-	fmt.Fprintf(out, "  access log (JSON):     %s (ztunnels), %s (waypoint)\n", accessPath, wpPath)
+	fmt.Fprintf(out, "  access log (JSON):     %s (ztunnels), %s (waypoint)\n", logs.ztunnelPath, logs.waypointPath)
 	fmt.Fprintf(out, "  the waypoint's routes: %s; its JWT issuer: %s\n", routes, issuer.RequestAuthentication)
 	fmt.Fprintf(out, "  the API server's data: %s (etcd, the API server's log and its admin token)\n", clusterDir)
 	fmt.Fprintf(out, "  how the policies translate: go run ./cmd/regomesh policy translate %s\n", policies)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -103,21 +104,13 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
-	accessPath := filepath.Join(dir, "access.log")
-	access, err := createNew(accessPath)
+	logs, err := openAccessLogs(dir)
 	if err != nil {
-		return fmt.Errorf("demo: access log: %w", err)
+		return err
 	}
-	defer access.Close()
-	log := &lockedWriter{w: access}
+	defer logs.close()
+	log, wpLog := logs.ztunnel, logs.waypoint
 	bundle := filepath.Join(cfg.Examples, "bundle")
-	wpPath := filepath.Join(dir, "waypoint-access.log")
-	wpAccess, err := createNew(wpPath)
-	if err != nil {
-		return fmt.Errorf("demo: waypoint access log: %w", err)
-	}
-	defer wpAccess.Close()
-	wpLog := &lockedWriter{w: wpAccess}
 	wp, err := newDemoWaypoint(ctx, out, cfg, dir)
 	if err != nil {
 		return err
@@ -156,7 +149,7 @@ func meshDemo(ctx context.Context, out io.Writer, cfg demoConfig) error {
 	writeExplainRequest(explainRequest, m)
 	fmt.Fprintf(out, "\nWhere to look:\n")
 	fmt.Fprintf(out, "  metrics (Istio names):  curl -s http://%s/metrics | grep istio_tcp\n", metrics.addrs["node-2"])
-	fmt.Fprintf(out, "  access log (JSON):      %s (ztunnels), %s (waypoint)\n", accessPath, wpPath)
+	fmt.Fprintf(out, "  access log (JSON):      %s (ztunnels), %s (waypoint)\n", logs.ztunnelPath, logs.waypointPath)
 	fmt.Fprintf(out, "  the waypoint's routes:  %s; its JWT issuer: %s\n", routes, issuer.RequestAuthentication)
 	fmt.Fprintf(out, "  why a call was denied:  go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainInput)
 	fmt.Fprintf(out, "  and a request:          go run ./cmd/regomesh policy explain --bundle %s -i %s\n", bundle, explainRequest)
@@ -529,6 +522,42 @@ func (d *demoMetrics) Close() {
 }
 
 // lockedWriter is the access log file, also kept in memory for the table.
+// accessLogs are the demo's two access logs, each a file created new in
+// its directory: the ztunnels' and the waypoint's.
+type accessLogs struct {
+	ztunnel, waypoint         *lockedWriter
+	ztunnelPath, waypointPath string
+	files                     []*os.File
+}
+
+func openAccessLogs(dir string) (*accessLogs, error) {
+	l := &accessLogs{ztunnelPath: filepath.Join(dir, "access.log"), waypointPath: filepath.Join(dir, "waypoint-access.log")}
+	var err error
+	if l.ztunnel, err = l.open(l.ztunnelPath, "access log"); err != nil {
+		return nil, err
+	}
+	if l.waypoint, err = l.open(l.waypointPath, "waypoint access log"); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *accessLogs) open(path, what string) (*lockedWriter, error) {
+	f, err := createNew(path)
+	if err != nil {
+		return nil, fmt.Errorf("demo: %s: %w", what, err)
+	}
+	l.files = append(l.files, f)
+	return &lockedWriter{w: f}, nil
+}
+
+func (l *accessLogs) close() {
+	for _, f := range l.files {
+		f.Close()
+	}
+}
+
 type lockedWriter struct {
 	mu  sync.Mutex
 	w   io.Writer
