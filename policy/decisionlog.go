@@ -264,12 +264,13 @@ func copyDecision(d Decision) Decision {
 }
 
 // copyInput copies in and the structs it points to; maps and slices are
-// shared.
+// shared, except a request's HTTPHeader, which its proxy goes on changing:
+// the copy holds the headers document built from it now.
 func copyInput(in Input) Input {
 	if in.Request == nil {
 		return in
 	}
-	req := *in.Request
+	req := in.Request.withHeaders()
 	if req.Auth != nil {
 		auth := *req.Auth
 		req.Auth = &auth

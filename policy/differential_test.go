@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -354,6 +357,9 @@ func agreeOnSeed(t *testing.T, seed uint64, st *differentialStats) bool {
 				seed, i, in, in.Request, want, got, again, joinFiles(all))
 			return false
 		}
+		if in.Request != nil && !agreeAsHTTPHeader(t, seed, i, native, reference, in, want, werr) {
+			return false
+		}
 		switch {
 		case werr != nil:
 			if !errors.Is(werr, ErrInvalidInput) {
@@ -365,6 +371,38 @@ func agreeOnSeed(t *testing.T, seed uint64, st *differentialStats) bool {
 			st.allowed++
 		default:
 			st.denied++
+		}
+	}
+	return true
+}
+
+// agreeAsHTTPHeader decides in again with its headers given as
+// Request.HTTPHeader, as a waypoint gives them: under canonical names as
+// net/http holds them (read by name, natively, and through JSON by
+// topdown), and under the names as generated (not canonical: Prepare
+// builds the document from them). Each must answer want.
+func agreeAsHTTPHeader(t *testing.T, seed uint64, i int, native, reference *Engine, in Input, want Decision, werr error) bool {
+	t.Helper()
+	canonical, raw := http.Header{}, http.Header{}
+	for _, name := range slices.Sorted(maps.Keys(in.Request.Headers)) {
+		v := in.Request.Headers[name]
+		canonical[http.CanonicalHeaderKey(name)] = append(canonical[http.CanonicalHeaderKey(name)], v)
+		raw[name] = []string{v}
+	}
+	for _, c := range []struct {
+		form string
+		h    http.Header
+		e    *Engine
+	}{{"canonical", canonical, native}, {"canonical", canonical, reference}, {"as generated", raw, native}} {
+		req := *in.Request
+		req.Headers, req.HTTPHeader = nil, c.h
+		as := in
+		as.Request = &req
+		got, err := c.e.Decide(context.Background(), as)
+		if !sameError(werr, err) || !reflect.DeepEqual(want, got) {
+			t.Errorf("seed %d input %d: with the headers as an http.Header (%s names), topdown %v: %+v (%v), want %+v (%v)\nheaders: %v",
+				seed, i, c.form, c.e.cfg.Topdown, got, err, want, werr, c.h)
+			return false
 		}
 	}
 	return true

@@ -161,12 +161,7 @@ func requestGetter(path []string) getter {
 	}
 	switch path[0] {
 	case "headers":
-		return stringMapGetter(path[1:], func(in *Input) map[string]string {
-			if in.Request == nil {
-				return nil
-			}
-			return in.Request.Headers
-		})
+		return headersGetter(path[1:])
 	case "auth":
 		return authGetter(path[1:])
 	}
@@ -240,6 +235,36 @@ func scalarField(fields map[string]getter, path []string) getter {
 		return never
 	}
 	return leafOnly(path, g)
+}
+
+// headersGetter reads the request's headers: the document, or one
+// header, from Headers or, when the caller gave net/http's form, from
+// HTTPHeader under the name's canonical form, found once here.
+func headersGetter(path []string) getter {
+	switch len(path) {
+	case 0:
+		return func(in *Input) (value, bool) {
+			if in.Request == nil {
+				return value{}, false
+			}
+			m := in.Request.Headers
+			if m == nil && in.Request.HTTPHeader != nil {
+				m = HeadersOf(in.Request.HTTPHeader)
+			}
+			return value{kind: kindComposite, c: m}, len(m) > 0
+		}
+	case 1:
+		name := path[0]
+		canon := headerKey(name)
+		return func(in *Input) (value, bool) {
+			if in.Request == nil {
+				return value{}, false
+			}
+			v, ok := in.Request.headerValue(name, canon)
+			return stringValue(v), ok
+		}
+	}
+	return never
 }
 
 // stringMapGetter reads a map of strings (labels, headers): the map itself,

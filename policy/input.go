@@ -4,14 +4,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"io"
 	"maps"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Layer says which proxy asks: ztunnel decides at L4, a waypoint at L7.
@@ -87,7 +90,106 @@ type Request struct {
 	Protocol string `json:"protocol,omitempty"`
 	// Headers are keyed by lower-case name; Prepare lower-cases them.
 	Headers map[string]string `json:"headers,omitempty"`
-	Auth    *Auth             `json:"auth,omitempty"`
+	// HTTPHeader is the other way to give the headers, for a proxy that
+	// holds them as net/http does (canonical names, repeated values), and
+	// is read when Headers is nil. The engine then looks a header up only
+	// when a rule reads it, and builds the headers document (HeadersOf)
+	// only where the whole document is needed: JSON, topdown, the
+	// decision log. It must not change while a decision is made. Names
+	// that are not canonical tokens (only a hand-built http.Header has
+	// them) make Prepare build the document at once.
+	HTTPHeader http.Header `json:"-"`
+	Auth       *Auth       `json:"auth,omitempty"`
+}
+
+// MarshalJSON writes the documented form: with HTTPHeader in place of
+// Headers, the headers are HeadersOf(HTTPHeader).
+func (r Request) MarshalJSON() ([]byte, error) {
+	type plain Request // without this method
+	p := plain(r.withHeaders())
+	return json.Marshal(p)
+}
+
+// withHeaders is r with Headers built from HTTPHeader when only that is set.
+func (r Request) withHeaders() Request {
+	if r.Headers == nil && r.HTTPHeader != nil {
+		r.Headers = HeadersOf(r.HTTPHeader)
+	}
+	r.HTTPHeader = nil
+	return r
+}
+
+// HeadersOf is the headers document of h: values by lower-case name,
+// repeated values joined with "," as Envoy presents them to policy.
+// Names that differ only in case (not from net/http, which canonicalizes
+// them) are one header, as Prepare folds Headers' names.
+func HeadersOf(h http.Header) map[string]string {
+	joined := make(map[string]string, len(h))
+	for name, values := range h {
+		joined[name] = strings.Join(values, ",")
+	}
+	return lowerKeys(joined)
+}
+
+// headerValue is header name (lower case) of r as the headers document
+// holds it, read from HTTPHeader under canon, its canonical form, when
+// Headers is nil: Prepare made sure HTTPHeader's names are canonical
+// tokens, which fold to lower case one to one, so the one key is the
+// document's.
+func (r *Request) headerValue(name, canon string) (string, bool) {
+	if r.Headers != nil || r.HTTPHeader == nil {
+		v, ok := r.Headers[name]
+		return v, ok
+	}
+	if canon == "" {
+		return "", false // name is not a lower-case token: no header has it
+	}
+	values, ok := r.HTTPHeader[canon]
+	if !ok {
+		return "", false
+	}
+	if len(values) == 1 {
+		return values[0], true
+	}
+	return strings.Join(values, ","), true
+}
+
+// headerKey is the canonical form under which HTTPHeader holds the
+// header a rule names name, or "" when name is not a lower-case token,
+// which no header document has.
+func headerKey(name string) string {
+	if name == "" || strings.ToLower(name) != name || !httpguts.ValidHeaderFieldName(name) {
+		return ""
+	}
+	return http.CanonicalHeaderKey(name)
+}
+
+// canonicalToken reports whether name is a header name as net/http keeps
+// it: a token, with its first letter and each letter after a hyphen upper
+// case and the others lower case (textproto.CanonicalMIMEHeaderKey's form).
+func canonicalToken(name string) bool {
+	if name == "" {
+		return false
+	}
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+		switch {
+		case 'a' <= c && c <= 'z':
+			if upper {
+				return false
+			}
+		case 'A' <= c && c <= 'Z':
+			if !upper {
+				return false
+			}
+		}
+		upper = c == '-'
+	}
+	return true
 }
 
 // Auth is the validated request credential (JWT).
@@ -268,6 +370,14 @@ func namespaceAndServiceAccount(path string) (string, string) {
 func (r *Request) prepare() {
 	r.URLPath = NormalizePath(r.Path)
 	r.Headers = lowerKeys(r.Headers)
+	if r.Headers == nil && r.HTTPHeader != nil {
+		for name := range r.HTTPHeader {
+			if !canonicalToken(name) {
+				r.Headers = HeadersOf(r.HTTPHeader)
+				break
+			}
+		}
+	}
 	if r.Auth != nil {
 		r.Auth = r.Auth.WithSpaceDelimitedClaims(DefaultSpaceDelimitedClaims...)
 	}

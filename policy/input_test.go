@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 func TestNormalizePath(t *testing.T) {
@@ -209,5 +212,71 @@ func TestPrepareJoinsHeadersDifferingInCase(t *testing.T) {
 		if !maps.Equal(in.Request.Headers, want) {
 			t.Fatalf("headers %v, want %v", in.Request.Headers, want)
 		}
+	}
+}
+
+// canonicalToken is textproto's test of a canonical header name, for
+// tokens: what Prepare relies on to read HTTPHeader by canonical name.
+func FuzzCanonicalToken(f *testing.F) {
+	for _, s := range []string{"", "X-Team", "x-team", "X-TEAM", "X-B3-Traceid", "Www-Authenticate", "X Team", "X_team", "-A", "A--B", "Ä", "X-1a", "X-1A"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		want := httpguts.ValidHeaderFieldName(name) && http.CanonicalHeaderKey(name) == name
+		if got := canonicalToken(name); got != want {
+			t.Fatalf("canonicalToken(%q) = %v, want %v", name, got, want)
+		}
+	})
+}
+
+// A request's headers given as net/http's http.Header are the document
+// of lower-case names, in JSON, in the decision log's copy, and when read
+// by name; a name that is not canonical (only from a hand-built header)
+// folds with the others as Headers' names do.
+func TestHTTPHeaderIsTheHeadersDocument(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		h    http.Header
+		want map[string]string
+	}{
+		{"canonical", http.Header{"X-Team": {"red", "blue"}, "Accept": {"*/*"}, "X-Empty": {""}},
+			map[string]string{"x-team": "red,blue", "accept": "*/*", "x-empty": ""}},
+		{"not canonical", http.Header{"X-Team": {"red"}, "x-team": {"blue"}, "X-TEAM": {"green"}},
+			map[string]string{"x-team": "green,red,blue"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := Input{Layer: L7, Request: &Request{Path: "/", HTTPHeader: c.h}}
+			if err := in.Prepare(); err != nil {
+				t.Fatal(err)
+			}
+			b, err := json.Marshal(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var doc struct {
+				Request struct {
+					Headers map[string]string `json:"headers"`
+				} `json:"request"`
+			}
+			if err := json.Unmarshal(b, &doc); err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(doc.Request.Headers, c.want) {
+				t.Errorf("JSON headers %v, want %v", doc.Request.Headers, c.want)
+			}
+			if logged := copyInput(in).Request; !maps.Equal(logged.Headers, c.want) || logged.HTTPHeader != nil {
+				t.Errorf("the decision log's copy has headers %v and HTTPHeader %v; want %v and none", logged.Headers, logged.HTTPHeader, c.want)
+			}
+			for _, name := range []string{"x-team", "accept", "x-empty", "X-Team", "x-missing", "x team"} {
+				want, wok := c.want[name]
+				got, ok := headersGetter([]string{name})(&in)
+				if ok != wok || got.s != want {
+					t.Errorf("headers[%q] = %q, %v; want %q, %v", name, got.s, ok, want, wok)
+				}
+			}
+			if whole, _ := headersGetter(nil)(&in); !maps.Equal(whole.c.(map[string]string), c.want) {
+				t.Errorf("headers = %v, want %v", whole.c, c.want)
+			}
+		})
 	}
 }

@@ -52,7 +52,7 @@ func BenchmarkDecision(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		x := exchange{}
-		in, _, err := snap.WaypointInput(cl.peer, cl.target.Addr, RequestOf(r))
+		in, _, err := cl.input(snap, RequestOf(r))
 		if err != nil || !m.wp.authorize(ctx, in, &x) {
 			b.Fatalf("denied: %v %+v", err, x.decision)
 		}

@@ -5,10 +5,12 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 
 	"github.com/regomesh/regomesh/hbone"
+	"github.com/regomesh/regomesh/policy"
 	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
@@ -23,10 +25,43 @@ type client struct {
 	trace  hbone.TraceParent
 	target state.Target
 
+	// l4 is the input every request on the tunnel starts from, for the
+	// state it was built from (clientInput).
+	l4 atomic.Pointer[clientInput]
+
 	mu     sync.Mutex
 	closed bool // the tunnel ended: no transport is made any more
 	h1     *http.Transport
 	h2     *http2.Transport
+}
+
+// clientInput is a tunnel's policy input at layer l4 (source, destination,
+// connection) and its resolved target, as of one state snapshot.
+type clientInput struct {
+	snap   *state.Snapshot
+	in     policy.Input
+	target state.Target
+}
+
+// input is the policy input of req (nil: the connection at layer l4) on
+// the tunnel, as of snap. What comes from the tunnel and the state is
+// built once per tunnel and state, not per request: a kept-alive
+// connection's requests share it until the state changes.
+func (cl *client) input(snap *state.Snapshot, req *policy.Request) (policy.Input, state.Target, error) {
+	base := cl.l4.Load()
+	if base == nil || base.snap != snap {
+		in, target, err := snap.WaypointInput(cl.peer, cl.target.Addr, nil)
+		if err != nil {
+			return policy.Input{}, state.Target{}, err
+		}
+		base = &clientInput{snap: snap, in: in, target: target}
+		cl.l4.Store(base)
+	}
+	in := base.in
+	if req != nil {
+		in.Layer, in.Request = policy.L7, req
+	}
+	return in, base.target, nil
 }
 
 // clientOf is who opened t: the verified SVID (a ztunnel tunnels with the

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // http1Client sends HTTP/1.1 over kept-alive tunnels to authority.
@@ -167,6 +169,36 @@ deny contains {"policy": "test/lockdown", "rule": "everything"} if input.layer =
 	last := lines[len(lines)-1]
 	if last.Decision != "deny" || last.Policy != "test/lockdown" || last.Rule != "everything" || last.Status != 403 || last.Path != "/public/x" {
 		t.Errorf("access log line = %+v, want the deny naming test/lockdown and its rule", last)
+	}
+}
+
+// A state change applies to the next request on the same kept-alive
+// connection too: the input a tunnel's requests share (source,
+// destination) is built again for the new state.
+func TestStateChangeOnKeptAliveConnection(t *testing.T) {
+	m := newTestMesh(t)
+	m.loadRego(t, `package mesh.policies.test.shoponly
+allow_scope contains {"policy": "test/shop-only"} if input.layer == "l7"
+allow contains {"policy": "test/shop-only", "rule": "shop"} if input.destination.namespace == "shop"
+`)
+	c := m.http1Client(netip.AddrPortFrom(webVIP, 80))
+	if a := do(t, c, "GET", "http://web.shop/public/x", nil); a.status != http.StatusOK {
+		t.Fatalf("before: %d %q", a.status, a.body)
+	}
+	moved := strings.Replace(testState, "- name: web\n  namespace: shop\n", "- name: web\n  namespace: store\n", 1)
+	if moved == testState {
+		t.Fatal("the test state no longer declares the web service as this test expects")
+	}
+	snap, err := state.Decode([]byte(moved), state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wp.SetState(snap)
+	if a := do(t, c, "GET", "http://web.shop/public/x", nil); a.status != http.StatusForbidden {
+		t.Fatalf("after the service moved to another namespace: %d %q, want 403", a.status, a.body)
+	}
+	if n := m.tunnels.Load(); n != 1 {
+		t.Fatalf("the client opened %d tunnels; the test needs one kept-alive connection", n)
 	}
 }
 
