@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -309,17 +309,25 @@ func (s *Source) prepare() error {
 type identity struct{ trustDomain, namespace, serviceAccount string }
 
 // principals memoises parsed principals: a node sees few, on every
-// connection. Bounded: it starts over when full.
+// connection and request. Direct-mapped by a hash of the principal, so a
+// lookup is one hash, one load and one compare (the same string, when the
+// caller hands the same one again); a collision only parses again.
 var principals struct {
-	m     sync.Map // string -> identity
-	count atomic.Int64
+	seed  maphash.Seed
+	slots [4096]atomic.Pointer[principalEntry]
 }
 
-const maxPrincipals = 4096
+type principalEntry struct {
+	principal string
+	id        identity
+}
+
+func init() { principals.seed = maphash.MakeSeed() }
 
 func parsePrincipal(principal string) (identity, error) {
-	if id, ok := principals.m.Load(principal); ok {
-		return id.(identity), nil
+	slot := &principals.slots[maphash.String(principals.seed, principal)%uint64(len(principals.slots))]
+	if e := slot.Load(); e != nil && e.principal == principal {
+		return e.id, nil
 	}
 	sid, err := spiffeid.FromString(principal)
 	if err != nil {
@@ -327,11 +335,7 @@ func parsePrincipal(principal string) (identity, error) {
 	}
 	ns, sa := namespaceAndServiceAccount(sid.Path())
 	id := identity{trustDomain: sid.TrustDomain().Name(), namespace: ns, serviceAccount: sa}
-	if principals.count.Add(1) > maxPrincipals {
-		principals.m.Clear()
-		principals.count.Store(1)
-	}
-	principals.m.Store(principal, id)
+	slot.Store(&principalEntry{principal: principal, id: id})
 	return id, nil
 }
 

@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"reflect"
@@ -278,5 +279,44 @@ func TestHTTPHeaderIsTheHeadersDocument(t *testing.T) {
 				t.Errorf("headers = %v, want %v", whole.c, c.want)
 			}
 		})
+	}
+}
+
+// NormalizePath's one-pass shortcut answers what the steps it skips
+// would: the query cut, then decoding, backslashes and dot segments.
+func FuzzNormalizePathShortcut(f *testing.F) {
+	for _, s := range []string{"", "*", "/a/b", "/a/b?x=1", "/a/../b?x", "/a%2e/b#f", `/a\b?q`, "?x", "/p?a=/../", "/a.b/c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		want := raw
+		if i := strings.IndexAny(want, "?#"); i >= 0 {
+			want = want[:i]
+		}
+		if want != "" && want != "*" {
+			want = removeDotSegments(strings.ReplaceAll(decodeUnreserved(want), `\`, "/"))
+		}
+		if got := NormalizePath(raw); got != want {
+			t.Fatalf("NormalizePath(%q) = %q, want %q", raw, got, want)
+		}
+	})
+}
+
+// The principal memo is bounded and answers right whatever it evicts:
+// more principals than it has slots, each asked twice.
+func TestPrincipalMemoUnderCollisions(t *testing.T) {
+	n := 3 * len(principals.slots)
+	for round := range 2 {
+		for i := range n {
+			p := fmt.Sprintf("spiffe://td%d.example/ns/ns-%d/sa/sa-%d", i%7, i, i)
+			id, err := parsePrincipal(p)
+			want := identity{trustDomain: fmt.Sprintf("td%d.example", i%7), namespace: fmt.Sprintf("ns-%d", i), serviceAccount: fmt.Sprintf("sa-%d", i)}
+			if err != nil || id != want {
+				t.Fatalf("round %d: parsePrincipal(%q) = %+v, %v; want %+v", round, p, id, err, want)
+			}
+		}
+	}
+	if _, err := parsePrincipal("spiffe://td.example/ns/a/sa/b/"); err == nil {
+		t.Error("a principal that is not a SPIFFE ID parsed")
 	}
 }

@@ -10,8 +10,17 @@ import "strings"
 // "%2F" differ, as Envoy's NormalizeCasePath is off in Istio), and slashes
 // are not merged.
 func NormalizePath(raw string) string {
-	if i := strings.IndexAny(raw, "?#"); i >= 0 {
-		raw = raw[:i]
+	// One pass finds whether there is anything to do: most paths have
+	// nothing but a query to drop, and nothing to normalize before it.
+	i := 0
+	for i < len(raw) && !pathSpecial[raw[i]] {
+		i++
+	}
+	if i == len(raw) || raw[i] == '?' || raw[i] == '#' {
+		return raw[:i]
+	}
+	if j := strings.IndexAny(raw, "?#"); j >= 0 {
+		raw = raw[:j]
 	}
 	if raw == "" || raw == "*" {
 		return raw
@@ -76,6 +85,10 @@ func removeDotSegments(p string) string {
 	}
 	return joined
 }
+
+// pathSpecial marks the bytes NormalizePath acts on: the query and the
+// fragment, escapes, backslashes and dots.
+var pathSpecial = [256]bool{'?': true, '#': true, '%': true, '\\': true, '.': true}
 
 func isUnreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
