@@ -96,20 +96,25 @@ func (b *recvBuffer) release() {
 
 // deadline is a settable deadline that waiters select on, as net.Pipe's.
 // Its zero value is "no deadline"; the channel is made on first use.
+//
+// One timer serves every deadline set: net/http's server sets and clears
+// a read deadline several times per request, and a timer made each time
+// (with its closure) was 4% of a waypoint's CPU. The timer's firing closes
+// the channel only if the deadline then in force has passed, so a firing
+// for a deadline since moved does nothing.
 type deadline struct {
 	mu     sync.Mutex
-	timer  *time.Timer
+	timer  *time.Timer   // made by the first deadline in the future; fires fire
+	at     time.Time     // the deadline in force; zero: none
 	cancel chan struct{} // closed when the deadline passes; nil: never set
 }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.cancel // the timer fired: wait for it to close cancel
-	}
-	d.timer = nil
+	d.at = t
 	if t.IsZero() {
+		d.stop()
 		if d.cancel != nil && isClosed(d.cancel) {
 			d.cancel = nil
 		}
@@ -118,9 +123,40 @@ func (d *deadline) set(t time.Time) {
 	if d.cancel == nil || isClosed(d.cancel) {
 		d.cancel = make(chan struct{})
 	}
-	if dur := time.Until(t); dur > 0 {
-		ch := d.cancel
-		d.timer = time.AfterFunc(dur, func() { close(ch) })
+	dur := time.Until(t)
+	if dur <= 0 {
+		d.stop()
+		close(d.cancel)
+		return
+	}
+	if d.timer == nil {
+		d.timer = time.AfterFunc(dur, d.fire)
+		return
+	}
+	d.timer.Reset(dur)
+}
+
+func (d *deadline) stop() {
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+}
+
+// release stops the timer for good, when the stream is closed: a pending
+// one would keep the stream reachable until the deadline.
+func (d *deadline) release() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stop()
+}
+
+// fire closes the channel if the deadline in force has passed: a timer
+// that fired for an earlier deadline, reset before fire took the lock,
+// finds a later one (which its reset timer will fire for) or none.
+func (d *deadline) fire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.at.IsZero() || time.Now().Before(d.at) || d.cancel == nil || isClosed(d.cancel) {
 		return
 	}
 	close(d.cancel)

@@ -601,6 +601,8 @@ func (s *Stream) Close() error {
 	if s.cancel != nil {
 		s.cancel(errStreamClosed)
 	}
+	s.rdl.release()
+	s.wdl.release()
 	s.discard()
 	signal(s.readable)
 	signal(s.writable)
