@@ -28,6 +28,8 @@ type client struct {
 	// l4 is the input every request on the tunnel starts from, for the
 	// state it was built from (clientInput).
 	l4 atomic.Pointer[clientInput]
+	// series are the request metrics' children its last request counted in.
+	series atomic.Pointer[requestSeries]
 
 	mu     sync.Mutex
 	closed bool // the tunnel ended: no transport is made any more

@@ -41,6 +41,8 @@ type exchange struct {
 	respBytes   int64
 	reqCount    atomic.Int64 // request body bytes, counted as the proxy reads them
 	err         error
+
+	series *atomic.Pointer[requestSeries] // the tunnel's last metric children (Metrics.seriesOf); nil: none kept
 }
 
 func (x *exchange) duration() time.Duration { return x.end.Sub(x.start) }

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regomesh/regomesh/internal/istiometrics"
+	"github.com/regomesh/regomesh/ztunnel/state"
 )
 
 // Reporter is the reporter label of every waypoint metric, as Istio's
@@ -123,11 +124,58 @@ func (m *Metrics) record(x *exchange) {
 	if m == nil {
 		return
 	}
+	s := m.seriesOf(x)
+	s.requests.Inc()
+	s.duration.Observe(float64(x.duration().Microseconds()) / 1000)
+	s.reqBytes.Observe(float64(x.reqBytes))
+	s.resBytes.Observe(float64(x.respBytes))
+}
+
+// requestSeries are the request metrics' children for one set of label
+// values, and what those values are made from (seriesKey).
+type requestSeries struct {
+	m                            *Metrics
+	key                          seriesKey
+	requests                     prometheus.Counter
+	duration, reqBytes, resBytes prometheus.Observer
+}
+
+// seriesKey is everything a request's label values are made from
+// (exchange.labels): the state's objects, which a snapshot never changes,
+// by pointer.
+type seriesKey struct {
+	source, endpoint  *state.Workload
+	service           *state.Service
+	principal         string
+	grpc              bool
+	status            int
+	grpcStatus, flags string
+}
+
+// seriesOf is the children x counts in. A tunnel keeps the last ones it
+// used (exchange.series): a kept-alive connection's requests mostly share
+// their label values, and formatting fifteen of them and resolving four
+// children by them was 3.9% of test/bench's waypoint CPU.
+func (m *Metrics) seriesOf(x *exchange) *requestSeries {
+	key := seriesKey{
+		source: x.source, endpoint: x.endpoint, service: x.target.Service, principal: x.peer.Principal,
+		grpc: x.grpc, status: x.status, grpcStatus: x.grpcStatus, flags: x.flags,
+	}
+	if x.series != nil {
+		if s := x.series.Load(); s != nil && s.m == m && s.key == key {
+			return s
+		}
+	}
 	v := x.labels()
-	m.requests.WithLabelValues(v...).Inc()
-	m.duration.WithLabelValues(v...).Observe(float64(x.duration().Microseconds()) / 1000)
-	m.reqBytes.WithLabelValues(v...).Observe(float64(x.reqBytes))
-	m.resBytes.WithLabelValues(v...).Observe(float64(x.respBytes))
+	s := &requestSeries{
+		m: m, key: key,
+		requests: m.requests.WithLabelValues(v...), duration: m.duration.WithLabelValues(v...),
+		reqBytes: m.reqBytes.WithLabelValues(v...), resBytes: m.resBytes.WithLabelValues(v...),
+	}
+	if x.series != nil {
+		x.series.Store(s)
+	}
+	return s
 }
 
 // labels are x's values of requestLabels.

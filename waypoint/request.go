@@ -159,7 +159,7 @@ func newExchange(cl *client, r *http.Request) *exchange {
 	return &exchange{
 		kind: "http", start: time.Now(), peer: cl.peer, source: cl.source, target: cl.target,
 		method: r.Method, path: r.RequestURI, host: r.Host, proto: r.Proto,
-		traceparent: r.Header.Get("Traceparent"), grpc: isGRPC(r),
+		traceparent: r.Header.Get("Traceparent"), grpc: isGRPC(r), series: &cl.series,
 	}
 }
 

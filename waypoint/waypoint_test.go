@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
@@ -243,14 +245,19 @@ func TestSniffedPorts(t *testing.T) {
 }
 
 // Request metrics carry Istio's names and labels with reporter waypoint,
-// and count the requests, their statuses and body sizes.
+// and count the requests, their statuses and body sizes: on one kept-alive
+// tunnel, which keeps the children its last request counted in, the
+// statuses alternate.
 func TestRequestMetrics(t *testing.T) {
 	m := newTestMesh(t)
 	c := m.http1Client(netip.AddrPortFrom(webVIP, 80))
 	do(t, c, "GET", "http://web.shop/public/a", nil)
-	do(t, c, "GET", "http://web.shop/public/b", nil)
 	do(t, c, "GET", "http://web.shop/private", nil)
+	do(t, c, "GET", "http://web.shop/public/b", nil)
 	waitRequests(t, m, 3)
+	if n := m.tunnels.Load(); n != 1 {
+		t.Fatalf("the client opened %d tunnels; the test needs one kept-alive connection", n)
+	}
 	want := map[string]string{
 		"reporter": "waypoint", "source_principal": clientIDText, "destination_service": "web.shop.svc.cluster.local",
 		"destination_service_name": "web", "destination_service_namespace": "shop", "request_protocol": "http",
@@ -401,5 +408,43 @@ func TestGRPCDenyIsTrailersOnly(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "7" || resp.Header.Get("Grpc-Message") != DeniedBody ||
 		len(body) != 0 || len(resp.Trailer) != 0 || resp.Header.Get("Content-Type") != "application/grpc" {
 		t.Fatalf("got %d %v body %q trailers %v; want trailers-only grpc-status 7", resp.StatusCode, resp.Header, body, resp.Trailer)
+	}
+}
+
+// A tunnel's kept children are used only for the label values they were
+// resolved with: each field the values are made from, changed alone,
+// resolves others.
+func TestSeriesKeptPerLabelValues(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	snap, err := state.Decode([]byte(testState), state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, _ := snap.WorkloadByIP(webIP)
+	web2, _ := snap.WorkloadByIP(web2IP)
+	var kept atomic.Pointer[requestSeries]
+	base := func() *exchange {
+		return &exchange{series: &kept, source: web, endpoint: web, status: 200, peer: state.Peer{Principal: clientIDText}}
+	}
+	first := m.seriesOf(base())
+	if again := m.seriesOf(base()); again != first {
+		t.Fatal("the same label values resolved the children again")
+	}
+	for name, change := range map[string]func(x *exchange){
+		"status":      func(x *exchange) { x.status = 404 },
+		"flags":       func(x *exchange) { x.flags = FlagDenied },
+		"grpc":        func(x *exchange) { x.grpc = true },
+		"grpc status": func(x *exchange) { x.grpcStatus = "7" },
+		"principal":   func(x *exchange) { x.peer.Principal = "" },
+		"source":      func(x *exchange) { x.source = web2 },
+		"endpoint":    func(x *exchange) { x.endpoint = web2 },
+		"service":     func(x *exchange) { x.target.Service = snap.Services[0] },
+	} {
+		x := base()
+		change(x)
+		if s := m.seriesOf(x); s.requests == first.requests {
+			t.Errorf("with the %s changed, the request counter is the first request's", name)
+		}
+		m.seriesOf(base()) // back to the first values
 	}
 }
