@@ -183,7 +183,7 @@ func (w *Waypoint) pickFrom(snap *state.Snapshot, x *exchange, avoid []*state.Wo
 	}
 	var eps []*state.Workload
 	for _, ep := range snap.Endpoints(target.Service) {
-		if ep.Protocol == state.HBONE && len(ep.IPs) > 0 && ep.Identity() != w.id.String() {
+		if ep.Protocol == state.HBONE && len(ep.IPs) > 0 && !ep.HasIdentity(w.id.String()) {
 			eps = append(eps, ep)
 		}
 	}

@@ -299,7 +299,7 @@ func (w *Waypoint) resolve(authority netip.AddrPort) (state.Target, error) {
 	if err != nil {
 		return state.Target{}, fmt.Errorf("%w: %w", hbone.ErrBadRequest, err)
 	}
-	if target.Workload != nil && target.Workload.Identity() == w.id.String() {
+	if target.Workload != nil && target.Workload.HasIdentity(w.id.String()) {
 		return state.Target{}, fmt.Errorf("%w: %w: %s", hbone.ErrBadRequest, ErrLoop, authority)
 	}
 	return target, nil

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Protocol says how a workload's traffic is carried.
@@ -39,6 +40,19 @@ type Workload struct {
 // Identity is the workload's SPIFFE ID.
 func (w *Workload) Identity() string {
 	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", w.TrustDomain, w.Namespace, w.ServiceAccount)
+}
+
+// HasIdentity reports whether id is w's Identity, without formatting it:
+// a proxy asks of every endpoint it may pick.
+func (w *Workload) HasIdentity(id string) bool {
+	rest := id
+	for _, part := range [...]string{"spiffe://", w.TrustDomain, "/ns/", w.Namespace, "/sa/", w.ServiceAccount} {
+		var ok bool
+		if rest, ok = strings.CutPrefix(rest, part); !ok {
+			return false
+		}
+	}
+	return rest == ""
 }
 
 // Service is a Kubernetes service: virtual IPs load-balanced over the
@@ -138,6 +152,9 @@ type Snapshot struct {
 	// waypoints are the SPIFFE IDs of the workloads that some workload or
 	// service names as its waypoint.
 	waypoints map[string]bool
+	// endpoints memoises Endpoints: *Service -> []*Workload, found on
+	// first use, for as long as the snapshot lives.
+	endpoints sync.Map
 }
 
 // NewSnapshot indexes workloads and services, refusing duplicates.
@@ -221,7 +238,20 @@ func (s *Snapshot) ServiceByVIP(vip netip.Addr) (*Service, bool) {
 }
 
 // Endpoints lists the workloads a service selects, in a stable order.
+//
+// The list is found once per snapshot and service, on first use, and
+// shared: callers must not change it. A proxy asks for it on every
+// connection (ztunnel) or request (a waypoint), and finding it walks every
+// workload.
 func (s *Snapshot) Endpoints(svc *Service) []*Workload {
+	if eps, ok := s.endpoints.Load(svc); ok {
+		return eps.([]*Workload)
+	}
+	eps, _ := s.endpoints.LoadOrStore(svc, s.findEndpoints(svc))
+	return eps.([]*Workload)
+}
+
+func (s *Snapshot) findEndpoints(svc *Service) []*Workload {
 	var out []*Workload
 	for _, w := range s.Workloads {
 		if w.Namespace == svc.Namespace && len(svc.Selector) > 0 && selects(svc.Selector, w.Labels) {
