@@ -59,7 +59,9 @@ ARGS ?=
 # those the tests build (cmd/ztunnel, cmd/waypoint, ...). Nothing debugs
 # them, and the link is the slow part of a warm run's build: `go test
 # -race -count=1 -run NONE ./...` took 2m12s with DWARF, 1m28s without.
-# GOFLAGS, so that the tests' own go builds inherit it.
+# GOFLAGS, so that the tests' own go builds inherit it; it is appended to
+# go env GOFLAGS, so an -ldflags of the user's there gives way to it (set
+# TEST_GOFLAGS to keep both).
 TEST_GOFLAGS ?= -ldflags=-w
 TEST_ENV = GOFLAGS="$$($(GO) env GOFLAGS) $(TEST_GOFLAGS)"
 
@@ -183,7 +185,7 @@ KUBE_LDFLAGS = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
 # tools/kube-apiserver/go.mod pins (its own module: Kubernetes' pins never
 # meet the main module's or SPIRE's); rebuilt only when that changes. The
 # first build takes 10-20 minutes.
-$(KUBE_APISERVER): tools/kube-apiserver/go.mod tools/kube-apiserver/go.sum
+$(KUBE_APISERVER): tools/kube-apiserver/go.mod tools/kube-apiserver/go.sum tools/kube-apiserver/main.go
 	$(TOOL_BUILD) $@ tools/kube-apiserver -ldflags '-w $(KUBE_LDFLAGS)' .
 	@touch $@
 

@@ -103,10 +103,11 @@ func (b *recvBuffer) release() {
 // the channel only if the deadline then in force has passed, so a firing
 // for a deadline since moved does nothing.
 type deadline struct {
-	mu     sync.Mutex
-	timer  *time.Timer   // made by the first deadline in the future; fires fire
-	at     time.Time     // the deadline in force; zero: none
-	cancel chan struct{} // closed when the deadline passes; nil: never set
+	mu       sync.Mutex
+	timer    *time.Timer   // made by the first deadline in the future; fires fire
+	at       time.Time     // the deadline in force; zero: none
+	cancel   chan struct{} // closed when the deadline passes; nil: never set
+	released bool          // the stream is closed: the timer is never armed again
 }
 
 func (d *deadline) set(t time.Time) {
@@ -129,6 +130,9 @@ func (d *deadline) set(t time.Time) {
 		close(d.cancel)
 		return
 	}
+	if d.released {
+		return // nothing waits on a closed stream's deadline; a timer would keep the stream reachable
+	}
 	if d.timer == nil {
 		d.timer = time.AfterFunc(dur, d.fire)
 		return
@@ -143,20 +147,32 @@ func (d *deadline) stop() {
 }
 
 // release stops the timer for good, when the stream is closed: a pending
-// one would keep the stream reachable until the deadline.
+// one would keep the stream reachable until the deadline. A deadline set
+// later arms no timer (one already past still closes the channel).
 func (d *deadline) release() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.released = true
 	d.stop()
 }
 
 // fire closes the channel if the deadline in force has passed: a timer
 // that fired for an earlier deadline, reset before fire took the lock,
 // finds a later one (which its reset timer will fire for) or none.
+//
+// A deadline without a monotonic reading is compared on the wall clock:
+// if that stepped back since it was set, the timer is armed again for
+// what is left, so the deadline still passes.
 func (d *deadline) fire() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.at.IsZero() || time.Now().Before(d.at) || d.cancel == nil || isClosed(d.cancel) {
+	if d.at.IsZero() || d.cancel == nil || isClosed(d.cancel) {
+		return
+	}
+	if left := time.Until(d.at); left > 0 {
+		if !d.released && d.timer != nil {
+			d.timer.Reset(left) // a firing for an earlier deadline: the same time again, at most
+		}
 		return
 	}
 	close(d.cancel)

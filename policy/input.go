@@ -124,11 +124,19 @@ func (r Request) withHeaders() Request {
 // Names that differ only in case (not from net/http, which canonicalizes
 // them) are one header, as Prepare folds Headers' names.
 func HeadersOf(h http.Header) map[string]string {
-	joined := make(map[string]string, len(h))
+	out := make(map[string]string, len(h))
 	for name, values := range h {
-		joined[name] = strings.Join(values, ",")
+		lower := strings.ToLower(name)
+		if _, twice := out[lower]; twice { // only from a hand-built header: fold as Prepare does
+			joined := make(map[string]string, len(h))
+			for name, values := range h {
+				joined[name] = strings.Join(values, ",")
+			}
+			return lowerKeys(joined)
+		}
+		out[lower] = strings.Join(values, ",")
 	}
-	return lowerKeys(joined)
+	return out
 }
 
 // headerValue is header name (lower case) of r as the headers document

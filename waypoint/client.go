@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"weak"
 
 	"golang.org/x/net/http2"
 
@@ -40,7 +41,7 @@ type client struct {
 // clientInput is a tunnel's policy input at layer l4 (source, destination,
 // connection) and its resolved target, as of one state snapshot.
 type clientInput struct {
-	snap   *state.Snapshot
+	snap   weak.Pointer[state.Snapshot] // weak: an idle tunnel does not keep an old state alive
 	in     policy.Input
 	target state.Target
 }
@@ -51,12 +52,12 @@ type clientInput struct {
 // connection's requests share it until the state changes.
 func (cl *client) input(snap *state.Snapshot, req *policy.Request) (policy.Input, state.Target, error) {
 	base := cl.l4.Load()
-	if base == nil || base.snap != snap {
+	if base == nil || base.snap.Value() != snap {
 		in, target, err := snap.WaypointInput(cl.peer, cl.target.Addr, nil)
 		if err != nil {
 			return policy.Input{}, state.Target{}, err
 		}
-		base = &clientInput{snap: snap, in: in, target: target}
+		base = &clientInput{snap: weak.Make(snap), in: in, target: target}
 		cl.l4.Store(base)
 	}
 	in := base.in
