@@ -66,7 +66,7 @@ TEST_GOFLAGS ?= -ldflags=-w
 TEST_ENV = GOFLAGS="$$($(GO) env GOFLAGS) $(TEST_GOFLAGS)"
 
 # The tools the tests run are built without DWARF too, and kept in a cache
-# keyed by their go.mod, go.sum, flags and Go version (tools/cachedbuild):
+# keyed by their go.mod, go.sum, .go files, flags and Go environment (tools/cachedbuild):
 # a clean clone copies them instead of linking each again.
 TOOL_BUILD = GO=$(GO) tools/cachedbuild
 
