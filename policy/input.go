@@ -164,12 +164,15 @@ func (r *Request) headerValue(name, canon string) (string, bool) {
 
 // headerKey is the canonical form under which HTTPHeader holds the
 // header a rule names name, or "" when name is not a lower-case token,
-// which no header document has.
+// which no header document has: the name whose canonical form is a
+// canonical token (canonicalToken, which Prepare checks HTTPHeader's names
+// with) and lower-cases back to it.
 func headerKey(name string) string {
-	if name == "" || strings.ToLower(name) != name || !httpguts.ValidHeaderFieldName(name) {
+	canon := http.CanonicalHeaderKey(name)
+	if !canonicalToken(canon) || strings.ToLower(canon) != name {
 		return ""
 	}
-	return http.CanonicalHeaderKey(name)
+	return canon
 }
 
 // canonicalToken reports whether name is a header name as net/http keeps

@@ -320,3 +320,19 @@ func TestPrincipalMemoUnderCollisions(t *testing.T) {
 		t.Error("a principal that is not a SPIFFE ID parsed")
 	}
 }
+
+// headerKey finds the canonical form of exactly the lower-case tokens.
+func FuzzHeaderKey(f *testing.F) {
+	for _, s := range []string{"", "x-team", "X-Team", "x team", "x_team", "-a", "a--b", "ä", "x-b3-traceid"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		want := ""
+		if name != "" && strings.ToLower(name) == name && httpguts.ValidHeaderFieldName(name) {
+			want = http.CanonicalHeaderKey(name)
+		}
+		if got := headerKey(name); got != want {
+			t.Fatalf("headerKey(%q) = %q, want %q", name, got, want)
+		}
+	})
+}
