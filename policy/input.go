@@ -38,7 +38,16 @@ type Input struct {
 	Connection  Connection  `json:"connection"`
 	// Request is nil at L4 and required at L7.
 	Request *Request `json:"request,omitempty"`
+
+	// valid holds the addresses Prepare has found valid, so that an input
+	// prepared once and decided many times (a waypoint's tunnel, for each
+	// of its requests) is not parsed again; a field changed since is
+	// checked anew.
+	valid validAddrs
 }
+
+// validAddrs are address strings Prepare parsed without error.
+type validAddrs struct{ source, destination, remote string }
 
 // Source is the peer that opened the connection.
 type Source struct {
@@ -269,10 +278,10 @@ func (in *Input) Prepare() error {
 	default:
 		return fmt.Errorf("%w: input.layer: %q is not \"l4\" or \"l7\"", ErrInvalidInput, in.Layer)
 	}
-	if err := checkIP("input.source.ip", in.Source.IP); err != nil {
+	if err := checkIP("input.source.ip", in.Source.IP, &in.valid.source); err != nil {
 		return err
 	}
-	if err := checkIP("input.destination.ip", in.Destination.IP); err != nil {
+	if err := checkIP("input.destination.ip", in.Destination.IP, &in.valid.destination); err != nil {
 		return err
 	}
 	if err := checkPort("input.source.port", in.Source.Port); err != nil {
@@ -282,7 +291,7 @@ func (in *Input) Prepare() error {
 		return err
 	}
 	if in.Source.RemoteIP != in.Source.IP {
-		if err := checkIP("input.source.remote_ip", in.Source.RemoteIP); err != nil {
+		if err := checkIP("input.source.remote_ip", in.Source.RemoteIP, &in.valid.remote); err != nil {
 			return err
 		}
 	}
@@ -472,13 +481,16 @@ func lowerKeys(h map[string]string) map[string]string {
 	return h
 }
 
-func checkIP(field, ip string) error {
-	if ip == "" {
+// checkIP refuses an ip that is not an IP address; valid is the last one
+// it accepted for the field, which it does not parse again.
+func checkIP(field, ip string, valid *string) error {
+	if ip == "" || ip == *valid {
 		return nil
 	}
 	if _, err := netip.ParseAddr(ip); err != nil {
 		return fmt.Errorf("%w: %s: %q is not an IP address", ErrInvalidInput, field, ip)
 	}
+	*valid = ip
 	return nil
 }
 

@@ -201,6 +201,42 @@ func TestWithSpaceDelimitedClaims(t *testing.T) {
 	}
 }
 
+// An input prepared once keeps the addresses it found valid (a waypoint
+// decides each request of a tunnel with the tunnel's prepared input); an
+// address changed since, in the input or in a copy of it, is checked again.
+func TestPrepareChecksChangedAddresses(t *testing.T) {
+	prepared := Input{Layer: L4,
+		Source:      Source{IP: "10.0.0.1", RemoteIP: "192.0.2.7"},
+		Destination: Destination{IP: "10.0.0.2", Port: 80},
+	}
+	if err := prepared.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		field  string
+		change func(*Input)
+	}{
+		{"input.source.ip", func(in *Input) { in.Source.IP = "10.0.0.300" }},
+		{"input.destination.ip", func(in *Input) { in.Destination.IP = "not an address" }},
+		{"input.source.remote_ip", func(in *Input) { in.Source.RemoteIP = "192.0.2" }},
+	} {
+		in := prepared
+		if err := in.Prepare(); err != nil {
+			t.Fatalf("prepared again, unchanged: %v", err)
+		}
+		tc.change(&in)
+		err := in.Prepare()
+		if !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), tc.field+": ") {
+			t.Errorf("%s changed to an invalid address after a Prepare: %v, want it refused", tc.field, err)
+		}
+	}
+	in := prepared
+	in.Source.IP, in.Source.RemoteIP = "10.0.0.9", ""
+	if err := in.Prepare(); err != nil || in.Source.RemoteIP != "10.0.0.9" {
+		t.Errorf("a valid new address: %v, remote_ip %q", err, in.Source.RemoteIP)
+	}
+}
+
 // Header names that differ only in case are one header, whatever the map
 // order: the differential test found decisions changing between runs.
 func TestPrepareJoinsHeadersDifferingInCase(t *testing.T) {

@@ -57,6 +57,12 @@ func (cl *client) input(snap *state.Snapshot, req *policy.Request) (policy.Input
 		if err != nil {
 			return policy.Input{}, state.Target{}, err
 		}
+		// Prepared here once, the addresses are not parsed again for each
+		// request's decision. An input that does not prepare stays as
+		// built: Decide refuses it with the reason, request by request.
+		if p := in; p.Prepare() == nil {
+			in = p
+		}
 		base = &clientInput{snap: weak.Make(snap), in: in, target: target}
 		cl.l4.Store(base)
 	}
