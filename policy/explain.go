@@ -165,13 +165,13 @@ func (p *program) explain(in *Input) []RuleTrace {
 
 func (r *nativeRule) trace(in *Input) RuleTrace {
 	t := RuleTrace{
-		Package: r.pkg, Point: pointNames[r.point], Location: r.loc, DryRun: r.entry.dryRun,
+		Package: r.pkg, Point: pointNames[r.point], Location: r.loc.String(), DryRun: r.entry.dryRun,
 		Policy: text(entryField(r.entry.value, "policy", ast.String(""))),
 		Rule:   text(entryField(r.entry.value, "rule", ast.String(""))),
 	}
 	for _, s := range r.steps {
 		if !s.m.match(in) {
-			t.Failed = &Condition{Text: s.text, Location: s.loc, Undefined: readsAbsent(s.m, in)}
+			t.Failed = &Condition{Text: s.text, Location: s.loc.String(), Undefined: readsAbsent(s.m, in)}
 			return t
 		}
 	}

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -52,11 +53,26 @@ func TestExplain(t *testing.T) {
 				}
 				return
 			}
-			if r.Failed == nil || r.Failed.Text != tc.failedText || r.Failed.Undefined != tc.undefined || r.Failed.Location == "" {
-				t.Errorf("failed = %+v, want %q", r.Failed, tc.failedText)
+			if r.Failed == nil || r.Failed.Text != tc.failedText || r.Failed.Undefined != tc.undefined {
+				t.Fatalf("failed = %+v, want %q", r.Failed, tc.failedText)
+			}
+			ruleFile, ruleRow := splitLocation(t, r.Location)
+			if file, row := splitLocation(t, r.Failed.Location); file != ruleFile || row < ruleRow {
+				t.Errorf("the failed condition is at %s, not in the rule's body at %s", r.Failed.Location, r.Location)
 			}
 		})
 	}
+}
+
+// splitLocation reads file.rego:row.
+func splitLocation(t *testing.T, loc string) (string, int) {
+	t.Helper()
+	i := strings.LastIndexByte(loc, ':')
+	row, err := strconv.Atoi(loc[i+1:])
+	if i < 0 || err != nil || row < 1 || !strings.HasSuffix(loc[:i], ".rego") {
+		t.Fatalf("location %q is not file.rego:row", loc)
+	}
+	return loc[:i], row
 }
 
 func TestExplainNamesAbsentFields(t *testing.T) {

@@ -34,14 +34,18 @@ type keyedRules struct {
 	byValue map[valueKey]*bucket
 }
 
-// keyCandidate is one condition a rule could be filed under: cond[at],
-// with rest, the rule's condition without it, which is what a lookup on it
-// leaves to test.
+// keyCandidate is one condition a rule could be filed under: cond[at].
+// The rule's condition without it is what a lookup on it leaves to test,
+// made only for the candidate chosen (rest), not kept for every one.
 type keyCandidate struct {
 	field  *field
 	values []valueKey
 	at     int
-	rest   allOf
+}
+
+// rest is cond without the candidate's condition.
+func (c keyCandidate) rest(cond allOf) allOf {
+	return slices.Delete(slices.Clone(cond), c.at, c.at+1)
 }
 
 // buildIndex files rules under their best keys. A rule's candidates are
@@ -62,7 +66,7 @@ func buildIndex(rules []nativeRule, point int) *ruleIndex {
 			idx.tests[i] = r.cond
 			continue
 		}
-		idx.tests[i] = best.rest
+		idx.tests[i] = best.rest(r.cond)
 		k := byField[best.field]
 		if k == nil {
 			k = map[valueKey][]int32{}
@@ -99,16 +103,11 @@ func keyCandidates(cond allOf) []keyCandidate {
 			}
 			f, values = m.f, []valueKey{m.want.key()}
 		case memberOf:
-			f, values = m.f, make([]valueKey, 0, len(m.set))
-			for v := range m.set {
-				values = append(values, v)
-			}
-			slices.SortFunc(values, compareKeys) // a rule lowers the same every time
+			f, values = m.f, m.set.sorted() // sorted: a rule lowers the same every time
 		default:
 			continue
 		}
-		rest := slices.Delete(slices.Clone(cond), at, at+1)
-		out = append(out, keyCandidate{field: f, values: values, at: at, rest: rest})
+		out = append(out, keyCandidate{field: f, values: values, at: at})
 	}
 	return out
 }

@@ -119,13 +119,13 @@ func scalar(op operand) (value, bool) {
 
 // scalarSet returns the elements (arrays, sets) or values (objects) of a
 // constant collection, all of which must be scalars.
-func scalarSet(coll ast.Value) (map[valueKey]struct{}, bool) {
-	set := map[valueKey]struct{}{}
+func scalarSet(coll ast.Value) (keySet, bool) {
+	var keys []valueKey
 	ok := true
 	add := func(t *ast.Term) {
 		v, isScalar := scalar(operand{value: t.Value})
 		ok = ok && isScalar
-		set[v.key()] = struct{}{}
+		keys = append(keys, v.key())
 	}
 	switch c := coll.(type) {
 	case *ast.Array:
@@ -135,7 +135,7 @@ func scalarSet(coll ast.Value) (map[valueKey]struct{}, bool) {
 	case ast.Object:
 		c.Foreach(func(_, v *ast.Term) { add(v) })
 	default:
-		return nil, false
+		return keySet{}, false
 	}
-	return set, ok
+	return newKeySet(keys), ok
 }

@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"maps"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -30,7 +32,7 @@ type (
 	// memberOf holds when the field's scalar value is in a constant collection.
 	memberOf struct {
 		f   *field
-		set map[valueKey]struct{}
+		set keySet
 	}
 	// holds holds when the field is a collection containing want.
 	holds struct {
@@ -157,8 +159,7 @@ func (m memberOf) check(v value, ok bool) bool {
 	if !ok || v.kind == kindComposite {
 		return false
 	}
-	_, found := m.set[v.key()]
-	return found
+	return m.set.has(v.key())
 }
 
 func (m stringTest) check(v value, ok bool) bool {
@@ -287,6 +288,50 @@ type valueKey struct {
 }
 
 func (v value) key() valueKey { return valueKey{kind: v.kind, b: v.b, n: v.n, s: v.s} }
+
+// keySet is a constant collection's scalar values, as membership tests
+// them. Most are a policy's few principals, ports or methods, held as a
+// sorted slice (a map of two keys takes five times the memory, and a set
+// of 10,000 policies holds about 20,000 of them); a larger one is a map.
+type keySet struct {
+	few  []valueKey // sorted, when there are at most smallKeySet
+	many map[valueKey]struct{}
+}
+
+const smallKeySet = 8
+
+// newKeySet makes the set of keys (in any order, repeats allowed), which
+// it sorts in place.
+func newKeySet(keys []valueKey) keySet {
+	slices.SortFunc(keys, compareKeys)
+	keys = slices.Compact(keys)
+	if len(keys) <= smallKeySet {
+		return keySet{few: slices.Clone(keys)}
+	}
+	many := make(map[valueKey]struct{}, len(keys))
+	for _, k := range keys {
+		many[k] = struct{}{}
+	}
+	return keySet{many: many}
+}
+
+func (s keySet) has(k valueKey) bool {
+	if s.many != nil {
+		_, ok := s.many[k]
+		return ok
+	}
+	return slices.Contains(s.few, k)
+}
+
+func (s keySet) len() int { return len(s.few) + len(s.many) }
+
+// sorted is the set's keys in compareKeys order.
+func (s keySet) sorted() []valueKey {
+	if s.many == nil {
+		return s.few
+	}
+	return slices.SortedFunc(maps.Keys(s.many), compareKeys)
+}
 
 // compareValues orders two values as ast.Compare does. The lowering only
 // admits scalar constants, so at most one side is composite, and composites

@@ -70,7 +70,7 @@ type nativeRule struct {
 	steps []step
 	pkg   string // data.mesh.policies.<owner>.<name>
 	point int
-	loc   string // file:row of the rule
+	loc   srcLoc // the rule's
 }
 
 // program is the native form of a bundle set's decision: the contribution
@@ -376,8 +376,7 @@ func lowerContribution(l *lowerer, pkg *contributingPackage, r *ast.Rule) (*nati
 	if err != nil {
 		return nil, err
 	}
-	loc := fmt.Sprintf("%s:%d", r.Location.File, r.Location.Row)
-	return &nativeRule{entry: newEntry(unlocated(ast.NewTerm(value)).Value), cond: cond, keys: keyCandidates(cond), steps: steps, pkg: pkg.path.String(), loc: loc}, nil
+	return &nativeRule{entry: newEntry(unlocated(ast.NewTerm(value)).Value), cond: cond, keys: keyCandidates(cond), steps: steps, pkg: pkg.path.String(), loc: locOf(r.Location)}, nil
 }
 
 // contributedValue is the entry a rule contributes when its body holds;

@@ -240,7 +240,7 @@ func positiveEntries(m matcher) (lookupCond, bool) {
 		}
 	case memberOf:
 		c := lookupCond{f: x.f}
-		for k := range x.set {
+		for _, k := range x.set.sorted() {
 			c.entries = append(c.entries, lookupEntry{kind: entryExact, key: k})
 		}
 		return c, len(c.entries) > 0

@@ -124,11 +124,11 @@ func randomLeaf(r *rand.Rand, f *field) matcher {
 	case 1:
 		return compare{f: f, op: opLt, want: randomScalar(r)}
 	case 2:
-		set := map[valueKey]struct{}{}
+		var keys []valueKey
 		for range 1 + r.IntN(3) {
-			set[randomScalar(r).key()] = struct{}{}
+			keys = append(keys, randomScalar(r).key())
 		}
-		return memberOf{f: f, set: set}
+		return memberOf{f: f, set: newKeySet(keys)}
 	case 3:
 		return stringTest{f: f, op: stringOp(r.IntN(3)), arg: planStrings[r.IntN(len(planStrings))]}
 	case 4:
