@@ -116,7 +116,10 @@ func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.D
 			l.modules, l.lazy = append(l.modules, mf), append(l.lazy, lazy)
 			continue
 		}
-		m, ok := fastParse(name, src)
+		m, ok := fastCheck(name, src)
+		if ok && !l.unremarkable(m) {
+			m, ok = fastParse(name, src) // the tree is kept: every term with its location
+		}
 		if !ok || int64(len(src)) >= l.limit || !plainSegments(m.Package.Path) {
 			l.modules, l.lazy = append(l.modules, nil), append(l.lazy, nil)
 			return bundle.NewDescriptor(f.URL(), f.Path(), buf), nil

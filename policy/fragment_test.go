@@ -432,10 +432,15 @@ func FuzzFastParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, src string) {
 		m, ok := fastParse("f.rego", []byte(src))
+		light, lightOK := fastCheck("f.rego", []byte(src))
+		if lightOK != ok {
+			t.Fatalf("fastParse says %v, fastCheck %v\n%s", ok, lightOK, src)
+		}
 		if !ok {
 			return
 		}
 		checkFastParse(t, "f.rego", []byte(src), m)
+		checkLight(t, light, m)
 		if !isPolicyPackage(m.Package.Path) {
 			return
 		}
@@ -459,6 +464,29 @@ func FuzzFastParse(f *testing.F) {
 	})
 }
 
+// checkLight holds fastCheck's tree to fastParse's: equal but for the
+// terms' locations, and the package, each head and each expression
+// located alike.
+func checkLight(t *testing.T, light, full *ast.Module) {
+	t.Helper()
+	if light.Compare(full) != 0 || len(light.Comments) != len(full.Comments) {
+		t.Fatalf("fastCheck's module differs from fastParse's:\n%v\n%v", light, full)
+	}
+	same := func(what string, a, b *ast.Location) {
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("%s at %+v, fastParse says %+v", what, a, b)
+		}
+	}
+	same("package", light.Package.Location, full.Package.Location)
+	for i, r := range full.Rules {
+		same("rule", light.Rules[i].Location, r.Location)
+		same("head", light.Rules[i].Head.Location, r.Head.Location)
+		for j, e := range r.Body {
+			same("expression", light.Rules[i].Body[j].Location, e.Location)
+		}
+	}
+}
+
 // TestFastReadEqualsOPAReader: a bundle read with fastParse taking the
 // modules it reads (bundle_fastread.go) holds what OPA's reader alone
 // makes of it, module by module, as a directory and as a .tar.gz; a
@@ -470,6 +498,9 @@ func TestFastReadEqualsOPAReader(t *testing.T) {
 	// One module OPA's parser reads, one in Rego v0 by the manifest.
 	files["mesh/policies/hand/a.rego"] = "package mesh.policies.hand.a\n\nallow contains {\"policy\": \"hand/a\"} if input.source.namespace == concat(\"\", [\"a\"])\n"
 	files["mesh/policies/hand/v0.rego"] = "# fastParse reads it, as v1\npackage mesh.policies.hand.v0\n"
+	// One fastParse reads whose tree is kept (a misspelt point is warned
+	// of): every term located, not fastCheck's tree.
+	files["mesh/policies/hand/kept.rego"] = "package mesh.policies.hand.kept\n\ndenys contains {\"policy\": \"hand/kept\"} if {\n\tinput.source.namespace == \"a\"\n}\n"
 	files[".manifest"] = `{"revision": "r", "roots": ["mesh/policies/istio", "mesh/policies/hand"], "rego_version": 1, "file_rego_versions": {"*/v0.rego": 0}}`
 	dir := writeBundle(t, t.TempDir(), files)
 	for _, path := range []string{dir, tarBundleDir(t, dir)} {
