@@ -498,6 +498,19 @@ func (b *Bundle) tree(i int) (*ast.Module, error) {
 	return m, nil
 }
 
+// checkedTree is tree, but a module parsed again is parsed by fastCheck.
+func (b *Bundle) checkedTree(i int) (*ast.Module, error) {
+	mf := &b.raw.Modules[i]
+	if mf.Parsed != nil {
+		return mf.Parsed, nil
+	}
+	m, ok := fastCheck(mf.Path, mf.Raw)
+	if !ok {
+		return nil, fmt.Errorf("policy: %s: read once, fails to read again", mf.Path)
+	}
+	return m, nil
+}
+
 // parsedRaw is the bundle as OPA's reader read it, every module with its
 // syntax tree: what OPA's activation takes.
 func (b *Bundle) parsedRaw() (*bundle.Bundle, error) {

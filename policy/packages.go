@@ -81,6 +81,25 @@ func (sp *setPackage) trees() map[string]*ast.Module {
 	return modules
 }
 
+// loweringTrees is trees for lowerFragment, which reads the locations of
+// the package, the rules and the expressions only: modules parsed again
+// are parsed by fastCheck (terms sharing one location), and not kept, so
+// the compiler's path, if lowering fails, parses them again in full.
+func (sp *setPackage) loweringTrees() map[string]*ast.Module {
+	if sp.modules != nil || len(sp.files) == 0 {
+		return sp.modules
+	}
+	modules := make(map[string]*ast.Module, len(sp.files))
+	for _, f := range sp.files {
+		m, err := f.b.checkedTree(f.i)
+		if err != nil {
+			return nil
+		}
+		modules[f.name] = m
+	}
+	return modules
+}
+
 // read: every module of the package was read by fastParse and its tree
 // dropped.
 func (sp *setPackage) read() bool {
@@ -243,7 +262,7 @@ func (c *packageCache) lowerFragments(pkgs []*setPackage, batch []int, lowered [
 // lowerFragment lowers sp through fragmentCompile; nil if it is not in
 // the fragment or does not lower.
 func (c *packageCache) lowerFragment(sp *setPackage) *loweredPackage {
-	trees := sp.trees()
+	trees := sp.loweringTrees()
 	if trees == nil {
 		return nil
 	}
