@@ -93,7 +93,11 @@ func (r *fastReader) loc(start, end int) *ast.Location {
 // place is the location of src[start:end].
 func (r *fastReader) place(start, end int) *ast.Location {
 	if len(r.locs) == cap(r.locs) {
-		r.locs = make([]ast.Location, 0, 64)
+		n := 64
+		if r.light {
+			n = 16 // the package, the heads and the expressions: a few per rule
+		}
+		r.locs = make([]ast.Location, 0, n)
 	}
 	col := start - r.lineStart + 1
 	tabs := r.lineTabs
