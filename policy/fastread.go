@@ -39,8 +39,10 @@ func fastParse(file string, src []byte) (*ast.Module, bool) {
 
 // fastCheck is fastParse for a reader that keeps the package path and
 // the rules' names and drops the tree: it accepts what fastParse accepts
-// and makes the same tree, but the terms share one location rather than
-// each having its own (about a hundred per translated policy).
+// and makes the same tree, but its terms other than refs share one
+// location rather than each having its own (about a hundred per
+// translated policy). Lowering reads no other term's location
+// (TestFragmentLowersAsCompiled).
 func fastCheck(file string, src []byte) (*ast.Module, bool) {
 	return fastRead(file, src, true)
 }
@@ -71,7 +73,8 @@ type fastReader struct {
 	pos  int
 	row  int
 	// light: the terms share one location (shared), only the package,
-	// the rules' heads and the expressions have their own (fastCheck).
+	// the rules' heads, the expressions and the refs have their own
+	// (fastCheck).
 	light  bool
 	shared ast.Location
 	// lineStart is the offset of the current row's first byte, and
@@ -436,7 +439,10 @@ func (r *fastReader) term() (*ast.Term, bool) {
 		}
 		ref = append(ref, part)
 	}
-	refTerm := ast.NewTerm(ref).SetLocation(r.loc(start, r.pos))
+	// Its own location even when light: fragmentCompile binds a ref
+	// passed to a builtin to a local at the ref's location, which an
+	// explanation shows.
+	refTerm := ast.NewTerm(ref).SetLocation(r.place(start, r.pos))
 	if r.peek() != '(' {
 		if name != "input" {
 			return nil, false

@@ -290,6 +290,7 @@ func TestFragmentLowersAsCompiled(t *testing.T) {
 	if !c.compileBatch(pkgs, batch, compiled) {
 		t.Fatal("the fragment's packages do not compile as a batch")
 	}
+	checked := 0
 	for _, i := range batch {
 		if !fragment[i].path.Equal(compiled[i].path) {
 			t.Fatalf("%s: lowered as %s", pkgs[i].path, fragment[i].path)
@@ -304,7 +305,39 @@ func TestFragmentLowersAsCompiled(t *testing.T) {
 		if got, want := renderLowered(&f), renderLowered(&c); got != want {
 			t.Errorf("%s lowers differently through the fragment:\n%s\ncompiled:\n%s", pkgs[i].path, got, want)
 		}
+		// Lowered from fastCheck's trees (a dropped tree parsed again:
+		// loweringTrees), a package fastParse reads is what it is from
+		// fastParse's.
+		if got, want := lowerParsed(t, pkgs[i], sources, fastCheck), lowerParsed(t, pkgs[i], sources, fastParse); got != want {
+			t.Errorf("%s lowers differently from fastCheck's trees:\n%s\nfrom fastParse's:\n%s", pkgs[i].path, got, want)
+		}
+		checked++
 	}
+	if checked < 50 {
+		t.Fatalf("only %d packages lowered from fastCheck's trees", checked)
+	}
+}
+
+// lowerParsed renders sp lowered from its modules' sources as parse reads
+// them; "" when parse refuses one.
+func lowerParsed(t *testing.T, sp *setPackage, sources map[string]string, parse func(string, []byte) (*ast.Module, bool)) string {
+	t.Helper()
+	trees := map[string]*ast.Module{}
+	for name := range sp.modules {
+		m, ok := parse(name, []byte(sources[name]))
+		if !ok {
+			return ""
+		}
+		trees[name] = m
+	}
+	lp := newPackageCache(nil).lowerFragment(&setPackage{path: sp.path, modules: trees})
+	if lp == nil {
+		t.Fatalf("%s: not lowered from the trees read again", sp.path)
+	}
+	l := *lp
+	l.path = nil
+	slices.SortFunc(l.fields, func(a, b *field) int { return strings.Compare(a.path, b.path) })
+	return renderLowered(&l)
 }
 
 // renderLowered writes out everything a lowered package holds: fields by
