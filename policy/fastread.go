@@ -42,7 +42,8 @@ func fastParse(file string, src []byte) (*ast.Module, bool) {
 // and makes the same tree, but its terms other than refs share one
 // location rather than each having its own (about a hundred per
 // translated policy). Lowering reads no other term's location
-// (TestFragmentLowersAsCompiled).
+// (TestFragmentLowersAsCompiled). Its trees are read only: a write
+// through one term's location would move every term sharing it.
 func fastCheck(file string, src []byte) (*ast.Module, bool) {
 	return fastRead(file, src, true)
 }

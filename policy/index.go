@@ -50,8 +50,8 @@ func (c keyCandidate) rest(cond allOf) allOf {
 
 // buildIndex files rules under their best keys. A rule's candidates are
 // found once, when it is lowered (nativeRule.keys), so a program
-// assembled again from cached packages only counts values and files
-// rules.
+// assembled again from cached packages only counts values, files rules
+// and makes each rule's remaining condition (keyCandidate.rest).
 func buildIndex(rules []nativeRule, point int) *ruleIndex {
 	idx := &ruleIndex{rules: rules, tests: make([]allOf, len(rules))}
 	distinct := distinctValues(rules)
@@ -103,6 +103,9 @@ func keyCandidates(cond allOf) []keyCandidate {
 			}
 			f, values = m.f, []valueKey{m.want.key()}
 		case memberOf:
+			if m.set.len() == 0 {
+				continue // holds for nothing: no value to file the rule under
+			}
 			f, values = m.f, m.set.sorted() // sorted: a rule lowers the same every time
 		default:
 			continue
@@ -157,6 +160,9 @@ func bestKey(candidates []keyCandidate, distinct map[*field]int) (keyCandidate, 
 	var best keyCandidate
 	bestScore := 0
 	for _, c := range candidates {
+		if len(c.values) == 0 {
+			continue
+		}
 		score := distinct[c.field] / len(c.values)
 		if score > bestScore {
 			best, bestScore = c, score

@@ -325,10 +325,11 @@ func (s keySet) has(k valueKey) bool {
 
 func (s keySet) len() int { return len(s.few) + len(s.many) }
 
-// sorted is the set's keys in compareKeys order.
+// sorted is the set's keys in compareKeys order: the set's own slice
+// when it is small, which callers must not change.
 func (s keySet) sorted() []valueKey {
 	if s.many == nil {
-		return s.few
+		return slices.Clip(s.few)
 	}
 	return slices.SortedFunc(maps.Keys(s.many), compareKeys)
 }
