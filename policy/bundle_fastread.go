@@ -486,25 +486,16 @@ func (b *Bundle) regoVersion(i int) ast.RegoVersion {
 }
 
 // tree is module i's syntax tree, parsed again if the bundle dropped it.
-func (b *Bundle) tree(i int) (*ast.Module, error) {
-	mf := &b.raw.Modules[i]
-	if mf.Parsed != nil {
-		return mf.Parsed, nil
-	}
-	m, ok := fastParse(mf.Path, mf.Raw)
-	if !ok {
-		return nil, fmt.Errorf("policy: %s: read once, fails to read again", mf.Path)
-	}
-	return m, nil
-}
+func (b *Bundle) tree(i int) (*ast.Module, error) { return b.treeBy(i, fastParse) }
 
-// checkedTree is tree, but a module parsed again is parsed by fastCheck.
-func (b *Bundle) checkedTree(i int) (*ast.Module, error) {
+// treeBy is tree, the module parsed again by parse (fastParse, or
+// fastCheck for a tree only lowered).
+func (b *Bundle) treeBy(i int, parse func(string, []byte) (*ast.Module, bool)) (*ast.Module, error) {
 	mf := &b.raw.Modules[i]
 	if mf.Parsed != nil {
 		return mf.Parsed, nil
 	}
-	m, ok := fastCheck(mf.Path, mf.Raw)
+	m, ok := parse(mf.Path, mf.Raw)
 	if !ok {
 		return nil, fmt.Errorf("policy: %s: read once, fails to read again", mf.Path)
 	}

@@ -66,32 +66,32 @@ type packageFile struct {
 // trees is the package's modules, parsed again if the bundle dropped
 // them; nil if one fails to parse again.
 func (sp *setPackage) trees() map[string]*ast.Module {
-	if sp.modules != nil || len(sp.files) == 0 {
-		return sp.modules
+	if sp.modules == nil {
+		sp.modules = sp.parse(fastParse)
 	}
-	modules := make(map[string]*ast.Module, len(sp.files))
-	for _, f := range sp.files {
-		m, err := f.b.tree(f.i)
-		if err != nil {
-			return nil
-		}
-		modules[f.name] = m
-	}
-	sp.modules = modules
-	return modules
+	return sp.modules
 }
 
 // loweringTrees is trees for lowerFragment, which reads the locations of
-// the package, the rules and the expressions only: modules parsed again
-// are parsed by fastCheck (terms sharing one location), and not kept, so
-// the compiler's path, if lowering fails, parses them again in full.
+// the package, the rules, the expressions and the refs only: modules
+// parsed again are parsed by fastCheck, and not kept, so the compiler's
+// path, if lowering fails, parses them again in full.
 func (sp *setPackage) loweringTrees() map[string]*ast.Module {
-	if sp.modules != nil || len(sp.files) == 0 {
+	if sp.modules != nil {
 		return sp.modules
+	}
+	return sp.parse(fastCheck)
+}
+
+// parse is the package's modules, those the bundle dropped parsed again
+// by parse; nil if one fails to, or the package has no files.
+func (sp *setPackage) parse(parse func(string, []byte) (*ast.Module, bool)) map[string]*ast.Module {
+	if len(sp.files) == 0 {
+		return nil
 	}
 	modules := make(map[string]*ast.Module, len(sp.files))
 	for _, f := range sp.files {
-		m, err := f.b.checkedTree(f.i)
+		m, err := f.b.treeBy(f.i, parse)
 		if err != nil {
 			return nil
 		}
