@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +93,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 func (e *Engine) Load(ctx context.Context, bundles ...*Bundle) error {
 	e.loadMu.Lock()
 	defer e.loadMu.Unlock()
-	g, err := e.compile(ctx, bundles)
+	g, err := e.compileRecovering(ctx, bundles)
 	if err != nil {
 		e.cfg.Metrics.bundleLoad(false)
 		e.log.Error("bundle set rejected; the previous policy stays in force", "bundles", bundleNames(bundles), "error", err)
@@ -122,6 +123,28 @@ func (e *Engine) Load(ctx context.Context, bundles ...*Bundle) error {
 		}
 	}
 	return nil
+}
+
+// compileRecovering is compile, a panic in it (a defect of regomesh's,
+// which no bundle may turn into a dead proxy) refusing the set: the
+// policy in force stays, and the log has the stack.
+func (e *Engine) compileRecovering(ctx context.Context, bundles []*Bundle) (g *generation, err error) {
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		stack := debug.Stack()
+		if p, ok := r.(*compilePanic); ok {
+			r, stack = p.value, p.stack
+		}
+		e.log.Error("BUG: compiling a bundle set panicked; the previous policy stays in force", "bundles", bundleNames(bundles),
+			"panic", fmt.Sprint(r), "stack", string(stack))
+		g, err = nil, &bundleError{names: bundleNames(bundles), kind: ErrBundle,
+			detail: fmt.Sprintf("compiling it hit a defect in regomesh (%v)", r),
+			hint:   "the policy in force stays; please report this with the bundle"}
+	}()
+	return e.compile(ctx, bundles)
 }
 
 // checkKeepsPolicy refuses a set without policy packages in place of one

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"path"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -222,13 +223,21 @@ func (c *packageCache) compileMissing(pkgs []*setPackage, missing []int, lowered
 	}
 	next := make(chan []int)
 	var failed atomic.Bool
+	var panicked atomic.Pointer[compilePanic]
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(batches)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for batch := range next {
-				if !failed.Load() && !c.compileBatch(pkgs, c.lowerFragments(pkgs, batch, lowered), lowered) {
+				if failed.Load() {
+					continue
+				}
+				ok, p := c.compileBatchRecovering(pkgs, batch, lowered)
+				if p != nil {
+					panicked.CompareAndSwap(nil, p)
+				}
+				if !ok {
 					failed.Store(true)
 				}
 			}
@@ -239,8 +248,33 @@ func (c *packageCache) compileMissing(pkgs []*setPackage, missing []int, lowered
 	}
 	close(next)
 	wg.Wait()
+	if p := panicked.Load(); p != nil {
+		panic(p) // in the loading goroutine, where Engine.Load recovers it
+	}
 	return !failed.Load()
 }
+
+// compilePanic is a panic in a compile worker, with the worker's stack.
+type compilePanic struct {
+	value any
+	stack []byte
+}
+
+// compileBatchRecovering lowers and compiles one batch in a worker, a
+// panic returned rather than ending the process from a goroutine no
+// recover reaches.
+func (c *packageCache) compileBatchRecovering(pkgs []*setPackage, batch []int, lowered []*loweredPackage) (ok bool, p *compilePanic) {
+	defer func() {
+		if r := recover(); r != nil {
+			ok, p = false, &compilePanic{value: r, stack: debug.Stack()}
+		}
+	}()
+	return c.compileBatch(pkgs, c.lowerFragments(pkgs, batch, lowered), lowered), nil
+}
+
+// testHookLower, when a test sets it, is called before each package is
+// lowered in a compile worker.
+var testHookLower atomic.Pointer[func(path ast.Ref)]
 
 // lowerFragments lowers the packages pkgs[i], i in batch, that are in the
 // translator's fragment (fragment.go) into lowered[i], without a compiler,
@@ -250,6 +284,9 @@ func (c *packageCache) compileMissing(pkgs []*setPackage, missing []int, lowered
 func (c *packageCache) lowerFragments(pkgs []*setPackage, batch []int, lowered []*loweredPackage) []int {
 	var rest []int
 	for _, i := range batch {
+		if hook := testHookLower.Load(); hook != nil {
+			(*hook)(pkgs[i].path)
+		}
 		if lowered[i] = c.lowerFragment(pkgs[i]); lowered[i] == nil {
 			rest = append(rest, i)
 			continue

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -237,5 +238,37 @@ func TestLoadByPackageOnlyForPartitions(t *testing.T) {
 				t.Fatalf("decision after the reload: %+v %v, want a deny by gen/p0", d, err)
 			}
 		})
+	}
+}
+
+// A panic while a set compiles, in a compile worker where nothing else
+// would recover it, refuses the set: the process lives, and the policy in
+// force stays.
+func TestLoadRecoversPanic(t *testing.T) {
+	good := writeBundle(t, t.TempDir(), map[string]string{
+		"mesh/policies/t/good/p.rego": "package mesh.policies.t.good\n\ndeny contains {\"policy\": \"t/good\", \"rule\": \"nine\"} if {\n\tinput.destination.port == 9\n}\n",
+	})
+	bad := writeBundle(t, t.TempDir(), map[string]string{
+		"mesh/policies/t/boom/p.rego": "package mesh.policies.t.boom\n\ndeny contains {\"policy\": \"t/boom\", \"rule\": \"eight\"} if {\n\tinput.destination.port == 8\n}\n",
+	})
+	e := loadEngine(t, Config{Logger: quietLogger()}, good)
+	hook := func(path ast.Ref) {
+		if strings.Contains(path.String(), "boom") {
+			panic("a defect")
+		}
+	}
+	testHookLower.Store(&hook)
+	defer testHookLower.Store(nil)
+	b, err := ReadBundle(bad, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.Load(context.Background(), b)
+	if !errors.Is(err, ErrBundle) || !strings.Contains(err.Error(), "defect in regomesh (a defect)") {
+		t.Fatalf("Load of a set whose compile panics: %v", err)
+	}
+	in := Input{Layer: L4, Source: Source{IP: "10.0.0.1"}, Destination: Destination{IP: "10.0.0.2", Port: 9}}
+	if d, err := e.Decide(context.Background(), in); err != nil || d.Allow || d.Rule != "nine" {
+		t.Errorf("after the refused set, port 9: %+v %v, want the good set's deny", d, err)
 	}
 }
