@@ -169,7 +169,7 @@ func (e *Engine) LoadShadow(ctx context.Context, bundles ...*Bundle) error {
 		e.shadow.Store(nil)
 		return nil
 	}
-	g, err := e.compile(ctx, bundles)
+	g, err := e.compileRecovering(ctx, bundles)
 	if err != nil {
 		return fmt.Errorf("policy: shadow set: %w", err)
 	}

@@ -267,6 +267,9 @@ func TestLoadRecoversPanic(t *testing.T) {
 	if !errors.Is(err, ErrBundle) || !strings.Contains(err.Error(), "defect in regomesh (a defect)") {
 		t.Fatalf("Load of a set whose compile panics: %v", err)
 	}
+	if err := e.LoadShadow(context.Background(), b); !errors.Is(err, ErrBundle) {
+		t.Fatalf("LoadShadow of a set whose compile panics: %v", err)
+	}
 	in := Input{Layer: L4, Source: Source{IP: "10.0.0.1"}, Destination: Destination{IP: "10.0.0.2", Port: 9}}
 	if d, err := e.Decide(context.Background(), in); err != nil || d.Allow || d.Rule != "nine" {
 		t.Errorf("after the refused set, port 9: %+v %v, want the good set's deny", d, err)
