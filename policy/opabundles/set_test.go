@@ -183,8 +183,11 @@ func writeLocalBundle(t *testing.T, dir string, d denyPort) {
 	}
 	manifest := fmt.Sprintf(`{"revision": %q, "roots": ["mesh/policies/%s"]}`, d.revision, d.owner)
 	src := fmt.Sprintf("package mesh.policies.%s.p\n\ndeny contains {\"policy\": \"%s/p\", \"rule\": \"port\"} if input.destination.port == %d\n", d.owner, d.owner, d.port)
-	for name, body := range map[string]string{".manifest": manifest, "p.rego": src} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+	// The module first, the manifest last: a watcher that sees the new
+	// revision has the new module too (in map order, it once read the new
+	// revision with the old module, and the test decided with that).
+	for _, f := range []struct{ name, body string }{{"p.rego", src}, {".manifest", manifest}} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
