@@ -117,7 +117,8 @@ func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.D
 			continue
 		}
 		m, ok := fastCheck(name, src)
-		if ok && !l.unremarkable(m) {
+		dropped := ok && l.unremarkable(m)
+		if ok && !dropped {
 			m, ok = fastParse(name, src) // the tree is kept: every term with its location
 		}
 		if !ok || int64(len(src)) >= l.limit || !plainSegments(m.Package.Path) {
@@ -126,7 +127,7 @@ func (l *fastModules) next(source func() (*bundle.Descriptor, error)) (*bundle.D
 		}
 		mf := &bundle.ModuleFile{URL: f.URL(), Path: name, RelativePath: rel, Raw: src, Parsed: m}
 		var lazy *lazyModule
-		if l.unremarkable(m) {
+		if dropped {
 			pkg := unlocated(ast.NewTerm(m.Package.Path)).Value.(ast.Ref)
 			lazy, mf.Parsed = &lazyModule{pkg: pkg, key: pkg.String(), digest: digest}, nil
 			readModules.put(digest, lazy)
