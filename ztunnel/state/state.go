@@ -39,14 +39,20 @@ type Workload struct {
 
 // Identity is the workload's SPIFFE ID.
 func (w *Workload) Identity() string {
-	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", w.TrustDomain, w.Namespace, w.ServiceAccount)
+	parts := w.identityParts()
+	return strings.Join(parts[:], "")
+}
+
+// identityParts are the pieces Identity joins.
+func (w *Workload) identityParts() [6]string {
+	return [...]string{"spiffe://", w.TrustDomain, "/ns/", w.Namespace, "/sa/", w.ServiceAccount}
 }
 
 // HasIdentity reports whether id is w's Identity, without formatting it:
 // a proxy asks of every endpoint it may pick.
 func (w *Workload) HasIdentity(id string) bool {
 	rest := id
-	for _, part := range [...]string{"spiffe://", w.TrustDomain, "/ns/", w.Namespace, "/sa/", w.ServiceAccount} {
+	for _, part := range w.identityParts() {
 		var ok bool
 		if rest, ok = strings.CutPrefix(rest, part); !ok {
 			return false
